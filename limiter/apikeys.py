@@ -1,0 +1,191 @@
+"""API keys: generation, keyed BLAKE3 hashing, and the Redis records behind them.
+
+A key is ``rwk_`` followed by 43 URL-safe characters (32 random bytes).  Only its keyed
+BLAKE3 hash is stored; the key itself is shown once, at creation.  The hashing secret comes
+from the settings (or the data dir); its fingerprint is recorded in the store so that a
+process with another secret fails at start instead of rejecting every key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+from blake3 import blake3
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from limiter.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable
+from limiter.keyspace import Keyspace
+
+KEY_PREFIX = "rwk_"
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+MAX_NAME_LENGTH = 200
+
+
+def validate_tenant(name: str) -> str:
+    if not TENANT_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"tenant {name!r} is not valid: use 1-63 of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What is stored about a key; never the key itself."""
+
+    id: str
+    tenant: str
+    admin: bool
+    name: str
+    hint: str
+    created_at: float
+    hash: str
+
+    def public(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "admin": self.admin,
+            "name": self.name,
+            "hint": self.hint,
+            "created_at": self.created_at,
+        }
+
+
+class KeyHasher:
+    def __init__(self, secret: bytes):
+        if len(secret) != 32:
+            raise ConfigError(f"the key hashing secret must be 32 bytes, got {len(secret)}")
+        self._secret = secret
+
+    def hash(self, api_key: str) -> str:
+        return blake3(api_key.encode("utf-8", "surrogatepass"), key=self._secret).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        return blake3(b"ratewatch-secret-fingerprint", key=self._secret).hexdigest()[:16]
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _hint(api_key: str) -> str:
+    return api_key[:8] + "…" + api_key[-4:] if len(api_key) > 16 else api_key[:2] + "…"
+
+
+class KeyStore:
+    """API keys and tenants in Redis.  Every operation names the tenant it acts for."""
+
+    def __init__(self, redis: Redis, keyspace: Keyspace, hasher: KeyHasher):
+        self._redis = redis
+        self._keyspace = keyspace
+        self._hasher = hasher
+
+    async def verify_secret(self) -> None:
+        """Record the secret's fingerprint, or fail if the store was set up with another."""
+        fingerprint = self._hasher.fingerprint
+        try:
+            await self._redis.hsetnx(self._keyspace.meta, "secret_fingerprint", fingerprint)  # type: ignore[misc]
+            stored = await self._redis.hget(self._keyspace.meta, "secret_fingerprint")  # type: ignore[misc]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        if stored is not None and stored.decode() != fingerprint:
+            raise ConfigError(
+                "this Redis store was set up with another key hashing secret: give this "
+                "process the same RATEWATCH_KEY_SECRET (or --data-dir) as the server"
+            )
+
+    async def create(
+        self, tenant: str, *, admin: bool = False, name: str = "", api_key: str | None = None
+    ) -> tuple[str, KeyRecord]:
+        """Create a key (or register ``api_key`` as given); returns the key and its record."""
+        validate_tenant(tenant)
+        if len(name) > MAX_NAME_LENGTH:
+            raise InvalidInput(f"key name is {len(name)} characters long, at most "
+                               f"{MAX_NAME_LENGTH} are allowed")
+        api_key = api_key if api_key is not None else new_api_key()
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            tenant=tenant,
+            admin=admin,
+            name=name,
+            hint=_hint(api_key),
+            created_at=round(time.time(), 3),
+            hash=self._hasher.hash(api_key),
+        )
+        payload = json.dumps(asdict(record))
+        ks = self._keyspace
+        try:
+            created = await self._redis.set(ks.auth(record.hash), payload, nx=True)
+            if not created:
+                existing = await self._existing(record.hash)
+                return api_key, existing
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(ks.key_records(tenant), record.id, payload)
+                pipe.hset(ks.key_ids, record.id, tenant)
+                pipe.hsetnx(ks.tenants, tenant, json.dumps({"created_at": record.created_at}))
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return api_key, record
+
+    async def _existing(self, key_hash: str) -> KeyRecord:
+        raw = await self._redis.get(self._keyspace.auth(key_hash))
+        if raw is None:
+            raise NotFound("the key vanished while it was being registered")
+        return KeyRecord(**json.loads(raw))
+
+    async def lookup(self, api_key: str) -> KeyRecord | None:
+        """The record of a presented key, or None if it is unknown or revoked."""
+        try:
+            raw = await self._redis.get(self._keyspace.auth(self._hasher.hash(api_key)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return None if raw is None else KeyRecord(**json.loads(raw))
+
+    async def list(self, tenant: str | None = None) -> list[KeyRecord]:
+        """A tenant's keys, or every tenant's when ``tenant`` is None (CLI only)."""
+        try:
+            tenants = [tenant] if tenant is not None else await self.tenants()
+            records: list[KeyRecord] = []
+            for name in tenants:
+                raw = await self._redis.hgetall(self._keyspace.key_records(name))  # type: ignore[misc]
+                records += [KeyRecord(**json.loads(value)) for value in raw.values()]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return sorted(records, key=lambda record: (record.tenant, record.created_at))
+
+    async def revoke(self, key_id: str, tenant: str | None = None) -> KeyRecord:
+        """Revoke a key; with ``tenant`` given, only a key of that tenant."""
+        ks = self._keyspace
+        try:
+            owner = await self._redis.hget(ks.key_ids, key_id)  # type: ignore[misc]
+            if owner is None or (tenant is not None and owner.decode() != tenant):
+                raise NotFound(f"no key with id {key_id!r}")
+            owner_name = owner.decode()
+            raw = await self._redis.hget(ks.key_records(owner_name), key_id)  # type: ignore[misc]
+            if raw is None:
+                raise NotFound(f"no key with id {key_id!r}")
+            record = KeyRecord(**json.loads(raw))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(ks.auth(record.hash))
+                pipe.hdel(ks.key_records(owner_name), key_id)
+                pipe.hdel(ks.key_ids, key_id)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return record
+
+    async def tenants(self) -> list[str]:
+        try:
+            names = await self._redis.hkeys(self._keyspace.tenants)  # type: ignore[misc]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return sorted(name.decode() for name in names)

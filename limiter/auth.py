@@ -1,0 +1,78 @@
+"""Authentication of API keys with a local cache.
+
+A key's record is cached for ``ttl`` seconds, so a check costs no extra Redis round trip
+and a revoked key stops working within ``ttl``.  While Redis is unreachable, cached
+principals stay valid (stale) so that the failure policy, not a 503, decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from limiter.apikeys import KeyStore
+from limiter.errors import StoreUnavailable
+from limiter.tenants import FailMode, TenantSettingsStore
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key of one tenant."""
+
+    tenant: str
+    key_id: str
+    admin: bool
+    fail_mode: FailMode
+
+
+class Authenticator:
+    def __init__(
+        self,
+        keys: KeyStore,
+        tenant_settings: TenantSettingsStore,
+        default_fail_mode: FailMode,
+        ttl: float = 1.0,
+        max_entries: int = 100_000,
+    ):
+        self._keys = keys
+        self._tenant_settings = tenant_settings
+        self._default_fail_mode = default_fail_mode
+        self._ttl = ttl
+        self._max_entries = max_entries
+        # token -> (principal or None for an unknown key, expiry on the monotonic clock)
+        self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal of ``token``, None if it is not a valid key.
+
+        Raises StoreUnavailable only when Redis is down and the key was never seen."""
+        entry = self._cache.get(token)
+        now = time.monotonic()
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        try:
+            principal = await self._resolve(token)
+        except StoreUnavailable:
+            if entry is not None:
+                return entry[0]
+            raise
+        self._cache[token] = (principal, now + self._ttl)
+        self._cache.move_to_end(token)
+        if len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+        return principal
+
+    def forget(self, token: str | None = None) -> None:
+        """Drop cached lookups (all, or one key's) after a local change."""
+        if token is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(token, None)
+
+    async def _resolve(self, token: str) -> Principal | None:
+        record = await self._keys.lookup(token)
+        if record is None:
+            return None
+        mode = await self._tenant_settings.fail_mode(record.tenant)
+        return Principal(record.tenant, record.id, record.admin, mode or self._default_fail_mode)

@@ -1,0 +1,184 @@
+"""Blocks: manual ones from the API, dynamic ones from the detectors.
+
+Storage format (shared by every writer; the detectors write blocks through this class):
+
+- ``<tenant tag>:blocks`` — a hash, block id -> JSON record with the fields of ``Block``
+  (``id``, ``scope``, ``value``, ``reason``, ``detector``, ``score``, ``created_at`` and
+  ``expires_at`` in epoch seconds, ``mode`` ``enforce`` | ``shadow``, ``source``
+  ``manual`` | ``detector``, ``explanation`` an object or null).
+- ``<tenant tag>:bk:<scope>:<value>`` — the enforcement key: a string holding the id of the
+  block that enforces it, with a PX expiry equal to the block's time left.  The check
+  script denies a check when the key of any of its subjects exists (``reason: blocked``,
+  ``retry_after`` = its PTTL).  Shadow blocks have a record and no enforcement key.
+
+Records of expired blocks are pruned when blocks are listed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from limiter.errors import InvalidInput, NotFound, StoreUnavailable
+from limiter.keyspace import BLOCK_SCOPES, Keyspace
+
+MAX_BLOCK_SECONDS = 366 * 24 * 3600
+MAX_REASON_LENGTH = 500
+MAX_VALUE_LENGTH = 1024
+MODES = ("enforce", "shadow")
+
+
+def normalize_ip(value: str) -> str:
+    """The canonical text of an IP address, so that every spelling matches one block."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{value[:100]!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def normalize_subject(scope: str, value: str) -> str:
+    if scope not in BLOCK_SCOPES:
+        raise InvalidInput(f"block scope {scope!r} is not one of {', '.join(BLOCK_SCOPES)}")
+    if not value or len(value) > MAX_VALUE_LENGTH:
+        raise InvalidInput(f"block value must be 1-{MAX_VALUE_LENGTH} characters")
+    return normalize_ip(value) if scope == "ip" else value
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    id: str
+    scope: str
+    value: str
+    reason: str
+    created_at: float
+    expires_at: float
+    mode: str = "enforce"
+    source: str = "manual"
+    detector: str | None = None
+    score: float | None = None
+    explanation: dict[str, Any] | None = field(default=None)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BlockStore:
+    def __init__(self, redis: Redis, keyspace: Keyspace):
+        self._redis = redis
+        self._keyspace = keyspace
+        lua = resources.files("limiter") / "lua"
+        self._put = redis.register_script((lua / "block_put.lua").read_text(encoding="utf-8"))
+        self._remove = redis.register_script(
+            (lua / "block_remove.lua").read_text(encoding="utf-8")
+        )
+
+    async def create(
+        self,
+        tenant: str,
+        scope: str,
+        value: str,
+        ttl_seconds: float,
+        reason: str,
+        *,
+        mode: str = "enforce",
+        source: str = "manual",
+        detector: str | None = None,
+        score: float | None = None,
+        explanation: dict[str, Any] | None = None,
+    ) -> Block:
+        value = normalize_subject(scope, value)
+        if not 0 < ttl_seconds <= MAX_BLOCK_SECONDS:
+            raise InvalidInput(
+                f"block ttl {ttl_seconds!r} is out of range: 0 < ttl <= {MAX_BLOCK_SECONDS}"
+            )
+        if mode not in MODES:
+            raise InvalidInput(f"block mode {mode!r} is not one of {', '.join(MODES)}")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise InvalidInput(f"block reason is longer than {MAX_REASON_LENGTH} characters")
+        now = time.time()
+        block = Block(
+            id="blk_" + secrets.token_hex(8),
+            scope=scope,
+            value=value,
+            reason=reason,
+            created_at=round(now, 3),
+            expires_at=round(now + ttl_seconds, 3),
+            mode=mode,
+            source=source,
+            detector=detector,
+            score=score,
+            explanation=explanation,
+        )
+        await self._write(tenant, block)
+        return block
+
+    async def _write(self, tenant: str, block: Block) -> None:
+        ttl_ms = max(1, int((block.expires_at - time.time()) * 1000))
+        ks = self._keyspace
+        try:
+            await self._put(
+                keys=[ks.block_records(tenant), ks.block(tenant, block.scope, block.value)],
+                args=[block.id, json.dumps(block.public()), ttl_ms,
+                      "1" if block.mode == "enforce" else "0"],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def list(self, tenant: str) -> list[Block]:
+        """The tenant's active blocks, soonest to expire first; expired records are pruned."""
+        records_key = self._keyspace.block_records(tenant)
+        try:
+            raw = await self._redis.hgetall(records_key)  # type: ignore[misc]
+            now = time.time()
+            active: list[Block] = []
+            expired: list[bytes] = []
+            for block_id, payload in raw.items():
+                block = Block(**json.loads(payload))
+                if block.expires_at > now:
+                    active.append(block)
+                else:
+                    expired.append(block_id)
+            if expired:
+                await self._redis.hdel(records_key, *expired)  # type: ignore[misc]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return sorted(active, key=lambda block: block.expires_at)
+
+    async def get(self, tenant: str, block_id: str) -> Block:
+        try:
+            payload = await self._redis.hget(self._keyspace.block_records(tenant), block_id)  # type: ignore[misc]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        if payload is None:
+            raise NotFound(f"no block with id {block_id!r}")
+        block = Block(**json.loads(payload))
+        if block.expires_at <= time.time():
+            raise NotFound(f"no block with id {block_id!r}")
+        return block
+
+    async def remove(self, tenant: str, block_id: str) -> Block:
+        """Lift a block at once; another active block on the same subject stays enforced."""
+        block = await self.get(tenant, block_id)
+        ks = self._keyspace
+        try:
+            await self._remove(
+                keys=[ks.block_records(tenant), ks.block(tenant, block.scope, block.value)],
+                args=[block.id],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        for other in await self.list(tenant):
+            if (other.scope, other.value, other.mode) == (block.scope, block.value, "enforce"):
+                await self._write(tenant, other)
+        return block

@@ -1,0 +1,149 @@
+"""Tenant-scoped management routes: API keys, blocks and tenant settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from limiter.apikeys import MAX_NAME_LENGTH, KeyStore
+from limiter.auth import Authenticator, Principal
+from limiter.blocks import MAX_BLOCK_SECONDS, MAX_REASON_LENGTH, BlockStore
+from limiter.errors import InvalidInput, NotFound, StoreUnavailable
+from limiter.http.checks import CheckHandler, decode
+from limiter.http.problems import Problem
+from limiter.tenants import FailMode, TenantSettingsStore
+
+MAX_ADMIN_BODY = 64 * 1024
+_encoder = msgspec.json.Encoder()
+
+
+class KeyCreate(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(max_length=MAX_NAME_LENGTH)] = ""
+    admin: bool = False
+
+
+class BlockCreate(msgspec.Struct, kw_only=True):
+    scope: Literal["ip", "key", "user_id"]
+    value: Annotated[str, Meta(min_length=1, max_length=1024)]
+    ttl: Annotated[int, Meta(ge=1, le=MAX_BLOCK_SECONDS, description="Seconds.")]
+    reason: Annotated[str, Meta(max_length=MAX_REASON_LENGTH)] = ""
+    mode: Literal["enforce", "shadow"] = "enforce"
+
+
+class SettingsUpdate(msgspec.Struct, kw_only=True):
+    fail_mode: FailMode | None = None
+
+
+_key_create = msgspec.json.Decoder(KeyCreate)
+_block_create = msgspec.json.Decoder(BlockCreate)
+_settings_update = msgspec.json.Decoder(SettingsUpdate)
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(content), status, media_type="application/json")
+
+
+class AdminRoutes:
+    def __init__(self, checks: CheckHandler, keys: KeyStore, blocks: BlockStore,
+                 tenant_settings: TenantSettingsStore, auth: Authenticator):
+        self._checks = checks
+        self._keys = keys
+        self._blocks = blocks
+        self._tenant_settings = tenant_settings
+        self._auth = auth
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/keys", self.list_keys, methods=["GET"]),
+            Route("/v1/keys", self.create_key, methods=["POST"]),
+            Route("/v1/keys/{key_id}", self.revoke_key, methods=["DELETE"]),
+            Route("/v1/blocks", self.list_blocks, methods=["GET"]),
+            Route("/v1/blocks", self.create_block, methods=["POST"]),
+            Route("/v1/blocks/{block_id}", self.remove_block, methods=["DELETE"]),
+            Route("/v1/settings", self.get_settings, methods=["GET"]),
+            Route("/v1/settings", self.update_settings, methods=["PATCH"]),
+        ]
+
+    async def _principal(self, request: Request, admin: bool) -> Principal:
+        principal = await self._checks.principal(request.scope)
+        if admin and not principal.admin:
+            raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
+        return principal
+
+    async def _body(self, request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_ADMIN_BODY:
+                raise Problem(413, "body-too-large",
+                              f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes")
+        return decode(decoder, body or b"{}")
+
+    async def list_keys(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        keys = await self._keys.list(principal.tenant)
+        return json_response({"keys": [record.public() for record in keys]})
+
+    async def create_key(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        body: KeyCreate = await self._body(request, _key_create)
+        api_key, record = await self._keys.create(principal.tenant, admin=body.admin,
+                                                  name=body.name)
+        return json_response({**record.public(), "key": api_key}, 201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        record = await self._keys.revoke(request.path_params["key_id"], principal.tenant)
+        self._auth.forget()
+        return json_response({**record.public(), "revoked": True})
+
+    async def list_blocks(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=False)
+        blocks = await self._blocks.list(principal.tenant)
+        return json_response({"blocks": [block.public() for block in blocks]})
+
+    async def create_block(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        body: BlockCreate = await self._body(request, _block_create)
+        block = await self._blocks.create(principal.tenant, body.scope, body.value, body.ttl,
+                                          body.reason, mode=body.mode)
+        return json_response(block.public(), 201)
+
+    async def remove_block(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        block = await self._blocks.remove(principal.tenant, request.path_params["block_id"])
+        return json_response({**block.public(), "removed": True})
+
+    async def get_settings(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        return json_response(self._settings_view(principal,
+                                                 await self._tenant_settings.get(principal.tenant)))
+
+    async def update_settings(self, request: Request) -> Response:
+        principal = await self._principal(request, admin=True)
+        body: SettingsUpdate = await self._body(request, _settings_update)
+        stored = await self._tenant_settings.set_fail_mode(principal.tenant, body.fail_mode)
+        self._auth.forget()
+        return json_response(self._settings_view(principal, stored))
+
+    @staticmethod
+    def _settings_view(principal: Principal, stored: dict[str, object]) -> dict[str, object]:
+        return {"tenant": principal.tenant, "fail_mode": stored.get("fail_mode")}
+
+
+def problem_for(exc: Exception) -> Problem | None:
+    """The problem response for an error of the limiter's own kinds."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, NotFound):
+        return Problem(404, "not-found", str(exc))
+    if isinstance(exc, InvalidInput):
+        return Problem(422, "validation-error", str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return Problem(503, "store-unavailable", str(exc))
+    return None

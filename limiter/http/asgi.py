@@ -1,0 +1,57 @@
+"""The few raw-ASGI helpers the fast path needs (reading a bounded body, responding)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from limiter.http.problems import Problem
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value is None or value[:7].lower() != b"bearer ":
+        return None
+    token = value[7:].strip()
+    return token.decode("latin-1") if token else None
+
+
+async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
+    """The request body; 413 as soon as it is known to exceed ``limit`` bytes."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise Problem(413, "body-too-large", f"request body of {int(length)} bytes exceeds the "
+                      f"limit of {limit} bytes", max_bytes=limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "body-too-large", f"request body exceeds the limit of {limit} "
+                          "bytes", max_bytes=limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(send: Any, status: int, body: bytes, headers: Headers) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,143 @@
+"""The hot path: ``POST /v1/check`` and ``POST /v1/batch`` as raw ASGI handlers.
+
+Per request: the auth cache, one (coalesced) Redis round trip, the emit seam.  Nothing else
+that could be done once at start is done here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from limiter.algorithms import MAX_LIMIT_WINDOW, NO_RETRY, Algorithm, Outcome
+from limiter.auth import Authenticator, Principal
+from limiter.blocks import normalize_ip
+from limiter.emit import Decision, DecisionSink, RequestContext
+from limiter.errors import InvalidInput, StoreUnavailable
+from limiter.failover import FailoverDecider
+from limiter.http.asgi import JSON, Headers, Scope, bearer_token, read_body, respond
+from limiter.http.problems import Problem
+from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
+from limiter.metrics import LimiterMetrics
+from limiter.store.base import Check
+
+_check_decoder = msgspec.json.Decoder(CheckRequest)
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+_encoder = msgspec.json.Encoder()
+
+
+def _seconds(ms: int) -> int:
+    return -(-ms // 1000)
+
+
+def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Problem(422, "validation-error", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "invalid-json", str(exc)) from None
+
+
+class CheckHandler:
+    def __init__(
+        self,
+        auth: Authenticator,
+        decider: FailoverDecider,
+        sink: DecisionSink,
+        metrics: LimiterMetrics,
+        default_algorithm: Algorithm,
+        max_body_bytes: int,
+        max_batch_body_bytes: int,
+    ):
+        self._auth = auth
+        self._decider = decider
+        self._sink = sink
+        self._metrics = metrics
+        self._default_algorithm = default_algorithm
+        self._max_body = max_body_bytes
+        self._max_batch_body = max_batch_body_bytes
+
+    async def principal(self, scope: Scope) -> Principal:
+        token = bearer_token(scope)
+        if token is None:
+            raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+        try:
+            principal = await self._auth.authenticate(token)
+        except StoreUnavailable:
+            raise Problem(503, "store-unavailable",
+                          "the key store is unreachable and this key is not cached") from None
+        if principal is None:
+            raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
+        return principal
+
+    def to_check(self, tenant: str, request: CheckRequest, where: str = "$") -> Check:
+        if request.limit * request.window > MAX_LIMIT_WINDOW:
+            raise Problem(422, "validation-error",
+                          f"limit × window = {request.limit * request.window} exceeds "
+                          f"{MAX_LIMIT_WINDOW} (limit·seconds) - at `{where}`")
+        ip = request.ip
+        if ip is not None:
+            try:
+                ip = normalize_ip(ip)
+            except InvalidInput as exc:
+                raise Problem(422, "validation-error", f"{exc} - at `{where}.ip`") from None
+        return Check(tenant, request.key, request.algorithm or self._default_algorithm,
+                     request.limit, request.window * 1000, request.cost, ip, request.user_id)
+
+    async def check(self, scope: Scope, receive: Any, send: Any) -> None:
+        started = time.perf_counter_ns()
+        principal = await self.principal(scope)
+        request: CheckRequest = decode(_check_decoder, await read_body(scope, receive,
+                                                                      self._max_body))
+        check = self.to_check(principal.tenant, request)
+        outcome = (await self._decider.decide([check], principal.fail_mode))[0]
+        result = self._result(check, outcome)
+        headers: Headers = [
+            (b"content-type", JSON),
+            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (request.limit, request.window)),
+            (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, result.reset_in)),
+        ]
+        if result.retry_after is not None:
+            headers.append((b"retry-after", b"%d" % result.retry_after))
+        await respond(send, 200, _encoder.encode(result), headers)
+        elapsed = time.perf_counter_ns() - started
+        self._sink.emit([Decision(time.time_ns() // 1_000_000, check, outcome,
+                                  RequestContext(request.route, request.user_agent),
+                                  elapsed // 1000)])
+        self._metrics.check_seconds.observe(elapsed / 1e9)
+
+    async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
+        started = time.perf_counter_ns()
+        principal = await self.principal(scope)
+        request: BatchRequest = decode(_batch_decoder, await read_body(scope, receive,
+                                                                      self._max_batch_body))
+        checks = [self.to_check(principal.tenant, item, f"$.checks[{index}]")
+                  for index, item in enumerate(request.checks)]
+        outcomes = await self._decider.decide(checks, principal.fail_mode)
+        results = [self._result(check, outcome) for check, outcome in zip(checks, outcomes,
+                                                                          strict=True)]
+        await respond(send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)])
+        elapsed = time.perf_counter_ns() - started
+        ts_ms = time.time_ns() // 1_000_000
+        latency_us = elapsed // 1000
+        self._sink.emit([
+            Decision(ts_ms, check, outcome, RequestContext(item.route, item.user_agent),
+                     latency_us)
+            for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
+        ])
+        self._metrics.batch_seconds.observe(elapsed / 1e9)
+
+    def _result(self, check: Check, outcome: Outcome) -> CheckResult:
+        self._metrics.count_decision(outcome.allowed, outcome.reason.label)
+        return CheckResult(
+            allowed=outcome.allowed,
+            remaining=outcome.remaining,
+            reset_in=_seconds(outcome.reset_ms),
+            retry_after=None if outcome.allowed or outcome.retry_ms == NO_RETRY
+            else max(1, _seconds(outcome.retry_ms)),
+            limit=check.limit,
+            reason=outcome.reason.label,
+        )

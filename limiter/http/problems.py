@@ -1,0 +1,56 @@
+"""RFC 9457 problem details: every error response of the API is one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+PROBLEM_CONTENT_TYPE = b"application/problem+json"
+_TYPE_BASE = "urn:ratewatch:problem:"
+
+TITLES = {
+    "invalid-json": "Request body is not valid JSON",
+    "validation-error": "Request body or parameters are not valid",
+    "unauthorized": "Missing or invalid API key",
+    "forbidden": "This API key may not do that",
+    "not-found": "Not found",
+    "method-not-allowed": "Method not allowed",
+    "body-too-large": "Request body too large",
+    "unsupported-media-type": "Unsupported media type",
+    "store-unavailable": "The limiter's store is unavailable",
+    "internal-error": "Internal error",
+}
+
+_encoder = msgspec.json.Encoder()
+
+
+class Problem(Exception):
+    """Raised anywhere below a handler to answer with a problem response."""
+
+    def __init__(self, status: int, kind: str, detail: str, **extensions: Any):
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.extensions = extensions
+
+    def body(self, instance: str | None = None) -> bytes:
+        document: dict[str, Any] = {
+            "type": _TYPE_BASE + self.kind,
+            "title": TITLES.get(self.kind, self.kind),
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            document["instance"] = instance
+        document.update(self.extensions)
+        return _encoder.encode(document)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        extra = [(b"content-type", PROBLEM_CONTENT_TYPE)]
+        if self.status == 401:
+            extra.append((b"www-authenticate", b'Bearer realm="ratewatch"'))
+        if self.status == 503:
+            extra.append((b"retry-after", b"1"))
+        return extra

@@ -1,0 +1,66 @@
+"""Redis key names, in one place.
+
+Everything a tenant owns sits under the hash tag ``{<prefix>:<tenant>}``: on Redis Cluster a
+tenant's counters and blocks share one slot, so a check and the blocks it must honour are
+decided by one atomic script (a tenant's load lands on one shard; tenants spread over the
+cluster).  Keys that are not a tenant's (API-key lookups, the tenant registry) are only ever
+used one at a time.
+
+Layout (``rw`` is the default prefix):
+
+- ``rw:{rw:T}:c:<algorithm>:<window_ms>:<key>``   counter state (hash, with a TTL)
+- ``rw:{rw:T}:bk:<scope>:<value>``                 block enforcement key (string = block id,
+  PX = time left); its presence is what the check script honours
+- ``rw:{rw:T}:blocks``                             block records (hash id -> JSON)
+- ``rw:{rw:T}:keys``                               API-key records (hash id -> JSON)
+- ``rw:auth:<hash>``                               API-key lookup by keyed BLAKE3 hash
+- ``rw:keyids``                                    key id -> tenant
+- ``rw:tenants``                                   tenant registry (hash name -> JSON config)
+- ``rw:meta``                                      store metadata (secret fingerprint, …)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from limiter.algorithms import Algorithm
+
+BLOCK_SCOPES = ("ip", "key", "user_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    prefix: str = "rw"
+
+    def tenant_tag(self, tenant: str) -> str:
+        return f"{self.prefix}:{{{self.prefix}:{tenant}}}"
+
+    def counter(self, tenant: str, algorithm: Algorithm, window_ms: int, key: str) -> str:
+        return f"{self.tenant_tag(tenant)}:c:{algorithm.code}:{window_ms}:{key}"
+
+    def counter_pattern(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:c:*"
+
+    def block(self, tenant: str, scope: str, value: str) -> str:
+        return f"{self.tenant_tag(tenant)}:bk:{scope}:{value}"
+
+    def block_records(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:blocks"
+
+    def key_records(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:keys"
+
+    def auth(self, key_hash: str) -> str:
+        return f"{self.prefix}:auth:{key_hash}"
+
+    @property
+    def key_ids(self) -> str:
+        return f"{self.prefix}:keyids"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}:tenants"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"

@@ -1,0 +1,7 @@
+-- Removes a block record and its enforcement key if that key is this block's.
+-- KEYS[1] = block records hash, KEYS[2] = enforcement key; ARGV[1] = block id
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return removed

@@ -1,0 +1,37 @@
+-- Weighted two-window counter. State (hash): w = window index, c = count, p = previous count.
+-- Mirrors limiter.algorithms.sliding_window; all values are integers.
+local function sliding_window(key, now, limit, window, cost)
+  local cur = math.floor(now / window)
+  local elapsed = now - cur * window
+  local state = redis.call('HMGET', key, 'a', 'b', 'c')
+  local w = tonumber(state[1])
+  local count, previous = 0, 0
+  if w == cur then
+    count, previous = tonumber(state[2]), tonumber(state[3])
+  elseif w == cur - 1 then
+    previous = tonumber(state[2])
+  end
+  local used = count * window + previous * (window - elapsed)
+  local capacity = limit * window
+  local reset = window - elapsed
+  local remaining = math.max(0, math.floor((capacity - used) / window))
+  if cost > limit then
+    return {0, remaining, reset, -1, 3}
+  end
+  if used + cost * window <= capacity then
+    if cost > 0 then
+      count = count + cost
+      used = used + cost * window
+      redis.call('HSET', key, 'a', int(cur), 'b', int(count), 'c', int(previous))
+      redis.call('PEXPIRE', key, int(window + reset))
+    end
+    return {1, math.floor((capacity - used) / window), reset, -1, 0}
+  end
+  local retry
+  if count + cost <= limit then
+    retry = reset - math.floor((limit - count - cost) * window / previous)
+  else
+    retry = reset + math.max(0, window - math.floor((limit - cost) * window / count))
+  end
+  return {0, remaining, reset, retry, 1}
+end

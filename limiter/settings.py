@@ -1,0 +1,81 @@
+"""The limiter's settings, validated once at start; every error names the bad value."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from limiter.errors import ConfigError
+from limiter.tenants import FailMode
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys", "redis+cluster")
+
+
+def _check_redis_url(url: str) -> str:
+    scheme = urlparse(url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"redis url {url!r} is not valid: its scheme must be one of {', '.join(REDIS_SCHEMES)}"
+        )
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    redis_url: str
+    data_dir: Path = Path("ratewatch-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    key_prefix: str = "rw"
+    fail_mode: FailMode = FailMode.OPEN
+    redis_timeout: float = 0.25
+    auth_cache_ttl: float = 1.0
+    max_body_bytes: int = 64 * 1024
+    max_batch_body_bytes: int = 2 * 1024 * 1024
+    instance: str = field(default_factory=lambda: os.uname().nodename)
+    key_secret: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _check_redis_url(self.redis_url)
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port!r} is not a TCP port (1-65535)")
+        if not 0.001 <= self.redis_timeout <= 60:
+            raise ConfigError(f"redis timeout {self.redis_timeout!r}s is not within 0.001-60")
+        if not 0 <= self.auth_cache_ttl <= 60:
+            raise ConfigError(f"auth cache ttl {self.auth_cache_ttl!r}s is not within 0-60")
+        if not 1024 <= self.max_body_bytes <= self.max_batch_body_bytes:
+            raise ConfigError(f"max body bytes {self.max_body_bytes!r} is not within "
+                              f"1024-{self.max_batch_body_bytes}")
+        if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
+            raise ConfigError(f"key prefix {self.key_prefix!r} must be non-empty without {{}}: or spaces")
+        if self.key_secret is not None and len(self.key_secret) != 32:
+            raise ConfigError("the key secret must be 64 hex characters (32 bytes)")
+
+
+def parse_key_secret(text: str) -> bytes:
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ConfigError("RATEWATCH_KEY_SECRET must be 64 hex characters") from None
+    if len(secret) != 32:
+        raise ConfigError(f"RATEWATCH_KEY_SECRET must be 64 hex characters, got {len(text.strip())}")
+    return secret
+
+
+def load_or_create_key_secret(data_dir: Path) -> bytes:
+    """The data dir's key hashing secret, created (mode 0600) on first use."""
+    path = data_dir / "key-secret"
+    if path.exists():
+        return parse_key_secret(path.read_text(encoding="ascii"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this data dir created it first
+        return parse_key_secret(path.read_text(encoding="ascii"))
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(secret.hex() + "\n")
+    return secret

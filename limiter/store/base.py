@@ -1,0 +1,36 @@
+"""What a decision store is asked: a batch of checks, decided atomically in order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from limiter.algorithms import Algorithm, Outcome
+
+
+class Check(NamedTuple):
+    """One validated check of one tenant; ``window_ms`` is the window in milliseconds."""
+
+    tenant: str
+    key: str
+    algorithm: Algorithm
+    limit: int
+    window_ms: int
+    cost: int
+    ip: str | None = None
+    user_id: str | None = None
+
+    def block_subjects(self) -> list[tuple[str, str]]:
+        """The (scope, value) pairs a block may name to stop this check."""
+        subjects = [("key", self.key)]
+        if self.ip is not None:
+            subjects.append(("ip", self.ip))
+        if self.user_id is not None:
+            subjects.append(("user_id", self.user_id))
+        return subjects
+
+
+class DecisionStore(Protocol):
+    async def decide(self, checks: Sequence[Check], now_ms: int = 0) -> list[Outcome]:
+        """Decide ``checks`` in order; ``now_ms`` 0 means the store's own clock."""
+        ...

@@ -1,0 +1,1 @@
+"""RateWatch: the Python SDK, middleware and the ``ratewatch`` command."""

@@ -1,0 +1,3 @@
+from ratewatch.cli import main
+
+main()

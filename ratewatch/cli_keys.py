@@ -1,0 +1,99 @@
+"""``ratewatch keys``: manage API keys directly in the store, also while the service runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import click
+
+from ratewatch.cli import _option, data_dir_option, key_secret, redis_url_option, run
+
+
+@asynccontextmanager
+async def key_store(data_dir: Path, redis_url: str | None,
+                    key_prefix: str) -> AsyncIterator[object]:
+    """A KeyStore on --redis-url, the running embedded Valkey, or one started for the call."""
+    from limiter.apikeys import KeyHasher, KeyStore
+    from limiter.embedded import EmbeddedValkey, running_url
+    from limiter.keyspace import Keyspace
+    from limiter.redis_client import redis_from_url
+
+    embedded = None
+    url = redis_url or running_url(data_dir)
+    if url is None:
+        embedded = EmbeddedValkey(data_dir)
+        url = embedded.start()
+    redis = redis_from_url(url, timeout=5.0)
+    try:
+        store = KeyStore(redis, Keyspace(key_prefix), KeyHasher(key_secret(data_dir)))
+        await store.verify_secret()
+        yield store
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            embedded.stop()
+
+
+def store_options(f: object) -> object:
+    f = data_dir_option(f)  # type: ignore[arg-type]
+    f = redis_url_option(f)
+    return _option("--key-prefix", default="rw", show_default=True)(f)
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command()
+@click.option("--tenant", required=True, help="Tenant the key belongs to (created if new).")
+@click.option("--admin", is_flag=True, help="The key may manage keys, blocks and settings.")
+@click.option("--name", default="", help="A label to recognise the key by.")
+@store_options  # type: ignore[arg-type]
+def create(tenant: str, admin: bool, name: str, data_dir: Path, redis_url: str | None,
+           key_prefix: str) -> None:
+    """Create a key; it is printed once, as the last word of the output."""
+
+    async def go() -> tuple[str, str]:
+        async with key_store(data_dir, redis_url, key_prefix) as store:
+            api_key, record = await store.create(tenant, admin=admin, name=name)  # type: ignore[attr-defined]
+            return api_key, record.id
+
+    api_key, key_id = run(go())
+    kind = "admin key" if admin else "key"
+    click.echo(f"Created {kind} {key_id} for tenant {tenant}. Store it now, it is not shown again:")
+    click.echo(api_key)
+
+
+@keys.command(name="list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@store_options  # type: ignore[arg-type]
+def list_keys(tenant: str | None, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
+    """List keys (never the keys themselves: id, tenant, role, name, hint)."""
+
+    async def go() -> list[object]:
+        async with key_store(data_dir, redis_url, key_prefix) as store:
+            return await store.list(tenant)  # type: ignore[attr-defined, no-any-return]
+
+    records = run(go())
+    click.echo(f"{'ID':<22} {'TENANT':<20} {'ROLE':<8} {'HINT':<16} NAME")
+    for record in records:
+        role = "admin" if record.admin else "standard"  # type: ignore[attr-defined]
+        click.echo(f"{record.id:<22} {record.tenant:<20} {role:<8} "  # type: ignore[attr-defined]
+                   f"{record.hint:<16} {record.name}")  # type: ignore[attr-defined]
+
+
+@keys.command()
+@click.argument("key_id")
+@store_options  # type: ignore[arg-type]
+def revoke(key_id: str, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
+    """Revoke the key KEY_ID; running limiters refuse it within a second."""
+
+    async def go() -> None:
+        async with key_store(data_dir, redis_url, key_prefix) as store:
+            await store.revoke(key_id)  # type: ignore[attr-defined]
+
+    run(go())
+    click.echo(f"Revoked {key_id}.")
