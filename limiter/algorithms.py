@@ -97,16 +97,20 @@ def sliding_window(
     capacity = limit * window
     reset = window - elapsed
     if cost > limit:
-        return Outcome(False, max(0, (capacity - used) // window), reset, NO_RETRY,
-                       Reason.COST_EXCEEDS_LIMIT), None
+        return Outcome(
+            False, max(0, (capacity - used) // window), reset, NO_RETRY, Reason.COST_EXCEEDS_LIMIT
+        ), None
     if used + cost * window <= capacity:
         if cost == 0:
-            return Outcome(True, max(0, (capacity - used) // window), reset, NO_RETRY,
-                           Reason.OK), None
+            return Outcome(
+                True, max(0, (capacity - used) // window), reset, NO_RETRY, Reason.OK
+            ), None
         count += cost
         used += cost * window
-        return (Outcome(True, (capacity - used) // window, reset, NO_RETRY, Reason.OK),
-                CounterState(cur, count, previous))
+        return (
+            Outcome(True, (capacity - used) // window, reset, NO_RETRY, Reason.OK),
+            CounterState(cur, count, previous),
+        )
     if count + cost <= limit:
         # the previous window's weight has to decay far enough, still inside this window
         retry = reset - ((limit - count - cost) * window) // previous
@@ -131,18 +135,31 @@ def token_bucket(
             last = now
         level = min(capacity, level)  # also when the limit was lowered since
     if cost > limit:
-        return Outcome(False, level // window, _ceil_div(capacity - level, limit), NO_RETRY,
-                       Reason.COST_EXCEEDS_LIMIT), None
+        return Outcome(
+            False,
+            level // window,
+            _ceil_div(capacity - level, limit),
+            NO_RETRY,
+            Reason.COST_EXCEEDS_LIMIT,
+        ), None
     need = cost * window
     if level >= need:
         if cost == 0:
-            return Outcome(True, level // window, _ceil_div(capacity - level, limit),
-                           NO_RETRY, Reason.OK), None
+            return Outcome(
+                True, level // window, _ceil_div(capacity - level, limit), NO_RETRY, Reason.OK
+            ), None
         level -= need
-        return (Outcome(True, level // window, _ceil_div(capacity - level, limit), NO_RETRY,
-                        Reason.OK), CounterState(level, last, 0))
-    return Outcome(False, level // window, _ceil_div(capacity - level, limit),
-                   _ceil_div(need - level, limit), Reason.LIMIT), None
+        return (
+            Outcome(True, level // window, _ceil_div(capacity - level, limit), NO_RETRY, Reason.OK),
+            CounterState(level, last, 0),
+        )
+    return Outcome(
+        False,
+        level // window,
+        _ceil_div(capacity - level, limit),
+        _ceil_div(need - level, limit),
+        Reason.LIMIT,
+    ), None
 
 
 def fixed_window(
@@ -153,8 +170,9 @@ def fixed_window(
     reset = window - (now - cur * window)
     count = state.b if state is not None and state.a == cur else 0
     if cost > limit:
-        return Outcome(False, max(0, limit - count), reset, NO_RETRY,
-                       Reason.COST_EXCEEDS_LIMIT), None
+        return Outcome(
+            False, max(0, limit - count), reset, NO_RETRY, Reason.COST_EXCEEDS_LIMIT
+        ), None
     if count + cost <= limit:
         if cost == 0:
             return Outcome(True, max(0, limit - count), reset, NO_RETRY, Reason.OK), None

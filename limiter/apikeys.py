@@ -26,6 +26,11 @@ TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME_LENGTH = 200
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes; its types allow str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def validate_tenant(name: str) -> str:
     if not TENANT_PATTERN.fullmatch(name):
         raise InvalidInput(
@@ -92,11 +97,11 @@ class KeyStore:
         """Record the secret's fingerprint, or fail if the store was set up with another."""
         fingerprint = self._hasher.fingerprint
         try:
-            await self._redis.hsetnx(self._keyspace.meta, "secret_fingerprint", fingerprint)  # type: ignore[misc]
-            stored = await self._redis.hget(self._keyspace.meta, "secret_fingerprint")  # type: ignore[misc]
+            await self._redis.hsetnx(self._keyspace.meta, "secret_fingerprint", fingerprint)
+            stored = await self._redis.hget(self._keyspace.meta, "secret_fingerprint")
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        if stored is not None and stored.decode() != fingerprint:
+        if stored is not None and text(stored) != fingerprint:
             raise ConfigError(
                 "this Redis store was set up with another key hashing secret: give this "
                 "process the same RATEWATCH_KEY_SECRET (or --data-dir) as the server"
@@ -108,8 +113,9 @@ class KeyStore:
         """Create a key (or register ``api_key`` as given); returns the key and its record."""
         validate_tenant(tenant)
         if len(name) > MAX_NAME_LENGTH:
-            raise InvalidInput(f"key name is {len(name)} characters long, at most "
-                               f"{MAX_NAME_LENGTH} are allowed")
+            raise InvalidInput(
+                f"key name is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed"
+            )
         api_key = api_key if api_key is not None else new_api_key()
         record = KeyRecord(
             id="key_" + secrets.token_hex(8),
@@ -150,13 +156,13 @@ class KeyStore:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return None if raw is None else KeyRecord(**json.loads(raw))
 
-    async def list(self, tenant: str | None = None) -> list[KeyRecord]:
+    async def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
         """A tenant's keys, or every tenant's when ``tenant`` is None (CLI only)."""
         try:
             tenants = [tenant] if tenant is not None else await self.tenants()
             records: list[KeyRecord] = []
             for name in tenants:
-                raw = await self._redis.hgetall(self._keyspace.key_records(name))  # type: ignore[misc]
+                raw = await self._redis.hgetall(self._keyspace.key_records(name))
                 records += [KeyRecord(**json.loads(value)) for value in raw.values()]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
@@ -166,11 +172,11 @@ class KeyStore:
         """Revoke a key; with ``tenant`` given, only a key of that tenant."""
         ks = self._keyspace
         try:
-            owner = await self._redis.hget(ks.key_ids, key_id)  # type: ignore[misc]
-            if owner is None or (tenant is not None and owner.decode() != tenant):
+            owner = await self._redis.hget(ks.key_ids, key_id)
+            if owner is None or (tenant is not None and text(owner) != tenant):
                 raise NotFound(f"no key with id {key_id!r}")
-            owner_name = owner.decode()
-            raw = await self._redis.hget(ks.key_records(owner_name), key_id)  # type: ignore[misc]
+            owner_name = text(owner)
+            raw = await self._redis.hget(ks.key_records(owner_name), key_id)
             if raw is None:
                 raise NotFound(f"no key with id {key_id!r}")
             record = KeyRecord(**json.loads(raw))
@@ -185,7 +191,7 @@ class KeyStore:
 
     async def tenants(self) -> list[str]:
         try:
-            names = await self._redis.hkeys(self._keyspace.tenants)  # type: ignore[misc]
+            names = await self._redis.hkeys(self._keyspace.tenants)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return sorted(name.decode() for name in names)
+        return sorted(text(name) for name in names)

@@ -79,9 +79,7 @@ class BlockStore:
         self._keyspace = keyspace
         lua = resources.files("limiter") / "lua"
         self._put = redis.register_script((lua / "block_put.lua").read_text(encoding="utf-8"))
-        self._remove = redis.register_script(
-            (lua / "block_remove.lua").read_text(encoding="utf-8")
-        )
+        self._remove = redis.register_script((lua / "block_remove.lua").read_text(encoding="utf-8"))
 
     async def create(
         self,
@@ -129,20 +127,24 @@ class BlockStore:
         try:
             await self._put(
                 keys=[ks.block_records(tenant), ks.block(tenant, block.scope, block.value)],
-                args=[block.id, json.dumps(block.public()), ttl_ms,
-                      "1" if block.mode == "enforce" else "0"],
+                args=[
+                    block.id,
+                    json.dumps(block.public()),
+                    ttl_ms,
+                    "1" if block.mode == "enforce" else "0",
+                ],
             )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
-    async def list(self, tenant: str) -> list[Block]:
+    async def active(self, tenant: str) -> list[Block]:
         """The tenant's active blocks, soonest to expire first; expired records are pruned."""
         records_key = self._keyspace.block_records(tenant)
         try:
-            raw = await self._redis.hgetall(records_key)  # type: ignore[misc]
+            raw = await self._redis.hgetall(records_key)
             now = time.time()
             active: list[Block] = []
-            expired: list[bytes] = []
+            expired: list[bytes | str] = []
             for block_id, payload in raw.items():
                 block = Block(**json.loads(payload))
                 if block.expires_at > now:
@@ -150,14 +152,14 @@ class BlockStore:
                 else:
                     expired.append(block_id)
             if expired:
-                await self._redis.hdel(records_key, *expired)  # type: ignore[misc]
+                await self._redis.hdel(records_key, *expired)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return sorted(active, key=lambda block: block.expires_at)
 
     async def get(self, tenant: str, block_id: str) -> Block:
         try:
-            payload = await self._redis.hget(self._keyspace.block_records(tenant), block_id)  # type: ignore[misc]
+            payload = await self._redis.hget(self._keyspace.block_records(tenant), block_id)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         if payload is None:
@@ -178,7 +180,7 @@ class BlockStore:
             )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        for other in await self.list(tenant):
+        for other in await self.active(tenant):
             if (other.scope, other.value, other.mode) == (block.scope, block.value, "enforce"):
                 await self._write(tenant, other)
         return block

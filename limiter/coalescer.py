@@ -24,6 +24,7 @@ class Coalescer:
         self._pending: list[tuple[Sequence[Check], asyncio.Future[list[Outcome]]]] = []
         self._pending_checks = 0
         self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, as asyncio asks
 
     def submit(self, checks: Sequence[Check]) -> asyncio.Future[list[Outcome]]:
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
@@ -31,7 +32,9 @@ class Coalescer:
         self._pending_checks += len(checks)
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            asyncio.ensure_future(self._flush())
+            task = asyncio.ensure_future(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return future
 
     async def _flush(self) -> None:

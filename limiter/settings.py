@@ -6,21 +6,10 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from limiter.errors import ConfigError
+from limiter.redis_client import check_redis_url
 from limiter.tenants import FailMode
-
-REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys", "redis+cluster")
-
-
-def _check_redis_url(url: str) -> str:
-    scheme = urlparse(url).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(
-            f"redis url {url!r} is not valid: its scheme must be one of {', '.join(REDIS_SCHEMES)}"
-        )
-    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +28,7 @@ class LimiterSettings:
     key_secret: bytes | None = None
 
     def __post_init__(self) -> None:
-        _check_redis_url(self.redis_url)
+        check_redis_url(self.redis_url)
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port!r} is not a TCP port (1-65535)")
         if not 0.001 <= self.redis_timeout <= 60:
@@ -47,10 +36,14 @@ class LimiterSettings:
         if not 0 <= self.auth_cache_ttl <= 60:
             raise ConfigError(f"auth cache ttl {self.auth_cache_ttl!r}s is not within 0-60")
         if not 1024 <= self.max_body_bytes <= self.max_batch_body_bytes:
-            raise ConfigError(f"max body bytes {self.max_body_bytes!r} is not within "
-                              f"1024-{self.max_batch_body_bytes}")
+            raise ConfigError(
+                f"max body bytes {self.max_body_bytes!r} is not within "
+                f"1024-{self.max_batch_body_bytes}"
+            )
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
-            raise ConfigError(f"key prefix {self.key_prefix!r} must be non-empty without {{}}: or spaces")
+            raise ConfigError(
+                f"key prefix {self.key_prefix!r} must be non-empty without {{}}: or spaces"
+            )
         if self.key_secret is not None and len(self.key_secret) != 32:
             raise ConfigError("the key secret must be 64 hex characters (32 bytes)")
 
@@ -61,7 +54,9 @@ def parse_key_secret(text: str) -> bytes:
     except ValueError:
         raise ConfigError("RATEWATCH_KEY_SECRET must be 64 hex characters") from None
     if len(secret) != 32:
-        raise ConfigError(f"RATEWATCH_KEY_SECRET must be 64 hex characters, got {len(text.strip())}")
+        raise ConfigError(
+            f"RATEWATCH_KEY_SECRET must be 64 hex characters, got {len(text.strip())}"
+        )
     return secret
 
 

@@ -33,7 +33,7 @@ class TenantSettingsStore:
 
     async def get(self, tenant: str) -> dict[str, object]:
         try:
-            raw = await self._redis.hget(self._keyspace.tenants, tenant)  # type: ignore[misc]
+            raw = await self._redis.hget(self._keyspace.tenants, tenant)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         settings: dict[str, object] = json.loads(raw) if raw else {}
@@ -51,7 +51,7 @@ class TenantSettingsStore:
         else:
             settings["fail_mode"] = mode.value
         try:
-            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))  # type: ignore[misc]
+            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return settings

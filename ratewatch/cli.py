@@ -29,30 +29,46 @@ def _option(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
 
 
 def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return _option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                   default=Path("ratewatch-data"), show_default=True,
-                   help="Where embedded state (Valkey data, key secret) lives.")(f)
+    return _option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("ratewatch-data"),
+        show_default=True,
+        help="Where embedded state (Valkey data, key secret) lives.",
+    )(f)
 
 
 def redis_url_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return _option("--redis-url", default=None,
-                   help="Use this Redis / Valkey instead of the embedded one.")(f)
+    return _option(
+        "--redis-url", default=None, help="Use this Redis / Valkey instead of the embedded one."
+    )(f)
 
 
 def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by ``up`` and the distributed processes."""
-    for decorate in reversed([
-        _option("--host", default="127.0.0.1", show_default=True),
-        _option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True),
-        data_dir_option,
-        redis_url_option,
-        _option("--kafka", default=None, help="Kafka bootstrap servers (decision stream)."),
-        _option("--clickhouse-url", default=None, help="http(s)://… or chdb:///path."),
-        _option("--fail-mode", type=click.Choice(["open", "closed"]), default="open",
-                show_default=True, help="What to answer while Redis is unreachable."),
-        _option("--key-prefix", default="rw", show_default=True,
-                help="Prefix of every Redis key RateWatch writes."),
-    ]):
+    for decorate in reversed(
+        [
+            _option("--host", default="127.0.0.1", show_default=True),
+            _option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True),
+            data_dir_option,
+            redis_url_option,
+            _option("--kafka", default=None, help="Kafka bootstrap servers (decision stream)."),
+            _option("--clickhouse-url", default=None, help="http(s)://… or chdb:///path."),
+            _option(
+                "--fail-mode",
+                type=click.Choice(["open", "closed"]),
+                default="open",
+                show_default=True,
+                help="What to answer while Redis is unreachable.",
+            ),
+            _option(
+                "--key-prefix",
+                default="rw",
+                show_default=True,
+                help="Prefix of every Redis key RateWatch writes.",
+            ),
+        ]
+    ):
         f = decorate(f)
     return f
 
@@ -86,11 +102,21 @@ def key_secret(data_dir: Path) -> bytes:
 @click.version_option(package_name="ratewatch")
 def main() -> None:
     """RateWatch: rate limiting with analytics and abuse detection."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
-def _serve(host: str, port: int, data_dir: Path, redis_url: str, fail_mode: str,
-           key_prefix: str, kafka: str | None, clickhouse_url: str | None) -> None:
+def _serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str,
+    fail_mode: str,
+    key_prefix: str,
+    kafka: str | None,
+    clickhouse_url: str | None,
+) -> None:
     with user_errors():
         import uvicorn
 
@@ -101,16 +127,34 @@ def _serve(host: str, port: int, data_dir: Path, redis_url: str, fail_mode: str,
         for flag, value in (("--kafka", kafka), ("--clickhouse-url", clickhouse_url)):
             if value:
                 logging.getLogger("ratewatch").warning(
-                    "%s is accepted but not used yet: this version has no decision stream", flag)
-        settings = LimiterSettings(redis_url=redis_url, data_dir=data_dir, host=host, port=port,
-                                   key_prefix=key_prefix, fail_mode=parse_fail_mode(fail_mode))
-        app = create_app(settings, key_secret(data_dir),
-                         bootstrap_key=os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None,
-                         on_new_key=_show_new_key)
+                    "%s is accepted but not used yet: this version has no decision stream", flag
+                )
+        settings = LimiterSettings(
+            redis_url=redis_url,
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            key_prefix=key_prefix,
+            fail_mode=parse_fail_mode(fail_mode),
+        )
+        app = create_app(
+            settings,
+            key_secret(data_dir),
+            bootstrap_key=os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None,
+            on_new_key=_show_new_key,
+        )
         click.echo(f"RateWatch listening on http://{host}:{port} (Redis: {redis_url})")
-        config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                                lifespan="on", access_log=False, log_level="warning",
-                                timeout_graceful_shutdown=10)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
         server = uvicorn.Server(config)
         # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with these handlers in place
         # that returns here, so the caller's cleanup (stopping the embedded Valkey) runs.
@@ -128,8 +172,16 @@ def _show_new_key(api_key: str) -> None:
 
 @main.command()
 @service_options
-def up(host: str, port: int, data_dir: Path, redis_url: str | None, kafka: str | None,
-       clickhouse_url: str | None, fail_mode: str, key_prefix: str) -> None:
+def up(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str | None,
+    kafka: str | None,
+    clickhouse_url: str | None,
+    fail_mode: str,
+    key_prefix: str,
+) -> None:
     """Run RateWatch on this machine: an embedded Valkey (unless --redis-url) and the API."""
     if redis_url is not None:
         _serve(host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url)
@@ -147,8 +199,16 @@ def up(host: str, port: int, data_dir: Path, redis_url: str | None, kafka: str |
 
 @main.command()
 @service_options
-def serve(host: str, port: int, data_dir: Path, redis_url: str | None, kafka: str | None,
-          clickhouse_url: str | None, fail_mode: str, key_prefix: str) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str | None,
+    kafka: str | None,
+    clickhouse_url: str | None,
+    fail_mode: str,
+    key_prefix: str,
+) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
         with user_errors():
@@ -156,8 +216,9 @@ def serve(host: str, port: int, data_dir: Path, redis_url: str | None, kafka: st
 
             redis_url = running_url(data_dir)
         if redis_url is None:
-            raise click.UsageError("serve needs --redis-url (or a running `ratewatch up` "
-                                   "on --data-dir)")
+            raise click.UsageError(
+                "serve needs --redis-url (or a running `ratewatch up` on --data-dir)"
+            )
     _serve(host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url)
 
 

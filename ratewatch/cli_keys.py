@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ratewatch.cli import _option, data_dir_option, key_secret, redis_url_option, run
 
+if TYPE_CHECKING:
+    from limiter.apikeys import KeyRecord, KeyStore
+
 
 @asynccontextmanager
-async def key_store(data_dir: Path, redis_url: str | None,
-                    key_prefix: str) -> AsyncIterator[object]:
+async def key_store(
+    data_dir: Path, redis_url: str | None, key_prefix: str
+) -> AsyncIterator[KeyStore]:
     """A KeyStore on --redis-url, the running embedded Valkey, or one started for the call."""
     from limiter.apikeys import KeyHasher, KeyStore
     from limiter.embedded import EmbeddedValkey, running_url
@@ -22,10 +27,10 @@ async def key_store(data_dir: Path, redis_url: str | None,
 
     embedded = None
     url = redis_url or running_url(data_dir)
-    if url is None:
+    redis = redis_from_url(url, timeout=5.0) if url else None
+    if redis is None:
         embedded = EmbeddedValkey(data_dir)
-        url = embedded.start()
-    redis = redis_from_url(url, timeout=5.0)
+        redis = redis_from_url(embedded.start(), timeout=5.0)
     try:
         store = KeyStore(redis, Keyspace(key_prefix), KeyHasher(key_secret(data_dir)))
         await store.verify_secret()
@@ -36,9 +41,8 @@ async def key_store(data_dir: Path, redis_url: str | None,
             embedded.stop()
 
 
-def store_options(f: object) -> object:
-    f = data_dir_option(f)  # type: ignore[arg-type]
-    f = redis_url_option(f)
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = data_dir_option(redis_url_option(f))
     return _option("--key-prefix", default="rw", show_default=True)(f)
 
 
@@ -51,49 +55,49 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant the key belongs to (created if new).")
 @click.option("--admin", is_flag=True, help="The key may manage keys, blocks and settings.")
 @click.option("--name", default="", help="A label to recognise the key by.")
-@store_options  # type: ignore[arg-type]
-def create(tenant: str, admin: bool, name: str, data_dir: Path, redis_url: str | None,
-           key_prefix: str) -> None:
+@store_options
+def create(
+    tenant: str, admin: bool, name: str, data_dir: Path, redis_url: str | None, key_prefix: str
+) -> None:
     """Create a key; it is printed once, as the last word of the output."""
 
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[str, KeyRecord]:
         async with key_store(data_dir, redis_url, key_prefix) as store:
-            api_key, record = await store.create(tenant, admin=admin, name=name)  # type: ignore[attr-defined]
-            return api_key, record.id
+            return await store.create(tenant, admin=admin, name=name)
 
-    api_key, key_id = run(go())
+    api_key, record = run(go())
     kind = "admin key" if admin else "key"
-    click.echo(f"Created {kind} {key_id} for tenant {tenant}. Store it now, it is not shown again:")
+    click.echo(
+        f"Created {kind} {record.id} for tenant {tenant}. Store it now, it is not shown again:"
+    )
     click.echo(api_key)
 
 
 @keys.command(name="list")
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
-@store_options  # type: ignore[arg-type]
+@store_options
 def list_keys(tenant: str | None, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
     """List keys (never the keys themselves: id, tenant, role, name, hint)."""
 
-    async def go() -> list[object]:
+    async def go() -> list[KeyRecord]:
         async with key_store(data_dir, redis_url, key_prefix) as store:
-            return await store.list(tenant)  # type: ignore[attr-defined, no-any-return]
+            return await store.list_keys(tenant)
 
-    records = run(go())
     click.echo(f"{'ID':<22} {'TENANT':<20} {'ROLE':<8} {'HINT':<16} NAME")
-    for record in records:
-        role = "admin" if record.admin else "standard"  # type: ignore[attr-defined]
-        click.echo(f"{record.id:<22} {record.tenant:<20} {role:<8} "  # type: ignore[attr-defined]
-                   f"{record.hint:<16} {record.name}")  # type: ignore[attr-defined]
+    for record in run(go()):
+        role = "admin" if record.admin else "standard"
+        click.echo(f"{record.id:<22} {record.tenant:<20} {role:<8} {record.hint:<16} {record.name}")
 
 
 @keys.command()
 @click.argument("key_id")
-@store_options  # type: ignore[arg-type]
+@store_options
 def revoke(key_id: str, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
     """Revoke the key KEY_ID; running limiters refuse it within a second."""
 
     async def go() -> None:
         async with key_store(data_dir, redis_url, key_prefix) as store:
-            await store.revoke(key_id)  # type: ignore[attr-defined]
+            await store.revoke(key_id)
 
     run(go())
     click.echo(f"Revoked {key_id}.")

@@ -26,14 +26,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def limiter(redis_server: RedisServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RatewatchProcess]:
+def limiter(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RatewatchProcess]:
     """One `ratewatch serve` for the session, on the session's Redis."""
     workdir = tmp_path_factory.mktemp("limiter")
     port = free_port()
     process = RatewatchProcess(
-        ["serve", "--port", str(port), "--redis-url", redis_server.url,
-         "--data-dir", str(workdir / "data")],
+        [
+            "serve",
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_server.url,
+            "--data-dir",
+            str(workdir / "data"),
+        ],
         port,
         env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY},
         log_path=workdir / "serve.log",
@@ -83,8 +91,9 @@ def standard_key(redis_server: RedisServer, tenant: str) -> str:
 @pytest.fixture
 def api(limiter: RatewatchProcess, admin_key: str) -> Iterator[httpx.Client]:
     """An HTTP client of the session's limiter, authenticated as the test tenant's admin."""
-    with httpx.Client(base_url=limiter.base_url, timeout=10,
-                      headers={"Authorization": f"Bearer {admin_key}"}) as client:
+    with httpx.Client(
+        base_url=limiter.base_url, timeout=10, headers={"Authorization": f"Bearer {admin_key}"}
+    ) as client:
         yield client
 
 

@@ -22,8 +22,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.02) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
     """Poll ``condition`` until it holds; fail loudly with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,9 +56,10 @@ def _pings(port: int) -> bool:
 class RedisServer:
     """A Redis-protocol server process of the tests' own."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, persist: bool = False):
         self.port = port or free_port()
         self.workdir = workdir
+        self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,9 +69,23 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: _pings(self.port), 15, f"redis on port {self.port}")
         return self
@@ -95,8 +111,14 @@ class RedisServer:
 class RatewatchProcess:
     """``python -m ratewatch <args>`` as a real process, ready once /health answers 200."""
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+    ):
         self.args = args
         self.port = port
         self.env = {**os.environ, **(env or {})}
@@ -112,20 +134,28 @@ class RatewatchProcess:
         if self.log_path is not None:
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "ratewatch", *self.args], env=self.env,
-                    cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                    [sys.executable, "-m", "ratewatch", *self.args],
+                    env=self.env,
+                    cwd=self.cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
         else:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ratewatch", *self.args], env=self.env, cwd=self.cwd,
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "ratewatch", *self.args],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
             )
 
         def healthy() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"ratewatch {self.args[0]} exited with "
-                                   f"{self.process.returncode}; log: {self.log()}")
+                raise RuntimeError(
+                    f"ratewatch {self.args[0]} exited with "
+                    f"{self.process.returncode}; log: {self.log()}"
+                )
             try:
                 return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:

@@ -39,8 +39,9 @@ def test_brief_example_100_per_hour(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize("algorithm", ["sliding_window", "token_bucket", "fixed_window"])
 def test_each_algorithm_allows_exactly_the_limit(api: httpx.Client, algorithm: str) -> None:
-    results = [check(api, key="k", limit=5, window=600, algorithm=algorithm).json()
-               for _ in range(7)]
+    results = [
+        check(api, key="k", limit=5, window=600, algorithm=algorithm).json() for _ in range(7)
+    ]
     assert [r["allowed"] for r in results] == [True] * 5 + [False] * 2
     assert [r["remaining"] for r in results[:5]] == [4, 3, 2, 1, 0]
     assert all(r["retry_after"] >= 1 for r in results[5:])
@@ -95,13 +96,15 @@ def test_batch_of_the_documented_maximum_and_one_more(api: httpx.Client) -> None
     assert too_many.headers["content-type"] == "application/problem+json"
 
 
-def test_tenants_have_separate_counters(api: httpx.Client, limiter: RatewatchProcess,
-                                        redis_server: RedisServer) -> None:
+def test_tenants_have_separate_counters(
+    api: httpx.Client, limiter: RatewatchProcess, redis_server: RedisServer
+) -> None:
     other = create_key(redis_server.url, "other" + secrets.token_hex(6))
     assert check(api, key="shared", limit=1, window=60).json()["allowed"] is True
     assert check(api, key="shared", limit=1, window=60).json()["allowed"] is False
-    with httpx.Client(base_url=limiter.base_url,
-                      headers={"Authorization": f"Bearer {other}"}) as client:
+    with httpx.Client(
+        base_url=limiter.base_url, headers={"Authorization": f"Bearer {other}"}
+    ) as client:
         assert check(client, key="shared", limit=1, window=60).json()["allowed"] is True
 
 

@@ -49,8 +49,14 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 
 class AdminRoutes:
-    def __init__(self, checks: CheckHandler, keys: KeyStore, blocks: BlockStore,
-                 tenant_settings: TenantSettingsStore, auth: Authenticator):
+    def __init__(
+        self,
+        checks: CheckHandler,
+        keys: KeyStore,
+        blocks: BlockStore,
+        tenant_settings: TenantSettingsStore,
+        auth: Authenticator,
+    ):
         self._checks = checks
         self._keys = keys
         self._blocks = blocks
@@ -80,20 +86,24 @@ class AdminRoutes:
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_ADMIN_BODY:
-                raise Problem(413, "body-too-large",
-                              f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes")
+                raise Problem(
+                    413,
+                    "body-too-large",
+                    f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes",
+                )
         return decode(decoder, body or b"{}")
 
     async def list_keys(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
-        keys = await self._keys.list(principal.tenant)
+        keys = await self._keys.list_keys(principal.tenant)
         return json_response({"keys": [record.public() for record in keys]})
 
     async def create_key(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
         body: KeyCreate = await self._body(request, _key_create)
-        api_key, record = await self._keys.create(principal.tenant, admin=body.admin,
-                                                  name=body.name)
+        api_key, record = await self._keys.create(
+            principal.tenant, admin=body.admin, name=body.name
+        )
         return json_response({**record.public(), "key": api_key}, 201)
 
     async def revoke_key(self, request: Request) -> Response:
@@ -104,14 +114,15 @@ class AdminRoutes:
 
     async def list_blocks(self, request: Request) -> Response:
         principal = await self._principal(request, admin=False)
-        blocks = await self._blocks.list(principal.tenant)
+        blocks = await self._blocks.active(principal.tenant)
         return json_response({"blocks": [block.public() for block in blocks]})
 
     async def create_block(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
         body: BlockCreate = await self._body(request, _block_create)
-        block = await self._blocks.create(principal.tenant, body.scope, body.value, body.ttl,
-                                          body.reason, mode=body.mode)
+        block = await self._blocks.create(
+            principal.tenant, body.scope, body.value, body.ttl, body.reason, mode=body.mode
+        )
         return json_response(block.public(), 201)
 
     async def remove_block(self, request: Request) -> Response:
@@ -121,8 +132,9 @@ class AdminRoutes:
 
     async def get_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
-        return json_response(self._settings_view(principal,
-                                                 await self._tenant_settings.get(principal.tenant)))
+        return json_response(
+            self._settings_view(principal, await self._tenant_settings.get(principal.tenant))
+        )
 
     async def update_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)

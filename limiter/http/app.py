@@ -26,8 +26,8 @@ from limiter.auth import Authenticator
 from limiter.blocks import BlockStore
 from limiter.bootstrap import bootstrap
 from limiter.coalescer import Coalescer
-from limiter.errors import LimiterError
 from limiter.emit import DecisionSink, NullSink
+from limiter.errors import LimiterError
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.admin import AdminRoutes, json_response, problem_for
 from limiter.http.asgi import Scope, respond
@@ -67,17 +67,20 @@ class LimiterApp:
         self._on_new_key = on_new_key
         self.metrics = LimiterMetrics()
         self._checks: CheckHandler | None = None
-        handlers = {kind: self._on_error for kind in (Problem, LimiterError, HTTPException,
-                                                       Exception)}
-        self._starlette = Starlette(lifespan=self._lifespan,
-                                    exception_handlers=handlers)  # type: ignore[arg-type]
+        handlers = {
+            kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
+        }
+        self._starlette = Starlette(lifespan=self._lifespan, exception_handlers=handlers)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         checks = self._checks
         if checks is not None and scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
-            handler = checks.check if path == "/v1/check" else (
-                checks.batch if path == "/v1/batch" else None)
+            handler = (
+                checks.check
+                if path == "/v1/check"
+                else (checks.batch if path == "/v1/batch" else None)
+            )
             if handler is not None:
                 try:
                     await handler(scope, receive, send)
@@ -108,17 +111,27 @@ class LimiterApp:
         auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
         decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
         sink = self._sink_factory()
-        checks = CheckHandler(auth, decider, sink, self.metrics, Algorithm.SLIDING_WINDOW,
-                              settings.max_body_bytes, settings.max_batch_body_bytes)
+        checks = CheckHandler(
+            auth,
+            decider,
+            sink,
+            self.metrics,
+            Algorithm.SLIDING_WINDOW,
+            settings.max_body_bytes,
+            settings.max_batch_body_bytes,
+        )
         admin = AdminRoutes(checks, keys, BlockStore(redis, keyspace), tenant_settings, auth)
-        health_routes = HealthRoutes(redis, health, self.metrics, settings.fail_mode,
-                                     settings.instance, VERSION)
+        health_routes = HealthRoutes(
+            redis, health, self.metrics, settings.fail_mode, settings.instance, VERSION
+        )
         openapi = build_openapi(VERSION)
-        app.router.routes.extend([
-            *admin.routes(),
-            *health_routes.routes(),
-            Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
-        ])
+        app.router.routes.extend(
+            [
+                *admin.routes(),
+                *health_routes.routes(),
+                Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
+            ]
+        )
         watcher = asyncio.create_task(health.watch())
         self._checks = checks
         try:
@@ -136,14 +149,18 @@ class LimiterApp:
         if problem is None:
             if isinstance(exc, HTTPException):
                 kind = {404: "not-found", 405: "method-not-allowed"}.get(
-                    exc.status_code, "validation-error")
+                    exc.status_code, "validation-error"
+                )
                 problem = Problem(exc.status_code, kind, str(exc.detail))
             else:
                 log.error("request failed", exc_info=exc)
                 problem = Problem(500, "internal-error", "the server failed; see its log")
         self.metrics.http_errors.labels(str(problem.status)).inc()
-        return Response(problem.body(request.url.path), problem.status,
-                        headers={k.decode(): v.decode() for k, v in problem.headers()})
+        return Response(
+            problem.body(request.url.path),
+            problem.status,
+            headers={k.decode(): v.decode() for k, v in problem.headers()},
+        )
 
 
 def create_app(settings: LimiterSettings, key_secret: bytes, **options: Any) -> LimiterApp:

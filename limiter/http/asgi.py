@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from limiter.http.problems import Problem
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
@@ -32,8 +33,12 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     """The request body; 413 as soon as it is known to exceed ``limit`` bytes."""
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise Problem(413, "body-too-large", f"request body of {int(length)} bytes exceeds the "
-                      f"limit of {limit} bytes", max_bytes=limit)
+        raise Problem(
+            413,
+            "body-too-large",
+            f"request body of {int(length)} bytes exceeds the limit of {limit} bytes",
+            max_bytes=limit,
+        )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -43,8 +48,12 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise Problem(413, "body-too-large", f"request body exceeds the limit of {limit} "
-                          "bytes", max_bytes=limit)
+            raise Problem(
+                413,
+                "body-too-large",
+                f"request body exceeds the limit of {limit} bytes",
+                max_bytes=limit,
+            )
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

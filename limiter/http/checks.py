@@ -33,6 +33,8 @@ def _seconds(ms: int) -> int:
 
 
 def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    if not body.strip():
+        raise Problem(400, "invalid-json", "the request body is empty: send a JSON object")
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -67,31 +69,44 @@ class CheckHandler:
         try:
             principal = await self._auth.authenticate(token)
         except StoreUnavailable:
-            raise Problem(503, "store-unavailable",
-                          "the key store is unreachable and this key is not cached") from None
+            raise Problem(
+                503, "store-unavailable", "the key store is unreachable and this key is not cached"
+            ) from None
         if principal is None:
             raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
         return principal
 
     def to_check(self, tenant: str, request: CheckRequest, where: str = "$") -> Check:
         if request.limit * request.window > MAX_LIMIT_WINDOW:
-            raise Problem(422, "validation-error",
-                          f"limit × window = {request.limit * request.window} exceeds "
-                          f"{MAX_LIMIT_WINDOW} (limit·seconds) - at `{where}`")
+            raise Problem(
+                422,
+                "validation-error",
+                f"limit × window = {request.limit * request.window} exceeds "
+                f"{MAX_LIMIT_WINDOW} (limit·seconds) - at `{where}`",
+            )
         ip = request.ip
         if ip is not None:
             try:
                 ip = normalize_ip(ip)
             except InvalidInput as exc:
                 raise Problem(422, "validation-error", f"{exc} - at `{where}.ip`") from None
-        return Check(tenant, request.key, request.algorithm or self._default_algorithm,
-                     request.limit, request.window * 1000, request.cost, ip, request.user_id)
+        return Check(
+            tenant,
+            request.key,
+            request.algorithm or self._default_algorithm,
+            request.limit,
+            request.window * 1000,
+            request.cost,
+            ip,
+            request.user_id,
+        )
 
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         principal = await self.principal(scope)
-        request: CheckRequest = decode(_check_decoder, await read_body(scope, receive,
-                                                                      self._max_body))
+        request: CheckRequest = decode(
+            _check_decoder, await read_body(scope, receive, self._max_body)
+        )
         check = self.to_check(principal.tenant, request)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = self._result(check, outcome)
@@ -104,30 +119,47 @@ class CheckHandler:
             headers.append((b"retry-after", b"%d" % result.retry_after))
         await respond(send, 200, _encoder.encode(result), headers)
         elapsed = time.perf_counter_ns() - started
-        self._sink.emit([Decision(time.time_ns() // 1_000_000, check, outcome,
-                                  RequestContext(request.route, request.user_agent),
-                                  elapsed // 1000)])
+        self._sink.emit(
+            [
+                Decision(
+                    time.time_ns() // 1_000_000,
+                    check,
+                    outcome,
+                    RequestContext(request.route, request.user_agent),
+                    elapsed // 1000,
+                )
+            ]
+        )
         self._metrics.check_seconds.observe(elapsed / 1e9)
 
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         principal = await self.principal(scope)
-        request: BatchRequest = decode(_batch_decoder, await read_body(scope, receive,
-                                                                      self._max_batch_body))
-        checks = [self.to_check(principal.tenant, item, f"$.checks[{index}]")
-                  for index, item in enumerate(request.checks)]
+        request: BatchRequest = decode(
+            _batch_decoder, await read_body(scope, receive, self._max_batch_body)
+        )
+        checks = [
+            self.to_check(principal.tenant, item, f"$.checks[{index}]")
+            for index, item in enumerate(request.checks)
+        ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)
-        results = [self._result(check, outcome) for check, outcome in zip(checks, outcomes,
-                                                                          strict=True)]
-        await respond(send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)])
+        results = [
+            self._result(check, outcome) for check, outcome in zip(checks, outcomes, strict=True)
+        ]
+        await respond(
+            send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)]
+        )
         elapsed = time.perf_counter_ns() - started
         ts_ms = time.time_ns() // 1_000_000
         latency_us = elapsed // 1000
-        self._sink.emit([
-            Decision(ts_ms, check, outcome, RequestContext(item.route, item.user_agent),
-                     latency_us)
-            for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
-        ])
+        self._sink.emit(
+            [
+                Decision(
+                    ts_ms, check, outcome, RequestContext(item.route, item.user_agent), latency_us
+                )
+                for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
+            ]
+        )
         self._metrics.batch_seconds.observe(elapsed / 1e9)
 
     def _result(self, check: Check, outcome: Outcome) -> CheckResult:
@@ -136,7 +168,8 @@ class CheckHandler:
             allowed=outcome.allowed,
             remaining=outcome.remaining,
             reset_in=_seconds(outcome.reset_ms),
-            retry_after=None if outcome.allowed or outcome.retry_ms == NO_RETRY
+            retry_after=None
+            if outcome.allowed or outcome.retry_ms == NO_RETRY
             else max(1, _seconds(outcome.retry_ms)),
             limit=check.limit,
             reason=outcome.reason.label,

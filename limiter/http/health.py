@@ -17,8 +17,15 @@ from limiter.tenants import FailMode
 
 
 class HealthRoutes:
-    def __init__(self, redis: Redis, health: StoreHealth, metrics: LimiterMetrics,
-                 fail_mode: FailMode, instance: str, version: str):
+    def __init__(
+        self,
+        redis: Redis,
+        health: StoreHealth,
+        metrics: LimiterMetrics,
+        fail_mode: FailMode,
+        instance: str,
+        version: str,
+    ):
         self._redis = redis
         self._health = health
         self._metrics = metrics
@@ -41,21 +48,24 @@ class HealthRoutes:
         if self._health.up:
             started = time.perf_counter()
             try:
-                await self._redis.ping()  # type: ignore[misc]
+                await self._redis.ping()
                 redis["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
             except Exception as exc:  # reported, not raised: this is the status page
                 redis.update(status="down", error=str(exc))
         else:
             redis.update(error=self._health.last_error, down_since=self._health.down_since)
         degraded = redis["status"] != "up"
-        return json_response({
-            "status": "degraded" if degraded else "ok",
-            "instance": self._instance,
-            "version": self._version,
-            "fail_mode": self._fail_mode.value,
-            "dependencies": {"redis": redis},
-        })
+        return json_response(
+            {
+                "status": "degraded" if degraded else "ok",
+                "instance": self._instance,
+                "version": self._version,
+                "fail_mode": self._fail_mode.value,
+                "dependencies": {"redis": redis},
+            }
+        )
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self._metrics.registry),
-                        headers={"content-type": CONTENT_TYPE_LATEST})
+        return Response(
+            generate_latest(self._metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST}
+        )

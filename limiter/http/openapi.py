@@ -42,12 +42,15 @@ def _problems(*statuses: int) -> dict[str, Any]:
     }
 
 
-def _operation(summary: str, response: str | None, *problems: int,
-               body: str | None = None, ok: str = "200") -> dict[str, Any]:
+def _operation(
+    summary: str, response: str | None, *problems: int, body: str | None = None, ok: str = "200"
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
-        "responses": {ok: {"description": "OK", **(_json(response) if response else {})},
-                      **_problems(401, 503, *problems)},
+        "responses": {
+            ok: {"description": "OK", **(_json(response) if response else {})},
+            **_problems(401, 503, *problems),
+        },
     }
     if body is not None:
         operation["requestBody"] = {"required": True, **_json(body)}
@@ -56,21 +59,41 @@ def _operation(summary: str, response: str | None, *problems: int,
 
 def build_openapi(version: str) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [CheckRequest, CheckResult, BatchRequest, BatchResult, KeyCreate, BlockCreate,
-         SettingsUpdate],
+        [
+            CheckRequest,
+            CheckResult,
+            BatchRequest,
+            BatchResult,
+            KeyCreate,
+            BlockCreate,
+            SettingsUpdate,
+        ],
         ref_template=REF,
     )
     components["Problem"] = PROBLEM_SCHEMA
     rate_limit_headers = {
-        "RateLimit": {"schema": {"type": "string"}, "description": '`"default";r=<remaining>;t=<reset>`'},
-        "RateLimit-Policy": {"schema": {"type": "string"}, "description": '`"default";q=<limit>;w=<window>`'},
+        "RateLimit": {
+            "schema": {"type": "string"},
+            "description": '`"default";r=<remaining>;t=<reset>`',
+        },
+        "RateLimit-Policy": {
+            "schema": {"type": "string"},
+            "description": '`"default";q=<limit>;w=<window>`',
+        },
         "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds, when denied."},
     }
-    check = _operation("Check and count one request against a limit", "CheckResult",
-                       400, 413, 422, body="CheckRequest")
+    check = _operation(
+        "Check and count one request against a limit",
+        "CheckResult",
+        400,
+        413,
+        422,
+        body="CheckRequest",
+    )
     check["responses"]["200"]["headers"] = rate_limit_headers
-    check["description"] = ("A denied check is still 200 with `allowed: false`; the caller "
-                            "decides its own 429.")
+    check["description"] = (
+        "A denied check is still 200 with `allowed: false`; the caller decides its own 429."
+    )
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.1.0",
@@ -82,33 +105,83 @@ def build_openapi(version: str) -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "paths": {
             "/v1/check": {"post": check},
-            "/v1/batch": {"post": _operation(
-                "Decide up to 1000 checks in one request, results in the same order",
-                "BatchResult", 400, 413, 422, body="BatchRequest")},
+            "/v1/batch": {
+                "post": _operation(
+                    "Decide up to 1000 checks in one request, results in the same order",
+                    "BatchResult",
+                    400,
+                    413,
+                    422,
+                    body="BatchRequest",
+                )
+            },
             "/v1/keys": {
                 "get": _operation("List the tenant's API keys (admin)", None, 403),
-                "post": _operation("Create an API key; the key is shown once (admin)", None,
-                                   400, 403, 422, body="KeyCreate", ok="201"),
+                "post": _operation(
+                    "Create an API key; the key is shown once (admin)",
+                    None,
+                    400,
+                    403,
+                    422,
+                    body="KeyCreate",
+                    ok="201",
+                ),
             },
-            "/v1/keys/{id}": {"delete": {**_operation("Revoke an API key (admin)", None, 403,
-                                                      404), "parameters": id_param}},
+            "/v1/keys/{id}": {
+                "delete": {
+                    **_operation("Revoke an API key (admin)", None, 403, 404),
+                    "parameters": id_param,
+                }
+            },
             "/v1/blocks": {
                 "get": _operation("List active blocks", None),
-                "post": _operation("Block an ip, key or user_id for ttl seconds (admin)", None,
-                                   400, 403, 422, body="BlockCreate", ok="201"),
+                "post": _operation(
+                    "Block an ip, key or user_id for ttl seconds (admin)",
+                    None,
+                    400,
+                    403,
+                    422,
+                    body="BlockCreate",
+                    ok="201",
+                ),
             },
-            "/v1/blocks/{id}": {"delete": {**_operation("Lift a block at once (admin)", None,
-                                                        403, 404), "parameters": id_param}},
+            "/v1/blocks/{id}": {
+                "delete": {
+                    **_operation("Lift a block at once (admin)", None, 403, 404),
+                    "parameters": id_param,
+                }
+            },
             "/v1/settings": {
                 "get": _operation("The tenant's settings (admin)", None, 403),
-                "patch": _operation("Change the tenant's settings (admin)", None, 400, 403,
-                                    422, body="SettingsUpdate"),
+                "patch": _operation(
+                    "Change the tenant's settings (admin)",
+                    None,
+                    400,
+                    403,
+                    422,
+                    body="SettingsUpdate",
+                ),
             },
-            "/health": {"get": {"summary": "Liveness", "security": [],
-                                "responses": {"200": {"description": "OK"}}}},
-            "/health/detailed": {"get": {"summary": "Each dependency's status", "security": [],
-                                         "responses": {"200": {"description": "OK"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
-                                 "responses": {"200": {"description": "OK"}}}},
+            "/health": {
+                "get": {
+                    "summary": "Liveness",
+                    "security": [],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/health/detailed": {
+                "get": {
+                    "summary": "Each dependency's status",
+                    "security": [],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
         },
     }

@@ -17,12 +17,19 @@ MAX_KEY_LENGTH = 512
 MAX_BATCH_CHECKS = 1000
 MAX_COUNT = 10**12
 
-Key = Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LENGTH,
-                          description="The thing being limited, e.g. `user:123`.")]
+Key = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="The thing being limited, e.g. `user:123`.",
+    ),
+]
 Limit = Annotated[int, Meta(ge=1, le=MAX_COUNT, description="Requests allowed per window.")]
 Window = Annotated[int, Meta(ge=1, le=MAX_WINDOW_SECONDS, description="Window in seconds.")]
-Cost = Annotated[int, Meta(ge=0, le=MAX_COUNT,
-                           description="Units this request uses; 0 reads without using.")]
+Cost = Annotated[
+    int, Meta(ge=0, le=MAX_COUNT, description="Units this request uses; 0 reads without using.")
+]
 ShortText = Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 LongText = Annotated[str, Meta(max_length=2048)]
 
@@ -35,7 +42,9 @@ class CheckRequest(msgspec.Struct, kw_only=True):
     window: Window
     cost: Cost = 1
     algorithm: Algorithm | None = None
-    ip: Annotated[str, Meta(max_length=64, description="Client IP; blocks by IP apply.")] | None = None
+    ip: Annotated[str, Meta(max_length=64, description="Client IP; blocks by IP apply.")] | None = (
+        None
+    )
     route: LongText | None = None
     user_agent: LongText | None = None
     user_id: ShortText | None = None

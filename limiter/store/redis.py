@@ -19,8 +19,13 @@ from limiter.errors import StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.store.base import Check
 
-_LUA_FILES = ("prelude.lua", "sliding_window.lua", "token_bucket.lua", "fixed_window.lua",
-              "check.lua")
+_LUA_FILES = (
+    "prelude.lua",
+    "sliding_window.lua",
+    "token_bucket.lua",
+    "fixed_window.lua",
+    "check.lua",
+)
 _REASONS = list(Reason)
 
 
@@ -66,11 +71,9 @@ class RedisStore:
         keyspace = self._keyspace
         for check in checks:
             subjects = check.block_subjects()
-            keys.append(keyspace.counter(check.tenant, check.algorithm, check.window_ms,
-                                         check.key))
+            keys.append(keyspace.counter(check.tenant, check.algorithm, check.window_ms, check.key))
             keys.extend(keyspace.block(check.tenant, scope, value) for scope, value in subjects)
-            args += (check.algorithm.code, check.limit, check.window_ms, check.cost,
-                     len(subjects))
+            args += (check.algorithm.code, check.limit, check.window_ms, check.cost, len(subjects))
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
         return [
@@ -82,17 +85,18 @@ class RedisStore:
         try:
             if self._sha is None:
                 await self.load()
+            assert self._sha is not None
             try:
-                result: list[int] = await self._redis.evalsha(  # type: ignore[misc]
+                result: list[int] = await self._redis.evalsha(
                     self._sha, len(keys), *keys, *args
                 )
             except NoScriptError:
                 await self.load()
-                result = await self._redis.evalsha(  # type: ignore[misc]
+                result = await self._redis.evalsha(
                     self._sha, len(keys), *keys, *args
                 )
             return result
         except ResponseError as exc:
             raise StoreUnavailable(f"the check script failed: {exc}") from exc
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc!r}") from exc
