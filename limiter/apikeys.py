@@ -180,7 +180,9 @@ class KeyStore:
             if raw is None:
                 raise NotFound(f"no key with id {key_id!r}")
             record = KeyRecord(**json.loads(raw))
-            async with self._redis.pipeline(transaction=True) as pipe:
+            # not a transaction: the keys live in different cluster slots; the lookup key
+            # goes first, so the key stops working even if a later step fails
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.delete(ks.auth(record.hash))
                 pipe.hdel(ks.key_records(owner_name), key_id)
                 pipe.hdel(ks.key_ids, key_id)

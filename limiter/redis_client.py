@@ -1,13 +1,20 @@
 """Creating the Redis client from a URL, with the limiter's short timeouts and no retries
-(a failed call goes to the failure policy at once instead of retrying on the hot path)."""
+(a failed call goes to the failure policy at once instead of retrying on the hot path).
+
+``connect`` asks the server whether it is part of a Redis Cluster and, if so, returns a
+cluster client: every multi-key script call names keys of one tenant hash tag, so it runs
+on the one shard owning that slot.
+"""
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlparse
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from limiter.errors import ConfigError
 
@@ -27,10 +34,8 @@ def check_redis_url(url: str) -> str:
 
 def redis_from_url(url: str, timeout: float, max_connections: int = 64) -> Redis:
     check_redis_url(url)
-    if url.startswith(("valkey://", "valkeys://")):
-        url = "redis" + url[len("valkey") :]
     try:
-        return _connect(url, timeout, max_connections)
+        return _connect(_redis_scheme(url), timeout, max_connections)
     except ValueError as exc:
         raise ConfigError(f"redis url {url!r} is not valid: {exc}") from None
 
@@ -44,3 +49,32 @@ def _connect(url: str, timeout: float, max_connections: int) -> Redis:
         max_connections=max_connections,
         health_check_interval=0,
     )
+
+
+async def connect(url: str, socket_timeout: float, max_connections: int = 64) -> Redis:
+    """A client of the server at ``url``: a cluster client when it runs in cluster mode.
+
+    The cluster client is typed as ``Redis``: it offers the same command methods, which
+    are all the limiter uses.  If the server does not answer, the single-server client is
+    returned and the failure policy takes over until it does."""
+    client = redis_from_url(url, socket_timeout, max_connections)
+    try:
+        info = await client.info("cluster")
+    except (RedisError, OSError):
+        return client
+    if not info.get("cluster_enabled"):
+        return client
+    await client.aclose()
+    cluster = RedisCluster.from_url(
+        _redis_scheme(url),
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
+    await cluster.initialize()
+    return cast(Redis, cluster)
+
+
+def _redis_scheme(url: str) -> str:
+    return "redis" + url[len("valkey") :] if url.startswith(("valkey://", "valkeys://")) else url

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ratewatch.cli import _option, data_dir_option, key_secret, redis_url_option, run
+from ratewatch.cli_options import data_dir_option, key_secret, option, redis_url_option, run
 
 if TYPE_CHECKING:
     from limiter.apikeys import KeyRecord, KeyStore
@@ -23,14 +23,14 @@ async def key_store(
     from limiter.apikeys import KeyHasher, KeyStore
     from limiter.embedded import EmbeddedValkey, running_url
     from limiter.keyspace import Keyspace
-    from limiter.redis_client import redis_from_url
+    from limiter.redis_client import connect
 
     embedded = None
     url = redis_url or running_url(data_dir)
-    redis = redis_from_url(url, timeout=5.0) if url else None
+    redis = await connect(url, socket_timeout=5.0) if url else None
     if redis is None:
         embedded = EmbeddedValkey(data_dir)
-        redis = redis_from_url(embedded.start(), timeout=5.0)
+        redis = await connect(embedded.start(), socket_timeout=5.0)
     try:
         store = KeyStore(redis, Keyspace(key_prefix), KeyHasher(key_secret(data_dir)))
         await store.verify_secret()
@@ -43,7 +43,7 @@ async def key_store(
 
 def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = data_dir_option(redis_url_option(f))
-    return _option("--key-prefix", default="rw", show_default=True)(f)
+    return option("--key-prefix", default="rw", show_default=True)(f)
 
 
 @click.group()

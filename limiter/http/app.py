@@ -37,7 +37,7 @@ from limiter.http.openapi import build_openapi
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
-from limiter.redis_client import redis_from_url
+from limiter.redis_client import connect
 from limiter.settings import LimiterSettings
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
@@ -97,7 +97,7 @@ class LimiterApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
-        redis = redis_from_url(settings.redis_url, settings.redis_timeout)
+        redis = await connect(settings.redis_url, settings.redis_timeout)
         keyspace = Keyspace(settings.key_prefix)
         keys = KeyStore(redis, keyspace, KeyHasher(self._key_secret))
         await keys.verify_secret()

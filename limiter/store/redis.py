@@ -87,14 +87,10 @@ class RedisStore:
                 await self.load()
             assert self._sha is not None
             try:
-                result: list[int] = await self._redis.evalsha(
-                    self._sha, len(keys), *keys, *args
-                )
+                result: list[int] = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.load()
-                result = await self._redis.evalsha(
-                    self._sha, len(keys), *keys, *args
-                )
+                result = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
             return result
         except ResponseError as exc:
             raise StoreUnavailable(f"the check script failed: {exc}") from exc

@@ -1,0 +1,91 @@
+"""Options and error handling shared by the ``ratewatch`` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+SERVER_EXTRA_HINT = "the RateWatch service needs its extra: pip install 'ratewatch[server]'"
+
+
+def option(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    envvar = "RATEWATCH_" + name.lstrip("-").replace("-", "_").upper()
+    return click.option(name, envvar=envvar, show_envvar=True, **kwargs)
+
+
+def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("ratewatch-data"),
+        show_default=True,
+        help="Where embedded state (Valkey data, key secret) lives.",
+    )(f)
+
+
+def redis_url_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return option(
+        "--redis-url", default=None, help="Use this Redis / Valkey instead of the embedded one."
+    )(f)
+
+
+def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by ``up`` and the distributed processes."""
+    for decorate in reversed(
+        [
+            option("--host", default="127.0.0.1", show_default=True),
+            option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True),
+            data_dir_option,
+            redis_url_option,
+            option("--kafka", default=None, help="Kafka bootstrap servers (decision stream)."),
+            option("--clickhouse-url", default=None, help="http(s)://… or chdb:///path."),
+            option(
+                "--fail-mode",
+                type=click.Choice(["open", "closed"]),
+                default="open",
+                show_default=True,
+                help="What to answer while Redis is unreachable.",
+            ),
+            option(
+                "--key-prefix",
+                default="rw",
+                show_default=True,
+                help="Prefix of every Redis key RateWatch writes.",
+            ),
+        ]
+    ):
+        f = decorate(f)
+    return f
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into a one-line message and exit status 1."""
+    try:
+        from limiter.errors import LimiterError
+    except ImportError:  # pragma: no cover - the light install
+        raise click.ClickException(SERVER_EXTRA_HINT) from None
+    try:
+        yield
+    except LimiterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    with user_errors():
+        return asyncio.run(coroutine)
+
+
+def key_secret(data_dir: Path) -> bytes:
+    from limiter.settings import load_or_create_key_secret, parse_key_secret
+
+    configured = os.environ.get("RATEWATCH_KEY_SECRET")
+    return parse_key_secret(configured) if configured else load_or_create_key_secret(data_dir)
