@@ -1,0 +1,84 @@
+"""``Limiter``: rate limiting as a library, on any decision store.
+
+    from limiter import Limiter, MemoryStore
+    limits = Limiter(MemoryStore())
+    decision = await limits.check("user:123", limit=100, window=3600)
+
+With ``RedisStore`` the decisions are the service's own (the same Lua script); with
+``MemoryStore`` they are identical but local to the process.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from limiter.algorithms import MAX_LIMIT_WINDOW, MAX_WINDOW_SECONDS, NO_RETRY, Algorithm
+from limiter.errors import InvalidInput
+from limiter.store.base import Check, DecisionStore
+
+
+class Decision(NamedTuple):
+    """A decision in the API's units: seconds, ``retry_after`` None when allowed."""
+
+    allowed: bool
+    remaining: int
+    reset_in: int
+    retry_after: int | None
+    limit: int
+    reason: str
+
+
+def _seconds(ms: int) -> int:
+    return -(-ms // 1000)
+
+
+class Limiter:
+    def __init__(
+        self,
+        store: DecisionStore,
+        tenant: str = "default",
+        algorithm: Algorithm = Algorithm.SLIDING_WINDOW,
+    ):
+        self._store = store
+        self._tenant = tenant
+        self._algorithm = algorithm
+
+    async def check(
+        self,
+        key: str,
+        *,
+        limit: int,
+        window: int,
+        cost: int = 1,
+        algorithm: Algorithm | None = None,
+        ip: str | None = None,
+        user_id: str | None = None,
+    ) -> Decision:
+        """Count ``cost`` against ``limit`` per ``window`` seconds for ``key``."""
+        if not key:
+            raise InvalidInput("key must not be empty")
+        if not 1 <= window <= MAX_WINDOW_SECONDS:
+            raise InvalidInput(f"window {window!r} is not within 1-{MAX_WINDOW_SECONDS} seconds")
+        if limit < 1 or limit * window > MAX_LIMIT_WINDOW:
+            raise InvalidInput(
+                f"limit {limit!r} is not within 1 and limit × window <= {MAX_LIMIT_WINDOW}"
+            )
+        if cost < 0:
+            raise InvalidInput(f"cost {cost!r} must not be negative")
+        check = Check(
+            self._tenant, key, algorithm or self._algorithm, limit, window * 1000, cost, ip, user_id
+        )
+        outcome = (await self._store.decide([check]))[0]
+        retry = (
+            None
+            if outcome.allowed or outcome.retry_ms == NO_RETRY
+            else max(1, _seconds(outcome.retry_ms))
+        )
+        return Decision(
+            outcome.allowed,
+            outcome.remaining,
+            _seconds(outcome.reset_ms),
+            retry,
+            limit,
+            outcome.reason.label,
+        )
