@@ -2,7 +2,7 @@
 
 Usage::
 
-    /work/venv/bin/python bench/check_throughput.py [--duration 10] [--connections 64]
+    python bench/check_throughput.py [--duration 10] [--connections 64]
 
 Everything runs in this process tree and is torn down at the end:
 
@@ -319,6 +319,14 @@ def sanity_request(service: Service, path: str, body: Mapping[str, object]) -> s
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+def load_average() -> str:
+    """1-minute load average: other work on the box skews every number here."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 def proc_rss_kb(pid: int) -> int:
     """VmRSS of ``pid`` in kB (0 if gone or a kernel thread)."""
     try:
@@ -528,6 +536,7 @@ class Bench:
 
     def run(self) -> int:
         """Whole benchmark; returns the process exit status."""
+        load_before = load_average()
         redis_port = self.start_redis()
         rw = self.start_ratewatch(redis_port)
         base = self.start_baseline(redis_port)
@@ -550,6 +559,10 @@ class Bench:
             f"{rss.total_mb:.1f} MB with children ({rss.nprocs} process(es))\n"
         )
         print_table(build_rows(self.runs, conns, rss))
+        print(
+            f"\n1-min load average: {load_before} before start, {load_average()} at end "
+            f"({os.cpu_count()} CPUs; load from other work skews these numbers)"
+        )
         bad = sum(r.bad_status + r.socket_errors for r in self.runs.values())
         if bad:
             print(f"\nINVALID: {bad} requests failed (error status or socket error)")
