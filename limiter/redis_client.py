@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import cast
 from urllib.parse import urlparse
 
-from redis.asyncio import Redis, RedisCluster
+import hiredis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -41,7 +43,7 @@ def redis_from_url(url: str, timeout: float, max_connections: int = 64) -> Redis
 
 
 def _connect(url: str, timeout: float, max_connections: int) -> Redis:
-    return Redis.from_url(
+    pool = ConnectionPool.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -49,6 +51,26 @@ def _connect(url: str, timeout: float, max_connections: int) -> Redis:
         max_connections=max_connections,
         health_check_interval=0,
     )
+    pool.connection_class = _packing_with_hiredis(pool.connection_class)
+    return Redis(connection_pool=pool)
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis (C) instead of redis-py's asyncio packer (Python).
+
+    A batch of checks is one EVALSHA with hundreds of arguments; redis-py's asyncio
+    connection packs them one by one in Python, which cost a third of the server's CPU
+    under batch load, while hiredis packs the same command about ten times faster."""
+
+    def pack_command(self, *args: str | int | float | bytes) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str | bytes) and len(first.split()) > 1:  # e.g. "SCRIPT LOAD"
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]  # type: ignore[arg-type]  # stub says 1-tuple
+
+
+def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    return type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
 
 
 async def connect(url: str, socket_timeout: float, max_connections: int = 64) -> Redis:
