@@ -17,6 +17,7 @@ Layout (``rw`` is the default prefix):
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
+- ``rw:events``                                    decision event stream (embedded mode)
 """
 
 from __future__ import annotations
@@ -64,3 +65,7 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"

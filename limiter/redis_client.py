@@ -98,5 +98,9 @@ async def connect(url: str, socket_timeout: float, max_connections: int = 64) ->
     return cast(Redis, cluster)
 
 
+def is_cluster(client: Redis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def _redis_scheme(url: str) -> str:
     return "redis" + url[len("valkey") :] if url.startswith(("valkey://", "valkeys://")) else url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import secrets
 import subprocess
@@ -115,8 +116,25 @@ def test_checks_blocks_and_keys_work_on_a_cluster(cluster: list[int], tmp_path: 
     ).start()
     try:
         tenants = [f"c{secrets.token_hex(4)}" for _ in range(6)]
-        for tenant in tenants:
-            api_key = make_key(url, tmp_path, tenant)
+        api_keys = [make_key(url, tmp_path, tenant) for tenant in tenants]
+
+        def hammer(api_key: str) -> int:
+            with httpx.Client(
+                base_url=service.base_url,
+                timeout=10,
+                headers={"Authorization": f"Bearer {api_key}"},
+            ) as api:
+                return sum(
+                    api.post("/v1/check", json={"key": "shared", "limit": 25, "window": 60}).json()[
+                        "allowed"
+                    ]
+                    for _ in range(40)
+                )
+
+        # concurrent tenants: the server's coalesced batches mix tenants of different shards
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(hammer, api_keys)) == [25] * 6
+        for api_key in api_keys:
             with httpx.Client(
                 base_url=service.base_url,
                 timeout=10,

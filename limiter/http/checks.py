@@ -76,7 +76,9 @@ class CheckHandler:
             raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
         return principal
 
-    def to_check(self, tenant: str, request: CheckRequest, where: str = "$") -> Check:
+    def to_check(
+        self, tenant: str, request: CheckRequest, started_ns: int, where: str = "$"
+    ) -> Check:
         if request.limit * request.window > MAX_LIMIT_WINDOW:
             raise Problem(
                 422,
@@ -99,6 +101,9 @@ class CheckHandler:
             request.cost,
             ip,
             request.user_id,
+            request.route,
+            request.user_agent,
+            started_ns,
         )
 
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -107,7 +112,7 @@ class CheckHandler:
         request: CheckRequest = decode(
             _check_decoder, await read_body(scope, receive, self._max_body)
         )
-        check = self.to_check(principal.tenant, request)
+        check = self.to_check(principal.tenant, request, started)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = self._result(check, outcome)
         headers: Headers = [
@@ -139,7 +144,7 @@ class CheckHandler:
             _batch_decoder, await read_body(scope, receive, self._max_batch_body)
         )
         checks = [
-            self.to_check(principal.tenant, item, f"$.checks[{index}]")
+            self.to_check(principal.tenant, item, started, f"$.checks[{index}]")
             for index, item in enumerate(request.checks)
         ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)

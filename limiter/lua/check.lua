@@ -1,6 +1,8 @@
 -- Decides a batch of checks in one round trip, atomically.
--- ARGV[1] = now in ms, or "0" to use the server's clock; ARGV[2] = number of checks; then
--- per check: algorithm code (s|t|f), limit, window_ms, cost, number of block keys.
+-- ARGV[1] = now in ms, or "0" to use the server's clock; ARGV[2] = number of checks;
+-- ARGV[3] = "1" to append the decisions to the event stream KEYS[1] (embedded mode), else "0".
+-- Then per check: algorithm code (s|t|f), limit, window_ms, cost, number of block keys, and
+-- when streaming, the check's event fields as a JSON array (see limiter/store/redis.py).
 -- KEYS, per check: the counter key, then its block keys.
 -- Returns five integers per check: allowed, remaining, reset_ms, retry_ms (-1: none), reason.
 local now = tonumber(ARGV[1])
@@ -8,10 +10,15 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local streaming = ARGV[3] == '1'
+local step = streaming and 6 or 5
 local algorithms = {s = sliding_window, t = token_bucket, f = fixed_window}
+-- the labels of limiter.algorithms.Reason, so that stream entries describe themselves
+local reasons = {[0] = '"ok"', [1] = '"limit"', [2] = '"blocked"', [3] = '"cost_exceeds_limit"'}
 local out = {}
-local k, a = 1, 3
-for _ = 1, tonumber(ARGV[2]) do
+local events = {}
+local k, a = streaming and 2 or 1, 4
+for c = 1, tonumber(ARGV[2]) do
   local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local nblocks = tonumber(ARGV[a + 4])
   local blocked = -2
@@ -30,7 +37,15 @@ for _ = 1, tonumber(ARGV[2]) do
   for i = 1, 5 do
     out[#out + 1] = r[i]
   end
+  if streaming then
+    events[c] = '[' .. ARGV[a + 5] .. ',' .. (r[1] == 1 and 'true' or 'false') .. ','
+      .. int(r[2]) .. ',' .. int(r[3]) .. ',' .. int(r[4]) .. ',' .. reasons[r[5]] .. ']'
+  end
   k = k + 1 + nblocks
-  a = a + 5
+  a = a + step
+end
+if streaming then
+  -- one entry per batch: the decision and its event are one atomic write
+  redis.call('XADD', KEYS[1], '*', 'ts', int(now), 'd', '[' .. table.concat(events, ',') .. ']')
 end
 return out

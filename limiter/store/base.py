@@ -19,6 +19,10 @@ class Check(NamedTuple):
     cost: int
     ip: str | None = None
     user_id: str | None = None
+    # carried into decision events only
+    route: str | None = None
+    user_agent: str | None = None
+    started_ns: int = 0  # time.perf_counter_ns() when the request arrived
 
     def block_subjects(self) -> list[tuple[str, str]]:
         """The (scope, value) pairs a block may name to stop this check."""

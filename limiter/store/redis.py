@@ -1,21 +1,33 @@
 """The Redis store: one EVALSHA of the check script decides a batch of checks.
 
-Checks are grouped by tenant (their keys share a hash tag, so a group is valid on Redis
-Cluster) and each group is one script call.
+On Redis Cluster checks are grouped by tenant (their keys share a hash tag, so a group is
+valid on one shard) and each group is one script call; on a single server the whole batch
+is one call.
+
+With an event stream (the embedded deployment) the script also appends the batch's
+decisions to a Redis stream in the same atomic call, one entry per call: field ``ts`` (the
+decision time, epoch ms) and field ``d``, a JSON array with one element per decision:
+``[[tenant, key, algorithm, limit, window_s, cost, ip, route, user_agent, user_id,
+latency_us, instance], allowed, remaining, reset_ms, retry_ms, reason]``
+(``stream/redis_entries.py`` reads it).
+``latency_us`` there is the limiter's time before the store call (the round trip that
+writes the event cannot be part of it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from limiter.algorithms import Outcome, Reason
-from limiter.errors import StoreUnavailable
+from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.store.base import Check
 
@@ -27,6 +39,7 @@ _LUA_FILES = (
     "check.lua",
 )
 _REASONS = list(Reason)
+_encode = msgspec.json.Encoder().encode
 
 
 def check_script_source() -> str:
@@ -36,9 +49,25 @@ def check_script_source() -> str:
 
 
 class RedisStore:
-    def __init__(self, redis: Redis, keyspace: Keyspace):
+    def __init__(
+        self,
+        redis: Redis,
+        keyspace: Keyspace,
+        *,
+        cluster: bool = False,
+        event_stream: str | None = None,
+        instance: str = "",
+    ):
+        if cluster and event_stream is not None:
+            raise ConfigError(
+                "a Redis event stream needs a single Redis server, not a cluster: "
+                "use --kafka for the decision stream"
+            )
         self._redis = redis
         self._keyspace = keyspace
+        self._cluster = cluster
+        self._stream = event_stream
+        self._instance = instance
         self._source = check_script_source()
         self._sha: str | None = None
 
@@ -51,6 +80,8 @@ class RedisStore:
 
     async def decide(self, checks: Sequence[Check], now_ms: int = 0) -> list[Outcome]:
         by_tenant: dict[str, list[int]] = {}
+        if not self._cluster:
+            return await self._decide_group(checks, now_ms)
         for index, check in enumerate(checks):
             by_tenant.setdefault(check.tenant, []).append(index)
         if len(by_tenant) == 1:
@@ -66,14 +97,23 @@ class RedisStore:
         return results  # type: ignore[return-value]  # every index was filled above
 
     async def _decide_group(self, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        keys: list[str] = []
-        args: list[Any] = [now_ms, len(checks)]
+        streaming = self._stream is not None
+        keys: list[str] = [self._stream] if self._stream is not None else []
+        args: list[Any] = [now_ms, len(checks), "1" if streaming else "0"]
         keyspace = self._keyspace
+        flushed_ns = time.perf_counter_ns()
         for check in checks:
             subjects = check.block_subjects()
             keys.append(keyspace.counter(check.tenant, check.algorithm, check.window_ms, check.key))
             keys.extend(keyspace.block(check.tenant, scope, value) for scope, value in subjects)
             args += (check.algorithm.code, check.limit, check.window_ms, check.cost, len(subjects))
+            if streaming:
+                latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
+                args.append(_encode((
+                    check.tenant, check.key, check.algorithm.value, check.limit,
+                    check.window_ms // 1000, check.cost, check.ip, check.route,
+                    check.user_agent, check.user_id, latency_us, self._instance,
+                )))  # fmt: skip
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
         return [
