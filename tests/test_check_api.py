@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import secrets
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import create_key
-from tests.servers import RatewatchProcess, RedisServer
+from tests.conftest import KEY_SECRET, create_key
+from tests.servers import RatewatchProcess, RedisServer, free_port
 
 
 def check(api: httpx.Client, **body: object) -> httpx.Response:
@@ -115,3 +116,42 @@ def test_concurrent_checks_let_exactly_the_limit_through(api: httpx.Client) -> N
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         allowed = sum(pool.map(one, range(300)))
     assert allowed == 50
+
+
+@pytest.fixture(scope="module")
+def second_limiter(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RatewatchProcess]:
+    """Another limiter instance on the same Redis, as behind a load balancer."""
+    workdir = tmp_path_factory.mktemp("second-limiter")
+    port = free_port()
+    process = RatewatchProcess(
+        ["serve", "--port", str(port), "--redis-url", redis_server.url, "--data-dir", str(workdir)],
+        port,
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
+        log_path=workdir / "serve.log",
+    ).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.timeout(120)
+def test_two_instances_on_one_redis_allow_exactly_the_limit(
+    limiter: RatewatchProcess, second_limiter: RatewatchProcess, admin_key: str
+) -> None:
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    clients = [httpx.Client(base_url=instance.base_url, headers=headers, timeout=30,
+                            limits=httpx.Limits(max_connections=32))
+               for instance in (limiter, second_limiter)]  # fmt: skip
+
+    def one(index: int) -> bool:
+        response = check(clients[index % 2], key="shared-limit", limit=100, window=600)
+        return bool(response.json()["allowed"])
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            allowed = sum(pool.map(one, range(1000)))
+    finally:
+        for client in clients:
+            client.close()
+    assert allowed == 100

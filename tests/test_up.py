@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -54,8 +55,9 @@ def test_up_from_a_clean_data_dir_then_restart_keeps_keys_and_counters(tmp_path:
     log = tmp_path / "up.log"
     service = up(data_dir, log)
     try:
-        admin_key = log.read_text().strip().splitlines()[-1].strip()
-        assert admin_key.startswith("rwk_"), log.read_text()
+        found = re.search(r"^\s+(rwk_\S+)$", log.read_text(), re.MULTILINE)
+        assert found, log.read_text()
+        admin_key = found.group(1)
         assert httpx.get(service.base_url + "/health", timeout=5).status_code == 200
         assert check(service.base_url, admin_key).json()["remaining"] == 9
         assert check(service.base_url, admin_key).json()["remaining"] == 8
