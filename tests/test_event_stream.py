@@ -13,7 +13,7 @@ from limiter.keyspace import Keyspace
 from limiter.store.base import Check
 from limiter.store.redis import RedisStore
 from stream.events import MalformedEvent
-from stream.redis_entries import entry_offset, events_from_entry
+from stream.redis_entries import decode_entry, entry_offset, entry_record
 
 
 async def test_a_batch_becomes_one_entry_with_every_decision(redis: Redis, tenant: str) -> None:
@@ -30,7 +30,7 @@ async def test_a_batch_becomes_one_entry_with_every_decision(redis: Redis, tenan
     entries = await redis.xrange(stream)
     assert len(entries) == 1
     entry_id, fields = entries[0]
-    events = events_from_entry(entry_id.decode(), fields)
+    events = decode_entry(entry_record(entry_id, fields))
     assert len(events) == 4
     first = events[0]
     assert (first.tenant, first.key, first.algorithm, first.limit, first.window, first.cost) == (
@@ -45,7 +45,7 @@ async def test_a_batch_becomes_one_entry_with_every_decision(redis: Redis, tenan
     assert all(e.reset_in == -(-o.reset_ms // 1000) for e, o in zip(events, outcomes, strict=True))
     assert len({e.event_id for e in events}) == 4
     # reading the same entry again yields the same ids (replays stay idempotent)
-    assert [e.event_id for e in events_from_entry(entry_id.decode(), fields)] == [
+    assert [e.event_id for e in decode_entry(entry_record(entry_id, fields))] == [
         e.event_id for e in events
     ]
     assert entry_offset(entry_id.decode()) > 0
@@ -67,4 +67,4 @@ async def test_a_cluster_cannot_carry_the_stream(redis: Redis) -> None:
 )
 def test_a_malformed_entry_is_reported_not_crashed_on(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(MalformedEvent):
-        events_from_entry("1-0", fields)
+        decode_entry(entry_record("1-0", fields))

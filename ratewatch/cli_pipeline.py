@@ -1,0 +1,103 @@
+"""``ratewatch pipeline``: the embedded pipeline worker that ``ratewatch up`` supervises.
+
+It owns chDB: applies the schema, writes the decisions it reads from the Valkey event
+stream (exactly once, see ``stream/handlers.py``), and answers other processes' read-only
+queries on the query socket.  Every chDB call runs on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+
+from ratewatch.cli_options import data_dir_option, option, run
+
+log = logging.getLogger("ratewatch.pipeline")
+
+
+@click.command(hidden=True)
+@data_dir_option
+@option("--redis-url", required=True, help="The Redis holding the event stream.")
+@option("--clickhouse-url", default=None, help="Default: chdb:///<data-dir>/clickhouse.")
+@option("--key-prefix", default="rw", show_default=True)
+def pipeline(data_dir: Path, redis_url: str, clickhouse_url: str | None, key_prefix: str) -> None:
+    """Consume the embedded event stream into the analytics store."""
+    from analytics.clickhouse import chdb_url
+
+    from ratewatch.cli_analytics import analytics_errors
+
+    url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
+    with analytics_errors():
+        run(run_pipeline(redis_url, url, key_prefix))
+
+
+async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
+    from analytics.clickhouse import chdb_path, connect, query_socket_path
+    from analytics.event_store import ClickHouseEventStore
+    from analytics.migrate import migrate
+    from analytics.query_server import QueryServer
+    from limiter.keyspace import Keyspace
+    from limiter.redis_client import redis_from_url
+    from stream.handlers import BatchHandler, Record
+    from stream.redis_consumer import build_broker, trim_acknowledged
+    from stream.redis_dead_letters import RedisDeadLetters
+    from stream.redis_entries import decode_entry
+
+    loop = asyncio.get_running_loop()
+    chdb_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb-writer")
+    client = await loop.run_in_executor(chdb_thread, connect, url)
+    applied = await loop.run_in_executor(chdb_thread, migrate, client)
+    if applied:
+        log.info("applied migrations %s", ", ".join(applied))
+    keyspace = Keyspace(key_prefix)
+    redis = redis_from_url(redis_url, 5.0)
+    handler = BatchHandler(
+        ClickHouseEventStore(client),
+        RedisDeadLetters(redis_url, keyspace.events + ":dlq"),
+        decoder=decode_entry,
+    )
+
+    async def handle(stream: str, records: Sequence[Record]) -> int:
+        return await loop.run_in_executor(chdb_thread, handler.handle, stream, 0, records)
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    path = chdb_path(url)
+    queries = QueryServer(url, query_socket_path(path)) if path is not None else None
+    broker = build_broker(redis_url, keyspace.events, handle)
+    if queries is not None:
+        await queries.start()
+    await broker.start()
+    trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
+    log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 30)
+            stats = handler.stats
+            log.info(
+                "written %d events in %d batches, %d replayed skipped, %d malformed",
+                stats.written,
+                stats.batches,
+                stats.skipped,
+                stats.malformed,
+            )
+    finally:
+        # the broker finishes the batch in hand (and acknowledges it) before it returns
+        await broker.stop()
+        trimmer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await trimmer
+        if queries is not None:
+            await queries.close()
+        await redis.aclose()
+        await loop.run_in_executor(chdb_thread, client.close)
+        chdb_thread.shutdown()

@@ -1,0 +1,72 @@
+"""``ratewatch up``: everything on one machine, as one process tree.
+
+The supervisor (this process) owns the embedded Valkey server and starts two children: the
+lean limiter (``ratewatch serve``) and the pipeline worker, which owns chDB (``ratewatch
+pipeline`` reading the Valkey event stream, or ``ratewatch stream`` with ``--kafka``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ratewatch.cli_options import service_options, user_errors
+from ratewatch.supervisor import Child, Supervisor
+
+
+@click.command()
+@service_options
+def up(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str | None,
+    kafka: str | None,
+    clickhouse_url: str | None,
+    fail_mode: str,
+    key_prefix: str,
+) -> None:
+    """Run RateWatch on this machine: the limiter API, the decision pipeline into the
+    analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers."""
+    with user_errors():
+        from limiter.embedded import EmbeddedValkey
+        from limiter.redis_client import check_redis_url
+
+        data_dir = data_dir.resolve()
+        valkey = None
+        if redis_url is None:
+            valkey = EmbeddedValkey(data_dir)
+            redis_url = valkey.start()
+        else:
+            check_redis_url(redis_url)
+    try:
+        common = ["--data-dir", str(data_dir), "--key-prefix", key_prefix]
+        limiter = [
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+            "--fail-mode",
+            fail_mode,
+            *common,
+        ]
+        analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
+        if kafka:
+            limiter += ["--kafka", kafka]
+            worker = ["stream", "--kafka", kafka, "--data-dir", str(data_dir), *analytics]
+        else:
+            limiter.append("--redis-events")
+            worker = ["pipeline", "--redis-url", redis_url, *common, *analytics]
+        Supervisor(
+            [
+                Child("limiter", limiter, pid_file=data_dir / "run" / "limiter.pid"),
+                Child("pipeline", worker, pid_file=data_dir / "run" / "pipeline.pid"),
+            ]
+        ).run()
+    finally:
+        if valkey is not None:
+            valkey.stop()
