@@ -30,7 +30,6 @@ log = logging.getLogger("ratewatch.pipeline")
 def pipeline(data_dir: Path, redis_url: str, clickhouse_url: str | None, key_prefix: str) -> None:
     """Consume the embedded event stream into the analytics store."""
     from analytics.clickhouse import chdb_url
-
     from ratewatch.cli_analytics import analytics_errors
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
@@ -46,7 +45,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
     from stream.handlers import BatchHandler, Record
-    from stream.redis_consumer import build_broker, trim_acknowledged
+    from stream.redis_consumer import build_broker, ensure_group, trim_acknowledged
     from stream.redis_dead_letters import RedisDeadLetters
     from stream.redis_entries import decode_entry
 
@@ -75,6 +74,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     broker = build_broker(redis_url, keyspace.events, handle)
     if queries is not None:
         await queries.start()
+    await ensure_group(redis, keyspace.events)
     await broker.start()
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from faststream import AckPolicy, Context
 from faststream.redis import RedisBroker, StreamSub
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from stream.handlers import Record
 from stream.redis_entries import entry_record
@@ -76,6 +76,18 @@ def build_broker(
     broker.subscriber(stream=main, ack_policy=AckPolicy.NACK_ON_ERROR)(consume)
     broker.subscriber(stream=claimer, ack_policy=AckPolicy.NACK_ON_ERROR)(consume)
     return broker
+
+
+async def ensure_group(redis: Redis, stream: str) -> None:
+    """Create the consumer group at the stream's start (and the stream, if need be).
+
+    Left to the broker, the group would start at the stream's end and skip every decision
+    appended before the worker first ran."""
+    try:
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 async def trim_acknowledged(redis: Redis, stream: str, interval: float = 5.0) -> None:
