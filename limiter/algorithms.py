@@ -182,10 +182,16 @@ def fixed_window(
 
 
 def state_ttl_ms(algorithm: Algorithm, outcome: Outcome, window: int) -> int:
-    """How long a stored state matters: past that it decides nothing and may expire."""
+    """How long a stored state is kept: past that it decides nothing (the Lua scripts set
+    the same PEXPIRE).  One extra millisecond, because Redis may drop a key with a 1 ms TTL
+    at once when its clock ticks during the command.  A token bucket refills completely
+    within one window whatever its limit, so its state lives one window: a raised limit
+    then never meets a state that expired before the bucket was full at the new limit."""
     if algorithm is Algorithm.SLIDING_WINDOW:
-        return window + outcome.reset_ms
-    return max(1, outcome.reset_ms)
+        return window + outcome.reset_ms + 1
+    if algorithm is Algorithm.TOKEN_BUCKET:
+        return window + 1
+    return outcome.reset_ms + 1
 
 
 STEP = {

@@ -15,7 +15,7 @@ local function fixed_window(key, now, limit, window, cost)
     if cost > 0 then
       count = count + cost
       redis.call('HSET', key, 'a', int(cur), 'b', int(count))
-      redis.call('PEXPIRE', key, int(reset))
+      redis.call('PEXPIRE', key, int(reset + 1))
     end
     return {1, limit - count, reset, -1, 0}
   end

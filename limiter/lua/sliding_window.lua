@@ -23,7 +23,7 @@ local function sliding_window(key, now, limit, window, cost)
       count = count + cost
       used = used + cost * window
       redis.call('HSET', key, 'a', int(cur), 'b', int(count), 'c', int(previous))
-      redis.call('PEXPIRE', key, int(window + reset))
+      redis.call('PEXPIRE', key, int(window + reset + 1))
     end
     return {1, math.floor((capacity - used) / window), reset, -1, 0}
   end

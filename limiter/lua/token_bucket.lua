@@ -24,7 +24,7 @@ local function token_bucket(key, now, limit, window, cost)
       level = level - need
       reset = ceil_div(capacity - level, limit)
       redis.call('HSET', key, 'a', int(level), 'b', int(last))
-      redis.call('PEXPIRE', key, int(math.max(1, reset)))
+      redis.call('PEXPIRE', key, int(window + 1))
     end
     return {1, math.floor(level / window), reset, -1, 0}
   end
