@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from analytics.query_client import answers, query
 from tests.servers import RatewatchProcess, free_port, wait_until
@@ -193,3 +194,26 @@ def test_killed_limiter_and_restarted_service_count_every_answer(embedded: Embed
     total = embedded.rows()
     assert before_restart + 50 <= total <= before_restart + 50 + 2
     assert not re.search(r"Traceback", embedded.log.read_text())
+
+
+def test_malformed_entries_go_to_dead_letters_and_acknowledged_ones_are_trimmed(
+    embedded: Embedded,
+) -> None:
+    service = embedded.start()
+    valkey = redis.Redis(unix_socket_path=str(embedded.data_dir / "valkey" / "valkey.sock"))
+    try:
+        with client(service.base_url) as api:
+            for _ in range(10):
+                api.post("/v1/check", json={"key": "before", "limit": 100, "window": 60})
+            valkey.xadd("rw:events", {"ts": "not-a-time", "d": "[[garbage"})
+            for _ in range(10):
+                api.post("/v1/check", json={"key": "after", "limit": 100, "window": 60})
+        embedded.wait_for_rows(20)
+        wait_until(lambda: valkey.xlen("rw:events:dlq") == 1, 30, "the dead letter")
+        letter = valkey.xrange("rw:events:dlq")[0][1]
+        assert b"stream entry" in letter[b"error"]
+        assert letter[b"value"].startswith(b"not-a-time ")
+        # every entry has been acknowledged, so the trimmer empties the stream
+        wait_until(lambda: valkey.xlen("rw:events") == 0, 30, "the stream to be trimmed")
+    finally:
+        valkey.close()
