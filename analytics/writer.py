@@ -6,7 +6,8 @@ derived from the batch's topic, partition and offset range: ClickHouse drops an 
 token it has seen (within ``non_replicated_deduplication_window`` blocks), and with
 ``deduplicate_blocks_in_dependent_materialized_views`` the rollups' blocks too, so a replay
 is counted once.  The token dedupes only a replay of the *same* range: the consumer must cut
-its batches at the same offsets when it replays.
+its batches at the same offsets when it replays.  With an ``Origin`` each row also records
+its source offset, for the consumers' ledger (``analytics.event_store``).
 
 The batch is shaped column-wise with polars and sent as one Arrow table, which ClickHouse
 reads without a per-row conversion on either side.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 from clickhouse_connect.driver.client import Client
@@ -100,6 +101,24 @@ def dedup_token(
     return f"{topic}/{partition}/{first_offset}-{last_offset}"
 
 
+class Origin(NamedTuple):
+    """Where a batch's events came from: one source partition, and each event's offset
+    (several events may share one, as in a Redis stream entry)."""
+
+    source: str
+    partition: int
+    offsets: Sequence[int]
+
+    def columns(self, rows: int) -> list[pl.Series]:
+        if len(self.offsets) != rows:
+            raise AnalyticsError(f"{len(self.offsets)} offsets for {rows} events")
+        return [
+            pl.Series("source", [self.source] * rows, pl.String),
+            pl.Series("source_partition", [self.partition] * rows, pl.UInt32),
+            pl.Series("source_offset", self.offsets, pl.UInt64),
+        ]
+
+
 class DecisionWriter:
     """Inserts batches of DecisionEvents into ``ratewatch.decisions`` (and so the rollups)."""
 
@@ -107,19 +126,29 @@ class DecisionWriter:
         self._client = client
         self._table = table
 
-    def write(self, events: Sequence[DecisionEvent], dedup_token: str) -> int:
+    def write(
+        self,
+        events: Sequence[DecisionEvent],
+        dedup_token: str,
+        origin: Origin | None = None,
+    ) -> int:
         """Insert ``events`` as one batch; return how many were handed to ClickHouse.
 
         A batch whose ``dedup_token`` was written before is accepted and dropped by
-        ClickHouse, so the return value is the same for a replay.  InvalidEvents (before
-        anything is written) if some events cannot be stored; AnalyticsError if ClickHouse
-        refused the insert, in which case the batch may be written again with the same token.
+        ClickHouse, so the return value is the same for a replay.  With ``origin`` each row
+        also records its source, partition and offset (which feed the ledger of stored
+        offsets).  InvalidEvents (before anything is written) if some events cannot be
+        stored; AnalyticsError if ClickHouse refused the insert, in which case the batch may
+        be written again with the same token.
         """
         if not events:
             return 0
         if not dedup_token:
             raise AnalyticsError("a batch needs a non-empty deduplication token")
-        table = shape(events).to_arrow().combine_chunks()
+        frame = shape(events)
+        if origin is not None:
+            frame = frame.with_columns(origin.columns(len(events)))
+        table = frame.to_arrow().combine_chunks()
         try:
             self._client.insert_arrow(
                 self._table,

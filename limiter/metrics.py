@@ -39,6 +39,45 @@ class LimiterMetrics:
             ["status"],
             registry=self.registry,
         )
+        # the decision stream (limiter.sinks): all zero without --kafka
+        self.stream_sent = Counter(
+            "ratewatch_stream_events_sent",
+            "Decision events the broker acknowledged (directly or replayed from the spool)",
+            registry=self.registry,
+        )
+        self.stream_spooled = Counter(
+            "ratewatch_stream_events_spooled",
+            "Decision events written to the disk spool (broker unreachable or too slow)",
+            registry=self.registry,
+        )
+        self.stream_replayed = Counter(
+            "ratewatch_stream_events_replayed",
+            "Spooled decision events the broker acknowledged on replay",
+            registry=self.registry,
+        )
+        self.stream_dropped = Counter(
+            "ratewatch_stream_events_dropped",
+            "Decision events lost: the spool was full or the disk failed",
+            registry=self.registry,
+        )
+        self.stream_queue_depth = Gauge(
+            "ratewatch_stream_queue_depth",
+            "Decision events waiting in memory for the broker",
+            registry=self.registry,
+        )
+        self.stream_spool_bytes = Gauge(
+            "ratewatch_stream_spool_bytes", "Bytes in the disk spool", registry=self.registry
+        )
+        self.stream_spool_events = Gauge(
+            "ratewatch_stream_spool_events",
+            "Decision events in the disk spool, not yet acknowledged by the broker",
+            registry=self.registry,
+        )
+        self.stream_up = Gauge(
+            "ratewatch_stream_up",
+            "1 while decision events go straight to the broker, 0 while they are spooled",
+            registry=self.registry,
+        )
         # children bound once: a labels() lookup per decision would cost on the hot path
         self._decision_children: dict[tuple[bool, str], Counter] = {}
         self.check_seconds = self.check_latency.labels("check")

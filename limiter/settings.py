@@ -26,6 +26,12 @@ class LimiterSettings:
     max_batch_body_bytes: int = 2 * 1024 * 1024
     instance: str = field(default_factory=lambda: os.uname().nodename)
     key_secret: bytes | None = None
+    # the decision stream: Kafka bootstrap servers ("host:port,..."); None streams nothing
+    kafka: str | None = None
+    # the disk spool that keeps decision events while Kafka is unreachable
+    spool_max_bytes: int = 1 << 30
+    # the embedded pipeline: the check script appends every decision to a Redis stream
+    redis_events: bool = False
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -46,6 +52,22 @@ class LimiterSettings:
             )
         if self.key_secret is not None and len(self.key_secret) != 32:
             raise ConfigError("the key secret must be 64 hex characters (32 bytes)")
+        if self.kafka is not None:
+            check_bootstrap(self.kafka)
+        if self.spool_max_bytes < 1 << 20:
+            raise ConfigError(f"spool max bytes {self.spool_max_bytes!r} is below 1 MiB")
+
+
+def check_bootstrap(servers: str) -> None:
+    """Kafka bootstrap servers: ``host[:port]`` separated by commas."""
+    for server in servers.split(","):
+        host, colon, port = server.strip().rpartition(":")
+        if not colon:
+            host, port = port, "9092"
+        if not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"kafka bootstrap server {server.strip()!r} in {servers!r} is not host[:port]"
+            )
 
 
 def parse_key_secret(text: str) -> bytes:

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import click
 
+from ratewatch.cli_analytics import migrate, sql
 from ratewatch.cli_keys import keys
 from ratewatch.cli_options import key_secret, service_options, user_errors
+from ratewatch.cli_pipeline import pipeline
+from ratewatch.cli_stream import stream
+from ratewatch.cli_up import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,6 +40,7 @@ def _serve(
     key_prefix: str,
     kafka: str | None,
     clickhouse_url: str | None,
+    redis_events: bool = False,
 ) -> None:
     with user_errors():
         import uvicorn
@@ -44,11 +49,10 @@ def _serve(
         from limiter.settings import LimiterSettings
         from limiter.tenants import parse_fail_mode
 
-        for flag, value in (("--kafka", kafka), ("--clickhouse-url", clickhouse_url)):
-            if value:
-                logging.getLogger("ratewatch").warning(
-                    "%s is accepted but not used yet: this version has no decision stream", flag
-                )
+        if clickhouse_url:
+            logging.getLogger("ratewatch").warning(
+                "--clickhouse-url is accepted but not used by the limiter process"
+            )
         settings = LimiterSettings(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -56,6 +60,8 @@ def _serve(
             port=port,
             key_prefix=key_prefix,
             fail_mode=parse_fail_mode(fail_mode),
+            kafka=kafka or None,
+            redis_events=redis_events,
         )
         app = create_app(
             settings,
@@ -77,7 +83,7 @@ def _serve(
         )
         server = uvicorn.Server(config)
         # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with these handlers in place
-        # that returns here, so the caller's cleanup (stopping the embedded Valkey) runs.
+        # that returns here and the process exits normally.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: None)
         server.run()
@@ -92,33 +98,12 @@ def _show_new_key(api_key: str) -> None:
 
 @main.command()
 @service_options
-def up(
-    host: str,
-    port: int,
-    data_dir: Path,
-    redis_url: str | None,
-    kafka: str | None,
-    clickhouse_url: str | None,
-    fail_mode: str,
-    key_prefix: str,
-) -> None:
-    """Run RateWatch on this machine: an embedded Valkey (unless --redis-url) and the API."""
-    if redis_url is not None:
-        _serve(host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url)
-        return
-    with user_errors():
-        from limiter.embedded import EmbeddedValkey
-
-        valkey = EmbeddedValkey(data_dir)
-        url = valkey.start()
-    try:
-        _serve(host, port, data_dir, url, fail_mode, key_prefix, kafka, clickhouse_url)
-    finally:
-        valkey.stop()
-
-
-@main.command()
-@service_options
+@click.option(
+    "--redis-events",
+    is_flag=True,
+    hidden=True,
+    help="Append decisions to the Redis event stream (the embedded pipeline).",
+)
 def serve(
     host: str,
     port: int,
@@ -128,6 +113,7 @@ def serve(
     clickhouse_url: str | None,
     fail_mode: str,
     key_prefix: str,
+    redis_events: bool,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -139,10 +125,17 @@ def serve(
             raise click.UsageError(
                 "serve needs --redis-url (or a running `ratewatch up` on --data-dir)"
             )
-    _serve(host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url)
+    _serve(
+        host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url, redis_events
+    )
 
 
 main.add_command(keys)
+main.add_command(up)
+main.add_command(pipeline)
+main.add_command(migrate)
+main.add_command(sql)
+main.add_command(stream)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

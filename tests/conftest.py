@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from limiter.apikeys import KeyHasher, KeyStore
 from limiter.keyspace import Keyspace
+from tests.kafka import kafka_broker  # noqa: F401
 from tests.servers import RatewatchProcess, RedisServer, free_port
 
 KEY_SECRET = bytes(range(32))

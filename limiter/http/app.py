@@ -37,8 +37,9 @@ from limiter.http.openapi import build_openapi
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
-from limiter.redis_client import connect
+from limiter.redis_client import connect, is_cluster
 from limiter.settings import LimiterSettings
+from limiter.sinks import StreamSink
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
 from limiter.tenants import TenantSettingsStore
@@ -104,13 +105,33 @@ class LimiterApp:
         new_key = await bootstrap(keys, self._bootstrap_key)
         if new_key is not None and self._on_new_key is not None:
             self._on_new_key(new_key)
-        store = RedisStore(redis, keyspace)
+        store = RedisStore(
+            redis,
+            keyspace,
+            cluster=is_cluster(redis),
+            event_stream=keyspace.events if settings.redis_events else None,
+            instance=settings.instance,
+        )
         await store.load()
         health = StoreHealth(redis.ping, self.metrics)
         tenant_settings = TenantSettingsStore(redis, keyspace)
         auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
         decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
-        sink = self._sink_factory()
+        sink: DecisionSink
+        stream: StreamSink | None = None
+        if settings.kafka is not None:
+            from limiter.sinks.kafka import KafkaSink  # aiokafka is loaded only to stream
+
+            sink = stream = KafkaSink(
+                settings.kafka,
+                settings.data_dir / "spool",
+                self.metrics,
+                settings.instance,
+                spool_max_bytes=settings.spool_max_bytes,
+            )
+            await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
+        else:
+            sink = self._sink_factory()
         checks = CheckHandler(
             auth,
             decider,
@@ -122,7 +143,13 @@ class LimiterApp:
         )
         admin = AdminRoutes(checks, keys, BlockStore(redis, keyspace), tenant_settings, auth)
         health_routes = HealthRoutes(
-            redis, health, self.metrics, settings.fail_mode, settings.instance, VERSION
+            redis,
+            health,
+            self.metrics,
+            settings.fail_mode,
+            settings.instance,
+            VERSION,
+            decision_stream=stream.status if stream is not None else None,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

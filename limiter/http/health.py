@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
@@ -25,7 +26,9 @@ class HealthRoutes:
         fail_mode: FailMode,
         instance: str,
         version: str,
+        decision_stream: Callable[[], dict[str, object]] | None = None,
     ):
+        self._decision_stream = decision_stream
         self._redis = redis
         self._health = health
         self._metrics = metrics
@@ -55,13 +58,18 @@ class HealthRoutes:
         else:
             redis.update(error=self._health.last_error, down_since=self._health.down_since)
         degraded = redis["status"] != "up"
+        dependencies: dict[str, object] = {"redis": redis}
+        if self._decision_stream is not None:  # status "spooling" while Kafka is away
+            stream = self._decision_stream()
+            dependencies["decision_stream"] = stream
+            degraded = degraded or stream["status"] != "up"
         return json_response(
             {
                 "status": "degraded" if degraded else "ok",
                 "instance": self._instance,
                 "version": self._version,
                 "fail_mode": self._fail_mode.value,
-                "dependencies": {"redis": redis},
+                "dependencies": dependencies,
             }
         )
 

@@ -1,0 +1,201 @@
+"""The consumers' store in ClickHouse: decision rows with their source offsets, the ledger of
+stored offsets, and the plans of the batches being written (migration 0003 says why).
+
+``ClickHouseEventStore`` implements ``stream.handlers.EventStore``: ``written_offsets`` asks
+the ledger, ``write`` inserts the rows (``DecisionWriter``, with the batch's token) and then
+adds their offsets to the ledger, so the ledger never names an offset whose rollups are not
+complete.  ``plan_batches``/``planned_batches`` let a consumer repeat, after a crash, the cut
+of the batch it was writing: only the same insert again completes one that was cut short.
+
+One store belongs to one thread (chDB connection handles are not shared across threads).
+After a failed statement the client is replaced, when the store was given a way to connect:
+a chDB connection may answer the next query with leftovers of the failed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import polars as pl
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from analytics.clickhouse import DATABASE, describe
+from analytics.errors import AnalyticsError, InvalidEvents
+from analytics.writer import DecisionWriter, Origin
+from stream.events import encode
+from stream.handlers import DeadLetters, Located, Record
+
+log = logging.getLogger("ratewatch.analytics")
+
+T = TypeVar("T")
+
+CONSUMED_TABLE = f"{DATABASE}.consumed"
+BATCHES_TABLE = f"{DATABASE}.consumer_batches"
+
+_INSERT_SETTINGS = {
+    "insert_deduplicate": 1,
+    "async_insert": 0,
+}
+
+_WRITTEN = (
+    f"SELECT source_offset FROM {CONSUMED_TABLE}"
+    " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
+    " AND source_offset BETWEEN {low:UInt64} AND {high:UInt64}"
+)
+_PLANNED = (
+    f"SELECT first_offset, argMax(last_offset, planned_at) FROM {BATCHES_TABLE}"
+    " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
+    " AND first_offset >= {start:UInt64}"
+    " GROUP BY first_offset ORDER BY first_offset LIMIT {limit:UInt32}"
+)
+
+
+_UNSTORABLE = "no ClickHouse column can hold it (a bad UUID, or a number out of range)"
+
+
+class ClickHouseEventStore:
+    """``client`` is used until a statement fails; then ``reconnect`` (if given) makes the
+    next one.  Events no ClickHouse column can hold go to ``rejects`` (re-encoded, with the
+    reason) and the rest of their batch is written."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        reconnect: Callable[[], Client] | None = None,
+        rejects: DeadLetters | None = None,
+    ) -> None:
+        self._client: Client | None = client
+        self._reconnect = reconnect
+        self.rejects = rejects
+        self.rejected = 0
+
+    # stream.handlers.EventStore
+
+    def written_offsets(self, source: str, partition: int, offsets: Sequence[int]) -> set[int]:
+        """Which of ``offsets`` the ledger holds.  One range query: a batch's offsets are
+        (nearly) contiguous, so the range holds hardly more rows than the list."""
+        if not offsets:
+            return set()
+        parameters = {
+            "source": source,
+            "partition": partition,
+            "low": min(offsets),
+            "high": max(offsets),
+        }
+        found = self._run(lambda c: c.query(_WRITTEN, parameters=parameters).result_columns)
+        if not found:
+            return set()
+        return set(found[0]).intersection(offsets)
+
+    def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
+        """Insert ``events`` with ``token``, then record their offsets in the ledger."""
+        batch = list(events)
+        try:
+            written = self._insert(source, partition, batch, token)
+        except InvalidEvents as exc:  # raised before anything was written
+            bad = set(exc.indices)
+            for index in sorted(bad):
+                self._reject(source, partition, batch[index], _UNSTORABLE)
+            batch = [item for i, item in enumerate(batch) if i not in bad]
+            written = self._insert(source, partition, batch, token) if batch else 0
+        if batch:
+            ledger = _ledger_rows(source, partition, batch).to_arrow()
+            self._run(
+                lambda c: c.insert_arrow(
+                    CONSUMED_TABLE,
+                    ledger,
+                    settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{token}/ledger"},
+                )
+            )
+        return written
+
+    # batch plans
+
+    def plan_batches(self, plans: Sequence[tuple[str, int, int, int]]) -> None:
+        """Record the cuts of batches about to be written, each (source, partition, first
+        offset, last offset), in one insert."""
+        if not plans:
+            return
+        rows = [list(plan) for plan in plans]
+        token = "plan/" + ",".join("{}/{}/{}-{}".format(*plan) for plan in plans)
+        self._run(
+            lambda c: c.insert(
+                BATCHES_TABLE,
+                rows,
+                column_names=["source", "source_partition", "first_offset", "last_offset"],
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+            )
+        )
+
+    def planned_batches(
+        self, source: str, partition: int, start: int, limit: int
+    ) -> dict[int, int]:
+        """The recorded cuts (first offset → last offset) from ``start`` on, the first
+        ``limit`` of them."""
+        parameters = {"source": source, "partition": partition, "start": start, "limit": limit}
+        rows = self._run(lambda c: c.query(_PLANNED, parameters=parameters).result_rows)
+        return {int(first): int(last) for first, last in rows}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # internals
+
+    def _insert(self, source: str, partition: int, batch: list[Located], token: str) -> int:
+        origin = Origin(source, partition, [item.offset for item in batch])
+        decisions = [item.event for item in batch]
+        return self._run(lambda c: DecisionWriter(c).write(decisions, token, origin))
+
+    def _reject(self, source: str, partition: int, item: Located, reason: str) -> None:
+        self.rejected += 1
+        log.warning(
+            "event %s at %s/%d@%d cannot be stored: %s",
+            item.event.event_id,
+            source,
+            partition,
+            item.offset,
+            reason,
+        )
+        if self.rejects is not None:
+            self.rejects.send(source, partition, Record(item.offset, encode(item.event)), reason)
+
+    def _run(self, call: Callable[[Client], T]) -> T:
+        client = self._client
+        if client is None:
+            if self._reconnect is None:
+                raise AnalyticsError("the event store's ClickHouse client is closed")
+            client = self._client = self._reconnect()
+        try:
+            return call(client)
+        except InvalidEvents:
+            raise  # about the events, not the connection
+        except Exception as exc:
+            if self._reconnect is not None:
+                # a failed chDB connection may hand leftovers to the next query
+                self._client = None
+                with contextlib.suppress(Exception):
+                    client.close()
+            if isinstance(exc, ClickHouseError):
+                raise AnalyticsError(describe(exc)) from exc
+            raise
+
+
+def _ledger_rows(source: str, partition: int, batch: Sequence[Located]) -> pl.DataFrame:
+    """A ledger row per event (ReplacingMergeTree folds the rows of an offset that holds
+    several events, as a Redis stream entry does), with the event's ts."""
+    return pl.DataFrame(
+        {"source_offset": [item.offset for item in batch], "ts": [item.event.ts for item in batch]},
+        schema={"source_offset": pl.UInt64, "ts": pl.Int64},
+    ).select(
+        pl.lit(source, pl.String).alias("source"),
+        pl.lit(partition, pl.UInt32).alias("source_partition"),
+        "source_offset",
+        pl.from_epoch("ts", time_unit="ms").dt.replace_time_zone("UTC"),
+    )

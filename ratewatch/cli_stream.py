@@ -1,0 +1,146 @@
+"""``ratewatch stream``: the analytics consumer of the distributed deployment.
+
+Reads decision events from Kafka and writes them to ClickHouse (chDB in
+``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  It applies the migrations first, and
+for chDB it answers read-only queries on the directory's socket, as chDB belongs to this
+process while it runs (``ratewatch sql --data-dir D`` works meanwhile).  SIGTERM or Ctrl-C
+finish and commit the batch being written, then close chDB.
+
+Defaults that name stream constants are resolved inside the command: the light install
+(SDK only) imports this module without the service's libraries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ratewatch.cli_analytics import analytics_errors, clickhouse_url_option, resolve_url
+from ratewatch.cli_options import data_dir_option, option
+
+if TYPE_CHECKING:
+    from analytics.event_store import ClickHouseEventStore
+    from stream.kafka_consumer import ConsumerSettings
+
+log = logging.getLogger("ratewatch.stream")
+
+
+@click.command()
+@data_dir_option
+@clickhouse_url_option
+@option("--kafka", required=True, help="Kafka bootstrap servers (host:port[,host:port]).")
+@option("--group", default=None, help="Consumer group [default: ratewatch-analytics].")
+@option("--topic", default=None, help="Decision topic [default: ratewatch.decisions.v1].")
+@option(
+    "--session-timeout",
+    type=click.FloatRange(min=3),
+    default=10.0,
+    show_default=True,
+    help="Seconds after which the group gives a silent member's partitions to the others.",
+)
+@option(
+    "--retention-days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Days of raw decisions to keep (as for `ratewatch migrate`).",
+)
+def stream(
+    data_dir: Path,
+    clickhouse_url: str | None,
+    kafka: str,
+    group: str | None,
+    topic: str | None,
+    session_timeout: float,
+    retention_days: int,
+) -> None:
+    """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
+    with analytics_errors():
+        from stream.events import DECISIONS_TOPIC
+        from stream.kafka_consumer import DEFAULT_GROUP, ConsumerSettings
+
+        try:
+            settings = ConsumerSettings(
+                bootstrap=kafka,
+                topic=topic or DECISIONS_TOPIC,
+                group=group or DEFAULT_GROUP,
+                session_timeout_ms=int(session_timeout * 1000),
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        url = resolve_url(data_dir, clickhouse_url)
+        asyncio.run(run_stream(url, settings, retention_days))
+
+
+async def run_stream(url: str, settings: ConsumerSettings, retention_days: int) -> None:
+    """Migrate, serve queries (chDB), consume until SIGTERM/SIGINT, then close in order."""
+    from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+    from analytics.clickhouse import chdb_path, query_socket_path, redact
+    from analytics.errors import AnalyticsError
+    from analytics.query_server import QueryServer
+    from stream.kafka_consumer import DecisionConsumer
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    # chDB: one thread owns the writer's connection; the query server has its own
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb-writer")
+    store = await loop.run_in_executor(executor, _open_store, url, retention_days)
+    queries: QueryServer | None = None
+    try:
+        path = chdb_path(url)
+        if path is not None:
+            queries = QueryServer(url, query_socket_path(path))
+            await queries.start()
+        consumer = DecisionConsumer(settings, store, executor)
+        store.rejects = consumer.dead_letters
+        log.info("joining group %s on %s", settings.group, settings.bootstrap)
+        starting = asyncio.ensure_future(consumer.start())
+        stop_waiter = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait([starting, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            if starting.done():
+                starting.result()
+                click.echo(
+                    f"RateWatch stream: {settings.topic} at {settings.bootstrap} → "
+                    f"{redact(url)} (group {settings.group})"
+                )
+                await stop_waiter
+            else:
+                starting.cancel()
+        except KafkaError as exc:
+            raise AnalyticsError(
+                f"cannot consume from Kafka at {settings.bootstrap}: {exc}"
+            ) from exc
+        finally:
+            stop_waiter.cancel()
+            await consumer.stop()
+    finally:
+        if queries is not None:
+            await queries.close()
+        await loop.run_in_executor(executor, store.close)
+        executor.shutdown(wait=True)
+
+
+def _open_store(url: str, retention_days: int) -> ClickHouseEventStore:
+    from analytics.clickhouse import connect, redact
+    from analytics.event_store import ClickHouseEventStore
+    from analytics.migrate import migrate
+
+    client = connect(url)
+    try:
+        applied = migrate(client, retention_days)
+    except BaseException:
+        client.close()
+        raise
+    if applied:
+        log.info("applied migrations to %s: %s", redact(url), ", ".join(applied))
+    return ClickHouseEventStore(client, reconnect=lambda: connect(url))

