@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from ratewatch.cli_options import data_dir_option, option, run
 
 log = logging.getLogger("ratewatch.pipeline")
+T = TypeVar("T")
 
 
 @click.command(hidden=True)
@@ -44,8 +46,13 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     from analytics.query_server import QueryServer
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
-    from stream.handlers import BatchHandler, Record
-    from stream.redis_consumer import build_broker, ensure_group, trim_acknowledged
+    from stream.handlers import BatchHandler
+    from stream.redis_consumer import (
+        StreamPipeline,
+        build_broker,
+        ensure_group,
+        trim_acknowledged,
+    )
     from stream.redis_dead_letters import RedisDeadLetters
     from stream.redis_entries import decode_entry
 
@@ -57,24 +64,27 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
         log.info("applied migrations %s", ", ".join(applied))
     keyspace = Keyspace(key_prefix)
     redis = redis_from_url(redis_url, 5.0)
+    store = ClickHouseEventStore(client, reconnect=lambda: connect(url))
     handler = BatchHandler(
-        ClickHouseEventStore(client),
-        RedisDeadLetters(redis_url, keyspace.events + ":dlq"),
-        decoder=decode_entry,
+        store, RedisDeadLetters(redis_url, keyspace.events + ":dlq"), decoder=decode_entry
     )
 
-    async def handle(stream: str, records: Sequence[Record]) -> int:
-        return await loop.run_in_executor(chdb_thread, handler.handle, stream, 0, records)
+    async def in_store(call: Callable[..., T], *args: Any) -> T:
+        return await loop.run_in_executor(chdb_thread, call, *args)
 
     stop = asyncio.Event()
+    pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     path = chdb_path(url)
     queries = QueryServer(url, query_socket_path(path)) if path is not None else None
-    broker = build_broker(redis_url, keyspace.events, handle)
+    broker = build_broker(redis_url, pipeline, keyspace.events)
     if queries is not None:
         await queries.start()
     await ensure_group(redis, keyspace.events)
+    recovered = await pipeline.recover()
+    if recovered:
+        log.info("recovered %d entries a previous worker had read but not acknowledged", recovered)
     await broker.start()
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
