@@ -47,6 +47,8 @@ _TTLS = {
     ROLLUP_TABLES["minute"]: ("bucket", "minute_retention_days"),
     ROLLUP_TABLES["hour"]: ("bucket", "hour_retention_days"),
     ROLLUP_TABLES["day"]: ("bucket", "day_retention_days"),
+    f"{DATABASE}.consumed": ("ts", "retention_days"),
+    f"{DATABASE}.consumer_batches": ("toDateTime(planned_at)", "retention_days"),
 }
 
 
@@ -65,12 +67,13 @@ class Migration:
         return hashlib.sha256(self.template.encode()).hexdigest()
 
 
-def migrate(client: Client, retention_days: int = DEFAULT_RETENTION_DAYS) -> list[str]:
+def migrate(client: Client, retention_days: int | None = None) -> list[str]:
     """Apply the migrations not applied yet; return their file names (empty if none).
 
-    Also brings the tables' TTLs in line with ``retention_days``.
+    With ``retention_days`` given, also brings the tables' TTLs in line with it; without,
+    new tables get the default and existing TTLs are left as an operator set them.
     """
-    params = retention_params(retention_days)
+    params = retention_params(DEFAULT_RETENTION_DAYS if retention_days is None else retention_days)
     _command(client, f"CREATE DATABASE IF NOT EXISTS {DATABASE}", "bootstrap")
     _command(
         client,
@@ -96,7 +99,8 @@ def migrate(client: Client, retention_days: int = DEFAULT_RETENTION_DAYS) -> lis
         )
         logger.info("applied migration %s", migration.file_name)
         done.append(migration.file_name)
-    _apply_retention(client, params)
+    if retention_days is not None:
+        _apply_retention(client, params)
     return done
 
 

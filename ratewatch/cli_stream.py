@@ -47,9 +47,9 @@ log = logging.getLogger("ratewatch.stream")
 @option(
     "--retention-days",
     type=click.IntRange(min=1),
-    default=30,
-    show_default=True,
-    help="Days of raw decisions to keep (as for `ratewatch migrate`).",
+    default=None,
+    help="Days of raw decisions to keep (as for `ratewatch migrate`); unset: keep the "
+    "tables' current retention (30 days for new ones).",
 )
 def stream(
     data_dir: Path,
@@ -58,7 +58,7 @@ def stream(
     group: str | None,
     topic: str | None,
     session_timeout: float,
-    retention_days: int,
+    retention_days: int | None,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
@@ -78,7 +78,7 @@ def stream(
         asyncio.run(run_stream(url, settings, retention_days))
 
 
-async def run_stream(url: str, settings: ConsumerSettings, retention_days: int) -> None:
+async def run_stream(url: str, settings: ConsumerSettings, retention_days: int | None) -> None:
     """Migrate, serve queries (chDB), consume until SIGTERM/SIGINT, then close in order."""
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
@@ -130,7 +130,7 @@ async def run_stream(url: str, settings: ConsumerSettings, retention_days: int) 
         executor.shutdown(wait=True)
 
 
-def _open_store(url: str, retention_days: int) -> ClickHouseEventStore:
+def _open_store(url: str, retention_days: int | None) -> ClickHouseEventStore:
     from analytics.clickhouse import connect, redact
     from analytics.event_store import ClickHouseEventStore
     from analytics.migrate import migrate
