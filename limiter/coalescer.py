@@ -25,9 +25,15 @@ class Coalescer:
         self._pending_checks = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, as asyncio asks
+        # Python 3.11's get_running_loop() makes a getpid() system call each time: the loop
+        # is looked up once
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, checks: Sequence[Check]) -> asyncio.Future[list[Outcome]]:
-        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Outcome]] = loop.create_future()
         self._pending.append((checks, future))
         self._pending_checks += len(checks)
         if self._in_flight < self._max_in_flight:

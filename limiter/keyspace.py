@@ -8,7 +8,7 @@ used one at a time.
 
 Layout (``rw`` is the default prefix):
 
-- ``rw:{rw:T}:c:<algorithm>:<window_ms>:<key>``   counter state (hash, with a TTL)
+- ``rw:{rw:T}:c:<algorithm>:<window_ms>:<key>``   counter state (string, with a TTL)
 - ``rw:{rw:T}:bk:<scope>:<value>``                 block enforcement key (string = block id,
   PX = time left); its presence is what the check script honours
 - ``rw:{rw:T}:blocks``                             block records (hash id -> JSON)

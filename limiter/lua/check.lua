@@ -17,15 +17,40 @@ local algorithms = {s = sliding_window, t = token_bucket, f = fixed_window}
 local reasons = {[0] = '"ok"', [1] = '"limit"', [2] = '"blocked"', [3] = '"cost_exceeds_limit"'}
 local out = {}
 local events = {}
-local k, a = streaming and 2 or 1, 4
-for c = 1, tonumber(ARGV[2]) do
+local checks = tonumber(ARGV[2])
+local first = streaming and 2 or 1
+
+-- Blocks are rare: one EXISTS over every block key of the batch spares a PTTL per check.
+local any_blocked = false
+local block_keys = {}
+local k, a = first, 4
+for _ = 1, checks do
+  local nblocks = tonumber(ARGV[a + 4])
+  for j = 1, nblocks do
+    block_keys[#block_keys + 1] = KEYS[k + j]
+  end
+  k = k + 1 + nblocks
+  a = a + step
+end
+for i = 1, #block_keys, 4000 do  -- unpack() is bounded by Lua's stack
+  local last = math.min(i + 3999, #block_keys)
+  if redis.call('EXISTS', unpack(block_keys, i, last)) > 0 then
+    any_blocked = true
+    break
+  end
+end
+
+k, a = first, 4
+for c = 1, checks do
   local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local nblocks = tonumber(ARGV[a + 4])
   local blocked = -2
-  for j = 1, nblocks do
-    local ttl = redis.call('PTTL', KEYS[k + j])
-    if ttl == -1 or (ttl > blocked and blocked ~= -1) then
-      blocked = ttl
+  if any_blocked then
+    for j = 1, nblocks do
+      local ttl = redis.call('PTTL', KEYS[k + j])
+      if ttl == -1 or (ttl > blocked and blocked ~= -1) then
+        blocked = ttl
+      end
     end
   end
   local r

@@ -1,12 +1,15 @@
--- Fixed window aligned to the epoch. State (hash): a = window index, b = count.
+-- Fixed window aligned to the epoch. State (string "window:count", with a TTL).
 -- Mirrors limiter.algorithms.fixed_window; all values are integers.
 local function fixed_window(key, now, limit, window, cost)
   local cur = math.floor(now / window)
   local reset = window - (now - cur * window)
-  local state = redis.call('HMGET', key, 'a', 'b')
   local count = 0
-  if tonumber(state[1]) == cur then
-    count = tonumber(state[2])
+  local state = redis.call('GET', key)
+  if state then
+    local w, c = string.match(state, '^(%d+):(%d+)$')
+    if tonumber(w) == cur then
+      count = tonumber(c)
+    end
   end
   if cost > limit then
     return {0, math.max(0, limit - count), reset, -1, 3}
@@ -14,8 +17,7 @@ local function fixed_window(key, now, limit, window, cost)
   if count + cost <= limit then
     if cost > 0 then
       count = count + cost
-      redis.call('HSET', key, 'a', int(cur), 'b', int(count))
-      redis.call('PEXPIRE', key, int(reset + 1))
+      redis.call('SET', key, int(cur) .. ':' .. int(count), 'PX', int(reset + 1))
     end
     return {1, limit - count, reset, -1, 0}
   end

@@ -1,15 +1,18 @@
--- Weighted two-window counter. State (hash): w = window index, c = count, p = previous count.
+-- Weighted two-window counter. State (string "window:count:previous", with a TTL).
 -- Mirrors limiter.algorithms.sliding_window; all values are integers.
 local function sliding_window(key, now, limit, window, cost)
   local cur = math.floor(now / window)
   local elapsed = now - cur * window
-  local state = redis.call('HMGET', key, 'a', 'b', 'c')
-  local w = tonumber(state[1])
   local count, previous = 0, 0
-  if w == cur then
-    count, previous = tonumber(state[2]), tonumber(state[3])
-  elseif w == cur - 1 then
-    previous = tonumber(state[2])
+  local state = redis.call('GET', key)
+  if state then
+    local w, c, p = string.match(state, '^(%d+):(%d+):(%d+)$')
+    w = tonumber(w)
+    if w == cur then
+      count, previous = tonumber(c), tonumber(p)
+    elseif w == cur - 1 then
+      previous = tonumber(c)
+    end
   end
   local used = count * window + previous * (window - elapsed)
   local capacity = limit * window
@@ -22,8 +25,8 @@ local function sliding_window(key, now, limit, window, cost)
     if cost > 0 then
       count = count + cost
       used = used + cost * window
-      redis.call('HSET', key, 'a', int(cur), 'b', int(count), 'c', int(previous))
-      redis.call('PEXPIRE', key, int(window + reset + 1))
+      redis.call('SET', key, int(cur) .. ':' .. int(count) .. ':' .. int(previous),
+        'PX', int(window + reset + 1))
     end
     return {1, math.floor((capacity - used) / window), reset, -1, 0}
   end

@@ -1,13 +1,13 @@
--- Token bucket of `limit` tokens refilled at `limit` per window. State (hash):
--- a = level in tokens x window_ms, b = last refill time (ms).
+-- Token bucket of `limit` tokens refilled at `limit` per window. State (string
+-- "level:last", with a TTL): the level in tokens x window_ms and the last refill time (ms).
 -- Mirrors limiter.algorithms.token_bucket; all values are integers.
 local function token_bucket(key, now, limit, window, cost)
   local capacity = limit * window
-  local state = redis.call('HMGET', key, 'a', 'b')
-  local level, last = tonumber(state[1]), tonumber(state[2])
-  if level == nil then
-    level, last = capacity, now
-  else
+  local level, last = capacity, now
+  local state = redis.call('GET', key)
+  if state then
+    local l, t = string.match(state, '^(%d+):(%d+)$')
+    level, last = tonumber(l), tonumber(t)
     if now > last then
       level = level + (now - last) * limit
       last = now
@@ -23,8 +23,7 @@ local function token_bucket(key, now, limit, window, cost)
     if cost > 0 then
       level = level - need
       reset = ceil_div(capacity - level, limit)
-      redis.call('HSET', key, 'a', int(level), 'b', int(last))
-      redis.call('PEXPIRE', key, int(window + 1))
+      redis.call('SET', key, int(level) .. ':' .. int(last), 'PX', int(window + 1))
     end
     return {1, math.floor(level / window), reset, -1, 0}
   end
