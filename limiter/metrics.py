@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class LimiterMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ):
         self.registry = registry or CollectorRegistry()
+        # what /metrics shows: this process's registry, or every worker's metric files
+        self.exposition = self.registry
+        if multiprocess_dir is not None:
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.exposition, path=str(multiprocess_dir)
+            )
         self.decisions = Counter(
             "ratewatch_decisions",
             "Rate-limit decisions by result and reason",
@@ -32,6 +43,7 @@ class LimiterMetrics:
             "ratewatch_redis_up",
             "1 while Redis answers, 0 while the failure policy decides",
             registry=self.registry,
+            multiprocess_mode="min",
         )
         self.http_errors = Counter(
             "ratewatch_http_problems",
@@ -64,19 +76,25 @@ class LimiterMetrics:
             "ratewatch_stream_queue_depth",
             "Decision events waiting in memory for the broker",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.stream_spool_bytes = Gauge(
-            "ratewatch_stream_spool_bytes", "Bytes in the disk spool", registry=self.registry
+            "ratewatch_stream_spool_bytes",
+            "Bytes in the disk spool",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.stream_spool_events = Gauge(
             "ratewatch_stream_spool_events",
             "Decision events in the disk spool, not yet acknowledged by the broker",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.stream_up = Gauge(
             "ratewatch_stream_up",
             "1 while decision events go straight to the broker, 0 while they are spooled",
             registry=self.registry,
+            multiprocess_mode="min",
         )
         # children bound once: a labels() lookup per decision would cost on the hot path
         self._decision_children: dict[tuple[bool, str], Counter] = {}

@@ -32,6 +32,9 @@ class LimiterSettings:
     spool_max_bytes: int = 1 << 30
     # the embedded pipeline: the check script appends every decision to a Redis stream
     redis_events: bool = False
+    # which of several worker processes this is, and where they keep their metrics
+    worker: int = 0
+    metrics_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -41,9 +40,12 @@ def _serve(
     kafka: str | None,
     clickhouse_url: str | None,
     redis_events: bool = False,
+    workers: int = 1,
 ) -> None:
     with user_errors():
-        import uvicorn
+        from ratewatch.serving import listen, prepare_metrics_dir, run_server, run_workers
+
+        metrics_dir = prepare_metrics_dir(data_dir, workers)
 
         from limiter.http import create_app
         from limiter.settings import LimiterSettings
@@ -53,42 +55,48 @@ def _serve(
             logging.getLogger("ratewatch").warning(
                 "--clickhouse-url is accepted but not used by the limiter process"
             )
-        settings = LimiterSettings(
-            redis_url=redis_url,
-            data_dir=data_dir,
-            host=host,
-            port=port,
-            key_prefix=key_prefix,
-            fail_mode=parse_fail_mode(fail_mode),
-            kafka=kafka or None,
-            redis_events=redis_events,
+        secret = key_secret(data_dir)
+        bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None
+
+        def settings_of(worker: int) -> LimiterSettings:
+            return LimiterSettings(
+                redis_url=redis_url,
+                data_dir=data_dir,
+                host=host,
+                port=port,
+                key_prefix=key_prefix,
+                fail_mode=parse_fail_mode(fail_mode),
+                kafka=kafka or None,
+                redis_events=redis_events,
+                worker=worker,
+                metrics_dir=metrics_dir,
+            )
+
+        def serve(worker: int) -> bool:
+            # worker 0 alone registers the bootstrap key, so a new one is made only once
+            app = create_app(
+                settings_of(worker),
+                secret,
+                bootstrap_key=bootstrap_key if worker == 0 else None,
+                bootstrap=worker == 0,
+                on_new_key=_show_new_key,
+            )
+            return run_server(app, sock)
+
+        settings_of(0)  # validated before anything starts
+        try:
+            sock = listen(host, port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        click.echo(
+            f"RateWatch listening on http://{host}:{port} (Redis: {redis_url}, "
+            f"{workers} worker{'s' if workers > 1 else ''})"
         )
-        app = create_app(
-            settings,
-            key_secret(data_dir),
-            bootstrap_key=os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None,
-            on_new_key=_show_new_key,
-        )
-        click.echo(f"RateWatch listening on http://{host}:{port} (Redis: {redis_url})")
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=10,
-        )
-        server = uvicorn.Server(config)
-        # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with these handlers in place
-        # that returns here and the process exits normally.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: None)
-        server.run()
-        if not server.started:
-            raise click.ClickException(f"the limiter did not start on {host}:{port}")
+        if workers == 1:
+            if not serve(0):
+                raise click.ClickException(f"the limiter did not start on {host}:{port}")
+        else:
+            run_workers(workers, serve, metrics_dir)
 
 
 def _show_new_key(api_key: str) -> None:
@@ -113,6 +121,7 @@ def serve(
     clickhouse_url: str | None,
     fail_mode: str,
     key_prefix: str,
+    workers: int,
     redis_events: bool,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
@@ -126,7 +135,16 @@ def serve(
                 "serve needs --redis-url (or a running `ratewatch up` on --data-dir)"
             )
     _serve(
-        host, port, data_dir, redis_url, fail_mode, key_prefix, kafka, clickhouse_url, redis_events
+        host,
+        port,
+        data_dir,
+        redis_url,
+        fail_mode,
+        key_prefix,
+        kafka,
+        clickhouse_url,
+        redis_events,
+        workers,
     )
 
 

@@ -55,6 +55,13 @@ def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="What to answer while Redis is unreachable.",
             ),
             option(
+                "--workers",
+                type=click.IntRange(1, 64),
+                default=1,
+                show_default=True,
+                help="Limiter processes sharing the port (about one per core).",
+            ),
+            option(
                 "--key-prefix",
                 default="rw",
                 show_default=True,

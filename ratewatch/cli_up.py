@@ -25,6 +25,7 @@ def up(
     kafka: str | None,
     clickhouse_url: str | None,
     fail_mode: str,
+    workers: int,
     key_prefix: str,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
@@ -52,6 +53,8 @@ def up(
             redis_url,
             "--fail-mode",
             fail_mode,
+            "--workers",
+            str(workers),
             *common,
         ]
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []

@@ -60,14 +60,16 @@ class LimiterApp:
         key_secret: bytes,
         sink_factory: Callable[[], DecisionSink] = NullSink,
         bootstrap_key: str | None = None,
+        bootstrap: bool = True,
         on_new_key: Callable[[str], None] | None = None,
     ):
         self.settings = settings
         self._key_secret = key_secret
         self._sink_factory = sink_factory
         self._bootstrap_key = bootstrap_key
+        self._bootstrap = bootstrap
         self._on_new_key = on_new_key
-        self.metrics = LimiterMetrics()
+        self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
@@ -103,9 +105,10 @@ class LimiterApp:
         keyspace = Keyspace(settings.key_prefix)
         keys = KeyStore(redis, keyspace, KeyHasher(self._key_secret))
         await keys.verify_secret()
-        new_key = await bootstrap(keys, self._bootstrap_key)
-        if new_key is not None and self._on_new_key is not None:
-            self._on_new_key(new_key)
+        if self._bootstrap:
+            new_key = await bootstrap(keys, self._bootstrap_key)
+            if new_key is not None and self._on_new_key is not None:
+                self._on_new_key(new_key)
         store = RedisStore(
             redis,
             keyspace,
@@ -125,7 +128,9 @@ class LimiterApp:
 
             sink = stream = KafkaSink(
                 settings.kafka,
-                settings.data_dir / "spool",
+                # a spool is one process's: each worker has its own
+                settings.data_dir
+                / ("spool" if settings.worker == 0 else f"spool-{settings.worker}"),
                 self.metrics,
                 settings.instance,
                 spool_max_bytes=settings.spool_max_bytes,

@@ -75,5 +75,5 @@ class HealthRoutes:
 
     async def metrics(self, request: Request) -> Response:
         return Response(
-            generate_latest(self._metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST}
+            generate_latest(self._metrics.exposition), headers={"content-type": CONTENT_TYPE_LATEST}
         )

@@ -1,0 +1,134 @@
+"""Running the limiter's ASGI app: one process, or several workers on one socket.
+
+A Python process answers checks on one core.  With ``--workers N`` the parent binds the
+listening socket once and forks N workers that accept on it (the kernel spreads the
+connections); each worker has its own event loop, Redis connections, coalescer and auth
+cache, and all decide on the same Redis, so limits hold across them.  Prometheus metrics
+are then kept in files under ``<data-dir>/run/metrics`` (prometheus_client's multiprocess
+mode) and ``/metrics`` adds up every worker's.  A worker that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("ratewatch.serve")
+
+# set before prometheus_client is first imported: it picks its value storage at import
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(data_dir: Path, workers: int) -> Path | None:
+    """A fresh directory for the workers' metric files (None for a single process)."""
+    if workers == 1:
+        return None
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics dir was set")
+    directory = data_dir.resolve() / "run" / f"metrics-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[METRICS_DIR_VARIABLE] = str(directory)
+    return directory
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(app: Any, sock: socket.socket) -> bool:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM; whether it started."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,  # the client's address is never used; it would cost per request
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with these handlers in place
+    # that returns here and the process exits normally.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    server.run(sockets=[sock])
+    return bool(server.started)
+
+
+def run_workers(workers: int, serve: Callable[[int], bool], metrics_dir: Path | None) -> int:
+    """Fork ``workers`` processes running ``serve(index)``; replace any that dies until
+    SIGINT/SIGTERM, then stop them all.  The exit status."""
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            code = 0 if serve(index) else 1
+            os._exit(code)
+        children[pid] = index
+
+    try:
+        for index in range(workers):
+            spawn(index)
+        while not stopping:
+            time.sleep(0.2)
+            for pid, index in list(children.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done and not stopping:
+                    del children[pid]
+                    _mark_dead(pid, metrics_dir)
+                    log.warning(
+                        "worker %d (pid %d) exited with %d: replacing it",
+                        index,
+                        pid,
+                        os.waitstatus_to_exitcode(status),
+                    )
+                    time.sleep(0.5)
+                    spawn(index)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _mark_dead(pid: int, metrics_dir: Path | None) -> None:
+    if metrics_dir is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
