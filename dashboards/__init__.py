@@ -1,0 +1,1 @@
+"""Grafana dashboards over the ClickHouse schema in ``analytics/migrations``."""
