@@ -62,6 +62,18 @@ class Outcome(NamedTuple):
     reason: Reason
 
 
+def ceil_seconds(ms: int) -> int:
+    """Milliseconds as the whole seconds the API speaks (rounded up: never too early)."""
+    return -(-ms // 1000)
+
+
+def retry_after_seconds(outcome: Outcome) -> int | None:
+    """``retry_after`` of the API: None when allowed or when waiting cannot help."""
+    if outcome.allowed or outcome.retry_ms == NO_RETRY:
+        return None
+    return max(1, ceil_seconds(outcome.retry_ms))
+
+
 class CounterState(NamedTuple):
     """The integer fields one counter keeps; ``a``/``b``/``c`` mean per algorithm:
 

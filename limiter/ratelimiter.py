@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from limiter.algorithms import MAX_LIMIT_WINDOW, MAX_WINDOW_SECONDS, NO_RETRY, Algorithm
+from limiter.algorithms import (
+    MAX_LIMIT_WINDOW,
+    MAX_WINDOW_SECONDS,
+    Algorithm,
+    ceil_seconds,
+    retry_after_seconds,
+)
 from limiter.errors import InvalidInput
 from limiter.store.base import Check, DecisionStore
 
@@ -26,10 +32,6 @@ class Decision(NamedTuple):
     retry_after: int | None
     limit: int
     reason: str
-
-
-def _seconds(ms: int) -> int:
-    return -(-ms // 1000)
 
 
 class Limiter:
@@ -69,16 +71,11 @@ class Limiter:
             self._tenant, key, algorithm or self._algorithm, limit, window * 1000, cost, ip, user_id
         )
         outcome = (await self._store.decide([check]))[0]
-        retry = (
-            None
-            if outcome.allowed or outcome.retry_ms == NO_RETRY
-            else max(1, _seconds(outcome.retry_ms))
-        )
         return Decision(
             outcome.allowed,
             outcome.remaining,
-            _seconds(outcome.reset_ms),
-            retry,
+            ceil_seconds(outcome.reset_ms),
+            retry_after_seconds(outcome),
             limit,
             outcome.reason.label,
         )

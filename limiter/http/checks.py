@@ -11,7 +11,13 @@ from typing import Any
 
 import msgspec
 
-from limiter.algorithms import MAX_LIMIT_WINDOW, NO_RETRY, Algorithm, Outcome
+from limiter.algorithms import (
+    MAX_LIMIT_WINDOW,
+    Algorithm,
+    Outcome,
+    ceil_seconds,
+    retry_after_seconds,
+)
 from limiter.auth import Authenticator, Principal
 from limiter.blocks import normalize_ip
 from limiter.emit import Decision, DecisionSink, RequestContext
@@ -26,10 +32,6 @@ from limiter.store.base import Check
 _check_decoder = msgspec.json.Decoder(CheckRequest)
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _encoder = msgspec.json.Encoder()
-
-
-def _seconds(ms: int) -> int:
-    return -(-ms // 1000)
 
 
 def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
@@ -172,10 +174,8 @@ class CheckHandler:
         return CheckResult(
             allowed=outcome.allowed,
             remaining=outcome.remaining,
-            reset_in=_seconds(outcome.reset_ms),
-            retry_after=None
-            if outcome.allowed or outcome.retry_ms == NO_RETRY
-            else max(1, _seconds(outcome.retry_ms)),
+            reset_in=ceil_seconds(outcome.reset_ms),
+            retry_after=retry_after_seconds(outcome),
             limit=check.limit,
             reason=outcome.reason.label,
         )
