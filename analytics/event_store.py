@@ -2,10 +2,12 @@
 stored offsets, and the plans of the batches being written (migration 0003 says why).
 
 ``ClickHouseEventStore`` implements ``stream.handlers.EventStore``: ``written_offsets`` asks
-the ledger, ``write`` inserts the rows (``DecisionWriter``, with the batch's token) and then
-adds their offsets to the ledger, so the ledger never names an offset whose rollups are not
-complete.  ``plan_batches``/``planned_batches`` let a consumer repeat, after a crash, the cut
-of the batch it was writing: only the same insert again completes one that was cut short.
+the ledger, ``stored_event_ids`` the decisions (by their primary key: only for events the
+producer resent after a send in doubt), ``write`` inserts the rows (``DecisionWriter``, with
+the batch's token) and then adds their offsets to the ledger, so the ledger never names an
+offset whose rollups are not complete.  ``plan_batches``/``planned_batches`` let a consumer
+repeat, after a crash, the cut of the batch it was writing: only the same insert again
+completes one that was cut short.
 
 One store belongs to one thread (chDB connection handles are not shared across threads).
 After a failed statement the client is replaced, when the store was given a way to connect:
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -26,7 +29,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from analytics.clickhouse import DATABASE, describe
 from analytics.errors import AnalyticsError, InvalidEvents
 from analytics.writer import DecisionWriter, Origin
-from stream.events import encode
+from stream.events import DecisionEvent, encode
 from stream.handlers import DeadLetters, Located, Record
 
 log = logging.getLogger("ratewatch.analytics")
@@ -46,6 +49,16 @@ _WRITTEN = (
     " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
     " AND source_offset BETWEEN {low:UInt64} AND {high:UInt64}"
 )
+DECISIONS_TABLE = f"{DATABASE}.decisions"
+# the table's primary key (tenant, toStartOfHour(ts), key) narrows the granules read
+_STORED = (
+    f"SELECT DISTINCT toString(event_id) FROM {DECISIONS_TABLE}"
+    " WHERE tenant IN {tenants:Array(String)} AND key IN {keys:Array(String)}"
+    " AND ts BETWEEN fromUnixTimestamp64Milli({low:Int64}, 'UTC')"
+    " AND fromUnixTimestamp64Milli({high:Int64}, 'UTC')"
+    " AND event_id IN {ids:Array(UUID)}"
+)
+_STORED_CHUNK = 2000  # events per lookup
 _PLANNED = (
     f"SELECT first_offset, argMax(last_offset, planned_at) FROM {BATCHES_TABLE}"
     " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
@@ -91,6 +104,32 @@ class ClickHouseEventStore:
         if not found:
             return set()
         return set(found[0]).intersection(offsets)
+
+    def stored_event_ids(self, events: Sequence[DecisionEvent]) -> set[str]:
+        """The ids of ``events`` that ``ratewatch.decisions`` already holds.  An id no UUID
+        column can hold is never stored."""
+        found: set[str] = set()
+        for start in range(0, len(events), _STORED_CHUNK):
+            chunk = events[start : start + _STORED_CHUNK]
+            ids: dict[str, list[str]] = {}  # canonical form -> the events' spellings
+            for event in chunk:
+                try:
+                    canonical = str(uuid.UUID(event.event_id))
+                except (ValueError, TypeError):
+                    continue
+                ids.setdefault(canonical, []).append(event.event_id)
+            if not ids:
+                continue
+            parameters = {
+                "tenants": sorted({event.tenant for event in chunk}),
+                "keys": sorted({event.key for event in chunk}),
+                "low": min(event.ts for event in chunk),
+                "high": max(event.ts for event in chunk),
+                "ids": sorted(ids),
+            }
+            for (stored,) in self._query_rows(_STORED, parameters):
+                found.update(ids.get(str(stored), ()))
+        return found
 
     def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
         """Insert ``events`` with ``token``, then record their offsets in the ledger."""
@@ -165,6 +204,9 @@ class ClickHouseEventStore:
         )
         if self.rejects is not None:
             self.rejects.send(source, partition, Record(item.offset, encode(item.event)), reason)
+
+    def _query_rows(self, sql: str, parameters: dict[str, object]) -> Sequence[Sequence[object]]:
+        return self._run(lambda c: c.query(sql, parameters=parameters).result_rows)
 
     def _run(self, call: Callable[[Client], T]) -> T:
         client = self._client

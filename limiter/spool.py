@@ -6,6 +6,10 @@ appends to an earlier process's segment, so a torn record can only end a segment
 position of the first unacknowledged record is kept in ``<dir>/cursor``; segments before
 it are deleted, and the whole spool once everything in it is acknowledged.
 
+The owner may mark the first records after the cursor *in doubt* (``mark_in_doubt``): sent
+once already, perhaps delivered.  Their count is kept in ``<dir>/doubt`` (written by
+``flush`` and ``ack``; absent when nothing is in doubt), so that a later process knows too.
+
 Threads: ``append`` is called on the event loop and only queues bytes in memory; the file
 work (``open``, ``flush``, ``read``, ``ack``, ``close``) belongs to one worker thread, so
 the loop never waits on the disk.  ``flush`` writes and fsyncs everything appended since
@@ -71,6 +75,8 @@ class Spool:
         self._owner: int | None = None  # fd holding the spool's lock
         self._active = 0  # its id
         self._next_id = 1
+        self._doubt = 0  # records after the cursor in doubt
+        self._doubt_saved = 0  # what <dir>/doubt says
 
     @property
     def events(self) -> int:
@@ -81,6 +87,17 @@ class Spool:
     def size(self) -> int:
         """Bytes on disk and queued for it."""
         return self._disk_bytes + self._pending_bytes
+
+    @property
+    def in_doubt(self) -> int:
+        """How many records after the cursor are in doubt (see ``mark_in_doubt``)."""
+        return self._doubt
+
+    def mark_in_doubt(self, count: int) -> None:
+        """Mark the first ``count`` records after the cursor (appended already, flushed or
+        not) in doubt; memory only until the next ``flush`` or ``ack``."""
+        with self._lock:
+            self._doubt = max(self._doubt, min(count, self._count + self._pending_count))
 
     @property
     def pending(self) -> int:
@@ -115,6 +132,7 @@ class Spool:
                 total += len(chunk.records)
                 position = chunk.end
             self._count = total
+            self._doubt = self._doubt_saved = min(self._load_doubt(), total)
         if total:
             log.warning("spool %s holds %d events from an earlier run", self.directory, total)
 
@@ -147,6 +165,8 @@ class Spool:
                     self.dropped += count - written
                 self._seal(truncate=True)
                 raise
+            finally:
+                self._save_doubt()
 
     def read(self, max_bytes: int) -> Chunk:
         """The durable records after the cursor, in order, up to about ``max_bytes``."""
@@ -159,17 +179,21 @@ class Spool:
         with self._io:
             self._cursor = end
             self._count -= count
+            with self._lock:
+                self._doubt = max(0, self._doubt - count)
             if self._count == 0 and self._durable_end() == end:
                 self._seal()
                 self._delete_before(self._next_id)
                 with contextlib.suppress(FileNotFoundError):
                     (self.directory / "cursor").unlink()
                 self._cursor = Position(self._next_id, 0)
+                self._save_doubt()
                 return
             self._delete_before(end.segment)
             tmp = self.directory / "cursor.tmp"
             tmp.write_text(f"{end.segment} {end.offset}\n", encoding="ascii")
             os.replace(tmp, self.directory / "cursor")
+            self._save_doubt()  # after the cursor: a crash between them leaves too many
 
     def close(self) -> None:
         self.flush()
@@ -238,6 +262,30 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"{sid:016d}.seg").unlink()
             self._disk_bytes -= self._sizes.pop(sid)
+
+    def _save_doubt(self) -> None:
+        """Write the in-doubt count if it changed (never, while nothing is in doubt)."""
+        doubt = self._doubt
+        if doubt == self._doubt_saved:
+            return
+        path = self.directory / "doubt"
+        if doubt:
+            tmp = self.directory / "doubt.tmp"
+            tmp.write_text(f"{doubt}\n", encoding="ascii")
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._doubt_saved = doubt
+
+    def _load_doubt(self) -> int:
+        try:
+            return max(0, int((self.directory / "doubt").read_text(encoding="ascii")))
+        except FileNotFoundError:
+            return 0
+        except ValueError:  # unreadable: all of it may have been sent already
+            log.error("spool in-doubt count in %s is unreadable; all in doubt", self.directory)
+            return 1 << 62
 
     def _load_cursor(self) -> Position | None:
         try:

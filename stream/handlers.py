@@ -7,6 +7,11 @@ store already holds (the store keeps the source offset of every row, so a batch 
 after a crash — cut at other offsets than the first time — is not counted twice), writes
 the rest in one insert and only then returns, so that the transport acknowledges or
 commits after the store accepted the batch.
+
+A record the producer marked *resent* (the Kafka header ``ratewatch-resent``: sent again
+after a send in doubt, so it may be at another offset already) is also checked by its
+event: events the store holds, or that this batch holds unmarked, are skipped.  Records
+without the mark cost no such lookup.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from stream.events import DecisionEvent, MalformedEvent, decode
 
 log = logging.getLogger("ratewatch.stream")
 
+# the Kafka header (value b"1") of a record sent again after a send in doubt
+RESENT_HEADER = "ratewatch-resent"
+
 
 class Record(NamedTuple):
-    """One consumed message: its offset in its partition and its payload."""
+    """One consumed message: its offset in its partition, its payload, and whether the
+    producer resent it after a send in doubt (then its events may be stored already)."""
 
     offset: int
     value: bytes
+    resent: bool = False
 
 
 class Located(NamedTuple):
@@ -42,6 +52,10 @@ class EventStore(Protocol):
 
     def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
         """Store the events in one idempotent insert (``token`` dedupes a retry)."""
+        ...
+
+    def stored_event_ids(self, events: Sequence[DecisionEvent]) -> set[str]:
+        """Which of these events' ids are already stored (from whatever offset)."""
         ...
 
 
@@ -83,7 +97,10 @@ class BatchHandler:
         if not records:
             return 0
         located: list[Located] = []
+        resent: set[int] = set()
         for record in records:
+            if record.resent:
+                resent.add(record.offset)
             try:
                 located.extend(Located(record.offset, event) for event in self._decoder(record))
             except MalformedEvent as exc:
@@ -93,6 +110,8 @@ class BatchHandler:
         offsets = sorted({item.offset for item in located})
         done = self._store.written_offsets(source, partition, offsets) if offsets else set()
         fresh = [item for item in located if item.offset not in done]
+        if resent:
+            fresh = self._drop_stored(fresh, resent)
         self.stats.skipped += len(located) - len(fresh)
         written = 0
         if fresh:
@@ -101,3 +120,20 @@ class BatchHandler:
         self.stats.written += written
         self.stats.batches += 1
         return written
+
+    def _drop_stored(self, fresh: list[Located], resent: set[int]) -> list[Located]:
+        """``fresh`` without the events of resent records that are stored already, or held
+        by this batch's other records (the first of them kept)."""
+        doubtful = [item.event for item in fresh if item.offset in resent]
+        if not doubtful:
+            return fresh
+        seen = self._store.stored_event_ids(doubtful)
+        seen.update(item.event.event_id for item in fresh if item.offset not in resent)
+        kept: list[Located] = []
+        for item in fresh:
+            if item.offset in resent:
+                if item.event.event_id in seen:
+                    continue
+                seen.add(item.event.event_id)
+            kept.append(item)
+        return kept

@@ -50,7 +50,7 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from stream.dead_letters import DeadLetterMetrics, KafkaDeadLetters
 from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC
-from stream.handlers import BatchHandler, EventStore, Record
+from stream.handlers import RESENT_HEADER, BatchHandler, EventStore, Record
 
 log = logging.getLogger("ratewatch.stream")
 
@@ -316,7 +316,10 @@ class DecisionConsumer:
             await self._in_store(self._store.plan_batches, cuts)
         done: dict[int, int] = {}
         for partition, batch, _ in work:
-            payload = [Record(r.offset, r.value if r.value is not None else b"") for r in batch]
+            payload = [
+                Record(r.offset, r.value if r.value is not None else b"", _resent(r.headers))
+                for r in batch
+            ]
             await self._in_store(self.handler.handle, topic, partition, payload)
             done[partition] = batch[-1].offset + 1
         return done
@@ -401,8 +404,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._consumer.forget(assigned)
 
 
+def _resent(headers: Any) -> bool:
+    """Whether the producer resent the record after a send in doubt (a header only such
+    records carry, so an ordinary record costs a truth test)."""
+    return bool(headers) and any(name == RESENT_HEADER for name, _ in headers)
+
+
 async def _parse(records: tuple[ConsumerRecord[bytes, bytes], ...]) -> KafkaMessage:
-    # FastStream's own batch parser decodes every record's headers; the handler needs none
+    # FastStream's own batch parser decodes every record's headers; the handler needs one,
+    # which _resent reads from the raw records only when they have any
     return KafkaMessage(records, b"", consumer=_NO_CONSUMER)
 
 

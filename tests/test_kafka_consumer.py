@@ -442,6 +442,9 @@ class FlakyStore:
     def written_offsets(self, source: str, partition: int, offsets: Any) -> set[int]:
         return self.store.written_offsets(source, partition, offsets)
 
+    def stored_event_ids(self, events: Any) -> set[str]:
+        return self.store.stored_event_ids(events)
+
     def write(self, source: str, partition: int, events: Any, token: str) -> int:
         self.tokens.append(token)
         if self.failures:
@@ -565,6 +568,80 @@ def test_checks_through_the_api_become_exactly_as_many_rows(
         serve.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_limiter_stopped_in_an_outage_and_restarted_still_makes_one_row_per_check(
+    redis_server: RedisServer,
+    kafka_broker: KafkaBroker,
+    tenant: str,
+    group: str,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a batch is in doubt: the next start replays it from the spool (it may
+    have landed too), marked resent, and the consumer stores each check once."""
+    api_key = create_key(redis_server.url, tenant)
+    port = free_port()
+
+    def serve() -> RatewatchProcess:
+        return RatewatchProcess(
+            [
+                *("serve", "--port", str(port), "--redis-url", redis_server.url),
+                *("--data-dir", str(tmp_path / "serve"), "--kafka", kafka_broker.bootstrap),
+            ],
+            port,
+            env={
+                "RATEWATCH_KEY_SECRET": KEY_SECRET.hex(),
+                "RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY,
+            },
+            log_path=tmp_path / "serve.log",
+        ).start()
+
+    def check(client: httpx.Client, keys: range) -> None:
+        for i in keys:
+            response = client.post("/v1/check", json={"key": f"e2e:{i}", "limit": 5, "window": 60})
+            assert response.status_code == 200, response.text
+
+    def stream_status(client: httpx.Client) -> dict[str, Any]:
+        health = client.get("/health/detailed").json()
+        status: dict[str, Any] = health["dependencies"]["decision_stream"]
+        return status
+
+    server = serve()
+    stream = StreamProcess(kafka_broker.bootstrap, DECISIONS_TOPIC, group, tmp_path)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=10, headers=headers) as client:
+            check(client, range(0, 100))
+            sent = "ratewatch_stream_events_sent_total 100.0"
+            wait_until(lambda: sent in client.get("/metrics").text, 30, "100 sent", 0.05)
+            kafka_broker.freeze()  # an outage, then SIGTERM with a batch in doubt
+            check(client, range(100, 200))
+            wait_until(lambda: stream_status(client)["spooled_events"] == 100, 30, "spooled")
+            assert stream_status(client)["in_doubt"] > 0
+        assert server.stop() == 0
+        kafka_broker.thaw()
+        server = serve()  # replays the spool, the batch in doubt marked resent
+
+        stream.start()
+        where = f"tenant = '{tenant}'"
+
+        def stored() -> int:
+            return int(stream.scalar(f"SELECT count() FROM {DECISIONS_TABLE} WHERE {where}"))
+
+        wait_until(lambda: stored() >= 200, 60, "200 rows", 0.2)
+        with httpx.Client(base_url=server.base_url, timeout=10, headers=headers) as client:
+            wait_until(lambda: stream_status(client)["status"] == "up", 30, "replayed", 0.1)
+        wait_until(
+            lambda: caught_up(kafka_broker.bootstrap, DECISIONS_TOPIC, group), 30, "topic", 0.2
+        )
+        assert totals(stream, where) == {"raw": 200, "unique": 200, **dict.fromkeys(ROLLUPS, 200)}
+    finally:
+        if kafka_broker.frozen:
+            kafka_broker.thaw()
+        stream.stop()
+        server.stop()
+
+
 # -- the store: ledger and cuts on real chDB ------------------------------------------------
 
 
@@ -623,6 +700,36 @@ def test_a_batch_replayed_with_other_cuts_is_skipped_by_the_ledger(
     assert handler.handle("other", 0, records(0, 10)) == 10
     assert store.written_offsets("src", 1, [5, 9, 10, 11]) == {5, 9}
     assert store.written_offsets("src", 0, []) == set()
+
+
+def test_resent_records_are_written_only_if_their_event_is_not_stored(
+    store: ClickHouseEventStore,
+) -> None:
+    """A batch in doubt, sent again at other offsets: the offsets are new, the events not."""
+    handler = BatchHandler(store, Letters())
+    events = [event(i) for i in range(60)]
+    assert handler.handle("src", 0, [Record(i, encode(e)) for i, e in enumerate(events)]) == 60
+    assert store.stored_event_ids([*events[:3], event(99)]) == {e.event_id for e in events[:3]}
+
+    unstored = [event(i) for i in range(60, 70)]
+    again = events[20:] + unstored  # the resent batch: 40 stored, 10 not yet
+    resent = [Record(100 + i, encode(e), resent=True) for i, e in enumerate(again)]
+    assert handler.handle("src", 0, resent) == 10
+    assert (handler.stats.written, handler.stats.skipped) == (70, 40)
+    assert store_totals(store) == [70] * 5
+    assert store.stored_event_ids(unstored) == {e.event_id for e in unstored}
+
+    # the original and its resent copy in one batch, either way round: written once
+    first, second = event(80), event(81)
+    batch = [
+        Record(200, encode(first)),
+        Record(201, encode(first), resent=True),
+        Record(202, encode(second), resent=True),
+        Record(203, encode(second)),
+        Record(204, encode(second), resent=True),
+    ]
+    assert handler.handle("src", 0, batch) == 2
+    assert store_totals(store) == [72] * 5
 
 
 def test_repeating_the_cut_completes_an_insert_cut_short(store: ClickHouseEventStore) -> None:

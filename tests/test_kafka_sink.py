@@ -4,14 +4,16 @@ order per key kept, and ``emit`` never waiting on the broker."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from limiter.algorithms import Algorithm, Outcome, Reason
 from limiter.emit import Decision, RequestContext
@@ -22,9 +24,11 @@ from limiter.sinks.events import EventIds, to_event, to_records
 from limiter.sinks.kafka import KafkaSink
 from limiter.store.base import Check
 from stream.events import DECISIONS_TOPIC, decode, encode
+from stream.handlers import RESENT_HEADER, BatchHandler, Record
 from tests.conftest import BOOTSTRAP_KEY, KEY_SECRET, create_key
 from tests.kafka import KafkaBroker, Received, create_topic, eventually, read_topic, unique_topic
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
+from tests.test_kafka_consumer import Letters, open_store, store_totals
 
 KEYS = 7
 
@@ -36,11 +40,17 @@ def decision(seq: int, tenant: str = "t1") -> Decision:
     return Decision(1_700_000_000_000 + seq, check, outcome, RequestContext("/r", "ua"), seq)
 
 
-def emit_range(sink: KafkaSink, start: int, stop: int, per_call: int = 3) -> int:
-    """Emit decisions start..stop-1, a few per call; returns how many calls returned."""
+def emit_range(
+    sink: KafkaSink, start: int, stop: int, per_call: int = 3, base: int | None = None
+) -> int:
+    """Emit decisions start..stop-1, a few per call; returns how many calls returned.
+    ``base``: their timestamps from then on (else 2023's, which ClickHouse's TTL drops)."""
     returned = 0
     for first in range(start, stop, per_call):
-        sink.emit([decision(s) for s in range(first, min(first + per_call, stop))])
+        batch = [decision(s) for s in range(first, min(first + per_call, stop))]
+        if base is not None:
+            batch = [d._replace(ts_ms=base + d.latency_us) for d in batch]
+        sink.emit(batch)
         returned += 1
     return returned
 
@@ -211,6 +221,93 @@ async def test_close_in_an_outage_keeps_the_spool_and_the_next_sink_replays_it(
     unique = {r.event.event_id: r for r in received}
     assert len(received) - len(unique) <= in_doubt
     assert_exactly_once_in_key_order(list(unique.values()), range(1001))
+
+
+class Message(NamedTuple):
+    partition: int
+    offset: int
+    value: bytes
+    resent: bool  # carries the ratewatch-resent header
+
+
+async def read_messages(bootstrap: str, topic: str, at_least: int) -> list[Message]:
+    """Every message of ``topic`` with its headers, as ``read_topic`` reads them."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = sorted(await consumer._client._wait_on_metadata(topic))
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        received: list[Message] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                received += [
+                    Message(tp.partition, m.offset, m.value, (RESENT_HEADER, b"1") in m.headers)
+                    for m in messages
+                ]
+            if len(received) >= at_least:
+                ends = await consumer.end_offsets(assigned)
+                if all([await consumer.position(tp) >= ends[tp] for tp in assigned]):
+                    return sorted(received)
+        raise TimeoutError(f"{len(received)} of at least {at_least} messages on {topic}")
+    finally:
+        await consumer.stop()
+
+
+async def test_records_sent_again_after_a_send_in_doubt_carry_the_resent_header(
+    kafka_broker: KafkaBroker, topic: str, tmp_path: Path
+) -> None:
+    """A round in doubt when the sink closes is replayed by the next one with the header
+    (it may have landed: the consumer checks); what was never sent carries none; and the
+    consumer's handler, fed the topic, stores every decision once."""
+    spool = tmp_path / "spool"
+    now = int(time.time() * 1000) - 60_000
+    first = make_sink(kafka_broker.bootstrap, spool, topic, close_timeout=1.0)
+    await first.start()
+    emit_range(first, 0, 300, base=now)
+    await eventually(lambda: sent(first._metrics) == 300, 30, "the first 300 acknowledged")
+    kafka_broker.freeze()
+    emit_range(first, 300, 600, base=now)  # one round, sent to the frozen broker: in doubt
+    await eventually(lambda: first.status()["in_doubt"] == 300, 30, "300 in doubt")
+    emit_range(first, 600, 1000, base=now)  # spooled, never sent
+    await eventually(lambda: first.status()["spooled_events"] == 700, 30, "700 spooled")
+    await first.close()
+    kafka_broker.thaw()
+
+    second = make_sink(kafka_broker.bootstrap, spool, topic)
+    await second.start()
+    emit_range(second, 1000, 1001, base=now)
+    await eventually(lambda: second.status()["status"] == "up", 60, "the leftovers replayed")
+    await eventually(lambda: sent(second._metrics) == 701, 30, "the new event acknowledged")
+    await second.close()
+
+    messages = await read_messages(kafka_broker.bootstrap, topic, 1001)
+    seqs = [(decode(m.value).latency_us, m.resent) for m in messages]
+    assert sorted(seq for seq, resent in seqs if resent) == list(range(300, 600))
+    plain = [seq for seq, resent in seqs if not resent]
+    assert len(plain) == len(set(plain))  # the round in doubt may have landed, once
+    assert set(plain) - set(range(300, 600)) == {*range(300), *range(600, 1001)}
+
+    store = open_store(tmp_path / "ch")
+    try:
+        handler = BatchHandler(store, Letters())
+        for partition in sorted({m.partition for m in messages}):
+            batch = [
+                Record(m.offset, m.value, m.resent) for m in messages if m.partition == partition
+            ]
+            # cut before the first resent record: its original is stored by then, if it landed
+            cut = next((i for i, r in enumerate(batch) if r.resent), len(batch))
+            handler.handle(topic, partition, batch[:cut])
+            handler.handle(topic, partition, batch[cut:])
+        assert handler.stats.written == 1001
+        assert handler.stats.skipped == len(messages) - 1001
+        assert store_totals(store) == [1001] * 5  # raw rows, ledger, rollups
+    finally:
+        store.close()
 
 
 async def test_an_unreachable_broker_spools_and_a_full_spool_counts_drops(

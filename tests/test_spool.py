@@ -177,3 +177,41 @@ def test_one_spool_belongs_to_one_process(tmp_path: Path) -> None:
     again = Spool(tmp_path, max_bytes=1 << 20)
     again.open()
     again.close()
+
+
+def test_the_in_doubt_count_survives_a_restart_and_shrinks_as_records_are_acknowledged(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.open()
+    for payload in payloads(10):
+        spool.append(payload)
+    spool.mark_in_doubt(4)
+    spool.mark_in_doubt(2)  # never less than marked
+    assert spool.in_doubt == 4
+    spool.close()
+
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    again.open()
+    assert again.in_doubt == 4
+    chunk = again.read(40)  # the first few
+    assert 0 < len(chunk.records) < 4
+    again.ack(chunk.end, len(chunk.records))
+    assert again.in_doubt == 4 - len(chunk.records)
+    assert read_all(again) == payloads(10)[len(chunk.records) :]
+    assert again.in_doubt == 0
+    assert not (tmp_path / "doubt").exists()
+    again.close()
+
+
+def test_nothing_in_doubt_writes_no_in_doubt_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.open()
+    for payload in payloads(5):
+        spool.append(payload)
+    spool.close()
+    assert not (tmp_path / "doubt").exists()
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    again.open()
+    assert again.in_doubt == 0
+    again.close()

@@ -14,7 +14,10 @@ stalled (not dead) from receiving it twice: the request sits in its socket buffe
 written when it resumes.  Two cases remain where a record may arrive twice, with the same
 ``event_id``: the broker stays stalled for longer than the request timeout (30 s), or the
 limiter shuts down while a round is in doubt (it stays in the spool and is replayed on the
-next start).  Without an idempotent broker, the producer cannot tell.
+next start).  Without an idempotent broker, the producer cannot tell; so the spool marks
+what was sent in doubt, and a record replayed from there carries the ``ratewatch-resent``
+header: the consumer drops it if its event is already stored.  Records never in doubt carry
+no header, and cost the consumer nothing more.
 """
 
 from __future__ import annotations
@@ -234,8 +237,12 @@ class KafkaSink:
         # sending directly means the spool is empty: the round in flight becomes its head,
         # and what of it the broker did take is skipped on replay (unless some was dropped)
         round_ = self._current
-        if round_ is not None and self._spooler.append(round_.records) == len(round_.records):
-            self._replayer.in_doubt = round_
+        if round_ is not None:
+            stored = self._spooler.append(round_.records)
+            if round_.handed:  # it may land (or have landed) all the same
+                self._spooler.mark_in_doubt(stored)
+            if stored == len(round_.records):
+                self._replayer.in_doubt = round_
         if not self._closed and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.create_task(self._recover(), name="ratewatch-stream-recover")
 

@@ -25,12 +25,16 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 from limiter.sinks.rounds import Flight, Round
+from stream.handlers import RESENT_HEADER
 
 log = logging.getLogger("ratewatch.stream")
 
 MAX_BATCH_BYTES = 1024 * 1024
 _PARTITION_CACHE = 1 << 16
 _UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError, TimeoutError)
+# a record sent again after a send in doubt: the consumer drops it if its event is stored
+_RESENT = [(RESENT_HEADER, b"1")]
+_FIRST: list[tuple[str, bytes]] = []
 
 
 class StreamUnavailable(Exception):
@@ -133,14 +137,21 @@ class Producer:
         filling: dict[int, tuple[Any, Flight]] = {}
         batches: list[tuple[int, Any, Flight]] = []
         cache = self._cache
+        resent = round_.resent  # the first ``resent`` records carry the header
+        headers = _FIRST
         for index, (key, value, ts_ms) in enumerate(round_.records):  # once per decision
+            if resent:
+                headers = _RESENT if index < resent else _FIRST
             partition = cache.get(key)
             if partition is None:
                 partition = self._partition(key)
             entry = filling.get(partition)
-            if entry is None or entry[0].append(timestamp=ts_ms, key=key, value=value) is None:
+            if (
+                entry is None
+                or entry[0].append(timestamp=ts_ms, key=key, value=value, headers=headers) is None
+            ):
                 builder = producer.create_batch()
-                if builder.append(timestamp=ts_ms, key=key, value=value) is None:
+                if builder.append(timestamp=ts_ms, key=key, value=value, headers=headers) is None:
                     raise ValueError(f"a decision event of {len(value)} bytes is too large")
                 entry = filling[partition] = (builder, Flight([]))
                 batches.append((partition, builder, entry[1]))
@@ -156,6 +167,7 @@ class Producer:
             self.last_error = "not connected to Kafka"
             return False
         deadline = time.monotonic() + patience
+        round_.handed = True
         submit = asyncio.create_task(self.submit(round_))
         await asyncio.wait([submit], timeout=patience)
         if not submit.done():

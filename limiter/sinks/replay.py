@@ -4,6 +4,12 @@ A round *in doubt* was sent but not acknowledged in time, and is already in the 
 Before replaying, the replayer waits for it to settle (acknowledged, or failed by the
 producer's request timeout) and notes which of its records the broker did take: those are
 skipped, so a broker that was only stalled does not receive them twice.
+
+What else was sent and may have landed is *in doubt*: the rest of a round in doubt (failed
+by the request timeout, perhaps written later all the same), every replay round until the
+spool acknowledges it, and what an earlier run left in doubt.  The spool keeps their count
+(``Spooler.mark_in_doubt``, from its head); replayed, they carry the ``ratewatch-resent``
+header, and the consumer drops those whose event it already stored.
 """
 
 from __future__ import annotations
@@ -54,8 +60,15 @@ class Replayer:
                 records.append(unpack(payload))
                 positions.append(position)
         if records:
-            round_ = Round(records, positions)
-            if not await self._producer.deliver(round_, self._stall):
+            doubt = self._spooler.in_doubt  # positions before it were sent already
+            resent = sum(1 for position in positions if position < doubt) if doubt else 0
+            round_ = Round(records, positions, resent=resent)
+            try:
+                delivered = await self._producer.deliver(round_, self._stall)
+            finally:  # sent: in doubt until the spool acknowledges it, even if this run ends
+                if round_.handed:
+                    self._spooler.mark_in_doubt(positions[-1] + 1)
+            if not delivered:
                 self.in_doubt = round_
                 raise StreamUnavailable(self._producer.last_error or "replay not acknowledged")
         count = len(chunk.records)

@@ -40,11 +40,15 @@ class Flight:
 @dataclass(slots=True)
 class Round:
     """Records in emit order; ``positions`` are their places in the spool (counted from its
-    cursor) when they are replayed from it, None when they come straight from memory."""
+    cursor) when they are replayed from it, None when they come straight from memory.
+    The first ``resent`` records were sent before, perhaps delivered: they carry the
+    ``ratewatch-resent`` header, so that the consumer checks whether they are stored."""
 
     records: list[Record]
     positions: list[int] | None = None
     flights: list[Flight] = field(default_factory=list)
+    resent: int = 0
+    handed: bool = False  # handed to the producer: from then on it may land
 
     @property
     def replay(self) -> bool:

@@ -43,6 +43,17 @@ class Spooler:
         return self.spool.pending
 
     @property
+    def in_doubt(self) -> int:
+        """How many records from the head of the spool were sent already, perhaps delivered:
+        a replay sends them with the ``ratewatch-resent`` header."""
+        return self.spool.in_doubt
+
+    def mark_in_doubt(self, count: int) -> None:
+        """The first ``count`` records of the spool were sent (kept on disk by the next flush
+        or ack, so that the next run knows too)."""
+        self.spool.mark_in_doubt(count)
+
+    @property
     def dropped(self) -> int:
         return self.spool.dropped + self._lost
 
