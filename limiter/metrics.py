@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from limiter.algorithms import Outcome
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -100,6 +104,12 @@ class LimiterMetrics:
         self._decision_children: dict[tuple[bool, str], Counter] = {}
         self.check_seconds = self.check_latency.labels("check")
         self.batch_seconds = self.check_latency.labels("batch")
+
+    def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
+        """Count a batch's decisions with one increment per distinct result."""
+        tally = Tally((outcome.allowed, outcome.reason.label) for outcome in outcomes)
+        for (allowed, reason), amount in tally.items():
+            self.count_decision(allowed, reason, amount)
 
     def count_decision(self, allowed: bool, reason: str, amount: int = 1) -> None:
         child = self._decision_children.get((allowed, reason))

@@ -20,7 +20,7 @@ from limiter.algorithms import (
 )
 from limiter.auth import Authenticator, Principal
 from limiter.blocks import normalize_ip
-from limiter.emit import Decision, DecisionSink, RequestContext
+from limiter.emit import Decision, DecisionSink, NullSink, RequestContext
 from limiter.errors import InvalidInput, StoreUnavailable
 from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, bearer_token, read_body, respond
@@ -59,6 +59,8 @@ class CheckHandler:
         self._auth = auth
         self._decider = decider
         self._sink = sink
+        # the decisions are built for a sink only when it keeps them
+        self._emits = not isinstance(sink, NullSink)
         self._metrics = metrics
         self._default_algorithm = default_algorithm
         self._max_body = max_body_bytes
@@ -126,17 +128,19 @@ class CheckHandler:
             headers.append((b"retry-after", b"%d" % result.retry_after))
         await respond(send, 200, _encoder.encode(result), headers)
         elapsed = time.perf_counter_ns() - started
-        self._sink.emit(
-            [
-                Decision(
-                    time.time_ns() // 1_000_000,
-                    check,
-                    outcome,
-                    RequestContext(request.route, request.user_agent),
-                    elapsed // 1000,
-                )
-            ]
-        )
+        if self._emits:
+            self._sink.emit(
+                [
+                    Decision(
+                        time.time_ns() // 1_000_000,
+                        check,
+                        outcome,
+                        RequestContext(request.route, request.user_agent),
+                        elapsed // 1000,
+                    )
+                ]
+            )
+        self._metrics.count_decision(outcome.allowed, outcome.reason.label)
         self._metrics.check_seconds.observe(elapsed / 1e9)
 
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -157,20 +161,23 @@ class CheckHandler:
             send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)]
         )
         elapsed = time.perf_counter_ns() - started
-        ts_ms = time.time_ns() // 1_000_000
-        latency_us = elapsed // 1000
-        self._sink.emit(
-            [
-                Decision(
-                    ts_ms, check, outcome, RequestContext(item.route, item.user_agent), latency_us
-                )
-                for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
-            ]
-        )
+        if self._emits:
+            ts_ms = time.time_ns() // 1_000_000
+            latency_us = elapsed // 1000
+            self._sink.emit(
+                [
+                    Decision(
+                        ts_ms, check, outcome, RequestContext(item.route, item.user_agent),
+                        latency_us,
+                    )
+                    for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
+                ]
+            )  # fmt: skip
+        self._metrics.count_decisions(outcomes)
         self._metrics.batch_seconds.observe(elapsed / 1e9)
 
-    def _result(self, check: Check, outcome: Outcome) -> CheckResult:
-        self._metrics.count_decision(outcome.allowed, outcome.reason.label)
+    @staticmethod
+    def _result(check: Check, outcome: Outcome) -> CheckResult:
         return CheckResult(
             allowed=outcome.allowed,
             remaining=outcome.remaining,
