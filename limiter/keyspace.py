@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from limiter.algorithms import Algorithm
 
 BLOCK_SCOPES = ("ip", "key", "user_id")
+# the counters' algorithm part, without a property lookup per key on the hot path
+_CODES = {algorithm: algorithm.code for algorithm in Algorithm}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +39,13 @@ class Keyspace:
         return f"{self.prefix}:{{{self.prefix}:{tenant}}}"
 
     def counter(self, tenant: str, algorithm: Algorithm, window_ms: int, key: str) -> str:
-        return f"{self.tenant_tag(tenant)}:c:{algorithm.code}:{window_ms}:{key}"
+        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:c:{_CODES[algorithm]}:{window_ms}:{key}"
 
     def counter_pattern(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:c:*"
 
     def block(self, tenant: str, scope: str, value: str) -> str:
-        return f"{self.tenant_tag(tenant)}:bk:{scope}:{value}"
+        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:bk:{scope}:{value}"
 
     def block_records(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:blocks"

@@ -102,10 +102,13 @@ class RedisStore:
         args: list[Any] = [now_ms, len(checks), "1" if streaming else "0"]
         keyspace = self._keyspace
         flushed_ns = time.perf_counter_ns()
+        counter, block = keyspace.counter, keyspace.block
         for check in checks:
+            tenant = check.tenant
+            keys.append(counter(tenant, check.algorithm, check.window_ms, check.key))
             subjects = check.block_subjects()
-            keys.append(keyspace.counter(check.tenant, check.algorithm, check.window_ms, check.key))
-            keys.extend(keyspace.block(check.tenant, scope, value) for scope, value in subjects)
+            for scope, value in subjects:
+                keys.append(block(tenant, scope, value))
             args += (check.algorithm.code, check.limit, check.window_ms, check.cost, len(subjects))
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
