@@ -12,18 +12,10 @@ from limiter.algorithms import Outcome
 from limiter.store.base import Check
 
 
-class RequestContext(NamedTuple):
-    """What the caller told about the request being limited, besides the check itself."""
-
-    route: str | None = None
-    user_agent: str | None = None
-
-
 class Decision(NamedTuple):
     ts_ms: int
     check: Check
     outcome: Outcome
-    context: RequestContext
     latency_us: int
 
 

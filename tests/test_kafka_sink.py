@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from limiter.algorithms import Algorithm, Outcome, Reason
-from limiter.emit import Decision, RequestContext
+from limiter.emit import Decision
 from limiter.errors import ConfigError
 from limiter.metrics import LimiterMetrics
 from limiter.settings import LimiterSettings
@@ -35,9 +35,19 @@ KEYS = 7
 
 def decision(seq: int, tenant: str = "t1") -> Decision:
     """Decision number ``seq``; its key is one of KEYS, its sequence rides in latency_us."""
-    check = Check(tenant, f"user:{seq % KEYS}", Algorithm.TOKEN_BUCKET, 100, 60_000, 1, "10.0.0.1")
+    check = Check(
+        tenant,
+        f"user:{seq % KEYS}",
+        Algorithm.TOKEN_BUCKET,
+        100,
+        60_000,
+        1,
+        "10.0.0.1",
+        route="/r",
+        user_agent="ua",
+    )
     outcome = Outcome(seq % 3 != 0, 42, 1_500, -1, Reason.OK if seq % 3 else Reason.LIMIT)
-    return Decision(1_700_000_000_000 + seq, check, outcome, RequestContext("/r", "ua"), seq)
+    return Decision(1_700_000_000_000 + seq, check, outcome, seq)
 
 
 def emit_range(

@@ -20,7 +20,7 @@ from limiter.algorithms import (
 )
 from limiter.auth import Authenticator, Principal
 from limiter.blocks import normalize_ip
-from limiter.emit import Decision, DecisionSink, NullSink, RequestContext
+from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput, StoreUnavailable
 from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, bearer_token, read_body, respond
@@ -135,7 +135,6 @@ class CheckHandler:
                         time.time_ns() // 1_000_000,
                         check,
                         outcome,
-                        RequestContext(request.route, request.user_agent),
                         elapsed // 1000,
                     )
                 ]
@@ -166,13 +165,10 @@ class CheckHandler:
             latency_us = elapsed // 1000
             self._sink.emit(
                 [
-                    Decision(
-                        ts_ms, check, outcome, RequestContext(item.route, item.user_agent),
-                        latency_us,
-                    )
-                    for check, outcome, item in zip(checks, outcomes, request.checks, strict=True)
+                    Decision(ts_ms, check, outcome, latency_us)
+                    for check, outcome in zip(checks, outcomes, strict=True)
                 ]
-            )  # fmt: skip
+            )
         self._metrics.count_decisions(outcomes)
         self._metrics.batch_seconds.observe(elapsed / 1e9)
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from limiter.algorithms import Algorithm, Reason
+from limiter.algorithms import Algorithm, Reason, ceil_seconds
 from limiter.emit import Decision
 from stream.events import SCHEMA_VERSION, DecisionEvent
 
@@ -83,11 +83,11 @@ def to_event(decision: Decision, event_id: str, instance: str) -> DecisionEvent:
         cost=check.cost,
         allowed=outcome.allowed,
         remaining=outcome.remaining,
-        reset_in=-(-outcome.reset_ms // 1000),
+        reset_in=ceil_seconds(outcome.reset_ms),
         reason=_REASONS[outcome.reason],
         ip=check.ip,
-        route=decision.context.route,
-        user_agent=decision.context.user_agent,
+        route=check.route,
+        user_agent=check.user_agent,
         user_id=check.user_id,
         latency_us=decision.latency_us,
         instance=instance,
@@ -101,13 +101,13 @@ def to_records(decisions: Iterable[Decision], ids: EventIds, instance: str) -> l
     append = records.append
     next_id, encode, wire, new = ids.next, _encoder.encode, _Wire, tuple.__new__
     algorithms, reasons, version = _ALGORITHMS, _REASONS, SCHEMA_VERSION
-    for ts, check, outcome, context, latency_us in decisions:
+    for ts, check, outcome, latency_us in decisions:
         tenant, key = check.tenant, check.key
         event = wire(
             version, next_id(ts), ts, tenant, key, algorithms[check.algorithm], check.limit,
             check.window_ms // 1000, check.cost, outcome.allowed, outcome.remaining,
-            -(-outcome.reset_ms // 1000), reasons[outcome.reason], check.ip, context.route,
-            context.user_agent, check.user_id, latency_us, instance,
+            ceil_seconds(outcome.reset_ms), reasons[outcome.reason], check.ip, check.route,
+            check.user_agent, check.user_id, latency_us, instance,
         )  # fmt: skip
         append(new(Record, (f"{tenant}:{key}".encode(), encode(event), ts)))
     return records
