@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import clickhouse_connect
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
-
 from analytics.errors import AnalyticsError, ConfigError
+from analytics.tables import AUDIT_TABLE as AUDIT_TABLE
+from analytics.tables import DATABASE as DATABASE
+from analytics.tables import DECISIONS_TABLE as DECISIONS_TABLE
+from analytics.tables import MIGRATIONS_TABLE as MIGRATIONS_TABLE
+from analytics.tables import ROLLUP_TABLES as ROLLUP_TABLES
 
-DATABASE = "ratewatch"
-DECISIONS_TABLE = f"{DATABASE}.decisions"
-MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
-ROLLUP_TABLES = {
-    "minute": f"{DATABASE}.decisions_per_minute",
-    "hour": f"{DATABASE}.decisions_per_hour",
-    "day": f"{DATABASE}.decisions_per_day",
-}
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 QUERY_SOCKET_NAME = "query.sock"
 
@@ -33,6 +29,10 @@ _MAX_MESSAGE = 500
 
 def connect(url: str) -> Client:
     """A client for ``http(s)://user:pass@host:port`` or ``chdb:///absolute/path``."""
+    # imported here: the limiter uses this module's names and URL helpers without a client
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     path = chdb_path(url)
     try:
         if path is not None:

@@ -1,12 +1,15 @@
-"""The owner of chDB answers other processes' read-only queries on a Unix socket.
+"""The owner of chDB answers other processes' read-only queries, and erasures of one user's
+data, on a Unix socket.
 
 chDB can be open in only one process at a time, so the process that writes to it (the
 pipeline worker of ``ratewatch up``) runs this server beside its writer; the limiter's
 analytics API and ``ratewatch sql`` connect with ``analytics.query_client`` (which also
-defines the wire format).  Every chDB call of the server runs on one worker thread, never on
-the event loop: a query blocks for as long as the engine works on it, and chDB connection
+defines the wire format).  Queries run on a read-only client; the one operation that
+writes, ``erase_user`` (``analytics.erasure``), on a writable client of its own, created
+when first needed.  Every chDB call of the server runs on one worker thread, never on the
+event loop: a query blocks for as long as the engine works on it, and chDB connection
 handles are not meant to be shared across threads.  The socket is created mode 0600, so
-only the owner's user can query.
+only the owner's user can query or erase.
 """
 
 from __future__ import annotations
@@ -18,24 +21,32 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from analytics.clickhouse import connect
+from analytics.erasure import check_subject, erase_user
 from analytics.errors import AnalyticsError, ConfigError
-from analytics.query_client import MAX_REQUEST_BYTES, answers
+from analytics.query_client import DEFAULT_ERASE_TIMEOUT, ERASE_USER, MAX_REQUEST_BYTES, answers
 from analytics.readonly import DEFAULT_MAX_EXECUTION_SECONDS, ReadOnlyQueries
 
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # sun_path holds 108 bytes on Linux (104 on macOS) including the terminating NUL
 _MAX_SOCKET_PATH = 103
 
 
 class QueryServer:
-    """Serves read-only queries on ``socket_path`` from a new client of ``clickhouse_url``
-    (for chDB, the same directory as the owning process's writer)."""
+    """Serves read-only queries and erasures on ``socket_path`` from new clients of
+    ``clickhouse_url`` (for chDB, the same directory as the owning process's writer)."""
 
     def __init__(
         self,
@@ -44,6 +55,7 @@ class QueryServer:
         *,
         max_execution_seconds: int = DEFAULT_MAX_EXECUTION_SECONDS,
         idle_timeout: float = 60.0,
+        erase_timeout: float = DEFAULT_ERASE_TIMEOUT,
     ) -> None:
         self.socket_path = socket_path
         self._url = clickhouse_url
@@ -51,8 +63,10 @@ class QueryServer:
         # the engine stops a query at max_execution_time; this only answers a stuck one
         self._query_timeout = max_execution_seconds + 5.0
         self._idle_timeout = idle_timeout
+        self._erase_timeout = erase_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb-queries")
         self._queries: ReadOnlyQueries | None = None
+        self._writer: Client | None = None  # only on the executor's thread
         self._listener: socket.socket | None = None
         # every accepted connection has a task from the moment it is accepted, so closing
         # the server can end them all (asyncio.Server cannot promise that before 3.12)
@@ -89,6 +103,7 @@ class QueryServer:
             # queued behind a running query, which max_execution_time bounds
             await asyncio.get_running_loop().run_in_executor(self._executor, self._queries.close)
             self._queries = None
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_writer)
         self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> QueryServer:
@@ -153,25 +168,68 @@ class QueryServer:
             request = json.loads(line)
         except ValueError:
             return _error("a request is one JSON object per line")
-        sql = request.get("sql") if isinstance(request, dict) else None
+        if not isinstance(request, dict):
+            return _error('a request needs "sql": a string')
+        op = request.get("op")
+        try:
+            if op is None:
+                return await self._query(request)
+            if op == ERASE_USER:
+                return await self._erase(request)
+        except AnalyticsError as exc:
+            return _error(str(exc))
+        return _error(f"unknown op {json.dumps(op)[:60]}; the one op is {ERASE_USER!r}")
+
+    async def _query(self, request: dict[str, Any]) -> dict[str, Any]:
+        sql = request.get("sql")
         if not isinstance(sql, str):
             return _error('a request needs "sql": a string')
         queries = self._queries
         if queries is None:
             return _error("the query server is closing")
+        result = await self._run(self._query_timeout, queries.run, sql)
+        return {"ok": True, "columns": result.columns, "types": result.types, "rows": result.rows}
+
+    async def _erase(self, request: dict[str, Any]) -> dict[str, Any]:
+        tenant, user_id = check_subject(request.get("tenant"), request.get("user_id"))
+        if self._queries is None:
+            return _error("the query server is closing")
+        deleted = await self._run(self._erase_timeout, self._erase_now, tenant, user_id)
+        logger.info("erased %s rows of a user's analytics data", sum(deleted.values()))
+        return {"ok": True, "deleted": deleted}
+
+    async def _run(self, seconds: float, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` on the chDB thread; AnalyticsError if it fails or takes longer
+        than ``seconds`` (it then goes on, and later requests queue behind it)."""
         loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, queries.run, sql), self._query_timeout
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, call, *args), seconds
             )
-        except AnalyticsError as exc:
-            return _error(str(exc))
+        except AnalyticsError:
+            raise
         except TimeoutError:
-            return _error(f"no result within {self._query_timeout:g}s")
+            raise AnalyticsError(f"no result within {seconds:g}s") from None
         except Exception as exc:  # a bug must not end the server; the caller gets a line
-            logger.exception("query failed unexpectedly")
-            return _error(f"internal error: {type(exc).__name__}: {exc}")
-        return {"ok": True, "columns": result.columns, "types": result.types, "rows": result.rows}
+            logger.exception("a request failed unexpectedly")
+            raise AnalyticsError(f"internal error: {type(exc).__name__}: {exc}") from exc
+
+    def _erase_now(self, tenant: str, user_id: str) -> dict[str, int]:
+        client = self._writer
+        if client is None:
+            client = self._writer = connect(self._url)
+        try:
+            return erase_user(client, tenant, user_id)
+        except BaseException:
+            # chDB hands what a failed statement had output to the next one on the same
+            # connection, so a failure costs the connection (as in analytics.readonly)
+            self._close_writer()
+            raise
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _listen(path: Path) -> socket.socket:

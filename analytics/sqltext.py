@@ -77,3 +77,10 @@ def _code_only(sql: str) -> str:
 def strip_comments(sql: str) -> str:
     """``sql`` with each comment replaced by a space."""
     return _TOKEN.sub(lambda m: " " if m.lastgroup == "comment" else m.group(), sql)
+
+
+def quote(value: str) -> str:
+    """``value`` as a ClickHouse string literal.  Backslash is ClickHouse's escape character
+    in literals, so it is escaped first, then the quote; every other byte stands for itself
+    (the lexer above, and ClickHouse's, end a literal only at an unescaped quote)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

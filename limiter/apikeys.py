@@ -24,6 +24,7 @@ from limiter.keyspace import Keyspace
 KEY_PREFIX = "rwk_"
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME_LENGTH = 200
+MAX_SEGMENT_LENGTH = 64
 
 
 def text(value: bytes | str) -> str:
@@ -51,6 +52,8 @@ class KeyRecord:
     hint: str
     created_at: float
     hash: str
+    # the customer segment (tier) of this key's checks that name none themselves
+    segment: str = ""
 
     def public(self) -> dict[str, object]:
         return {
@@ -60,6 +63,7 @@ class KeyRecord:
             "name": self.name,
             "hint": self.hint,
             "created_at": self.created_at,
+            "segment": self.segment or None,
         }
 
 
@@ -108,13 +112,24 @@ class KeyStore:
             )
 
     async def create(
-        self, tenant: str, *, admin: bool = False, name: str = "", api_key: str | None = None
+        self,
+        tenant: str,
+        *,
+        admin: bool = False,
+        name: str = "",
+        api_key: str | None = None,
+        segment: str = "",
     ) -> tuple[str, KeyRecord]:
         """Create a key (or register ``api_key`` as given); returns the key and its record."""
         validate_tenant(tenant)
         if len(name) > MAX_NAME_LENGTH:
             raise InvalidInput(
                 f"key name is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed"
+            )
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise InvalidInput(
+                f"segment is {len(segment)} characters long, at most {MAX_SEGMENT_LENGTH} "
+                "are allowed"
             )
         api_key = api_key if api_key is not None else new_api_key()
         record = KeyRecord(
@@ -125,6 +140,7 @@ class KeyStore:
             hint=_hint(api_key),
             created_at=round(time.time(), 3),
             hash=self._hasher.hash(api_key),
+            segment=segment,
         )
         payload = json.dumps(asdict(record))
         ks = self._keyspace

@@ -24,6 +24,7 @@ class Principal:
     key_id: str
     admin: bool
     fail_mode: FailMode
+    segment: str | None = None  # the key's default customer segment
 
 
 class Authenticator:
@@ -75,4 +76,10 @@ class Authenticator:
         if record is None:
             return None
         mode = await self._tenant_settings.fail_mode(record.tenant)
-        return Principal(record.tenant, record.id, record.admin, mode or self._default_fail_mode)
+        return Principal(
+            record.tenant,
+            record.id,
+            record.admin,
+            mode or self._default_fail_mode,
+            record.segment or None,
+        )

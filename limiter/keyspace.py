@@ -18,6 +18,9 @@ Layout (``rw`` is the default prefix):
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
 - ``rw:events``                                    decision event stream (embedded mode)
+- ``rw:audit``                                     audit outbox (stream, never capped: the
+  audit drain trims what it stored; ``stream/audit_outbox.py``)
+- ``rw:audit:dlq``                                 outbox entries that are not audit events
 """
 
 from __future__ import annotations
@@ -71,3 +74,7 @@ class Keyspace:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"

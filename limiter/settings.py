@@ -35,6 +35,9 @@ class LimiterSettings:
     # which of several worker processes this is, and where they keep their metrics
     worker: int = 0
     metrics_dir: Path | None = None
+    # the analytics store the usage, audit and privacy routes use: a ClickHouse server
+    # (http(s)://…) or the chDB directory another process owns (chdb:///…, via its socket)
+    clickhouse_url: str | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -57,6 +60,8 @@ class LimiterSettings:
             raise ConfigError("the key secret must be 64 hex characters (32 bytes)")
         if self.kafka is not None:
             check_bootstrap(self.kafka)
+        if self.clickhouse_url is not None:
+            check_clickhouse_url(self.clickhouse_url)
         if self.spool_max_bytes < 1 << 20:
             raise ConfigError(f"spool max bytes {self.spool_max_bytes!r} is below 1 MiB")
 
@@ -71,6 +76,14 @@ def check_bootstrap(servers: str) -> None:
             raise ConfigError(
                 f"kafka bootstrap server {server.strip()!r} in {servers!r} is not host[:port]"
             )
+
+
+def check_clickhouse_url(url: str) -> None:
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https", "chdb") or not rest:
+        raise ConfigError(
+            f"ClickHouse URL {url.split('@')[-1]!r} must start with http://, https:// or chdb:///"
+        )
 
 
 def parse_key_secret(text: str) -> bytes:

@@ -51,10 +51,6 @@ def _serve(
         from limiter.settings import LimiterSettings
         from limiter.tenants import parse_fail_mode
 
-        if clickhouse_url:
-            logging.getLogger("ratewatch").warning(
-                "--clickhouse-url is accepted but not used by the limiter process"
-            )
         secret = key_secret(data_dir)
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None
 
@@ -70,6 +66,7 @@ def _serve(
                 redis_events=redis_events,
                 worker=worker,
                 metrics_dir=metrics_dir,
+                clickhouse_url=clickhouse_url or None,
             )
 
         def serve(worker: int) -> bool:

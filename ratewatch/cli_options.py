@@ -78,11 +78,12 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into a one-line message and exit status 1."""
     try:
         from limiter.errors import LimiterError
+        from stream.audit_outbox import AuditUnavailable
     except ImportError:  # pragma: no cover - the light install
         raise click.ClickException(SERVER_EXTRA_HINT) from None
     try:
         yield
-    except LimiterError as exc:
+    except (LimiterError, AuditUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
 

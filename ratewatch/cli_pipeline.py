@@ -1,8 +1,9 @@
 """``ratewatch pipeline``: the embedded pipeline worker that ``ratewatch up`` supervises.
 
 It owns chDB: applies the schema, writes the decisions it reads from the Valkey event
-stream (exactly once, see ``stream/handlers.py``), and answers other processes' read-only
-queries on the query socket.  Every chDB call runs on one dedicated thread.
+stream (exactly once, see ``stream/handlers.py``), drains the audit outbox into the audit
+log (``stream/audit_drain.py``), and answers other processes' read-only queries on the query
+socket.  Every chDB call runs on one dedicated thread.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     from analytics.query_server import QueryServer
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
+    from ratewatch.cli_audit import AuditTask
     from stream.handlers import BatchHandler
     from stream.redis_consumer import (
+        CONSUMER,
         StreamPipeline,
         build_broker,
         ensure_group,
@@ -72,6 +75,8 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     async def in_store(call: Callable[..., T], *args: Any) -> T:
         return await loop.run_in_executor(chdb_thread, call, *args)
 
+    audit = await AuditTask.open(url, redis, keyspace.audit, in_store, consumer=CONSUMER)
+
     stop = asyncio.Event()
     pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -87,6 +92,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
         log.info("recovered %d entries a previous worker had read but not acknowledged", recovered)
     await broker.start()
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
+    audit.start(stop)
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     try:
         while not stop.is_set():
@@ -94,15 +100,20 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
                 await asyncio.wait_for(stop.wait(), 30)
             stats = handler.stats
             log.info(
-                "written %d events in %d batches, %d replayed skipped, %d malformed",
+                "written %d events in %d batches, %d replayed skipped, %d malformed; "
+                "audit log: %d written, %d malformed",
                 stats.written,
                 stats.batches,
                 stats.skipped,
                 stats.malformed,
+                audit.drain.stats.written,
+                audit.drain.stats.malformed,
             )
     finally:
+        stop.set()  # also when leaving on an error: the audit drain stops with the rest
         # the broker finishes the batch in hand (and acknowledges it) before it returns
         await broker.stop()
+        await audit.stop()  # it finishes its batch too
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await trimmer

@@ -1,10 +1,12 @@
 """``ratewatch stream``: the analytics consumer of the distributed deployment.
 
 Reads decision events from Kafka and writes them to ClickHouse (chDB in
-``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  It applies the migrations first, and
-for chDB it answers read-only queries on the directory's socket, as chDB belongs to this
-process while it runs (``ratewatch sql --data-dir D`` works meanwhile).  SIGTERM or Ctrl-C
-finish and commit the batch being written, then close chDB.
+``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  With ``--redis-url`` it also drains
+the audit outbox of that Redis into the audit log and onto the audit topic
+(``stream/audit_drain.py``).  It applies the migrations first, and for chDB it answers
+read-only queries on the directory's socket, as chDB belongs to this process while it runs
+(``ratewatch sql --data-dir D`` works meanwhile).  SIGTERM or Ctrl-C finish and commit the
+batch being written, then close chDB.
 
 Defaults that name stream constants are resolved inside the command: the light install
 (SDK only) imports this module without the service's libraries.
@@ -15,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
+import socket
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -26,9 +30,11 @@ from ratewatch.cli_options import data_dir_option, option
 
 if TYPE_CHECKING:
     from analytics.event_store import ClickHouseEventStore
+    from ratewatch.cli_audit import AuditTask
     from stream.kafka_consumer import ConsumerSettings
 
 log = logging.getLogger("ratewatch.stream")
+T = TypeVar("T")
 
 
 @click.command()
@@ -51,6 +57,12 @@ log = logging.getLogger("ratewatch.stream")
     help="Days of raw decisions to keep (as for `ratewatch migrate`); unset: keep the "
     "tables' current retention (30 days for new ones).",
 )
+@option(
+    "--redis-url",
+    default=None,
+    help="The limiter's Redis: drain its audit outbox into the audit log and the audit topic.",
+)
+@option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
 def stream(
     data_dir: Path,
     clickhouse_url: str | None,
@@ -59,6 +71,8 @@ def stream(
     topic: str | None,
     session_timeout: float,
     retention_days: int | None,
+    redis_url: str | None,
+    key_prefix: str,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
@@ -74,12 +88,27 @@ def stream(
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if redis_url is not None:
+            from limiter.errors import ConfigError
+            from limiter.redis_client import check_redis_url
+
+            try:
+                check_redis_url(redis_url)
+            except ConfigError as exc:
+                raise click.UsageError(str(exc)) from None
         url = resolve_url(data_dir, clickhouse_url)
-        asyncio.run(run_stream(url, settings, retention_days))
+        asyncio.run(run_stream(url, settings, retention_days, redis_url, key_prefix))
 
 
-async def run_stream(url: str, settings: ConsumerSettings, retention_days: int | None) -> None:
-    """Migrate, serve queries (chDB), consume until SIGTERM/SIGINT, then close in order."""
+async def run_stream(
+    url: str,
+    settings: ConsumerSettings,
+    retention_days: int | None,
+    redis_url: str | None = None,
+    key_prefix: str = "rw",
+) -> None:
+    """Migrate, serve queries (chDB), consume (and drain the audit outbox of ``redis_url``)
+    until SIGTERM/SIGINT, then close in order."""
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
     from analytics.clickhouse import chdb_path, query_socket_path, redact
@@ -95,13 +124,18 @@ async def run_stream(url: str, settings: ConsumerSettings, retention_days: int |
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb-writer")
     store = await loop.run_in_executor(executor, _open_store, url, retention_days)
     queries: QueryServer | None = None
+    audit: AuditTask | None = None
     try:
         path = chdb_path(url)
         if path is not None:
             queries = QueryServer(url, query_socket_path(path))
             await queries.start()
+        if redis_url is not None:
+            audit = await _open_audit(url, redis_url, key_prefix, settings.bootstrap, executor)
         consumer = DecisionConsumer(settings, store, executor)
         store.rejects = consumer.dead_letters
+        if audit is not None:
+            audit.start(stopping)
         log.info("joining group %s on %s", settings.group, settings.bootstrap)
         starting = asyncio.ensure_future(consumer.start())
         stop_waiter = asyncio.ensure_future(stopping.wait())
@@ -124,6 +158,9 @@ async def run_stream(url: str, settings: ConsumerSettings, retention_days: int |
             stop_waiter.cancel()
             await consumer.stop()
     finally:
+        if audit is not None:
+            stopping.set()
+            await audit.stop()
         if queries is not None:
             await queries.close()
         await loop.run_in_executor(executor, store.close)
@@ -144,3 +181,32 @@ def _open_store(url: str, retention_days: int | None) -> ClickHouseEventStore:
     if applied:
         log.info("applied migrations to %s: %s", redact(url), ", ".join(applied))
     return ClickHouseEventStore(client, reconnect=lambda: connect(url))
+
+
+async def _open_audit(
+    url: str, redis_url: str, key_prefix: str, bootstrap: str, executor: Executor
+) -> AuditTask:
+    """The drain of the limiter's audit outbox into the audit log (inserted on the store's
+    thread) and onto the audit topic."""
+    from limiter.keyspace import Keyspace
+    from limiter.redis_client import connect
+    from ratewatch.cli_audit import AuditTask
+    from stream.audit_publisher import AuditPublisher
+
+    loop = asyncio.get_running_loop()
+
+    async def in_store(call: Callable[..., T], *args: Any) -> T:
+        return await loop.run_in_executor(executor, call, *args)
+
+    redis = await connect(redis_url, socket_timeout=5.0)
+    publisher = AuditPublisher(bootstrap)
+    return await AuditTask.open(
+        url,
+        redis,
+        Keyspace(key_prefix).audit,
+        in_store,
+        # one consumer per host: a restarted container resumes its own unacknowledged entries
+        consumer=socket.gethostname(),
+        publish=publisher.publish,
+        closers=[publisher.close, redis.aclose],
+    )

@@ -58,9 +58,12 @@ def up(
             *common,
         ]
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
+        # the limiter's analytics routes ask the pipeline worker, which owns chDB
+        limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
         if kafka:
             limiter += ["--kafka", kafka]
-            worker = ["stream", "--kafka", kafka, "--data-dir", str(data_dir), *analytics]
+            # with the Redis URL it also drains the audit outbox (and publishes to Kafka)
+            worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
         else:
             limiter.append("--redis-events")
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics]

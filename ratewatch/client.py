@@ -56,6 +56,7 @@ class Check:
     route: str | None = None
     user_agent: str | None = None
     user_id: str | None = None
+    segment: str | None = None  # customer segment (tier); default: the API key's
 
     def to_json(self) -> dict[str, Any]:
         """The request body: every field that is set (``None`` fields are left out)."""
@@ -242,9 +243,10 @@ class RateWatch(_ClientBase):
         route: str | None = None,
         user_agent: str | None = None,
         user_id: str | None = None,
+        segment: str | None = None,
     ) -> CheckResult:
         """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds) and decide."""
-        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id)
+        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment)
         try:
             return _check_result(self._post("/v1/check", check.to_json()), check)
         except ServiceUnavailable as error:
@@ -313,9 +315,10 @@ class AsyncRateWatch(_ClientBase):
         route: str | None = None,
         user_agent: str | None = None,
         user_id: str | None = None,
+        segment: str | None = None,
     ) -> CheckResult:
         """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds) and decide."""
-        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id)
+        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment)
         try:
             return _check_result(await self._post("/v1/check", check.to_json()), check)
         except ServiceUnavailable as error:

@@ -44,6 +44,7 @@ class DecisionEvent(msgspec.Struct, kw_only=True, frozen=True):
     user_id: str | None = None
     latency_us: int = 0
     instance: str = ""
+    segment: str | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -17,10 +17,26 @@ import msgspec
 from stream.events import DecisionEvent, MalformedEvent
 from stream.handlers import Record
 
-# the entry's decision arrays, position by position
-_Request = tuple[
-    str, str, str, int, int, int, str | None, str | None, str | None, str | None, int, str
-]
+
+class _Request(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The check part of one decision array, position by position.  Fields added later
+    have defaults, so entries written by an older limiter still decode."""
+
+    tenant: str
+    key: str
+    algorithm: str
+    limit: int
+    window: int
+    cost: int
+    ip: str | None
+    route: str | None
+    user_agent: str | None
+    user_id: str | None
+    latency_us: int
+    instance: str
+    segment: str | None = None
+
+
 _decoder = msgspec.json.Decoder(list[tuple[_Request, bool, int, int, int, str]])
 _NAMESPACE = uuid.UUID("6f1d2b8e-3c1a-4f43-9a57-0c4d7e2f9b10")
 
@@ -47,28 +63,27 @@ def decode_entry(record: Record) -> list[DecisionEvent]:
         raise MalformedEvent(f"stream entry at offset {record.offset}: {exc}") from None
     events = []
     for index, (request, allowed, remaining, reset_ms, _retry_ms, reason) in enumerate(decisions):
-        (tenant, key, algorithm, limit, window, cost, ip, route, user_agent, user_id,
-         latency_us, instance) = request  # fmt: skip
         events.append(
             DecisionEvent(
                 event_id=str(uuid.uuid5(_NAMESPACE, f"{record.offset}/{index}")),
                 ts=ts,
-                tenant=tenant,
-                key=key,
-                algorithm=algorithm,
-                limit=limit,
-                window=window,
-                cost=cost,
+                tenant=request.tenant,
+                key=request.key,
+                algorithm=request.algorithm,
+                limit=request.limit,
+                window=request.window,
+                cost=request.cost,
                 allowed=allowed,
                 remaining=remaining,
                 reset_in=-(-reset_ms // 1000),
                 reason=reason,
-                ip=ip,
-                route=route,
-                user_agent=user_agent,
-                user_id=user_id,
-                latency_us=latency_us,
-                instance=instance,
+                ip=request.ip,
+                route=request.route,
+                user_agent=request.user_agent,
+                user_id=request.user_id,
+                latency_us=request.latency_us,
+                instance=request.instance,
+                segment=request.segment,
             )
         )
     return events

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from analytics.query_client import answers
 from limiter.apikeys import KeyHasher, KeyStore
 from limiter.keyspace import Keyspace
 from tests.kafka import kafka_broker  # noqa: F401
-from tests.servers import RatewatchProcess, RedisServer, free_port
+from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
 
 KEY_SECRET = bytes(range(32))
 BOOTSTRAP_KEY = "rwk_test-bootstrap-" + secrets.token_urlsafe(24)
@@ -51,6 +52,42 @@ def limiter(
     process.stop()
 
 
+STACK_PREFIX = "rwstack"
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RatewatchProcess]:
+    """One `ratewatch up` for the session (limiter, pipeline, chDB) on the session's Redis,
+    under its own key prefix; tests isolate by tenant.  Its chDB answers on
+    ``<data dir>/clickhouse/query.sock``."""
+    workdir = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    process = RatewatchProcess(
+        [
+            "up",
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_server.url,
+            "--key-prefix",
+            STACK_PREFIX,
+            "--data-dir",
+            str(workdir / "data"),
+        ],
+        port,
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
+        log_path=workdir / "up.log",
+        data_dir=workdir / "data",
+    ).start(timeout=90)
+    # ready for analytics once the pipeline worker, which owns chDB, answers queries
+    socket = workdir / "data" / "clickhouse" / "query.sock"
+    wait_until(lambda: answers(socket), 90, f"the pipeline's query socket {socket}", 0.2)
+    yield process
+    process.stop(timeout=60)
+
+
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
@@ -64,14 +101,16 @@ def tenant() -> str:
     return "t" + secrets.token_hex(6)
 
 
-def create_key(redis_url: str, tenant: str, *, admin: bool = False) -> str:
+def create_key(
+    redis_url: str, tenant: str, *, admin: bool = False, prefix: str = "rw", segment: str = ""
+) -> str:
     """A new API key of ``tenant``, written straight to the store as the CLI does."""
 
     async def go() -> str:
         client = Redis.from_url(redis_url)
         try:
-            store = KeyStore(client, Keyspace(), KeyHasher(KEY_SECRET))
-            api_key, _ = await store.create(tenant, admin=admin, name="test")
+            store = KeyStore(client, Keyspace(prefix), KeyHasher(KEY_SECRET))
+            api_key, _ = await store.create(tenant, admin=admin, name="test", segment=segment)
             return api_key
         finally:
             await client.aclose()

@@ -118,8 +118,10 @@ class RatewatchProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         log_path: Path | None = None,
+        data_dir: Path | None = None,
     ):
         self.args = args
+        self.data_dir = data_dir
         self.port = port
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd

@@ -21,7 +21,7 @@ async def test_a_batch_becomes_one_entry_with_every_decision(redis: Redis, tenan
     store = RedisStore(redis, Keyspace(), event_stream=stream, instance="node-1")
     checks = [
         Check(tenant, "user:1", Algorithm.SLIDING_WINDOW, 2, 60_000, 1, "192.0.2.7", "u1",
-              "/login", "curl/8", 0),
+              "/login", "curl/8", segment="pro"),
         Check(tenant, "user:1", Algorithm.SLIDING_WINDOW, 2, 60_000, 1),
         Check(tenant, "user:1", Algorithm.SLIDING_WINDOW, 2, 60_000, 1),
         Check(tenant, "b", Algorithm.TOKEN_BUCKET, 5, 10_000, 7),
@@ -37,6 +37,7 @@ async def test_a_batch_becomes_one_entry_with_every_decision(redis: Redis, tenan
         tenant, "user:1", "sliding_window", 2, 60, 1)  # fmt: skip
     assert (first.ip, first.user_id, first.route, first.user_agent, first.instance) == (
         "192.0.2.7", "u1", "/login", "curl/8", "node-1")  # fmt: skip
+    assert [e.segment for e in events] == ["pro", None, None, None]
     assert (
         [e.allowed for e in events] == [o.allowed for o in outcomes] == [True, True, False, False]
     )

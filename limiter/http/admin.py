@@ -10,13 +10,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from limiter.apikeys import MAX_NAME_LENGTH, KeyStore
+from limiter.apikeys import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH, KeyStore
+from limiter.audit import AuditTrail
 from limiter.auth import Authenticator, Principal
 from limiter.blocks import MAX_BLOCK_SECONDS, MAX_REASON_LENGTH, BlockStore
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.http.checks import CheckHandler, decode
 from limiter.http.problems import Problem
 from limiter.tenants import FailMode, TenantSettingsStore
+from stream.audit import (
+    BLOCK_CREATED,
+    BLOCK_REMOVED,
+    KEY_CREATED,
+    KEY_REVOKED,
+    SETTINGS_UPDATED,
+)
 
 MAX_ADMIN_BODY = 64 * 1024
 _encoder = msgspec.json.Encoder()
@@ -25,6 +33,13 @@ _encoder = msgspec.json.Encoder()
 class KeyCreate(msgspec.Struct, kw_only=True):
     name: Annotated[str, Meta(max_length=MAX_NAME_LENGTH)] = ""
     admin: bool = False
+    segment: Annotated[
+        str,
+        Meta(
+            max_length=MAX_SEGMENT_LENGTH,
+            description="Customer segment (tier) of this key's checks that name none.",
+        ),
+    ] = ""
 
 
 class BlockCreate(msgspec.Struct, kw_only=True):
@@ -48,6 +63,32 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(content), status, media_type="application/json")
 
 
+async def principal_of(checks: CheckHandler, request: Request, admin: bool) -> Principal:
+    """The caller's principal; 401 without a valid key, 403 if ``admin`` and it is not."""
+    principal = await checks.principal(request.scope)
+    if admin and not principal.admin:
+        raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
+    return principal
+
+
+async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """The body decoded and validated by ``decoder``; 413 past MAX_ADMIN_BODY bytes."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_ADMIN_BODY:
+            raise Problem(
+                413,
+                "body-too-large",
+                f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes",
+            )
+    return decode(decoder, body or b"{}")
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
 class AdminRoutes:
     def __init__(
         self,
@@ -56,12 +97,14 @@ class AdminRoutes:
         blocks: BlockStore,
         tenant_settings: TenantSettingsStore,
         auth: Authenticator,
+        audit: AuditTrail,
     ):
         self._checks = checks
         self._keys = keys
         self._blocks = blocks
         self._tenant_settings = tenant_settings
         self._auth = auth
+        self._audit = audit
 
     def routes(self) -> list[Route]:
         return [
@@ -76,22 +119,10 @@ class AdminRoutes:
         ]
 
     async def _principal(self, request: Request, admin: bool) -> Principal:
-        principal = await self._checks.principal(request.scope)
-        if admin and not principal.admin:
-            raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
-        return principal
+        return await principal_of(self._checks, request, admin)
 
     async def _body(self, request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_ADMIN_BODY:
-                raise Problem(
-                    413,
-                    "body-too-large",
-                    f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes",
-                )
-        return decode(decoder, body or b"{}")
+        return await read_json(request, decoder)
 
     async def list_keys(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
@@ -102,7 +133,14 @@ class AdminRoutes:
         principal = await self._principal(request, admin=True)
         body: KeyCreate = await self._body(request, _key_create)
         api_key, record = await self._keys.create(
-            principal.tenant, admin=body.admin, name=body.name
+            principal.tenant, admin=body.admin, name=body.name, segment=body.segment
+        )
+        await self._audit.record(
+            principal,
+            KEY_CREATED,
+            record.id,
+            {"admin": record.admin, "name": record.name, "segment": record.segment or None},
+            client_ip(request),
         )
         return json_response({**record.public(), "key": api_key}, 201)
 
@@ -110,6 +148,9 @@ class AdminRoutes:
         principal = await self._principal(request, admin=True)
         record = await self._keys.revoke(request.path_params["key_id"], principal.tenant)
         self._auth.forget()
+        await self._audit.record(
+            principal, KEY_REVOKED, record.id, {"name": record.name}, client_ip(request)
+        )
         return json_response({**record.public(), "revoked": True})
 
     async def list_blocks(self, request: Request) -> Response:
@@ -123,11 +164,32 @@ class AdminRoutes:
         block = await self._blocks.create(
             principal.tenant, body.scope, body.value, body.ttl, body.reason, mode=body.mode
         )
+        await self._audit.record(
+            principal,
+            BLOCK_CREATED,
+            block.id,
+            {
+                "scope": block.scope,
+                "value": block.value,
+                "ttl": body.ttl,
+                "reason": block.reason,
+                "mode": block.mode,
+                "source": "manual",
+            },
+            client_ip(request),
+        )
         return json_response(block.public(), 201)
 
     async def remove_block(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
         block = await self._blocks.remove(principal.tenant, request.path_params["block_id"])
+        await self._audit.record(
+            principal,
+            BLOCK_REMOVED,
+            block.id,
+            {"scope": block.scope, "value": block.value, "source": block.source},
+            client_ip(request),
+        )
         return json_response({**block.public(), "removed": True})
 
     async def get_settings(self, request: Request) -> Response:
@@ -139,8 +201,16 @@ class AdminRoutes:
     async def update_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
         body: SettingsUpdate = await self._body(request, _settings_update)
+        before = await self._tenant_settings.get(principal.tenant)
         stored = await self._tenant_settings.set_fail_mode(principal.tenant, body.fail_mode)
         self._auth.forget()
+        await self._audit.record(
+            principal,
+            SETTINGS_UPDATED,
+            "fail_mode",
+            {"from": before.get("fail_mode"), "to": stored.get("fail_mode")},
+            client_ip(request),
+        )
         return json_response(self._settings_view(principal, stored))
 
     @staticmethod

@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from analytics.gateway import open_analytics
 from limiter.algorithms import Algorithm
 from limiter.apikeys import KeyHasher, KeyStore
+from limiter.audit import AuditTrail
 from limiter.auth import Authenticator
 from limiter.blocks import BlockStore
 from limiter.bootstrap import bootstrap
@@ -31,19 +33,23 @@ from limiter.emit import DecisionSink, NullSink
 from limiter.errors import LimiterError
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.admin import AdminRoutes, json_response, problem_for
+from limiter.http.analytics_routes import AnalyticsRoutes
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
 from limiter.http.health import HealthRoutes
 from limiter.http.openapi import build_openapi
+from limiter.http.privacy_routes import PrivacyRoutes
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
+from limiter.privacy import UserDataStore
 from limiter.redis_client import connect, is_cluster
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
 from limiter.tenants import TenantSettingsStore
+from stream.audit_outbox import AuditOutbox
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -147,7 +153,12 @@ class LimiterApp:
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
         )
-        admin = AdminRoutes(checks, keys, BlockStore(redis, keyspace), tenant_settings, auth)
+        blocks = BlockStore(redis, keyspace)
+        audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
+        analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
+        admin = AdminRoutes(checks, keys, blocks, tenant_settings, auth, audit)
+        privacy = PrivacyRoutes(checks, UserDataStore(redis, keyspace, blocks), analytics, audit)
+        analytics_routes = AnalyticsRoutes(checks, analytics)
         health_routes = HealthRoutes(
             redis,
             health,
@@ -161,6 +172,8 @@ class LimiterApp:
         app.router.routes.extend(
             [
                 *admin.routes(),
+                *privacy.routes(),
+                *analytics_routes.routes(),
                 *health_routes.routes(),
                 Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
             ]
@@ -178,6 +191,8 @@ class LimiterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await sink.close()
+            if analytics is not None:
+                await analytics.close()
             await redis.aclose()
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:

@@ -81,7 +81,12 @@ class CheckHandler:
         return principal
 
     def to_check(
-        self, tenant: str, request: CheckRequest, started_ns: int, where: str = "$"
+        self,
+        tenant: str,
+        request: CheckRequest,
+        started_ns: int,
+        where: str = "$",
+        principal_segment: str | None = None,
     ) -> Check:
         if request.limit * request.window > MAX_LIMIT_WINDOW:
             raise Problem(
@@ -107,6 +112,7 @@ class CheckHandler:
             request.user_id,
             request.route,
             request.user_agent,
+            request.segment or principal_segment,
             started_ns,
         )
 
@@ -116,7 +122,7 @@ class CheckHandler:
         request: CheckRequest = decode(
             _check_decoder, await read_body(scope, receive, self._max_body)
         )
-        check = self.to_check(principal.tenant, request, started)
+        check = self.to_check(principal.tenant, request, started, "$", principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = self._result(check, outcome)
         headers: Headers = [
@@ -149,7 +155,7 @@ class CheckHandler:
             _batch_decoder, await read_body(scope, receive, self._max_batch_body)
         )
         checks = [
-            self.to_check(principal.tenant, item, started, f"$.checks[{index}]")
+            self.to_check(principal.tenant, item, started, f"$.checks[{index}]", principal.segment)
             for index, item in enumerate(request.checks)
         ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)

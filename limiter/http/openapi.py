@@ -7,6 +7,13 @@ from typing import Any
 import msgspec
 
 from limiter.http.admin import BlockCreate, KeyCreate, SettingsUpdate
+from limiter.http.analytics_schemas import (
+    AuditList,
+    PrivacyDeleteResult,
+    PrivacySummaryResult,
+    UsageResponse,
+)
+from limiter.http.privacy_routes import PrivacyDelete, PrivacySummary
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
 
 REF = "#/components/schemas/{name}"
@@ -57,6 +64,19 @@ def _operation(
     return operation
 
 
+def _query_parameters(*specs: tuple[str, str, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": kind},
+            "description": text,
+        }
+        for name, kind, text in specs
+    ]
+
+
 def build_openapi(version: str) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
@@ -67,6 +87,12 @@ def build_openapi(version: str) -> dict[str, Any]:
             KeyCreate,
             BlockCreate,
             SettingsUpdate,
+            UsageResponse,
+            AuditList,
+            PrivacyDelete,
+            PrivacySummary,
+            PrivacyDeleteResult,
+            PrivacySummaryResult,
         ],
         ref_template=REF,
     )
@@ -93,6 +119,22 @@ def build_openapi(version: str) -> dict[str, Any]:
     check["responses"]["200"]["headers"] = rate_limit_headers
     check["description"] = (
         "A denied check is still 200 with `allowed: false`; the caller decides its own 429."
+    )
+    usage = _operation("Usage of the tenant: totals, time series, top groups", "UsageResponse", 422)
+    usage["parameters"] = _query_parameters(
+        ("key", "string", "Only this limiter key."),
+        ("window", "string", "`1h`, `24h` (default), `7d` or `30d`."),
+        ("route", "string", "Only this route."),
+        ("segment", "string", "Only this customer segment."),
+        ("group_by", "string", "`key`, `route` or `segment`: adds the top groups."),
+        ("top", "integer", "How many groups (1-1000, default 10)."),
+    )
+    audit = _operation("The tenant's audit log, newest first (admin)", "AuditList", 403, 422)
+    audit["parameters"] = _query_parameters(
+        ("action", "string", "Only this action, e.g. `key.created`."),
+        ("since", "integer", "From this epoch millisecond on."),
+        ("until", "integer", "Before this epoch millisecond."),
+        ("limit", "integer", "At most this many entries (1-1000, default 100)."),
     )
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
@@ -161,6 +203,27 @@ def build_openapi(version: str) -> dict[str, Any]:
                     422,
                     body="SettingsUpdate",
                 ),
+            },
+            "/v1/analytics/usage": {"get": usage},
+            "/v1/audit": {"get": audit},
+            "/v1/privacy/delete": {
+                "post": _operation(
+                    "Erase a user's counters, blocks and analytics rows (admin)",
+                    "PrivacyDeleteResult",
+                    400,
+                    403,
+                    422,
+                    body="PrivacyDelete",
+                )
+            },
+            "/v1/privacy/summary": {
+                "post": _operation(
+                    "What is held about a user",
+                    "PrivacySummaryResult",
+                    400,
+                    422,
+                    body="PrivacySummary",
+                )
             },
             "/health": {
                 "get": {

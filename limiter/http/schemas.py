@@ -32,6 +32,15 @@ Cost = Annotated[
 ]
 ShortText = Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 LongText = Annotated[str, Meta(max_length=2048)]
+MAX_SEGMENT_LENGTH = 64
+Segment = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_SEGMENT_LENGTH,
+        description="Customer segment or tier, e.g. `pro`; defaults to the API key's segment.",
+    ),
+]
 
 
 class CheckRequest(msgspec.Struct, kw_only=True):
@@ -48,6 +57,7 @@ class CheckRequest(msgspec.Struct, kw_only=True):
     route: LongText | None = None
     user_agent: LongText | None = None
     user_id: ShortText | None = None
+    segment: Segment | None = None
 
 
 class BatchRequest(msgspec.Struct, kw_only=True):

@@ -29,7 +29,7 @@ _VARIANT = 0b10 << 62
 _FIELDS = (
     "v", "event_id", "ts", "tenant", "key", "algorithm", "limit", "window", "cost", "allowed",
     "remaining", "reset_in", "reason", "ip", "route", "user_agent", "user_id", "latency_us",
-    "instance",
+    "instance", "segment",
 )  # fmt: skip
 if DecisionEvent.__struct_fields__ != _FIELDS:
     raise RuntimeError("stream.events.DecisionEvent changed: update limiter.sinks.events")
@@ -91,6 +91,7 @@ def to_event(decision: Decision, event_id: str, instance: str) -> DecisionEvent:
         user_id=check.user_id,
         latency_us=decision.latency_us,
         instance=instance,
+        segment=check.segment,
     )
 
 
@@ -107,7 +108,7 @@ def to_records(decisions: Iterable[Decision], ids: EventIds, instance: str) -> l
             version, next_id(ts), ts, tenant, key, algorithms[check.algorithm], check.limit,
             check.window_ms // 1000, check.cost, outcome.allowed, outcome.remaining,
             ceil_seconds(outcome.reset_ms), reasons[outcome.reason], check.ip, check.route,
-            check.user_agent, check.user_id, latency_us, instance,
+            check.user_agent, check.user_id, latency_us, instance, check.segment,
         )  # fmt: skip
         append(new(Record, (f"{tenant}:{key}".encode(), encode(event), ts)))
     return records

@@ -22,6 +22,7 @@ class Check(NamedTuple):
     # carried into decision events only
     route: str | None = None
     user_agent: str | None = None
+    segment: str | None = None
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
 
     def block_subjects(self) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ With an event stream (the embedded deployment) the script also appends the batch
 decisions to a Redis stream in the same atomic call, one entry per call: field ``ts`` (the
 decision time, epoch ms) and field ``d``, a JSON array with one element per decision:
 ``[[tenant, key, algorithm, limit, window_s, cost, ip, route, user_agent, user_id,
-latency_us, instance], allowed, remaining, reset_ms, retry_ms, reason]``
+latency_us, instance, segment], allowed, remaining, reset_ms, retry_ms, reason]``
 (``stream/redis_entries.py`` reads it).
 ``latency_us`` there is the limiter's time before the store call (the round trip that
 writes the event cannot be part of it).
@@ -115,7 +115,7 @@ class RedisStore:
                 args.append(_encode((
                     check.tenant, check.key, check.algorithm.value, check.limit,
                     check.window_ms // 1000, check.cost, check.ip, check.route,
-                    check.user_agent, check.user_id, latency_us, self._instance,
+                    check.user_agent, check.user_id, latency_us, self._instance, check.segment,
                 )))  # fmt: skip
         flat = await self._evalsha(keys, args)
         reasons = _REASONS

@@ -1,0 +1,15 @@
+"""The database and table names, in one place; importing them loads no ClickHouse client
+(the limiter builds its analytics SQL with them)."""
+
+from __future__ import annotations
+
+DATABASE = "ratewatch"
+DECISIONS_TABLE = f"{DATABASE}.decisions"
+MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
+AUDIT_TABLE = f"{DATABASE}.audit_log"
+ROLLUP_TABLES = {
+    "minute": f"{DATABASE}.decisions_per_minute",
+    "hour": f"{DATABASE}.decisions_per_hour",
+    "day": f"{DATABASE}.decisions_per_day",
+}
+AUDIT_TABLE = f"{DATABASE}.audit_log"

@@ -1,0 +1,107 @@
+"""Response bodies of the analytics, audit and privacy routes, for the OpenAPI document.
+
+The routes build plain dicts (their rows come from ClickHouse as JSON); these structs only
+describe them, and a test validates real responses against the published schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class UsageCounts(msgspec.Struct, kw_only=True):
+    requests: int
+    allowed: int
+    denied: int
+    cost: int
+    deny_rate: float
+
+
+class LatencyQuantiles(msgspec.Struct, kw_only=True):
+    """The limiter's answer time in microseconds; null without requests."""
+
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class UsageTotals(UsageCounts, kw_only=True):
+    latency_us: LatencyQuantiles
+
+
+class UsagePoint(UsageCounts, kw_only=True):
+    ts: str  # start of the step, ISO 8601 UTC
+
+
+class UsageGroup(UsageCounts, kw_only=True):
+    value: str  # the key, route or segment ('' = none given)
+
+
+class UsageFilters(msgspec.Struct, kw_only=True):
+    key: str | None
+    route: str | None
+    segment: str | None
+
+
+class UsageResponse(msgspec.Struct, kw_only=True):
+    """Usage of the caller's tenant over ``window``: totals, one point per step (empty
+    steps included), and with ``group_by`` the top ``top`` groups by requests."""
+
+    tenant: str
+    window: Literal["1h", "24h", "7d", "30d"]
+    from_: str = msgspec.field(name="from")
+    to: str
+    granularity: Literal["minute", "hour", "day"]
+    filters: UsageFilters
+    totals: UsageTotals
+    series: list[UsagePoint]
+    group_by: Literal["key", "route", "segment"] | None = None
+    groups: list[UsageGroup] | None = None
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    ts: int  # epoch milliseconds
+    id: str
+    actor: str  # the acting API key's id, "cli", or "detector:<name>"
+    action: str
+    target: str
+    details: dict[str, str | int | float | bool | None]
+    source_ip: str
+
+
+class AuditList(msgspec.Struct, kw_only=True):
+    tenant: str
+    entries: list[AuditEntry]
+
+
+class RedisCounts(msgspec.Struct, kw_only=True):
+    counters: int
+    blocks: int
+
+
+class PrivacyDeleted(msgspec.Struct, kw_only=True):
+    redis: RedisCounts
+    clickhouse: dict[str, int] | None  # rows per table; null without an analytics store
+
+
+class PrivacyDeleteResult(msgspec.Struct, kw_only=True):
+    success: bool
+    message: str
+    deleted_keys: int  # Redis keys removed (counters and blocks)
+    deleted: PrivacyDeleted
+
+
+class PrivacyStores(msgspec.Struct, kw_only=True):
+    redis: RedisCounts
+    clickhouse: dict[str, int] | None
+
+
+class PrivacySummaryResult(msgspec.Struct, kw_only=True):
+    user_id: str
+    total_keys: int
+    total_requests: int
+    active_windows: int
+    data_retention_days: int | None
+    stores: PrivacyStores

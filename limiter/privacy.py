@@ -1,0 +1,98 @@
+"""What the limiter's Redis holds about one user, and erasing it.
+
+A user's data (the product's definition, the same in the analytics store, see
+``analytics/erasure.py``): within one tenant, the counters of every limiter key equal to
+the user id or starting with ``<user id>:`` (``user:123`` owns ``user:123`` and
+``user:123:search``), and every block whose subject is that user id (scope ``user_id``)
+or one of those keys (scope ``key``).  Counters of keys shared by many users (a check of
+``api:search`` that carries ``user_id``) hold no trace of who used them and are kept.
+
+Counters are found with SCAN: a tenant's keys share one hash tag, and a privacy request is
+rare enough that walking the keyspace is the right price for keeping no per-user index on
+the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from limiter.blocks import Block, BlockStore
+from limiter.errors import NotFound, StoreUnavailable
+from limiter.keyspace import Keyspace
+
+_SCAN_COUNT = 1000
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def owns_key(user_id: str, key: str) -> bool:
+    """Whether the limiter key ``key`` is ``user_id``'s."""
+    return key == user_id or key.startswith(user_id + ":")
+
+
+@dataclass(frozen=True)
+class RedisUserData:
+    counters: dict[str, str]  # Redis name of each of the user's counters -> its limiter key
+    blocks: list[Block]
+
+    @property
+    def limiter_keys(self) -> set[str]:
+        return set(self.counters.values())
+
+
+class UserDataStore:
+    """Finds and erases one user's counters and blocks in a tenant."""
+
+    def __init__(self, redis: Redis, keyspace: Keyspace, blocks: BlockStore):
+        self._redis = redis
+        self._keyspace = keyspace
+        self._blocks = blocks
+
+    async def find(self, tenant: str, user_id: str) -> RedisUserData:
+        counters = await self._counters(tenant, user_id)
+        blocks = [
+            block
+            for block in await self._blocks.active(tenant)
+            if (block.scope == "user_id" and block.value == user_id)
+            or (block.scope == "key" and owns_key(user_id, block.value))
+        ]
+        return RedisUserData(counters, blocks)
+
+    async def erase(self, tenant: str, user_id: str) -> tuple[int, int]:
+        """Delete the user's counters and blocks; return how many of each went."""
+        found = await self.find(tenant, user_id)
+        deleted = 0
+        names = sorted(found.counters)
+        try:
+            for start in range(0, len(names), 500):
+                deleted += await self._redis.delete(*names[start : start + 500])
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        removed = 0
+        for block in found.blocks:
+            try:
+                await self._blocks.remove(tenant, block.id)
+                removed += 1
+            except NotFound:  # expired or lifted meanwhile
+                pass
+        return deleted, removed
+
+    async def _counters(self, tenant: str, user_id: str) -> dict[str, str]:
+        # a counter is <tag>:c:<algorithm>:<window_ms>:<key>; the globs narrow the scan and
+        # the prefix check below makes it exact (a key may itself contain ':<user id>')
+        base = self._keyspace.counter_pattern(tenant)[:-1]  # "<tag>:c:"
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", user_id)
+        counters: dict[str, str] = {}
+        try:
+            for pattern in (f"{base}*:{escaped}", f"{base}*:{escaped}:*"):
+                async for raw in self._redis.scan_iter(match=pattern, count=_SCAN_COUNT):
+                    name = raw.decode() if isinstance(raw, bytes) else raw
+                    rest = name[len(base) :].split(":", 2)
+                    if len(rest) == 3 and rest[1].isdigit() and owns_key(user_id, rest[2]):
+                        counters[name] = rest[2]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return counters

@@ -1,0 +1,158 @@
+"""The audit event: who changed what, when, from where.  One encoder and one decoder.
+
+Every security-relevant change (API keys, blocks, webhooks, privacy requests, settings) is
+one ``AuditEvent``.  The limiter records it in the audit outbox (``stream.audit_outbox``);
+the audit drain (``stream.audit_drain``) stores it in ``ratewatch.audit_log`` and, in the
+distributed deployment, publishes it to ``AUDIT_TOPIC`` (keyed by tenant).  Like
+``stream.events`` for decisions, this module is the contract: it imports nothing of theirs.
+
+``details`` says what an auditor needs to understand the change (counts, a reason, a mode,
+a TTL), never the personal data a change deleted.  Consumers ignore unknown fields and
+unknown actions, so both may grow; a change of a field's meaning bumps
+``AUDIT_SCHEMA_VERSION`` and the topic's ``.vN`` suffix.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+
+import msgspec
+
+from stream.events import AUDIT_TOPIC, MalformedEvent
+
+__all__ = [
+    "ACTIONS",
+    "AUDIT_SCHEMA_VERSION",
+    "AUDIT_TOPIC",
+    "BLOCK_CREATED",
+    "BLOCK_REMOVED",
+    "KEY_CREATED",
+    "KEY_REVOKED",
+    "PRIVACY_DELETED",
+    "PRIVACY_SUMMARY",
+    "SETTINGS_UPDATED",
+    "WEBHOOK_CREATED",
+    "WEBHOOK_DELETED",
+    "AuditEvent",
+    "Detail",
+    "MalformedAuditEvent",
+    "decode",
+    "encode",
+    "new_audit_event",
+]
+
+AUDIT_SCHEMA_VERSION = 1
+
+# actions: <object>.<past-tense verb>
+KEY_CREATED = "key.created"
+KEY_REVOKED = "key.revoked"
+BLOCK_CREATED = "block.created"
+BLOCK_REMOVED = "block.removed"
+WEBHOOK_CREATED = "webhook.created"
+WEBHOOK_DELETED = "webhook.deleted"
+PRIVACY_DELETED = "privacy.deleted"
+PRIVACY_SUMMARY = "privacy.summary"
+SETTINGS_UPDATED = "settings.updated"
+ACTIONS = frozenset(
+    {
+        KEY_CREATED,
+        KEY_REVOKED,
+        BLOCK_CREATED,
+        BLOCK_REMOVED,
+        WEBHOOK_CREATED,
+        WEBHOOK_DELETED,
+        PRIVACY_DELETED,
+        PRIVACY_SUMMARY,
+        SETTINGS_UPDATED,
+    }
+)
+
+Detail = str | int | float | bool | None
+_DETAIL_TYPES = (str, int, float, bool, type(None))
+# the range of the table's DateTime64(3) column: an event outside it could never be stored
+_MAX_TS = 10_413_791_999_999  # 2299-12-31T23:59:59.999Z
+
+
+class MalformedAuditEvent(MalformedEvent):
+    """Bytes in the audit outbox or on the audit topic that are not an audit event."""
+
+
+class AuditEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One security-relevant change.  ``ts`` is epoch milliseconds; ``actor`` is who did it
+    (an API key id such as ``key_ab12…``, ``cli``, or ``detector:<name>``); ``target`` the
+    id or subject acted upon; ``source_ip`` the caller's address, when there is one."""
+
+    v: int = AUDIT_SCHEMA_VERSION
+    event_id: str
+    ts: int
+    tenant: str
+    actor: str
+    action: str
+    target: str = ""
+    details: dict[str, Detail] = {}
+    source_ip: str = ""
+
+
+def new_audit_event(
+    tenant: str,
+    actor: str,
+    action: str,
+    target: str = "",
+    details: Mapping[str, object] | None = None,
+    source_ip: str = "",
+) -> AuditEvent:
+    """An event with a fresh id, stamped now.  ValueError naming the value if ``tenant``,
+    ``actor`` or ``action`` is empty or a detail is not a JSON scalar: an event that cannot
+    be stored must fail where it is made, not in the drain."""
+    for name, given in (("tenant", tenant), ("actor", actor), ("action", action)):
+        if not given:
+            raise ValueError(f"an audit event needs a non-empty {name}, not {given!r}")
+    fields: dict[str, Detail] = {}
+    for key, value in (details or {}).items():
+        if not isinstance(key, str) or not isinstance(value, _DETAIL_TYPES):
+            raise ValueError(
+                f"audit detail {key!r}={value!r} is not a string key with a string, number, "
+                "boolean or null value"
+            )
+        fields[key] = value
+    return AuditEvent(
+        event_id=str(uuid.uuid4()),
+        ts=time.time_ns() // 1_000_000,
+        tenant=tenant,
+        actor=actor,
+        action=action,
+        target=target,
+        details=fields,
+        source_ip=source_ip,
+    )
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AuditEvent)
+
+
+def encode(event: AuditEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AuditEvent:
+    """The event in ``data``; MalformedAuditEvent (never another error) if it is not one,
+    or if ``ratewatch.audit_log`` could not hold it (an id that is no UUID, a ts out of
+    range), which would hold up every event stored with it."""
+    try:
+        event = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedAuditEvent(str(exc)) from None
+    if not 1 <= event.v <= AUDIT_SCHEMA_VERSION:
+        raise MalformedAuditEvent(
+            f"audit event schema version {event.v} is not 1..{AUDIT_SCHEMA_VERSION}"
+        )
+    try:
+        uuid.UUID(event.event_id)
+    except ValueError:
+        raise MalformedAuditEvent(f"audit event_id {event.event_id!r} is not a UUID") from None
+    if not 0 <= event.ts <= _MAX_TS:
+        raise MalformedAuditEvent(f"audit event ts {event.ts} is not epoch ms in 1970..2299")
+    return event

@@ -1,0 +1,289 @@
+"""The audit drain: audit outbox entries into the audit log (and onto the audit topic),
+each acknowledged only after it was stored.
+
+- A consumer group reads the outbox (``stream.audit_outbox``) from its first entry on.  A
+  batch is decoded; the events are written (``write``: the insert, run on the store's
+  thread), then published (``publish``, optional: Kafka in the distributed deployment),
+  and only then acknowledged.  Entries that are not audit events go to a dead-letter stream
+  with the reason and are acknowledged with the rest: they never hold up the others.
+- A failed write or publish is retried with backoff, the same batch with the same
+  deduplication token, until it succeeds or the drain stops (leaving the batch pending).
+- A drain first reads again what its consumer read and never acknowledged (a previous run
+  of it, killed or stopped mid-batch), and from time to time claims entries another
+  consumer has left pending for a minute (a drain that died).  Such an entry may be stored
+  twice: the table folds repeats (migration 0005) and readers of the topic deduplicate by
+  ``event_id``.
+- Acknowledged entries are trimmed as the decision stream's are
+  (``stream.redis_consumer.trim_acknowledged``); the outbox itself never caps the stream.
+
+The Redis client must return bytes (no ``decode_responses``), as the project's clients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from stream.audit import AuditEvent, MalformedAuditEvent, decode
+from stream.audit_outbox import FIELD
+from stream.redis_consumer import trim_acknowledged
+
+log = logging.getLogger("ratewatch.audit")
+
+GROUP = "ratewatch-audit"
+DEAD_LETTER_SUFFIX = ":dlq"
+DEAD_LETTER_MAX_LENGTH = 100_000
+
+# (events, deduplication token) -> stored; raises if not
+Write = Callable[[Sequence[AuditEvent], str], Awaitable[object]]
+# events -> acknowledged by the broker; raises if not
+Publish = Callable[[Sequence[AuditEvent]], Awaitable[object]]
+Entry = tuple[bytes, Mapping[bytes, bytes] | None]
+
+
+@dataclass
+class DrainStats:
+    written: int = 0
+    malformed: int = 0
+    batches: int = 0
+    claimed: int = 0
+    failures: int = 0
+
+
+class _Stopping(Exception):
+    """The drain stops while a batch waits for the store or the broker: leave it pending."""
+
+
+class AuditDrain:
+    """Drains the outbox stream ``stream`` through ``write`` (and ``publish``).
+
+    ``consumer`` names this drain in the group: a drain restarted under the same name
+    resumes its own unacknowledged entries at once; another name's are claimed after
+    ``claim_idle_ms``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        write: Write,
+        publish: Publish | None = None,
+        *,
+        consumer: str = "audit",
+        group: str = GROUP,
+        dead_letters: str | None = None,
+        count: int = 500,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        max_pause: float = 5.0,
+        trim_interval: float = 5.0,
+    ) -> None:
+        if count < 1 or block_ms < 1 or claim_idle_ms < 1:
+            raise ValueError(
+                f"count {count}, block_ms {block_ms} and claim_idle_ms {claim_idle_ms} "
+                "must all be positive"
+            )
+        self._redis = redis
+        self.stream = stream
+        self._write = write
+        self._publish = publish
+        self.consumer = consumer
+        self.group = group
+        self.dead_letters = dead_letters or stream + DEAD_LETTER_SUFFIX
+        self._count = count
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._max_pause = max_pause
+        self._trim_interval = trim_interval
+        self.stats = DrainStats()
+        self._stop = asyncio.Event()
+        self._grouped = False
+        self._own_pending = True  # re-read what this consumer left unacknowledged first
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0  # monotonic time of the next sweep for abandoned entries
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain until ``stop`` is set; the batch in hand is finished (or, if the store is
+        failing, left pending).  Redis errors are logged and retried."""
+        self._stop = stop
+        trimmer = asyncio.create_task(
+            trim_acknowledged(self._redis, self.stream, self._trim_interval),
+            name="ratewatch-audit-trim",
+        )
+        pause = 0.25
+        log.info("draining audit outbox %s as %s/%s", self.stream, self.group, self.consumer)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.drain_once()
+                except _Stopping:
+                    log.warning("stopping with an audit batch unstored: it is read again")
+                    break
+                except (RedisError, OSError) as exc:
+                    self.stats.failures += 1
+                    self._own_pending = True  # an XACK may be among what failed
+                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                        self._grouped = False  # the stream was deleted: create it again
+                    log.error(
+                        "audit outbox %s failed (%s); retrying in %.1fs", self.stream, exc, pause
+                    )
+                    await self._pause(pause)
+                    pause = min(self._max_pause, pause * 2)
+                else:
+                    pause = 0.25
+        finally:
+            trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trimmer
+            log.info("audit drain stopped: %s", self.stats)
+
+    async def drain_once(self) -> int:
+        """Handle one batch: this consumer's unacknowledged entries while there are any,
+        then entries abandoned by other consumers (when a sweep is due), then new entries
+        (waiting up to ``block_ms`` for some).  The number of entries handled."""
+        if not self._grouped:
+            await self.ensure_group()
+        if self._own_pending:
+            entries = await self._read("0", block=None)
+            if entries:
+                await self._handle(entries)
+                return len(entries)
+            self._own_pending = False
+        if time.monotonic() >= self._next_claim:
+            entries = await self._claim()
+            if entries:
+                self.stats.claimed += len(entries)
+                await self._handle(entries)
+                return len(entries)
+        entries = await self._read(">", block=self._block_ms)
+        await self._handle(entries)
+        return len(entries)
+
+    async def ensure_group(self) -> None:
+        """The group, at the stream's first entry (and the stream, if need be): a group
+        created at the end would skip every event recorded before the first drain ran."""
+        try:
+            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._grouped = True
+
+    # one batch ------------------------------------------------------------------------
+
+    async def _handle(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        events: list[AuditEvent] = []
+        stored_ids: list[bytes] = []
+        malformed: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue  # deleted since it was read: nothing left to store
+            try:
+                events.append(_decode_entry(entry_id, fields))
+                stored_ids.append(entry_id)
+            except MalformedAuditEvent as exc:
+                malformed.append((entry_id, fields, str(exc)))
+        if events:
+            token = f"{self.stream}/" + hashlib.sha256(b",".join(stored_ids)).hexdigest()[:32]
+            await self._until_done("write", self._write, events, token)
+            if self._publish is not None:
+                await self._until_done("publish", self._publish, events)
+        # after the store took the batch: a drain stopped before this keeps the entries
+        # pending, and their dead letters are not written twice
+        for entry_id, fields, error in malformed:
+            await self._dead_letter(entry_id, fields, error)
+        await self._redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        self.stats.written += len(events)
+        self.stats.malformed += len(malformed)
+        self.stats.batches += 1
+
+    async def _until_done(
+        self, what: str, call: Callable[..., Awaitable[object]], *args: Any
+    ) -> None:
+        pause = 0.25
+        while True:
+            try:
+                await call(*args)
+                return
+            except Exception as exc:  # the store's or the broker's failure: retried
+                self.stats.failures += 1
+                if self._stop.is_set():
+                    raise _Stopping from exc
+                log.error("audit batch %s failed, retrying in %.1fs: %s", what, pause, exc)
+                if await self._pause(pause):
+                    raise _Stopping from exc
+                pause = min(self._max_pause, pause * 2)
+
+    async def _dead_letter(
+        self, entry_id: bytes, fields: Mapping[bytes, bytes], error: str
+    ) -> None:
+        log.warning("audit outbox entry %s is not an audit event: %s", _text(entry_id), error)
+        # the entry's own fields under raw:<name>, so no field of it can shadow ours
+        letter: dict[FieldT, EncodableT] = {
+            "source": self.stream,
+            "entry_id": entry_id,
+            "error": error,
+        }
+        letter.update({b"raw:" + name: value for name, value in fields.items()})
+        await self._redis.xadd(
+            self.dead_letters, letter, maxlen=DEAD_LETTER_MAX_LENGTH, approximate=True
+        )
+
+    # reading ----------------------------------------------------------------------------
+
+    async def _read(self, start: str, block: int | None) -> list[Entry]:
+        reply: list[tuple[bytes, list[Entry]]] | None
+        reply = await self._redis.xreadgroup(  # type: ignore[assignment]
+            self.group, self.consumer, {self.stream: start}, count=self._count, block=block
+        )
+        return [entry for _, entries in reply or [] for entry in entries]
+
+    async def _claim(self) -> list[Entry]:
+        """One page of entries pending for ``claim_idle_ms`` or more, now this consumer's.
+        A sweep pages through the whole pending list, then rests half the idle time."""
+        reply = await self._redis.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self._claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self._count,
+        )
+        cursor, entries = _text(reply[0]), list(reply[1])
+        self._claim_cursor = cursor
+        if cursor == "0-0":
+            self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
+        if entries:
+            log.info("claimed %d audit entries abandoned by another consumer", len(entries))
+        return entries
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the drain is stopped first; whether it was."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+
+def _decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> AuditEvent:
+    value = fields.get(FIELD)
+    if value is None:
+        names = ", ".join(sorted(_text(name) for name in fields))
+        raise MalformedAuditEvent(
+            f"outbox entry {_text(entry_id)} has no field {_text(FIELD)!r} (it has {names})"
+        )
+    return decode(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

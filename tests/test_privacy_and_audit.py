@@ -1,0 +1,314 @@
+"""Privacy requests and the audit log end to end, through the HTTP API of a real
+`ratewatch up`: Redis counters and blocks, the raw table and every rollup in chDB."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from redis.asyncio import Redis
+
+from analytics.query_client import query
+from limiter.keyspace import Keyspace
+from tests.conftest import STACK_PREFIX, create_key
+from tests.servers import RatewatchProcess, RedisServer, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+TABLES = (
+    "ratewatch.decisions",
+    "ratewatch.decisions_per_minute",
+    "ratewatch.decisions_per_hour",
+    "ratewatch.decisions_per_day",
+)
+KEYSPACE = Keyspace(STACK_PREFIX)
+
+
+def http(stack: RatewatchProcess, key: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )
+
+
+@pytest.fixture
+def admin(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
+) -> Iterator[httpx.Client]:
+    with http(stack, create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
+        yield c
+
+
+def socket_of(stack: RatewatchProcess) -> Path:
+    assert stack.data_dir is not None
+    return stack.data_dir / "clickhouse" / "query.sock"
+
+
+def rows(stack: RatewatchProcess, sql: str) -> list[dict[str, Any]]:
+    return query(socket_of(stack), sql)
+
+
+def user_rows(stack: RatewatchProcess, tenant: str, user: str) -> dict[str, int]:
+    """Rows of ``user`` in every table, by the documented mapping."""
+    counts = {}
+    for table in TABLES:
+        user_match = " OR user_id = {u}" if table == "ratewatch.decisions" else ""
+        sql = (
+            f"SELECT count() AS n FROM {table} WHERE tenant = '{tenant}' AND "
+            f"(key = {{u}} OR startsWith(key, {{u}} || ':'){user_match})"
+        ).replace("{u}", f"'{user}'")
+        counts[table] = int(rows(stack, sql)[0]["n"])
+    return counts
+
+
+def key_requests(stack: RatewatchProcess, tenant: str, key: str) -> dict[str, int]:
+    """Requests of one key in the raw table and in each rollup."""
+    counts = {}
+    for table in TABLES:
+        column = "count()" if table == "ratewatch.decisions" else "sum(requests)"
+        sql = (
+            f"SELECT toUInt64({column}) AS n FROM {table} "
+            f"WHERE tenant = '{tenant}' AND key = '{key}'"
+        )
+        counts[table] = int(rows(stack, sql)[0]["n"])
+    return counts
+
+
+def redis_keys(redis_url: str, pattern: str) -> list[bytes]:
+    async def go() -> list[bytes]:
+        client = Redis.from_url(redis_url)
+        try:
+            return [name async for name in client.scan_iter(match=pattern, count=1000)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def assert_published_shape(client: httpx.Client, body: Any, name: str) -> None:
+    """``body`` is valid by the schema ``name`` of the server's /openapi.json."""
+    components = client.get("/openapi.json").json()["components"]
+    jsonschema.validate(body, {"$ref": f"#/components/schemas/{name}", "components": components})
+
+
+def send(client: httpx.Client, checks: list[dict[str, Any]]) -> None:
+    response = client.post("/v1/batch", json={"checks": checks})
+    assert response.status_code == 200, response.text
+
+
+def audit_entries(client: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    response = client.get("/v1/audit", params=params)
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()["entries"]
+    return entries
+
+
+def wait_for_audit(client: httpx.Client, action: str, count: int = 1) -> list[dict[str, Any]]:
+    wait_until(
+        lambda: len(audit_entries(client, action=action)) >= count,
+        60,
+        f"{count} audit entries {action}",
+        0.2,
+    )
+    return audit_entries(client, action=action)
+
+
+def seed_two_users(stack: RatewatchProcess, client: httpx.Client, tenant: str) -> int:
+    checks = [
+        *[{"key": "user:123", "limit": 100, "window": 60}] * 3,
+        *[{"key": "user:123:search", "limit": 100, "window": 3600, "route": "/s"}] * 2,
+        # a key shared by many users: the request names the user
+        *[{"key": "api:search", "limit": 100, "window": 60, "user_id": "user:123"}] * 4,
+        *[{"key": "api:search", "limit": 100, "window": 60, "user_id": "user:456"}] * 5,
+        *[{"key": "user:456", "limit": 100, "window": 60, "ip": "10.1.1.1"}] * 6,
+        # not user:123's: the prefix must end at a colon
+        *[{"key": "user:1234", "limit": 100, "window": 60}] * 2,
+    ]
+    send(client, checks)
+    wait_until(
+        lambda: (
+            int(
+                rows(
+                    stack, f"SELECT count() AS n FROM ratewatch.decisions WHERE tenant = '{tenant}'"
+                )[0]["n"]
+            )
+            >= len(checks)
+        ),
+        60,
+        "the seeded decisions in chDB",
+        0.2,
+    )
+    return len(checks)
+
+
+def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    seed_two_users(stack, admin, tenant)
+    for scope, value in (("user_id", "user:123"), ("key", "user:123:search"), ("ip", "10.9.9.9")):
+        response = admin.post("/v1/blocks", json={"scope": scope, "value": value, "ttl": 600})
+        assert response.status_code == 201, response.text
+    before = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
+    assert before["total_requests"] == 9  # 3 + 2 by key, 4 by user_id
+    assert before["total_keys"] == 3  # user:123, user:123:search, api:search
+    assert before["active_windows"] == 2
+    assert before["data_retention_days"] == 30
+    other_before = user_rows(stack, tenant, "user:456")
+    shared_before = key_requests(stack, tenant, "api:search")
+    assert set(shared_before.values()) == {9}
+
+    response = admin.post(
+        "/v1/privacy/delete", json={"user_id": "user:123", "reason": "user_request"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_published_shape(admin, body, "PrivacyDeleteResult")
+    assert body["success"] is True
+    assert body["message"] == "Successfully deleted data for user user:123"
+    assert body["deleted"]["redis"] == {"counters": 2, "blocks": 2}
+    assert body["deleted_keys"] == 4
+    assert body["deleted"]["clickhouse"]["decisions"] == 9
+
+    # at once: no row of the user in any table, no Redis key, a summary of zeros
+    assert set(user_rows(stack, tenant, "user:123").values()) == {0}
+    assert (
+        int(
+            rows(
+                stack,
+                "SELECT count() AS n FROM ratewatch.decisions "
+                f"WHERE tenant = '{tenant}' AND user_id = 'user:123'",
+            )[0]["n"]
+        )
+        == 0
+    )
+    tag = KEYSPACE.tenant_tag(tenant)
+    assert redis_keys(redis_server.url, f"{tag}:c:*:user:123") == []
+    assert redis_keys(redis_server.url, f"{tag}:c:*:user:123:*") == []
+    assert redis_keys(redis_server.url, f"{tag}:bk:*user:123*") == []
+    after = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
+    assert_published_shape(admin, after, "PrivacySummaryResult")
+    assert (after["total_keys"], after["total_requests"], after["active_windows"]) == (0, 0, 0)
+    assert set(after["stores"]["clickhouse"].values()) == {0}
+    assert after["stores"]["redis"] == {"counters": 0, "blocks": 0}
+
+    # everyone else untouched; the shared key keeps the other user's requests, consistently
+    assert user_rows(stack, tenant, "user:456") == other_before
+    assert set(key_requests(stack, tenant, "api:search").values()) == {5}
+    assert set(key_requests(stack, tenant, "user:1234").values()) == {2}
+    assert [b["value"] for b in admin.get("/v1/blocks").json()["blocks"]] == ["10.9.9.9"]
+    assert len(redis_keys(redis_server.url, f"{tag}:c:*:user:456")) == 1
+    check = admin.post("/v1/check", json={"key": "user:123", "limit": 100, "window": 60})
+    assert check.json()["remaining"] == 99  # a fresh counter: the old one is gone
+
+    # audited with counts, never the data
+    entry = wait_for_audit(admin, "privacy.deleted")[0]
+    assert entry["target"] == "user:123"
+    assert entry["details"]["reason"] == "user_request"
+    assert entry["details"]["counters"] == 2
+    assert entry["details"]["decisions_rows"] == 9
+
+    # a second request finds nothing more
+    again = admin.post("/v1/privacy/delete", json={"user_id": "user:123"}).json()
+    assert again["deleted"]["redis"] == {"counters": 1, "blocks": 0}  # the check just made
+    assert set(user_rows(stack, tenant, "user:456").values()) == set(other_before.values())
+
+
+def test_a_tenant_cannot_read_or_erase_another_tenants_users(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    seed_two_users(stack, admin, tenant)
+    before = user_rows(stack, tenant, "user:123")
+    other = "t" + secrets.token_hex(6)
+    with http(stack, create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
+        summary = b.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
+        assert (summary["total_requests"], summary["total_keys"], summary["active_windows"]) == (
+            0,
+            0,
+            0,
+        )
+        deleted = b.post("/v1/privacy/delete", json={"user_id": "user:123"}).json()
+        assert deleted["deleted_keys"] == 0
+        assert set(deleted["deleted"]["clickhouse"].values()) == {0}
+    assert user_rows(stack, tenant, "user:123") == before
+    mine = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
+    assert mine["total_requests"] == 9
+    # B's request is in B's audit log, not in A's; A's key cannot read B's log
+    with http(stack, create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
+        wait_for_audit(b, "privacy.deleted")
+        assert all(entry["action"].startswith("privacy.") for entry in audit_entries(b))
+    assert audit_entries(admin, action="privacy.deleted") == []
+    assert audit_entries(admin, action="privacy.summary") != []
+
+
+def test_privacy_delete_needs_an_admin_key_and_valid_input(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+        response = standard.post("/v1/privacy/delete", json={"user_id": "user:1"})
+        assert response.status_code == 403
+        assert response.json()["type"] == "urn:ratewatch:problem:forbidden"
+        assert standard.get("/v1/audit").status_code == 403
+    for body, status in (
+        ({"user_id": "u" * 10_000}, 422),
+        ({"user_id": ""}, 422),
+        ({}, 422),
+        ({"user_id": 5}, 422),
+        ('{"user_id": "\\ud800"}', 400),  # a lone surrogate is not valid UTF-8
+        ("not json", 400),
+    ):
+        response = (
+            admin.post("/v1/privacy/delete", content=body)
+            if isinstance(body, str)
+            else admin.post("/v1/privacy/delete", json=body)
+        )
+        assert response.status_code == status, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    response = admin.post("/v1/privacy/delete", content=b"{" + b" " * 70_000 + b"}")
+    assert response.status_code == 413
+    for params in ({"limit": "0"}, {"since": "yesterday"}, {"colour": "red"}):
+        response = admin.get("/v1/audit", params=params)
+        assert response.status_code == 422, params
+
+
+def test_security_relevant_changes_are_in_the_audit_log(
+    stack: RatewatchProcess, tenant: str, admin: httpx.Client
+) -> None:
+    created = admin.post("/v1/keys", json={"name": "ci", "segment": "pro"}).json()
+    assert created["segment"] == "pro"
+    assert admin.delete(f"/v1/keys/{created['id']}").status_code == 200
+    block = admin.post(
+        "/v1/blocks", json={"scope": "ip", "value": "10.0.0.7", "ttl": 60, "reason": "abuse"}
+    ).json()
+    assert admin.delete(f"/v1/blocks/{block['id']}").status_code == 200
+    assert admin.patch("/v1/settings", json={"fail_mode": "closed"}).status_code == 200
+
+    wait_for_audit(admin, "settings.updated")
+    entries = audit_entries(admin)
+    assert_published_shape(admin, admin.get("/v1/audit").json(), "AuditList")
+    actions = [entry["action"] for entry in reversed(entries)]  # oldest first
+    assert actions == [
+        "key.created",
+        "key.revoked",
+        "block.created",
+        "block.removed",
+        "settings.updated",
+    ]
+    by_action = {entry["action"]: entry for entry in entries}
+    assert by_action["key.created"]["target"] == created["id"]
+    assert by_action["key.created"]["details"]["segment"] == "pro"
+    assert "key" not in by_action["key.created"]["details"]  # never the secret
+    assert by_action["block.created"]["details"]["value"] == "10.0.0.7"
+    assert by_action["settings.updated"]["details"] == {"from": None, "to": "closed"}
+    admin_id = {entry["actor"] for entry in entries}
+    assert len(admin_id) == 1
+    assert next(iter(admin_id)).startswith("key_")
+    assert all(entry["source_ip"] == "127.0.0.1" for entry in entries)
+    # filters
+    assert [e["action"] for e in audit_entries(admin, action="block.created")] == ["block.created"]
+    assert len(audit_entries(admin, limit=2)) == 2
+    assert audit_entries(admin, since=entries[0]["ts"] + 1) == []
