@@ -13,6 +13,14 @@ Layout (``rw`` is the default prefix):
   PX = time left); its presence is what the check script honours
 - ``rw:{rw:T}:blocks``                             block records (hash id -> JSON)
 - ``rw:{rw:T}:keys``                               API-key records (hash id -> JSON)
+- ``rw:{rw:T}:allow:<scope>``                      allowlist (hash value -> JSON note; ``ip``
+  values are addresses or CIDR networks; ``limiter/allowlist.py``)
+- ``rw:{rw:T}:off:<scope>:<value>``                a subject's offences (hash ``count``,
+  ``last_ms``; expires when they have decayed; ``detectors/offenders.py``)
+- ``rw:{rw:T}:claim:<scope>:<value>``              short-lived claim of the detector action
+  acting on a subject (string token, PX), so concurrent actions make one block
+- ``rw:{rw:T}:throttle:<what>``                    once-per-period marker of a throttled
+  alert (string, EX = the period)
 - ``rw:auth:<hash>``                               API-key lookup by keyed BLAKE3 hash
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
@@ -21,6 +29,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:audit``                                     audit outbox (stream, never capped: the
   audit drain trims what it stored; ``stream/audit_outbox.py``)
 - ``rw:audit:dlq``                                 outbox entries that are not audit events
+- ``rw:alerts``                                    alert outbox (stream, approximately capped;
+  ``stream/alerts.py`` says why)
 """
 
 from __future__ import annotations
@@ -56,6 +66,18 @@ class Keyspace:
     def key_records(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:keys"
 
+    def allowlist(self, tenant: str, scope: str) -> str:
+        return f"{self.tenant_tag(tenant)}:allow:{scope}"
+
+    def offences(self, tenant: str, scope: str, value: str) -> str:
+        return f"{self.tenant_tag(tenant)}:off:{scope}:{value}"
+
+    def action_claim(self, tenant: str, scope: str, value: str) -> str:
+        return f"{self.tenant_tag(tenant)}:claim:{scope}:{value}"
+
+    def throttle(self, tenant: str, what: str) -> str:
+        return f"{self.tenant_tag(tenant)}:throttle:{what}"
+
     def auth(self, key_hash: str) -> str:
         return f"{self.prefix}:auth:{key_hash}"
 
@@ -78,3 +100,7 @@ class Keyspace:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}:alerts"

@@ -1,14 +1,29 @@
-"""Per-tenant settings kept in the tenant registry (``rw:tenants``)."""
+"""Per-tenant settings kept in the tenant registry (``rw:tenants``).
+
+Detection settings (what the abuse detection's actions may do for a tenant):
+
+- ``detection_mode``: ``enforce`` (the default), ``shadow`` or ``off``.  Enforce is the
+  default because the product promises that attackers get blocked with no rules written;
+  a cautious tenant opts into shadow mode first (blocks recorded, audited and alerted, not
+  enforced), and the cap and the allowlist bound what enforcement can do by mistake.
+- ``max_dynamic_blocks``: the most active detector blocks a tenant may have at once
+  (default 1000, 0..100000): a detector gone wrong cannot lock out a tenant's whole
+  audience, and a refused block is alerted.
+
+Settings are one JSON object per tenant, updated by read-modify-write: they change by hand,
+rarely; two concurrent changes of one tenant's settings may lose one.
+"""
 
 from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from limiter.errors import InvalidInput, StoreUnavailable
+from limiter.errors import ConfigError, InvalidInput, StoreUnavailable
 from limiter.keyspace import Keyspace
 
 
@@ -24,6 +39,46 @@ def parse_fail_mode(value: str) -> FailMode:
         return FailMode(value)
     except ValueError:
         raise InvalidInput(f"fail mode {value!r} is not one of 'open', 'closed'") from None
+
+
+class DetectionMode(enum.StrEnum):
+    """What the abuse detection does with a warranted verdict."""
+
+    ENFORCE = "enforce"  # block the subject
+    SHADOW = "shadow"  # record, audit and alert the block, enforce nothing
+    OFF = "off"  # nothing
+
+
+DEFAULT_DETECTION_MODE = DetectionMode.ENFORCE
+DEFAULT_MAX_DYNAMIC_BLOCKS = 1000
+MAX_DYNAMIC_BLOCKS_LIMIT = 100_000
+
+
+def parse_detection_mode(value: str) -> DetectionMode:
+    try:
+        return DetectionMode(value)
+    except ValueError:
+        raise InvalidInput(
+            f"detection mode {value!r} is not one of 'enforce', 'shadow', 'off'"
+        ) from None
+
+
+def check_max_dynamic_blocks(value: object) -> int:
+    """``value`` if it is a whole number in 0..MAX_DYNAMIC_BLOCKS_LIMIT; InvalidInput naming
+    it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"max dynamic blocks {value!r} is not a whole number")
+    if not 0 <= value <= MAX_DYNAMIC_BLOCKS_LIMIT:
+        raise InvalidInput(
+            f"max dynamic blocks {value!r} is out of range: 0..{MAX_DYNAMIC_BLOCKS_LIMIT}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSettings:
+    mode: DetectionMode = DEFAULT_DETECTION_MODE
+    max_dynamic_blocks: int = DEFAULT_MAX_DYNAMIC_BLOCKS
 
 
 class TenantSettingsStore:
@@ -50,6 +105,39 @@ class TenantSettingsStore:
             settings.pop("fail_mode", None)
         else:
             settings["fail_mode"] = mode.value
+        try:
+            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return settings
+
+    async def detection(self, tenant: str) -> DetectionSettings:
+        """The tenant's detection settings, defaults filled in; ConfigError naming a stored
+        value that is not valid."""
+        settings = await self.get(tenant)
+        try:
+            return DetectionSettings(
+                parse_detection_mode(str(settings.get("detection_mode", DEFAULT_DETECTION_MODE))),
+                check_max_dynamic_blocks(
+                    settings.get("max_dynamic_blocks", DEFAULT_MAX_DYNAMIC_BLOCKS)
+                ),
+            )
+        except InvalidInput as exc:
+            raise ConfigError(
+                f"tenant {tenant!r} has a stored setting that is not valid: {exc}"
+            ) from None
+
+    async def set_detection_mode(self, tenant: str, mode: DetectionMode | str) -> dict[str, object]:
+        settings = await self.get(tenant)
+        settings["detection_mode"] = parse_detection_mode(mode).value
+        return await self._save(tenant, settings)
+
+    async def set_max_dynamic_blocks(self, tenant: str, cap: int) -> dict[str, object]:
+        settings = await self.get(tenant)
+        settings["max_dynamic_blocks"] = check_max_dynamic_blocks(cap)
+        return await self._save(tenant, settings)
+
+    async def _save(self, tenant: str, settings: dict[str, object]) -> dict[str, object]:
         try:
             await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))
         except RedisError as exc:

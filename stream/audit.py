@@ -55,6 +55,8 @@ WEBHOOK_DELETED = "webhook.deleted"
 PRIVACY_DELETED = "privacy.deleted"
 PRIVACY_SUMMARY = "privacy.summary"
 SETTINGS_UPDATED = "settings.updated"
+ALLOWLIST_ADDED = "allowlist.added"
+ALLOWLIST_REMOVED = "allowlist.removed"
 ACTIONS = frozenset(
     {
         KEY_CREATED,
@@ -66,6 +68,8 @@ ACTIONS = frozenset(
         PRIVACY_DELETED,
         PRIVACY_SUMMARY,
         SETTINGS_UPDATED,
+        ALLOWLIST_ADDED,
+        ALLOWLIST_REMOVED,
     }
 )
 

@@ -312,3 +312,57 @@ def test_security_relevant_changes_are_in_the_audit_log(
     assert [e["action"] for e in audit_entries(admin, action="block.created")] == ["block.created"]
     assert len(audit_entries(admin, limit=2)) == 2
     assert audit_entries(admin, since=entries[0]["ts"] + 1) == []
+
+
+def test_allowlist_and_detection_settings_are_managed_and_audited(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    settings = admin.get("/v1/settings").json()
+    assert settings == {
+        "tenant": tenant,
+        "fail_mode": None,
+        "detection_mode": "enforce",
+        "max_dynamic_blocks": 1000,
+    }
+    changed = admin.patch("/v1/settings", json={"detection_mode": "shadow"}).json()
+    assert changed["detection_mode"] == "shadow"
+    assert changed["fail_mode"] is None  # fields not given are left alone
+    changed = admin.patch("/v1/settings", json={"max_dynamic_blocks": 5}).json()
+    assert (changed["detection_mode"], changed["max_dynamic_blocks"]) == ("shadow", 5)
+    for body in ({"detection_mode": "loud"}, {"max_dynamic_blocks": -1}):
+        assert admin.patch("/v1/settings", json=body).status_code == 422
+
+    added = admin.post(
+        "/v1/allowlist", json={"scope": "ip", "value": "10.20.0.0/16", "note": "office"}
+    )
+    assert added.status_code == 201, added.text
+    assert (
+        admin.post("/v1/allowlist", json={"scope": "ip", "value": "10.1.2.3/8"}).status_code == 422
+    )
+    assert admin.post("/v1/allowlist", json={"scope": "user_id", "value": "vip"}).status_code == 201
+    entries = admin.get("/v1/allowlist").json()["entries"]
+    assert {(e["scope"], e["value"], e["note"]) for e in entries} == {
+        ("ip", "10.20.0.0/16", "office"),
+        ("user_id", "vip", ""),
+    }
+    removed = admin.delete("/v1/allowlist", params={"scope": "user_id", "value": "vip"})
+    assert removed.status_code == 200
+    assert (
+        admin.delete("/v1/allowlist", params={"scope": "user_id", "value": "vip"}).status_code
+        == 404
+    )
+    assert admin.delete("/v1/allowlist").status_code == 422
+    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+        assert len(standard.get("/v1/allowlist").json()["entries"]) == 1
+        denied = standard.post("/v1/allowlist", json={"scope": "key", "value": "k"})
+        assert denied.status_code == 403
+    wait_for_audit(admin, "allowlist.removed")
+    assert [e["target"] for e in audit_entries(admin, action="allowlist.added")] == [
+        "user_id:vip",
+        "ip:10.20.0.0/16",
+    ]
+    changes = {e["target"]: e["details"] for e in audit_entries(admin, action="settings.updated")}
+    assert changes == {
+        "detection_mode": {"from": "enforce", "to": "shadow"},
+        "max_dynamic_blocks": {"from": 1000, "to": 5},
+    }

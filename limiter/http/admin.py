@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,7 +17,12 @@ from limiter.blocks import MAX_BLOCK_SECONDS, MAX_REASON_LENGTH, BlockStore
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.http.checks import CheckHandler, decode
 from limiter.http.problems import Problem
-from limiter.tenants import FailMode, TenantSettingsStore
+from limiter.tenants import (
+    MAX_DYNAMIC_BLOCKS_LIMIT,
+    DetectionMode,
+    FailMode,
+    TenantSettingsStore,
+)
 from stream.audit import (
     BLOCK_CREATED,
     BLOCK_REMOVED,
@@ -51,7 +56,23 @@ class BlockCreate(msgspec.Struct, kw_only=True):
 
 
 class SettingsUpdate(msgspec.Struct, kw_only=True):
-    fail_mode: FailMode | None = None
+    """Only the fields given change; ``fail_mode: null`` returns to the server's default."""
+
+    fail_mode: FailMode | UnsetType | None = UNSET
+    detection_mode: (
+        Annotated[
+            DetectionMode,
+            Meta(description="Dynamic blocks: enforce, shadow (recorded, not enforced), off."),
+        ]
+        | UnsetType
+    ) = UNSET
+    max_dynamic_blocks: (
+        Annotated[
+            int,
+            Meta(ge=0, le=MAX_DYNAMIC_BLOCKS_LIMIT, description="Cap on active detector blocks."),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 _key_create = msgspec.json.Decoder(KeyCreate)
@@ -194,28 +215,43 @@ class AdminRoutes:
 
     async def get_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
-        return json_response(
-            self._settings_view(principal, await self._tenant_settings.get(principal.tenant))
-        )
+        return json_response(await self._settings_view(principal))
 
     async def update_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
         body: SettingsUpdate = await self._body(request, _settings_update)
-        before = await self._tenant_settings.get(principal.tenant)
-        stored = await self._tenant_settings.set_fail_mode(principal.tenant, body.fail_mode)
-        self._auth.forget()
-        await self._audit.record(
-            principal,
-            SETTINGS_UPDATED,
-            "fail_mode",
-            {"from": before.get("fail_mode"), "to": stored.get("fail_mode")},
-            client_ip(request),
-        )
-        return json_response(self._settings_view(principal, stored))
+        tenant, store = principal.tenant, self._tenant_settings
+        changes: list[tuple[str, object, object]] = []
+        before = await store.get(tenant)
+        if body.fail_mode is not UNSET:
+            stored = await store.set_fail_mode(tenant, body.fail_mode)
+            changes.append(("fail_mode", before.get("fail_mode"), stored.get("fail_mode")))
+            self._auth.forget()
+        if body.detection_mode is not UNSET or body.max_dynamic_blocks is not UNSET:
+            detection = await store.detection(tenant)
+            if body.detection_mode is not UNSET:
+                await store.set_detection_mode(tenant, body.detection_mode)
+                changes.append(("detection_mode", detection.mode.value, body.detection_mode.value))
+            if body.max_dynamic_blocks is not UNSET:
+                await store.set_max_dynamic_blocks(tenant, body.max_dynamic_blocks)
+                changes.append(
+                    ("max_dynamic_blocks", detection.max_dynamic_blocks, body.max_dynamic_blocks)
+                )
+        for name, old, new in changes:
+            await self._audit.record(
+                principal, SETTINGS_UPDATED, name, {"from": old, "to": new}, client_ip(request)
+            )
+        return json_response(await self._settings_view(principal))
 
-    @staticmethod
-    def _settings_view(principal: Principal, stored: dict[str, object]) -> dict[str, object]:
-        return {"tenant": principal.tenant, "fail_mode": stored.get("fail_mode")}
+    async def _settings_view(self, principal: Principal) -> dict[str, object]:
+        stored = await self._tenant_settings.get(principal.tenant)
+        detection = await self._tenant_settings.detection(principal.tenant)
+        return {
+            "tenant": principal.tenant,
+            "fail_mode": stored.get("fail_mode"),
+            "detection_mode": detection.mode.value,
+            "max_dynamic_blocks": detection.max_dynamic_blocks,
+        }
 
 
 def problem_for(exc: Exception) -> Problem | None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from analytics.gateway import open_analytics
 from limiter.algorithms import Algorithm
+from limiter.allowlist import Allowlist
 from limiter.apikeys import KeyHasher, KeyStore
 from limiter.audit import AuditTrail
 from limiter.auth import Authenticator
@@ -33,6 +34,7 @@ from limiter.emit import DecisionSink, NullSink
 from limiter.errors import LimiterError
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.admin import AdminRoutes, json_response, problem_for
+from limiter.http.allowlist_routes import AllowlistRoutes
 from limiter.http.analytics_routes import AnalyticsRoutes
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
@@ -159,6 +161,7 @@ class LimiterApp:
         admin = AdminRoutes(checks, keys, blocks, tenant_settings, auth, audit)
         privacy = PrivacyRoutes(checks, UserDataStore(redis, keyspace, blocks), analytics, audit)
         analytics_routes = AnalyticsRoutes(checks, analytics)
+        allowlist = AllowlistRoutes(checks, Allowlist(redis, keyspace), audit)
         health_routes = HealthRoutes(
             redis,
             health,
@@ -174,6 +177,7 @@ class LimiterApp:
                 *admin.routes(),
                 *privacy.routes(),
                 *analytics_routes.routes(),
+                *allowlist.routes(),
                 *health_routes.routes(),
                 Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
             ]

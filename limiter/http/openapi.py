@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from limiter.http.admin import BlockCreate, KeyCreate, SettingsUpdate
+from limiter.http.allowlist_routes import AllowlistAdd
 from limiter.http.analytics_schemas import (
     AuditList,
     PrivacyDeleteResult,
@@ -93,6 +94,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             PrivacySummary,
             PrivacyDeleteResult,
             PrivacySummaryResult,
+            AllowlistAdd,
         ],
         ref_template=REF,
     )
@@ -205,6 +207,25 @@ def build_openapi(version: str) -> dict[str, Any]:
                 ),
             },
             "/v1/analytics/usage": {"get": usage},
+            "/v1/allowlist": {
+                "get": _operation("Subjects the detectors never block", None),
+                "post": _operation(
+                    "Allowlist an ip (or network), key or user_id (admin)",
+                    None,
+                    400,
+                    403,
+                    422,
+                    body="AllowlistAdd",
+                    ok="201",
+                ),
+                "delete": {
+                    **_operation("Take an entry off the allowlist (admin)", None, 403, 404, 422),
+                    "parameters": _query_parameters(
+                        ("scope", "string", "`ip`, `key` or `user_id`."),
+                        ("value", "string", "The entry as added."),
+                    ),
+                },
+            },
             "/v1/audit": {"get": audit},
             "/v1/privacy/delete": {
                 "post": _operation(

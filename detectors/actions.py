@@ -1,0 +1,252 @@
+"""The actions of abuse detection: a warranted verdict becomes a block, an audit entry and
+an alert, within what the tenant allows.
+
+``BlockActions.apply`` decides, in this order:
+
+1. ``not_warranted`` — the score is below the threshold: nothing.
+2. ``detection_off`` — the tenant turned detection off: nothing.
+3. ``allowlisted`` — the subject (or, for an IP, a network holding it) is on the tenant's
+   allowlist: nothing, no alert, no offence counted.  The allowlist is an operator's
+   statement of trust; alerting on each verdict would be noise, and the outcome is still
+   counted by the caller (``DetectionLoop.stats``).
+4. ``already_blocked`` — an active block already stops the subject (any enforced block,
+   manual or dynamic; in shadow mode a shadow record too), or another process is acting on
+   it right now: nothing, so no duplicate block.  A shadow record does not stop enforcement
+   once the tenant switches to ``enforce``.
+5. ``cap_reached`` — the tenant has ``max_dynamic_blocks`` active detector blocks of this
+   mode: no block, and an alert ``block.skipped_cap``, at most one per tenant per minute.
+6. ``shadowed`` (shadow mode) or ``blocked`` (enforce): the offence is counted and the
+   block made with the escalated TTL (``detectors.offenders.escalated_ttl``), audited as
+   ``block.created`` by ``detector:<name>`` and alerted (``block.shadowed``, or
+   ``block.created`` / ``block.escalated`` for a first / repeat offence).  A shadow block is
+   a record without an enforcement key: listed, audited, alerted, never enforced.  Shadow
+   mode counts offences too, so that its TTLs show what enforcement would do.
+
+Concurrency: steps 4-6 run under a per-subject claim (``OffenderHistory.claim``, a
+``SET NX PX`` lease), so several processes applying the same verdict at once make one block
+and count one offence.  The cap is checked under the subject's claim only, so concurrent
+actions on different subjects may pass it by at most their number: it is a safety valve,
+not an exact quota.
+
+Failures: an error before the block is made and audited is raised (StoreUnavailable,
+AuditUnavailable), and a block whose audit entry could not be written is lifted again,
+because no block may stand unaudited.  After that, a failure to count the offence or to
+record the alert is logged, never raised: the block stands and a retry would only find it
+``already_blocked``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from detectors.offenders import DEFAULT_BASE_TTL, DEFAULT_MAX_TTL, OffenderHistory, escalated_ttl
+from detectors.verdict import Verdict
+from limiter.allowlist import Allowlist
+from limiter.blocks import (
+    MAX_BLOCK_SECONDS,
+    MAX_REASON_LENGTH,
+    Block,
+    BlockStore,
+    normalize_subject,
+)
+from limiter.errors import LimiterError, StoreUnavailable
+from limiter.tenants import DetectionMode, TenantSettingsStore
+from stream.alerts import (
+    BLOCK_CREATED,
+    BLOCK_ESCALATED,
+    BLOCK_SHADOWED,
+    BLOCK_SKIPPED_CAP,
+    AlertEvent,
+    AlertOutbox,
+    AlertUnavailable,
+    new_alert_event,
+)
+from stream.audit import BLOCK_CREATED as AUDIT_BLOCK_CREATED
+from stream.audit import new_audit_event
+from stream.audit_outbox import AuditOutbox, AuditUnavailable
+
+log = logging.getLogger("ratewatch.detect")
+
+Outcome = Literal[
+    "blocked",
+    "shadowed",
+    "allowlisted",
+    "already_blocked",
+    "cap_reached",
+    "detection_off",
+    "not_warranted",
+]
+# longer than one action takes (a few Redis round trips), short enough that a crashed
+# process holds a subject back only briefly
+CLAIM_MS = 30_000
+CAP_ALERT_PERIOD = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What ``apply`` did; ``block_id``, ``ttl_seconds`` and ``offence`` are set for
+    ``blocked`` and ``shadowed``."""
+
+    outcome: Outcome
+    block_id: str | None = None
+    ttl_seconds: int | None = None
+    offence: int | None = None
+
+
+class BlockActions:
+    def __init__(
+        self,
+        blocks: BlockStore,
+        allowlist: Allowlist,
+        settings: TenantSettingsStore,
+        offenders: OffenderHistory,
+        audit: AuditOutbox,
+        alerts: AlertOutbox,
+        *,
+        base_ttl: int = DEFAULT_BASE_TTL,
+        max_ttl: int = DEFAULT_MAX_TTL,
+    ):
+        escalated_ttl(base_ttl, 1, max_ttl)  # ValueError naming a bad base or cap
+        if max_ttl > MAX_BLOCK_SECONDS:
+            raise ValueError(f"ttl cap {max_ttl!r} is longer than {MAX_BLOCK_SECONDS} seconds")
+        self._blocks = blocks
+        self._allowlist = allowlist
+        self._settings = settings
+        self._offenders = offenders
+        self._audit = audit
+        self._alerts = alerts
+        self._base_ttl = base_ttl
+        self._max_ttl = max_ttl
+
+    async def apply(self, verdict: Verdict) -> ActionResult:
+        """Act on ``verdict`` as the tenant's settings allow (see the module's docstring)."""
+        if not verdict.warranted:
+            return ActionResult("not_warranted")
+        tenant, scope = verdict.tenant, verdict.scope
+        subject = normalize_subject(scope, verdict.subject)
+        detection = await self._settings.detection(tenant)
+        if detection.mode is DetectionMode.OFF:
+            return ActionResult("detection_off")
+        if await self._allowlist.contains(tenant, scope, subject):
+            return ActionResult("allowlisted")
+        token = await self._offenders.claim(tenant, scope, subject, CLAIM_MS)
+        if token is None:
+            return ActionResult("already_blocked")
+        try:
+            result, alert = await self._act(
+                verdict, subject, detection.mode.value, detection.max_dynamic_blocks
+            )
+        finally:
+            with contextlib.suppress(StoreUnavailable):  # the claim then expires by itself
+                await self._offenders.release(tenant, scope, subject, token)
+        if alert is not None:
+            try:
+                await self._alerts.record(alert)
+            except AlertUnavailable:
+                log.warning("alert %s for %s %s=%s lost", alert.kind, tenant, scope, subject)
+        return result
+
+    async def _act(
+        self, verdict: Verdict, subject: str, mode: str, cap: int
+    ) -> tuple[ActionResult, AlertEvent | None]:
+        tenant, scope = verdict.tenant, verdict.scope
+        active = await self._blocks.active(tenant)
+        if any(_stops(block, scope, subject, mode) for block in active):
+            return ActionResult("already_blocked"), None
+        dynamic = sum(1 for block in active if block.source == "detector" and block.mode == mode)
+        if dynamic >= cap:
+            alert = None
+            if await self._offenders.throttle(tenant, BLOCK_SKIPPED_CAP, CAP_ALERT_PERIOD):
+                explanation = verdict.explanation()
+                explanation.update(max_dynamic_blocks=cap, active_dynamic_blocks=dynamic)
+                alert = new_alert_event(
+                    tenant, BLOCK_SKIPPED_CAP, scope, subject, explanation=explanation, mode=mode
+                )
+            return ActionResult("cap_reached"), alert
+
+        offence = await self._offenders.offences(tenant, scope, subject) + 1
+        ttl = escalated_ttl(self._base_ttl, offence, self._max_ttl)
+        block = await self._block(verdict, subject, mode, offence, ttl)
+        try:
+            await self._offenders.record_offence(tenant, scope, subject, blocked_for=ttl)
+        except StoreUnavailable:
+            log.warning("offence %d of %s %s=%s not counted", offence, tenant, scope, subject)
+        outcome: Outcome = "shadowed" if mode == DetectionMode.SHADOW else "blocked"
+        if outcome == "shadowed":
+            kind = BLOCK_SHADOWED
+        else:
+            kind = BLOCK_ESCALATED if offence > 1 else BLOCK_CREATED
+        alert = new_alert_event(
+            tenant,
+            kind,
+            scope,
+            subject,
+            explanation=verdict.explanation(),
+            block_id=block.id,
+            mode=mode,
+            ttl_seconds=ttl,
+            offence=offence,
+        )
+        return ActionResult(outcome, block.id, ttl, offence), alert
+
+    async def _block(
+        self, verdict: Verdict, subject: str, mode: str, offence: int, ttl: int
+    ) -> Block:
+        """The block, made and audited; lifted again if it could not be audited."""
+        explanation: dict[str, Any] = verdict.explanation()
+        explanation.update(offence=offence, ttl_seconds=ttl)
+        block = await self._blocks.create(
+            verdict.tenant,
+            verdict.scope,
+            subject,
+            ttl,
+            _reason(verdict),
+            mode=mode,
+            source="detector",
+            detector=verdict.detector,
+            score=verdict.score,
+            explanation=explanation,
+        )
+        event = new_audit_event(
+            verdict.tenant,
+            f"detector:{verdict.detector}",
+            AUDIT_BLOCK_CREATED,
+            block.id,
+            {
+                "scope": block.scope,
+                "value": block.value,
+                "ttl": ttl,
+                "reason": block.reason,
+                "mode": block.mode,
+                "source": "detector",
+                "detector": verdict.detector,
+                "detector_version": verdict.detector_version,
+                "score": round(verdict.score, 4),
+                "threshold": verdict.threshold,
+                "offence": offence,
+            },
+        )
+        try:
+            await self._audit.record(event)
+        except AuditUnavailable:
+            with contextlib.suppress(LimiterError):
+                await self._blocks.remove(verdict.tenant, block.id)
+            raise
+        return block
+
+
+def _stops(block: Block, scope: str, subject: str, mode: str) -> bool:
+    """Whether ``block`` makes a new block of ``subject`` in ``mode`` pointless."""
+    return (block.scope, block.value) == (scope, subject) and block.mode in ("enforce", mode)
+
+
+def _reason(verdict: Verdict) -> str:
+    reason = (
+        verdict.reasons[0]
+        if verdict.reasons
+        else f"{verdict.detector} score {verdict.score:.2f} >= {verdict.threshold}"
+    )
+    return reason[:MAX_REASON_LENGTH]

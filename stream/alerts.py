@@ -1,0 +1,190 @@
+"""The alert event: what the abuse detection did about a subject, and why.  One encoder,
+one decoder, and the outbox that alerts are recorded in.
+
+Every action of the detectors that an operator should hear about (a block made, a block
+that shadow mode only recorded, a repeat offender's escalated block, a block the tenant's
+cap refused) is one ``AlertEvent``, carrying the detector's explanation (top features with
+their values and baselines, score, threshold, detector version).  The detectors record it
+in the alert outbox, a Redis stream (``Keyspace.alerts``); webhook and Kafka delivery
+(``ALERTS_TOPIC``) read it from there.  Like ``stream.events`` for decisions, this module is
+the contract: it imports nothing of theirs.  Consumers ignore unknown fields and unknown
+kinds, so both may grow; a change of a field's meaning bumps ``ALERT_SCHEMA_VERSION`` and
+the topic's ``.vN`` suffix.
+
+Unlike the audit outbox, the alert outbox is appended with an approximate MAXLEN
+(``ALERTS_MAXLEN``): the durable record of every block the detectors make, enforced or
+shadowed, is its audit event, which is never trimmed; an alert is a notification.  Until a
+delivery worker trims what it sent, an uncapped stream would grow without bound in the very
+Redis that enforces the limits, while the cap can cost only notifications that a stalled
+worker left unread for ``ALERTS_MAXLEN`` alerts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from stream.events import ALERTS_TOPIC, MalformedEvent
+
+__all__ = [
+    "ALERTS_MAXLEN",
+    "ALERTS_TOPIC",
+    "ALERT_SCHEMA_VERSION",
+    "BLOCK_CREATED",
+    "BLOCK_ESCALATED",
+    "BLOCK_SHADOWED",
+    "BLOCK_SKIPPED_CAP",
+    "FIELD",
+    "KINDS",
+    "AlertEvent",
+    "AlertOutbox",
+    "AlertUnavailable",
+    "MalformedAlertEvent",
+    "decode",
+    "encode",
+    "new_alert_event",
+]
+
+ALERT_SCHEMA_VERSION = 1
+
+# kinds: <object>.<past-tense verb or outcome>
+BLOCK_CREATED = "block.created"  # a first offence, enforced
+BLOCK_ESCALATED = "block.escalated"  # a repeat offence, enforced for longer
+BLOCK_SHADOWED = "block.shadowed"  # shadow mode: recorded, not enforced
+BLOCK_SKIPPED_CAP = "block.skipped_cap"  # the tenant's cap on dynamic blocks refused it
+KINDS = frozenset({BLOCK_CREATED, BLOCK_ESCALATED, BLOCK_SHADOWED, BLOCK_SKIPPED_CAP})
+MODES = ("enforce", "shadow")
+
+ALERTS_MAXLEN = 100_000
+# the entry's one field: the encoded event
+FIELD = b"e"
+# the range of a DateTime64(3) column, where alerts are stored like the audit log
+_MAX_TS = 10_413_791_999_999  # 2299-12-31T23:59:59.999Z
+
+
+class MalformedAlertEvent(MalformedEvent):
+    """Bytes in the alert outbox or on the alert topic that are not an alert event."""
+
+
+class AlertUnavailable(Exception):
+    """The outbox did not take the alert (Redis unreachable or refusing)."""
+
+
+class AlertEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One action of the detectors.  ``ts`` is epoch milliseconds; ``subject`` the blocked
+    value of ``scope`` (``ip``, ``key``, ``user_id``); ``block_id`` the block made (None when
+    none was); ``mode`` ``enforce`` | ``shadow``; ``offence`` the subject's repeat count
+    (1 for a first offence, None when no offence was counted); ``explanation`` the
+    verdict's (``detectors.verdict.Verdict.explanation``)."""
+
+    v: int = ALERT_SCHEMA_VERSION
+    event_id: str
+    ts: int
+    tenant: str
+    kind: str
+    scope: str
+    subject: str
+    block_id: str | None = None
+    mode: str = "enforce"
+    ttl_seconds: int | None = None
+    offence: int | None = None
+    explanation: dict[str, Any] = {}
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AlertEvent)
+
+
+def new_alert_event(
+    tenant: str,
+    kind: str,
+    scope: str,
+    subject: str,
+    *,
+    explanation: Mapping[str, Any],
+    block_id: str | None = None,
+    mode: str = "enforce",
+    ttl_seconds: int | None = None,
+    offence: int | None = None,
+) -> AlertEvent:
+    """An event with a fresh id, stamped now.  ValueError naming the value if a name is
+    empty, ``kind`` or ``mode`` is unknown, or the explanation is not JSON: an alert that
+    cannot be delivered must fail where it is made, not in delivery."""
+    for name, given in (("tenant", tenant), ("scope", scope), ("subject", subject)):
+        if not given:
+            raise ValueError(f"an alert event needs a non-empty {name}, not {given!r}")
+    if kind not in KINDS:
+        raise ValueError(f"alert kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+    if mode not in MODES:
+        raise ValueError(f"alert mode {mode!r} is not one of {', '.join(MODES)}")
+    details = dict(explanation)
+    try:
+        _encoder.encode(details)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValueError(f"alert explanation is not JSON: {exc}") from None
+    return AlertEvent(
+        event_id=str(uuid.uuid4()),
+        ts=time.time_ns() // 1_000_000,
+        tenant=tenant,
+        kind=kind,
+        scope=scope,
+        subject=subject,
+        block_id=block_id,
+        mode=mode,
+        ttl_seconds=ttl_seconds,
+        offence=offence,
+        explanation=details,
+    )
+
+
+def encode(event: AlertEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AlertEvent:
+    """The event in ``data``; MalformedAlertEvent (never another error) if it is not one,
+    or if a store of alerts could not hold it (an id that is no UUID, a ts out of range)."""
+    try:
+        event = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedAlertEvent(str(exc)) from None
+    if not 1 <= event.v <= ALERT_SCHEMA_VERSION:
+        raise MalformedAlertEvent(
+            f"alert event schema version {event.v} is not 1..{ALERT_SCHEMA_VERSION}"
+        )
+    try:
+        uuid.UUID(event.event_id)
+    except ValueError:
+        raise MalformedAlertEvent(f"alert event_id {event.event_id!r} is not a UUID") from None
+    if not 0 <= event.ts <= _MAX_TS:
+        raise MalformedAlertEvent(f"alert event ts {event.ts} is not epoch ms in 1970..2299")
+    return event
+
+
+class AlertOutbox:
+    """Records alert events in the Redis stream ``stream`` (``Keyspace.alerts``), one event
+    per entry in the field ``e``; ``maxlen`` None appends without a cap."""
+
+    def __init__(self, redis: Redis, stream: str, *, maxlen: int | None = ALERTS_MAXLEN):
+        if maxlen is not None and maxlen < 1:
+            raise ValueError(f"alert outbox maxlen {maxlen!r} must be at least 1 or None")
+        self._redis = redis
+        self.stream = stream
+        self._maxlen = maxlen
+
+    async def record(self, event: AlertEvent) -> None:
+        """Append ``event``; AlertUnavailable if Redis did not take it."""
+        try:
+            await self._redis.xadd(
+                self.stream, {FIELD: encode(event)}, maxlen=self._maxlen, approximate=True
+            )
+        except (RedisError, OSError) as exc:
+            raise AlertUnavailable(
+                f"could not record alert {event.kind} {event.event_id} in {self.stream}: {exc}"
+            ) from exc
