@@ -17,6 +17,7 @@ from ratewatch.cli_analytics import migrate, sql
 from ratewatch.cli_keys import keys
 from ratewatch.cli_options import key_secret, service_options, user_errors
 from ratewatch.cli_pipeline import pipeline
+from ratewatch.cli_simulate import simulate
 from ratewatch.cli_stream import stream
 from ratewatch.cli_up import up
 
@@ -151,6 +152,7 @@ main.add_command(pipeline)
 main.add_command(migrate)
 main.add_command(sql)
 main.add_command(stream)
+main.add_command(simulate)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
