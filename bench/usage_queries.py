@@ -5,8 +5,8 @@ Usage::
 
     /work/venv/bin/python bench/usage_queries.py [--events 2000000] [--repeat 5]
 
-Writes ``--events`` synthetic decisions (20 tenants, ``--keys`` keys each, 8 routes,
-4 segments, spread over the last ``--hours``) through ``DecisionWriter`` into a fresh
+Writes ``--events`` synthetic decisions (``--tenants`` tenants, ``--keys`` keys each,
+8 routes, 4 segments, spread over the last ``--hours``) through ``DecisionWriter`` into a fresh
 chDB directory, so the views fill the rollups as in production.  Then, for one tenant and
 each window, times the three queries of ``GET /v1/analytics/usage`` (totals, series, top
 routes) as the API builds them (``analytics.usage.UsageQuery``), and the same answers
@@ -43,14 +43,14 @@ SEGMENTS = ("free", "pro", "enterprise", "")
 
 
 def events(
-    rng: random.Random, count: int, now_ms: int, keys: int, hours: int
+    rng: random.Random, count: int, now_ms: int, keys: int, hours: int, tenants: int
 ) -> list[DecisionEvent]:
     span_ms = hours * 3_600_000
     return [
         DecisionEvent(
             event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             ts=now_ms - rng.randrange(span_ms),
-            tenant=f"tenant-{rng.randrange(20)}",
+            tenant=f"tenant-{rng.randrange(tenants)}",
             key=f"user:{rng.randrange(keys)}",
             algorithm="sliding_window",
             limit=100,
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keys", type=int, default=200, help="distinct keys per tenant")
     parser.add_argument("--hours", type=int, default=24, help="how far back events go")
+    parser.add_argument("--tenants", type=int, default=20, help="the events' tenants")
     args = parser.parse_args()
     rng = random.Random(7)
     now = int(time.time())
@@ -94,7 +95,8 @@ def main() -> None:
         started = time.perf_counter()
         for batch in range(0, args.events, 100_000):
             size = min(100_000, args.events - batch)
-            writer.write(events(rng, size, now * 1000, args.keys, args.hours), f"bench/{batch}")
+            batch_events = events(rng, size, now * 1000, args.keys, args.hours, args.tenants)
+            writer.write(batch_events, f"bench/{batch}")
         print(f"wrote {args.events:,} decisions in {time.perf_counter() - started:.1f}s")
 
         def rows(sql: str) -> list[dict[str, object]]:
