@@ -8,7 +8,9 @@ an alert, within what the tenant allows.
 3. ``allowlisted`` — the subject (or, for an IP, a network holding it) is on the tenant's
    allowlist: nothing, no alert, no offence counted.  The allowlist is an operator's
    statement of trust; alerting on each verdict would be noise, and the outcome is still
-   counted by the caller (``DetectionLoop.stats``).
+   counted by the caller (``DetectionLoop.stats``).  ``lifted_by_hand`` — an operator
+   lifted a detector's block of the subject less than ``LIFT_SUPPRESSION_SECONDS`` ago
+   (``limiter.blocks``): nothing, for the same reason.
 4. ``already_blocked`` — an active block already stops the subject (any enforced block,
    manual or dynamic; in shadow mode a shadow record too), or another process is acting on
    it right now: nothing, so no duplicate block.  A shadow record does not stop enforcement
@@ -74,6 +76,7 @@ Outcome = Literal[
     "blocked",
     "shadowed",
     "allowlisted",
+    "lifted_by_hand",
     "already_blocked",
     "cap_reached",
     "detection_off",
@@ -132,6 +135,8 @@ class BlockActions:
             return ActionResult("detection_off")
         if await self._allowlist.contains(tenant, scope, subject):
             return ActionResult("allowlisted")
+        if await self._blocks.recently_lifted(tenant, scope, subject):
+            return ActionResult("lifted_by_hand")
         token = await self._offenders.claim(tenant, scope, subject, CLAIM_MS)
         if token is None:
             return ActionResult("already_blocked")

@@ -10,6 +10,9 @@ Storage format (shared by every writer; the detectors write blocks through this 
   block that enforces it, with a PX expiry equal to the block's time left.  The check
   script denies a check when the key of any of its subjects exists (``reason: blocked``,
   ``retry_after`` = its PTTL).  Shadow blocks have a record and no enforcement key.
+- ``<tenant tag>:lifted:<scope>:<value>`` — set for ``LIFT_SUPPRESSION_SECONDS`` when a
+  detector's block is lifted by hand: the detectors do not impose it again meanwhile, so
+  the evidence that led to it (still in their windows) cannot undo the operator's call.
 
 Records of expired blocks are pruned when blocks are listed.
 """
@@ -34,6 +37,8 @@ MAX_BLOCK_SECONDS = 366 * 24 * 3600
 MAX_REASON_LENGTH = 500
 MAX_VALUE_LENGTH = 1024
 MODES = ("enforce", "shadow")
+# the detectors' longest window: after it, all their evidence is from after the lift
+LIFT_SUPPRESSION_SECONDS = 600
 
 
 def normalize_ip(value: str) -> str:
@@ -183,4 +188,20 @@ class BlockStore:
         for other in await self.active(tenant):
             if (other.scope, other.value, other.mode) == (block.scope, block.value, "enforce"):
                 await self._write(tenant, other)
+        if block.source == "detector":
+            try:
+                await self._redis.set(
+                    ks.lifted(tenant, block.scope, block.value), block.id,
+                    ex=LIFT_SUPPRESSION_SECONDS,
+                )  # fmt: skip
+            except RedisError as exc:
+                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return block
+
+    async def recently_lifted(self, tenant: str, scope: str, value: str) -> bool:
+        """Whether a detector's block of this subject was lifted by hand lately."""
+        try:
+            found = await self._redis.exists(self._keyspace.lifted(tenant, scope, value))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return bool(found)

@@ -60,6 +60,9 @@ class Keyspace:
     def block(self, tenant: str, scope: str, value: str) -> str:
         return f"{self.prefix}:{{{self.prefix}:{tenant}}}:bk:{scope}:{value}"
 
+    def lifted(self, tenant: str, scope: str, value: str) -> str:
+        return f"{self.tenant_tag(tenant)}:lifted:{scope}:{value}"
+
     def block_records(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:blocks"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ratewatch.cli_analytics import migrate, sql
+from ratewatch.cli_detect import detect
 from ratewatch.cli_keys import keys
 from ratewatch.cli_options import key_secret, service_options, user_errors
 from ratewatch.cli_pipeline import pipeline
@@ -152,6 +153,7 @@ main.add_command(pipeline)
 main.add_command(migrate)
 main.add_command(sql)
 main.add_command(stream)
+main.add_command(detect)
 main.add_command(simulate)
 
 if __name__ == "__main__":  # pragma: no cover

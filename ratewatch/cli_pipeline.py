@@ -2,7 +2,8 @@
 
 It owns chDB: applies the schema, writes the decisions it reads from the Valkey event
 stream (exactly once, see ``stream/handlers.py``), drains the audit outbox into the audit
-log (``stream/audit_drain.py``), and answers other processes' read-only queries on the query
+log (``stream/audit_drain.py``), detects abuse in the same stream and blocks it
+(``ratewatch/cli_detect.py``), and answers other processes' read-only queries on the query
 socket.  Every chDB call runs on one dedicated thread.
 """
 
@@ -37,10 +38,12 @@ def pipeline(data_dir: Path, redis_url: str, clickhouse_url: str | None, key_pre
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
     with analytics_errors():
-        run(run_pipeline(redis_url, url, key_prefix))
+        run(run_pipeline(redis_url, url, key_prefix, data_dir.resolve() / "models"))
 
 
-async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
+async def run_pipeline(
+    redis_url: str, url: str, key_prefix: str, model_dir: Path | None = None
+) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
     from analytics.event_store import ClickHouseEventStore
     from analytics.migrate import migrate
@@ -48,6 +51,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
     from ratewatch.cli_audit import AuditTask
+    from ratewatch.cli_detect import run_embedded_detection
     from stream.handlers import BatchHandler
     from stream.redis_consumer import (
         CONSUMER,
@@ -93,6 +97,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
     await broker.start()
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
     audit.start(stop)
+    detection = asyncio.create_task(run_embedded_detection(redis, keyspace, stop, model_dir))
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     try:
         while not stop.is_set():
@@ -114,6 +119,7 @@ async def run_pipeline(redis_url: str, url: str, key_prefix: str) -> None:
         # the broker finishes the batch in hand (and acknowledges it) before it returns
         await broker.stop()
         await audit.stop()  # it finishes its batch too
+        await detection
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await trimmer

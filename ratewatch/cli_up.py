@@ -1,8 +1,9 @@
 """``ratewatch up``: everything on one machine, as one process tree.
 
-The supervisor (this process) owns the embedded Valkey server and starts two children: the
-lean limiter (``ratewatch serve``) and the pipeline worker, which owns chDB (``ratewatch
-pipeline`` reading the Valkey event stream, or ``ratewatch stream`` with ``--kafka``).
+The supervisor (this process) owns the embedded Valkey server and starts the children: the
+lean limiter (``ratewatch serve``) and the pipeline worker, which owns chDB and detects
+abuse (``ratewatch pipeline`` reading the Valkey event stream); with ``--kafka``, ``ratewatch
+stream`` and ``ratewatch detect`` instead.
 """
 
 from __future__ import annotations
@@ -60,19 +61,20 @@ def up(
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
         limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
+        run_dir = data_dir / "run"
+        children = [Child("limiter", limiter, pid_file=run_dir / "limiter.pid")]
         if kafka:
             limiter += ["--kafka", kafka]
             # with the Redis URL it also drains the audit outbox (and publishes to Kafka)
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
+            detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common]
+            children.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))
         else:
+            # the pipeline worker also detects abuse in the Valkey stream
             limiter.append("--redis-events")
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics]
-        Supervisor(
-            [
-                Child("limiter", limiter, pid_file=data_dir / "run" / "limiter.pid"),
-                Child("pipeline", worker, pid_file=data_dir / "run" / "pipeline.pid"),
-            ]
-        ).run()
+        children.append(Child("pipeline", worker, pid_file=run_dir / "pipeline.pid"))
+        Supervisor(children).run()
     finally:
         if valkey is not None:
             valkey.stop()

@@ -1,0 +1,191 @@
+"""The abuse detector of one process: every tenant's window, baselines and models.
+
+``observe`` appends decision frames to the rolling window; ``evaluate`` (every few seconds)
+computes the features of the last minute, judges each (tenant, scope) with the policy and
+then learns from what it judged: subjects with enough evidence that nothing flagged update
+the tenant's baseline and, sampled, the isolation forest's history, which the registry
+retrains on its schedule.  Flagged subjects never enter the history, so an attack cannot
+teach the models that it is normal.
+
+Memory is bounded: two minutes of rows plus per-minute summaries (``RollingWindow``), at
+most ``ModelRegistry.max_history`` history rows per (tenant, scope), and the state of a
+tenant that has been silent for ``idle_ms`` is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+from sklearn.base import clone
+
+from detectors.baseline import RobustBaseline
+from detectors.features import as_scope, assemble
+from detectors.model_features import DIRECTIONS, GROUPS, MIN_MADS, isolation_matrix
+from detectors.policy import DetectionPolicy, Judgement
+from detectors.registry import ModelRegistry
+from detectors.verdict import Scope, Verdict
+from detectors.window import RollingWindow
+
+Matrix = npt.NDArray[np.float64]
+
+
+def default_baseline() -> RobustBaseline:
+    """The baseline every (tenant, scope) starts from: floors, directions and families of
+    ``detectors.model_features``."""
+    return RobustBaseline(min_mad=MIN_MADS, directions=DIRECTIONS, groups=GROUPS)
+
+
+@dataclass
+class _Learner:
+    """What one (tenant, scope) has learned, and rows waiting to be learned."""
+
+    baseline: RobustBaseline | None = None
+    pending: list[Matrix] = field(default_factory=list)
+    pending_rows: int = 0
+
+
+class AbuseDetector:
+    """Rolling window + per-tenant baselines + isolation models + policy.
+
+    Parameters
+    ----------
+    min_baseline_rows : int, default=100
+        Rows (subjects with enough evidence, over one or more evaluations) a (tenant,
+        scope) needs before its baseline is fitted; until then it is in cold start.
+    update_rows : int, default=30
+        Rows gathered before each EWMA update of a fitted baseline, so that a tenant with
+        few subjects does not move its baseline on the median of three.
+    history_per_evaluation : int, default=500
+        Normal rows sampled into the isolation history per (tenant, scope) and evaluation.
+    idle_ms : int, default=3,600,000
+        A tenant without decisions for this long loses its baselines and models.
+    retrains_per_evaluation : int, default=4
+        At most this many isolation models are trained per evaluation, so that many
+        tenants coming due together (at start, every ten minutes) spread their training
+        over a few evaluations instead of stalling one.
+    """
+
+    def __init__(
+        self,
+        policy: DetectionPolicy | None = None,
+        registry: ModelRegistry | None = None,
+        *,
+        window: RollingWindow | None = None,
+        baseline: RobustBaseline | None = None,
+        min_baseline_rows: int = 100,
+        update_rows: int = 30,
+        history_per_evaluation: int = 500,
+        idle_ms: int = 3_600_000,
+        retrains_per_evaluation: int = 4,
+        seed: int = 0,
+    ) -> None:
+        self.policy = policy if policy is not None else DetectionPolicy()
+        self.registry = registry if registry is not None else ModelRegistry()
+        self.window = window if window is not None else RollingWindow()
+        self._template = baseline if baseline is not None else default_baseline()
+        self._min_baseline_rows = min_baseline_rows
+        self._update_rows = update_rows
+        self._history_per_evaluation = history_per_evaluation
+        self._idle_ms = idle_ms
+        self._retrains_per_evaluation = retrains_per_evaluation
+        self._retrain_budget = retrains_per_evaluation
+        self._rng = np.random.default_rng(seed)
+        self._learners: dict[tuple[str, Scope], _Learner] = {}
+        self._active: dict[str, int] = {}  # tenant → last evaluation that saw it
+        self._blamed: dict[tuple[str, str], int] = {}  # (tenant, ip) → when last judged abusive
+        self._lock = threading.Lock()
+
+    def observe(self, frame: pl.DataFrame) -> None:
+        """Add decisions (a ``decisions_frame``) to the window."""
+        with self._lock:
+            self.window.append(frame)
+
+    def baseline(self, tenant: str, scope: Scope) -> RobustBaseline | None:
+        learner = self._learners.get((tenant, scope))
+        return learner.baseline if learner else None
+
+    def evaluate(self, now_ms: int, *, include_all: bool = False) -> list[Verdict]:
+        """Judge every subject active in the last minute; return the warranted verdicts
+        (with ``include_all``, one per judged subject, warranted or not).
+
+        Addresses are judged first; keys and user ids are then judged without the
+        decisions that blocked addresses made on them when those are a minority of their
+        traffic (``detectors.features.assemble``): the accounts a credential stuffer
+        tries are its victims, not its accomplices.
+        """
+        with self._lock:
+            snapshot = self.window.snapshot(now_ms)
+            self._retrain_budget = self._retrains_per_evaluation
+            verdicts = self._judge(assemble(snapshot, ("ip",)), now_ms, include_all)
+            others = assemble(snapshot, ("key", "user_id"), self._blame(verdicts, now_ms))
+            verdicts.extend(self._judge(others, now_ms, include_all))
+            self._forget_idle(now_ms)
+            return verdicts
+
+    def _blame(self, verdicts: list[Verdict], now_ms: int) -> pl.DataFrame:
+        """Addresses judged abusive within the short window, this evaluation included."""
+        for verdict in verdicts:
+            if verdict.warranted:
+                self._blamed[(verdict.tenant, verdict.subject)] = now_ms
+        horizon = now_ms - self.window.short_ms
+        self._blamed = {pair: ms for pair, ms in self._blamed.items() if ms > horizon}
+        return pl.DataFrame(
+            list(self._blamed),
+            schema={"tenant": pl.String(), "ip": pl.String()},
+            orient="row",
+        )
+
+    def _judge(self, features: pl.DataFrame, now_ms: int, include_all: bool) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        seconds = self.window.short_ms // 1000
+        groups = features.partition_by("tenant", "scope", as_dict=True, maintain_order=True)
+        for (tenant_name, scope_name), group in groups.items():
+            tenant, scope = str(tenant_name), as_scope(str(scope_name))
+            learner = self._learners.setdefault((tenant, scope), _Learner())
+            if self._retrain_budget > 0 and self.registry.due(tenant, scope, now_ms):
+                self._retrain_budget -= 1
+                model = self.registry.refresh(tenant, scope, now_ms)
+            else:
+                model = self.registry.model(tenant, scope)
+            judgement = self.policy.judge(
+                group,
+                learner.baseline,
+                model,
+                now_ms,
+                include_all=include_all,
+                window_seconds=seconds,
+            )
+            verdicts.extend(judgement.verdicts)
+            self._learn(tenant, scope, learner, judgement)
+            self._active[tenant] = now_ms
+        return verdicts
+
+    def _learn(self, tenant: str, scope: Scope, learner: _Learner, judgement: Judgement) -> None:
+        normal = judgement.matrix[judgement.normal]
+        if not normal.shape[0]:
+            return
+        learner.pending.append(normal)
+        learner.pending_rows += normal.shape[0]
+        needed = self._update_rows if learner.baseline else self._min_baseline_rows
+        if learner.pending_rows >= needed:
+            rows = np.concatenate(learner.pending)
+            learner.pending, learner.pending_rows = [], 0
+            if learner.baseline is None:
+                learner.baseline = clone(self._template).fit(rows)
+            else:
+                learner.baseline.partial_fit(rows)
+        if normal.shape[0] > self._history_per_evaluation:
+            picked = self._rng.choice(normal.shape[0], self._history_per_evaluation, replace=False)
+            normal = normal[np.sort(picked)]
+        self.registry.record(tenant, scope, isolation_matrix(normal))
+
+    def _forget_idle(self, now_ms: int) -> None:
+        for tenant in [t for t, ms in self._active.items() if now_ms - ms >= self._idle_ms]:
+            del self._active[tenant]
+            for key in [key for key in self._learners if key[0] == tenant]:
+                del self._learners[key]
+            self.registry.forget(tenant)
