@@ -3,8 +3,9 @@
 A user's data (the product's definition, the same in the analytics store, see
 ``analytics/erasure.py``): within one tenant, the counters of every limiter key equal to
 the user id or starting with ``<user id>:`` (``user:123`` owns ``user:123`` and
-``user:123:search``), and every block whose subject is that user id (scope ``user_id``)
-or one of those keys (scope ``key``).  Counters of keys shared by many users (a check of
+``user:123:search``), every block whose subject is that user id (scope ``user_id``) or one
+of those keys (scope ``key``), and the detectors' records about those subjects (offence
+history, lifted-block markers, action claims).  Counters of keys shared by many users (a check of
 ``api:search`` that carries ``user_id``) hold no trace of who used them and are kept.
 
 Counters are found with SCAN: a tenant's keys share one hash tag, and a privacy request is
@@ -25,6 +26,7 @@ from limiter.errors import NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 
 _SCAN_COUNT = 1000
+_DETECTION_RECORDS = ("off", "lifted", "claim")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -37,6 +39,7 @@ def owns_key(user_id: str, key: str) -> bool:
 class RedisUserData:
     counters: dict[str, str]  # Redis name of each of the user's counters -> its limiter key
     blocks: list[Block]
+    detection_records: list[str]  # Redis names of the detectors' records about the user
 
     @property
     def limiter_keys(self) -> set[str]:
@@ -59,18 +62,12 @@ class UserDataStore:
             if (block.scope == "user_id" and block.value == user_id)
             or (block.scope == "key" and owns_key(user_id, block.value))
         ]
-        return RedisUserData(counters, blocks)
+        return RedisUserData(counters, blocks, await self._detection_records(tenant, user_id))
 
-    async def erase(self, tenant: str, user_id: str) -> tuple[int, int]:
-        """Delete the user's counters and blocks; return how many of each went."""
+    async def erase(self, tenant: str, user_id: str) -> tuple[int, int, int]:
+        """Delete the user's counters, blocks and detection records; return how many of
+        each went."""
         found = await self.find(tenant, user_id)
-        deleted = 0
-        names = sorted(found.counters)
-        try:
-            for start in range(0, len(names), 500):
-                deleted += await self._redis.delete(*names[start : start + 500])
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         removed = 0
         for block in found.blocks:
             try:
@@ -78,7 +75,35 @@ class UserDataStore:
                 removed += 1
             except NotFound:  # expired or lifted meanwhile
                 pass
-        return deleted, removed
+        # after the blocks: lifting a detector's block leaves a marker about the subject
+        records = await self._detection_records(tenant, user_id)
+        names = sorted(found.counters)
+        deleted = 0
+        try:
+            for start in range(0, len(names), 500):
+                deleted += await self._redis.delete(*names[start : start + 500])
+            erased_records = await self._redis.delete(*records) if records else 0
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return deleted, removed, erased_records
+
+    async def _detection_records(self, tenant: str, user_id: str) -> list[str]:
+        # offences, lifted markers and claims are <tag>:<kind>:<scope>:<subject>
+        tag = self._keyspace.tenant_tag(tenant)
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", user_id)
+        found: list[str] = []
+        try:
+            for kind in _DETECTION_RECORDS:
+                for scope in ("user_id", "key"):
+                    name = f"{tag}:{kind}:{scope}:{user_id}"
+                    if await self._redis.exists(name):
+                        found.append(name)
+                pattern = f"{tag}:{kind}:key:{escaped}:*"
+                async for raw in self._redis.scan_iter(match=pattern, count=_SCAN_COUNT):
+                    found.append(raw.decode() if isinstance(raw, bytes) else raw)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return sorted(set(found))
 
     async def _counters(self, tenant: str, user_id: str) -> dict[str, str]:
         # a counter is <tag>:c:<algorithm>:<window_ms>:<key>; the globs narrow the scan and

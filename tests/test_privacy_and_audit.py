@@ -96,6 +96,18 @@ def assert_published_shape(client: httpx.Client, body: Any, name: str) -> None:
     jsonschema.validate(body, {"$ref": f"#/components/schemas/{name}", "components": components})
 
 
+def set_keys(redis_url: str, names: list[str]) -> None:
+    async def go() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            for name in names:
+                await client.set(name, "1", ex=600)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
 def send(client: httpx.Client, checks: list[dict[str, Any]]) -> None:
     response = client.post("/v1/batch", json={"checks": checks})
     assert response.status_code == 200, response.text
@@ -153,7 +165,17 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     for scope, value in (("user_id", "user:123"), ("key", "user:123:search"), ("ip", "10.9.9.9")):
         response = admin.post("/v1/blocks", json={"scope": scope, "value": value, "ttl": 600})
         assert response.status_code == 201, response.text
+    # what detectors keep about subjects: the user's offences, and another user's
+    records = {
+        KEYSPACE.offences(tenant, "user_id", "user:123"): True,
+        KEYSPACE.offences(tenant, "key", "user:123:search"): True,
+        KEYSPACE.lifted(tenant, "key", "user:123"): True,
+        KEYSPACE.offences(tenant, "user_id", "user:456"): False,
+        KEYSPACE.offences(tenant, "key", "user:1234"): False,
+    }
+    set_keys(redis_server.url, list(records))
     before = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
+    assert before["stores"]["redis"]["detection_records"] == 3
     assert before["total_requests"] == 9  # 3 + 2 by key, 4 by user_id
     assert before["total_keys"] == 3  # user:123, user:123:search, api:search
     assert before["active_windows"] == 2
@@ -170,8 +192,8 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert_published_shape(admin, body, "PrivacyDeleteResult")
     assert body["success"] is True
     assert body["message"] == "Successfully deleted data for user user:123"
-    assert body["deleted"]["redis"] == {"counters": 2, "blocks": 2}
-    assert body["deleted_keys"] == 4
+    assert body["deleted"]["redis"] == {"counters": 2, "blocks": 2, "detection_records": 3}
+    assert body["deleted_keys"] == 7
     assert body["deleted"]["clickhouse"]["decisions"] == 9
 
     # at once: no row of the user in any table, no Redis key, a summary of zeros
@@ -194,7 +216,7 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert_published_shape(admin, after, "PrivacySummaryResult")
     assert (after["total_keys"], after["total_requests"], after["active_windows"]) == (0, 0, 0)
     assert set(after["stores"]["clickhouse"].values()) == {0}
-    assert after["stores"]["redis"] == {"counters": 0, "blocks": 0}
+    assert after["stores"]["redis"] == {"counters": 0, "blocks": 0, "detection_records": 0}
 
     # everyone else untouched; the shared key keeps the other user's requests, consistently
     assert user_rows(stack, tenant, "user:456") == other_before
@@ -202,6 +224,8 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert set(key_requests(stack, tenant, "user:1234").values()) == {2}
     assert [b["value"] for b in admin.get("/v1/blocks").json()["blocks"]] == ["10.9.9.9"]
     assert len(redis_keys(redis_server.url, f"{tag}:c:*:user:456")) == 1
+    for name, erased in records.items():
+        assert redis_keys(redis_server.url, name) == ([] if erased else [name.encode()])
     check = admin.post("/v1/check", json={"key": "user:123", "limit": 100, "window": 60})
     assert check.json()["remaining"] == 99  # a fresh counter: the old one is gone
 
@@ -214,7 +238,8 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
 
     # a second request finds nothing more
     again = admin.post("/v1/privacy/delete", json={"user_id": "user:123"}).json()
-    assert again["deleted"]["redis"] == {"counters": 1, "blocks": 0}  # the check just made
+    # the check just made
+    assert again["deleted"]["redis"] == {"counters": 1, "blocks": 0, "detection_records": 0}
     assert set(user_rows(stack, tenant, "user:456").values()) == set(other_before.values())
 
 

@@ -79,6 +79,7 @@ class AuditList(msgspec.Struct, kw_only=True):
 class RedisCounts(msgspec.Struct, kw_only=True):
     counters: int
     blocks: int
+    detection_records: int  # the detectors' offence history and markers about the user
 
 
 class PrivacyDeleted(msgspec.Struct, kw_only=True):
@@ -89,7 +90,7 @@ class PrivacyDeleted(msgspec.Struct, kw_only=True):
 class PrivacyDeleteResult(msgspec.Struct, kw_only=True):
     success: bool
     message: str
-    deleted_keys: int  # Redis keys removed (counters and blocks)
+    deleted_keys: int  # Redis keys removed (counters, blocks, detection records)
     deleted: PrivacyDeleted
 
 

@@ -87,9 +87,9 @@ class PrivacyRoutes:
                     "analytics-unavailable",
                     f"nothing was erased: the analytics store failed ({exc}); retry",
                 ) from exc
-        counters, blocks = await self._user_data.erase(principal.tenant, body.user_id)
+        counters, blocks, records = await self._user_data.erase(principal.tenant, body.user_id)
         deleted = {
-            "redis": {"counters": counters, "blocks": blocks},
+            "redis": {"counters": counters, "blocks": blocks, "detection_records": records},
             "clickhouse": analytics,
         }
         await self._audit.record(
@@ -100,6 +100,7 @@ class PrivacyRoutes:
                 "reason": body.reason,
                 "counters": counters,
                 "blocks": blocks,
+                "detection_records": records,
                 **{f"{table}_rows": count for table, count in (analytics or {}).items()},
             },
             client_ip(request),
@@ -111,7 +112,7 @@ class PrivacyRoutes:
             {
                 "success": True,
                 "message": message,
-                "deleted_keys": counters + blocks,
+                "deleted_keys": counters + blocks + records,
                 "deleted": deleted,
             }
         )
@@ -136,7 +137,11 @@ class PrivacyRoutes:
                 "active_windows": len(held.counters),
                 "data_retention_days": (stored or {}).get("data_retention_days"),
                 "stores": {
-                    "redis": {"counters": len(held.counters), "blocks": len(held.blocks)},
+                    "redis": {
+                        "counters": len(held.counters),
+                        "blocks": len(held.blocks),
+                        "detection_records": len(held.detection_records),
+                    },
                     "clickhouse": None
                     if stored is None
                     else {
