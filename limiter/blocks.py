@@ -174,8 +174,10 @@ class BlockStore:
             raise NotFound(f"no block with id {block_id!r}")
         return block
 
-    async def remove(self, tenant: str, block_id: str) -> Block:
-        """Lift a block at once; another active block on the same subject stays enforced."""
+    async def remove(self, tenant: str, block_id: str, *, by_operator: bool = False) -> Block:
+        """Lift a block at once; another active block on the same subject stays enforced.
+        ``by_operator``: a person lifted it, so a detector's block is not imposed again for
+        ``LIFT_SUPPRESSION_SECONDS``."""
         block = await self.get(tenant, block_id)
         ks = self._keyspace
         try:
@@ -188,7 +190,7 @@ class BlockStore:
         for other in await self.active(tenant):
             if (other.scope, other.value, other.mode) == (block.scope, block.value, "enforce"):
                 await self._write(tenant, other)
-        if block.source == "detector":
+        if by_operator and block.source == "detector":
             try:
                 await self._redis.set(
                     ks.lifted(tenant, block.scope, block.value), block.id,

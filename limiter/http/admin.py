@@ -203,7 +203,9 @@ class AdminRoutes:
 
     async def remove_block(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
-        block = await self._blocks.remove(principal.tenant, request.path_params["block_id"])
+        block = await self._blocks.remove(
+            principal.tenant, request.path_params["block_id"], by_operator=True
+        )
         await self._audit.record(
             principal,
             BLOCK_REMOVED,
