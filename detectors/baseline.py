@@ -49,8 +49,11 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         0 both.  Default: +1 for every feature.
     groups : sequence of int, optional
         Family of each feature for ``score``.  Default: every feature its own family.
-    z_threshold, z_scale, z_cap : float
+    z_threshold, z_scale : float
         The score mapping described in the module docstring.
+    z_cap : float or sequence of float, default=8.0
+        Largest z-score a feature can contribute (one per feature, or one for all): beyond
+        it a deviation is certain and more of it proves nothing new.
     agreement : int, default=2
         How many of the most deviant families are averaged.
     """
@@ -64,7 +67,7 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         groups: Sequence[int] | None = None,
         z_threshold: float = 4.5,
         z_scale: float = 1.0,
-        z_cap: float = 8.0,
+        z_cap: float | Sequence[float] = 8.0,
         agreement: int = 2,
     ) -> None:
         self.min_mad = min_mad
@@ -81,9 +84,12 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         self._check_params()
         matrix = validate_data(self, X, reset=True, dtype=np.float64)
         self.floor_ = self._per_feature(self.min_mad, "min_mad", matrix.shape[1])
+        self.cap_ = self._per_feature(self.z_cap, "z_cap", matrix.shape[1])
         self.directions_ = self._per_feature(
             1.0 if self.directions is None else self.directions, "directions", matrix.shape[1]
         )
+        if not np.isin(self.directions_, (-1.0, 0.0, 1.0)).all():
+            raise ValueError(f"directions must be -1, 0 or 1, got {self.directions!r}")
         groups = range(matrix.shape[1]) if self.groups is None else self.groups
         self.groups_ = self._per_feature(groups, "groups", matrix.shape[1]).astype(np.int64)
         median, mad = _median_mad(matrix)
@@ -114,10 +120,10 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return result
 
     def contributions(self, X: Any) -> Matrix:
-        """z-scores in each feature's suspicious direction only, in ``[0, z_cap]``."""
+        """z-scores in each feature's suspicious direction only, in ``[0, cap_]``."""
         z = self.transform(X)
         directed = np.where(self.directions_ == 0, np.abs(z), z * np.sign(self.directions_))
-        return np.clip(directed, 0.0, self.z_cap)
+        return np.clip(directed, 0.0, self.cap_)
 
     def score(self, X: Any, y: Any = None) -> npt.NDArray[np.float64]:
         """Per-row anomaly score in [0, 1] (see the module docstring for the mapping)."""
@@ -153,10 +159,8 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def _check_params(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
-        if self.z_scale <= 0 or self.z_cap <= 0:
-            raise ValueError(
-                f"z_scale and z_cap must be positive, got {self.z_scale!r}, {self.z_cap!r}"
-            )
+        if self.z_scale <= 0:
+            raise ValueError(f"z_scale must be positive, got {self.z_scale!r}")
         if self.agreement < 1:
             raise ValueError(f"agreement must be at least 1, got {self.agreement!r}")
 
@@ -169,8 +173,8 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             raise ValueError(
                 f"{name} needs one value per feature ({width}), got {array.tolist()!r}"
             )
-        if name == "min_mad" and not (array > 0).all():
-            raise ValueError(f"min_mad must be positive, got {array.tolist()!r}")
+        if name in ("min_mad", "z_cap") and not (array > 0).all():
+            raise ValueError(f"{name} must be positive, got {array.tolist()!r}")
         return array
 
 

@@ -4,12 +4,14 @@
 computes the features of the last minute, judges each (tenant, scope) with the policy and
 then learns from what it judged: subjects with enough evidence that nothing flagged update
 the tenant's baseline and, sampled, the isolation forest's history, which the registry
-retrains on its schedule.  Flagged subjects never enter the history, so an attack cannot
-teach the models that it is normal.
+retrains on its schedule.  Flagged and doubtful subjects never enter the history, so an
+attack cannot teach the models that it is normal.
 
-Memory is bounded: two minutes of rows plus per-minute summaries (``RollingWindow``), at
-most ``ModelRegistry.max_history`` history rows per (tenant, scope), and the state of a
-tenant that has been silent for ``idle_ms`` is dropped.
+Memory is bounded: two minutes of rows plus per-minute summaries (``RollingWindow``), a
+queue of observed frames that is folded in at ``inbox_limit``, at most
+``ModelRegistry.max_history`` history rows per (tenant, scope), and the state of a tenant
+that has been silent for ``idle_ms`` is dropped.  ``observe`` may be called from any
+thread while another evaluates; evaluations run one at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sklearn.base import clone
 
 from detectors.baseline import RobustBaseline
 from detectors.features import as_scope, assemble
-from detectors.model_features import DIRECTIONS, GROUPS, MIN_MADS, isolation_matrix
+from detectors.model_features import DIRECTIONS, GROUPS, MIN_MADS, Z_CAPS, isolation_matrix
 from detectors.policy import DetectionPolicy, Judgement
 from detectors.registry import ModelRegistry
 from detectors.verdict import Scope, Verdict
@@ -36,7 +38,7 @@ Matrix = npt.NDArray[np.float64]
 def default_baseline() -> RobustBaseline:
     """The baseline every (tenant, scope) starts from: floors, directions and families of
     ``detectors.model_features``."""
-    return RobustBaseline(min_mad=MIN_MADS, directions=DIRECTIONS, groups=GROUPS)
+    return RobustBaseline(min_mad=MIN_MADS, directions=DIRECTIONS, groups=GROUPS, z_cap=Z_CAPS)
 
 
 @dataclass
@@ -59,14 +61,20 @@ class AbuseDetector:
     update_rows : int, default=30
         Rows gathered before each EWMA update of a fitted baseline, so that a tenant with
         few subjects does not move its baseline on the median of three.
-    history_per_evaluation : int, default=500
-        Normal rows sampled into the isolation history per (tenant, scope) and evaluation.
+    history_per_evaluation : int, default=100
+        Normal rows sampled into the isolation history per (tenant, scope) and evaluation:
+        at one evaluation every 5 s, the registry's 10,000 rows span the last eight
+        minutes however busy the tenant.
     idle_ms : int, default=3,600,000
         A tenant without decisions for this long loses its baselines and models.
     retrains_per_evaluation : int, default=4
         At most this many isolation models are trained per evaluation, so that many
         tenants coming due together (at start, every ten minutes) spread their training
         over a few evaluations instead of stalling one.
+    inbox_limit : int, default=1,000,000
+        Decisions queued by ``observe`` beyond which it folds them into the window itself
+        (the window then summarises what is older than a minute), so memory stays bounded
+        even if nobody evaluates.
     """
 
     def __init__(
@@ -78,9 +86,10 @@ class AbuseDetector:
         baseline: RobustBaseline | None = None,
         min_baseline_rows: int = 100,
         update_rows: int = 30,
-        history_per_evaluation: int = 500,
+        history_per_evaluation: int = 100,
         idle_ms: int = 3_600_000,
         retrains_per_evaluation: int = 4,
+        inbox_limit: int = 1_000_000,
         seed: int = 0,
     ) -> None:
         self.policy = policy if policy is not None else DetectionPolicy()
@@ -93,15 +102,45 @@ class AbuseDetector:
         self._idle_ms = idle_ms
         self._retrains_per_evaluation = retrains_per_evaluation
         self._retrain_budget = retrains_per_evaluation
+        self._inbox_limit = inbox_limit
         self._rng = np.random.default_rng(seed)
         self._learners: dict[tuple[str, Scope], _Learner] = {}
         self._active: dict[str, int] = {}  # tenant → last evaluation that saw it
         self._blamed: dict[tuple[str, str], int] = {}  # (tenant, ip) → when last judged abusive
-        self._lock = threading.Lock()
+        # observe only queues, under a lock held for an append, so a caller on an event
+        # loop is never stuck behind an evaluation running on a worker thread
+        self._inbox: list[pl.DataFrame] = []
+        self._inbox_rows = 0
+        self._inbox_lock = threading.Lock()
+        self._evaluating = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_inbox_lock"], state["_evaluating"]  # copies get locks of their own
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._inbox_lock = threading.Lock()
+        self._evaluating = threading.Lock()
 
     def observe(self, frame: pl.DataFrame) -> None:
-        """Add decisions (a ``decisions_frame``) to the window."""
-        with self._lock:
+        """Queue decisions (a ``decisions_frame``) for the window; cheap and thread-safe."""
+        with self._inbox_lock:
+            self._inbox.append(frame)
+            self._inbox_rows += frame.height
+            crowded = self._inbox_rows >= self._inbox_limit
+        # nobody has evaluated for a long while: fold the queue into the (bounded) window
+        if crowded and self._evaluating.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._evaluating.release()
+
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            frames, self._inbox, self._inbox_rows = self._inbox, [], 0
+        for frame in frames:
             self.window.append(frame)
 
     def baseline(self, tenant: str, scope: Scope) -> RobustBaseline | None:
@@ -117,7 +156,8 @@ class AbuseDetector:
         traffic (``detectors.features.assemble``): the accounts a credential stuffer
         tries are its victims, not its accomplices.
         """
-        with self._lock:
+        with self._evaluating:
+            self._drain()
             snapshot = self.window.snapshot(now_ms)
             self._retrain_budget = self._retrains_per_evaluation
             verdicts = self._judge(assemble(snapshot, ("ip",)), now_ms, include_all)
@@ -158,6 +198,7 @@ class AbuseDetector:
                 now_ms,
                 include_all=include_all,
                 window_seconds=seconds,
+                long_window_seconds=self.window.long_ms // 1000,
             )
             verdicts.extend(judgement.verdicts)
             self._learn(tenant, scope, learner, judgement)

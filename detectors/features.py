@@ -20,9 +20,10 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     decisions per minute in the short window and over the covered part of the long window.
 ``growth``
     short-window rate over the subject's own rate earlier in the long window, both shrunk
-    toward the tenant's median rate (``(rate_short + m) / (rate_prior + m)``) so a subject
-    with no history is compared with a typical one instead of dividing by zero; 1.0 until
-    the tenant has a minute of earlier data.
+    toward the tenant's median rate (``(rate_short + m) / (rate_prior + m)``) so that a
+    subject seen once long ago does not divide by almost zero.  1.0 (no growth) for a
+    subject without earlier decisions, and until the tenant has a minute of earlier data:
+    a newcomer is compared with the tenant by the baseline, not with itself.
 ``deny_ratio``, ``zero_remaining_share``
     share of decisions denied, and share answered with ``remaining == 0``.
 ``distinct_keys``, ``distinct_ips``, ``distinct_user_ids``, ``distinct_user_agents``,
@@ -41,9 +42,19 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     standard deviation over mean of the gaps between decisions: about 1 for human
     (Poisson-like) traffic, near 0 for a timer.  Set to 1.0 below ``CV_MIN_CHECKS``
     decisions, where the estimate is noise.
+``regularity``
+    ``(1 - interarrival_cv) * sqrt(checks - 1)``: how many standard errors the subject is
+    more regular than a Poisson process (the CV of n exponential gaps scatters by about
+    1/sqrt(n) around 1).  A person's is about N(0, 1) whatever their pace; a timer's grows
+    with every check (30 checks at CV 0.15 give 4.6).
 ``rate_per_key``
     ``rate_short`` divided by ``distinct_keys``: a NAT address carries many keys each at a
     normal pace, an abusive one drives few keys hard.
+``rate_per_identity``
+    ``rate_short`` divided by the larger of ``distinct_keys`` and ``distinct_user_ids``:
+    the pace of each key behind an address, of each user behind a key, of each key of a
+    user.  A NAT's addresses and an app's shared key carry many identities each at a
+    person's pace.
 ``identity_churn``
     the larger of distinct keys and distinct user ids, per decision: a person or a NAT's
     crowd repeats its identities (0.1-0.3), a credential stuffer or key guesser brings a new
@@ -98,7 +109,9 @@ SUBJECT_FEATURES = (
     "route_entropy",
     "route_novelty",
     "interarrival_cv",
+    "regularity",
     "rate_per_key",
+    "rate_per_identity",
     "identity_churn",
 )
 TENANT_FEATURES = tuple(f"tenant_median_{name}" for name in SUBJECT_FEATURES)
@@ -356,6 +369,12 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
     typical = rate_short.median().over("tenant")
     prior_rate = prior_checks / pl.max_horizontal(prior_minutes, pl.lit(1e-9))
     cv = pl.col("gap_std") / pl.col("gap_mean")
+    measured_cv = (
+        pl.when((checks >= CV_MIN_CHECKS) & (pl.col("gap_mean") > 0))
+        .then(cv)
+        .otherwise(1.0)
+        .fill_null(1.0)
+    )
     distinct_keys = pl.max_horizontal(pl.col("distinct_keys"), pl.lit(1)).cast(pl.Float64)
     return [
         checks.alias("checks"),
@@ -373,12 +392,12 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         pl.col("prior_distinct_ips").fill_null(0).cast(pl.Float64),
         pl.col("route_entropy").fill_null(0.0).clip(lower_bound=0.0),
         pl.col("route_novelty").cast(pl.Float64),
-        pl.when((checks >= CV_MIN_CHECKS) & (pl.col("gap_mean") > 0))
-        .then(cv)
-        .otherwise(1.0)
-        .fill_null(1.0)
-        .alias("interarrival_cv"),
+        measured_cv.alias("interarrival_cv"),
+        ((1.0 - measured_cv) * (checks - 1.0).clip(lower_bound=0.0).sqrt()).alias("regularity"),
         (rate_short / distinct_keys).alias("rate_per_key"),
+        (rate_short / pl.max_horizontal(distinct_keys, "distinct_user_ids")).alias(
+            "rate_per_identity"
+        ),
         (pl.max_horizontal("distinct_keys", "distinct_user_ids") / checks).alias("identity_churn"),
     ]
 

@@ -113,7 +113,8 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
         return result
 
     def save(self, path: str | Path) -> None:
-        """Write the fitted model with its version to ``path`` (joblib)."""
+        """Write the fitted model with its version to ``path`` (joblib).  Loading runs
+        pickle, so the directory must be as trusted as the code."""
         check_is_fitted(self)
         joblib.dump({"format": FILE_FORMAT, "version": self.version_, "model": self}, path)
 
@@ -122,8 +123,8 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
         """The model saved at ``path``; ModelFileError if the file is not one."""
         try:
             payload = joblib.load(path)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ModelFileError(f"cannot read a model from {str(path)!r}: {exc}") from exc
+        except Exception as exc:  # unpickling garbage raises anything from KeyError up
+            raise ModelFileError(f"cannot read a model from {str(path)!r}: {exc!r}") from exc
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
             raise ModelFileError(f"{str(path)!r} is not a format-{FILE_FORMAT} detector file")
         model = payload.get("model")

@@ -7,16 +7,17 @@ Each model feature belongs to a *family* of features that move together:
 - ``routes``: whether it walks routes nobody else uses (enumeration);
 - ``denial``: how hard it presses on its limits (denied share, share at ``remaining == 0``);
 - ``identity``: how often it changes key or user id (a guesser changes with every check);
-- ``rhythm``: how machine-regular its timing is (low inter-arrival CV);
+- ``rhythm``: how machine-regular its timing is (inter-arrival CV below a person's, in
+  standard errors);
 - ``spread``: how many addresses one key or user comes from.
 
 Families matter twice.  The baseline layer asks for agreement between families, so one
-family's extreme value (a heavy but human user) cannot decide alone.  And ``volume`` is
-the family that grows when many honest users share one subject (a NAT address, a
-launch-day crowd): the policy's guard drops it for subjects that are neither denied nor
-fast per key, and never lets volume alone block (see ``detectors.policy``).  The other
-families are ratios and shapes that do not grow with the number of people behind a
-subject.
+family's extreme value (a heavy but human user) cannot decide alone.  And ``volume``,
+``identity`` and ``spread`` are the families that grow when many honest people share one
+subject (a NAT address, an app's key during a launch): the policy's guard sets them to
+the baseline for subjects that are neither denied nor fast per identity, and never lets
+volume alone block (see ``detectors.policy``).  ``routes``, ``denial`` and ``rhythm`` do
+not grow with the number of people behind a subject.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import numpy.typing as npt
 import polars as pl
 
 FAMILIES = ("volume", "routes", "denial", "identity", "rhythm", "spread")
-GUARDED_FAMILIES = ("volume",)
+# what grows when many honest people share one subject: how much it does, how many
+# identities pass through it, from how many addresses
+GUARDED_FAMILIES = ("volume", "identity", "spread")
+# the most a family's z-score counts for: volume is the least specific evidence (heavy
+# honest users exist), so even an extreme rate weighs less than an extreme deny ratio
+FAMILY_CAPS = {"volume": 6.0}
+DEFAULT_CAP = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +60,9 @@ class FeatureSpec:
 
 MODEL_SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec("rate_short", "volume", 1, 1.0, True, "checks/min"),
-    FeatureSpec("growth", "volume", 1, 0.25, True, "growth over its earlier rate"),
+    FeatureSpec("growth", "volume", 1, 0.25, True, "times its earlier rate"),
     FeatureSpec("rate_per_key", "volume", 1, 1.0, True, "checks/min per key"),
+    FeatureSpec("rate_per_identity", "volume", 1, 1.0, True, "checks/min per key or user"),
     FeatureSpec("distinct_keys", "volume", 1, 1.0, True, "distinct keys/min"),
     FeatureSpec("distinct_user_ids", "volume", 1, 1.0, True, "distinct user ids/min"),
     FeatureSpec("distinct_user_agents", "volume", 1, 1.0, True, "distinct user agents/min"),
@@ -68,7 +76,8 @@ MODEL_SPECS: tuple[FeatureSpec, ...] = (
         "zero_remaining_share", "denial", 1, 0.05, False, "checks at remaining 0", percent=True
     ),
     FeatureSpec("identity_churn", "identity", 1, 0.05, False, "new identities per check"),
-    FeatureSpec("interarrival_cv", "rhythm", -1, 0.1, False, "inter-arrival CV"),
+    # a person's regularity is standard normal: its MAD, 0.6745, is the natural floor
+    FeatureSpec("regularity", "rhythm", 1, 0.6745, False, "σ of timer-like regularity"),
     FeatureSpec("distinct_ips", "spread", 1, 1.0, True, "distinct IPs/min"),
     FeatureSpec("distinct_ips_long", "spread", 1, 1.0, True, "distinct IPs/10 min"),
 )
@@ -78,8 +87,10 @@ SPECS = {spec.name: spec for spec in MODEL_SPECS}
 DIRECTIONS = tuple(spec.direction for spec in MODEL_SPECS)
 GROUPS = tuple(FAMILIES.index(spec.family) for spec in MODEL_SPECS)
 MIN_MADS = tuple(spec.min_mad for spec in MODEL_SPECS)
+Z_CAPS = tuple(FAMILY_CAPS.get(spec.family, DEFAULT_CAP) for spec in MODEL_SPECS)
 GUARDED_COLUMNS = np.array([spec.family in GUARDED_FAMILIES for spec in MODEL_SPECS])
-BEHAVIOUR_COLUMNS = ~GUARDED_COLUMNS
+# everything but volume: how a subject behaves rather than how much
+BEHAVIOUR_COLUMNS = np.array([spec.family != "volume" for spec in MODEL_SPECS])
 _LOG_COLUMNS = np.array([spec.log_scale for spec in MODEL_SPECS])
 
 

@@ -1,33 +1,44 @@
 """How the three layers' scores become one verdict per subject.
 
-For each (tenant, scope), every subject active in the last minute is judged once:
+For each (tenant, scope), every subject active in the last minute is judged once
+(threshold 0.8; the numbers below are the ``PolicySettings`` defaults):
 
 1. **Rules decide alone.**  A subject a rule fires for (``detectors.rules``) gets that
    rule's score (0.95-0.99) and the rule's sentence.
-2. **Evidence first.**  The models judge only subjects with at least ``min_checks``
-   decisions in the short window; fewer is not enough to tell a typo from an attack.
+2. **Evidence first.**  The models judge only subjects with at least ``min_checks`` (5)
+   decisions in the short window; fewer cannot tell a typo from an attack.
 3. **The guard.**  A subject whose deny ratio is at most ``guard_deny_ratio`` (25%) *and*
-   whose checks per minute per key are usual (at most ``guard_rate_z`` = 3 robust
-   deviations above the baseline; ``guard_rate_factor`` = 3 times the tenant's median
-   before there is a baseline) is *volume-benign*: its ``volume`` features are set to the
-   baseline before scoring.  A NAT address
-   (hundreds of checks, many keys, each key at a normal pace, nothing denied) and a
-   launch-day crowd of new users are volume-benign; they can only be blocked for being
-   denied, machine-regular or spread over many IPs.
-4. **Agreement or one strong layer.**  With ``b`` the baseline score and ``i`` the
-   isolation score (both in [0, 1]), the score is the largest of
-   ``sqrt(b * i)`` (the two agree), ``b - single_margin`` and ``i - single_margin`` (one
-   layer is sure enough on its own).  With the default threshold 0.8 and margin 0.15, a
-   single layer has to reach 0.95; together, for example 0.9 and 0.72.
+   whose checks per minute per identity (per key behind an address, per user behind a
+   key) are usual (at most ``guard_rate_z`` = 3 robust deviations above the baseline;
+   before there is one, ``guard_rate_factor`` = 3 times the tenant's median) is
+   *volume-benign*: its ``volume``, ``identity`` and ``spread`` features, which all grow
+   with the number of people behind a subject, are set to the baseline before scoring,
+   and the isolation forest cannot decide alone.  A NAT address (hundreds of checks, many
+   keys, each at a person's pace, nothing denied), a launch-day crowd of new users, and
+   an app key those users share are volume-benign: they can only be blocked for being
+   denied, machine-regular or on routes nobody else uses, never for how many they are.
+4. **Agreement or one sure layer.**  With ``b`` the baseline score and ``i`` the
+   isolation score (both in [0, 1]) the score is the largest of
+
+   - ``sqrt(b * i)``: the two layers agree (0.9 and 0.72 make 0.8);
+   - ``b - baseline_margin`` (0.1): the baseline alone, which needs 0.9, that is two
+     feature families far out together (``detectors.baseline``);
+   - ``i - isolation_margin`` (0.15): the forest alone, which needs 0.95, and only for a
+     subject that is not volume-benign and deviates by ``behaviour_z`` (3) or more in some
+     family other than volume: volume alone is the limiter's business, not a block.
+
 5. **Cold start.**  No baseline until the tenant has ``min_baseline_rows`` rows of
-   history for the scope, no isolation score until it has the registry's ``min_history``
-   (``detectors.registry``); a missing layer drops out of step 4, so during cold start
-   only rules and a very sure single layer can block.
+   history for the scope, no isolation score until the registry's ``min_history``
+   (``detectors.registry``); a missing layer drops out of step 4, so in cold start only
+   rules and a sure baseline block.
+6. **Learning.**  Only rows with enough evidence that were neither flagged nor doubtful
+   (baseline score under ``learn_below``, 0.5) are handed back as normal history, so an
+   attack the models are not yet sure of cannot teach them that it is ordinary.
 
 A verdict's ``detector`` names the layer that set its score (``rules``, ``baseline``,
-``isolation_forest`` or ``baseline+isolation_forest``) and its ``detector_version`` the
-versions involved; its signals are the features that deviated most from the baseline, with
-their values and the baseline's medians.
+``isolation_forest`` or ``baseline+isolation_forest``), ``detector_version`` the versions
+involved, and its signals the features that deviated most from the baseline (the strongest
+of each family first), with their values and the baseline's medians.
 """
 
 from __future__ import annotations
@@ -56,26 +67,30 @@ from detectors.verdict import Signal, Verdict
 POLICY_VERSION = "policy-1"
 Matrix = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
-_RATE_PER_KEY = MODEL_FEATURES.index("rate_per_key")
+_PACE = MODEL_FEATURES.index("rate_per_identity")
 
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
     threshold: float = 0.8
-    single_margin: float = 0.15
+    baseline_margin: float = 0.1
+    isolation_margin: float = 0.15
     min_checks: int = 5
     guard_deny_ratio: float = 0.25
     guard_rate_z: float = 3.0
     guard_rate_factor: float = 3.0
     behaviour_z: float = 3.0
+    learn_below: float = 0.5
     top_signals: int = 4
     rules: RuleThresholds = field(default_factory=RuleThresholds)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
-        if not 0.0 <= self.single_margin < self.threshold:
-            raise ValueError(f"single_margin must be in [0, threshold), got {self.single_margin!r}")
+        for name in ("baseline_margin", "isolation_margin"):
+            margin = getattr(self, name)
+            if not 0.0 <= margin < self.threshold:
+                raise ValueError(f"{name} must be in [0, threshold), got {margin!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +99,7 @@ class Judgement:
 
     verdicts: list[Verdict]
     matrix: Matrix  # model_matrix of every row
-    normal: Mask  # rows with enough evidence that neither a rule nor a model flagged
+    normal: Mask  # rows with enough evidence that nothing flagged or found doubtful
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,7 @@ class _Scores:
     baseline: Matrix  # NaN where the layer did not score
     isolation: Matrix
     contributions: Matrix | None
+    checks: Matrix
 
 
 class DetectionPolicy:
@@ -111,9 +127,11 @@ class DetectionPolicy:
         *,
         include_all: bool = False,
         window_seconds: int = 60,
+        long_window_seconds: int = 600,
     ) -> Judgement:
         """Verdicts for the rows of ``features`` (one tenant and scope, ``subject_features``
-        columns): the warranted ones, or with ``include_all`` one per row."""
+        columns): the warranted ones, or with ``include_all`` one per row.  The window
+        lengths only label the verdicts (rules on IP spread look at the long one)."""
         s = self.settings
         matrix = model_matrix(features)
         evidence = features["checks"].to_numpy() >= s.min_checks
@@ -135,14 +153,18 @@ class DetectionPolicy:
             )
             hit = hits.get(row)
             if hit is not None:
-                verdicts.append(_rule_verdict(hit, window_seconds, **base))
+                seconds = long_window_seconds if hit.rule == "key_spread" else window_seconds
+                verdicts.append(_rule_verdict(hit, seconds, **base))
             else:
                 verdicts.append(
                     self._model_verdict(
                         row, matrix, scores, baseline, isolation, window_seconds, **base
                     )
                 )
-        return Judgement(verdicts, matrix, evidence & ~warranted & ~ruled)
+        # learn only from what looks normal: an attack the models are not yet sure of must
+        # not become history that teaches the forest it is ordinary
+        doubtful = np.nan_to_num(scores.baseline, nan=0.0) >= s.learn_below
+        return Judgement(verdicts, matrix, evidence & ~warranted & ~ruled & ~doubtful)
 
     def _scores(
         self,
@@ -158,13 +180,13 @@ class DetectionPolicy:
         i = np.full(n, np.nan)
         contributions = None
         if baseline is not None:
-            k = _RATE_PER_KEY
+            k = _PACE
             usual = baseline.median_[k] + s.guard_rate_z * MAD_TO_SIGMA * baseline.mad_[k]
         else:
-            median = features["tenant_median_rate_per_key"].to_numpy()
+            median = features["tenant_median_rate_per_identity"].to_numpy()
             usual = s.guard_rate_factor * np.maximum(median, 1.0)
         guarded = (features["deny_ratio"].to_numpy() <= s.guard_deny_ratio) & (
-            matrix[:, _RATE_PER_KEY] <= usual
+            matrix[:, _PACE] <= usual
         )
         # the forest may decide alone only on a subject unusual in more than volume
         behaves_oddly = np.zeros(n, dtype=bool)
@@ -182,8 +204,8 @@ class DetectionPolicy:
         options = np.stack(
             [
                 np.sqrt(b * i),
-                b - s.single_margin,
-                np.where(behaves_oddly, i - s.single_margin, np.nan),
+                b - s.baseline_margin,
+                np.where(behaves_oddly & ~guarded, i - s.isolation_margin, np.nan),
             ]
         )
         names = np.array(["baseline+isolation_forest", "baseline", "isolation_forest"])
@@ -192,7 +214,8 @@ class DetectionPolicy:
         score = np.clip(filled.max(axis=0), 0.0, 1.0)
         score = np.where(evidence, score, 0.0)
         layer = np.where(np.isfinite(filled.max(axis=0)), names[best], "none")
-        return _Scores(score, layer, b, i, contributions)
+        checks = features["checks"].to_numpy()
+        return _Scores(score, layer, b, i, contributions, checks)
 
     def _model_verdict(
         self,
@@ -212,7 +235,7 @@ class DetectionPolicy:
         if isolation is not None and "isolation" in layer:
             versions.append(isolation.version_)
         score = float(scores.score[row])
-        reasons = [_headline(layer, score, b, i, self.settings)]
+        reasons = [_headline(layer, score, b, i, self.settings, int(scores.checks[row]))]
         signals: tuple[Signal, ...] = ()
         if baseline is not None and scores.contributions is not None:
             signals, sentences = _signals(
@@ -235,29 +258,42 @@ def _rule_verdict(hit: RuleHit, window_seconds: int, **base: object) -> Verdict:
         score=hit.score,
         detector="rules",
         detector_version=f"{POLICY_VERSION}/{RULES_VERSION}:{hit.rule}",
-        window_seconds=600 if hit.rule == "key_spread" else window_seconds,
+        window_seconds=window_seconds,
         reasons=(hit.reason,),
         signals=hit.signals,
         **base,  # type: ignore[arg-type]
     )
 
 
-def _headline(layer: str, score: float, b: float, i: float, s: PolicySettings) -> str:
+def _headline(layer: str, score: float, b: float, i: float, s: PolicySettings, checks: int) -> str:
     if layer == "baseline+isolation_forest":
         how = f"baseline score {b:.2f} and isolation-forest score {i:.2f} agree"
     elif layer == "baseline":
-        how = f"baseline score {b:.2f} on its own (less the {s.single_margin:.2f} margin)"
+        how = f"baseline score {b:.2f} on its own (less the {s.baseline_margin:.2f} margin)"
     elif layer == "isolation_forest":
-        how = f"isolation-forest score {i:.2f} on its own (less the {s.single_margin:.2f} margin)"
+        how = (
+            f"isolation-forest score {i:.2f} on its own (less the {s.isolation_margin:.2f} margin)"
+        )
+    elif checks < s.min_checks:
+        how = f"{checks} checks in the window, fewer than the {s.min_checks} a model needs"
     else:
-        how = "no model has enough history or evidence yet"
+        how = "no model has enough history for this tenant yet (cold start)"
     return f"score {score:.2f} against threshold {s.threshold:.2f}: {how}"
 
 
 def _signals(
     values: Matrix, contributions: Matrix, baseline: RobustBaseline, top: int
 ) -> tuple[tuple[Signal, ...], list[str]]:
-    order = [j for j in np.argsort(-contributions, kind="stable")[:top] if contributions[j] > 0]
+    # the strongest feature of each family first: "fast, regular and on unknown routes"
+    # explains more than three ways of saying "fast"
+    ranked = [j for j in np.argsort(-contributions, kind="stable") if contributions[j] > 0]
+    leaders: list[int] = []
+    families: set[str] = set()
+    for j in ranked:
+        if MODEL_SPECS[j].family not in families:
+            families.add(MODEL_SPECS[j].family)
+            leaders.append(j)
+    order = (leaders + [j for j in ranked if j not in leaders])[:top]
     total = float(sum(contributions[j] for j in order)) or 1.0
     signals, sentences = [], []
     for j in order:

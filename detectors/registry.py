@@ -7,8 +7,8 @@ evaluation.  A model is (re)trained when:
   in cold start and the policy works without an isolation score);
 - it is older than ``retrain_every_ms`` (default ten minutes), so it follows the tenant's
   day; or
-- the history has grown by as many rows as the model was trained on (it doubled), so a
-  young model trained on a thin history is replaced quickly.
+- the history has grown by as many rows as the model was trained on (it doubled) while it
+  was still filling up, so a young model trained on a thin history is replaced quickly.
 
 Each (tenant, scope) keeps at most ``max_history`` rows, the newest.  With a ``directory``,
 every trained model is saved there (joblib, with its version) and a registry started on
@@ -101,10 +101,12 @@ class ModelRegistry:
         if history is None or self.history_rows(tenant, scope) < self._min_history:
             return False
         current = self.model(tenant, scope)
+        # growth only matters while the history fills up; once full, the schedule rules
+        still_filling = current is not None and current.n_samples_fit_ < self._max_history
         return (
             current is None
             or now_ms - current.trained_at_ms_ >= self._retrain_every_ms
-            or history.added_since_fit >= current.n_samples_fit_
+            or (still_filling and history.added_since_fit >= current.n_samples_fit_)
         )
 
     def refresh(self, tenant: str, scope: Scope, now_ms: int) -> IsolationDetector | None:

@@ -6,16 +6,15 @@ with many keys, but almost none of them are denied; a mobile app's shared key al
 from many IPs, but it did so before too.  A rule that fires decides alone (see
 ``detectors.policy``).
 
-=====================  =====  ==========================================================
-rule                   scope  fires when (defaults in ``RuleThresholds``)
-=====================  =====  ==========================================================
-``burst``              ip     > 600 checks/min and > 50% of them denied
-``key_enumeration``    ip     >= 10 distinct keys in a minute and > 60% denied
-``credential_stuffing`` ip    >= 10 distinct user ids in a minute and > 60% denied
-``key_spread``         key    >= 20 distinct IPs over 10 minutes while the key's own
-                              earlier IP count (or, for a new key, the tenant's median)
-                              is at most 2
-=====================  =====  ==========================================================
+=======================  =====  ========================================================
+rule                     scope  fires when (defaults in ``RuleThresholds``)
+=======================  =====  ========================================================
+``burst``                ip     > 600 checks/min and > 50% of them denied
+``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied
+``credential_stuffing``  ip     >= 10 distinct user ids in a minute and > 60% denied
+``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
+                                last minute the same key came from 1 or 2 IPs
+=======================  =====  ========================================================
 """
 
 from __future__ import annotations
@@ -70,11 +69,9 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     t = thresholds
     ip = pl.col("scope") == "ip"
     denied = pl.col("deny_ratio")
-    own_ips = (
-        pl.when(pl.col("prior_distinct_ips") > 0)
-        .then(pl.col("prior_distinct_ips"))
-        .otherwise(pl.col("tenant_median_distinct_ips_long"))
-    )
+    # a key's own history, not the tenant's: a brand-new key shared by a launch crowd has
+    # none, and is left to the models, which compare it with the tenant's keys
+    own_ips = pl.col("prior_distinct_ips")
     conditions = {
         "burst": ip & (pl.col("rate_short") > t.burst_rate) & (denied > t.burst_deny_ratio),
         "key_enumeration": ip
@@ -85,6 +82,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         & (denied > t.many_subjects_deny_ratio),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
+        & (own_ips >= 1)
         & (own_ips <= t.spread_baseline_max),
     }
     flagged = (

@@ -16,66 +16,18 @@ Attacks: ``credential_stuffing``, ``leaked_key``, ``distributed_scraping``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from detectors.features import FRAME_SCHEMA, MINUTE_MS
+from detectors import synthetic
+from detectors.features import MINUTE_MS
+from detectors.synthetic import BOT_AGENT, USER_AGENTS, Ints
 from detectors.verdict import Scope
 
-Ints = npt.NDArray[np.int64]
 Subjects = frozenset[tuple[Scope, str]]
-
-ROUTES = (
-    "/api/home",
-    "/api/search",
-    "/api/products",
-    "/api/cart",
-    "/api/me",
-    "/api/orders",
-    "/api/products/featured",
-    "/api/recommendations",
-    "/api/notifications",
-    "/api/categories",
-    "/api/checkout",
-    "/api/wishlist",
-    "/api/reviews",
-    "/api/settings",
-    "/api/addresses",
-    "/api/payments",
-    "/api/support",
-    "/api/returns",
-    "/api/stores",
-    "/api/coupons",
-    "/api/login",
-    "/api/logout",
-    "/api/feed",
-    "/api/help",
-)
-_ROUTE_WEIGHTS = 1.0 / np.arange(1, len(ROUTES) + 1) ** 1.1
-_ROUTE_WEIGHTS /= _ROUTE_WEIGHTS.sum()
-USER_AGENTS = tuple(
-    f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko) {browser}"
-    for system in (
-        "Windows NT 10.0; Win64; x64",
-        "Macintosh; Intel Mac OS X 10_15_7",
-        "X11; Linux x86_64",
-        "iPhone; CPU iPhone OS 17_4 like Mac OS X",
-        "Linux; Android 14; Pixel 8",
-    )
-    for browser in (
-        "Chrome/124.0.0.0 Safari/537.36",
-        "Chrome/123.0.0.0 Safari/537.36",
-        "Version/17.4 Safari/605.1.15",
-        "Firefox/125.0",
-        "Edg/124.0.2478.51",
-        "SamsungBrowser/24.0",
-    )
-)
-BOT_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0.0.0 Safari/537.36"
 
 
 @dataclass(frozen=True)
@@ -117,9 +69,11 @@ def steady_users(
 ) -> Traffic:
     """``users`` humans active throughout, at lognormal rates (median 3/min); about 8% of
     them share their household's IP with another."""
-    people = _people(rng, users, tag, ip_prefix=10, rate_median=rate_median, sigma=rate_sigma)
+    people = synthetic.people(
+        rng, users, tag, ip_prefix=10, rate_median=rate_median, sigma=rate_sigma
+    )
     people = people.with_columns(start=pl.lit(start_ms), end=pl.lit(end_ms))
-    frame = _human_events(rng, tenant, people)
+    frame = synthetic.human_events(rng, tenant, people)
     return Traffic("steady_users", frame, start_ms, legit=subjects_of(frame))
 
 
@@ -135,7 +89,7 @@ def diurnal_ramp(
 ) -> Traffic:
     """Morning: users arrive over the first 70% of the period and everyone's pace rises
     linearly from ``low`` to ``high`` times their usual rate."""
-    people = _people(rng, users, "d", ip_prefix=11, rate_median=3.0, sigma=0.8)
+    people = synthetic.people(rng, users, "d", ip_prefix=11, rate_median=3.0, sigma=0.8)
     span = end_ms - start_ms
     starts = start_ms + (rng.random(users) * 0.7 * span).astype(np.int64)
     people = people.with_columns(start=pl.Series(starts), end=pl.lit(end_ms))
@@ -144,7 +98,7 @@ def diurnal_ramp(
         return (low + (high - low) * (ts - start_ms) / span) / high
 
     people = people.with_columns(pl.col("rate") * high)
-    frame = _human_events(rng, tenant, people, thinning=pace)
+    frame = synthetic.human_events(rng, tenant, people, thinning=pace)
     return Traffic("diurnal_ramp", frame, start_ms, legit=subjects_of(frame))
 
 
@@ -159,10 +113,12 @@ def flash_crowd(
 ) -> Traffic:
     """A launch: ``users`` new people, each with their own IP, arrive within
     ``arrival_ms`` and browse normally (a few checks a minute, mostly the launch routes)."""
-    people = _people(rng, users, "fc", ip_prefix=172, rate_median=3.0, sigma=0.6, shared=0.0)
+    people = synthetic.people(
+        rng, users, "fc", ip_prefix=172, rate_median=3.0, sigma=0.6, shared=0.0
+    )
     starts = onset_ms + (rng.random(users) * arrival_ms).astype(np.int64)
     people = people.with_columns(start=pl.Series(starts), end=pl.lit(onset_ms + duration_ms))
-    frame = _human_events(rng, tenant, people)
+    frame = synthetic.human_events(rng, tenant, people)
     return Traffic("flash_crowd", frame, onset_ms, legit=subjects_of(frame))
 
 
@@ -177,11 +133,11 @@ def nat_customer(
 ) -> Traffic:
     """A big customer behind one NAT address starts sending: ``users`` people with their
     own keys and browsers, ~800 checks/min in total from one IP, each key normal."""
-    people = _people(rng, users, "nat", ip_prefix=203, rate_median=4.0, sigma=0.5)
+    people = synthetic.people(rng, users, "nat", ip_prefix=203, rate_median=4.0, sigma=0.5)
     people = people.with_columns(
         ip=pl.lit(ip), start=pl.lit(onset_ms), end=pl.lit(onset_ms + duration_ms)
     )
-    frame = _human_events(rng, tenant, people)
+    frame = synthetic.human_events(rng, tenant, people)
     return Traffic("nat_customer", frame, onset_ms, legit=subjects_of(frame))
 
 
@@ -209,15 +165,15 @@ def credential_stuffing(
     starts = onset_ms + np.repeat(np.arange(cohorts) * cohort_every_ms, cohort_size)
     starts = starts + (rng.random(n) * 2_000).astype(np.int64)
     lives = (20_000 + rng.random(n) * 10_000).astype(np.int64)
-    owner, ts = _poisson(rng, np.full(n, rate_per_min), starts, starts + lives)
-    ips = _ips(181, n)
+    owner, ts = synthetic.poisson(rng, np.full(n, rate_per_min), starts, starts + lives)
+    ips = synthetic.ips(181, n)
     size = len(ts)
     real = rng.random(size) < 0.3
     pool = np.array(victims or ["nobody"], dtype=object)
     invented = np.char.add("guess-", rng.integers(0, 10**9, size).astype(str))
     user_ids = np.where(real, pool[rng.integers(0, len(pool), size)], invented).astype(str)
     denied = rng.random(size) < deny_ratio
-    frame = _frame(
+    frame = synthetic.frame(
         tenant,
         ts,
         key=np.char.add("login:", user_ids),
@@ -246,27 +202,29 @@ def leaked_key(
     """A server key used from one office IP since ``start_ms``; from ``onset_ms`` it is
     also used from ``ips`` addresses around the world, each at a human pace."""
     key = "srv-key-leaked"
-    owner_n, owner_ts = _poisson(
+    owner_n, owner_ts = synthetic.poisson(
         rng, np.array([6.0]), np.array([start_ms]), np.array([onset_ms + duration_ms])
     )
     starts = onset_ms + (rng.random(ips) * 20_000).astype(np.int64)
-    thief, thief_ts = _poisson(
+    thief, thief_ts = synthetic.poisson(
         rng, np.full(ips, rate_per_min), starts, np.full(ips, onset_ms + duration_ms)
     )
-    addresses = np.concatenate([np.full(len(owner_ts), "198.18.0.1"), _ips(45, ips)[thief]])
+    addresses = np.concatenate(
+        [np.full(len(owner_ts), "198.18.0.1"), synthetic.ips(45, ips)[thief]]
+    )
     ts = np.concatenate([owner_ts, thief_ts])
     size = len(ts)
     agents = np.array(["curl/8.4.0", "python-httpx/0.27.0", "Go-http-client/2.0"])
     user_agent = np.concatenate(
         [np.full(owner_n.shape[0], "acme-backend/3.2"), agents[rng.integers(0, 3, thief.shape[0])]]
     )
-    frame = _frame(
+    frame = synthetic.frame(
         tenant,
         ts,
         key=np.full(size, key),
         ip=addresses,
         user_id=np.full(size, None),
-        route=_routes(rng, size),
+        route=synthetic.routes(rng, size),
         user_agent=user_agent,
         allowed=np.ones(size, dtype=bool),
         remaining=np.full(size, 500),
@@ -294,16 +252,18 @@ def distributed_scraping(
     """``ips`` addresses, each with its own account, walking the product catalogue in
     order on a timer (± ``jitter``), all with the same browser string."""
     starts = onset_ms + (rng.random(ips) * 5_000).astype(np.int64)
-    owner, ts, step = _periodic(rng, ips, rate_per_min, jitter, starts, onset_ms + duration_ms)
+    owner, ts, step = synthetic.periodic(
+        rng, ips, rate_per_min, jitter, starts, onset_ms + duration_ms
+    )
     size = len(ts)
-    addresses = _ips(91, ips)
-    routes = _named("/api/products/", owner * 100_000 + step)
-    frame = _frame(
+    addresses = synthetic.ips(91, ips)
+    routes = synthetic.named("/api/products/", owner * 100_000 + step)
+    frame = synthetic.frame(
         tenant,
         ts,
-        key=_named("scr-key-", owner),
+        key=synthetic.named("scr-key-", owner),
         ip=addresses[owner],
-        user_id=_named("scr-user-", owner),
+        user_id=synthetic.named("scr-user-", owner),
         route=routes,
         user_agent=np.full(size, BOT_AGENT),
         allowed=np.ones(size, dtype=bool),
@@ -325,11 +285,11 @@ def single_ip_burst(
 ) -> Traffic:
     """One address hammering one route at ``rate_per_sec`` against a limit of ``limit``
     per minute: most of it denied."""
-    _, ts = _poisson(
+    _, ts = synthetic.poisson(
         rng, np.array([rate_per_sec * 60]), np.array([onset_ms]), np.array([onset_ms + duration_ms])
     )
     size = len(ts)
-    frame = _frame(
+    frame = synthetic.frame(
         tenant,
         ts,
         key=np.full(size, "burst-key"),
@@ -341,7 +301,7 @@ def single_ip_burst(
         remaining=np.zeros(size, dtype=np.int64),
         reason=np.full(size, "ok"),
     )
-    frame = _fixed_window(frame, limit)
+    frame = synthetic.fixed_window(frame, limit)
     return Traffic("single_ip_burst", frame, onset_ms, attackers=frozenset({("ip", "66.249.1.1")}))
 
 
@@ -355,7 +315,7 @@ def key_enumeration(
     duration_ms: int = MINUTE_MS,
 ) -> Traffic:
     """One address presenting a new guessed key on every check; 5% are real keys."""
-    _, ts = _poisson(
+    _, ts = synthetic.poisson(
         rng, np.array([rate_per_sec * 60]), np.array([onset_ms]), np.array([onset_ms + duration_ms])
     )
     size = len(ts)
@@ -363,7 +323,7 @@ def key_enumeration(
     pool = np.array(real_keys or ["none"], dtype=object)
     guessed = np.char.add("rk_", rng.integers(0, 16**10, size).astype(str))
     keys = np.where(hit, pool[rng.integers(0, len(pool), size)], guessed).astype(str)
-    frame = _frame(
+    frame = synthetic.frame(
         tenant,
         ts,
         key=keys,
@@ -392,10 +352,10 @@ def low_and_slow(
     """Accounts that browsed like humans (4/min) since ``start_ms`` and from ``onset_ms``
     run a timer just under their token-bucket limit: allowed, but at ``remaining == 0``."""
     end = onset_ms + duration_ms
-    owner_a, ts_a = _poisson(
+    owner_a, ts_a = synthetic.poisson(
         rng, np.full(subjects, 4.0), np.full(subjects, start_ms), np.full(subjects, onset_ms)
     )
-    owner_b, ts_b, _ = _periodic(
+    owner_b, ts_b, _ = synthetic.periodic(
         rng, subjects, rate_per_min, jitter, np.full(subjects, onset_ms), end
     )
     owner = np.concatenate([owner_a, owner_b])
@@ -404,15 +364,17 @@ def low_and_slow(
     attacking = np.concatenate([np.zeros(ts_a.shape[0], bool), np.ones(ts_b.shape[0], bool)])
     at_zero = attacking & (rng.random(size) < 0.9)
     denied = attacking & (rng.random(size) < 0.03)
-    ips, keys = _ips(88, subjects), np.char.add("ls-key-", np.arange(subjects).astype(str))
-    frame = _frame(
+    ips, keys = synthetic.ips(88, subjects), np.char.add("ls-key-", np.arange(subjects).astype(str))
+    frame = synthetic.frame(
         tenant,
         ts,
         key=keys[owner],
         ip=ips[owner],
         user_id=np.char.add("ls-user-", owner.astype(str)),
         route=pl.select(
-            pl.when(pl.Series(attacking)).then(pl.lit("/api/search")).otherwise(_routes(rng, size))
+            pl.when(pl.Series(attacking))
+            .then(pl.lit("/api/search"))
+            .otherwise(synthetic.routes(rng, size))
         ).to_series(),
         user_agent=np.full(size, USER_AGENTS[0]),
         allowed=~denied,
@@ -423,138 +385,3 @@ def low_and_slow(
         [("ip", ip) for ip in ips.tolist()] + [("key", k) for k in keys.tolist()]
     )
     return Traffic("low_and_slow", frame, onset_ms, attackers=attackers)
-
-
-# --- building blocks -----------------------------------------------------------------------
-
-
-def _people(
-    rng: np.random.Generator,
-    n: int,
-    tag: str,
-    *,
-    ip_prefix: int,
-    rate_median: float,
-    sigma: float,
-    shared: float = 0.08,
-) -> pl.DataFrame:
-    """One row per person: key, ip, user_id, user_agent, rate (checks/min)."""
-    ip_index = np.arange(n)
-    sharing = rng.random(n) < shared
-    ip_index[sharing] = rng.integers(0, n, int(sharing.sum()))  # joins another household
-    index = np.arange(n)
-    return pl.DataFrame(
-        {
-            "key": _named(f"{tag}-key-", index),
-            "ip": _ips(ip_prefix, n)[ip_index],
-            "user_id": _named(f"{tag}-user-", index),
-            "user_agent": pl.Series(USER_AGENTS).gather(rng.integers(0, len(USER_AGENTS), n)),
-            # "a few checks a minute": lognormal, but no person keeps up one every 2 s
-            "rate": np.minimum(rate_median * np.exp(sigma * rng.standard_normal(n)), 30.0),
-        }
-    )
-
-
-def _human_events(
-    rng: np.random.Generator,
-    tenant: str,
-    people: pl.DataFrame,
-    *,
-    thinning: Callable[[Ints], npt.NDArray[np.float64]] | None = None,
-    limit: int = 60,
-) -> pl.DataFrame:
-    """Poisson arrivals for each person between their ``start`` and ``end``, routes from
-    the catalogue, a fixed-window limit of ``limit`` per key per minute, and a rare
-    spurious denial (a retry storm of one page)."""
-    owner, ts = _poisson(
-        rng,
-        people["rate"].to_numpy(),
-        people["start"].to_numpy(),
-        people["end"].to_numpy(),
-    )
-    if thinning is not None:
-        keep = rng.random(ts.shape[0]) < thinning(ts)
-        owner, ts = owner[keep], ts[keep]
-    size = len(ts)
-    who = people.select("key", "ip", "user_id", "user_agent")[owner]
-    frame = who.with_columns(
-        ts=pl.Series(ts),
-        tenant=pl.lit(tenant),
-        route=pl.Series(_routes(rng, size)),
-        allowed=pl.lit(True),
-        remaining=pl.lit(0, dtype=pl.Int64),
-        reason=pl.lit("ok"),
-    )
-    frame = _fixed_window(frame.select(*FRAME_SCHEMA), limit)
-    spurious = pl.Series(rng.random(size) < 0.003)
-    return frame.with_columns(
-        allowed=pl.col("allowed") & ~spurious,
-        reason=pl.when(spurious).then(pl.lit("limit")).otherwise(pl.col("reason")),
-    )
-
-
-def _fixed_window(frame: pl.DataFrame, limit: int) -> pl.DataFrame:
-    """Allowed/remaining as a fixed one-minute window of ``limit`` per key decides them."""
-    frame = frame.sort("ts")
-    used = pl.int_range(pl.len()).over("key", pl.col("ts") // MINUTE_MS) + 1
-    return frame.with_columns(
-        allowed=used <= limit,
-        remaining=pl.max_horizontal(pl.lit(limit) - used, pl.lit(0)).cast(pl.Int64),
-        reason=pl.when(used <= limit).then(pl.lit("ok")).otherwise(pl.lit("limit")),
-    )
-
-
-def _poisson(
-    rng: np.random.Generator, rates: npt.NDArray[np.float64], starts: Ints, ends: Ints
-) -> tuple[Ints, Ints]:
-    """Arrivals of independent Poisson processes: (owner index, ts) per arrival."""
-    spans = np.maximum(np.asarray(ends) - np.asarray(starts), 0)
-    counts = rng.poisson(np.asarray(rates) / MINUTE_MS * spans)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    ts = np.asarray(starts)[owner] + (rng.random(owner.shape[0]) * spans[owner]).astype(np.int64)
-    return owner.astype(np.int64), ts.astype(np.int64)
-
-
-def _periodic(
-    rng: np.random.Generator, n: int, rate_per_min: float, jitter: float, starts: Ints, end: int
-) -> tuple[Ints, Ints, Ints]:
-    """Timer-driven arrivals with ± ``jitter`` relative noise: (owner, ts, step number)."""
-    period = MINUTE_MS / rate_per_min
-    steps = int((end - int(np.min(starts))) / period) + 1
-    gaps = period * (1.0 + jitter * rng.standard_normal((n, steps)))
-    times = np.asarray(starts)[:, None] + np.cumsum(np.maximum(gaps, 1.0), axis=1).astype(np.int64)
-    owner, step = np.nonzero(times < end)
-    return owner.astype(np.int64), times[owner, step], step.astype(np.int64)
-
-
-def _routes(rng: np.random.Generator, size: int) -> pl.Series:
-    # gathered in polars: a numpy array of millions of route strings would be huge
-    return pl.Series(ROUTES).gather(rng.choice(len(ROUTES), size=size, p=_ROUTE_WEIGHTS))
-
-
-def _named(prefix: str, numbers: npt.NDArray[np.integer]) -> npt.NDArray[np.str_]:
-    return np.char.add(prefix, numbers.astype(str))
-
-
-def _ips(first_octet: int, n: int) -> npt.NDArray[np.str_]:
-    index = np.arange(n)
-    address = np.char.add(_named(f"{first_octet}.", index // 65536 % 256), ".")
-    address = np.char.add(np.char.add(address, (index // 256 % 256).astype(str)), ".")
-    return np.char.add(address, (index % 256 + 1).astype(str))
-
-
-Column = npt.NDArray[np.generic] | pl.Series
-
-
-def _frame(tenant: str, ts: Ints, **columns: Column) -> pl.DataFrame:
-    data: dict[str, pl.Series] = {
-        "ts": pl.Series(ts, dtype=pl.Int64),
-        "tenant": pl.repeat(tenant, len(ts), eager=True),
-    }
-    for name, values in columns.items():
-        if isinstance(values, pl.Series):
-            data[name] = values.alias(name)
-        else:
-            data[name] = pl.Series(name, values.tolist() if values.dtype == object else values)
-    frame = pl.DataFrame(data)
-    return frame.select(pl.col(n).cast(dtype) for n, dtype in FRAME_SCHEMA.items()).sort("ts")
