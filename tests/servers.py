@@ -133,6 +133,26 @@ class RatewatchProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> RatewatchProcess:
+        """Launch, then wait until /health answers 200."""
+        self.launch()
+
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"ratewatch {self.args[0]} exited with "
+                    f"{self.process.returncode}; log: {self.log()}"
+                )
+            try:
+                return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout, f"ratewatch {self.args[0]} on port {self.port}", 0.1)
+        return self
+
+    def launch(self) -> RatewatchProcess:
+        """Start the process without waiting for it (for commands that serve no HTTP)."""
         if self.log_path is not None:
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
@@ -150,20 +170,6 @@ class RatewatchProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
             )
-
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"ratewatch {self.args[0]} exited with "
-                    f"{self.process.returncode}; log: {self.log()}"
-                )
-            try:
-                return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout, f"ratewatch {self.args[0]} on port {self.port}", 0.1)
         return self
 
     def log(self) -> str:

@@ -1,0 +1,78 @@
+"""``ratewatch detect`` in the distributed deployment: a real `ratewatch serve --kafka`
+streams decisions to the tansu broker, `ratewatch detect` reads them as a consumer group
+and blocks a burst in the limiter's Redis, which the limiter then enforces."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+
+from stream.events import DECISIONS_TOPIC
+from tests.conftest import KEY_SECRET, create_key
+from tests.kafka import KafkaBroker, create_topic
+from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
+from tests.test_detection_e2e import Traffic, background_users, burst_checks, check_from
+
+pytestmark = pytest.mark.timeout(240)
+
+PREFIX = "rwdetect"
+
+
+@pytest.fixture
+def distributed(
+    kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[RatewatchProcess]:
+    with contextlib.suppress(TopicAlreadyExistsError):
+        asyncio.run(create_topic(kafka_broker.bootstrap, DECISIONS_TOPIC))
+    common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--kafka"]
+    env = {"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()}
+    port = free_port()
+    limiter = RatewatchProcess(
+        ["serve", "--port", str(port), "--data-dir", str(tmp_path / "serve"), *common,
+         kafka_broker.bootstrap],
+        port,
+        env=env,
+        log_path=tmp_path / "serve.log",
+    ).start()  # fmt: skip
+    log = tmp_path / "detect.log"
+    detector = RatewatchProcess(
+        ["detect", "--data-dir", str(tmp_path / "detect"), "--interval", "1", *common,
+         kafka_broker.bootstrap],
+        port,  # serves no HTTP: ready when it says it consumes
+        env=env,
+        log_path=log,
+    )  # fmt: skip
+    detector.launch()
+    wait_until(
+        lambda: "detecting abuse in" in log.read_text(errors="replace"),
+        60,
+        "ratewatch detect to join its group",
+        0.2,
+    )
+    yield limiter
+    detector.stop()
+    limiter.stop()
+
+
+def test_detect_blocks_a_burst_read_from_kafka(
+    distributed: RatewatchProcess, redis_server: RedisServer, tenant: str
+) -> None:
+    key = create_key(redis_server.url, tenant, admin=True, prefix=PREFIX)
+    attacker = "203.0.113.99"
+    with httpx.Client(
+        base_url=distributed.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+
+        def blocked() -> bool:
+            blocks = client.get("/v1/blocks").json()["blocks"]
+            return any(b["value"] == attacker and b["source"] == "detector" for b in blocks)
+
+        with Traffic(client, background_users(20) + burst_checks(attacker, 200)):
+            wait_until(blocked, 90, f"a detector block of {attacker}", 0.5)
+        assert check_from(client, attacker)["reason"] == "blocked"
