@@ -35,8 +35,9 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
 ``route_entropy``
     Shannon entropy of the routes in bits (0 for one route).
 ``route_novelty``
-    share of the decisions on routes that no other IP of the tenant used in the short
-    window: near 0 for people browsing the same application, near 1 for a crawler walking
+    share of the decisions on routes that no other caller (IP and key) of the tenant used
+    in the short window: near 0 for people browsing the same application (also the users
+    behind one NAT address, who are many callers), near 1 for a crawler walking
     ``/products/1``, ``/products/2``, …
 ``interarrival_cv``
     standard deviation over mean of the gaps between decisions: about 1 for human
@@ -249,7 +250,9 @@ def _mark_novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
     popularity = (
         recent.filter(pl.col("route_hash").is_not_null())
         .group_by(keys)
-        .agg(pl.col("ip_hash").n_unique().alias("_route_ips"))
+        # a caller is an address with a key: the people behind one NAT address are many
+        # callers, and the routes only they use are their application's, not a crawl
+        .agg(pl.struct("ip_hash", "key_hash").n_unique().alias("_route_ips"))
     )
     return recent.join(popularity, on=keys, how="left").select(
         pl.exclude("_route_ips"), (pl.col("_route_ips") <= 1).fill_null(False).alias("_novel")

@@ -68,8 +68,10 @@ MODEL_SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec("distinct_user_agents", "volume", 1, 1.0, True, "distinct user agents/min"),
     FeatureSpec("distinct_routes", "volume", 1, 1.0, True, "distinct routes/min"),
     FeatureSpec("route_entropy", "volume", 1, 0.25, False, "bits of route entropy"),
+    # a person opening records of their own (/invoices/3251) has a share of their checks on
+    # routes nobody else used by chance; a crawler has nearly all of them there
     FeatureSpec(
-        "route_novelty", "routes", 1, 0.05, False, "on routes no other IP used", percent=True
+        "route_novelty", "routes", 1, 0.08, False, "on routes no other caller used", percent=True
     ),
     FeatureSpec("deny_ratio", "denial", 1, 0.05, False, "denied", percent=True),
     FeatureSpec(

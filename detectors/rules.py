@@ -3,15 +3,26 @@
 Each rule is a conjunction of thresholds that honest traffic does not reach, chosen so that
 the legitimate look-alikes stay out: a NAT address also sends hundreds of checks a minute
 with many keys, but almost none of them are denied; a mobile app's shared key also comes
-from many IPs, but it did so before too.  A rule that fires decides alone (see
+from many IPs, but it did so before too.  The NAT's keys and users also come back every
+few seconds (an enumerator's key is used once) and browse many routes (a stuffer's IP
+only logs in); a launch crowd brings one user per IP.  A rule that fires decides alone (see
 ``detectors.policy``).
 
 =======================  =====  ========================================================
 rule                     scope  fires when (defaults in ``RuleThresholds``)
 =======================  =====  ========================================================
 ``burst``                ip     > 600 checks/min and > 50% of them denied
-``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied
-``credential_stuffing``  ip     >= 10 distinct user ids in a minute and > 60% denied
+``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied, or
+                                >= 60 distinct keys in a minute that are > 80% of its
+                                checks and mostly come without a user id (each key tried
+                                about once: a walk through ``user:1``, ``user:2``, …
+                                that the limiter allows, since every new key is a fresh
+                                counter; a NAT's users signing in name themselves)
+``credential_stuffing``  ip     >= 10 distinct user ids in a minute and > 60% denied, or
+                                >= 3 distinct user ids in >= 12 checks, >= 5% denied, all
+                                on one route (a botnet IP that lives seconds on the login
+                                route, trying accounts past their login limit; a NAT's
+                                users signing in at once are not denied)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -26,7 +37,7 @@ import polars as pl
 from detectors.model_features import describe
 from detectors.verdict import Signal
 
-RULES_VERSION = "rules-1"
+RULES_VERSION = "rules-2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +46,22 @@ class RuleThresholds:
     burst_deny_ratio: float = 0.5
     many_subjects: int = 10  # distinct keys or user ids behind one IP within a minute
     many_subjects_deny_ratio: float = 0.6  # a NAT's users mostly succeed
+    # allowed enumeration: each key used about once (a NAT's keys repeat: churn 0.1-0.3)
+    enumerated_keys: int = 60
+    enumeration_churn: float = 0.8  # distinct keys per check
+    enumeration_identified: float = 0.5  # user ids per key: people signing in name themselves
+    # rotating stuffing IPs: a few accounts each, on one route, partly past the login limit
+    stuffing_user_ids: int = 3
+    stuffing_checks: int = 12
+    # a stuffer's accounts are tried a few times each, so only 10-40% of an IP's attempts
+    # meet the login limit; people signing in at once behind a NAT are hardly ever denied
+    stuffing_deny_ratio: float = 0.05
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
     def __post_init__(self) -> None:
-        for name in ("burst_deny_ratio", "many_subjects_deny_ratio"):
+        shares = ("burst_deny_ratio", "many_subjects_deny_ratio", "stuffing_deny_ratio")
+        for name in (*shares, "enumeration_churn", "enumeration_identified"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
@@ -74,12 +96,8 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     own_ips = pl.col("prior_distinct_ips")
     conditions = {
         "burst": ip & (pl.col("rate_short") > t.burst_rate) & (denied > t.burst_deny_ratio),
-        "key_enumeration": ip
-        & (pl.col("distinct_keys") >= t.many_subjects)
-        & (denied > t.many_subjects_deny_ratio),
-        "credential_stuffing": ip
-        & (pl.col("distinct_user_ids") >= t.many_subjects)
-        & (denied > t.many_subjects_deny_ratio),
+        "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
+        "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -99,6 +117,38 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     return hits
 
 
+def _denied_keys(t: RuleThresholds) -> pl.Expr:
+    return (pl.col("distinct_keys") >= t.many_subjects) & (
+        pl.col("deny_ratio") > t.many_subjects_deny_ratio
+    )
+
+
+def _walked_keys(t: RuleThresholds) -> pl.Expr:
+    # people signing in behind a NAT also bring a new key each at first, but name
+    # themselves: a guessed key comes without a user id
+    keys = pl.col("distinct_keys")
+    return (
+        (keys >= t.enumerated_keys)
+        & (keys > t.enumeration_churn * pl.col("checks"))
+        & (pl.col("distinct_user_ids") < t.enumeration_identified * keys)
+    )
+
+
+def _denied_users(t: RuleThresholds) -> pl.Expr:
+    return (pl.col("distinct_user_ids") >= t.many_subjects) & (
+        pl.col("deny_ratio") > t.many_subjects_deny_ratio
+    )
+
+
+def _rotating_stuffer(t: RuleThresholds) -> pl.Expr:
+    return (
+        (pl.col("distinct_user_ids") >= t.stuffing_user_ids)
+        & (pl.col("checks") >= t.stuffing_checks)
+        & (pl.col("deny_ratio") >= t.stuffing_deny_ratio)
+        & (pl.col("distinct_routes") <= 1)
+    )
+
+
 def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
     def signal(feature: str, baseline_column: str) -> Signal:
         return Signal(feature, float(row[feature]), float(row[baseline_column]), 1.0)
@@ -116,10 +166,24 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
         feature = "distinct_keys" if rule == "key_enumeration" else "distinct_user_ids"
         many = signal(feature, f"tenant_median_{feature}")
         noun = "keys" if rule == "key_enumeration" else "user ids"
+        checks = float(row["checks"])
+        denied_rule = many.value >= t.many_subjects and deny.value > t.many_subjects_deny_ratio
+        if denied_rule:
+            rule_text = f">= {t.many_subjects} and > {t.many_subjects_deny_ratio:.0%} denied"
+        elif rule == "key_enumeration":
+            rule_text = (
+                f">= {t.enumerated_keys} keys, each new in > {t.enumeration_churn:.0%} "
+                "of the checks"
+            )
+        else:
+            rule_text = (
+                f">= {t.stuffing_user_ids} user ids in >= {t.stuffing_checks} checks on "
+                f"one route, >= {t.stuffing_deny_ratio:.0%} denied"
+            )
         reason = (
-            f"one IP tried {many.value:.0f} distinct {noun} in a minute, {deny.value:.0%} "
-            f"denied (rule: >= {t.many_subjects} and > {t.many_subjects_deny_ratio:.0%} "
-            f"denied; tenant median {many.baseline:.0f})"
+            f"one IP tried {many.value:.0f} distinct {noun} in a minute in {checks:.0f} "
+            f"checks, {deny.value:.0%} denied (rule: {rule_text}; tenant median "
+            f"{many.baseline:.0f})"
         )
         signals = (many, deny)
     else:

@@ -130,14 +130,29 @@ def nat_customer(
     users: int = 200,
     duration_ms: int = 3 * MINUTE_MS,
     ip: str = "203.0.113.10",
+    own_routes: float = 0.0,
 ) -> Traffic:
     """A big customer behind one NAT address starts sending: ``users`` people with their
-    own keys and browsers, ~800 checks/min in total from one IP, each key normal."""
+    own keys and browsers, ~800 checks/min in total from one IP, each key normal.  A share
+    ``own_routes`` of their checks go to the customer's own part of the application, which
+    nobody outside the NAT uses (``/app/reports``, …), half of them to a record of their
+    own (``/app/invoices/3251``)."""
     people = synthetic.people(rng, users, "nat", ip_prefix=203, rate_median=4.0, sigma=0.5)
     people = people.with_columns(
         ip=pl.lit(ip), start=pl.lit(onset_ms), end=pl.lit(onset_ms + duration_ms)
     )
     frame = synthetic.human_events(rng, tenant, people)
+    if own_routes > 0:
+        size = frame.height
+        pages = np.array(["/app/reports", "/app/invoices", "/app/projects", "/app/team"])
+        page = pages[rng.integers(0, len(pages), size)]
+        record = np.char.add(np.char.add(page, "/"), rng.integers(1, 5000, size).astype(str))
+        own = np.where(rng.random(size) < 0.5, record, page)
+        frame = frame.with_columns(
+            route=pl.when(pl.Series(rng.random(size) < own_routes))
+            .then(pl.Series(own))
+            .otherwise(pl.col("route"))
+        )
     return Traffic("nat_customer", frame, onset_ms, legit=subjects_of(frame))
 
 
@@ -385,3 +400,85 @@ def low_and_slow(
         [("ip", ip) for ip in ips.tolist()] + [("key", k) for k in keys.tolist()]
     )
     return Traffic("low_and_slow", frame, onset_ms, attackers=attackers)
+
+
+def sequential_key_enumeration(
+    rng: np.random.Generator,
+    tenant: str,
+    onset_ms: int,
+    *,
+    rate_per_sec: float = 10.0,
+    limit: int = 100,
+    duration_ms: int = MINUTE_MS,
+) -> Traffic:
+    """One address walking keys ``user:<n>``, ``user:<n+1>``, … on a timer, each used once.
+    Every key is a fresh counter to the limiter, so (unlike ``key_enumeration``) nearly
+    everything is *allowed*: only the churn of keys gives it away."""
+    _, ts, step = synthetic.periodic(
+        rng, 1, rate_per_sec * 60, 0.1, np.array([onset_ms]), onset_ms + duration_ms
+    )
+    size = len(ts)
+    first = int(rng.integers(10**7, 9 * 10**7))
+    frame = synthetic.frame(
+        tenant,
+        ts,
+        key=synthetic.named("user:", first + step),
+        ip=np.full(size, "77.88.6.6"),
+        user_id=np.full(size, None),
+        route=np.full(size, "/api/account"),
+        user_agent=np.full(size, "python-requests/2.31.0"),
+        allowed=np.ones(size, dtype=bool),
+        remaining=np.full(size, limit - 1),
+        reason=np.full(size, "ok"),
+    )
+    return Traffic(
+        "sequential_key_enumeration", frame, onset_ms, attackers=frozenset({("ip", "77.88.6.6")})
+    )
+
+
+def rotating_credential_stuffing(
+    rng: np.random.Generator,
+    tenant: str,
+    onset_ms: int,
+    *,
+    concurrent: int = 5,
+    dwell_ms: int = 8_000,
+    rate_per_sec: float = 4.0,
+    tries: int = 7,
+    login_limit: int = 5,
+    duration_ms: int = MINUTE_MS,
+) -> Traffic:
+    """Credential stuffing as a careful botnet runs it: each IP lives only ``dwell_ms``
+    (``concurrent`` at a time, a new one every ``dwell_ms / concurrent``), sending
+    ``rate_per_sec`` login attempts with one browser string; the accounts of the list are
+    tried ``tries`` times each, in turn across the live IPs, against a login limit of
+    ``login_limit`` a minute per account, so only about a quarter is denied (10-45% per IP)
+    and each IP sees each account only once or twice."""
+    every = dwell_ms // concurrent
+    n = max(duration_ms // every, 1)
+    starts = onset_ms + np.arange(n, dtype=np.int64) * every
+    owner, ts, _ = synthetic.periodic(
+        rng, n, rate_per_sec * 60, 0.2, starts, onset_ms + duration_ms
+    )
+    alive = ts < starts[owner] + dwell_ms
+    owner, ts = owner[alive], ts[alive]
+    order = np.argsort(ts, kind="stable")
+    owner, ts = owner[order], ts[order]
+    size = len(ts)
+    accounts = synthetic.named("acct-", np.arange(size) // tries)
+    addresses = synthetic.ips(185, n)
+    frame = synthetic.frame(
+        tenant,
+        ts,
+        key=np.char.add("login:", accounts),
+        ip=addresses[owner],
+        user_id=accounts,
+        route=np.full(size, "/login"),
+        user_agent=np.full(size, USER_AGENTS[0]),
+        allowed=np.ones(size, dtype=bool),
+        remaining=np.zeros(size, dtype=np.int64),
+        reason=np.full(size, "ok"),
+    )
+    frame = synthetic.fixed_window(frame, login_limit)
+    attackers: Subjects = frozenset(("ip", ip) for ip in np.unique(addresses[owner]).tolist())
+    return Traffic("rotating_credential_stuffing", frame, onset_ms, attackers=attackers)

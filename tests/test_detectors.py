@@ -93,6 +93,8 @@ def world() -> World:
         "distributed_scraping": scenarios.distributed_scraping(rng, TENANT, ONSET),
         "single_ip_burst": scenarios.single_ip_burst(rng, TENANT, ONSET),
         "key_enumeration": scenarios.key_enumeration(rng, TENANT, ONSET, real_keys=keys),
+        "sequential_key_enumeration": scenarios.sequential_key_enumeration(rng, TENANT, ONSET),
+        "rotating_credential_stuffing": scenarios.rotating_credential_stuffing(rng, TENANT, ONSET),
         "low_and_slow": scenarios.low_and_slow(rng, TENANT, T0, ONSET),
     }
     crowd = scenarios.flash_crowd(rng, TENANT, ONSET)
@@ -104,6 +106,10 @@ def world() -> World:
             "flash_crowd_on_one_app_key", shared, ONSET, legit=scenarios.subjects_of(shared)
         ),
         "nat_customer": scenarios.nat_customer(rng, TENANT, ONSET),
+        # the same, partly on the customer's own pages and records, used by nobody else
+        "nat_customer_own_app": scenarios.nat_customer(
+            rng, TENANT, ONSET, ip="203.0.113.20", own_routes=0.4
+        ),
     }
     history = scenarios.merge(background, *attacks.values()).filter(pl.col("ts") <= ONSET)
     detector = AbuseDetector()
@@ -141,6 +147,8 @@ def test_ten_minutes_of_steady_users_are_never_blocked(world: World) -> None:
         "distributed_scraping",
         "single_ip_burst",
         "key_enumeration",
+        "sequential_key_enumeration",
+        "rotating_credential_stuffing",
         "low_and_slow",
     ],
 )
@@ -158,7 +166,9 @@ def test_each_attack_is_blocked_within_a_minute_of_its_onset(world: World, name:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name", ["flash_crowd", "flash_crowd_on_one_app_key", "nat_customer"])
+@pytest.mark.parametrize(
+    "name", ["flash_crowd", "flash_crowd_on_one_app_key", "nat_customer", "nat_customer_own_app"]
+)
 def test_flash_crowd_and_nat_customer_are_never_blocked(world: World, name: str) -> None:
     pattern = world.legit_patterns[name]
     flagged = after_onset(world, pattern, minutes=3)
@@ -489,6 +499,22 @@ def test_rules_fire_for_the_unmistakable_and_spare_the_nat() -> None:
         {"scope": "key", "distinct_ips_long": 300.0, "prior_distinct_ips": 280.0},
         # a brand-new key: no history of its own to jump from (the models judge it)
         {"scope": "key", "distinct_ips_long": 300.0, "prior_distinct_ips": 0.0},
+        # keys walked one by one, all allowed (each new key is a fresh counter)
+        {"rate_short": 600.0, "checks": 600.0, "distinct_keys": 598.0},
+        # a rotating stuffer's IP: a few accounts on the login route, some denied
+        {"checks": 32.0, "distinct_user_ids": 5.0, "deny_ratio": 0.15, "distinct_routes": 1.0},
+        # a NAT whose users all sign in at once: one route, many users, nothing denied
+        {
+            "checks": 80.0,
+            "distinct_keys": 80.0,
+            "distinct_user_ids": 80.0,
+            "distinct_routes": 1.0,
+            "deny_ratio": 0.01,
+        },
+        # a NAT's keys come back: many keys, but far fewer than checks
+        {"rate_short": 1200.0, "checks": 1200.0, "distinct_keys": 300.0, "deny_ratio": 0.02},
+        # a household: three people, a few denials, but browsing many routes
+        {"checks": 20.0, "distinct_user_ids": 3.0, "deny_ratio": 0.3, "distinct_routes": 8.0},
     )
     hits = apply_rules(features, RuleThresholds())
     assert [(hit.row, hit.rule) for hit in hits] == [
@@ -496,12 +522,18 @@ def test_rules_fire_for_the_unmistakable_and_spare_the_nat() -> None:
         (1, "key_enumeration"),
         (2, "credential_stuffing"),
         (3, "key_spread"),
+        (7, "key_enumeration"),
+        (8, "credential_stuffing"),
     ]
     assert "3,000 checks/min" in hits[0].reason
     assert "80% denied" in hits[0].reason
     assert "40 distinct keys" in hits[1].reason
     assert "35 distinct IPs" in hits[3].reason
     assert "usual 1" in hits[3].reason
+    assert "598 distinct keys" in hits[4].reason
+    assert "each new" in hits[4].reason
+    assert "5 distinct user ids" in hits[5].reason
+    assert "one route" in hits[5].reason
 
 
 class AlwaysAnomalous:
