@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -218,3 +220,36 @@ def test_shadow_mode_records_and_announces_but_does_not_enforce(
     )
     shadowed = [a for a in alerts(redis_server.url) if a["block_id"] == block["id"]]
     assert [a["kind"] for a in shadowed] == ["block.shadowed"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_attack_of_the_simulation_is_blocked_and_no_one_legitimate(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
+) -> None:
+    """`ratewatch simulate`, shortened, against the embedded stack: each attack type goes
+    through the real stream path to a detector block; the flash crowd, the NAT customer
+    and every other legitimate subject are spared."""
+    key = create_key(redis_server.url, tenant, prefix=STACK_PREFIX)
+    run = subprocess.run(
+        [sys.executable, "-m", "ratewatch", "simulate", "--url", stack.base_url,
+         "--api-key", key, "--duration", "125", "--attack-at", "60", "--scale", "0.5",
+         "--json"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["traffic"]["checks_failed"] == 0
+    scenarios = {s["name"]: s for s in report["scenarios"]}
+    for name in (
+        "credential-stuffing",
+        "leaked-key",
+        "scraping",
+        "burst",
+        "key-enumeration",
+        "low-and-slow",
+    ):
+        assert scenarios[name]["recall_within_window"] >= 0.95, (name, scenarios[name])
+    for name in ("steady", "diurnal", "flash-crowd", "nat"):
+        assert scenarios[name]["legit_blocked"] == 0, (name, report["blocks"])
+    assert report["passed"] is True
