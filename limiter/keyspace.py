@@ -54,9 +54,6 @@ class Keyspace:
     def counter(self, tenant: str, algorithm: Algorithm, window_ms: int, key: str) -> str:
         return f"{self.prefix}:{{{self.prefix}:{tenant}}}:c:{_CODES[algorithm]}:{window_ms}:{key}"
 
-    def counter_pattern(self, tenant: str) -> str:
-        return f"{self.tenant_tag(tenant)}:c:*"
-
     def block(self, tenant: str, scope: str, value: str) -> str:
         return f"{self.prefix}:{{{self.prefix}:{tenant}}}:bk:{scope}:{value}"
 

@@ -8,9 +8,9 @@ of those keys (scope ``key``), and the detectors' records about those subjects (
 history, lifted-block markers, action claims).  Counters of keys shared by many users (a check of
 ``api:search`` that carries ``user_id``) hold no trace of who used them and are kept.
 
-Counters are found with SCAN: a tenant's keys share one hash tag, and a privacy request is
-rare enough that walking the keyspace is the right price for keeping no per-user index on
-the hot path.
+Counters and records are found with one SCAN: a tenant's keys share one hash tag, and a
+privacy request is rare enough that walking the keyspace once is the right price for
+keeping no per-user index on the hot path.
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ class UserDataStore:
         self._blocks = blocks
 
     async def find(self, tenant: str, user_id: str) -> RedisUserData:
-        counters = await self._counters(tenant, user_id)
+        counters, records = await self._scan(tenant, user_id)
         blocks = [
             block
             for block in await self._blocks.active(tenant)
             if (block.scope == "user_id" and block.value == user_id)
             or (block.scope == "key" and owns_key(user_id, block.value))
         ]
-        return RedisUserData(counters, blocks, await self._detection_records(tenant, user_id))
+        return RedisUserData(counters, blocks, records)
 
     async def erase(self, tenant: str, user_id: str) -> tuple[int, int, int]:
         """Delete the user's counters, blocks and detection records; return how many of
@@ -75,49 +75,43 @@ class UserDataStore:
                 removed += 1
             except NotFound:  # expired or lifted meanwhile
                 pass
-        # after the blocks: lifting a detector's block leaves a marker about the subject
-        records = await self._detection_records(tenant, user_id)
         names = sorted(found.counters)
         deleted = 0
         try:
             for start in range(0, len(names), 500):
                 deleted += await self._redis.delete(*names[start : start + 500])
+            records = found.detection_records
             erased_records = await self._redis.delete(*records) if records else 0
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return deleted, removed, erased_records
 
-    async def _detection_records(self, tenant: str, user_id: str) -> list[str]:
-        # offences, lifted markers and claims are <tag>:<kind>:<scope>:<subject>
+    async def _scan(self, tenant: str, user_id: str) -> tuple[dict[str, str], list[str]]:
+        """The user's counters (name -> limiter key) and detection records, from one walk
+        of the keyspace.  The glob only narrows it; the checks below make it exact (a key
+        may itself contain the user id without being the user's)."""
         tag = self._keyspace.tenant_tag(tenant)
+        counter_base = f"{tag}:c:"  # <tag>:c:<algorithm>:<window_ms>:<key>
+        record_bases = [f"{tag}:{kind}:" for kind in _DETECTION_RECORDS]  # ...:<scope>:<subject>
         escaped = _GLOB_SPECIAL.sub(r"\\\1", user_id)
-        found: list[str] = []
-        try:
-            for kind in _DETECTION_RECORDS:
-                for scope in ("user_id", "key"):
-                    name = f"{tag}:{kind}:{scope}:{user_id}"
-                    if await self._redis.exists(name):
-                        found.append(name)
-                pattern = f"{tag}:{kind}:key:{escaped}:*"
-                async for raw in self._redis.scan_iter(match=pattern, count=_SCAN_COUNT):
-                    found.append(raw.decode() if isinstance(raw, bytes) else raw)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return sorted(set(found))
-
-    async def _counters(self, tenant: str, user_id: str) -> dict[str, str]:
-        # a counter is <tag>:c:<algorithm>:<window_ms>:<key>; the globs narrow the scan and
-        # the prefix check below makes it exact (a key may itself contain ':<user id>')
-        base = self._keyspace.counter_pattern(tenant)[:-1]  # "<tag>:c:"
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", user_id)
+        pattern = f"{tag}:*{escaped}*"
         counters: dict[str, str] = {}
+        records: list[str] = []
         try:
-            for pattern in (f"{base}*:{escaped}", f"{base}*:{escaped}:*"):
-                async for raw in self._redis.scan_iter(match=pattern, count=_SCAN_COUNT):
-                    name = raw.decode() if isinstance(raw, bytes) else raw
-                    rest = name[len(base) :].split(":", 2)
+            async for raw in self._redis.scan_iter(match=pattern, count=_SCAN_COUNT):
+                name = raw.decode() if isinstance(raw, bytes) else raw
+                if name.startswith(counter_base):
+                    rest = name[len(counter_base) :].split(":", 2)
                     if len(rest) == 3 and rest[1].isdigit() and owns_key(user_id, rest[2]):
                         counters[name] = rest[2]
+                    continue
+                for base in record_bases:
+                    if name.startswith(base):
+                        scope, _, subject = name[len(base) :].partition(":")
+                        if (scope == "user_id" and subject == user_id) or (
+                            scope == "key" and owns_key(user_id, subject)
+                        ):
+                            records.append(name)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return counters
+        return counters, sorted(records)

@@ -62,19 +62,24 @@ def up(
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
         limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
         run_dir = data_dir / "run"
-        children = [Child("limiter", limiter, pid_file=run_dir / "limiter.pid")]
+        others: list[Child] = []
         if kafka:
             limiter += ["--kafka", kafka]
             # with the Redis URL it also drains the audit outbox (and publishes to Kafka)
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
             detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common]
-            children.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))
+            others.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))
         else:
             # the pipeline worker also detects abuse in the Valkey stream
             limiter.append("--redis-events")
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics]
-        children.append(Child("pipeline", worker, pid_file=run_dir / "pipeline.pid"))
-        Supervisor(children).run()
+        Supervisor(
+            [
+                Child("limiter", limiter, pid_file=run_dir / "limiter.pid"),
+                Child("pipeline", worker, pid_file=run_dir / "pipeline.pid"),
+                *others,
+            ]
+        ).run()
     finally:
         if valkey is not None:
             valkey.stop()

@@ -30,7 +30,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from stream.events import ALERTS_TOPIC, MalformedEvent
+from stream.events import ALERTS_TOPIC, MalformedEvent, envelope_problem
 
 __all__ = [
     "ALERTS_MAXLEN",
@@ -65,7 +65,6 @@ ALERTS_MAXLEN = 100_000
 # the entry's one field: the encoded event
 FIELD = b"e"
 # the range of a DateTime64(3) column, where alerts are stored like the audit log
-_MAX_TS = 10_413_791_999_999  # 2299-12-31T23:59:59.999Z
 
 
 class MalformedAlertEvent(MalformedEvent):
@@ -154,16 +153,9 @@ def decode(data: bytes) -> AlertEvent:
         event = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedAlertEvent(str(exc)) from None
-    if not 1 <= event.v <= ALERT_SCHEMA_VERSION:
-        raise MalformedAlertEvent(
-            f"alert event schema version {event.v} is not 1..{ALERT_SCHEMA_VERSION}"
-        )
-    try:
-        uuid.UUID(event.event_id)
-    except ValueError:
-        raise MalformedAlertEvent(f"alert event_id {event.event_id!r} is not a UUID") from None
-    if not 0 <= event.ts <= _MAX_TS:
-        raise MalformedAlertEvent(f"alert event ts {event.ts} is not epoch ms in 1970..2299")
+    problem = envelope_problem("alert", event.v, ALERT_SCHEMA_VERSION, event.event_id, event.ts)
+    if problem is not None:
+        raise MalformedAlertEvent(problem)
     return event
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from stream.events import AUDIT_TOPIC, MalformedEvent
+from stream.events import AUDIT_TOPIC, MalformedEvent, envelope_problem
 
 __all__ = [
     "ACTIONS",
@@ -76,7 +76,6 @@ ACTIONS = frozenset(
 Detail = str | int | float | bool | None
 _DETAIL_TYPES = (str, int, float, bool, type(None))
 # the range of the table's DateTime64(3) column: an event outside it could never be stored
-_MAX_TS = 10_413_791_999_999  # 2299-12-31T23:59:59.999Z
 
 
 class MalformedAuditEvent(MalformedEvent):
@@ -149,14 +148,7 @@ def decode(data: bytes) -> AuditEvent:
         event = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedAuditEvent(str(exc)) from None
-    if not 1 <= event.v <= AUDIT_SCHEMA_VERSION:
-        raise MalformedAuditEvent(
-            f"audit event schema version {event.v} is not 1..{AUDIT_SCHEMA_VERSION}"
-        )
-    try:
-        uuid.UUID(event.event_id)
-    except ValueError:
-        raise MalformedAuditEvent(f"audit event_id {event.event_id!r} is not a UUID") from None
-    if not 0 <= event.ts <= _MAX_TS:
-        raise MalformedAuditEvent(f"audit event ts {event.ts} is not epoch ms in 1970..2299")
+    problem = envelope_problem("audit", event.v, AUDIT_SCHEMA_VERSION, event.event_id, event.ts)
+    if problem is not None:
+        raise MalformedAuditEvent(problem)
     return event
