@@ -6,11 +6,17 @@ an alert, within what the tenant allows.
 1. ``not_warranted`` — the score is below the threshold: nothing.
 2. ``detection_off`` — the tenant turned detection off: nothing.
 3. ``allowlisted`` — the subject (or, for an IP, a network holding it) is on the tenant's
-   allowlist: nothing, no alert, no offence counted.  The allowlist is an operator's
-   statement of trust; alerting on each verdict would be noise, and the outcome is still
-   counted by the caller (``DetectionLoop.stats``).  ``lifted_by_hand`` — an operator
-   lifted a detector's block of the subject less than ``LIFT_SUPPRESSION_SECONDS`` ago
-   (``limiter.blocks``): nothing, for the same reason.
+   allowlist, or it is a key or user id all of whose traffic in the short window came from
+   allowlisted addresses or networks (``Verdict.ips``, complete: not truncated and no
+   decision without an address): nothing, no alert, no offence counted.  The allowlist is
+   an operator's statement of trust, and traffic from a trusted network must not get the
+   keys and accounts it uses blocked either; alerting on each verdict would be noise, and
+   the outcome is still counted by the caller (``DetectionLoop.stats``).  A key or user id
+   with only *some* of its traffic from allowlisted addresses is judged as usual: the rest
+   is traffic nobody vouched for, and may be the very abuse (a leaked office key used from
+   elsewhere too), so the allowlisted share does not shield it.
+   ``lifted_by_hand`` — an operator lifted a detector's block of the subject less than
+   ``LIFT_SUPPRESSION_SECONDS`` ago (``limiter.blocks``): nothing, for the same reason.
 4. ``already_blocked`` — an active block already stops the subject (any enforced block,
    manual or dynamic; in shadow mode a shadow record too), or another process is acting on
    it right now: nothing, so no duplicate block.  A shadow record does not stop enforcement
@@ -135,6 +141,8 @@ class BlockActions:
             return ActionResult("detection_off")
         if await self._allowlist.contains(tenant, scope, subject):
             return ActionResult("allowlisted")
+        if await self._vouched_for(verdict):
+            return ActionResult("allowlisted")
         if await self._blocks.recently_lifted(tenant, scope, subject):
             return ActionResult("lifted_by_hand")
         token = await self._offenders.claim(tenant, scope, subject, CLAIM_MS)
@@ -153,6 +161,13 @@ class BlockActions:
             except AlertUnavailable:
                 log.warning("alert %s for %s %s=%s lost", alert.kind, tenant, scope, subject)
         return result
+
+    async def _vouched_for(self, verdict: Verdict) -> bool:
+        """Whether all of a key's or user id's traffic came from allowlisted addresses, as far
+        as the verdict can tell: an incomplete list of addresses proves nothing."""
+        if verdict.scope == "ip" or verdict.ips_truncated or verdict.ipless:
+            return False
+        return await self._allowlist.holds_all(verdict.tenant, verdict.ips)
 
     async def _act(
         self, verdict: Verdict, subject: str, mode: str, cap: int

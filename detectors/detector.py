@@ -16,6 +16,7 @@ thread while another evaluates; evaluations run one at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 
@@ -25,11 +26,11 @@ import polars as pl
 from sklearn.base import clone
 
 from detectors.baseline import RobustBaseline
-from detectors.features import as_scope, assemble
+from detectors.features import as_scope, assemble, subject_origins
 from detectors.model_features import DIRECTIONS, GROUPS, MIN_MADS, Z_CAPS, isolation_matrix
 from detectors.policy import DetectionPolicy, Judgement
 from detectors.registry import ModelRegistry
-from detectors.verdict import Scope, Verdict
+from detectors.verdict import MAX_IPS, Scope, Verdict
 from detectors.window import RollingWindow
 
 Matrix = npt.NDArray[np.float64]
@@ -155,6 +156,10 @@ class AbuseDetector:
         decisions that blocked addresses made on them when those are a minority of their
         traffic (``detectors.features.assemble``): the accounts a credential stuffer
         tries are its victims, not its accomplices.
+
+        Warranted key and user id verdicts name the addresses their subject's decisions of
+        the short window came from (``Verdict.ips``), so that the actions can spare a
+        subject whose traffic all came from allowlisted networks.
         """
         with self._evaluating:
             self._drain()
@@ -162,7 +167,8 @@ class AbuseDetector:
             self._retrain_budget = self._retrains_per_evaluation
             verdicts = self._judge(assemble(snapshot, ("ip",)), now_ms, include_all)
             others = assemble(snapshot, ("key", "user_id"), self._blame(verdicts, now_ms))
-            verdicts.extend(self._judge(others, now_ms, include_all))
+            judged = self._judge(others, now_ms, include_all)
+            verdicts.extend(_with_origins(judged, snapshot.recent))
             self._forget_idle(now_ms)
             return verdicts
 
@@ -230,3 +236,29 @@ class AbuseDetector:
             for key in [key for key in self._learners if key[0] == tenant]:
                 del self._learners[key]
             self.registry.forget(tenant)
+
+
+def _with_origins(verdicts: list[Verdict], recent: pl.DataFrame) -> list[Verdict]:
+    """``verdicts`` (key and user id) with the warranted ones' ``ips`` filled in from all of
+    ``recent``, the decisions of blamed addresses included: they are the subject's traffic
+    too, and an address the allowlist does not hold must keep the subject blockable."""
+    origins: dict[tuple[str, str, str], tuple[tuple[str, ...], bool, bool]] = {}
+    for scope in ("key", "user_id"):
+        flagged = [(v.tenant, v.subject) for v in verdicts if v.scope == scope and v.warranted]
+        if not flagged:  # the usual case: no string work at all
+            continue
+        subjects = pl.DataFrame(flagged, schema=["tenant", "subject"], orient="row")
+        for tenant, subject, ips, truncated, ipless in subject_origins(
+            recent, scope, subjects, MAX_IPS
+        ).iter_rows():
+            origins[(scope, tenant, subject)] = (tuple(ips), truncated, ipless)
+    if not origins:
+        return verdicts
+    filled = []
+    for verdict in verdicts:
+        found = origins.get((verdict.scope, verdict.tenant, verdict.subject))
+        if found is not None:
+            ips, truncated, ipless = found
+            verdict = dataclasses.replace(verdict, ips=ips, ips_truncated=truncated, ipless=ipless)
+        filled.append(verdict)
+    return filled

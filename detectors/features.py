@@ -173,6 +173,38 @@ def subject_ips(frame: pl.DataFrame, scope: Scope, by: Sequence[str] = ()) -> pl
     return keyed.group_by("subject_hash", "ip_hash", *by).agg(pl.len().alias("checks"))
 
 
+ORIGINS_SCHEMA: dict[str, pl.DataType] = {
+    "tenant": pl.String(),
+    "subject": pl.String(),
+    "ips": pl.List(pl.String()),
+    "ips_truncated": pl.Boolean(),
+    "ipless": pl.Boolean(),
+}
+
+
+def subject_origins(
+    recent: pl.DataFrame, scope: Scope, subjects: pl.DataFrame, cap: int
+) -> pl.DataFrame:
+    """Where the decisions in ``recent`` of each of ``subjects`` (columns ``tenant`` and
+    ``subject``, of ``scope``) came from: its distinct ``ips`` (sorted, at most ``cap``),
+    ``ips_truncated`` if there were more, ``ipless`` if some decisions had no address.
+    Columns ``ORIGINS_SCHEMA``; subjects without decisions in ``recent`` are left out.
+
+    Unlike ``subject_ips`` this keeps the addresses themselves (not hashes), so it is meant
+    for the few subjects a verdict names, not for every subject of the window.
+    """
+    # semi join first: only the flagged subjects' rows are grouped and their strings moved
+    wanted = subjects.select("tenant", pl.col("subject").alias(scope)).unique()
+    rows = recent.select("tenant", scope, "ip").join(wanted, on=["tenant", scope], how="semi")
+    addresses = pl.col("ip").drop_nulls().unique()
+    grouped = rows.group_by("tenant", scope).agg(
+        addresses.sort().head(cap).alias("ips"),
+        (addresses.len() > cap).alias("ips_truncated"),
+        pl.col("ip").is_null().any().alias("ipless"),
+    )
+    return conform(grouped.rename({scope: "subject"}), ORIGINS_SCHEMA)
+
+
 def subject_features(
     frame: pl.DataFrame, now_ms: int, short_ms: int = MINUTE_MS, long_ms: int = 10 * MINUTE_MS
 ) -> pl.DataFrame:

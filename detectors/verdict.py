@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 Scope = Literal["ip", "key", "user_id"]
 SCOPES: tuple[Scope, ...] = ("ip", "key", "user_id")
+# distinct addresses a verdict names (``Verdict.ips``): enough for an office network or a
+# partner's servers, few enough that a verdict on a botnet's target stays small
+MAX_IPS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,14 @@ class Signal:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """``score`` is in [0, 1] and a block is warranted when it reaches ``threshold``."""
+    """``score`` is in [0, 1] and a block is warranted when it reaches ``threshold``.
+
+    ``ips`` (warranted ``key`` and ``user_id`` verdicts of ``AbuseDetector`` only) are the
+    distinct addresses the subject's decisions of the short window came from, sorted, at
+    most ``MAX_IPS``; ``ips_truncated`` says there were more, ``ipless`` that some decisions
+    came without an address.  ``BlockActions`` uses them to spare a subject whose traffic
+    all came from allowlisted addresses, so it must be able to tell "all of them" apart.
+    """
 
     tenant: str
     scope: Scope
@@ -40,6 +50,9 @@ class Verdict:
     observed_at_ms: int
     reasons: tuple[str, ...] = ()  # one sentence each, e.g. "900 checks/min (baseline 3)"
     signals: tuple[Signal, ...] = field(default=())
+    ips: tuple[str, ...] = ()
+    ips_truncated: bool = False
+    ipless: bool = False
 
     @property
     def warranted(self) -> bool:

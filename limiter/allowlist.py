@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -24,6 +25,8 @@ from limiter.keyspace import BLOCK_SCOPES, Keyspace
 
 MAX_NOTE_LENGTH = 500
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,19 +107,44 @@ class Allowlist:
         """Whether ``value`` (an address, for ``ip``) is allowlisted, itself or by a network."""
         if scope == "ip":
             address = ipaddress.ip_address(normalize_ip(value))
-        else:
-            value = normalize_entry(scope, value)
-        key = self._keyspace.allowlist(tenant, scope)
+            return _matches(address, *await self._ip_entries(tenant))
+        value = normalize_entry(scope, value)
         try:
-            if scope != "ip":
-                return bool(await self._redis.hexists(key, value))
+            return bool(await self._redis.hexists(self._keyspace.allowlist(tenant, scope), value))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def holds_all(self, tenant: str, addresses: Iterable[str]) -> bool:
+        """Whether every one of ``addresses`` is allowlisted (itself or by a network), with
+        one read of the tenant's ``ip`` entries however many there are.  False for none, and
+        for a value that is not an address: nothing is vouched for that is not on the list.
+        """
+        parsed = []
+        for value in addresses:
+            try:
+                parsed.append(ipaddress.ip_address(normalize_ip(value)))
+            except InvalidInput:
+                return False
+        if not parsed:
+            return False
+        exact, networks = await self._ip_entries(tenant)
+        return all(_matches(address, exact, networks) for address in parsed)
+
+    async def _ip_entries(self, tenant: str) -> tuple[set[str], list[_Network]]:
+        """The tenant's ``ip`` entries: single addresses, and networks parsed."""
+        key = self._keyspace.allowlist(tenant, "ip")
+        try:
             # allowlists are short and only warranted verdicts ask, so one read of them all
             members = {_text(member) for member in await self._redis.hkeys(key)}
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        if str(address) in members:
-            return True
-        return any(address in ipaddress.ip_network(m) for m in members if "/" in m)
+        networks = [ipaddress.ip_network(m) for m in members if "/" in m]
+        return {m for m in members if "/" not in m}, networks
+
+
+def _matches(address: _Address, exact: set[str], networks: list[_Network]) -> bool:
+    # an IPv4 address is never "in" an IPv6 network (nor the reverse): no error, just False
+    return str(address) in exact or any(address in network for network in networks)
 
 
 def _text(value: bytes | str) -> str:

@@ -98,7 +98,16 @@ def rig(redis: Redis, tenant: str) -> Rig:
     )
 
 
-def verdict(tenant: str, subject: str = IP, scope: Scope = "ip", score: float = 0.93) -> Verdict:
+def verdict(
+    tenant: str,
+    subject: str = IP,
+    scope: Scope = "ip",
+    score: float = 0.93,
+    *,
+    ips: tuple[str, ...] = (),
+    ips_truncated: bool = False,
+    ipless: bool = False,
+) -> Verdict:
     return Verdict(
         tenant=tenant,
         scope=scope,
@@ -114,6 +123,9 @@ def verdict(tenant: str, subject: str = IP, scope: Scope = "ip", score: float = 
             Signal("checks_per_min", 900.0, 3.0, 0.7),
             Signal("distinct_keys", 40.0, 2.0, 0.3),
         ),
+        ips=ips,
+        ips_truncated=ips_truncated,
+        ipless=ipless,
     )
 
 
@@ -217,6 +229,53 @@ async def test_an_allowlisted_subject_is_never_blocked(rig: Rig) -> None:
     assert await rig.offenders.offences(rig.tenant, "ip", IP) == 0
     # just outside the network: blocked
     assert (await actions.apply(verdict(rig.tenant, "198.51.101.1"))).outcome == "blocked"
+
+
+OFFICE = ("10.20.0.7", "10.20.255.1", "::ffff:10.20.3.4", "2001:db8::5", IP)
+
+
+async def test_a_key_used_only_from_allowlisted_networks_is_never_blocked(rig: Rig) -> None:
+    await rig.allowlist.add(rig.tenant, "ip", "10.20.0.0/16", note="office")
+    await rig.allowlist.add(rig.tenant, "ip", "2001:db8::/32")
+    await rig.allowlist.add(rig.tenant, "ip", IP)
+    actions = rig.actions()
+    subjects: list[tuple[Scope, str]] = [("key", "svc-key"), ("user_id", "u-ops")]
+    for scope, subject in subjects:
+        result = await actions.apply(verdict(rig.tenant, subject, scope, ips=OFFICE))
+        assert result.outcome == "allowlisted", subject
+    assert await rig.blocks.active(rig.tenant) == []
+    assert await rig.audit_events() == []
+    assert await rig.alert_events() == []
+    assert await rig.offenders.offences(rig.tenant, "key", "svc-key") == 0
+    # an address's own verdict is judged by its own entry, whatever it says about origins
+    outsider = verdict(rig.tenant, "198.51.100.1", ips=OFFICE)
+    assert (await actions.apply(outsider)).outcome == "blocked"
+
+
+async def test_a_key_not_all_of_whose_traffic_is_allowlisted_is_blocked(rig: Rig) -> None:
+    await rig.allowlist.add(rig.tenant, "ip", "10.20.0.0/16", note="office")
+    actions = rig.actions()
+    office = ("10.20.0.7", "10.20.9.9")
+    cases = {
+        # the office's key, also used from outside: that traffic may be the abuse
+        "mixed": verdict(rig.tenant, "mixed", "key", ips=(*office, "198.51.100.1")),
+        # more addresses than the verdict lists: the rest are unknown
+        "many": verdict(rig.tenant, "many", "key", ips=office, ips_truncated=True),
+        # some decisions came without an address
+        "anonymous": verdict(rig.tenant, "anonymous", "key", ips=office, ipless=True),
+        "unknown": verdict(rig.tenant, "unknown", "key"),
+        "garbled": verdict(rig.tenant, "garbled", "user_id", ips=(*office, "not-an-ip")),
+    }
+    for name, case in cases.items():
+        assert (await actions.apply(case)).outcome == "blocked", name
+    blocks = await rig.blocks.active(rig.tenant)
+    assert sorted(block.value for block in blocks) == sorted(cases)
+    alerts = await rig.alert_events()
+    assert [alert.kind for alert in alerts] == ["block.created"] * len(cases)
+    # the addresses are evidence for the allowlist check, not part of what a block says
+    explained = [str(block.explanation) for block in blocks]
+    explained += [str(alert.explanation) for alert in alerts]
+    assert not [text for text in explained if "10.20.0.7" in text or "198.51.100.1" in text]
 
 
 async def test_shadow_mode_alerts_and_audits_but_enforces_nothing(rig: Rig) -> None:
@@ -387,6 +446,19 @@ async def test_allowlist_entries_and_bad_values(rig: Rig) -> None:
         await allow.add(tenant, "asn", "AS64500")
     with pytest.raises(InvalidInput, match=re.escape("'10.0.0.0/8'")):
         await allow.contains(tenant, "ip", "10.0.0.0/8")
+
+
+async def test_allowlist_holds_all_addresses_or_not(rig: Rig) -> None:
+    allow, tenant = rig.allowlist, rig.tenant
+    await allow.add(tenant, "ip", "10.20.0.0/16")
+    await allow.add(tenant, "ip", "2001:db8::/32")
+    await allow.add(tenant, "ip", IP)
+    assert await allow.holds_all(tenant, OFFICE)
+    assert await allow.holds_all(tenant, iter(OFFICE))  # any iterable, read once
+    assert not await allow.holds_all(tenant, (*OFFICE, "10.21.0.1"))
+    assert not await allow.holds_all(tenant, (*OFFICE, "not-an-ip"))
+    assert not await allow.holds_all(tenant, ())  # nobody vouched for nothing
+    assert not await allow.holds_all("other-" + tenant, OFFICE)
 
 
 async def test_detection_settings_defaults_and_validation(rig: Rig) -> None:

@@ -37,7 +37,7 @@ from detectors.model_features import MODEL_FEATURES, isolation_matrix, model_mat
 from detectors.policy import DetectionPolicy
 from detectors.registry import ModelRegistry
 from detectors.rules import RuleThresholds, apply_rules
-from detectors.verdict import Verdict
+from detectors.verdict import MAX_IPS, Verdict
 from detectors.window import RollingWindow
 from stream.events import DecisionEvent
 
@@ -617,6 +617,38 @@ def test_observing_without_evaluating_still_keeps_memory_bounded() -> None:
     for now in range(T0 + 5_000, T0 + 8 * M + 1, 5_000):
         detector.observe(frame.filter((pl.col("ts") > now - 5_000) & (pl.col("ts") <= now)))
     assert window.rows <= frame.height / 8 * 2.5
+
+
+def test_a_warranted_key_verdict_names_the_addresses_its_traffic_came_from() -> None:
+    now = T0 + 10 * M
+    events = []
+    spread = {"office": 30, "busy": MAX_IPS + 6, "partly_anonymous": 25}
+    for n, (key, ips) in enumerate(spread.items()):
+        # one address for eight minutes, then many in the last one: the key_spread rule
+        events += [event(T0 + i * 30_000, key=key, ip=f"10.20.0.{n}") for i in range(16)]
+        events += [event(now - M + 1 + i, key=key, ip=f"10.20.{n + 1}.{i}") for i in range(ips)]
+    events.append(event(now - 5, key="partly_anonymous", ip=None))
+    detector = AbuseDetector()
+    detector.observe(decisions_frame(events))
+    everyone = detector.evaluate(now, include_all=True)
+    verdicts = {v.subject: v for v in everyone if v.warranted}
+    assert set(verdicts) == set(spread)
+    assert {v.scope for v in verdicts.values()} == {"key"}
+    assert {v.detector for v in verdicts.values()} == {"rules"}
+
+    office = verdicts["office"]
+    assert office.ips == tuple(sorted(f"10.20.1.{i}" for i in range(30)))
+    assert not office.ips_truncated
+    assert not office.ipless
+    busy = verdicts["busy"]
+    assert len(busy.ips) == MAX_IPS
+    assert set(busy.ips) < {f"10.20.2.{i}" for i in range(MAX_IPS + 6)}
+    assert busy.ips_truncated
+    partly = verdicts["partly_anonymous"]
+    assert (len(partly.ips), partly.ips_truncated, partly.ipless) == (25, False, True)
+    # only warranted verdicts are worth the work; the explanation does not list them
+    assert all(v.ips == () for v in everyone if not v.warranted)
+    assert "10.20.1.0" not in str(office.explanation())
 
 
 def test_detector_include_all_returns_unwarranted_verdicts_too(world: World) -> None:
