@@ -15,6 +15,12 @@ its own reads as a huge number, which is why every rollup query must sum).  Late
 quantile states cannot be subtracted: the other keys' latency distributions keep U's
 samples, which identify nobody.
 
+Alerts (``ratewatch.alerts``) name the subject they blocked: U's are those of scope
+``user_id`` with subject U, and those of scope ``key`` whose subject is one of U's keys.
+They are deleted with the rest.  The audit log is not touched: it records who changed what
+(a block of U was created, U's data was erased) and is kept as the operator's compliance
+record.
+
 This module builds SQL from names and quoted literals only and imports no ClickHouse client
 at import time, so the limiter can use ``summary_sql`` without loading one.
 """
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING
 from analytics.clickhouse import describe
 from analytics.errors import QueryError
 from analytics.sqltext import quote
-from analytics.tables import DATABASE, DECISIONS_TABLE, ROLLUP_TABLES
+from analytics.tables import ALERTS_TABLE, DATABASE, DECISIONS_TABLE, ROLLUP_TABLES
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -68,10 +74,10 @@ def _field(name: str, value: object) -> str:
     return value
 
 
-def key_condition(user_id: str) -> str:
-    """The rows whose key is ``user_id``'s: the key itself or one below it."""
+def key_condition(user_id: str, column: str = "key") -> str:
+    """The rows whose ``column`` is one of ``user_id``'s keys: U itself or one below it."""
     # startsWith, not LIKE: % and _ in a user id are plain characters
-    return f"(key = {quote(user_id)} OR startsWith(key, {quote(user_id + ':')}))"
+    return f"({column} = {quote(user_id)} OR startsWith({column}, {quote(user_id + ':')}))"
 
 
 def decisions_condition(tenant: str, user_id: str) -> str:
@@ -84,15 +90,33 @@ def rollup_condition(tenant: str, user_id: str) -> str:
     return f"tenant = {quote(tenant)} AND {key_condition(user_id)}"
 
 
+def alerts_condition(tenant: str, user_id: str) -> str:
+    """The alerts that are ``user_id``'s data in ``tenant``: of U, or of one of U's keys."""
+    keys = key_condition(user_id, "subject")
+    return (
+        f"tenant = {quote(tenant)} AND ((scope = 'user_id' AND subject = {quote(user_id)})"
+        f" OR (scope = 'key' AND {keys}))"
+    )
+
+
+def _conditions(tenant: str, user_id: str) -> dict[str, str]:
+    """Table -> the condition selecting U's rows in it, the raw table first."""
+    return {
+        DECISIONS_TABLE: decisions_condition(tenant, user_id),
+        **{table: rollup_condition(tenant, user_id) for table in ROLLUP_TABLES.values()},
+        ALERTS_TABLE: alerts_condition(tenant, user_id),
+    }
+
+
 def summary_sql(tenant: str, user_id: str) -> str:
     """One read-only SELECT answering one row: ``total_keys``, ``total_requests``,
-    ``decisions_rows``, ``decisions_per_{minute,hour,day}_rows`` and
+    ``decisions_rows``, ``decisions_per_{minute,hour,day}_rows``, ``alerts_rows`` and
     ``data_retention_days`` (the raw table's TTL; 0 if it has none)."""
     check_subject(tenant, user_id)
     rollups = "".join(
-        f"    (SELECT count() FROM {table} WHERE {rollup_condition(tenant, user_id)})"
-        f" AS {_short(table)}_rows,\n"
-        for table in ROLLUP_TABLES.values()
+        f"    (SELECT count() FROM {table} WHERE {condition}) AS {_short(table)}_rows,\n"
+        for table, condition in _conditions(tenant, user_id).items()
+        if table != DECISIONS_TABLE
     )
     return f"""SELECT
     raw.total_keys AS total_keys,
@@ -110,9 +134,9 @@ FROM (
 
 
 def erase_user(client: Client, tenant: str, user_id: str) -> dict[str, int]:
-    """Delete ``user_id``'s data in ``tenant`` from the raw table and every rollup, keeping
-    the other keys' rollup totals equal to the raw rows that remain; return the rows
-    removed per table (``decisions``, ``decisions_per_minute``, …).
+    """Delete ``user_id``'s data in ``tenant`` from the raw table, every rollup and the
+    alerts, keeping the other keys' rollup totals equal to the raw rows that remain; return
+    the rows removed per table (``decisions``, ``decisions_per_minute``, …, ``alerts``).
 
     Idempotent: with no new decisions of U, a repeated call writes nothing and returns
     zeros.  QueryError if a statement fails; the client should then be discarded (chDB
@@ -127,14 +151,12 @@ def erase_user(client: Client, tenant: str, user_id: str) -> dict[str, int]:
 
     check_subject(tenant, user_id)
     try:
-        removed = _count(client, tenant, user_id)
+        conditions = _conditions(tenant, user_id)
+        removed = _count(client, conditions)
         _correct_rollups(client, tenant, user_id)
-        for table in ROLLUP_TABLES.values():
-            if removed[_short(table)]:
-                client.command(
-                    f"DELETE FROM {table} WHERE {rollup_condition(tenant, user_id)}"
-                    f" {_DELETE_SETTINGS}"
-                )
+        for table, condition in conditions.items():
+            if table != DECISIONS_TABLE and removed[_short(table)]:
+                client.command(f"DELETE FROM {table} WHERE {condition} {_DELETE_SETTINGS}")
         # last: the corrections are computed from these rows, so a retry after a crash
         # anywhere above finds them again
         if removed[_short(DECISIONS_TABLE)]:
@@ -147,16 +169,10 @@ def erase_user(client: Client, tenant: str, user_id: str) -> dict[str, int]:
     return removed
 
 
-def _count(client: Client, tenant: str, user_id: str) -> dict[str, int]:
-    counts = [
-        f"(SELECT count() FROM {DECISIONS_TABLE} WHERE {decisions_condition(tenant, user_id)})"
-    ]
-    counts += [
-        f"(SELECT count() FROM {table} WHERE {rollup_condition(tenant, user_id)})"
-        for table in ROLLUP_TABLES.values()
-    ]
+def _count(client: Client, conditions: dict[str, str]) -> dict[str, int]:
+    counts = [f"(SELECT count() FROM {table} WHERE {where})" for table, where in conditions.items()]
     row = client.query("SELECT " + ", ".join(counts)).result_rows[0]
-    names = [_short(DECISIONS_TABLE), *(_short(t) for t in ROLLUP_TABLES.values())]
+    names = [_short(table) for table in conditions]
     return {name: int(value) for name, value in zip(names, row, strict=True)}
 
 

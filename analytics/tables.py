@@ -12,4 +12,4 @@ ROLLUP_TABLES = {
     "hour": f"{DATABASE}.decisions_per_hour",
     "day": f"{DATABASE}.decisions_per_day",
 }
-AUDIT_TABLE = f"{DATABASE}.audit_log"
+ALERTS_TABLE = f"{DATABASE}.alerts"

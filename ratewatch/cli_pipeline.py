@@ -2,9 +2,9 @@
 
 It owns chDB: applies the schema, writes the decisions it reads from the Valkey event
 stream (exactly once, see ``stream/handlers.py``), drains the audit outbox into the audit
-log (``stream/audit_drain.py``), detects abuse in the same stream and blocks it
-(``ratewatch/cli_detect.py``), and answers other processes' read-only queries on the query
-socket.  Every chDB call runs on one dedicated thread.
+log and the alert outbox into the alerts table (``stream/outbox_drain.py``), detects abuse
+in the same stream and blocks it (``ratewatch/cli_detect.py``), and answers other
+processes' read-only queries on the query socket.  Every chDB call runs on one dedicated thread.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ async def run_pipeline(
     from analytics.query_server import QueryServer
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
-    from ratewatch.cli_audit import AuditTask
     from ratewatch.cli_detect import run_embedded_detection
+    from ratewatch.cli_outbox import open_outbox_tasks
     from stream.handlers import BatchHandler
     from stream.redis_consumer import (
         CONSUMER,
@@ -79,7 +79,7 @@ async def run_pipeline(
     async def in_store(call: Callable[..., T], *args: Any) -> T:
         return await loop.run_in_executor(chdb_thread, call, *args)
 
-    audit = await AuditTask.open(url, redis, keyspace.audit, in_store, consumer=CONSUMER)
+    outboxes = await open_outbox_tasks(url, redis, key_prefix, in_store, consumer=CONSUMER)
 
     stop = asyncio.Event()
     pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop)
@@ -96,7 +96,8 @@ async def run_pipeline(
         log.info("recovered %d entries a previous worker had read but not acknowledged", recovered)
     await broker.start()
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
-    audit.start(stop)
+    for outbox in outboxes:
+        outbox.start(stop)
     detection = asyncio.create_task(run_embedded_detection(redis, keyspace, stop, model_dir))
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     try:
@@ -105,20 +106,23 @@ async def run_pipeline(
                 await asyncio.wait_for(stop.wait(), 30)
             stats = handler.stats
             log.info(
-                "written %d events in %d batches, %d replayed skipped, %d malformed; "
-                "audit log: %d written, %d malformed",
+                "written %d events in %d batches, %d replayed skipped, %d malformed; %s",
                 stats.written,
                 stats.batches,
                 stats.skipped,
                 stats.malformed,
-                audit.drain.stats.written,
-                audit.drain.stats.malformed,
+                "; ".join(
+                    f"{o.drain.name}s: {o.drain.stats.written} written, "
+                    f"{o.drain.stats.malformed} malformed"
+                    for o in outboxes
+                ),
             )
     finally:
-        stop.set()  # also when leaving on an error: the audit drain stops with the rest
+        stop.set()  # also when leaving on an error: the outbox drains stop with the rest
         # the broker finishes the batch in hand (and acknowledges it) before it returns
         await broker.stop()
-        await audit.stop()  # it finishes its batch too
+        for outbox in outboxes:
+            await outbox.stop()  # each finishes its batch too
         await detection
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

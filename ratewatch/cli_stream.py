@@ -2,10 +2,11 @@
 
 Reads decision events from Kafka and writes them to ClickHouse (chDB in
 ``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  With ``--redis-url`` it also drains
-the audit outbox of that Redis into the audit log and onto the audit topic
-(``stream/audit_drain.py``).  It applies the migrations first, and for chDB it answers
-read-only queries on the directory's socket, as chDB belongs to this process while it runs
-(``ratewatch sql --data-dir D`` works meanwhile).  SIGTERM or Ctrl-C finish and commit the
+the audit and the alert outbox of that Redis into their tables and onto their topics,
+``ratewatch.audit.v1`` and ``ratewatch.alerts.v1`` (``stream/outbox_drain.py``).  It
+applies the migrations first, and for chDB it answers read-only queries on the directory's
+socket, as chDB belongs to this process while it runs (``ratewatch sql --data-dir D``
+works meanwhile).  SIGTERM or Ctrl-C finish and commit the
 batch being written, then close chDB.
 
 Defaults that name stream constants are resolved inside the command: the light install
@@ -29,8 +30,10 @@ from ratewatch.cli_analytics import analytics_errors, clickhouse_url_option, res
 from ratewatch.cli_options import data_dir_option, option
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from analytics.event_store import ClickHouseEventStore
-    from ratewatch.cli_audit import AuditTask
+    from ratewatch.cli_outbox import OutboxTask
     from stream.kafka_consumer import ConsumerSettings
 
 log = logging.getLogger("ratewatch.stream")
@@ -60,7 +63,7 @@ T = TypeVar("T")
 @option(
     "--redis-url",
     default=None,
-    help="The limiter's Redis: drain its audit outbox into the audit log and the audit topic.",
+    help="The limiter's Redis: drain its audit and alert outboxes into ClickHouse and Kafka.",
 )
 @option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
 def stream(
@@ -107,13 +110,14 @@ async def run_stream(
     redis_url: str | None = None,
     key_prefix: str = "rw",
 ) -> None:
-    """Migrate, serve queries (chDB), consume (and drain the audit outbox of ``redis_url``)
+    """Migrate, serve queries (chDB), consume (and drain the outboxes of ``redis_url``)
     until SIGTERM/SIGINT, then close in order."""
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
     from analytics.clickhouse import chdb_path, query_socket_path, redact
     from analytics.errors import AnalyticsError
     from analytics.query_server import QueryServer
+    from limiter.redis_client import connect
     from stream.kafka_consumer import DecisionConsumer
 
     loop = asyncio.get_running_loop()
@@ -124,18 +128,20 @@ async def run_stream(
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb-writer")
     store = await loop.run_in_executor(executor, _open_store, url, retention_days)
     queries: QueryServer | None = None
-    audit: AuditTask | None = None
+    outboxes: list[OutboxTask] = []
+    redis: Redis | None = None
     try:
         path = chdb_path(url)
         if path is not None:
             queries = QueryServer(url, query_socket_path(path))
             await queries.start()
         if redis_url is not None:
-            audit = await _open_audit(url, redis_url, key_prefix, settings.bootstrap, executor)
+            redis = await connect(redis_url, socket_timeout=5.0)
+            outboxes = await _open_outboxes(url, redis, key_prefix, settings.bootstrap, executor)
         consumer = DecisionConsumer(settings, store, executor)
         store.rejects = consumer.dead_letters
-        if audit is not None:
-            audit.start(stopping)
+        for outbox in outboxes:
+            outbox.start(stopping)
         log.info("joining group %s on %s", settings.group, settings.bootstrap)
         starting = asyncio.ensure_future(consumer.start())
         stop_waiter = asyncio.ensure_future(stopping.wait())
@@ -158,9 +164,11 @@ async def run_stream(
             stop_waiter.cancel()
             await consumer.stop()
     finally:
-        if audit is not None:
-            stopping.set()
-            await audit.stop()
+        stopping.set()
+        for outbox in outboxes:
+            await outbox.stop()
+        if redis is not None:
+            await redis.aclose()
         if queries is not None:
             await queries.close()
         await loop.run_in_executor(executor, store.close)
@@ -183,30 +191,19 @@ def _open_store(url: str, retention_days: int | None) -> ClickHouseEventStore:
     return ClickHouseEventStore(client, reconnect=lambda: connect(url))
 
 
-async def _open_audit(
-    url: str, redis_url: str, key_prefix: str, bootstrap: str, executor: Executor
-) -> AuditTask:
-    """The drain of the limiter's audit outbox into the audit log (inserted on the store's
-    thread) and onto the audit topic."""
-    from limiter.keyspace import Keyspace
-    from limiter.redis_client import connect
-    from ratewatch.cli_audit import AuditTask
-    from stream.audit_publisher import AuditPublisher
+async def _open_outboxes(
+    url: str, redis: Redis, key_prefix: str, bootstrap: str, executor: Executor
+) -> list[OutboxTask]:
+    """The drains of the limiter's audit and alert outboxes into their tables (inserted on
+    the store's thread) and onto their topics."""
+    from ratewatch.cli_outbox import open_outbox_tasks
 
     loop = asyncio.get_running_loop()
 
     async def in_store(call: Callable[..., T], *args: Any) -> T:
         return await loop.run_in_executor(executor, call, *args)
 
-    redis = await connect(redis_url, socket_timeout=5.0)
-    publisher = AuditPublisher(bootstrap)
-    return await AuditTask.open(
-        url,
-        redis,
-        Keyspace(key_prefix).audit,
-        in_store,
-        # one consumer per host: a restarted container resumes its own unacknowledged entries
-        consumer=socket.gethostname(),
-        publish=publisher.publish,
-        closers=[publisher.close, redis.aclose],
+    # one consumer per host: a restarted container resumes its own unacknowledged entries
+    return await open_outbox_tasks(
+        url, redis, key_prefix, in_store, consumer=socket.gethostname(), bootstrap=bootstrap
     )

@@ -65,7 +65,7 @@ def up(
         others: list[Child] = []
         if kafka:
             limiter += ["--kafka", kafka]
-            # with the Redis URL it also drains the audit outbox (and publishes to Kafka)
+            # with the Redis URL it also drains the audit and alert outboxes (into Kafka too)
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
             detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common]
             others.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))

@@ -5,18 +5,19 @@ Every action of the detectors that an operator should hear about (a block made, 
 that shadow mode only recorded, a repeat offender's escalated block, a block the tenant's
 cap refused) is one ``AlertEvent``, carrying the detector's explanation (top features with
 their values and baselines, score, threshold, detector version).  The detectors record it
-in the alert outbox, a Redis stream (``Keyspace.alerts``); webhook and Kafka delivery
-(``ALERTS_TOPIC``) read it from there.  Like ``stream.events`` for decisions, this module is
-the contract: it imports nothing of theirs.  Consumers ignore unknown fields and unknown
-kinds, so both may grow; a change of a field's meaning bumps ``ALERT_SCHEMA_VERSION`` and
-the topic's ``.vN`` suffix.
+in the alert outbox, a Redis stream (``Keyspace.alerts``); the outbox drain
+(``stream.outbox_drain``) stores it in ``ratewatch.alerts`` and, in the distributed
+deployment, publishes it to ``ALERTS_TOPIC`` (keyed by tenant).  Like ``stream.events`` for
+decisions, this module is the contract: it imports nothing of theirs.  Consumers ignore
+unknown fields and unknown kinds, so both may grow; a change of a field's meaning bumps
+``ALERT_SCHEMA_VERSION`` and the topic's ``.vN`` suffix.
 
 Unlike the audit outbox, the alert outbox is appended with an approximate MAXLEN
 (``ALERTS_MAXLEN``): the durable record of every block the detectors make, enforced or
-shadowed, is its audit event, which is never trimmed; an alert is a notification.  Until a
-delivery worker trims what it sent, an uncapped stream would grow without bound in the very
-Redis that enforces the limits, while the cap can cost only notifications that a stalled
-worker left unread for ``ALERTS_MAXLEN`` alerts.
+shadowed, is its audit event, which is never trimmed; an alert is a notification.  The
+drain trims what it acknowledged, but while no drain runs (a stopped ``ratewatch stream``)
+an uncapped stream would grow without bound in the very Redis that enforces the limits;
+the cap can cost only notifications left unread for ``ALERTS_MAXLEN`` alerts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stream.events import ALERTS_TOPIC, MalformedEvent, envelope_problem
+from stream.events import OUTBOX_FIELD as FIELD
 
 __all__ = [
     "ALERTS_MAXLEN",
@@ -62,9 +64,8 @@ KINDS = frozenset({BLOCK_CREATED, BLOCK_ESCALATED, BLOCK_SHADOWED, BLOCK_SKIPPED
 MODES = ("enforce", "shadow")
 
 ALERTS_MAXLEN = 100_000
-# the entry's one field: the encoded event
-FIELD = b"e"
-# the range of a DateTime64(3) column, where alerts are stored like the audit log
+# ttl_seconds and offence are stored as UInt32 (migration 0006)
+_MAX_COUNT = 2**32 - 1
 
 
 class MalformedAlertEvent(MalformedEvent):
@@ -156,6 +157,9 @@ def decode(data: bytes) -> AlertEvent:
     problem = envelope_problem("alert", event.v, ALERT_SCHEMA_VERSION, event.event_id, event.ts)
     if problem is not None:
         raise MalformedAlertEvent(problem)
+    for name, count in (("ttl_seconds", event.ttl_seconds), ("offence", event.offence)):
+        if count is not None and not 0 <= count <= _MAX_COUNT:
+            raise MalformedAlertEvent(f"alert {name} {count} is not within 0-{_MAX_COUNT}")
     return event
 
 

@@ -2,7 +2,7 @@
 
 Every security-relevant change (API keys, blocks, webhooks, privacy requests, settings) is
 one ``AuditEvent``.  The limiter records it in the audit outbox (``stream.audit_outbox``);
-the audit drain (``stream.audit_drain``) stores it in ``ratewatch.audit_log`` and, in the
+the outbox drain (``stream.outbox_drain``) stores it in ``ratewatch.audit_log`` and, in the
 distributed deployment, publishes it to ``AUDIT_TOPIC`` (keyed by tenant).  Like
 ``stream.events`` for decisions, this module is the contract: it imports nothing of theirs.
 

@@ -2,7 +2,7 @@
 
 Redis is the limiter's own store, so recording a change never waits for, or fails with,
 Kafka or ClickHouse.  Entries are appended without MAXLEN: an entry not yet in the audit
-log must never be trimmed away; the drain (``stream.audit_drain``) trims the entries every
+log must never be trimmed away; the drain (``stream.outbox_drain``) trims the entries every
 reader has acknowledged.  One entry holds one event, in the field ``e`` (its JSON, as
 ``stream.audit.encode`` makes it).  XADD names one key, so a Redis Cluster client works
 as well as a single server's.
@@ -14,9 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stream.audit import AuditEvent, encode
-
-# the entry's one field: the encoded event
-FIELD = b"e"
+from stream.events import OUTBOX_FIELD as FIELD
 
 
 class AuditUnavailable(Exception):

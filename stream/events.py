@@ -17,6 +17,8 @@ DECISIONS_TOPIC = "ratewatch.decisions.v1"
 DECISIONS_DLQ_TOPIC = "ratewatch.decisions.dlq"
 AUDIT_TOPIC = "ratewatch.audit.v1"
 ALERTS_TOPIC = "ratewatch.alerts.v1"
+# the one field of an entry of a Redis outbox stream (audit, alerts): the encoded event
+OUTBOX_FIELD = b"e"
 
 
 class MalformedEvent(ValueError):

@@ -1,18 +1,24 @@
-"""The audit drain: audit outbox entries into the audit log (and onto the audit topic),
-each acknowledged only after it was stored.
+"""The outbox drain: entries of a Redis outbox stream into their ClickHouse table (and onto
+their Kafka topic), each acknowledged only after it was stored.
 
-- A consumer group reads the outbox (``stream.audit_outbox``) from its first entry on.  A
-  batch is decoded; the events are written (``write``: the insert, run on the store's
-  thread), then published (``publish``, optional: Kafka in the distributed deployment),
-  and only then acknowledged.  Entries that are not audit events go to a dead-letter stream
+Two outboxes are drained so: the audit outbox (``stream.audit_outbox``, into
+``ratewatch.audit_log`` and ``ratewatch.audit.v1``) and the alert outbox (``stream.alerts``,
+into ``ratewatch.alerts`` and ``ratewatch.alerts.v1``).  ``decode`` is the outbox's
+contract decoder, which raises ``stream.events.MalformedEvent`` for an entry that is not
+its event.
+
+- A consumer group reads the outbox from its first entry on.  A batch is decoded; the
+  events are written (``write``: the insert, run on the store's thread), then published
+  (``publish``, optional: Kafka in the distributed deployment), and only then
+  acknowledged.  Entries that ``decode`` refuses go to a dead-letter stream
   with the reason and are acknowledged with the rest: they never hold up the others.
 - A failed write or publish is retried with backoff, the same batch with the same
   deduplication token, until it succeeds or the drain stops (leaving the batch pending).
 - A drain first reads again what its consumer read and never acknowledged (a previous run
   of it, killed or stopped mid-batch), and from time to time claims entries another
   consumer has left pending for a minute (a drain that died).  Such an entry may be stored
-  twice: the table folds repeats (migration 0005) and readers of the topic deduplicate by
-  ``event_id``.
+  twice: the tables fold repeats (migrations 0005, 0006) and readers of the topic
+  deduplicate by ``event_id``.
 - Acknowledged entries are trimmed as the decision stream's are
   (``stream.redis_consumer.trim_acknowledged``); the outbox itself never caps the stream.
 
@@ -28,26 +34,28 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
-from stream.audit import AuditEvent, MalformedAuditEvent, decode
-from stream.audit_outbox import FIELD
+from stream.events import OUTBOX_FIELD as FIELD
+from stream.events import MalformedEvent
 from stream.redis_consumer import trim_acknowledged
 
-log = logging.getLogger("ratewatch.audit")
+log = logging.getLogger("ratewatch.outbox")
 
-GROUP = "ratewatch-audit"
+AUDIT_GROUP = "ratewatch-audit"
+ALERT_GROUP = "ratewatch-alerts"
 DEAD_LETTER_SUFFIX = ":dlq"
 DEAD_LETTER_MAX_LENGTH = 100_000
 
+E = TypeVar("E")
 # (events, deduplication token) -> stored; raises if not
-Write = Callable[[Sequence[AuditEvent], str], Awaitable[object]]
+Write = Callable[[Sequence[E], str], Awaitable[object]]
 # events -> acknowledged by the broker; raises if not
-Publish = Callable[[Sequence[AuditEvent]], Awaitable[object]]
+Publish = Callable[[Sequence[E]], Awaitable[object]]
 Entry = tuple[bytes, Mapping[bytes, bytes] | None]
 
 
@@ -64,8 +72,9 @@ class _Stopping(Exception):
     """The drain stops while a batch waits for the store or the broker: leave it pending."""
 
 
-class AuditDrain:
-    """Drains the outbox stream ``stream`` through ``write`` (and ``publish``).
+class OutboxDrain(Generic[E]):
+    """Drains the outbox stream ``stream``: entries decoded by ``decode``, through ``write``
+    (and ``publish``).  ``name`` says what the events are, in logs.
 
     ``consumer`` names this drain in the group: a drain restarted under the same name
     resumes its own unacknowledged entries at once; another name's are claimed after
@@ -75,11 +84,13 @@ class AuditDrain:
         self,
         redis: Redis,
         stream: str,
-        write: Write,
-        publish: Publish | None = None,
+        decode: Callable[[bytes], E],
+        write: Write[E],
+        publish: Publish[E] | None = None,
         *,
-        consumer: str = "audit",
-        group: str = GROUP,
+        name: str,
+        group: str,
+        consumer: str | None = None,
         dead_letters: str | None = None,
         count: int = 500,
         block_ms: int = 1000,
@@ -94,9 +105,11 @@ class AuditDrain:
             )
         self._redis = redis
         self.stream = stream
+        self._decode = decode
+        self.name = name
         self._write = write
         self._publish = publish
-        self.consumer = consumer
+        self.consumer = consumer or name
         self.group = group
         self.dead_letters = dead_letters or stream + DEAD_LETTER_SUFFIX
         self._count = count
@@ -117,16 +130,18 @@ class AuditDrain:
         self._stop = stop
         trimmer = asyncio.create_task(
             trim_acknowledged(self._redis, self.stream, self._trim_interval),
-            name="ratewatch-audit-trim",
+            name=f"ratewatch-{self.name}-trim",
         )
         pause = 0.25
-        log.info("draining audit outbox %s as %s/%s", self.stream, self.group, self.consumer)
+        log.info(
+            "draining %s outbox %s as %s/%s", self.name, self.stream, self.group, self.consumer
+        )
         try:
             while not stop.is_set():
                 try:
                     await self.drain_once()
                 except _Stopping:
-                    log.warning("stopping with an audit batch unstored: it is read again")
+                    log.warning("stopping with a %s batch unstored: it is read again", self.name)
                     break
                 except (RedisError, OSError) as exc:
                     self.stats.failures += 1
@@ -134,7 +149,11 @@ class AuditDrain:
                     if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         self._grouped = False  # the stream was deleted: create it again
                     log.error(
-                        "audit outbox %s failed (%s); retrying in %.1fs", self.stream, exc, pause
+                        "%s outbox %s failed (%s); retrying in %.1fs",
+                        self.name,
+                        self.stream,
+                        exc,
+                        pause,
                     )
                     await self._pause(pause)
                     pause = min(self._max_pause, pause * 2)
@@ -144,7 +163,7 @@ class AuditDrain:
             trimmer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await trimmer
-            log.info("audit drain stopped: %s", self.stats)
+            log.info("%s drain stopped: %s", self.name, self.stats)
 
     async def drain_once(self) -> int:
         """Handle one batch: this consumer's unacknowledged entries while there are any,
@@ -183,16 +202,16 @@ class AuditDrain:
     async def _handle(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
-        events: list[AuditEvent] = []
+        events: list[E] = []
         stored_ids: list[bytes] = []
         malformed: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
         for entry_id, fields in entries:
             if not fields:
                 continue  # deleted since it was read: nothing left to store
             try:
-                events.append(_decode_entry(entry_id, fields))
+                events.append(self._decode(_field_of(entry_id, fields)))
                 stored_ids.append(entry_id)
-            except MalformedAuditEvent as exc:
+            except MalformedEvent as exc:
                 malformed.append((entry_id, fields, str(exc)))
         if events:
             token = f"{self.stream}/" + hashlib.sha256(b",".join(stored_ids)).hexdigest()[:32]
@@ -220,7 +239,7 @@ class AuditDrain:
                 self.stats.failures += 1
                 if self._stop.is_set():
                     raise _Stopping from exc
-                log.error("audit batch %s failed, retrying in %.1fs: %s", what, pause, exc)
+                log.error("%s batch %s failed, retrying in %.1fs: %s", self.name, what, pause, exc)
                 if await self._pause(pause):
                     raise _Stopping from exc
                 pause = min(self._max_pause, pause * 2)
@@ -228,7 +247,13 @@ class AuditDrain:
     async def _dead_letter(
         self, entry_id: bytes, fields: Mapping[bytes, bytes], error: str
     ) -> None:
-        log.warning("audit outbox entry %s is not an audit event: %s", _text(entry_id), error)
+        log.warning(
+            "%s outbox entry %s is not a %s event: %s",
+            self.name,
+            _text(entry_id),
+            self.name,
+            error,
+        )
         # the entry's own fields under raw:<name>, so no field of it can shadow ours
         letter: dict[FieldT, EncodableT] = {
             "source": self.stream,
@@ -265,7 +290,7 @@ class AuditDrain:
         if cursor == "0-0":
             self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
         if entries:
-            log.info("claimed %d audit entries abandoned by another consumer", len(entries))
+            log.info("claimed %d %s entries abandoned by another consumer", len(entries), self.name)
         return entries
 
     async def _pause(self, seconds: float) -> bool:
@@ -275,14 +300,14 @@ class AuditDrain:
         return self._stop.is_set()
 
 
-def _decode_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> AuditEvent:
+def _field_of(entry_id: bytes, fields: Mapping[bytes, bytes]) -> bytes:
     value = fields.get(FIELD)
     if value is None:
         names = ", ".join(sorted(_text(name) for name in fields))
-        raise MalformedAuditEvent(
+        raise MalformedEvent(
             f"outbox entry {_text(entry_id)} has no field {_text(FIELD)!r} (it has {names})"
         )
-    return decode(value)
+    return value
 
 
 def _text(value: bytes | str) -> str:

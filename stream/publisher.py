@@ -1,7 +1,8 @@
-"""Audit events onto the audit topic (``ratewatch.audit.v1``), for the distributed
-deployment's other readers (a SIEM, an archive).
+"""Outbox events onto their Kafka topic, for the distributed deployment's other readers:
+audit events on ``ratewatch.audit.v1`` (a SIEM, an archive), alert events on
+``ratewatch.alerts.v1`` (paging, chat, a SOAR).
 
-The audit drain calls ``publish`` with each batch before it acknowledges the batch in the
+The outbox drain calls ``publish`` with each batch before it acknowledges the batch in the
 outbox, so the topic is at least once: a batch retried after a failed or doubtful send may
 arrive twice, with the same ``event_id``s.  Messages are keyed by tenant, so one tenant's
 events keep their order within a partition; ``acks="all"``: a message is published once
@@ -14,33 +15,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from stream.audit import AUDIT_TOPIC, AuditEvent, encode
-
-log = logging.getLogger("ratewatch.audit")
+log = logging.getLogger("ratewatch.outbox")
 
 
-class AuditPublisher:
+class TenantEvent(Protocol):
+    @property
+    def tenant(self) -> str: ...
+
+
+E = TypeVar("E", bound=TenantEvent)
+
+
+class EventPublisher(Generic[E]):
+    """Publishes events encoded by ``encode`` on ``topic``."""
+
     def __init__(
         self,
         bootstrap: str,
-        topic: str = AUDIT_TOPIC,
+        topic: str,
+        encode: Callable[[E], bytes],
         *,
-        client_id: str = "ratewatch-audit",
+        client_id: str = "ratewatch-outbox",
         request_timeout_ms: int = 15_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self._encode = encode
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self.published = 0
 
-    async def publish(self, events: Sequence[AuditEvent]) -> None:
+    async def publish(self, events: Sequence[E]) -> None:
         """Send every event and wait until the broker acknowledged all of them; raises
         (KafkaError, TimeoutError) if it did not, and the batch must be sent again."""
         if not events:
@@ -48,7 +60,7 @@ class AuditPublisher:
         producer = await self._started()
         try:
             futures = [
-                await producer.send(self.topic, encode(event), key=event.tenant.encode())
+                await producer.send(self.topic, self._encode(event), key=event.tenant.encode())
                 for event in events
             ]
             await asyncio.gather(*futures)
@@ -81,5 +93,5 @@ class AuditPublisher:
                     await producer.stop()
                 raise
             self._producer = producer
-            log.info("publishing audit events to %s at %s", self.topic, self.bootstrap)
+            log.info("publishing to %s at %s", self.topic, self.bootstrap)
         return self._producer

@@ -46,15 +46,27 @@ from stream.audit import (
     encode,
     new_audit_event,
 )
-from stream.audit_drain import AuditDrain
 from stream.audit_outbox import FIELD, AuditOutbox, AuditUnavailable
-from stream.audit_publisher import AuditPublisher
+from stream.outbox_drain import AUDIT_GROUP, OutboxDrain, Publish
+from stream.publisher import EventPublisher
 from tests.kafka import KafkaBroker, create_topic, eventually, unique_topic
 from tests.servers import RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 Write = Callable[[Sequence[AuditEvent], str], Awaitable[None]]
+
+
+def audit_drain(
+    redis: Redis,
+    stream: str,
+    write: Write,
+    publish: Publish[AuditEvent] | None = None,
+    **options: Any,
+) -> OutboxDrain[AuditEvent]:
+    return OutboxDrain(
+        redis, stream, decode, write, publish, name="audit", group=AUDIT_GROUP, **options
+    )
 
 
 @pytest.fixture
@@ -159,7 +171,9 @@ async def until(
         await asyncio.sleep(0.02)
 
 
-async def drain_until(drain: AuditDrain, done: Callable[[], bool], within: float = 20) -> None:
+async def drain_until(
+    drain: OutboxDrain[AuditEvent], done: Callable[[], bool], within: float = 20
+) -> None:
     """Step ``drain`` batch by batch until ``done`` holds."""
     deadline = time.monotonic() + within
     while not done():
@@ -215,7 +229,7 @@ async def test_recorded_events_reach_the_audit_log_with_every_field_and_are_trim
     assert await stream_fields(redis, keyspace.audit) == [{FIELD: encode(e)} for e in events]
 
     stop = asyncio.Event()
-    drain = AuditDrain(redis, keyspace.audit, write, block_ms=50, trim_interval=0.05)
+    drain = audit_drain(redis, keyspace.audit, write, block_ms=50, trim_interval=0.05)
     running = asyncio.create_task(drain.run(stop))
     try:
         await eventually(lambda: drain.stats.written == len(events), 20, "the events written")
@@ -247,7 +261,7 @@ async def test_a_batch_delivered_again_after_a_crash_is_one_row_per_event(
         stop.set()
         raise ConnectionError("killed before the acknowledgement")
 
-    crashed = AuditDrain(redis, keyspace.audit, write, dies, consumer="c1", block_ms=50)
+    crashed = audit_drain(redis, keyspace.audit, write, dies, consumer="c1", block_ms=50)
     await asyncio.wait_for(crashed.run(stop), 20)
     assert len(stored(clickhouse, "crash")) == 5
     assert await pending(redis, keyspace) == 5
@@ -261,7 +275,7 @@ async def test_a_batch_delivered_again_after_a_crash_is_one_row_per_event(
 
     # restarted under the same name, cutting its batches differently: the rows are inserted
     # again under other deduplication tokens, and the table folds them
-    restarted = AuditDrain(
+    restarted = audit_drain(
         redis, keyspace.audit, write, publish, consumer="c1", count=3, block_ms=50
     )
     await drain_until(restarted, lambda: len(published) == 7)
@@ -284,12 +298,12 @@ async def test_entries_a_dead_drain_left_pending_are_claimed_by_another(
         stop.set()
         raise ConnectionError("killed in the middle of the insert")
 
-    dead = AuditDrain(redis, keyspace.audit, dies, consumer="dead", block_ms=50)
+    dead = audit_drain(redis, keyspace.audit, dies, consumer="dead", block_ms=50)
     await asyncio.wait_for(dead.run(stop), 20)
     assert await pending(redis, keyspace) == 4
     assert stored(clickhouse, "claim") == []
 
-    survivor = AuditDrain(
+    survivor = audit_drain(
         redis, keyspace.audit, write, consumer="survivor", claim_idle_ms=1, block_ms=50
     )
     await drain_until(survivor, lambda: survivor.stats.written == 4)
@@ -314,7 +328,7 @@ async def test_malformed_entries_go_to_the_dead_letter_stream_and_the_rest_is_st
         await redis.xadd(keyspace.audit, fields)  # type: ignore[arg-type]
     await record(outbox, good[1:])
 
-    drain = AuditDrain(redis, keyspace.audit, write, block_ms=50)
+    drain = audit_drain(redis, keyspace.audit, write, block_ms=50)
     await drain_until(drain, lambda: drain.stats.written + drain.stats.malformed == 7)
 
     assert rows_as_events(stored(clickhouse, "mixed")) == by_id(good)
@@ -353,7 +367,7 @@ async def test_the_drain_waits_while_the_store_fails_and_then_stores_everything_
 
     # a drain stopped during the outage leaves its batch pending, promptly
     stop = asyncio.Event()
-    drain = AuditDrain(redis, keyspace.audit, flaky, block_ms=50, max_pause=0.1)
+    drain = audit_drain(redis, keyspace.audit, flaky, block_ms=50, max_pause=0.1)
     running = asyncio.create_task(drain.run(stop))
     await eventually(lambda: drain.stats.failures >= 4, 20, "retries")
     assert await pending(redis, keyspace) == 6
@@ -363,7 +377,7 @@ async def test_the_drain_waits_while_the_store_fails_and_then_stores_everything_
 
     # the next run retries until the store is back, then acknowledges
     stop = asyncio.Event()
-    drain = AuditDrain(redis, keyspace.audit, flaky, block_ms=50, max_pause=0.1)
+    drain = audit_drain(redis, keyspace.audit, flaky, block_ms=50, max_pause=0.1)
     running = asyncio.create_task(drain.run(stop))
     try:
         await eventually(lambda: drain.stats.failures >= 3, 20, "retries")
@@ -423,8 +437,8 @@ async def test_every_event_is_published_to_the_topic_as_encoded_before_it_is_ack
     await create_topic(kafka_broker.bootstrap, topic, partitions=3)
     events = some_events("kafka-a", 15) + some_events("kafka-b", 15)
     await record(outbox, events)
-    publisher = AuditPublisher(kafka_broker.bootstrap, topic)
-    drain = AuditDrain(redis, keyspace.audit, write, publisher.publish, count=7, block_ms=50)
+    publisher = EventPublisher(kafka_broker.bootstrap, topic, encode)
+    drain = audit_drain(redis, keyspace.audit, write, publisher.publish, count=7, block_ms=50)
     try:
         await drain_until(drain, lambda: publisher.published == len(events), within=30)
     finally:

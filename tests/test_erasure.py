@@ -15,12 +15,14 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from analytics import erasure
+from analytics.alert_store import AlertLogWriter
 from analytics.clickhouse import chdb_url, connect
 from analytics.erasure import erase_user, summary_sql
 from analytics.errors import QueryError
 from analytics.migrate import migrate
 from analytics.sqltext import check_read_only, quote
-from analytics.tables import DECISIONS_TABLE, ROLLUP_TABLES
+from analytics.tables import ALERTS_TABLE, DECISIONS_TABLE, ROLLUP_TABLES
+from stream.alerts import BLOCK_CREATED, new_alert_event
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +32,7 @@ MINUTE = 60_000
 HOUR = 60 * MINUTE
 USER = "user:1"
 SHARED = "ip:10.0.0.1"
-TABLES = ["decisions", *(table.rpartition(".")[2] for table in ROLLUP_TABLES.values())]
+TABLES = ["decisions", *(table.rpartition(".")[2] for table in ROLLUP_TABLES.values()), "alerts"]
 HOSTILE = [
     "x' OR 1=1 --",
     "x\\' OR 1=1 --",
@@ -112,6 +114,22 @@ def seed(client: Client, tenant: str) -> None:
     # written in several inserts, as consumers do: rollup rows of a key stay unmerged
     insert(client, tenant, rows[:9])
     insert(client, tenant, rows[9:])
+    # alerts about USER (as a user id and by its keys), and about subjects that only look
+    # like USER's or are someone else's
+    subjects = [
+        ("user_id", USER),
+        ("key", USER),
+        ("key", f"{USER}:search"),
+        ("user_id", "user:12"),
+        ("key", "user:1-x"),
+        ("ip", USER),  # an ip alert is never a user's, whatever its subject
+        ("key", SHARED),
+    ]
+    alerts = [
+        new_alert_event(tenant, BLOCK_CREATED, scope, subject, explanation={"score": 0.9})
+        for scope, subject in subjects
+    ]
+    AlertLogWriter(client).write(alerts, f"erasure-seed/{tenant}/{uuid.uuid4()}")
 
 
 def rows_of(client: Client, sql: str) -> list[tuple[Any, ...]]:
@@ -171,6 +189,10 @@ def snapshot(client: Client, tenant: str) -> dict[str, Any]:
     }
     for table in ROLLUP_TABLES.values():
         state[table] = rollup_totals(client, tenant, table)
+    state[ALERTS_TABLE] = rows_of(
+        client,
+        f"SELECT scope, subject FROM {ALERTS_TABLE} WHERE tenant = {quote(tenant)} ORDER BY ALL",
+    )
     return state
 
 
@@ -207,6 +229,13 @@ def matching(client: Client, tenant: str, user_id: str) -> dict[str, int]:
             f" AND (key = {quote(user_id)}"
             f" OR substring(key, 1, {len(user_id.encode()) + 1}) = {quote(user_id + ':')})",
         )[0][0]
+    counts["alerts"] = rows_of(
+        client,
+        f"SELECT count() FROM {ALERTS_TABLE} WHERE tenant = {quote(tenant)}"
+        f" AND ((scope = 'user_id' AND subject = {quote(user_id)}) OR (scope = 'key'"
+        f" AND (subject = {quote(user_id)}"
+        f" OR substring(subject, 1, {len(user_id.encode()) + 1}) = {quote(user_id + ':')})))",
+    )[0][0]
     return counts
 
 
@@ -221,6 +250,7 @@ def test_summary_counts_what_the_store_holds_about_a_user(clickhouse: Client, te
         "decisions_per_minute_rows": before["decisions_per_minute"],
         "decisions_per_hour_rows": before["decisions_per_hour"],
         "decisions_per_day_rows": before["decisions_per_day"],
+        "alerts_rows": 3,  # as user_id, by its key, by its search key
         "data_retention_days": 30,
     }
     assert before["decisions_per_minute"] == 5  # a row per minute, route, reason, segment
@@ -249,6 +279,7 @@ def test_erasing_a_user_leaves_nothing_of_theirs_and_everyone_elses_totals(
         "decisions_per_minute_rows": 0,
         "decisions_per_hour_rows": 0,
         "decisions_per_day_rows": 0,
+        "alerts_rows": 0,
         "data_retention_days": 30,
     }
     # the shared key lost USER's decisions in the raw table and in every rollup alike
@@ -277,6 +308,10 @@ def test_erasing_a_user_leaves_nothing_of_theirs_and_everyone_elses_totals(
         f"SELECT DISTINCT key FROM {DECISIONS_TABLE} WHERE tenant = {quote(tenant)} ORDER BY key",
     )
     assert remaining_keys == [(SHARED,), ("user:1-x",), ("user:12",), ("user:2",), ("x:user:1",)]
+    assert rows_of(
+        clickhouse,
+        f"SELECT scope, subject FROM {ALERTS_TABLE} WHERE tenant = {quote(tenant)} ORDER BY ALL",
+    ) == [("ip", USER), ("key", SHARED), ("key", "user:1-x"), ("user_id", "user:12")]
     assert snapshot(clickhouse, other) == others
     assert summary(clickhouse, other, USER)["total_requests"] == 9
 

@@ -1,4 +1,5 @@
-"""Read routes over the analytics store: ``GET /v1/analytics/usage`` and ``GET /v1/audit``.
+"""Read routes over the analytics store: ``GET /v1/analytics/usage``, ``GET /v1/audit`` and
+``GET /v1/alerts``.
 
 The limiter holds no ClickHouse client of its own in the embedded mode: its ``Analytics``
 (``analytics/gateway.py``) asks the process that owns chDB.  Every query is built here from
@@ -19,7 +20,7 @@ from starlette.routing import Route
 from analytics.errors import AnalyticsError
 from analytics.gateway import Analytics
 from analytics.sqltext import quote
-from analytics.tables import AUDIT_TABLE
+from analytics.tables import ALERTS_TABLE, AUDIT_TABLE
 from analytics.usage import DEFAULT_TOP, GROUP_BY, MAX_TOP, WINDOWS, UsageQuery
 from limiter.apikeys import MAX_SEGMENT_LENGTH
 from limiter.http.admin import json_response, principal_of
@@ -28,9 +29,11 @@ from limiter.http.problems import Problem
 from limiter.http.schemas import MAX_KEY_LENGTH
 
 MAX_ROUTE_LENGTH = 2048
-MAX_AUDIT_ROWS = 1000
+MAX_LISTED_ROWS = 1000
 _USAGE_PARAMETERS = {"key", "window", "route", "segment", "group_by", "top"}
 _AUDIT_PARAMETERS = {"action", "since", "until", "limit"}
+_ALERT_FILTERS = ("kind", "scope", "subject", "mode", "detector")
+_ALERT_PARAMETERS = {*_ALERT_FILTERS, "since", "until", "limit"}
 
 
 class AnalyticsRoutes:
@@ -42,6 +45,7 @@ class AnalyticsRoutes:
         return [
             Route("/v1/analytics/usage", self.usage, methods=["GET"]),
             Route("/v1/audit", self.audit, methods=["GET"]),
+            Route("/v1/alerts", self.alerts, methods=["GET"]),
         ]
 
     async def usage(self, request: Request) -> Response:
@@ -76,11 +80,8 @@ class AnalyticsRoutes:
         action = _text(params, "action", 100)
         if action is not None:
             conditions.append(f"action = {quote(action)}")
-        for name, operator in (("since", ">="), ("until", "<")):
-            if name in params:
-                moment = _integer(params, name, 0, 0, 10**13)
-                conditions.append(f"ts {operator} fromUnixTimestamp64Milli({moment}, 'UTC')")
-        limit = _integer(params, "limit", 100, 1, MAX_AUDIT_ROWS)
+        conditions.extend(_time_range(params))
+        limit = _integer(params, "limit", 100, 1, MAX_LISTED_ROWS)
         rows = await run_query(
             self._analytics,
             # the epoch-ms alias must not be called ts: an alias shadows the column in WHERE
@@ -95,6 +96,33 @@ class AnalyticsRoutes:
             row["ts"] = row.pop("epoch_ms")
             row["details"] = _json_object(row["details"])
         return json_response({"tenant": principal.tenant, "entries": rows})
+
+    async def alerts(self, request: Request) -> Response:
+        """What the abuse detection did, newest first: readable by every key of the tenant,
+        as its blocks are (``GET /v1/blocks``), since an alert explains a block."""
+        principal = await principal_of(self._checks, request, admin=False)
+        params = _parameters(request, _ALERT_PARAMETERS)
+        conditions = [f"tenant = {quote(principal.tenant)}"]
+        for name in _ALERT_FILTERS:
+            value = _text(params, name, MAX_KEY_LENGTH)
+            if value is not None:
+                conditions.append(f"{name} = {quote(value)}")
+        conditions.extend(_time_range(params))
+        limit = _integer(params, "limit", 100, 1, MAX_LISTED_ROWS)
+        rows = await run_query(
+            self._analytics,
+            f"""SELECT toUnixTimestamp64Milli(ts) AS epoch_ms, toString(event_id) AS id, kind,
+                       scope, subject, nullIf(block_id, '') AS block_id, mode, ttl_seconds,
+                       offence, detector, score, explanation
+                FROM {ALERTS_TABLE} FINAL
+                WHERE {" AND ".join(conditions)}
+                ORDER BY ts DESC, id
+                LIMIT {limit}""",
+        )
+        for row in rows:
+            row["ts"] = row.pop("epoch_ms")
+            row["explanation"] = _json_object(row["explanation"])
+        return json_response({"tenant": principal.tenant, "alerts": rows})
 
 
 async def run_query(analytics: Analytics | None, sql: str) -> list[dict[str, Any]]:
@@ -119,6 +147,16 @@ def _parameters(request: Request, known: set[str]) -> Mapping[str, str]:
     if unknown:
         raise _invalid(f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
     return params
+
+
+def _time_range(params: Mapping[str, str]) -> list[str]:
+    """Conditions on ``ts`` from the ``since`` (inclusive) and ``until`` epoch milliseconds."""
+    conditions = []
+    for name, operator in (("since", ">="), ("until", "<")):
+        if name in params:
+            moment = _integer(params, name, 0, 0, 10**13)
+            conditions.append(f"ts {operator} fromUnixTimestamp64Milli({moment}, 'UTC')")
+    return conditions
 
 
 def _text(params: Mapping[str, str], name: str, max_length: int) -> str | None:

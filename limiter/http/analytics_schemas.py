@@ -6,7 +6,7 @@ describe them, and a test validates real responses against the published schema.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -74,6 +74,28 @@ class AuditEntry(msgspec.Struct, kw_only=True):
 class AuditList(msgspec.Struct, kw_only=True):
     tenant: str
     entries: list[AuditEntry]
+
+
+class AlertEntry(msgspec.Struct, kw_only=True):
+    ts: int  # epoch milliseconds
+    id: str
+    # block.created | block.escalated | block.shadowed | block.skipped_cap
+    kind: str
+    scope: Literal["ip", "key", "user_id"]
+    subject: str
+    block_id: str | None  # None when no block was made (block.skipped_cap)
+    mode: Literal["enforce", "shadow"]
+    ttl_seconds: int | None
+    offence: int | None  # the subject's repeat count, 1 for a first offence
+    detector: str
+    score: float
+    # detector, detector_version, score, threshold, window_seconds, reasons, signals
+    explanation: dict[str, Any]
+
+
+class AlertList(msgspec.Struct, kw_only=True):
+    tenant: str
+    alerts: list[AlertEntry]
 
 
 class RedisCounts(msgspec.Struct, kw_only=True):

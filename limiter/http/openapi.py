@@ -9,6 +9,7 @@ import msgspec
 from limiter.http.admin import BlockCreate, KeyCreate, SettingsUpdate
 from limiter.http.allowlist_routes import AllowlistAdd
 from limiter.http.analytics_schemas import (
+    AlertList,
     AuditList,
     PrivacyDeleteResult,
     PrivacySummaryResult,
@@ -90,6 +91,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             SettingsUpdate,
             UsageResponse,
             AuditList,
+            AlertList,
             PrivacyDelete,
             PrivacySummary,
             PrivacyDeleteResult,
@@ -137,6 +139,17 @@ def build_openapi(version: str) -> dict[str, Any]:
         ("since", "integer", "From this epoch millisecond on."),
         ("until", "integer", "Before this epoch millisecond."),
         ("limit", "integer", "At most this many entries (1-1000, default 100)."),
+    )
+    alerts = _operation("What the abuse detection did, newest first", "AlertList", 422)
+    alerts["parameters"] = _query_parameters(
+        ("kind", "string", "Only this kind, e.g. `block.created`."),
+        ("scope", "string", "Only blocks of this scope: `ip`, `key` or `user_id`."),
+        ("subject", "string", "Only this blocked value."),
+        ("mode", "string", "`enforce` or `shadow`."),
+        ("detector", "string", "Only this detector layer, e.g. `rules`."),
+        ("since", "integer", "From this epoch millisecond on."),
+        ("until", "integer", "Before this epoch millisecond."),
+        ("limit", "integer", "At most this many alerts (1-1000, default 100)."),
     )
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
@@ -227,6 +240,7 @@ def build_openapi(version: str) -> dict[str, Any]:
                 },
             },
             "/v1/audit": {"get": audit},
+            "/v1/alerts": {"get": alerts},
             "/v1/privacy/delete": {
                 "post": _operation(
                     "Erase a user's counters, blocks and analytics rows (admin)",

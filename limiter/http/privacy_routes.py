@@ -51,7 +51,13 @@ class PrivacySummary(msgspec.Struct, kw_only=True):
 
 _delete = msgspec.json.Decoder(PrivacyDelete)
 _summary = msgspec.json.Decoder(PrivacySummary)
-_ANALYTICS_TABLES = ("decisions", "decisions_per_minute", "decisions_per_hour", "decisions_per_day")
+_ANALYTICS_TABLES = (
+    "decisions",
+    "decisions_per_minute",
+    "decisions_per_hour",
+    "decisions_per_day",
+    "alerts",
+)
 
 
 class PrivacyRoutes:
