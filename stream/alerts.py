@@ -123,6 +123,9 @@ def new_alert_event(
         raise ValueError(f"alert kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
     if mode not in MODES:
         raise ValueError(f"alert mode {mode!r} is not one of {', '.join(MODES)}")
+    for name, count in (("ttl_seconds", ttl_seconds), ("offence", offence)):
+        if count is not None and not 0 <= count <= _MAX_COUNT:
+            raise ValueError(f"alert {name} {count!r} is not within 0-{_MAX_COUNT}")
     details = dict(explanation)
     try:
         _encoder.encode(details)

@@ -19,15 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from analytics.alert_store import AlertLogWriter
 from analytics.audit_store import AuditLogWriter
 from analytics.clickhouse import chdb_url, connect
 from analytics.migrate import migrate
 from analytics.readonly import ReadOnlyQueries
 from analytics.sqltext import check_read_only
 from analytics.writer import DecisionWriter
+from stream.alerts import (
+    BLOCK_CREATED,
+    BLOCK_ESCALATED,
+    BLOCK_SHADOWED,
+    BLOCK_SKIPPED_CAP,
+    AlertEvent,
+    new_alert_event,
+)
 from stream.audit import AuditEvent
 from stream.events import DecisionEvent
 
@@ -149,6 +159,61 @@ def seed_audit(tenant: str) -> list[AuditEvent]:
     ]
 
 
+THRESHOLD = 0.8
+RULE_REASON = "one IP tried 40 distinct keys in a minute in 60 checks, 95% denied"
+MODEL_REASON = "baseline score 0.90 and isolation-forest score 0.82 agree"
+
+
+# what the detectors did about each subject, newest last within a subject:
+# (minutes ago, kind, scope, subject, offence, detector, score)
+ALERTS: list[tuple[int, str, str, str, int | None, str, float]] = [
+    # 203.0.113.7 blocked three times, twice by the rules, then by the models
+    (180, BLOCK_CREATED, "ip", IP, 1, "rules", 0.95),
+    (60, BLOCK_ESCALATED, "ip", IP, 2, "rules", 0.95),
+    (15, BLOCK_ESCALATED, "ip", IP, 3, "baseline+isolation_forest", 0.86),
+    (40, BLOCK_CREATED, "ip", "192.0.2.50", 1, "rules", 0.9),
+    (30, BLOCK_SHADOWED, "user_id", USER, 1, "baseline", 0.82),
+    (10, BLOCK_SKIPPED_CAP, "ip", "198.51.100.1", None, "rules", 0.9),
+    # outside "the last 24 hours"
+    (2 * 24 * 60, BLOCK_CREATED, "user_id", "user:7", 1, "baseline", 0.84),
+    (26 * 60, BLOCK_ESCALATED, "user_id", "user:7", 2, "baseline", 0.88),
+    # outside "the last 7 days"
+    (10 * 24 * 60, BLOCK_ESCALATED, "ip", "192.0.2.99", 5, "rules", 0.95),
+]
+
+
+def seed_alerts(tenant: str) -> list[AlertEvent]:
+    """ALERTS as the detectors make them: a block unless the cap refused it, its TTL
+    doubling with each offence, shadowed in shadow mode."""
+    events = []
+    for minutes_ago, kind, scope, subject, offence, detector, score in ALERTS:
+        explanation: dict[str, Any] = {
+            "detector": detector,
+            "detector_version": "policy-1",
+            "score": score,
+            "threshold": THRESHOLD,
+            "window_seconds": 60,
+            "reasons": [RULE_REASON if detector == "rules" else MODEL_REASON, "900 checks/min"],
+            "signals": [{"feature": "rate_short", "value": 900.0, "baseline": 3.0, "weight": 0.7}],
+        }
+        blocked = offence is not None
+        if not blocked:
+            explanation.update(max_dynamic_blocks=100, active_dynamic_blocks=100)
+        event = new_alert_event(
+            tenant,
+            kind,
+            scope,
+            subject,
+            explanation=explanation,
+            block_id=f"blk_{uuid.uuid4().hex[:12]}" if blocked else None,
+            mode="shadow" if kind == BLOCK_SHADOWED else "enforce",
+            ttl_seconds=900 * 2 ** (offence - 1) if offence is not None else None,
+            offence=offence,
+        )
+        events.append(msgspec.structs.replace(event, ts=NOW_MS - minutes_ago * MINUTE_MS))
+    return events
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return chdb_url(tmp_path_factory.mktemp("analytics_docs") / "clickhouse")
@@ -169,6 +234,10 @@ def docs_tenant(clickhouse: Client) -> str:
     for name in (tenant, "other" + secrets.token_hex(6)):
         DecisionWriter(clickhouse).write(seed_decisions(name), f"docs-decisions/{name}")
         AuditLogWriter(clickhouse).write(seed_audit(name), f"docs-audit/{name}")
+        alerts = seed_alerts(name)
+        AlertLogWriter(clickhouse).write(alerts, f"docs-alerts/{name}")
+        # delivered twice (at least once through the outbox): FINAL must fold the copies
+        AlertLogWriter(clickhouse).write(alerts[2:3], f"docs-alerts-again/{name}")
     return tenant
 
 
@@ -203,6 +272,8 @@ def test_the_doc_has_an_example_for_every_common_question() -> None:
         "one user",
         "who changed what",
         "privacy request",
+        "per detector and kind",
+        "repeat offenders",
     ):
         assert topic in headings, topic
 
@@ -286,3 +357,32 @@ def test_audit_examples(analyst: ReadOnlyQueries, docs_tenant: str) -> None:
     ]
     assert privacy[1]["reason"] == "GDPR request 42"
     assert int(privacy[1]["raw_rows_erased"]) == 6
+
+
+def test_alerts_per_detector_and_kind(analyst: ReadOnlyQueries, docs_tenant: str) -> None:
+    rows = run(analyst, docs_tenant, by_heading("per detector and kind"))
+    # the last 24 hours only, each alert once although one was delivered twice
+    assert [(r["detector"], r["kind"], int(r["alerts"]), int(r["subjects"])) for r in rows] == [
+        ("rules", BLOCK_CREATED, 2, 2),
+        ("baseline", BLOCK_SHADOWED, 1, 1),
+        ("baseline+isolation_forest", BLOCK_ESCALATED, 1, 1),
+        ("rules", BLOCK_ESCALATED, 1, 1),
+        ("rules", BLOCK_SKIPPED_CAP, 1, 1),
+    ]
+    assert rows[0]["avg_score"] == pytest.approx(0.925)
+
+
+def test_repeat_offenders_and_why(analyst: ReadOnlyQueries, docs_tenant: str) -> None:
+    rows = run(analyst, docs_tenant, by_heading("repeat offenders"))
+    # 192.0.2.50 and user:42 offended once, the cap's refusal made no block, and
+    # 192.0.2.99's five offences are 10 days old
+    assert [(r["scope"], r["subject"], int(r["offences"]), int(r["blocks"])) for r in rows] == [
+        ("ip", IP, 3, 3),
+        ("user_id", "user:7", 2, 2),
+    ]
+    latest = rows[0]
+    assert int(latest["longest_ttl_seconds"]) == 3600
+    assert latest["latest_detector"] == "baseline+isolation_forest"
+    assert latest["latest_score"] == pytest.approx(0.86)
+    assert latest["latest_threshold"] == pytest.approx(THRESHOLD)
+    assert latest["latest_reason"] == MODEL_REASON

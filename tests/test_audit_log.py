@@ -28,12 +28,25 @@ from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyp
 from clickhouse_connect.driver.client import Client
 from redis.asyncio import Redis
 
+from analytics.alert_store import AlertLogWriter
 from analytics.audit_store import AuditLogWriter
 from analytics.clickhouse import AUDIT_TABLE, chdb_url, connect
 from analytics.errors import AnalyticsError
 from analytics.migrate import migrate
 from analytics.query_client import answers, query
+from analytics.tables import ALERTS_TABLE
 from limiter.keyspace import Keyspace
+from stream.alerts import (
+    ALERTS_TOPIC,
+    BLOCK_ESCALATED,
+    BLOCK_SHADOWED,
+    AlertEvent,
+    AlertOutbox,
+    new_alert_event,
+)
+from stream.alerts import BLOCK_CREATED as ALERT_BLOCK_CREATED
+from stream.alerts import decode as decode_alert
+from stream.alerts import encode as encode_alert
 from stream.audit import (
     AUDIT_TOPIC,
     BLOCK_CREATED,
@@ -47,7 +60,7 @@ from stream.audit import (
     new_audit_event,
 )
 from stream.audit_outbox import FIELD, AuditOutbox, AuditUnavailable
-from stream.outbox_drain import AUDIT_GROUP, OutboxDrain, Publish
+from stream.outbox_drain import ALERT_GROUP, AUDIT_GROUP, OutboxDrain, Publish
 from stream.publisher import EventPublisher
 from tests.kafka import KafkaBroker, create_topic, eventually, unique_topic
 from tests.servers import RedisServer, free_port, wait_until
@@ -172,7 +185,7 @@ async def until(
 
 
 async def drain_until(
-    drain: OutboxDrain[AuditEvent], done: Callable[[], bool], within: float = 20
+    drain: OutboxDrain[Any], done: Callable[[], bool], within: float = 20
 ) -> None:
     """Step ``drain`` batch by batch until ``done`` holds."""
     deadline = time.monotonic() + within
@@ -346,6 +359,61 @@ async def test_malformed_entries_go_to_the_dead_letter_stream_and_the_rest_is_st
     assert all(letter[b"source"] == keyspace.audit.encode() for letter in letters)
 
 
+async def test_the_alert_outbox_drains_into_the_alerts_table_and_bad_alerts_are_dead_lettered(
+    redis: Redis, keyspace: Keyspace, clickhouse: Client
+) -> None:
+    """The same drain on the detectors' outbox: alerts land in ``ratewatch.alerts`` with
+    the explanation's detector and score in their own columns; entries that are not alerts,
+    or that the table could not hold, go to the dead letters and hold nothing up."""
+    alerts = some_alerts("alerting", 3)
+    shadowed = new_alert_event(
+        "alerting", BLOCK_SHADOWED, "user_id", "u-7", explanation={}, mode="shadow"
+    )
+    good = encode_alert(alerts[0])
+    bad = [
+        b"{}",
+        good.replace(b'"ttl_seconds":900', b'"ttl_seconds":-900'),  # not a UInt32
+        good.replace(b'"offence":1', b'"offence":4294967296'),
+    ]
+    outbox = AlertOutbox(redis, keyspace.alerts)
+    for alert in alerts[:2]:
+        await outbox.record(alert)
+    for value in bad:
+        await redis.xadd(keyspace.alerts, {FIELD: value})
+    await outbox.record(alerts[2])
+    await outbox.record(shadowed)
+    writer = AlertLogWriter(clickhouse)
+
+    async def write(events: Sequence[AlertEvent], token: str) -> None:
+        writer.write(events, token)
+
+    drain = OutboxDrain(
+        redis, keyspace.alerts, decode_alert, write, name="alert", group=ALERT_GROUP, block_ms=50
+    )
+    await drain_until(drain, lambda: drain.stats.written + drain.stats.malformed == 7)
+
+    assert (drain.stats.written, drain.stats.malformed) == (4, 3)
+    rows = clickhouse.query(
+        f"SELECT toString(event_id), kind, scope, subject, block_id, mode, ttl_seconds,"
+        f" offence, detector, score, explanation FROM {ALERTS_TABLE} FINAL"
+        f" WHERE tenant = 'alerting' ORDER BY ts, subject"
+    ).result_rows
+    expected = [
+        (a.event_id, a.kind, "ip", a.subject, a.block_id, "enforce", a.ttl_seconds, a.offence,
+         "rules", 0.95, json.dumps(a.explanation, sort_keys=True, separators=(",", ":")))
+        for a in alerts
+    ] + [
+        (shadowed.event_id, BLOCK_SHADOWED, "user_id", "u-7", "", "shadow", None, None, "", 0.0,
+         "{}")
+    ]  # fmt: skip
+    assert sorted(map(tuple, rows)) == sorted(expected)
+    letters = await stream_fields(redis, keyspace.alerts + ":dlq")
+    assert [letter[b"raw:e"] for letter in letters] == bad
+    errors = [letter[b"error"].decode() for letter in letters]
+    assert "ttl_seconds -900 is not within" in errors[1]
+    assert "offence 4294967296 is not within" in errors[2]
+
+
 async def test_the_drain_waits_while_the_store_fails_and_then_stores_everything_once(
     redis: Redis, outbox: AuditOutbox, keyspace: Keyspace, clickhouse: Client, write: Write
 ) -> None:
@@ -463,15 +531,69 @@ async def ensure_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-def record_sync(url: str, keyspace: Keyspace, events: Sequence[AuditEvent]) -> None:
+def record_sync(
+    url: str,
+    keyspace: Keyspace,
+    events: Sequence[AuditEvent],
+    alerts: Sequence[AlertEvent] = (),
+) -> None:
+    """``events`` into the audit outbox, ``alerts`` into the alert outbox."""
+
     async def go() -> None:
         client = Redis.from_url(url)
         try:
             await record(AuditOutbox(client, keyspace.audit), events)
+            alert_outbox = AlertOutbox(client, keyspace.alerts)
+            for alert in alerts:
+                await alert_outbox.record(alert)
         finally:
             await client.aclose()
 
     asyncio.run(go())
+
+
+def some_alerts(tenant: str, n: int) -> list[AlertEvent]:
+    return [
+        new_alert_event(
+            tenant,
+            (ALERT_BLOCK_CREATED, BLOCK_ESCALATED)[i % 2],
+            "ip",
+            f"203.0.113.{i}",
+            explanation={"detector": "rules", "score": 0.95, "reasons": [f"burst {i}"]},
+            block_id=f"blk_{i}",
+            ttl_seconds=900 * (i + 1),
+            offence=i + 1,
+        )
+        for i in range(n)
+    ]
+
+
+AlertRow = tuple[str, str, str, int, float, str]
+
+
+def alert_rows(socket: Path, tenant: str) -> list[AlertRow]:
+    """(event_id, kind, subject, offence, score, first reason) of ``tenant``'s alerts."""
+    if not answers(socket):
+        return []
+    rows = query(
+        socket,
+        f"SELECT toString(event_id) AS event_id, kind, subject, offence, score,"
+        f" JSONExtractString(explanation, 'reasons', 1) AS reason FROM {ALERTS_TABLE} FINAL"
+        f" WHERE tenant = '{tenant}' ORDER BY event_id",
+    )
+    return [
+        (r["event_id"], r["kind"], r["subject"], r["offence"], r["score"], r["reason"])
+        for r in rows
+    ]
+
+
+def expected_alert_rows(
+    alerts: Sequence[AlertEvent],
+) -> list[tuple[str, str, str, int, float, str]]:
+    return sorted(
+        (a.event_id, a.kind, a.subject, a.offence or 0, 0.95, a.explanation["reasons"][0])
+        for a in alerts
+    )
 
 
 def audit_rows(socket: Path, tenant: str) -> list[tuple[str, str]]:
@@ -497,15 +619,17 @@ def stop_process(process: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.mark.timeout(120)
-def test_ratewatch_stream_with_a_redis_url_drains_the_outbox_into_the_log_and_the_topic(
+def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_topics(
     redis_server: RedisServer, kafka_broker: KafkaBroker, keyspace: Keyspace, tmp_path: Path
 ) -> None:
     decisions = unique_topic()
     asyncio.run(create_topic(kafka_broker.bootstrap, decisions))
     asyncio.run(ensure_topic(kafka_broker.bootstrap, AUDIT_TOPIC))
+    asyncio.run(ensure_topic(kafka_broker.bootstrap, ALERTS_TOPIC))
     tenant = "dist" + secrets.token_hex(4)
     events = some_events(tenant, 5)
-    record_sync(redis_server.url, keyspace, events)
+    alerts = some_alerts(tenant, 3)
+    record_sync(redis_server.url, keyspace, events, alerts)
     data_dir = tmp_path / "d"
     socket = data_dir / "clickhouse" / "query.sock"
     log_path = tmp_path / "stream.log"
@@ -520,26 +644,35 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outbox_into_the_log_and_th
 
         def stored_all() -> bool:
             assert process.poll() is None, log_path.read_text()
-            return len(audit_rows(socket, tenant)) == len(events)
+            return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
+                len(events),
+                len(alerts),
+            )
 
-        wait_until(stored_all, 60, "the audit rows", 0.2)
+        wait_until(stored_all, 60, "the audit and alert rows", 0.2)
         assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
+        assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
         messages = asyncio.run(
             read_messages(kafka_broker.bootstrap, AUDIT_TOPIC, len(events), tenant.encode())
         )
         assert sorted(value for _, value in messages) == sorted(encode(e) for e in events)
+        published = asyncio.run(
+            read_messages(kafka_broker.bootstrap, ALERTS_TOPIC, len(alerts), tenant.encode())
+        )
+        assert sorted(value for _, value in published) == sorted(encode_alert(a) for a in alerts)
     finally:
         assert stop_process(process) == 0
     assert "Traceback" not in log_path.read_text()
 
 
-def test_the_embedded_pipeline_worker_drains_the_outbox_into_the_audit_log(
+def test_the_embedded_pipeline_worker_drains_the_outboxes_into_their_tables(
     redis_server: RedisServer, keyspace: Keyspace, tmp_path: Path
 ) -> None:
     """``ratewatch pipeline``, the worker ``ratewatch up`` supervises, on the session's Redis."""
     tenant = "emb" + secrets.token_hex(4)
     events = some_events(tenant, 4)
-    record_sync(redis_server.url, keyspace, events)
+    alerts = some_alerts(tenant, 2)
+    record_sync(redis_server.url, keyspace, events, alerts)
     data_dir = tmp_path / "d"
     socket = data_dir / "clickhouse" / "query.sock"
     log_path = tmp_path / "pipeline.log"
@@ -553,10 +686,14 @@ def test_the_embedded_pipeline_worker_drains_the_outbox_into_the_audit_log(
 
         def stored_all() -> bool:
             assert process.poll() is None, log_path.read_text()
-            return len(audit_rows(socket, tenant)) == len(events)
+            return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
+                len(events),
+                len(alerts),
+            )
 
-        wait_until(stored_all, 60, "the audit rows", 0.2)
+        wait_until(stored_all, 60, "the audit and alert rows", 0.2)
         assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
+        assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
     finally:
         assert stop_process(process) == 0
     assert "Traceback" not in log_path.read_text()

@@ -164,6 +164,7 @@ def test_every_table_with_tenant_data_is_filtered_to_one_tenant_for_the_analyst(
         "decisions_per_hour",
         "decisions_per_day",
         "audit_log",
+        "alerts",
     }
     filters = analyst_filters()
     grants = analyst_grants()
@@ -217,8 +218,10 @@ def probe_analyst(workdir: str, output: str) -> None:
     writes what the engine said as JSON to ``output``."""
     import clickhouse_connect
 
+    from analytics.alert_store import AlertLogWriter
     from analytics.audit_store import AuditLogWriter
     from analytics.writer import DecisionWriter
+    from stream.alerts import BLOCK_CREATED, new_alert_event
     from stream.audit import new_audit_event
     from tests.test_analytics_schema import event
 
@@ -243,6 +246,20 @@ def probe_analyst(workdir: str, output: str) -> None:
             AuditLogWriter(client).write(
                 [new_audit_event(tenant, "cli", "key.created", "key_1")], f"probe-audit/{tenant}"
             )
+            alerts = [
+                new_alert_event(
+                    tenant,
+                    BLOCK_CREATED,
+                    "ip",
+                    f"192.0.2.{i}",
+                    explanation={"detector": "rules", "score": 0.95, "threshold": 0.8},
+                    block_id=f"blk_{i}",
+                    ttl_seconds=900,
+                    offence=1,
+                )
+                for i in range(count - 1)
+            ]
+            AlertLogWriter(client).write(alerts, f"probe-alerts/{tenant}")
         result["policies"] = client.query(
             "SELECT table, select_filter FROM system.row_policies"
             " WHERE has(apply_to_list, {user:String}) AND database = {db:String}",
@@ -310,8 +327,13 @@ def probe_analyst(workdir: str, output: str) -> None:
             "create": attempt(f"CREATE TABLE {DATABASE}.probe (a UInt8) ENGINE = Memory"),
             "file": attempt("SELECT * FROM file('/etc/hostname', 'LineAsString')"),
         }
+        # the tables the doc says to read with FINAL, read so
+        result["final"] = {
+            table: attempt(f"SELECT tenant, count() FROM {DATABASE}.{table} FINAL GROUP BY tenant")
+            for table in ("audit_log", "alerts")
+        }
         result["merge"] = attempt(
-            f"SELECT DISTINCT tenant FROM merge('{DATABASE}', '^(decisions|audit_log)')"
+            f"SELECT DISTINCT tenant FROM merge('{DATABASE}', '^(decisions|audit_log|alerts)')"
         )
     finally:
         client.close()
@@ -374,6 +396,11 @@ def test_the_analyst_sees_only_acme_rows_and_cannot_write(probe: dict[str, Any])
         "decisions_per_hour": {TENANT: 3},
         "decisions_per_day": {TENANT: 3},
         "audit_log": {TENANT: 1},
+        "alerts": {TENANT: 2},
+    }
+    assert probe["final"] == {
+        "audit_log": ["ok", [[TENANT, 1]]],
+        "alerts": ["ok", [[TENANT, 2]]],
     }
     assert set(probe["as_analyst"]) - set(readable) >= LEDGER_TABLES
     for name, (outcome, answer) in probe["writes"].items():

@@ -1,6 +1,7 @@
 """``ratewatch detect`` in the distributed deployment: a real `ratewatch serve --kafka`
 streams decisions to the tansu broker, `ratewatch detect` reads them as a consumer group
-and blocks a burst in the limiter's Redis, which the limiter then enforces."""
+and blocks a burst in the limiter's Redis, which the limiter then enforces; `ratewatch
+stream --redis-url` publishes the detector's alert on ``ratewatch.alerts.v1``."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import httpx
 import pytest
 from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 
+from stream.alerts import ALERTS_TOPIC
+from stream.alerts import decode as decode_alert
 from stream.events import DECISIONS_TOPIC
 from tests.conftest import KEY_SECRET, create_key
 from tests.kafka import KafkaBroker, create_topic
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
+from tests.test_audit_log import read_messages
 from tests.test_detection_e2e import Traffic, background_users, burst_checks, check_from
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,8 +32,9 @@ PREFIX = "rwdetect"
 def distributed(
     kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[RatewatchProcess]:
-    with contextlib.suppress(TopicAlreadyExistsError):
-        asyncio.run(create_topic(kafka_broker.bootstrap, DECISIONS_TOPIC))
+    for topic in (DECISIONS_TOPIC, ALERTS_TOPIC):
+        with contextlib.suppress(TopicAlreadyExistsError):
+            asyncio.run(create_topic(kafka_broker.bootstrap, topic))
     common = ["--redis-url", redis_server.url, "--key-prefix", PREFIX, "--kafka"]
     env = {"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()}
     port = free_port()
@@ -55,13 +60,30 @@ def distributed(
         "ratewatch detect to join its group",
         0.2,
     )
+    # the analytics consumer, with the limiter's Redis: it drains the alert outbox
+    stream_log = tmp_path / "stream.log"
+    analytics = RatewatchProcess(
+        ["stream", "--data-dir", str(tmp_path / "stream"), "--group", f"{PREFIX}-analytics",
+         *common, kafka_broker.bootstrap],
+        port,
+        env=env,
+        log_path=stream_log,
+    )  # fmt: skip
+    analytics.launch()
+    wait_until(
+        lambda: "draining alert outbox" in stream_log.read_text(errors="replace"),
+        60,
+        "ratewatch stream to drain the alert outbox",
+        0.2,
+    )
     yield limiter
+    analytics.stop()
     detector.stop()
     limiter.stop()
 
 
-def test_detect_blocks_a_burst_read_from_kafka(
-    distributed: RatewatchProcess, redis_server: RedisServer, tenant: str
+def test_detect_blocks_a_burst_read_from_kafka_and_the_alert_is_published(
+    distributed: RatewatchProcess, redis_server: RedisServer, kafka_broker: KafkaBroker, tenant: str
 ) -> None:
     key = create_key(redis_server.url, tenant, admin=True, prefix=PREFIX)
     attacker = "203.0.113.99"
@@ -76,3 +98,14 @@ def test_detect_blocks_a_burst_read_from_kafka(
         with Traffic(client, background_users(20) + burst_checks(attacker, 200)):
             wait_until(blocked, 90, f"a detector block of {attacker}", 0.5)
         assert check_from(client, attacker)["reason"] == "blocked"
+        block = next(b for b in client.get("/v1/blocks").json()["blocks"] if b["value"] == attacker)
+
+    # announced on the alert topic, keyed by tenant, with the block's explanation
+    messages = asyncio.run(
+        read_messages(kafka_broker.bootstrap, ALERTS_TOPIC, 1, tenant.encode(), within=60)
+    )
+    alerts = [decode_alert(value) for _, value in messages]
+    assert [(a.kind, a.scope, a.subject, a.block_id) for a in alerts] == [
+        ("block.created", "ip", attacker, block["id"])
+    ]
+    assert alerts[0].explanation["reasons"] == block["explanation"]["reasons"]

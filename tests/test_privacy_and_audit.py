@@ -11,11 +11,20 @@ from typing import Any
 
 import httpx
 import jsonschema
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from analytics.query_client import query
 from limiter.keyspace import Keyspace
+from stream.alerts import (
+    BLOCK_CREATED,
+    BLOCK_ESCALATED,
+    BLOCK_SHADOWED,
+    AlertEvent,
+    AlertOutbox,
+    new_alert_event,
+)
 from tests.conftest import STACK_PREFIX, create_key
 from tests.servers import RatewatchProcess, RedisServer, wait_until
 
@@ -391,3 +400,93 @@ def test_allowlist_and_detection_settings_are_managed_and_audited(
         "detection_mode": {"from": "enforce", "to": "shadow"},
         "max_dynamic_blocks": {"from": 1000, "to": 5},
     }
+
+
+def record_alerts(redis_url: str, alerts: list[AlertEvent]) -> None:
+    """Alerts into the stack's alert outbox, as the detectors record them."""
+
+    async def go() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            outbox = AlertOutbox(client, KEYSPACE.alerts)
+            for alert in alerts:
+                await outbox.record(alert)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def listed_alerts(client: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    response = client.get("/v1/alerts", params=params)
+    assert response.status_code == 200, response.text
+    alerts: list[dict[str, Any]] = response.json()["alerts"]
+    return alerts
+
+
+def test_alerts_are_listed_per_tenant_filtered_and_erased_with_their_user(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    explanation = {"detector": "rules", "score": 0.97, "threshold": 0.8, "reasons": ["burst"]}
+    subjects = [
+        (BLOCK_CREATED, "user_id", "user:123", "enforce"),
+        (BLOCK_ESCALATED, "key", "user:123:search", "enforce"),
+        (BLOCK_SHADOWED, "ip", "10.9.9.9", "shadow"),
+        (BLOCK_CREATED, "user_id", "user:1234", "enforce"),
+    ]
+    alerts = [
+        new_alert_event(
+            tenant,
+            kind,
+            scope,
+            subject,
+            explanation=explanation,
+            block_id=f"blk{i}",
+            mode=mode,
+            ttl_seconds=900,
+            offence=1,
+        )
+        for i, (kind, scope, subject, mode) in enumerate(subjects)
+    ]
+    # a millisecond apart, so that "newest first" is one order
+    alerts = [msgspec.structs.replace(a, ts=a.ts - 10 + i) for i, a in enumerate(alerts)]
+    other = "t" + secrets.token_hex(6)
+    record_alerts(redis_server.url, alerts)
+    record_alerts(
+        redis_server.url,
+        [new_alert_event(other, BLOCK_CREATED, "ip", "10.0.0.1", explanation=explanation)],
+    )
+    wait_until(lambda: len(listed_alerts(admin)) == 4, 60, "the alerts in the store", 0.2)
+
+    # any key of the tenant reads them, newest first, in the published shape
+    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+        body = standard.get("/v1/alerts").json()
+    assert_published_shape(admin, body, "AlertList")
+    assert [a["id"] for a in body["alerts"]] == [a.event_id for a in reversed(alerts)]
+    first = body["alerts"][-1]
+    assert first["explanation"] == explanation
+    assert (first["detector"], first["score"], first["ttl_seconds"]) == ("rules", 0.97, 900)
+    assert [a["subject"] for a in listed_alerts(admin, scope="user_id")] == [
+        "user:1234",
+        "user:123",
+    ]
+    assert [a["kind"] for a in listed_alerts(admin, mode="shadow")] == [BLOCK_SHADOWED]
+    assert listed_alerts(admin, kind=BLOCK_ESCALATED, subject="user:123:search")[0]["id"] == (
+        alerts[1].event_id
+    )
+    assert len(listed_alerts(admin, since=alerts[2].ts)) == 2
+    assert listed_alerts(admin, limit=1)[0]["id"] == alerts[3].event_id
+    # another tenant's key sees only its own
+    with http(stack, create_key(redis_server.url, other, prefix=STACK_PREFIX)) as b:
+        wait_until(lambda: len(listed_alerts(b)) == 1, 60, "the other tenant's alert", 0.2)
+        assert listed_alerts(b)[0]["subject"] == "10.0.0.1"
+    for params in ({"limit": "0"}, {"limit": "many"}, {"scope": ""}, {"colour": "red"}):
+        response = admin.get("/v1/alerts", params=params)
+        assert response.status_code == 422, params
+        assert response.headers["content-type"] == "application/problem+json"
+
+    # a privacy request erases the alerts that name the user or one of its keys
+    response = admin.post("/v1/privacy/delete", json={"user_id": "user:123"})
+    assert response.status_code == 200, response.text
+    assert response.json()["deleted"]["clickhouse"]["alerts"] == 2
+    assert sorted(a["subject"] for a in listed_alerts(admin)) == ["10.9.9.9", "user:1234"]
