@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -85,6 +87,8 @@ class TenantSettingsStore:
     def __init__(self, redis: Redis, keyspace: Keyspace):
         self._redis = redis
         self._keyspace = keyspace
+        script = resources.files("limiter") / "lua" / "settings_update.lua"
+        self._update = redis.register_script(script.read_text(encoding="utf-8"))
 
     async def get(self, tenant: str) -> dict[str, object]:
         try:
@@ -99,17 +103,21 @@ class TenantSettingsStore:
         value = (await self.get(tenant)).get("fail_mode")
         return FailMode(str(value)) if value else None
 
-    async def set_fail_mode(self, tenant: str, mode: FailMode | None) -> dict[str, object]:
-        settings = await self.get(tenant)
-        if mode is None:
-            settings.pop("fail_mode", None)
-        else:
-            settings["fail_mode"] = mode.value
+    async def update(self, tenant: str, changes: Mapping[str, object]) -> dict[str, object]:
+        """Apply ``changes`` (None removes a setting) in one atomic step and return the
+        settings as stored: two administrators changing different settings at once both
+        get their change.  Values must already be valid (the ``set_*`` methods check)."""
         try:
-            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))
+            stored = await self._update(
+                keys=[self._keyspace.tenants], args=[tenant, json.dumps(dict(changes))]
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        settings: dict[str, object] = json.loads(stored)
         return settings
+
+    async def set_fail_mode(self, tenant: str, mode: FailMode | None) -> dict[str, object]:
+        return await self.update(tenant, {"fail_mode": mode.value if mode else None})
 
     async def detection(self, tenant: str) -> DetectionSettings:
         """The tenant's detection settings, defaults filled in; ConfigError naming a stored
@@ -128,18 +136,7 @@ class TenantSettingsStore:
             ) from None
 
     async def set_detection_mode(self, tenant: str, mode: DetectionMode | str) -> dict[str, object]:
-        settings = await self.get(tenant)
-        settings["detection_mode"] = parse_detection_mode(mode).value
-        return await self._save(tenant, settings)
+        return await self.update(tenant, {"detection_mode": parse_detection_mode(mode).value})
 
     async def set_max_dynamic_blocks(self, tenant: str, cap: int) -> dict[str, object]:
-        settings = await self.get(tenant)
-        settings["max_dynamic_blocks"] = check_max_dynamic_blocks(cap)
-        return await self._save(tenant, settings)
-
-    async def _save(self, tenant: str, settings: dict[str, object]) -> dict[str, object]:
-        try:
-            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(settings))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return settings
+        return await self.update(tenant, {"max_dynamic_blocks": check_max_dynamic_blocks(cap)})

@@ -482,6 +482,25 @@ async def test_detection_settings_defaults_and_validation(rig: Rig) -> None:
         await settings.detection(tenant)
 
 
+async def test_concurrent_changes_of_different_settings_all_take_effect(rig: Rig) -> None:
+    """Each change is one atomic step in Redis: changes made at the same moment by
+    different requests never undo each other, and other stored fields survive them."""
+    settings, tenant = rig.settings, rig.tenant
+    await rig.redis.hset(KS.tenants, tenant, '{"created_at": 1764300000.125}')
+    for round_ in range(20):
+        mode = ("shadow", "off")[round_ % 2]
+        await asyncio.gather(
+            settings.set_detection_mode(tenant, mode),
+            settings.set_max_dynamic_blocks(tenant, round_),
+            settings.set_fail_mode(tenant, FailMode.CLOSED if round_ % 2 else None),
+        )
+        assert await settings.detection(tenant) == DetectionSettings(DetectionMode(mode), round_)
+        assert await settings.fail_mode(tenant) is (FailMode.CLOSED if round_ % 2 else None)
+    stored = await settings.get(tenant)
+    assert stored["created_at"] == 1764300000.125
+    assert set(stored) == {"created_at", "detection_mode", "max_dynamic_blocks", "fail_mode"}
+
+
 async def test_offences_count_and_decay(rig: Rig) -> None:
     history, tenant = rig.offenders, rig.tenant
     assert await history.offences(tenant, "user_id", "u1") == 0

@@ -223,27 +223,25 @@ class AdminRoutes:
         principal = await self._principal(request, admin=True)
         body: SettingsUpdate = await self._body(request, _settings_update)
         tenant, store = principal.tenant, self._tenant_settings
-        changes: list[tuple[str, object, object]] = []
-        before = await store.get(tenant)
+        wanted: dict[str, object] = {}
         if body.fail_mode is not UNSET:
-            stored = await store.set_fail_mode(tenant, body.fail_mode)
-            changes.append(("fail_mode", before.get("fail_mode"), stored.get("fail_mode")))
+            wanted["fail_mode"] = body.fail_mode.value if body.fail_mode else None
+        if body.detection_mode is not UNSET:
+            wanted["detection_mode"] = body.detection_mode.value
+        if body.max_dynamic_blocks is not UNSET:
+            wanted["max_dynamic_blocks"] = body.max_dynamic_blocks
+        before = await self._settings_view(principal)
+        if wanted:
+            await store.update(tenant, wanted)
+        if "fail_mode" in wanted:
             self._auth.forget()
-        if body.detection_mode is not UNSET or body.max_dynamic_blocks is not UNSET:
-            detection = await store.detection(tenant)
-            if body.detection_mode is not UNSET:
-                await store.set_detection_mode(tenant, body.detection_mode)
-                changes.append(("detection_mode", detection.mode.value, body.detection_mode.value))
-            if body.max_dynamic_blocks is not UNSET:
-                await store.set_max_dynamic_blocks(tenant, body.max_dynamic_blocks)
-                changes.append(
-                    ("max_dynamic_blocks", detection.max_dynamic_blocks, body.max_dynamic_blocks)
-                )
+        after = await self._settings_view(principal)
+        changes = [(name, before[name], after[name]) for name in wanted]
         for name, old, new in changes:
             await self._audit.record(
                 principal, SETTINGS_UPDATED, name, {"from": old, "to": new}, client_ip(request)
             )
-        return json_response(await self._settings_view(principal))
+        return json_response(after)
 
     async def _settings_view(self, principal: Principal) -> dict[str, object]:
         stored = await self._tenant_settings.get(principal.tenant)
