@@ -408,3 +408,118 @@ def test_the_analyst_sees_only_acme_rows_and_cannot_write(probe: dict[str, Any])
         assert "ACCESS_DENIED" in answer or "READONLY" in answer, (name, answer)
     # a table function over every table goes through the same policies
     assert probe["merge"] == ["ok", [[TENANT]]]
+
+
+# Grafana: its service, its provisioning and its read-only ClickHouse account
+# (the account on the engine, and every dashboard query as that account: test_dashboards.py)
+
+GRAFANA_XML = REPO / "compose" / "clickhouse" / "users.d" / "grafana.xml"
+GRAFANA_ACCESS_XML = REPO / "compose" / "clickhouse" / "config.d" / "grafana-access.xml"
+GRAFANA_PASSWORD_VARIABLE = "RATEWATCH_GRAFANA_DB_PASSWORD"
+
+
+def grafana_user() -> ET.Element:
+    users = ET.parse(GRAFANA_XML).getroot().findall("users/grafana")
+    assert len(users) == 1
+    return users[0]
+
+
+def test_the_grafana_account_is_read_only_on_the_tenant_tables(schema: Client) -> None:
+    root = ET.parse(GRAFANA_XML).getroot()
+    user = grafana_user()
+    profile = user.findtext("profile")
+    assert profile == "grafana"
+    assert root.findtext(f"profiles/{profile}/readonly") == "1"
+    # the plugin's client sets max_execution_time on every query; only that may change
+    constraints = root.findall(f"profiles/{profile}/constraints/*")
+    assert [c.tag for c in constraints] == ["max_execution_time"]
+    assert constraints[0].find("changeable_in_readonly") is not None
+    improvements = ET.parse(GRAFANA_ACCESS_XML).getroot().find("access_control_improvements")
+    assert improvements is not None
+    assert improvements.findtext("settings_constraints_replace_previous") == "true"
+
+    passwords = [e for e in user if e.tag.startswith("password") or e.tag == "no_password"]
+    assert [(e.tag, e.attrib) for e in passwords] == [
+        ("password", {"from_env": GRAFANA_PASSWORD_VARIABLE})
+    ]
+    for widening in ("access_management", "allow_databases", "allow_dictionaries"):
+        assert user.find(widening) is None, widening
+    # SELECT on the tables with tenant data, the analyst's tables; every tenant's rows
+    tables = set()
+    for query in user.findall("grants/query"):
+        match = _GRANT.match(" ".join((query.text or "").split()))
+        assert match is not None, f"unexpected grant {query.text!r}"
+        assert match.group(1) == DATABASE
+        tables.add(match.group(2))
+    relations = tenant_relations(schema)
+    assert tables == {name for name, engine in relations.items() if "MergeTree" in engine}
+    assert tables == analyst_grants()
+    assert user.find("databases") is None
+
+
+def test_the_grafana_service_is_provisioned_from_the_built_files() -> None:
+    from dashboards.provisioning import (
+        CLICKHOUSE_HOST,
+        CLICKHOUSE_NATIVE_PORT,
+        CLICKHOUSE_USER,
+        CONTAINER_DASHBOARDS_DIR,
+        DASHBOARDS_DIR,
+        DATASOURCE_FILE,
+        PASSWORD_VARIABLE,
+        PROVIDER_FILE,
+    )
+    from dashboards.render import DATASOURCE_TYPE, PLUGIN_VERSION
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert grafana["environment"]["GF_INSTALL_PLUGINS"] == f"{DATASOURCE_TYPE} {PLUGIN_VERSION}"
+    assert "3000:3000" in grafana["ports"]
+    assert "clickhouse" in grafana["depends_on"]
+    assert CLICKHOUSE_HOST in services
+    for service in (grafana, services["clickhouse"]):
+        password = service["environment"][PASSWORD_VARIABLE]
+        assert password.startswith("${" + PASSWORD_VARIABLE + ":?"), password
+    assert PASSWORD_VARIABLE == GRAFANA_PASSWORD_VARIABLE
+    admin = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert admin.startswith("${RATEWATCH_GRAFANA_ADMIN_PASSWORD:?"), admin
+
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, target, *options = volume.split(":")
+        if source.startswith("."):  # a bind mount of the repository, read-only
+            assert (COMPOSE.parent / source).is_dir(), source
+            assert options == ["ro"], volume
+            mounts[target] = (COMPOSE.parent / source).resolve()
+    built = COMPOSE.parent / "grafana"
+    assert mounts == {
+        "/etc/grafana/provisioning/datasources": (built / DATASOURCE_FILE).parent.resolve(),
+        "/etc/grafana/provisioning/dashboards": (built / PROVIDER_FILE).parent.resolve(),
+        CONTAINER_DASHBOARDS_DIR: (built / DASHBOARDS_DIR).resolve(),
+    }
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(CONTAINER_DASHBOARDS_DIR + "/")
+    assert (built / DASHBOARDS_DIR / home.rsplit("/", 1)[1]).is_file()
+
+    # the provisioning, read as Grafana reads it
+    datasource = yaml.safe_load((built / DATASOURCE_FILE).read_text())["datasources"][0]
+    assert datasource["type"] == DATASOURCE_TYPE
+    assert datasource["jsonData"]["host"] == CLICKHOUSE_HOST
+    assert datasource["jsonData"]["port"] == CLICKHOUSE_NATIVE_PORT
+    assert datasource["jsonData"]["username"] == CLICKHOUSE_USER == grafana_user().tag
+    assert datasource["secureJsonData"]["password"] == "$" + PASSWORD_VARIABLE
+    provider = yaml.safe_load((built / PROVIDER_FILE).read_text())["providers"][0]
+    assert provider["options"]["path"] == CONTAINER_DASHBOARDS_DIR
+    assert provider["type"] == "file"
+
+    # the ClickHouse service mounts the account and the setting it needs
+    clickhouse_mounts = {
+        v.split(":")[1]: (COMPOSE.parent / v.split(":")[0]).resolve()
+        for v in services["clickhouse"]["volumes"]
+        if v.startswith(".")
+    }
+    assert clickhouse_mounts["/etc/clickhouse-server/users.d/grafana.xml"] == GRAFANA_XML
+    assert (
+        clickhouse_mounts["/etc/clickhouse-server/config.d/grafana-access.xml"]
+        == GRAFANA_ACCESS_XML
+    )
