@@ -21,6 +21,11 @@ Layout (``rw`` is the default prefix):
   acting on a subject (string token, PX), so concurrent actions make one block
 - ``rw:{rw:T}:throttle:<what>``                    once-per-period marker of a throttled
   alert (string, EX = the period)
+- ``rw:{rw:T}:webhooks``                           webhook records (hash id -> JSON, with
+  the signing secret; ``limiter/webhooks.py``)
+- ``rw:{rw:T}:wh:<id>:health``                     a webhook's delivery health (hash)
+- ``rw:{rw:T}:wh:<id>:attempts``                   its latest delivery attempts (list of JSON,
+  newest first, capped)
 - ``rw:auth:<hash>``                               API-key lookup by keyed BLAKE3 hash
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
@@ -31,6 +36,12 @@ Layout (``rw`` is the default prefix):
 - ``rw:audit:dlq``                                 outbox entries that are not audit events
 - ``rw:alerts``                                    alert outbox (stream, approximately capped;
   ``stream/alerts.py`` says why)
+- ``rw:{rw:.webhooks}:due``                        webhook deliveries by due time (sorted
+  set of delivery ids; ``stream/webhook_queue.py``)
+- ``rw:{rw:.webhooks}:pending``                    the deliveries themselves (hash id -> JSON)
+
+The webhook queue's two keys share a hash tag of their own (no tenant name has a dot), so
+one transaction or script updates both on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -78,6 +89,15 @@ class Keyspace:
     def throttle(self, tenant: str, what: str) -> str:
         return f"{self.tenant_tag(tenant)}:throttle:{what}"
 
+    def webhooks(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:webhooks"
+
+    def webhook_health(self, tenant: str, webhook_id: str) -> str:
+        return f"{self.tenant_tag(tenant)}:wh:{webhook_id}:health"
+
+    def webhook_attempts(self, tenant: str, webhook_id: str) -> str:
+        return f"{self.tenant_tag(tenant)}:wh:{webhook_id}:attempts"
+
     def auth(self, key_hash: str) -> str:
         return f"{self.prefix}:auth:{key_hash}"
 
@@ -104,3 +124,11 @@ class Keyspace:
     @property
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"
+
+    @property
+    def webhook_due(self) -> str:
+        return f"{self.prefix}:{{{self.prefix}:.webhooks}}:due"
+
+    @property
+    def webhook_pending(self) -> str:
+        return f"{self.prefix}:{{{self.prefix}:.webhooks}}:pending"

@@ -38,6 +38,8 @@ class LimiterSettings:
     # the analytics store the usage, audit and privacy routes use: a ClickHouse server
     # (http(s)://…) or the chDB directory another process owns (chdb:///…, via its socket)
     clickhouse_url: str | None = None
+    # webhooks may target loopback and private addresses (RATEWATCH_WEBHOOKS_ALLOW_PRIVATE)
+    webhooks_allow_private: bool = False
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ratewatch.cli_analytics import migrate, sql
+from ratewatch.cli_dashboards import dashboards
 from ratewatch.cli_detect import detect
 from ratewatch.cli_keys import keys
 from ratewatch.cli_options import key_secret, service_options, user_errors
@@ -43,6 +44,7 @@ def _serve(
     clickhouse_url: str | None,
     redis_events: bool = False,
     workers: int = 1,
+    webhooks_allow_private: bool = False,
 ) -> None:
     with user_errors():
         from ratewatch.serving import listen, prepare_metrics_dir, run_server, run_workers
@@ -69,6 +71,7 @@ def _serve(
                 worker=worker,
                 metrics_dir=metrics_dir,
                 clickhouse_url=clickhouse_url or None,
+                webhooks_allow_private=webhooks_allow_private,
             )
 
         def serve(worker: int) -> bool:
@@ -121,6 +124,7 @@ def serve(
     fail_mode: str,
     key_prefix: str,
     workers: int,
+    webhooks_allow_private: bool,
     redis_events: bool,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
@@ -144,6 +148,7 @@ def serve(
         clickhouse_url,
         redis_events,
         workers,
+        webhooks_allow_private,
     )
 
 
@@ -155,6 +160,7 @@ main.add_command(sql)
 main.add_command(stream)
 main.add_command(detect)
 main.add_command(simulate)
+main.add_command(dashboards)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -37,6 +37,16 @@ def redis_url_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def webhooks_allow_private_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return option(
+        "--webhooks-allow-private",
+        is_flag=True,
+        default=False,
+        help="Let webhooks target loopback and private addresses (refused by default, "
+        "against SSRF).",
+    )(f)
+
+
 def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by ``up`` and the distributed processes."""
     for decorate in reversed(
@@ -67,6 +77,7 @@ def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Prefix of every Redis key RateWatch writes.",
             ),
+            webhooks_allow_private_option,
         ]
     ):
         f = decorate(f)

@@ -2,7 +2,8 @@
 
 It owns chDB: applies the schema, writes the decisions it reads from the Valkey event
 stream (exactly once, see ``stream/handlers.py``), drains the audit outbox into the audit
-log and the alert outbox into the alerts table (``stream/outbox_drain.py``), detects abuse
+log and the alert outbox into the alerts table (``stream/outbox_drain.py``), announces the
+alerts to the tenants' webhooks (``stream/webhook_worker.py``), detects abuse
 in the same stream and blocks it (``ratewatch/cli_detect.py``), and answers other
 processes' read-only queries on the query socket.  Every chDB call runs on one dedicated thread.
 """
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ratewatch.cli_options import data_dir_option, option, run
+from ratewatch.cli_options import data_dir_option, option, run, webhooks_allow_private_option
 
 log = logging.getLogger("ratewatch.pipeline")
 T = TypeVar("T")
@@ -31,18 +32,38 @@ T = TypeVar("T")
 @option("--redis-url", required=True, help="The Redis holding the event stream.")
 @option("--clickhouse-url", default=None, help="Default: chdb:///<data-dir>/clickhouse.")
 @option("--key-prefix", default="rw", show_default=True)
-def pipeline(data_dir: Path, redis_url: str, clickhouse_url: str | None, key_prefix: str) -> None:
+@webhooks_allow_private_option
+def pipeline(
+    data_dir: Path,
+    redis_url: str,
+    clickhouse_url: str | None,
+    key_prefix: str,
+    webhooks_allow_private: bool,
+) -> None:
     """Consume the embedded event stream into the analytics store."""
     from analytics.clickhouse import chdb_url
     from ratewatch.cli_analytics import analytics_errors
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
     with analytics_errors():
-        run(run_pipeline(redis_url, url, key_prefix, data_dir.resolve() / "models"))
+        run(
+            run_pipeline(
+                redis_url,
+                url,
+                key_prefix,
+                data_dir.resolve() / "models",
+                webhooks_allow_private=webhooks_allow_private,
+            )
+        )
 
 
 async def run_pipeline(
-    redis_url: str, url: str, key_prefix: str, model_dir: Path | None = None
+    redis_url: str,
+    url: str,
+    key_prefix: str,
+    model_dir: Path | None = None,
+    *,
+    webhooks_allow_private: bool = False,
 ) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
     from analytics.event_store import ClickHouseEventStore
@@ -52,6 +73,7 @@ async def run_pipeline(
     from limiter.redis_client import redis_from_url
     from ratewatch.cli_detect import run_embedded_detection
     from ratewatch.cli_outbox import open_outbox_tasks
+    from ratewatch.cli_webhooks import open_webhook_task
     from stream.handlers import BatchHandler
     from stream.redis_consumer import (
         CONSUMER,
@@ -80,6 +102,9 @@ async def run_pipeline(
         return await loop.run_in_executor(chdb_thread, call, *args)
 
     outboxes = await open_outbox_tasks(url, redis, key_prefix, in_store, consumer=CONSUMER)
+    webhooks = open_webhook_task(
+        redis, key_prefix, consumer=CONSUMER, allow_private=webhooks_allow_private
+    )
 
     stop = asyncio.Event()
     pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop)
@@ -98,6 +123,7 @@ async def run_pipeline(
     trimmer = asyncio.create_task(trim_acknowledged(redis, keyspace.events))
     for outbox in outboxes:
         outbox.start(stop)
+    webhooks.start(stop)
     detection = asyncio.create_task(run_embedded_detection(redis, keyspace, stop, model_dir))
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     try:
@@ -123,6 +149,7 @@ async def run_pipeline(
         await broker.stop()
         for outbox in outboxes:
             await outbox.stop()  # each finishes its batch too
+        await webhooks.stop()  # and the deliveries in flight
         await detection
         trimmer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -3,7 +3,8 @@
 Reads decision events from Kafka and writes them to ClickHouse (chDB in
 ``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  With ``--redis-url`` it also drains
 the audit and the alert outbox of that Redis into their tables and onto their topics,
-``ratewatch.audit.v1`` and ``ratewatch.alerts.v1`` (``stream/outbox_drain.py``).  It
+``ratewatch.audit.v1`` and ``ratewatch.alerts.v1`` (``stream/outbox_drain.py``), and
+announces the alerts to the tenants' webhooks (``stream/webhook_worker.py``).  It
 applies the migrations first, and for chDB it answers read-only queries on the directory's
 socket, as chDB belongs to this process while it runs (``ratewatch sql --data-dir D``
 works meanwhile).  SIGTERM or Ctrl-C finish and commit the
@@ -27,13 +28,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ratewatch.cli_analytics import analytics_errors, clickhouse_url_option, resolve_url
-from ratewatch.cli_options import data_dir_option, option
+from ratewatch.cli_options import data_dir_option, option, webhooks_allow_private_option
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from analytics.event_store import ClickHouseEventStore
     from ratewatch.cli_outbox import OutboxTask
+    from ratewatch.cli_webhooks import WebhookTask
     from stream.kafka_consumer import ConsumerSettings
 
 log = logging.getLogger("ratewatch.stream")
@@ -63,9 +65,11 @@ T = TypeVar("T")
 @option(
     "--redis-url",
     default=None,
-    help="The limiter's Redis: drain its audit and alert outboxes into ClickHouse and Kafka.",
+    help="The limiter's Redis: drain its audit and alert outboxes into ClickHouse and Kafka, "
+    "and deliver the alerts to webhooks.",
 )
 @option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
+@webhooks_allow_private_option
 def stream(
     data_dir: Path,
     clickhouse_url: str | None,
@@ -76,6 +80,7 @@ def stream(
     retention_days: int | None,
     redis_url: str | None,
     key_prefix: str,
+    webhooks_allow_private: bool,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
@@ -100,7 +105,16 @@ def stream(
             except ConfigError as exc:
                 raise click.UsageError(str(exc)) from None
         url = resolve_url(data_dir, clickhouse_url)
-        asyncio.run(run_stream(url, settings, retention_days, redis_url, key_prefix))
+        asyncio.run(
+            run_stream(
+                url,
+                settings,
+                retention_days,
+                redis_url,
+                key_prefix,
+                webhooks_allow_private=webhooks_allow_private,
+            )
+        )
 
 
 async def run_stream(
@@ -109,15 +123,18 @@ async def run_stream(
     retention_days: int | None,
     redis_url: str | None = None,
     key_prefix: str = "rw",
+    *,
+    webhooks_allow_private: bool = False,
 ) -> None:
-    """Migrate, serve queries (chDB), consume (and drain the outboxes of ``redis_url``)
-    until SIGTERM/SIGINT, then close in order."""
+    """Migrate, serve queries (chDB), consume (and drain the outboxes of ``redis_url``,
+    delivering its alerts to webhooks) until SIGTERM/SIGINT, then close in order."""
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
     from analytics.clickhouse import chdb_path, query_socket_path, redact
     from analytics.errors import AnalyticsError
     from analytics.query_server import QueryServer
     from limiter.redis_client import connect
+    from ratewatch.cli_webhooks import open_webhook_task
     from stream.kafka_consumer import DecisionConsumer
 
     loop = asyncio.get_running_loop()
@@ -129,6 +146,7 @@ async def run_stream(
     store = await loop.run_in_executor(executor, _open_store, url, retention_days)
     queries: QueryServer | None = None
     outboxes: list[OutboxTask] = []
+    webhooks: WebhookTask | None = None
     redis: Redis | None = None
     try:
         path = chdb_path(url)
@@ -138,10 +156,18 @@ async def run_stream(
         if redis_url is not None:
             redis = await connect(redis_url, socket_timeout=5.0)
             outboxes = await _open_outboxes(url, redis, key_prefix, settings.bootstrap, executor)
+            webhooks = open_webhook_task(
+                redis,
+                key_prefix,
+                consumer=socket.gethostname(),
+                allow_private=webhooks_allow_private,
+            )
         consumer = DecisionConsumer(settings, store, executor)
         store.rejects = consumer.dead_letters
         for outbox in outboxes:
             outbox.start(stopping)
+        if webhooks is not None:
+            webhooks.start(stopping)
         log.info("joining group %s on %s", settings.group, settings.bootstrap)
         starting = asyncio.ensure_future(consumer.start())
         stop_waiter = asyncio.ensure_future(stopping.wait())
@@ -167,6 +193,8 @@ async def run_stream(
         stopping.set()
         for outbox in outboxes:
             await outbox.stop()
+        if webhooks is not None:
+            await webhooks.stop()
         if redis is not None:
             await redis.aclose()
         if queries is not None:

@@ -28,6 +28,7 @@ def up(
     fail_mode: str,
     workers: int,
     key_prefix: str,
+    webhooks_allow_private: bool,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers."""
@@ -44,6 +45,8 @@ def up(
             check_redis_url(redis_url)
     try:
         common = ["--data-dir", str(data_dir), "--key-prefix", key_prefix]
+        # the limiter checks webhook targets at creation, the worker at each delivery
+        webhooks = ["--webhooks-allow-private"] if webhooks_allow_private else []
         limiter = [
             "serve",
             "--host",
@@ -57,6 +60,7 @@ def up(
             "--workers",
             str(workers),
             *common,
+            *webhooks,
         ]
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
@@ -67,12 +71,13 @@ def up(
             limiter += ["--kafka", kafka]
             # with the Redis URL it also drains the audit and alert outboxes (into Kafka too)
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
+            worker += webhooks
             detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common]
             others.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))
         else:
             # the pipeline worker also detects abuse in the Valkey stream
             limiter.append("--redis-events")
-            worker = ["pipeline", "--redis-url", redis_url, *common, *analytics]
+            worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
         Supervisor(
             [
                 Child("limiter", limiter, pid_file=run_dir / "limiter.pid"),

@@ -12,6 +12,9 @@ its event.
   (``publish``, optional: Kafka in the distributed deployment), and only then
   acknowledged.  Entries that ``decode`` refuses go to a dead-letter stream
   with the reason and are acknowledged with the rest: they never hold up the others.
+  A second group reading the same outbox (the webhook deliveries of the alerts,
+  ``stream/webhook_worker.py``) passes ``record_malformed=False``: it only logs them, as
+  the outbox's own drain records them once.
 - A failed write or publish is retried with backoff, the same batch with the same
   deduplication token, until it succeeds or the drain stops (leaving the batch pending).
 - A drain first reads again what its consumer read and never acknowledged (a previous run
@@ -97,6 +100,7 @@ class OutboxDrain(Generic[E]):
         claim_idle_ms: int = 60_000,
         max_pause: float = 5.0,
         trim_interval: float = 5.0,
+        record_malformed: bool = True,
     ) -> None:
         if count < 1 or block_ms < 1 or claim_idle_ms < 1:
             raise ValueError(
@@ -117,6 +121,7 @@ class OutboxDrain(Generic[E]):
         self._claim_idle_ms = claim_idle_ms
         self._max_pause = max_pause
         self._trim_interval = trim_interval
+        self._record_malformed = record_malformed
         self.stats = DrainStats()
         self._stop = asyncio.Event()
         self._grouped = False
@@ -221,7 +226,10 @@ class OutboxDrain(Generic[E]):
         # after the store took the batch: a drain stopped before this keeps the entries
         # pending, and their dead letters are not written twice
         for entry_id, fields, error in malformed:
-            await self._dead_letter(entry_id, fields, error)
+            if self._record_malformed:
+                await self._dead_letter(entry_id, fields, error)
+            else:
+                log.warning("skipping %s outbox entry %s: %s", self.name, _text(entry_id), error)
         await self._redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
         self.stats.written += len(events)
         self.stats.malformed += len(malformed)

@@ -77,7 +77,7 @@ def stack(
             str(workdir / "data"),
         ],
         port,
-        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1"},
         log_path=workdir / "up.log",
         data_dir=workdir / "data",
     ).start(timeout=90)

@@ -31,12 +31,13 @@ from tests.test_erasure import USER, seed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
-# tests.test_erasure.seed: 9 decisions of USER, in 5 rows of each rollup
+# tests.test_erasure.seed: 9 decisions of USER, in 5 rows of each rollup, and 3 alerts
 ERASED = {
     "decisions": 9,
     "decisions_per_minute": 5,
     "decisions_per_hour": 5,
     "decisions_per_day": 5,
+    "alerts": 3,
 }
 NOTHING = dict.fromkeys(ERASED, 0)
 

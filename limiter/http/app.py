@@ -42,6 +42,7 @@ from limiter.http.health import HealthRoutes
 from limiter.http.openapi import build_openapi
 from limiter.http.privacy_routes import PrivacyRoutes
 from limiter.http.problems import Problem
+from limiter.http.webhook_routes import WebhookRoutes
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
 from limiter.privacy import UserDataStore
@@ -51,7 +52,9 @@ from limiter.sinks import StreamSink
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
 from limiter.tenants import TenantSettingsStore
+from limiter.webhooks import WebhookStore
 from stream.audit_outbox import AuditOutbox
+from stream.webhook_queue import DeliveryQueue
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -162,6 +165,13 @@ class LimiterApp:
         privacy = PrivacyRoutes(checks, UserDataStore(redis, keyspace, blocks), analytics, audit)
         analytics_routes = AnalyticsRoutes(checks, analytics)
         allowlist = AllowlistRoutes(checks, Allowlist(redis, keyspace), audit)
+        webhooks = WebhookRoutes(
+            checks,
+            WebhookStore(redis, keyspace),
+            DeliveryQueue(redis, keyspace),
+            audit,
+            allow_private=settings.webhooks_allow_private,
+        )
         health_routes = HealthRoutes(
             redis,
             health,
@@ -178,6 +188,7 @@ class LimiterApp:
                 *privacy.routes(),
                 *analytics_routes.routes(),
                 *allowlist.routes(),
+                *webhooks.routes(),
                 *health_routes.routes(),
                 Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
             ]

@@ -17,6 +17,7 @@ from limiter.http.analytics_schemas import (
 )
 from limiter.http.privacy_routes import PrivacyDelete, PrivacySummary
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
+from limiter.http.webhook_routes import WebhookCreate
 
 REF = "#/components/schemas/{name}"
 PROBLEM_SCHEMA = {
@@ -97,6 +98,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             PrivacyDeleteResult,
             PrivacySummaryResult,
             AllowlistAdd,
+            WebhookCreate,
         ],
         ref_template=REF,
     )
@@ -152,6 +154,30 @@ def build_openapi(version: str) -> dict[str, Any]:
         ("limit", "integer", "At most this many alerts (1-1000, default 100)."),
     )
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    create_webhook = _operation(
+        "Create a webhook; its signing secret is shown once (admin)",
+        None,
+        400,
+        403,
+        409,
+        413,
+        422,
+        body="WebhookCreate",
+        ok="201",
+    )
+    create_webhook["description"] = (
+        "Alerts are POSTed with the Standard Webhooks headers `webhook-id`, "
+        "`webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of "
+        '"id.timestamp.body">` keyed by the base64 part of the `whsec_` secret); the body is '
+        '`{"type", "timestamp", "data"}`. Targets on loopback or private addresses are '
+        "refused (422 `webhook-target-refused`) unless the server allows them; 409 "
+        "`too-many-webhooks` past the tenant's cap."
+    )
+    deliveries = _operation("The webhook's latest delivery attempts (admin)", None, 403, 404, 422)
+    deliveries["parameters"] = [
+        *id_param,
+        *_query_parameters(("limit", "integer", "At most this many attempts (1-100).")),
+    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": "RateWatch", "version": version},
@@ -238,6 +264,33 @@ def build_openapi(version: str) -> dict[str, Any]:
                         ("value", "string", "The entry as added."),
                     ),
                 },
+            },
+            "/v1/webhooks": {
+                "get": _operation(
+                    "The tenant's webhooks with their delivery health (admin)", None, 403
+                ),
+                "post": create_webhook,
+            },
+            "/v1/webhooks/{id}": {
+                "delete": {
+                    **_operation(
+                        "Delete a webhook; its pending retries are dropped (admin)", None, 403, 404
+                    ),
+                    "parameters": id_param,
+                }
+            },
+            "/v1/webhooks/{id}/deliveries": {"get": deliveries},
+            "/v1/webhooks/{id}/test": {
+                "post": {
+                    **_operation(
+                        "Send a `webhook.test` ping through the delivery path (admin)",
+                        None,
+                        403,
+                        404,
+                        ok="202",
+                    ),
+                    "parameters": id_param,
+                }
             },
             "/v1/audit": {"get": audit},
             "/v1/alerts": {"get": alerts},

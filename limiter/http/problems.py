@@ -19,6 +19,8 @@ TITLES = {
     "body-too-large": "Request body too large",
     "unsupported-media-type": "Unsupported media type",
     "store-unavailable": "The limiter's store is unavailable",
+    "webhook-target-refused": "Webhook target refused",
+    "too-many-webhooks": "Too many webhooks",
     "internal-error": "Internal error",
 }
 

@@ -1,0 +1,169 @@
+"""``/v1/webhooks``: the tenant's endpoints that hear about its alerts (admin keys only).
+
+A webhook's signing secret is in the creation's answer and never again.  Targets must be
+public http(s) addresses unless the server allows private ones
+(``limiter/webhook_targets.py``).  Deliveries are made by the pipeline worker
+(``stream/webhook_worker.py``); these routes show how they went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from limiter.audit import AuditTrail
+from limiter.errors import StoreUnavailable
+from limiter.http.admin import client_ip, json_response, principal_of, read_json
+from limiter.http.checks import CheckHandler
+from limiter.http.problems import Problem
+from limiter.webhook_targets import MAX_URL_LENGTH, TargetRefused
+from limiter.webhooks import (
+    ALERT_KINDS,
+    MAX_ATTEMPTS_KEPT,
+    MAX_DESCRIPTION_LENGTH,
+    TooManyWebhooks,
+    Webhook,
+    WebhookStore,
+)
+from stream.audit import WEBHOOK_CREATED, WEBHOOK_DELETED
+from stream.webhook_payloads import ping_delivery
+from stream.webhook_queue import DeliveryQueue, QueueUnavailable
+
+
+class WebhookCreate(msgspec.Struct, kw_only=True):
+    url: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_URL_LENGTH,
+            description="http(s) URL of a public address (Slack incoming webhooks get a "
+            "Slack message).",
+        ),
+    ]
+    events: (
+        Annotated[
+            list[Annotated[str, Meta(max_length=100)]],
+            Meta(
+                max_length=len(ALERT_KINDS),
+                description="Alert kinds to deliver: " + ", ".join(ALERT_KINDS) + " (default all).",
+            ),
+        ]
+        | None
+    ) = None
+    description: Annotated[str, Meta(max_length=MAX_DESCRIPTION_LENGTH)] = ""
+
+
+_create = msgspec.json.Decoder(WebhookCreate)
+
+
+class WebhookRoutes:
+    def __init__(
+        self,
+        checks: CheckHandler,
+        store: WebhookStore,
+        queue: DeliveryQueue,
+        audit: AuditTrail,
+        *,
+        allow_private: bool = False,
+    ):
+        self._checks = checks
+        self._store = store
+        self._queue = queue
+        self._audit = audit
+        self._allow_private = allow_private
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/webhooks", self.list_webhooks, methods=["GET"]),
+            Route("/v1/webhooks", self.create, methods=["POST"]),
+            Route("/v1/webhooks/{webhook_id}", self.delete, methods=["DELETE"]),
+            Route("/v1/webhooks/{webhook_id}/deliveries", self.deliveries, methods=["GET"]),
+            Route("/v1/webhooks/{webhook_id}/test", self.test, methods=["POST"]),
+        ]
+
+    async def list_webhooks(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        hooks = await self._store.webhooks(principal.tenant)
+        health = await self._store.health(principal.tenant, [hook.id for hook in hooks])
+        return json_response(
+            {"webhooks": [{**hook.public(), "health": health[hook.id]} for hook in hooks]}
+        )
+
+    async def create(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        body: WebhookCreate = await read_json(request, _create)
+        try:
+            hook = await self._store.create(
+                principal.tenant,
+                body.url,
+                body.events,
+                body.description,
+                allow_private=self._allow_private,
+            )
+        except TargetRefused as exc:
+            raise Problem(422, "webhook-target-refused", str(exc)) from None
+        except TooManyWebhooks as exc:
+            raise Problem(409, "too-many-webhooks", str(exc)) from None
+        await self._audit.record(
+            principal,
+            WEBHOOK_CREATED,
+            hook.id,
+            _audit_details(hook),
+            client_ip(request),
+        )
+        return json_response({**hook.public(), "secret": hook.secret}, 201)
+
+    async def delete(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        hook = await self._store.delete(principal.tenant, request.path_params["webhook_id"])
+        try:
+            dropped = await self._queue.purge(hook.id)
+        except QueueUnavailable:
+            dropped = None  # the worker drops them as they fall due: their webhook is gone
+        await self._audit.record(
+            principal,
+            WEBHOOK_DELETED,
+            hook.id,
+            {**_audit_details(hook), "dropped_deliveries": dropped},
+            client_ip(request),
+        )
+        return json_response({**hook.public(), "deleted": True})
+
+    async def deliveries(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        hook = await self._store.get(principal.tenant, request.path_params["webhook_id"])
+        text = request.query_params.get("limit", str(MAX_ATTEMPTS_KEPT))
+        valid = text.isascii() and text.isdigit() and len(text) <= 4
+        if not valid or not 1 <= int(text) <= MAX_ATTEMPTS_KEPT:
+            raise Problem(
+                422, "validation-error", f"limit {text[:20]!r} is not 1-{MAX_ATTEMPTS_KEPT}"
+            )
+        attempts = await self._store.attempts(principal.tenant, hook.id, int(text))
+        return json_response(
+            {"webhook_id": hook.id, "deliveries": [asdict(attempt) for attempt in attempts]}
+        )
+
+    async def test(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        hook = await self._store.get(principal.tenant, request.path_params["webhook_id"])
+        delivery = ping_delivery(principal.tenant, hook.id)
+        try:
+            await self._queue.enqueue([delivery])
+        except QueueUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return json_response(
+            {"webhook_id": hook.id, "delivery_id": delivery.id, "type": delivery.type}, 202
+        )
+
+
+def _audit_details(hook: Webhook) -> dict[str, object]:
+    # the host, not the URL: a Slack URL's path is a secret
+    host = urlsplit(hook.url).netloc
+    return {"host": host, "events": ",".join(hook.events), "description": hook.description}
