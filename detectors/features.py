@@ -36,9 +36,10 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     Shannon entropy of the routes in bits (0 for one route).
 ``route_novelty``
     share of the decisions on routes that no other caller (IP and key) of the tenant used
-    in the short window: near 0 for people browsing the same application (also the users
-    behind one NAT address, who are many callers), near 1 for a crawler walking
-    ``/products/1``, ``/products/2``, …
+    in the short window and that this caller hit at most ``NOVEL_ROUTE_HITS`` times: near 0
+    for people browsing the same application (also the users behind one NAT address, who
+    are many callers) and for an integration calling its own endpoints over and over, near
+    1 for a crawler walking ``/products/1``, ``/products/2``, …
 ``interarrival_cv``
     standard deviation over mean of the gaps between decisions: about 1 for human
     (Poisson-like) traffic, near 0 for a timer.  Set to 1.0 below ``CV_MIN_CHECKS``
@@ -76,6 +77,8 @@ from stream.events import DecisionEvent
 
 MINUTE_MS = 60_000
 CV_MIN_CHECKS = 8  # fewer gaps than this and a human's CV ranges over [0, 1.5] by chance
+# a crawler fetches a page once (twice with a retry); an application calls its endpoints often
+NOVEL_ROUTE_HITS = 2
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Int64(),
@@ -283,11 +286,17 @@ def _mark_novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
         recent.filter(pl.col("route_hash").is_not_null())
         .group_by(keys)
         # a caller is an address with a key: the people behind one NAT address are many
-        # callers, and the routes only they use are their application's, not a crawl
-        .agg(pl.struct("ip_hash", "key_hash").n_unique().alias("_route_ips"))
+        # callers, and the routes only they use are their application's, not a crawl;
+        # a route its one caller keeps calling is that caller's own endpoint (a partner's
+        # integration), not a page found by walking
+        .agg(
+            pl.struct("ip_hash", "key_hash").n_unique().alias("_route_ips"),
+            pl.len().alias("_route_hits"),
+        )
     )
+    novel = (pl.col("_route_ips") <= 1) & (pl.col("_route_hits") <= NOVEL_ROUTE_HITS)
     return recent.join(popularity, on=keys, how="left").select(
-        pl.exclude("_route_ips"), (pl.col("_route_ips") <= 1).fill_null(False).alias("_novel")
+        pl.exclude("_route_ips", "_route_hits"), novel.fill_null(False).alias("_novel")
     )
 
 

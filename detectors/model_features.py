@@ -71,7 +71,13 @@ MODEL_SPECS: tuple[FeatureSpec, ...] = (
     # a person opening records of their own (/invoices/3251) has a share of their checks on
     # routes nobody else used by chance; a crawler has nearly all of them there
     FeatureSpec(
-        "route_novelty", "routes", 1, 0.08, False, "on routes no other caller used", percent=True
+        "route_novelty",
+        "routes",
+        1,
+        0.08,
+        False,
+        "on routes no other caller used, each hit once or twice",
+        percent=True,
     ),
     FeatureSpec("deny_ratio", "denial", 1, 0.05, False, "denied", percent=True),
     FeatureSpec(

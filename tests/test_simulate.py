@@ -143,8 +143,15 @@ def test_labels_and_the_subject_of_each_attack(run: Run) -> None:
     for name in LEGIT:
         assert {s.label for s in run.subjects_of(name)} == {"legit"}
     for name in ATTACKS:
-        assert {s.label for s in run.subjects_of(name)} == {"attack"}
-    scopes = {name: {s.scope for s in run.subjects_of(name)} for name in ATTACKS}
+        expected = {"attack", "legit"} if name == "leaked-key" else {"attack"}
+        assert {s.label for s in run.subjects_of(name)} == expected
+    # the leaked key's owner: legitimate on its own server and key until the leak
+    (owner,) = [s for s in run.subjects_of("leaked-key") if s.label == "legit"]
+    (leak,) = [s for s in run.subjects_of("leaked-key") if s.label == "attack"]
+    assert (owner.scope, owner.aliases, owner.until) == ("ip", (leak.identity,), leak.onset)
+    scopes = {
+        name: {s.scope for s in run.subjects_of(name) if s.label == "attack"} for name in ATTACKS
+    }
     assert scopes == {
         "credential-stuffing": {"ip"},
         "leaked-key": {"key"},
@@ -153,7 +160,8 @@ def test_labels_and_the_subject_of_each_attack(run: Run) -> None:
         "key-enumeration": {"ip"},
         "low-and-slow": {"ip"},
     }
-    assert counts["leaked-key"] == counts["burst"] == counts["key-enumeration"] == 1
+    assert counts["burst"] == counts["key-enumeration"] == 1
+    assert counts["leaked-key"] == 2  # the key, and its owner
     assert counts["scraping"] == 30
     assert counts["low-and-slow"] == 5
     for bot in run.subjects_of("low-and-slow"):  # its account counts as the bot too
@@ -170,7 +178,11 @@ def test_subjects_are_distinct_and_no_identity_is_both_legit_and_attack(run: Run
     for subject in run.subjects:
         for identity in subject.identities:
             labels[identity].add(subject.label)
-    assert all(len(found) == 1 for found in labels.values())
+    # one exception: the leaked key is its owner's until the leak, the attacker's after
+    both = [identity for identity, found in labels.items() if len(found) > 1]
+    assert both == [s.identity for s in run.subjects_of("leaked-key") if s.label == "attack"]
+    owner = next(s for s in run.subjects_of("leaked-key") if s.label == "legit")
+    assert owner.until == TIMELINE.attack_at
 
 
 def test_every_check_names_its_subject_and_is_valid(run: Run) -> None:
@@ -185,15 +197,16 @@ def test_every_check_names_its_subject_and_is_valid(run: Run) -> None:
 
 def test_attacks_begin_at_their_onset(run: Run) -> None:
     for s in run.sent:
-        if s.subject.label == "attack" and s.t + TIMELINE.tick <= s.subject.onset:
-            # only the leaked key's owner used the key before the leak, from one server
-            assert s.subject.scenario == "leaked-key"
+        if s.subject.label == "attack":
+            assert s.t + TIMELINE.tick > s.subject.onset, s
+    # only the leaked key's owner used the key before the leak, from one server
     early = {s.check.ip for s in run.of("leaked-key") if s.t < TIMELINE.attack_at}
     late = {s.check.ip for s in run.of("leaked-key") if s.t >= TIMELINE.attack_at + 5}
     assert len(early) == 1
     assert len(late) >= 35
     for name in ATTACKS:
-        assert min(s.subject.onset for s in run.of(name)) >= TIMELINE.attack_at
+        attackers = [s for s in run.of(name) if s.subject.label == "attack"]
+        assert min(s.subject.onset for s in attackers) >= TIMELINE.attack_at
 
 
 def test_steady_users_keep_their_ip_and_browser_and_browse_widely(run: Run) -> None:
@@ -403,6 +416,34 @@ def test_score_recall_precision_and_time_to_block() -> None:
         "no nat subject blocked": False,
     }
     assert result.passed is False
+
+
+def test_a_leaked_keys_block_before_the_leak_is_its_owners_false_positive() -> None:
+    key = ("key", "pk_live_1")
+    leak = Subject("key", "pk_live_1", "attack", "leaked-key", 60.0)
+    owner = Subject("ip", "192.0.2.5", "legit", "leaked-key", 0.0, aliases=(key,), until=60.0)
+    scenarios = [("leaked-key", "attack", [owner, leak])]
+
+    early = score(
+        scenarios, {("ip", "192.0.2.5"): 41.0}, [block("b1", "key", "pk_live_1", 40)], end=180
+    )
+    (stats,) = early.scenarios
+    assert [v.matches for v in early.blocks] == ["legit"]
+    assert (stats.legit_blocked, stats.blocks_false, stats.blocks_true) == (1, 1, 0)
+    assert stats.attack_blocked == 0  # a block before the leak did not catch the leak
+
+    # after the leak the key's block is the attack's; the owner losing its key then (its
+    # checks answered "blocked") is the price of stopping the leak, not a false positive
+    due = score(
+        scenarios,
+        {("ip", "192.0.2.5"): 63.0},
+        [block("b1", "key", "pk_live_1", 62)],
+        end=180,
+    )
+    (stats,) = due.scenarios
+    assert [v.matches for v in due.blocks] == ["attack"]
+    assert (stats.legit_blocked, stats.blocks_false, stats.blocks_true) == (0, 0, 1)
+    assert stats.times_to_block == (2.0,)
 
 
 def test_score_a_clean_run_and_a_run_too_short_to_tell() -> None:

@@ -64,7 +64,9 @@ class Timeline:
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Who a scenario labels: ``scope``/``value`` name it as a block would; a block of any
-    of its ``aliases`` stops it too.  ``onset``: when it starts to act as labelled."""
+    of its ``aliases`` stops it too.  ``onset``: when it starts to act as labelled.
+    ``until``: when it stops being judged, because what stops it from then on is another
+    subject's due block (a leaked key's owner, once the key is abused)."""
 
     scope: Scope
     value: str
@@ -72,6 +74,7 @@ class Subject:
     scenario: str
     onset: float
     aliases: tuple[Identity, ...] = ()
+    until: float = math.inf
 
     @property
     def identity(self) -> Identity:

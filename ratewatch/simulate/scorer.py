@@ -3,9 +3,12 @@
 A subject counts as blocked at the earliest of: the creation of a listed block that names
 any of its identities (``mode`` enforce or shadow: a shadow block "would block"), and the
 first answer ``reason: "blocked"`` to one of its checks.  Its time to block is that moment
-minus its onset (0 if it was blocked before).  A block that names a legitimate subject is a
-false positive, one that names only attackers a true positive, one that names no labelled
-subject (a stuffing victim's account, an enumerated key) is counted apart.
+minus its onset.  A block that names a legitimate subject is a false positive, one that
+names only attackers a true positive, one that names no labelled subject (a stuffing
+victim's account, an enumerated key) is counted apart.  A block made before an attacker's
+onset is not the attacker's: it stopped whoever used that identity legitimately until then
+(a leaked key's owner, labelled as a legitimate subject ``until`` the leak), and blocks or
+denials after a legitimate subject's ``until`` are the attack's cost, not a false positive.
 
 Recall within the window (60 s) counts only the attackers whose onset lies at least the
 window before the end of the run: for later ones the run cannot tell (they are *censored*).
@@ -161,7 +164,11 @@ def blocked_subjects(
 
     verdicts = []
     for block in sorted(blocks, key=lambda block: (block.created_at, block.id)):
-        named = by_identity.get((block.scope, block.value), [])
+        named = [
+            s
+            for s in by_identity.get((block.scope, block.value), [])
+            if (s.onset <= block.created_at if s.label == "attack" else block.created_at < s.until)
+        ]
         legit = frozenset(s.scenario for s in named if s.label == "legit")
         attack = frozenset(s.scenario for s in named if s.label == "attack")
         matches: Literal["attack", "legit", "none"] = (
@@ -172,7 +179,7 @@ def blocked_subjects(
             observe(Outcome(subject, max(0.0, block.created_at), block.mode, "block", block.id))
     primary = {subject.identity: subject for subject in subjects}
     for identity, at in denied.items():
-        if identity in primary:
+        if identity in primary and at < primary[identity].until:
             observe(Outcome(primary[identity], at, "enforce", "check"))
     return first, verdicts
 
