@@ -4,7 +4,10 @@ an alert, within what the tenant allows.
 ``BlockActions.apply`` decides, in this order:
 
 1. ``not_warranted`` — the score is below the threshold: nothing.
-2. ``detection_off`` — the tenant turned detection off: nothing.
+2. ``detection_off`` — the tenant turned detection off: nothing.  ``not_warranted`` too
+   when the score is below the tenant's own ``detection_threshold`` (a tenant may ask for
+   more evidence than the detectors' threshold, never for less); a block made above it
+   records the tenant's threshold in its explanation.
 3. ``allowlisted`` — the subject (or, for an IP, a network holding it) is on the tenant's
    allowlist, or it is a key or user id all of whose traffic in the short window came from
    allowlisted addresses or networks (``Verdict.ips``, complete: not truncated and no
@@ -46,6 +49,7 @@ record the alert is logged, never raised: the block stands and a retry would onl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -139,6 +143,11 @@ class BlockActions:
         detection = await self._settings.detection(tenant)
         if detection.mode is DetectionMode.OFF:
             return ActionResult("detection_off")
+        if detection.threshold is not None and detection.threshold > verdict.threshold:
+            # the tenant asks for more evidence: what follows records this threshold
+            verdict = dataclasses.replace(verdict, threshold=detection.threshold)
+            if not verdict.warranted:
+                return ActionResult("not_warranted")
         if await self._allowlist.contains(tenant, scope, subject):
             return ActionResult("allowlisted")
         if await self._vouched_for(verdict):

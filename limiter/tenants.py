@@ -54,6 +54,9 @@ class DetectionMode(enum.StrEnum):
 DEFAULT_DETECTION_MODE = DetectionMode.ENFORCE
 DEFAULT_MAX_DYNAMIC_BLOCKS = 1000
 MAX_DYNAMIC_BLOCKS_LIMIT = 100_000
+# a tenant may ask for more evidence than the detectors' own threshold, never for less: a
+# lower value than theirs changes nothing, since they only hand over warranted verdicts
+MIN_DETECTION_THRESHOLD = 0.5
 
 
 def parse_detection_mode(value: str) -> DetectionMode:
@@ -77,10 +80,28 @@ def check_max_dynamic_blocks(value: object) -> int:
     return value
 
 
+def check_detection_threshold(value: object) -> float | None:
+    """``value`` if it is None (the detectors' own threshold) or a number in
+    MIN_DETECTION_THRESHOLD..1; InvalidInput naming it otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"detection threshold {value!r} is not a number")
+    if not MIN_DETECTION_THRESHOLD <= value <= 1:
+        raise InvalidInput(
+            f"detection threshold {value!r} is out of range: {MIN_DETECTION_THRESHOLD}..1"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class DetectionSettings:
+    """``threshold``: the score a verdict needs before this tenant's subjects are blocked,
+    when the tenant raised it above the detectors' own (None: theirs)."""
+
     mode: DetectionMode = DEFAULT_DETECTION_MODE
     max_dynamic_blocks: int = DEFAULT_MAX_DYNAMIC_BLOCKS
+    threshold: float | None = None
 
 
 class TenantSettingsStore:
@@ -129,6 +150,7 @@ class TenantSettingsStore:
                 check_max_dynamic_blocks(
                     settings.get("max_dynamic_blocks", DEFAULT_MAX_DYNAMIC_BLOCKS)
                 ),
+                check_detection_threshold(settings.get("detection_threshold")),
             )
         except InvalidInput as exc:
             raise ConfigError(
@@ -137,6 +159,12 @@ class TenantSettingsStore:
 
     async def set_detection_mode(self, tenant: str, mode: DetectionMode | str) -> dict[str, object]:
         return await self.update(tenant, {"detection_mode": parse_detection_mode(mode).value})
+
+    async def set_detection_threshold(
+        self, tenant: str, threshold: float | None
+    ) -> dict[str, object]:
+        checked = check_detection_threshold(threshold)
+        return await self.update(tenant, {"detection_threshold": checked})
 
     async def set_max_dynamic_blocks(self, tenant: str, cap: int) -> dict[str, object]:
         return await self.update(tenant, {"max_dynamic_blocks": check_max_dynamic_blocks(cap)})

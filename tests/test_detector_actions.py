@@ -482,6 +482,28 @@ async def test_detection_settings_defaults_and_validation(rig: Rig) -> None:
         await settings.detection(tenant)
 
 
+async def test_a_tenant_threshold_asks_for_more_evidence_and_is_recorded(rig: Rig) -> None:
+    actions = rig.actions()
+    await rig.settings.set_detection_threshold(rig.tenant, 0.9)
+    assert (await rig.settings.detection(rig.tenant)).threshold == 0.9
+    weak = verdict(rig.tenant, score=0.85)  # above the detectors' 0.8, below the tenant's
+    assert (await actions.apply(weak)).outcome == "not_warranted"
+    assert await rig.blocks.active(rig.tenant) == []
+    strong = verdict(rig.tenant, score=0.95)
+    assert (await actions.apply(strong)).outcome == "blocked"
+    (block,) = await rig.blocks.active(rig.tenant)
+    assert block.explanation["threshold"] == 0.9
+    # a threshold below the detectors' own changes nothing; out of range is refused
+    await rig.settings.set_detection_threshold(rig.tenant, 0.5)
+    other = verdict(rig.tenant, "198.51.100.77", score=0.85)
+    assert (await actions.apply(other)).outcome == "blocked"
+    for bad in (0.49, 1.01, True, "0.9"):
+        with pytest.raises(InvalidInput, match="detection threshold"):
+            await rig.settings.set_detection_threshold(rig.tenant, bad)  # type: ignore[arg-type]
+    await rig.settings.set_detection_threshold(rig.tenant, None)
+    assert (await rig.settings.detection(rig.tenant)).threshold is None
+
+
 async def test_concurrent_changes_of_different_settings_all_take_effect(rig: Rig) -> None:
     """Each change is one atomic step in Redis: changes made at the same moment by
     different requests never undo each other, and other stored fields survive them."""

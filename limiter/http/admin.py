@@ -19,6 +19,7 @@ from limiter.http.checks import CheckHandler, decode
 from limiter.http.problems import Problem
 from limiter.tenants import (
     MAX_DYNAMIC_BLOCKS_LIMIT,
+    MIN_DETECTION_THRESHOLD,
     DetectionMode,
     FailMode,
     TenantSettingsStore,
@@ -72,6 +73,19 @@ class SettingsUpdate(msgspec.Struct, kw_only=True):
             Meta(ge=0, le=MAX_DYNAMIC_BLOCKS_LIMIT, description="Cap on active detector blocks."),
         ]
         | UnsetType
+    ) = UNSET
+    detection_threshold: (
+        Annotated[
+            float,
+            Meta(
+                ge=MIN_DETECTION_THRESHOLD,
+                le=1,
+                description="Score a verdict needs to block this tenant's subjects, when "
+                "higher than the detectors' own (0.8); null returns to theirs.",
+            ),
+        ]
+        | UnsetType
+        | None
     ) = UNSET
 
 
@@ -230,6 +244,8 @@ class AdminRoutes:
             wanted["detection_mode"] = body.detection_mode.value
         if body.max_dynamic_blocks is not UNSET:
             wanted["max_dynamic_blocks"] = body.max_dynamic_blocks
+        if body.detection_threshold is not UNSET:
+            wanted["detection_threshold"] = body.detection_threshold
         before = await self._settings_view(principal)
         if wanted:
             await store.update(tenant, wanted)
@@ -251,6 +267,7 @@ class AdminRoutes:
             "fail_mode": stored.get("fail_mode"),
             "detection_mode": detection.mode.value,
             "max_dynamic_blocks": detection.max_dynamic_blocks,
+            "detection_threshold": detection.threshold,
         }
 
 
