@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from clickhouse_connect.driver.client import Client
 from analytics.clickhouse import chdb_url, connect
 from analytics.migrate import migrate
 from analytics.tables import DATABASE
+from tests.chdb_users import as_default, connect_as, connect_as_admin, run_probe
+from tests.chdb_users import attempt as attempt_as
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -201,23 +202,10 @@ def test_the_clickhouse_service_mounts_the_analyst_account() -> None:
 
 # the analyst account, on the engine (in a subprocess: see the module's docstring)
 
-_FULL_DEFAULT = """<clickhouse>
-    <users><default>
-        <password></password><access_management>1</access_management>
-        <networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota>
-    </default></users>
-    <profiles><default/></profiles>
-    <quotas><default/></quotas>
-</clickhouse>"""
-_CONFIG = """<clickhouse><user_directories><users_xml><path>{users}</path></users_xml>
-</user_directories></clickhouse>"""
-
 
 def probe_analyst(workdir: str, output: str) -> None:
     """Run in a subprocess by ``test_the_analyst_sees_only_acme_rows_and_cannot_write``;
     writes what the engine said as JSON to ``output``."""
-    import clickhouse_connect
-
     from analytics.alert_store import AlertLogWriter
     from analytics.audit_store import AuditLogWriter
     from analytics.writer import DecisionWriter
@@ -230,14 +218,7 @@ def probe_analyst(workdir: str, output: str) -> None:
     result: dict[str, Any] = {}
 
     # 1. the real file beside a default user who may do everything
-    admin = work / "admin"
-    (admin / "users.d").mkdir(parents=True)
-    (admin / "users.xml").write_text(_FULL_DEFAULT)
-    (admin / "users.d" / "analyst.xml").write_bytes(ANALYST_XML.read_bytes())
-    (admin / "config.xml").write_text(_CONFIG.format(users=admin / "users.xml"))
-    client = clickhouse_connect.get_client(
-        interface="chdb", path=str(data), chdb_options={"config-file": str(admin / "config.xml")}
-    )
+    client = connect_as_admin(work, data, {"analyst.xml": ANALYST_XML.read_text()})
     try:
         migrate(client)
         for tenant, count in ((TENANT, 3), ("other", 5)):
@@ -285,11 +266,7 @@ def probe_analyst(workdir: str, output: str) -> None:
 
     # 2. the same directory, as a user made of the analyst's elements (chDB runs as default)
     source = ET.parse(ANALYST_XML).getroot()
-    user = copy.deepcopy(analyst_user())
-    user.tag = "default"
-    # chDB logs in as default with an empty password
-    for password in user.findall("password"):
-        password.attrib.clear()
+    user = as_default(copy.deepcopy(analyst_user()))
     root = ET.Element("clickhouse")
     ET.SubElement(root, "users").append(user)
     profiles = copy.deepcopy(source.find("profiles"))
@@ -297,21 +274,10 @@ def probe_analyst(workdir: str, output: str) -> None:
     ET.SubElement(profiles, "default")  # the engine's own default profile must exist
     root.append(profiles)
     ET.SubElement(ET.SubElement(root, "quotas"), "default")
-    as_analyst = work / "as_analyst"
-    as_analyst.mkdir()
-    ET.ElementTree(root).write(as_analyst / "users.xml")
-    (as_analyst / "config.xml").write_text(_CONFIG.format(users=as_analyst / "users.xml"))
-    client = clickhouse_connect.get_client(
-        interface="chdb",
-        path=str(data),
-        chdb_options={"config-file": str(as_analyst / "config.xml")},
-    )
+    client = connect_as(root, data, work / "as_analyst")
 
     def attempt(sql: str) -> Any:
-        try:
-            return ["ok", client.query(sql).result_rows]
-        except Exception as exc:
-            return ["error", " ".join(str(exc).split())[:300]]
+        return attempt_as(client, sql)
 
     try:
         result["readonly"] = attempt("SELECT getSetting('readonly')")
@@ -343,27 +309,8 @@ def probe_analyst(workdir: str, output: str) -> None:
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir = tmp_path_factory.mktemp("analyst_probe")
-    output = workdir / "result.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RATEWATCH_")}
-    env[PASSWORD_VARIABLE] = uuid.uuid4().hex
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from tests.test_compose import probe_analyst;"
-            " probe_analyst(sys.argv[1], sys.argv[2])",
-            str(workdir),
-            str(output),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result: dict[str, Any] = json.loads(output.read_text())
-    return result
+    env = {PASSWORD_VARIABLE: uuid.uuid4().hex}
+    return run_probe("tests.test_compose:probe_analyst", workdir, env, timeout=90)
 
 
 def test_the_engine_derives_one_filter_per_tenant_table_and_select_only_grants(

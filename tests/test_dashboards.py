@@ -57,6 +57,8 @@ from stream.alerts import (
 )
 from stream.audit import AuditEvent
 from stream.events import DecisionEvent
+from tests.chdb_users import as_default, connect_as, connect_as_admin, run_probe
+from tests.chdb_users import attempt as attempt_as
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -719,16 +721,6 @@ def test_push_to_nothing_fails_with_one_line() -> None:
 
 # the Grafana account, on the engine (in a subprocess: chDB hosts one engine per process)
 
-_FULL_DEFAULT = """<clickhouse>
-    <users><default>
-        <password></password><access_management>1</access_management>
-        <networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota>
-    </default></users>
-    <profiles><default/></profiles>
-    <quotas><default/></quotas>
-</clickhouse>"""
-_CONFIG = """<clickhouse><user_directories><users_xml><path>{users}</path></users_xml>
-</user_directories></clickhouse>"""
 # chDB, like clickhouse-local, loads users XML without the server's access-control
 # configuration, so settings_constraints_replace_previous stays off and it refuses the
 # changeable_in_readonly constraint (a server takes it: config.d/grafana-access.xml).  The
@@ -744,21 +736,15 @@ def grafana_xml_for_chdb() -> str:
 
 def probe_grafana(workdir: str, output: str) -> None:
     """Run in a subprocess by the test below; writes what the engine said as JSON."""
-    import clickhouse_connect
-
     work = Path(workdir)
     data = work / "data"
     result: dict[str, Any] = {}
 
     # 1. the real files, beside a default user who may do everything: seed both tenants
-    admin = work / "admin"
-    (admin / "users.d").mkdir(parents=True)
-    (admin / "users.xml").write_text(_FULL_DEFAULT)
-    (admin / "users.d" / "grafana.xml").write_text(grafana_xml_for_chdb())
-    (admin / "users.d" / "analyst.xml").write_bytes(ANALYST_XML.read_bytes())
-    (admin / "config.xml").write_text(_CONFIG.format(users=admin / "users.xml"))
-    client = clickhouse_connect.get_client(
-        interface="chdb", path=str(data), chdb_options={"config-file": str(admin / "config.xml")}
+    client = connect_as_admin(
+        work,
+        data,
+        {"grafana.xml": grafana_xml_for_chdb(), "analyst.xml": ANALYST_XML.read_text()},
     )
     try:
         migrate(client)
@@ -783,29 +769,14 @@ def probe_grafana(workdir: str, output: str) -> None:
         source = ET.fromstring(text)
         user = copy.deepcopy(source.find(f"users/{name}"))
         assert user is not None
-        if name == "grafana":
-            user.tag = "default"
-            for password in user.findall("password"):
-                password.attrib.clear()  # chDB logs in as default with an empty password
-        users.append(user)
+        users.append(as_default(user) if name == "grafana" else user)
         for profile in source.findall("profiles/*"):
             profiles.append(copy.deepcopy(profile))
     ET.SubElement(ET.SubElement(root, "quotas"), "default")
-    as_grafana = work / "as_grafana"
-    as_grafana.mkdir()
-    ET.ElementTree(root).write(as_grafana / "users.xml")
-    (as_grafana / "config.xml").write_text(_CONFIG.format(users=as_grafana / "users.xml"))
-    client = clickhouse_connect.get_client(
-        interface="chdb",
-        path=str(data),
-        chdb_options={"config-file": str(as_grafana / "config.xml")},
-    )
+    client = connect_as(root, data, work / "as_grafana")
 
     def attempt(sql: str) -> Any:
-        try:
-            return ["ok", [[str(v) for v in row] for row in client.query(sql).result_rows]]
-        except Exception as exc:
-            return ["error", " ".join(str(exc).split())[:300]]
+        return attempt_as(client, sql, lambda rows: [[str(v) for v in row] for row in rows])
 
     try:
         result["readonly"] = attempt("SELECT getSetting('readonly')")
@@ -831,28 +802,8 @@ def probe_grafana(workdir: str, output: str) -> None:
 @pytest.fixture(scope="module")
 def grafana_probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir = tmp_path_factory.mktemp("grafana_probe")
-    output = workdir / "result.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RATEWATCH_")}
-    env[PASSWORD_VARIABLE] = uuid.uuid4().hex
-    env["RATEWATCH_ANALYST_PASSWORD"] = uuid.uuid4().hex
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from tests.test_dashboards import probe_grafana;"
-            " probe_grafana(sys.argv[1], sys.argv[2])",
-            str(workdir),
-            str(output),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result: dict[str, Any] = json.loads(output.read_text())
-    return result
+    env = {PASSWORD_VARIABLE: uuid.uuid4().hex, "RATEWATCH_ANALYST_PASSWORD": uuid.uuid4().hex}
+    return run_probe("tests.test_dashboards:probe_grafana", workdir, env, timeout=100)
 
 
 def test_grafana_reads_every_panel_of_every_tenant_read_only(grafana_probe: dict[str, Any]) -> None:
