@@ -143,19 +143,7 @@ class TenantSettingsStore:
     async def detection(self, tenant: str) -> DetectionSettings:
         """The tenant's detection settings, defaults filled in; ConfigError naming a stored
         value that is not valid."""
-        settings = await self.get(tenant)
-        try:
-            return DetectionSettings(
-                parse_detection_mode(str(settings.get("detection_mode", DEFAULT_DETECTION_MODE))),
-                check_max_dynamic_blocks(
-                    settings.get("max_dynamic_blocks", DEFAULT_MAX_DYNAMIC_BLOCKS)
-                ),
-                check_detection_threshold(settings.get("detection_threshold")),
-            )
-        except InvalidInput as exc:
-            raise ConfigError(
-                f"tenant {tenant!r} has a stored setting that is not valid: {exc}"
-            ) from None
+        return detection_of(tenant, await self.get(tenant))
 
     async def set_detection_mode(self, tenant: str, mode: DetectionMode | str) -> dict[str, object]:
         return await self.update(tenant, {"detection_mode": parse_detection_mode(mode).value})
@@ -168,3 +156,20 @@ class TenantSettingsStore:
 
     async def set_max_dynamic_blocks(self, tenant: str, cap: int) -> dict[str, object]:
         return await self.update(tenant, {"max_dynamic_blocks": check_max_dynamic_blocks(cap)})
+
+
+def detection_of(tenant: str, settings: Mapping[str, object]) -> DetectionSettings:
+    """The detection settings in ``settings`` (a tenant's record, as ``get`` reads it),
+    defaults filled in; ConfigError naming a stored value that is not valid."""
+    try:
+        return DetectionSettings(
+            parse_detection_mode(str(settings.get("detection_mode", DEFAULT_DETECTION_MODE))),
+            check_max_dynamic_blocks(
+                settings.get("max_dynamic_blocks", DEFAULT_MAX_DYNAMIC_BLOCKS)
+            ),
+            check_detection_threshold(settings.get("detection_threshold")),
+        )
+    except InvalidInput as exc:
+        raise ConfigError(
+            f"tenant {tenant!r} has a stored setting that is not valid: {exc}"
+        ) from None

@@ -123,9 +123,9 @@ def new_alert_event(
         raise ValueError(f"alert kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
     if mode not in MODES:
         raise ValueError(f"alert mode {mode!r} is not one of {', '.join(MODES)}")
-    for name, count in (("ttl_seconds", ttl_seconds), ("offence", offence)):
-        if count is not None and not 0 <= count <= _MAX_COUNT:
-            raise ValueError(f"alert {name} {count!r} is not within 0-{_MAX_COUNT}")
+    problem = _count_problem(ttl_seconds, offence)
+    if problem is not None:
+        raise ValueError(problem)
     details = dict(explanation)
     try:
         _encoder.encode(details)
@@ -160,10 +160,18 @@ def decode(data: bytes) -> AlertEvent:
     problem = envelope_problem("alert", event.v, ALERT_SCHEMA_VERSION, event.event_id, event.ts)
     if problem is not None:
         raise MalformedAlertEvent(problem)
-    for name, count in (("ttl_seconds", event.ttl_seconds), ("offence", event.offence)):
-        if count is not None and not 0 <= count <= _MAX_COUNT:
-            raise MalformedAlertEvent(f"alert {name} {count} is not within 0-{_MAX_COUNT}")
+    problem = _count_problem(event.ttl_seconds, event.offence)
+    if problem is not None:
+        raise MalformedAlertEvent(problem)
     return event
+
+
+def _count_problem(ttl_seconds: int | None, offence: int | None) -> str | None:
+    """What makes ``ttl_seconds`` or ``offence`` unstorable (UInt32 columns), if anything."""
+    for name, count in (("ttl_seconds", ttl_seconds), ("offence", offence)):
+        if count is not None and not 0 <= count <= _MAX_COUNT:
+            return f"alert {name} {count!r} is not within 0-{_MAX_COUNT}"
+    return None
 
 
 class AlertOutbox:

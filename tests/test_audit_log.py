@@ -618,6 +618,44 @@ def stop_process(process: subprocess.Popen[bytes]) -> int:
         raise
 
 
+@contextlib.contextmanager
+def ratewatch(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m ratewatch *args``, stopped by SIGTERM at the end: it must exit 0 and
+    log no traceback."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ratewatch", *args], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        assert stop_process(process) == 0
+    assert "Traceback" not in log_path.read_text()
+
+
+def assert_stored(
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    socket: Path,
+    tenant: str,
+    events: Sequence[AuditEvent],
+    alerts: Sequence[AlertEvent],
+) -> None:
+    """Wait until the process that owns chDB at ``socket`` stored ``tenant``'s audit events
+    and alerts, then check them."""
+
+    def stored_all() -> bool:
+        assert process.poll() is None, log_path.read_text()
+        return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
+            len(events),
+            len(alerts),
+        )
+
+    wait_until(stored_all, 60, "the audit and alert rows", 0.2)
+    assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
+    assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
+
+
 @pytest.mark.timeout(120)
 def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_topics(
     redis_server: RedisServer, kafka_broker: KafkaBroker, keyspace: Keyspace, tmp_path: Path
@@ -631,27 +669,13 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_t
     alerts = some_alerts(tenant, 3)
     record_sync(redis_server.url, keyspace, events, alerts)
     data_dir = tmp_path / "d"
-    socket = data_dir / "clickhouse" / "query.sock"
     log_path = tmp_path / "stream.log"
     args = ["stream", "--kafka", kafka_broker.bootstrap, "--topic", decisions]
     args += ["--data-dir", str(data_dir), "--redis-url", redis_server.url]
     args += ["--key-prefix", keyspace.prefix]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ratewatch", *args], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-
-        def stored_all() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
-                len(events),
-                len(alerts),
-            )
-
-        wait_until(stored_all, 60, "the audit and alert rows", 0.2)
-        assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
-        assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
+    with ratewatch(args, log_path) as process:
+        socket = data_dir / "clickhouse" / "query.sock"
+        assert_stored(process, log_path, socket, tenant, events, alerts)
         messages = asyncio.run(
             read_messages(kafka_broker.bootstrap, AUDIT_TOPIC, len(events), tenant.encode())
         )
@@ -660,9 +684,6 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_t
             read_messages(kafka_broker.bootstrap, ALERTS_TOPIC, len(alerts), tenant.encode())
         )
         assert sorted(value for _, value in published) == sorted(encode_alert(a) for a in alerts)
-    finally:
-        assert stop_process(process) == 0
-    assert "Traceback" not in log_path.read_text()
 
 
 def test_the_embedded_pipeline_worker_drains_the_outboxes_into_their_tables(
@@ -674,26 +695,9 @@ def test_the_embedded_pipeline_worker_drains_the_outboxes_into_their_tables(
     alerts = some_alerts(tenant, 2)
     record_sync(redis_server.url, keyspace, events, alerts)
     data_dir = tmp_path / "d"
-    socket = data_dir / "clickhouse" / "query.sock"
     log_path = tmp_path / "pipeline.log"
     args = ["pipeline", "--data-dir", str(data_dir), "--redis-url", redis_server.url]
     args += ["--key-prefix", keyspace.prefix]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ratewatch", *args], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-
-        def stored_all() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
-                len(events),
-                len(alerts),
-            )
-
-        wait_until(stored_all, 60, "the audit and alert rows", 0.2)
-        assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
-        assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
-    finally:
-        assert stop_process(process) == 0
-    assert "Traceback" not in log_path.read_text()
+    with ratewatch(args, log_path) as process:
+        socket = data_dir / "clickhouse" / "query.sock"
+        assert_stored(process, log_path, socket, tenant, events, alerts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -23,6 +24,7 @@ from limiter.tenants import (
     DetectionMode,
     FailMode,
     TenantSettingsStore,
+    detection_of,
 )
 from stream.audit import (
     BLOCK_CREATED,
@@ -231,7 +233,8 @@ class AdminRoutes:
 
     async def get_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
-        return json_response(await self._settings_view(principal))
+        stored = await self._tenant_settings.get(principal.tenant)
+        return json_response(_settings_view(principal.tenant, stored))
 
     async def update_settings(self, request: Request) -> Response:
         principal = await self._principal(request, admin=True)
@@ -246,12 +249,13 @@ class AdminRoutes:
             wanted["max_dynamic_blocks"] = body.max_dynamic_blocks
         if body.detection_threshold is not UNSET:
             wanted["detection_threshold"] = body.detection_threshold
-        before = await self._settings_view(principal)
+        stored = await store.get(tenant)
+        before = _settings_view(tenant, stored)
         if wanted:
-            await store.update(tenant, wanted)
+            stored = await store.update(tenant, wanted)
         if "fail_mode" in wanted:
             self._auth.forget()
-        after = await self._settings_view(principal)
+        after = _settings_view(tenant, stored)
         changes = [(name, before[name], after[name]) for name in wanted]
         for name, old, new in changes:
             await self._audit.record(
@@ -259,16 +263,17 @@ class AdminRoutes:
             )
         return json_response(after)
 
-    async def _settings_view(self, principal: Principal) -> dict[str, object]:
-        stored = await self._tenant_settings.get(principal.tenant)
-        detection = await self._tenant_settings.detection(principal.tenant)
-        return {
-            "tenant": principal.tenant,
-            "fail_mode": stored.get("fail_mode"),
-            "detection_mode": detection.mode.value,
-            "max_dynamic_blocks": detection.max_dynamic_blocks,
-            "detection_threshold": detection.threshold,
-        }
+
+def _settings_view(tenant: str, stored: Mapping[str, object]) -> dict[str, object]:
+    """The tenant's settings as the API shows them, from its stored record."""
+    detection = detection_of(tenant, stored)
+    return {
+        "tenant": tenant,
+        "fail_mode": stored.get("fail_mode"),
+        "detection_mode": detection.mode.value,
+        "max_dynamic_blocks": detection.max_dynamic_blocks,
+        "detection_threshold": detection.threshold,
+    }
 
 
 def problem_for(exc: Exception) -> Problem | None:

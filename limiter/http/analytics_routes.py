@@ -92,10 +92,7 @@ class AnalyticsRoutes:
                 ORDER BY ts DESC, id
                 LIMIT {limit}""",
         )
-        for row in rows:
-            row["ts"] = row.pop("epoch_ms")
-            row["details"] = _json_object(row["details"])
-        return json_response({"tenant": principal.tenant, "entries": rows})
+        return json_response({"tenant": principal.tenant, "entries": _listed(rows, "details")})
 
     async def alerts(self, request: Request) -> Response:
         """What the abuse detection did, newest first: readable by every key of the tenant,
@@ -119,10 +116,7 @@ class AnalyticsRoutes:
                 ORDER BY ts DESC, id
                 LIMIT {limit}""",
         )
-        for row in rows:
-            row["ts"] = row.pop("epoch_ms")
-            row["explanation"] = _json_object(row["explanation"])
-        return json_response({"tenant": principal.tenant, "alerts": rows})
+        return json_response({"tenant": principal.tenant, "alerts": _listed(rows, "explanation")})
 
 
 async def run_query(analytics: Analytics | None, sql: str) -> list[dict[str, Any]]:
@@ -179,6 +173,15 @@ def _integer(params: Mapping[str, str], name: str, default: int, low: int, high:
     if not low <= value <= high:
         raise _invalid(f"{name} {value} is not within {low}-{high}")
     return value
+
+
+def _listed(rows: list[dict[str, Any]], json_column: str) -> list[dict[str, Any]]:
+    """Rows of a log read newest first, as the API lists them: ``epoch_ms`` as ``ts``, and
+    ``json_column`` (stored as JSON text) as the object it holds."""
+    for row in rows:
+        row["ts"] = row.pop("epoch_ms")
+        row[json_column] = _json_object(row[json_column])
+    return rows
 
 
 def _json_object(text: Any) -> Any:
