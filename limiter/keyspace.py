@@ -39,9 +39,11 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:.webhooks}:due``                        webhook deliveries by due time (sorted
   set of delivery ids; ``stream/webhook_queue.py``)
 - ``rw:{rw:.webhooks}:pending``                    the deliveries themselves (hash id -> JSON)
+- ``rw:{rw:.webhooks}:stats``                      delivery attempts by outcome, every
+  tenant's (hash outcome -> count; ``stream/webhook_stats.py``)
 
-The webhook queue's two keys share a hash tag of their own (no tenant name has a dot), so
-one transaction or script updates both on Redis Cluster.
+The webhook queue's keys share a hash tag of their own (no tenant name has a dot), so
+one transaction or script updates several of them on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -132,3 +134,7 @@ class Keyspace:
     @property
     def webhook_pending(self) -> str:
         return f"{self.prefix}:{{{self.prefix}:.webhooks}}:pending"
+
+    @property
+    def webhook_stats(self) -> str:
+        return f"{self.prefix}:{{{self.prefix}:.webhooks}}:stats"

@@ -4,7 +4,9 @@ deliveries went.
 Storage (``limiter/keyspace.py``), all under the tenant's hash tag:
 
 - ``<tenant tag>:webhooks``: hash webhook id -> JSON record, with the signing secret (the
-  deliveries are signed with it, so it is kept; the API shows it once, at creation);
+  deliveries are signed with it, so it is kept; the API shows it once, at creation or
+  rotation) and, for a while after a rotation, the secret it replaced
+  (``limiter/webhook_updates.py``);
 - ``<tenant tag>:wh:<id>:health``: hash of the latest outcomes (``last_success_at``,
   ``last_failure_at``, ``last_status``, ``last_error``, ``consecutive_failures``);
 - ``<tenant tag>:wh:<id>:attempts``: the latest ``MAX_ATTEMPTS_KEPT`` attempts, newest
@@ -42,12 +44,24 @@ ID_PREFIX = "wh_"
 ALERT_KINDS = tuple(sorted(KINDS))
 
 
+# an attempt's outcomes (``Attempt.outcome``)
+DELIVERED = "delivered"
+RETRYING = "retrying"
+FAILED = "failed"
+SKIPPED = "skipped"
+OUTCOMES = (DELIVERED, RETRYING, FAILED, SKIPPED)
+
+
 class TooManyWebhooks(InvalidInput):
     """The tenant already has ``MAX_WEBHOOKS_PER_TENANT`` webhooks."""
 
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
+    """A webhook.  A disabled one (``enabled`` false) is sent nothing; ``previous_secret``
+    is the secret the last rotation replaced, which still signs deliveries until
+    ``previous_secret_expires_at``."""
+
     id: str
     tenant: str
     url: str
@@ -55,27 +69,40 @@ class Webhook:
     description: str
     created_at: float
     secret: str
+    enabled: bool = True
+    previous_secret: str = ""
+    previous_secret_expires_at: float | None = None
 
     def public(self) -> dict[str, object]:
-        """What the API shows of it: everything but the secret."""
+        """What the API shows of it: everything but the secrets."""
         return {
             "id": self.id,
             "url": self.url,
             "events": list(self.events),
             "description": self.description,
+            "enabled": self.enabled,
             "created_at": self.created_at,
         }
 
     def wants(self, kind: str) -> bool:
-        return kind in self.events
+        return self.enabled and kind in self.events
+
+    def signing_secrets(self, now: float) -> tuple[str, ...]:
+        """The secrets a delivery made at ``now`` is signed with: the current one, then the
+        one it replaced while that one's grace period lasts."""
+        expires = self.previous_secret_expires_at
+        if self.previous_secret and expires is not None and now < expires:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """The outcome of one delivery attempt.  ``outcome`` is ``delivered``, ``retrying``
-    (``next_retry_at`` says when) or ``failed`` (the last attempt failed); ``status`` the
-    HTTP status, or None when no response came (``error`` says why); ``response`` the
-    start of the response body, never more."""
+    (``next_retry_at`` says when), ``failed`` (the last attempt failed) or ``skipped`` (it
+    fell due while its webhook was disabled: not sent, and dropped); ``status`` the HTTP
+    status, or None when no response came (``error`` says why); ``response`` the start of
+    the response body, never more."""
 
     delivery_id: str
     event_id: str
@@ -110,6 +137,12 @@ def check_events(events: Iterable[str] | None) -> tuple[str, ...]:
     return chosen
 
 
+def check_description(description: str) -> str:
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    return description
+
+
 class WebhookStore:
     """Webhooks in Redis.  Every operation names the tenant it acts for."""
 
@@ -124,21 +157,21 @@ class WebhookStore:
         events: Sequence[str] | None = None,
         description: str = "",
         *,
+        enabled: bool = True,
         allow_private: bool = False,
     ) -> Webhook:
         """A new webhook with a fresh secret.  InvalidInput naming a bad value, TargetRefused
         for a non-public target (``limiter/webhook_targets.py``), TooManyWebhooks."""
         target = parse_target(url, allow_private=allow_private)
-        if len(description) > MAX_DESCRIPTION_LENGTH:
-            raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
         hook = Webhook(
             id=ID_PREFIX + secrets.token_hex(8),
             tenant=tenant,
             url=target.url,
             events=check_events(events),
-            description=description,
+            description=check_description(description),
             created_at=round(time.time(), 3),
             secret=new_secret(),
+            enabled=enabled,
         )
         key = self._keyspace.webhooks(tenant)
         try:
@@ -162,7 +195,7 @@ class WebhookStore:
             raw = await self._redis.hget(self._keyspace.webhooks(tenant), webhook_id)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return _webhook(tenant, raw) if raw is not None else None
+        return from_record(tenant, raw) if raw is not None else None
 
     async def get(self, tenant: str, webhook_id: str) -> Webhook:
         hook = await self.find(tenant, webhook_id)
@@ -176,7 +209,7 @@ class WebhookStore:
             raw = await self._redis.hgetall(self._keyspace.webhooks(tenant))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        hooks = [_webhook(tenant, record) for record in raw.values()]
+        hooks = [from_record(tenant, record) for record in raw.values()]
         return sorted(hooks, key=lambda hook: (hook.created_at, hook.id))
 
     async def delete(self, tenant: str, webhook_id: str) -> Webhook:
@@ -220,8 +253,9 @@ class WebhookStore:
         return [Attempt(**json.loads(item)) for item in raw]
 
     async def record_attempt(self, tenant: str, webhook_id: str, attempt: Attempt) -> None:
-        """Log ``attempt`` and update the webhook's health.  Nothing stays of it if the
-        webhook was deleted meanwhile."""
+        """Log ``attempt`` and update the webhook's health (unless it was ``skipped``: nothing
+        was sent, so nothing is known of the endpoint).  Nothing stays of it if the webhook
+        was deleted meanwhile."""
         health = self._keyspace.webhook_health(tenant, webhook_id)
         attempts = self._keyspace.webhook_attempts(tenant, webhook_id)
         fields: dict[FieldT, EncodableT] = {
@@ -229,7 +263,7 @@ class WebhookStore:
             "last_status": attempt.status if attempt.status is not None else "",
             "last_error": attempt.error or "",
         }
-        if attempt.outcome == "delivered":
+        if attempt.outcome == DELIVERED:
             fields.update(last_success_at=attempt.at, consecutive_failures=0)
         else:
             fields["last_failure_at"] = attempt.at
@@ -237,8 +271,9 @@ class WebhookStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lpush(attempts, json.dumps(asdict(attempt)))
                 pipe.ltrim(attempts, 0, MAX_ATTEMPTS_KEPT - 1)
-                pipe.hset(health, mapping=fields)
-                if attempt.outcome != "delivered":
+                if attempt.outcome != SKIPPED:
+                    pipe.hset(health, mapping=fields)
+                if attempt.outcome not in (DELIVERED, SKIPPED):
                     pipe.hincrby(health, "consecutive_failures", 1)
                 pipe.hexists(self._keyspace.webhooks(tenant), webhook_id)
                 *_, exists = await pipe.execute()
@@ -254,7 +289,9 @@ def _record(hook: Webhook) -> dict[str, object]:
     return {**hook.public(), "secret": hook.secret}
 
 
-def _webhook(tenant: str, raw: bytes | str) -> Webhook:
+def from_record(tenant: str, raw: bytes | str) -> Webhook:
+    """The webhook of a stored record.  Records written before a field existed lack it:
+    they are enabled and have no previous secret."""
     record = json.loads(raw)
     return Webhook(
         id=record["id"],
@@ -264,6 +301,9 @@ def _webhook(tenant: str, raw: bytes | str) -> Webhook:
         description=record["description"],
         created_at=record["created_at"],
         secret=record["secret"],
+        enabled=bool(record.get("enabled", True)),
+        previous_secret=record.get("previous_secret") or "",
+        previous_secret_expires_at=record.get("previous_secret_expires_at"),
     )
 
 

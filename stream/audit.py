@@ -35,6 +35,8 @@ __all__ = [
     "SETTINGS_UPDATED",
     "WEBHOOK_CREATED",
     "WEBHOOK_DELETED",
+    "WEBHOOK_SECRET_ROTATED",
+    "WEBHOOK_UPDATED",
     "AuditEvent",
     "Detail",
     "MalformedAuditEvent",
@@ -52,6 +54,8 @@ BLOCK_CREATED = "block.created"
 BLOCK_REMOVED = "block.removed"
 WEBHOOK_CREATED = "webhook.created"
 WEBHOOK_DELETED = "webhook.deleted"
+WEBHOOK_UPDATED = "webhook.updated"
+WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"
 PRIVACY_DELETED = "privacy.deleted"
 PRIVACY_SUMMARY = "privacy.summary"
 SETTINGS_UPDATED = "settings.updated"
@@ -65,6 +69,8 @@ ACTIONS = frozenset(
         BLOCK_REMOVED,
         WEBHOOK_CREATED,
         WEBHOOK_DELETED,
+        WEBHOOK_UPDATED,
+        WEBHOOK_SECRET_ROTATED,
         PRIVACY_DELETED,
         PRIVACY_SUMMARY,
         SETTINGS_UPDATED,

@@ -5,9 +5,15 @@ Each attempt POSTs the delivery's body (``stream/webhook_payloads.py``), signed 
 the attempt's timestamp, to the webhook's URL, with a timeout, without following
 redirects.  A 2xx answer delivers it; anything else (another status, no answer, a refused
 target) is a failure, retried after the next delay of ``retry_schedule`` (by default the
-Standard Webhooks schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), and after
-the last one the delivery has failed.  Every attempt is logged on the webhook with its
-outcome, and the webhook's health updated (``limiter/webhooks.py``).
+Standard Webhooks schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each moved
+by up to ``retry_jitter`` of itself either way (``stream/webhook_retry.py``), and after the
+last one the delivery has failed.  Every attempt is logged on the webhook with its outcome,
+the webhook's health updated (``limiter/webhooks.py``) and the outcome counted for
+``/metrics`` (``stream/webhook_stats.py``).
+
+A delivery that falls due while its webhook is disabled is not sent: it is dropped and
+logged as a ``skipped`` attempt, as Svix drops the attempts of a disabled endpoint.  During
+a secret rotation's grace period each attempt is signed with both secrets.
 
 Attempts run concurrently, at most ``max_in_flight`` in all and ``per_webhook`` per
 webhook, so an endpoint that times out holds up no other.  Unless ``allow_private``, the
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
@@ -32,9 +39,19 @@ import httpx
 
 from limiter.errors import InvalidInput, LimiterError
 from limiter.webhook_targets import parse_target, resolve_public
-from limiter.webhooks import Attempt, Webhook, WebhookStore
+from limiter.webhooks import (
+    DELIVERED,
+    FAILED,
+    RETRYING,
+    SKIPPED,
+    Attempt,
+    Webhook,
+    WebhookStore,
+)
 from stream.webhook_payloads import body_for, signature_headers
 from stream.webhook_queue import Delivery, DeliveryQueue, QueueUnavailable
+from stream.webhook_retry import DEFAULT_JITTER, RetryPolicy
+from stream.webhook_stats import DeliveryStats
 
 log = logging.getLogger("ratewatch.webhooks")
 
@@ -49,6 +66,7 @@ class WebhookSettings:
     allow_private: bool = False
     request_timeout: float = 10.0
     retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
+    retry_jitter: float = DEFAULT_JITTER
     max_in_flight: int = 32
     per_webhook: int = 4
     poll_interval: float = 1.0
@@ -56,10 +74,7 @@ class WebhookSettings:
     def __post_init__(self) -> None:
         if not 0 < self.request_timeout <= 120:
             raise ValueError(f"webhook request timeout {self.request_timeout!r}s is not 0-120")
-        if not self.retry_schedule or any(delay < 0 for delay in self.retry_schedule):
-            raise ValueError(
-                f"webhook retry schedule {self.retry_schedule!r} must be delays >= 0, at least one"
-            )
+        RetryPolicy(self.retry_schedule, self.retry_jitter)  # ValueError naming a bad one
         if not 1 <= self.per_webhook <= self.max_in_flight <= 1000:
             raise ValueError(
                 f"webhook concurrency {self.per_webhook!r} per webhook, "
@@ -83,17 +98,24 @@ def new_client(settings: WebhookSettings) -> httpx.AsyncClient:
 
 
 class WebhookSender:
+    """``rng`` draws the retries' jitter (seeded in tests)."""
+
     def __init__(
         self,
         store: WebhookStore,
         queue: DeliveryQueue,
+        stats: DeliveryStats,
         client: httpx.AsyncClient,
         settings: WebhookSettings,
+        *,
+        rng: random.Random | None = None,
     ):
         self._store = store
         self._queue = queue
+        self._stats = stats
         self._client = client
         self.settings = settings
+        self._retries = RetryPolicy(settings.retry_schedule, settings.retry_jitter, rng)
         self._wake = asyncio.Event()
         self._busy: Counter[str] = Counter()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -169,53 +191,62 @@ class WebhookSender:
             await self._queue.complete(delivery)
             return None
         number = delivery.attempts + 1
+        if not hook.enabled:
+            await self._queue.complete(delivery)
+            skipped = _attempt(
+                delivery, number, time.time(), SKIPPED, error="webhook disabled: not sent"
+            )
+            return await self._record(hook, skipped)
         self.attempts += 1
         status, error, excerpt = await self._send(hook, delivery)
         now = time.time()
-        schedule = self.settings.retry_schedule
         next_at: float | None = None
         if status is not None and 200 <= status < 300:
-            outcome = "delivered"
+            outcome = DELIVERED
             await self._queue.complete(delivery)
-        elif number < len(schedule):
-            outcome, next_at = "retrying", now + schedule[number]
+        elif (delay := self._retries.delay_after(number)) is not None:
+            outcome, next_at = RETRYING, now + delay
             if not await self._queue.retry(delivery, next_at):
-                outcome, next_at = "failed", None  # dropped meanwhile
+                outcome, next_at = FAILED, None  # dropped meanwhile
         else:
-            outcome = "failed"
+            outcome = FAILED
             await self._queue.complete(delivery)
-        result = Attempt(
-            delivery_id=delivery.id,
-            event_id=delivery.event_id,
-            type=delivery.type,
-            attempt=number,
-            at=round(now, 3),
-            outcome=outcome,
+        result = _attempt(
+            delivery,
+            number,
+            now,
+            outcome,
             status=status,
             error=error,
             response=excerpt,
-            next_retry_at=round(next_at, 3) if next_at is not None else None,
+            next_at=next_at,
         )
-        await self._store.record_attempt(delivery.tenant, delivery.webhook_id, result)
-        level = logging.INFO if outcome == "delivered" else logging.WARNING
+        return await self._record(hook, result)
+
+    async def _record(self, hook: Webhook, result: Attempt) -> Attempt:
+        """Log the attempt on the webhook, count it for /metrics, and in the log."""
+        await self._store.record_attempt(hook.tenant, hook.id, result)
+        await self._stats.count(result.outcome)
+        level = logging.INFO if result.outcome in (DELIVERED, SKIPPED) else logging.WARNING
         log.log(
             level,
             "webhook %s (%s) delivery %s attempt %d: %s (%s)",
             hook.id,
             _host(hook.url),
-            delivery.id,
-            number,
-            outcome,
-            status if status is not None else error,
+            result.delivery_id,
+            result.attempt,
+            result.outcome,
+            result.status if result.status is not None else result.error,
         )
         return result
 
     async def _send(self, hook: Webhook, delivery: Delivery) -> tuple[int | None, str | None, str]:
         """POST the delivery once: (status, None, excerpt) or (None, error, "")."""
         body = body_for(hook.url, delivery)
+        now = time.time()
         headers = {
             "content-type": "application/json",
-            **signature_headers(hook.secret, delivery.id, int(time.time()), body),
+            **signature_headers(hook.signing_secrets(now), delivery.id, int(now), body),
         }
         timeout = self.settings.request_timeout
         try:
@@ -253,6 +284,31 @@ class WebhookSender:
         if target.scheme == "https":
             extensions["sni_hostname"] = target.host
         return parsed.copy_with(host=addresses[0]), extensions
+
+
+def _attempt(
+    delivery: Delivery,
+    number: int,
+    at: float,
+    outcome: str,
+    *,
+    status: int | None = None,
+    error: str | None = None,
+    response: str = "",
+    next_at: float | None = None,
+) -> Attempt:
+    return Attempt(
+        delivery_id=delivery.id,
+        event_id=delivery.event_id,
+        type=delivery.type,
+        attempt=number,
+        at=round(at, 3),
+        outcome=outcome,
+        status=status,
+        error=error,
+        response=response,
+        next_retry_at=round(next_at, 3) if next_at is not None else None,
+    )
 
 
 async def _excerpt(response: httpx.Response) -> str:

@@ -5,7 +5,9 @@ Standard body: ``{"type": <kind>, "timestamp": <ISO 8601>, "data": <the event>}`
 (https://www.standardwebhooks.com): ``webhook-id`` (the delivery id, the same on every
 attempt), ``webhook-timestamp`` (the attempt's epoch seconds) and ``webhook-signature:
 v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``, keyed by the base64-decoded part of
-the ``whsec_`` secret; signed by the ``standardwebhooks`` reference library.
+the ``whsec_`` secret; signed by the ``standardwebhooks`` reference library.  While a
+rotated-out secret is in its grace period, the header holds both signatures, the current
+secret's first, separated by a space.
 
 A Slack incoming webhook takes only its own message format, so URLs on ``hooks.slack.com``
 (or whose path has ``/services/``, as Slack-compatible chat servers copy it) get
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,13 +89,22 @@ def body_for(url: str, delivery: Delivery) -> bytes:
     )
 
 
-def signature_headers(secret: str, delivery_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The Standard Webhooks headers of one attempt."""
+def signature_headers(
+    secrets: str | Sequence[str], delivery_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt, signed with each of ``secrets`` (the
+    current secret, and the one it replaced during a rotation's grace period): the
+    signatures are space-separated, and a receiver accepts any one it can verify."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    keys = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+    if not keys:
+        raise ValueError("a delivery needs at least one secret to be signed with")
     return {
         "webhook-id": delivery_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": Signer(secret).sign(delivery_id, moment, body.decode()),
+        "webhook-signature": " ".join(
+            Signer(key).sign(delivery_id, moment, body.decode()) for key in keys
+        ),
     }
 
 

@@ -4,12 +4,12 @@ tenant that subscribed to its kind.
 It reads the alert outbox (``Keyspace.alerts``) in a consumer group of its own,
 ``ratewatch-webhooks``, created at the outbox's first entry, through the outbox drain
 (``stream/outbox_drain.py``: claims what a dead worker left, retries while Redis fails).
-For each batch it queues one delivery per alert and subscribed webhook in the delivery
-queue (``stream/webhook_queue.py``), and only then are the entries acknowledged: each
-delivery is then done or durably scheduled, whatever happens to this process.  The sender
-(``stream/webhook_delivery.py``) makes the attempts.  The drain that stores alerts in
-ClickHouse reads the same outbox in its own group and records the malformed entries; this
-one only skips them.
+For each batch it queues one delivery per alert and subscribed webhook (a disabled one
+subscribes to nothing) in the delivery queue (``stream/webhook_queue.py``), and only then
+are the entries acknowledged: each delivery is then done or durably scheduled, whatever
+happens to this process.  The sender (``stream/webhook_delivery.py``) makes the attempts.
+The drain that stores alerts in ClickHouse reads the same outbox in its own group and
+records the malformed entries; this one only skips them.
 
 Delivery is at least once: a worker killed between queueing and acknowledging queues the
 batch again (a delivery still queued is not queued twice, one delivered meanwhile is sent
@@ -19,6 +19,7 @@ again), so receivers drop repeats by ``webhook-id``.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 
 import httpx
@@ -32,14 +33,15 @@ from stream.outbox_drain import OutboxDrain
 from stream.webhook_delivery import WebhookSender, WebhookSettings, new_client
 from stream.webhook_payloads import alert_delivery
 from stream.webhook_queue import DeliveryQueue
+from stream.webhook_stats import DeliveryStats
 
 WEBHOOK_GROUP = "ratewatch-webhooks"
 
 
 class WebhookWorker:
     """``consumer`` names this worker in the group (one name per host, so a restarted
-    worker resumes its own unacknowledged entries).  ``client`` is for tests; by default
-    the worker makes and closes its own."""
+    worker resumes its own unacknowledged entries).  ``client`` and ``rng`` (the retries'
+    jitter) are for tests; by default the worker makes and closes its own client."""
 
     def __init__(
         self,
@@ -51,13 +53,17 @@ class WebhookWorker:
         client: httpx.AsyncClient | None = None,
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
+        rng: random.Random | None = None,
     ):
         self.settings = settings or WebhookSettings()
         self.store = WebhookStore(redis, keyspace)
         self.queue = DeliveryQueue(redis, keyspace)
         self._own_client = client is None
         self._client = client or new_client(self.settings)
-        self.sender = WebhookSender(self.store, self.queue, self._client, self.settings)
+        self.stats = DeliveryStats(redis, keyspace)
+        self.sender = WebhookSender(
+            self.store, self.queue, self.stats, self._client, self.settings, rng=rng
+        )
         self.drain = OutboxDrain[AlertEvent](
             redis,
             keyspace.alerts,

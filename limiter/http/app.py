@@ -52,9 +52,12 @@ from limiter.sinks import StreamSink
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
 from limiter.tenants import TenantSettingsStore
+from limiter.webhook_metrics import WebhookMetrics
+from limiter.webhook_updates import WebhookUpdater
 from limiter.webhooks import WebhookStore
 from stream.audit_outbox import AuditOutbox
 from stream.webhook_queue import DeliveryQueue
+from stream.webhook_stats import DeliveryStats
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -168,6 +171,7 @@ class LimiterApp:
         webhooks = WebhookRoutes(
             checks,
             WebhookStore(redis, keyspace),
+            WebhookUpdater(redis, keyspace),
             DeliveryQueue(redis, keyspace),
             audit,
             allow_private=settings.webhooks_allow_private,
@@ -180,6 +184,7 @@ class LimiterApp:
             settings.instance,
             VERSION,
             decision_stream=stream.status if stream is not None else None,
+            webhook_metrics=WebhookMetrics(DeliveryStats(redis, keyspace)),
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

@@ -15,6 +15,7 @@ from limiter.failover import StoreHealth
 from limiter.http.admin import json_response
 from limiter.metrics import LimiterMetrics
 from limiter.tenants import FailMode
+from limiter.webhook_metrics import WebhookMetrics
 
 
 class HealthRoutes:
@@ -27,8 +28,10 @@ class HealthRoutes:
         instance: str,
         version: str,
         decision_stream: Callable[[], dict[str, object]] | None = None,
+        webhook_metrics: WebhookMetrics | None = None,
     ):
         self._decision_stream = decision_stream
+        self._webhook_metrics = webhook_metrics
         self._redis = redis
         self._health = health
         self._metrics = metrics
@@ -74,6 +77,8 @@ class HealthRoutes:
         )
 
     async def metrics(self, request: Request) -> Response:
-        return Response(
-            generate_latest(self._metrics.exposition), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
+        body = generate_latest(self._metrics.exposition)
+        # read from Redis, so not while it is known to be down: a scrape never waits on it
+        if self._webhook_metrics is not None and self._health.up:
+            body += await self._webhook_metrics.exposition()
+        return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})

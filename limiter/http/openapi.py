@@ -17,7 +17,7 @@ from limiter.http.analytics_schemas import (
 )
 from limiter.http.privacy_routes import PrivacyDelete, PrivacySummary
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
-from limiter.http.webhook_routes import WebhookCreate
+from limiter.http.webhook_routes import WebhookCreate, WebhookUpdate
 
 REF = "#/components/schemas/{name}"
 PROBLEM_SCHEMA = {
@@ -99,6 +99,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             PrivacySummaryResult,
             AllowlistAdd,
             WebhookCreate,
+            WebhookUpdate,
         ],
         ref_template=REF,
     )
@@ -172,6 +173,32 @@ def build_openapi(version: str) -> dict[str, Any]:
         '`{"type", "timestamp", "data"}`. Targets on loopback or private addresses are '
         "refused (422 `webhook-target-refused`) unless the server allows them; 409 "
         "`too-many-webhooks` past the tenant's cap."
+    )
+    update_webhook = _operation(
+        "Change a webhook's url, events, description or enabled (admin)",
+        None,
+        400,
+        403,
+        404,
+        413,
+        422,
+        body="WebhookUpdate",
+    )
+    update_webhook["description"] = (
+        "Only the fields given change, in one atomic step; unknown fields are refused (422). "
+        "A new `url` is checked as at creation. A disabled webhook is sent no new alerts, and "
+        "its deliveries that fall due while it is disabled are dropped, each logged as a "
+        "`skipped` attempt."
+    )
+    rotate_secret = _operation(
+        "Give a webhook a new signing secret, shown once; the old one signs too for 24 h (admin)",
+        None,
+        403,
+        404,
+    )
+    rotate_secret["description"] = (
+        "Until `previous_secret_expires_at` every delivery carries both signatures, "
+        "space-separated in `webhook-signature`, so receivers holding either secret verify it."
     )
     deliveries = _operation("The webhook's latest delivery attempts (admin)", None, 403, 404, 422)
     deliveries["parameters"] = [
@@ -272,21 +299,25 @@ def build_openapi(version: str) -> dict[str, Any]:
                 "post": create_webhook,
             },
             "/v1/webhooks/{id}": {
+                "patch": {**update_webhook, "parameters": id_param},
                 "delete": {
                     **_operation(
                         "Delete a webhook; its pending retries are dropped (admin)", None, 403, 404
                     ),
                     "parameters": id_param,
-                }
+                },
             },
+            "/v1/webhooks/{id}/rotate-secret": {"post": {**rotate_secret, "parameters": id_param}},
             "/v1/webhooks/{id}/deliveries": {"get": deliveries},
             "/v1/webhooks/{id}/test": {
                 "post": {
                     **_operation(
-                        "Send a `webhook.test` ping through the delivery path (admin)",
+                        "Send a `webhook.test` ping through the delivery path (admin); 409 "
+                        "`webhook-disabled` for a disabled webhook",
                         None,
                         403,
                         404,
+                        409,
                         ok="202",
                     ),
                     "parameters": id_param,
