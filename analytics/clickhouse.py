@@ -18,6 +18,7 @@ from analytics.tables import DATABASE as DATABASE
 from analytics.tables import DECISIONS_TABLE as DECISIONS_TABLE
 from analytics.tables import MIGRATIONS_TABLE as MIGRATIONS_TABLE
 from analytics.tables import ROLLUP_TABLES as ROLLUP_TABLES
+from analytics.tables import TENANT_ROLLUP_TABLES as TENANT_ROLLUP_TABLES
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

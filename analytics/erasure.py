@@ -15,6 +15,10 @@ its own reads as a huge number, which is why every rollup query must sum).  Late
 quantile states cannot be subtracted: the other keys' latency distributions keep U's
 samples, which identify nobody.
 
+The tenant rollups (migration 0007) are left alone: they have no key and no user id, only
+a tenant's counts per route, reason and segment, so no row of theirs is U's.  They keep
+counting U's decisions in the tenant's totals, anonymously.
+
 Alerts (``ratewatch.alerts``) name the subject they blocked: U's are those of scope
 ``user_id`` with subject U, and those of scope ``key`` whose subject is one of U's keys.
 They are deleted with the rest.  The audit log is not touched: it records who changed what

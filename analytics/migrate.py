@@ -26,6 +26,7 @@ from analytics.clickhouse import (
     DECISIONS_TABLE,
     MIGRATIONS_TABLE,
     ROLLUP_TABLES,
+    TENANT_ROLLUP_TABLES,
     describe,
 )
 from analytics.errors import ConfigError, MigrationError
@@ -47,6 +48,9 @@ _TTLS = {
     ROLLUP_TABLES["minute"]: ("bucket", "minute_retention_days"),
     ROLLUP_TABLES["hour"]: ("bucket", "hour_retention_days"),
     ROLLUP_TABLES["day"]: ("bucket", "day_retention_days"),
+    TENANT_ROLLUP_TABLES["minute"]: ("bucket", "minute_retention_days"),
+    TENANT_ROLLUP_TABLES["hour"]: ("bucket", "hour_retention_days"),
+    TENANT_ROLLUP_TABLES["day"]: ("bucket", "day_retention_days"),
     f"{DATABASE}.consumed": ("ts", "retention_days"),
     f"{DATABASE}.consumer_batches": ("toDateTime(planned_at)", "retention_days"),
 }

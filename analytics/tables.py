@@ -12,4 +12,11 @@ ROLLUP_TABLES = {
     "hour": f"{DATABASE}.decisions_per_hour",
     "day": f"{DATABASE}.decisions_per_day",
 }
+# The same granularities summed over a tenant's keys (migration 0007): no key column, so
+# tenant-wide queries read a few rows per bucket, and erasures leave them alone.
+TENANT_ROLLUP_TABLES = {
+    "minute": f"{DATABASE}.tenant_decisions_per_minute",
+    "hour": f"{DATABASE}.tenant_decisions_per_hour",
+    "day": f"{DATABASE}.tenant_decisions_per_day",
+}
 ALERTS_TABLE = f"{DATABASE}.alerts"

@@ -9,6 +9,11 @@ see its own rows.
 Windows end now and start ``window`` earlier, rounded down to the table's bucket: the
 minute rollup serves the short windows (exact to the minute), the hour rollup the long
 ones (exact to the hour).  Rows of one bucket may still be unmerged, so every query sums.
+
+A request that neither filters nor groups by key reads the tenant rollups (migration 0007),
+whose rows are the per-key rows summed over keys: the same sums from a few rows per bucket
+instead of one per key.  All three queries of a request read the same table, so its
+totals, series and groups always describe the same rows.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from analytics.sqltext import quote
-from analytics.tables import ROLLUP_TABLES
+from analytics.tables import ROLLUP_TABLES, TENANT_ROLLUP_TABLES
 
 GroupBy = Literal["key", "route", "segment"]
 GROUP_BY: tuple[GroupBy, ...] = ("key", "route", "segment")
@@ -76,6 +81,12 @@ class UsageQuery:
         first = self.now - spec.seconds
         return first - first % bucket
 
+    @property
+    def table(self) -> str:
+        """The rollup the queries read: per key only when the key is asked about."""
+        per_key = self.key is not None or self.group_by == "key"
+        return (ROLLUP_TABLES if per_key else TENANT_ROLLUP_TABLES)[self.spec.table]
+
     def _where(self) -> str:
         conditions = [
             f"tenant = {quote(self.tenant)}",
@@ -91,7 +102,7 @@ class UsageQuery:
         return f"""
             SELECT {_SUMS},
                    quantilesMerge(0.5, 0.9, 0.99)(latency_quantiles) AS latency
-            FROM {ROLLUP_TABLES[self.spec.table]}
+            FROM {self.table}
             WHERE {self._where()}"""
 
     def series_sql(self) -> str:
@@ -102,7 +113,7 @@ class UsageQuery:
         # WITH FILL makes a point of every step, empty ones included, so a chart has no gaps
         return f"""
             SELECT toStartOfInterval(bucket, {step}) AS ts, {_SUMS}
-            FROM {ROLLUP_TABLES[spec.table]}
+            FROM {self.table}
             WHERE {self._where()}
             GROUP BY ts
             ORDER BY ts WITH FILL FROM {first} TO {last} STEP {step}"""
@@ -112,7 +123,7 @@ class UsageQuery:
             return None
         return f"""
             SELECT {self.group_by} AS value, {_SUMS}
-            FROM {ROLLUP_TABLES[self.spec.table]}
+            FROM {self.table}
             WHERE {self._where()}
             GROUP BY value
             ORDER BY requests DESC, value

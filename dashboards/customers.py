@@ -1,14 +1,15 @@
 """The Customers & segments dashboard: usage patterns by customer segment (the tier a check
 or its API key names) and the heaviest keys.  For product managers; read from the hourly
-rollup, so weeks of history stay fast."""
+rollups, so weeks of history stay fast: the tenant rollup, but for the panels about keys."""
 
 from __future__ import annotations
 
 from dashboards.model import Dashboard, Override
 from dashboards.panels import barchart, stat, table, timeseries
-from dashboards.sql import HOURS_IN_RANGE, PER_HOUR, TENANT, TIME_BUCKET
+from dashboards.sql import HOURS_IN_RANGE, PER_HOUR, TENANT, TENANT_PER_HOUR, TIME_BUCKET
 
-_WHERE = f"FROM {PER_HOUR}\nWHERE {TENANT}\n  AND {HOURS_IN_RANGE}"
+_WHERE = f"FROM {TENANT_PER_HOUR}\nWHERE {TENANT}\n  AND {HOURS_IN_RANGE}"
+_KEYS_WHERE = f"FROM {PER_HOUR}\nWHERE {TENANT}\n  AND {HOURS_IN_RANGE}"
 # '' is "no segment"; a series or a row needs a name
 _SEGMENT = "if(segment = '', '(none)', segment)"
 _PERCENT = Override("Deny rate", unit="percentunit", decimals=1)
@@ -25,7 +26,7 @@ SEGMENTS = stat(
     "Active segments",
     "Customer segments with decisions in the range (no segment counts as one).",
     "SELECT count() AS segments\nFROM (\n"
-    f"    SELECT segment\n    FROM {PER_HOUR}\n    WHERE {TENANT} AND {HOURS_IN_RANGE}\n"
+    f"    SELECT segment\n    FROM {TENANT_PER_HOUR}\n    WHERE {TENANT} AND {HOURS_IN_RANGE}\n"
     "    GROUP BY segment\n    HAVING sum(requests) > 0\n)",
     width=6,
 )
@@ -97,7 +98,7 @@ TOP_KEYS = table(
     "    sum(requests) AS `Requests`,\n    sum(denied_requests) AS `Denied`,\n"
     "    `Denied` / nullIf(`Requests`, 0) AS `Deny rate`,\n"
     "    sum(total_cost) AS `Cost`,\n    max(bucket) AS `Last hour seen`\n"
-    f"{_WHERE}\nGROUP BY key\nHAVING `Requests` > 0\nORDER BY `Requests` DESC, key\nLIMIT 50",
+    f"{_KEYS_WHERE}\nGROUP BY key\nHAVING `Requests` > 0\nORDER BY `Requests` DESC, key\nLIMIT 50",
     overrides=(_PERCENT,),
     width=24,
 )

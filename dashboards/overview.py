@@ -1,14 +1,23 @@
 """The Overview dashboard: how much traffic one tenant sends, how much of it is denied and
 why, how fast the limiter decides, and which keys and routes matter.  For the platform
-team; read from the per-minute rollup."""
+team; read from the per-minute rollups: the tenant rollup, but for the panel about keys."""
 
 from __future__ import annotations
 
 from dashboards.model import Dashboard, Override
 from dashboards.panels import stat, table, timeseries
-from dashboards.sql import FILL_TIME, LATENCY, MINUTES_IN_RANGE, PER_MINUTE, TENANT, TIME_BUCKET
+from dashboards.sql import (
+    FILL_TIME,
+    LATENCY,
+    MINUTES_IN_RANGE,
+    PER_MINUTE,
+    TENANT,
+    TENANT_PER_MINUTE,
+    TIME_BUCKET,
+)
 
-_WHERE = f"FROM {PER_MINUTE}\nWHERE {TENANT}\n  AND {MINUTES_IN_RANGE}"
+_WHERE = f"FROM {TENANT_PER_MINUTE}\nWHERE {TENANT}\n  AND {MINUTES_IN_RANGE}"
+_KEYS_WHERE = f"FROM {PER_MINUTE}\nWHERE {TENANT}\n  AND {MINUTES_IN_RANGE}"
 _DENY_THRESHOLDS = ((None, "green"), (0.05, "orange"), (0.2, "red"))
 
 REQUESTS = stat(
@@ -97,7 +106,7 @@ LATENCY_SERIES = timeseries(
     " rollup's quantile states (never averaged).",
     f"SELECT time, q[1] AS p50, q[2] AS p90, q[3] AS p99\nFROM (\n"
     f"    SELECT {TIME_BUCKET}, {LATENCY} AS q\n"
-    f"    FROM {PER_MINUTE}\n    WHERE {TENANT} AND {MINUTES_IN_RANGE}\n"
+    f"    FROM {TENANT_PER_MINUTE}\n    WHERE {TENANT} AND {MINUTES_IN_RANGE}\n"
     "    GROUP BY time\n)\nORDER BY time",
     min_interval="1m",
     unit="µs",
@@ -107,7 +116,7 @@ TOP_DENIED_KEYS = table(
     "The keys denied most often in the range, with their share of denials.",
     "SELECT\n    key AS `Key`,\n    sum(denied_requests) AS `Denied`,\n"
     "    sum(requests) AS `Requests`,\n    `Denied` / `Requests` AS `Deny rate`\n"
-    f"{_WHERE}\nGROUP BY key\nHAVING `Denied` > 0\nORDER BY `Denied` DESC, key\nLIMIT 20",
+    f"{_KEYS_WHERE}\nGROUP BY key\nHAVING `Denied` > 0\nORDER BY `Denied` DESC, key\nLIMIT 20",
     overrides=(Override("Deny rate", unit="percentunit", decimals=1),),
 )
 TOP_ROUTES = table(

@@ -12,8 +12,8 @@ from dashboards.sql import (
     AUDIT_LOG,
     FILL_TIME,
     MINUTES_IN_RANGE,
-    PER_MINUTE,
     TENANT,
+    TENANT_PER_MINUTE,
     TIME_BUCKET,
 )
 
@@ -59,7 +59,7 @@ BLOCKS_ACTIVE = stat(
 BLOCKED_DECISIONS = stat(
     "Blocked decisions",
     "Decisions denied in the range because a block matched (reason 'blocked').",
-    f"SELECT sumIf(requests, reason = 'blocked') AS blocked\nFROM {PER_MINUTE}\n"
+    f"SELECT sumIf(requests, reason = 'blocked') AS blocked\nFROM {TENANT_PER_MINUTE}\n"
     f"WHERE {TENANT}\n  AND {MINUTES_IN_RANGE}",
     thresholds=((None, "red"),),
 )
@@ -101,7 +101,7 @@ BLOCKED_SERIES = timeseries(
     "Blocked decisions over time",
     "Decisions denied by a block, per interval (per-minute rollup, reason 'blocked').",
     f"SELECT\n    {TIME_BUCKET},\n    sumIf(requests, reason = 'blocked') AS blocked\n"
-    f"FROM {PER_MINUTE}\nWHERE {TENANT}\n  AND {MINUTES_IN_RANGE}\n"
+    f"FROM {TENANT_PER_MINUTE}\nWHERE {TENANT}\n  AND {MINUTES_IN_RANGE}\n"
     f"GROUP BY time\n{FILL_TIME}",
     min_interval="1m",
     overrides=(Override("blocked", color="red"),),

@@ -4,18 +4,25 @@ Every panel reads one tenant: ``tenant = ${tenant:singlequote}`` (Grafana quotes
 variable's value and escapes its quotes).  The rollups are read with ``sum()`` and
 ``quantilesMerge()`` only (docs/analytics.md says why), the alerts and the audit log with
 ``FINAL`` (an entry may be delivered twice).
+
+A panel that neither shows nor filters by key reads a tenant rollup (``TENANT_PER_*``,
+migration 0007): the per-key rows summed over keys, so its query reads a few rows per
+bucket however many keys the tenant has, and answers the same.  Only the panels about keys
+read the per-key rollups.
 """
 
 from __future__ import annotations
 
-from analytics.tables import ALERTS_TABLE, AUDIT_TABLE, ROLLUP_TABLES
+from analytics.tables import ALERTS_TABLE, AUDIT_TABLE, ROLLUP_TABLES, TENANT_ROLLUP_TABLES
 
 TENANT_VARIABLE = "tenant"
 TENANT = "tenant = ${tenant:singlequote}"
-TENANTS_QUERY = f"SELECT DISTINCT tenant FROM {ROLLUP_TABLES['hour']} ORDER BY tenant"
+TENANTS_QUERY = f"SELECT DISTINCT tenant FROM {TENANT_ROLLUP_TABLES['hour']} ORDER BY tenant"
 
 PER_MINUTE = ROLLUP_TABLES["minute"]
 PER_HOUR = ROLLUP_TABLES["hour"]
+TENANT_PER_MINUTE = TENANT_ROLLUP_TABLES["minute"]
+TENANT_PER_HOUR = TENANT_ROLLUP_TABLES["hour"]
 ALERTS = ALERTS_TABLE
 AUDIT_LOG = AUDIT_TABLE
 

@@ -300,6 +300,24 @@ def test_requests_and_denials_per_hour_add_up_to_the_decisions(
     assert sum(int(r["allowed"]) for r in rows) == 6
 
 
+def test_traffic_by_route_from_the_tenant_rollup_equals_the_per_key_rollup(
+    analyst: ReadOnlyQueries, docs_tenant: str
+) -> None:
+    example = by_heading("(tenant rollup)")
+    assert "ratewatch.tenant_decisions_per_hour" in example.sql
+    rows = run(analyst, docs_tenant, example)
+    totals: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        total, denied = totals.get(row["route_name"], (0, 0))
+        totals[row["route_name"]] = (total + int(row["total"]), denied + int(row["denied"]))
+    assert totals == {"/search": (5, 3), "/login": (1, 1), "/orders": (4, 0)}
+    per_key = Example(
+        example.heading,
+        example.sql.replace("ratewatch.tenant_decisions_per_hour", "ratewatch.decisions_per_hour"),
+    )
+    assert run(analyst, docs_tenant, per_key) == rows
+
+
 def test_top_keys_by_denials(analyst: ReadOnlyQueries, docs_tenant: str) -> None:
     rows = run(analyst, docs_tenant, by_heading("Top keys"))
     assert [(r["key"], int(r["denied"]), int(r["total"])) for r in rows] == [

@@ -164,6 +164,9 @@ def test_every_table_with_tenant_data_is_filtered_to_one_tenant_for_the_analyst(
         "decisions_per_minute",
         "decisions_per_hour",
         "decisions_per_day",
+        "tenant_decisions_per_minute",
+        "tenant_decisions_per_hour",
+        "tenant_decisions_per_day",
         "audit_log",
         "alerts",
     }
@@ -342,6 +345,10 @@ def test_the_analyst_sees_only_acme_rows_and_cannot_write(probe: dict[str, Any])
         "decisions_per_minute": {TENANT: 3},
         "decisions_per_hour": {TENANT: 3},
         "decisions_per_day": {TENANT: 3},
+        # the tenant rollups sum acme's three keys into one row per bucket
+        "tenant_decisions_per_minute": {TENANT: 1},
+        "tenant_decisions_per_hour": {TENANT: 1},
+        "tenant_decisions_per_day": {TENANT: 1},
         "audit_log": {TENANT: 1},
         "alerts": {TENANT: 2},
     }

@@ -19,6 +19,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,7 +48,13 @@ from dashboards.macros import MacroError, QueryContext, expand, interval_seconds
 from dashboards.model import Dashboard, Panel
 from dashboards.provisioning import PASSWORD_VARIABLE, built_files
 from dashboards.render import DATASOURCE, DATASOURCE_TYPE, render
-from dashboards.sql import TENANTS_QUERY
+from dashboards.sql import (
+    PER_HOUR,
+    PER_MINUTE,
+    TENANT_PER_HOUR,
+    TENANT_PER_MINUTE,
+    TENANTS_QUERY,
+)
 from stream.alerts import (
     BLOCK_CREATED,
     BLOCK_ESCALATED,
@@ -329,6 +337,33 @@ def test_every_panel_runs_for_each_tenant_and_shows_nothing_of_another(
         run(clickhouse, dashboard, one, tenant)
     # a tenant without data sees zeros and nothing else: every query filters by tenant
     assert meaningful(run(clickhouse, dashboard, one, NOBODY)) == []
+
+
+# the tenant rollups and the per-key rollups they sum
+TENANT_ROLLUPS = {TENANT_PER_MINUTE: PER_MINUTE, TENANT_PER_HOUR: PER_HOUR}
+PER_KEY = tuple(TENANT_ROLLUPS.values())
+TENANT_WIDE = [case for case in PANELS if any(t in case[1].sql for t in TENANT_ROLLUPS)]
+
+
+def test_only_the_panels_about_keys_read_the_per_key_rollups() -> None:
+    for case in PANELS:
+        per_key = any(re.search(rf"\b{re.escape(table)}\b", case[1].sql) for table in PER_KEY)
+        assert per_key == bool(re.search(r"\bkey\b", case[1].sql)), panel_id(case)
+    assert len(TENANT_WIDE) == 19
+
+
+@pytest.mark.parametrize("case", TENANT_WIDE, ids=panel_id)
+def test_tenant_wide_panels_show_what_the_per_key_rollups_show(
+    clickhouse: Client, case: tuple[Dashboard, Panel]
+) -> None:
+    dashboard, one = case
+    per_key = one.sql
+    for tenant_table, per_key_table in TENANT_ROLLUPS.items():
+        per_key = per_key.replace(tenant_table, per_key_table)
+    for tenant in (TENANT, OTHER):
+        from_tenant_rollup = run(clickhouse, dashboard, one, tenant)
+        assert meaningful(from_tenant_rollup), (tenant, "nothing to compare")
+        assert from_tenant_rollup == run(clickhouse, dashboard, replace(one, sql=per_key), tenant)
 
 
 def test_the_tenant_variable_lists_the_tenants(clickhouse: Client) -> None:
@@ -810,6 +845,11 @@ def grafana_probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_grafana_reads_every_panel_of_every_tenant_read_only(grafana_probe: dict[str, Any]) -> None:
     tables = {"decisions", "decisions_per_minute", "decisions_per_hour", "decisions_per_day"}
+    tables |= {
+        "tenant_decisions_per_minute",
+        "tenant_decisions_per_hour",
+        "tenant_decisions_per_day",
+    }
     assert {tuple(g) for g in grafana_probe["grants"]} == {
         ("SELECT", "ratewatch", table) for table in (*tables, "audit_log", "alerts")
     }

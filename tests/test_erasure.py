@@ -21,7 +21,7 @@ from analytics.erasure import erase_user, summary_sql
 from analytics.errors import QueryError
 from analytics.migrate import migrate
 from analytics.sqltext import check_read_only, quote
-from analytics.tables import ALERTS_TABLE, DECISIONS_TABLE, ROLLUP_TABLES
+from analytics.tables import ALERTS_TABLE, DECISIONS_TABLE, ROLLUP_TABLES, TENANT_ROLLUP_TABLES
 from stream.alerts import BLOCK_CREATED, new_alert_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -314,6 +314,45 @@ def test_erasing_a_user_leaves_nothing_of_theirs_and_everyone_elses_totals(
     ) == [("ip", USER), ("key", SHARED), ("key", "user:1-x"), ("user_id", "user:12")]
     assert snapshot(clickhouse, other) == others
     assert summary(clickhouse, other, USER)["total_requests"] == 9
+
+
+def test_the_tenant_rollups_hold_no_user_and_keep_counting_an_erased_one_anonymously(
+    clickhouse: Client, tenant: str
+) -> None:
+    names = ", ".join(quote(table.rpartition(".")[2]) for table in TENANT_ROLLUP_TABLES.values())
+    columns = rows_of(
+        clickhouse,
+        f"SELECT DISTINCT name FROM system.columns WHERE database = 'ratewatch'"
+        f" AND table IN ({names}) ORDER BY name",
+    )
+    assert not {name for (name,) in columns} & {"key", "user_id", "ip", "user_agent"}
+    seed(clickhouse, tenant)
+
+    def totals() -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            table: rows_of(
+                clickhouse,
+                f"""SELECT bucket, route, reason, segment, sum(requests), sum(allowed_requests),
+                        sum(denied_requests), sum(total_cost),
+                        quantilesMerge(0.5, 0.9, 0.99)(latency_quantiles)
+                    FROM {table} WHERE tenant = {quote(tenant)}
+                    GROUP BY bucket, route, reason, segment ORDER BY ALL""",
+            )
+            for table in TENANT_ROLLUP_TABLES.values()
+        }
+
+    before = totals()
+    assert erase_user(clickhouse, tenant, USER)["decisions"] == 9
+
+    assert totals() == before
+    for granularity, table in TENANT_ROLLUP_TABLES.items():
+        per_key, tenant_wide = rows_of(
+            clickhouse,
+            f"SELECT (SELECT sum(requests) FROM {ROLLUP_TABLES[granularity]}"
+            f" WHERE tenant = {quote(tenant)}),"
+            f" (SELECT sum(requests) FROM {table} WHERE tenant = {quote(tenant)})",
+        )[0]
+        assert (per_key, tenant_wide) == (18 - 9, 18), granularity
 
 
 def test_a_repeated_erasure_removes_and_corrects_nothing(clickhouse: Client, tenant: str) -> None:
