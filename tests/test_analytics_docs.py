@@ -38,7 +38,7 @@ from stream.alerts import (
     AlertEvent,
     new_alert_event,
 )
-from stream.audit import AuditEvent
+from stream.audit import ACTIONS, AuditEvent
 from stream.events import DecisionEvent
 
 pytestmark = pytest.mark.timeout(120)
@@ -276,6 +276,12 @@ def test_the_doc_has_an_example_for_every_common_question() -> None:
         "repeat offenders",
     ):
         assert topic in headings, topic
+
+
+def test_the_doc_names_every_audit_action() -> None:
+    # an analyst filters the audit log by action: the list they read must be the whole list
+    text = DOC.read_text(encoding="utf-8")
+    assert sorted(action for action in ACTIONS if f"`{action}`" not in text) == []
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
