@@ -26,6 +26,7 @@ import numpy.typing as npt
 from sklearn.base import clone
 
 from detectors.isolation import IsolationDetector, ModelFileError
+from detectors.metrics import DetectionMetrics
 from detectors.verdict import Scope
 
 Matrix = npt.NDArray[np.float64]
@@ -60,6 +61,7 @@ class ModelRegistry:
         max_history: int = 10_000,
         retrain_every_ms: int = 600_000,
         directory: Path | None = None,
+        metrics: DetectionMetrics | None = None,
     ) -> None:
         if min_history < 2 or max_history < min_history:
             raise ValueError(
@@ -70,6 +72,8 @@ class ModelRegistry:
         self._max_history = max_history
         self._retrain_every_ms = retrain_every_ms
         self._directory = directory
+        # None counts nothing and keeps the registry deep-copyable (metrics hold locks)
+        self._metrics = metrics
         self._history: dict[tuple[str, Scope], _History] = {}
         self._models: dict[tuple[str, Scope], IsolationDetector] = {}
 
@@ -118,6 +122,8 @@ class ModelRegistry:
         model: IsolationDetector = clone(self._template).fit(rows, trained_at_ms=now_ms)
         history.added_since_fit = 0
         self._models[(tenant, scope)] = model
+        if self._metrics is not None:
+            self._metrics.retrained(scope)
         if self._directory is not None:
             self._directory.mkdir(parents=True, exist_ok=True)
             model.save(self._path(tenant, scope))

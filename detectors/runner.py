@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from detectors.metrics import DetectionMetrics
 from detectors.verdict import Verdict
 from stream.events import DecisionEvent
 
@@ -49,17 +50,25 @@ class DetectionStats:
 
 
 class DetectionLoop:
-    def __init__(self, detector: Detector, actions: Actions, interval: float = 5.0):
+    def __init__(
+        self,
+        detector: Detector,
+        actions: Actions,
+        interval: float = 5.0,
+        metrics: DetectionMetrics | None = None,
+    ):
         self._detector = detector
         self._actions = actions
         self._interval = interval
         self._pending: list[DecisionEvent] = []
         self.stats = DetectionStats()
+        self.metrics = metrics or DetectionMetrics()
 
     def observe(self, events: Sequence[DecisionEvent]) -> None:
         """Queue ``events`` for the detector (cheap: the frame is built per evaluation)."""
         self._pending.extend(events)
         self.stats.events += len(events)
+        self.metrics.decisions.inc(len(events))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate every ``interval`` seconds until ``stop`` is set."""
@@ -72,6 +81,7 @@ class DetectionLoop:
                 await self.evaluate_once()
             except Exception:  # a bad evaluation must not end detection for good
                 self.stats.failures += 1
+                self.metrics.evaluation_failures.inc()
                 log.exception("detection round failed")
 
     async def evaluate_once(self, now_ms: int | None = None) -> list[Verdict]:
@@ -82,12 +92,14 @@ class DetectionLoop:
         moment = now_ms if now_ms is not None else time.time_ns() // 1_000_000
 
         def work() -> list[Verdict]:
-            if events:
-                self._detector.observe(decisions_frame(events))
-            return self._detector.evaluate(moment)
+            with self.metrics.evaluation_seconds.time():
+                if events:
+                    self._detector.observe(decisions_frame(events))
+                return self._detector.evaluate(moment)
 
         verdicts = await asyncio.to_thread(work)
         self.stats.evaluations += 1
+        self.metrics.evaluations.inc()
         for verdict in verdicts:
             if not verdict.warranted:
                 continue
@@ -95,6 +107,7 @@ class DetectionLoop:
             result = await self._actions.apply(verdict)
             outcome = str(getattr(result, "outcome", result))
             self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+            self.metrics.verdict(verdict.scope, outcome, getattr(result, "offence", None))
             if outcome in ("blocked", "shadowed"):
                 log.info(
                     "%s %s %s=%s (score %.2f, %s)",

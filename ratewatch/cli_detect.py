@@ -6,7 +6,8 @@ the decisions, and the actions (``detectors.actions.BlockActions``) writing bloc
 entries and alerts into the limiter's Redis.  Only the source of decisions differs: a
 consumer group on the Valkey event stream (embedded), or a FastStream consumer group on
 the Kafka decision topic (``detect``).  The detection process owns its models, kept under
-``<data-dir>/models``.
+``<data-dir>/models``.  ``detect --metrics-port`` serves the loop's metrics
+(``detectors/metrics.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ratewatch.cli_metrics import metrics_endpoint, metrics_options
 from ratewatch.cli_options import data_dir_option, option, run, user_errors
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
+    from detectors.metrics import DetectionMetrics
     from detectors.runner import DetectionLoop
     from limiter.keyspace import Keyspace
 
@@ -34,7 +38,11 @@ DEFAULT_GROUP = "ratewatch-detect"
 
 
 def build_detection(
-    redis: Redis, keyspace: Keyspace, model_dir: Path | None, interval: float
+    redis: Redis,
+    keyspace: Keyspace,
+    model_dir: Path | None,
+    interval: float,
+    metrics: DetectionMetrics | None = None,
 ) -> DetectionLoop:
     from detectors.actions import BlockActions
     from detectors.detector import AbuseDetector
@@ -47,7 +55,7 @@ def build_detection(
     from stream.alerts import AlertOutbox
     from stream.audit_outbox import AuditOutbox
 
-    detector = AbuseDetector(registry=ModelRegistry(directory=model_dir))
+    detector = AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
     actions = BlockActions(
         BlockStore(redis, keyspace),
         Allowlist(redis, keyspace),
@@ -56,16 +64,20 @@ def build_detection(
         AuditOutbox(redis, keyspace.audit),
         AlertOutbox(redis, keyspace.alerts),
     )
-    return DetectionLoop(detector, actions, interval)
+    return DetectionLoop(detector, actions, interval, metrics)
 
 
 async def run_embedded_detection(
-    redis: Redis, keyspace: Keyspace, stop: asyncio.Event, model_dir: Path | None
+    redis: Redis,
+    keyspace: Keyspace,
+    stop: asyncio.Event,
+    model_dir: Path | None,
+    metrics: DetectionMetrics | None = None,
 ) -> None:
     """Detect on the Valkey event stream until ``stop`` is set (in the pipeline worker)."""
     from detectors.redis_source import RedisDecisionSource
 
-    loop = build_detection(redis, keyspace, model_dir, interval=5.0)
+    loop = build_detection(redis, keyspace, model_dir, 5.0, metrics)
     source = RedisDecisionSource(redis, keyspace.events)
     await source.ensure_group()
     evaluator = asyncio.create_task(loop.run(stop), name="ratewatch-detect")
@@ -101,6 +113,7 @@ async def run_embedded_detection(
     show_default=True,
     help="Seconds between evaluations.",
 )
+@metrics_options
 def detect(
     data_dir: Path,
     kafka: str,
@@ -108,6 +121,8 @@ def detect(
     key_prefix: str,
     group: str,
     interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Detect abuse in the decision stream and block it (distributed deployment)."""
     with user_errors():
@@ -116,15 +131,23 @@ def detect(
 
         check_redis_url(redis_url)
         check_bootstrap(kafka)
-    run(_run_detect(data_dir, kafka, redis_url, key_prefix, group, interval))
+    with metrics_endpoint(metrics_port, metrics_host) as registry:
+        run(_run_detect(data_dir, kafka, redis_url, key_prefix, group, interval, registry))
 
 
 async def _run_detect(
-    data_dir: Path, kafka: str, redis_url: str, key_prefix: str, group: str, interval: float
+    data_dir: Path,
+    kafka: str,
+    redis_url: str,
+    key_prefix: str,
+    group: str,
+    interval: float,
+    registry: CollectorRegistry | None,
 ) -> None:
     from faststream import AckPolicy
     from faststream.kafka import KafkaBroker
 
+    from detectors.metrics import DetectionMetrics
     from limiter.keyspace import Keyspace
     from limiter.redis_client import connect
     from stream.events import DECISIONS_TOPIC, MalformedEvent, decode
@@ -133,7 +156,8 @@ async def _run_detect(
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     redis = await connect(redis_url, socket_timeout=5.0)
-    loop = build_detection(redis, Keyspace(key_prefix), data_dir / "models", interval)
+    metrics = DetectionMetrics(registry)
+    loop = build_detection(redis, Keyspace(key_prefix), data_dir / "models", interval, metrics)
     broker = KafkaBroker(
         kafka, apply_types=False, logger=logging.getLogger("ratewatch.detect.faststream")
     )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from analytics.event_log import EventLogWriter
     from stream.outbox_drain import OutboxDrain
+    from stream.outbox_metrics import OutboxMetrics
 
 log = logging.getLogger("ratewatch.outbox")
 
@@ -85,11 +86,12 @@ async def open_outbox_tasks(
     *,
     consumer: str,
     bootstrap: str | None = None,
+    metrics: OutboxMetrics | None = None,
 ) -> list[OutboxTask]:
     """The drains of the audit and the alert outbox of ``redis`` into their tables at
     ``url`` and, given a Kafka ``bootstrap``, onto their topics.  ``consumer`` names the
     drains in their groups: one name per host, so a restarted process resumes its own
-    unacknowledged entries."""
+    unacknowledged entries.  ``metrics`` counts what both drains do, per outbox."""
     from analytics.alert_store import AlertLogWriter
     from analytics.audit_store import AuditLogWriter
     from analytics.clickhouse import connect
@@ -114,7 +116,15 @@ async def open_outbox_tasks(
             publish, closers = publisher.publish, [publisher.close]
         write = functools.partial(in_store, writer.write)
         drain = OutboxDrain[Any](
-            redis, stream, codec.decode, write, publish, name=name, group=group, consumer=consumer
+            redis,
+            stream,
+            codec.decode,
+            write,
+            publish,
+            name=name,
+            group=group,
+            consumer=consumer,
+            metrics=metrics,
         )
         return OutboxTask(drain, writer, in_store, closers)
 

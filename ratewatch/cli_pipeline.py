@@ -6,6 +6,7 @@ log and the alert outbox into the alerts table (``stream/outbox_drain.py``), ann
 alerts to the tenants' webhooks (``stream/webhook_worker.py``), detects abuse
 in the same stream and blocks it (``ratewatch/cli_detect.py``), and answers other
 processes' read-only queries on the query socket.  Every chDB call runs on one dedicated thread.
+With ``--metrics-port`` it serves the consumer's, the drains' and the detection's metrics.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ratewatch.cli_metrics import metrics_endpoint, metrics_options
 from ratewatch.cli_options import data_dir_option, option, run, webhooks_allow_private_option
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("ratewatch.pipeline")
 T = TypeVar("T")
@@ -33,19 +38,22 @@ T = TypeVar("T")
 @option("--clickhouse-url", default=None, help="Default: chdb:///<data-dir>/clickhouse.")
 @option("--key-prefix", default="rw", show_default=True)
 @webhooks_allow_private_option
+@metrics_options
 def pipeline(
     data_dir: Path,
     redis_url: str,
     clickhouse_url: str | None,
     key_prefix: str,
     webhooks_allow_private: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Consume the embedded event stream into the analytics store."""
     from analytics.clickhouse import chdb_url
     from ratewatch.cli_analytics import analytics_errors
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
-    with analytics_errors():
+    with analytics_errors(), metrics_endpoint(metrics_port, metrics_host) as registry:
         run(
             run_pipeline(
                 redis_url,
@@ -53,6 +61,7 @@ def pipeline(
                 key_prefix,
                 data_dir.resolve() / "models",
                 webhooks_allow_private=webhooks_allow_private,
+                metrics=registry,
             )
         )
 
@@ -64,17 +73,22 @@ async def run_pipeline(
     model_dir: Path | None = None,
     *,
     webhooks_allow_private: bool = False,
+    metrics: CollectorRegistry | None = None,
 ) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
     from analytics.event_store import ClickHouseEventStore
     from analytics.migrate import migrate
     from analytics.query_server import QueryServer
+    from detectors.metrics import DetectionMetrics
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
     from ratewatch.cli_detect import run_embedded_detection
     from ratewatch.cli_outbox import open_outbox_tasks
     from ratewatch.cli_webhooks import open_webhook_task
+    from stream.consumer_metrics import ConsumerMetrics
+    from stream.dead_letters import DeadLetterMetrics
     from stream.handlers import BatchHandler
+    from stream.outbox_metrics import OutboxMetrics
     from stream.redis_consumer import (
         CONSUMER,
         StreamPipeline,
@@ -94,14 +108,19 @@ async def run_pipeline(
     keyspace = Keyspace(key_prefix)
     redis = redis_from_url(redis_url, 5.0)
     store = ClickHouseEventStore(client, reconnect=lambda: connect(url))
+    dead_letters = RedisDeadLetters(
+        redis_url, keyspace.events + ":dlq", metrics=DeadLetterMetrics(metrics)
+    )
     handler = BatchHandler(
-        store, RedisDeadLetters(redis_url, keyspace.events + ":dlq"), decoder=decode_entry
+        store, dead_letters, decoder=decode_entry, metrics=ConsumerMetrics(metrics)
     )
 
     async def in_store(call: Callable[..., T], *args: Any) -> T:
         return await loop.run_in_executor(chdb_thread, call, *args)
 
-    outboxes = await open_outbox_tasks(url, redis, key_prefix, in_store, consumer=CONSUMER)
+    outboxes = await open_outbox_tasks(
+        url, redis, key_prefix, in_store, consumer=CONSUMER, metrics=OutboxMetrics(metrics)
+    )
     webhooks = open_webhook_task(
         redis, key_prefix, consumer=CONSUMER, allow_private=webhooks_allow_private
     )
@@ -124,7 +143,9 @@ async def run_pipeline(
     for outbox in outboxes:
         outbox.start(stop)
     webhooks.start(stop)
-    detection = asyncio.create_task(run_embedded_detection(redis, keyspace, stop, model_dir))
+    detection = asyncio.create_task(
+        run_embedded_detection(redis, keyspace, stop, model_dir, DetectionMetrics(metrics))
+    )
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     try:
         while not stop.is_set():

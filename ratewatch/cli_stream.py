@@ -4,7 +4,9 @@ Reads decision events from Kafka and writes them to ClickHouse (chDB in
 ``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  With ``--redis-url`` it also drains
 the audit and the alert outbox of that Redis into their tables and onto their topics,
 ``ratewatch.audit.v1`` and ``ratewatch.alerts.v1`` (``stream/outbox_drain.py``), and
-announces the alerts to the tenants' webhooks (``stream/webhook_worker.py``).  It
+announces the alerts to the tenants' webhooks (``stream/webhook_worker.py``).  With
+``--metrics-port`` it serves what it does as Prometheus metrics (``stream/consumer_metrics.py``,
+``stream/dead_letters.py``, ``stream/outbox_metrics.py``).  It
 applies the migrations first, and for chDB it answers read-only queries on the directory's
 socket, as chDB belongs to this process while it runs (``ratewatch sql --data-dir D``
 works meanwhile).  SIGTERM or Ctrl-C finish and commit the
@@ -28,15 +30,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ratewatch.cli_analytics import analytics_errors, clickhouse_url_option, resolve_url
+from ratewatch.cli_metrics import metrics_endpoint, metrics_options
 from ratewatch.cli_options import data_dir_option, option, webhooks_allow_private_option
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
     from analytics.event_store import ClickHouseEventStore
     from ratewatch.cli_outbox import OutboxTask
     from ratewatch.cli_webhooks import WebhookTask
     from stream.kafka_consumer import ConsumerSettings
+    from stream.outbox_metrics import OutboxMetrics
 
 log = logging.getLogger("ratewatch.stream")
 T = TypeVar("T")
@@ -70,6 +75,7 @@ T = TypeVar("T")
 )
 @option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
 @webhooks_allow_private_option
+@metrics_options
 def stream(
     data_dir: Path,
     clickhouse_url: str | None,
@@ -81,6 +87,8 @@ def stream(
     redis_url: str | None,
     key_prefix: str,
     webhooks_allow_private: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
@@ -105,16 +113,18 @@ def stream(
             except ConfigError as exc:
                 raise click.UsageError(str(exc)) from None
         url = resolve_url(data_dir, clickhouse_url)
-        asyncio.run(
-            run_stream(
-                url,
-                settings,
-                retention_days,
-                redis_url,
-                key_prefix,
-                webhooks_allow_private=webhooks_allow_private,
+        with metrics_endpoint(metrics_port, metrics_host) as registry:
+            asyncio.run(
+                run_stream(
+                    url,
+                    settings,
+                    retention_days,
+                    redis_url,
+                    key_prefix,
+                    webhooks_allow_private=webhooks_allow_private,
+                    metrics=registry,
+                )
             )
-        )
 
 
 async def run_stream(
@@ -125,9 +135,11 @@ async def run_stream(
     key_prefix: str = "rw",
     *,
     webhooks_allow_private: bool = False,
+    metrics: CollectorRegistry | None = None,
 ) -> None:
     """Migrate, serve queries (chDB), consume (and drain the outboxes of ``redis_url``,
-    delivering its alerts to webhooks) until SIGTERM/SIGINT, then close in order."""
+    delivering its alerts to webhooks) until SIGTERM/SIGINT, then close in order.  What
+    it does is counted on ``metrics`` (a registry of its own if None)."""
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
     from analytics.clickhouse import chdb_path, query_socket_path, redact
@@ -135,7 +147,10 @@ async def run_stream(
     from analytics.query_server import QueryServer
     from limiter.redis_client import connect
     from ratewatch.cli_webhooks import open_webhook_task
+    from stream.consumer_metrics import ConsumerMetrics
+    from stream.dead_letters import DeadLetterMetrics
     from stream.kafka_consumer import DecisionConsumer
+    from stream.outbox_metrics import OutboxMetrics
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -155,14 +170,22 @@ async def run_stream(
             await queries.start()
         if redis_url is not None:
             redis = await connect(redis_url, socket_timeout=5.0)
-            outboxes = await _open_outboxes(url, redis, key_prefix, settings.bootstrap, executor)
+            outboxes = await _open_outboxes(
+                url, redis, key_prefix, settings.bootstrap, executor, OutboxMetrics(metrics)
+            )
             webhooks = open_webhook_task(
                 redis,
                 key_prefix,
                 consumer=socket.gethostname(),
                 allow_private=webhooks_allow_private,
             )
-        consumer = DecisionConsumer(settings, store, executor)
+        consumer = DecisionConsumer(
+            settings,
+            store,
+            executor,
+            DeadLetterMetrics(metrics),
+            consumer_metrics=ConsumerMetrics(metrics),
+        )
         store.rejects = consumer.dead_letters
         for outbox in outboxes:
             outbox.start(stopping)
@@ -220,7 +243,12 @@ def _open_store(url: str, retention_days: int | None) -> ClickHouseEventStore:
 
 
 async def _open_outboxes(
-    url: str, redis: Redis, key_prefix: str, bootstrap: str, executor: Executor
+    url: str,
+    redis: Redis,
+    key_prefix: str,
+    bootstrap: str,
+    executor: Executor,
+    metrics: OutboxMetrics,
 ) -> list[OutboxTask]:
     """The drains of the limiter's audit and alert outboxes into their tables (inserted on
     the store's thread) and onto their topics."""
@@ -233,5 +261,11 @@ async def _open_outboxes(
 
     # one consumer per host: a restarted container resumes its own unacknowledged entries
     return await open_outbox_tasks(
-        url, redis, key_prefix, in_store, consumer=socket.gethostname(), bootstrap=bootstrap
+        url,
+        redis,
+        key_prefix,
+        in_store,
+        consumer=socket.gethostname(),
+        bootstrap=bootstrap,
+        metrics=metrics,
     )

@@ -8,10 +8,12 @@ stream`` and ``ratewatch detect`` instead.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
+from ratewatch.cli_metrics import METRICS_VARIABLES
 from ratewatch.cli_options import service_options, user_errors
 from ratewatch.supervisor import Child, Supervisor
 
@@ -66,6 +68,9 @@ def up(
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
         limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
         run_dir = data_dir / "run"
+        # a metrics port in the environment would reach every child that takes one (stream
+        # and detect with --kafka), and all but the first would fail to bind it
+        env = {name: value for name, value in os.environ.items() if name not in METRICS_VARIABLES}
         others: list[Child] = []
         if kafka:
             limiter += ["--kafka", kafka]
@@ -73,15 +78,15 @@ def up(
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
             worker += webhooks
             detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common]
-            others.append(Child("detect", detector, pid_file=run_dir / "detect.pid"))
+            others.append(Child("detect", detector, pid_file=run_dir / "detect.pid", env=env))
         else:
             # the pipeline worker also detects abuse in the Valkey stream
             limiter.append("--redis-events")
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
         Supervisor(
             [
-                Child("limiter", limiter, pid_file=run_dir / "limiter.pid"),
-                Child("pipeline", worker, pid_file=run_dir / "pipeline.pid"),
+                Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=env),
+                Child("pipeline", worker, pid_file=run_dir / "pipeline.pid", env=env),
                 *others,
             ]
         ).run()

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -30,13 +30,16 @@ class Child:
     name: str
     args: list[str]
     pid_file: Path | None = None  # where the running child's pid is kept, for operators
+    env: Mapping[str, str] | None = None  # None: this process's environment
     stop_timeout: float = 30.0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "ratewatch", *self.args])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ratewatch", *self.args], env=self.env
+        )
         self.started_at = time.monotonic()
         if self.pid_file is not None:
             self.pid_file.parent.mkdir(parents=True, exist_ok=True)

@@ -30,16 +30,19 @@ MAX_ERROR_HEADER = 1000
 
 
 class DeadLetterMetrics:
+    """The dead letters of either transport: the Kafka topic here, the Valkey stream of
+    the embedded pipeline (``stream.redis_dead_letters``)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.sent = Counter(
             "ratewatch_stream_dead_letters",
-            "Records the consumer could not store, produced to the dead-letter topic",
+            "Records the consumer could not store, kept on the dead-letter topic or stream",
             registry=self.registry,
         )
         self.failed = Counter(
             "ratewatch_stream_dead_letters_failed",
-            "Dead letters that could not be produced (logged, then dropped)",
+            "Dead letters that could not be kept (logged, then dropped)",
             registry=self.registry,
         )
 

@@ -17,10 +17,12 @@ without the mark cost no such lookup.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from stream.consumer_metrics import ConsumerMetrics
 from stream.events import DecisionEvent, MalformedEvent, decode
 
 log = logging.getLogger("ratewatch.stream")
@@ -83,11 +85,16 @@ class HandlerStats:
 
 class BatchHandler:
     def __init__(
-        self, store: EventStore, dead_letters: DeadLetters, decoder: Decoder = decode_message
+        self,
+        store: EventStore,
+        dead_letters: DeadLetters,
+        decoder: Decoder = decode_message,
+        metrics: ConsumerMetrics | None = None,
     ):
         self._store = store
         self._dead_letters = dead_letters
         self._decoder = decoder
+        self.metrics = metrics or ConsumerMetrics()
         self.stats = HandlerStats()
 
     def handle(self, source: str, partition: int, records: Sequence[Record]) -> int:
@@ -96,6 +103,7 @@ class BatchHandler:
         Raises whatever the store raises: the caller must then not acknowledge the batch."""
         if not records:
             return 0
+        started = time.perf_counter()
         located: list[Located] = []
         resent: set[int] = set()
         for record in records:
@@ -119,6 +127,9 @@ class BatchHandler:
             written = self._store.write(source, partition, fresh, token)
         self.stats.written += written
         self.stats.batches += 1
+        seconds = time.perf_counter() - started
+        newest = max((item.event.ts for item in located), default=None)
+        self.metrics.batch_written(written, len(located) - len(fresh), seconds, newest)
         return written
 
     def _drop_stored(self, fresh: list[Located], resent: set[int]) -> list[Located]:

@@ -48,6 +48,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
+from stream.consumer_metrics import ConsumerMetrics
 from stream.dead_letters import DeadLetterMetrics, KafkaDeadLetters
 from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC
 from stream.handlers import RESENT_HEADER, BatchHandler, EventStore, Record
@@ -173,7 +174,8 @@ class _Stopping(Exception):
 
 class DecisionConsumer:
     """The FastStream Kafka app writing ``settings.topic`` to ``store``; every store call
-    runs on ``executor`` (one thread).  Construct it in the running event loop."""
+    runs on ``executor`` (one thread).  Construct it in the running event loop.
+    ``metrics`` counts the dead letters, ``consumer_metrics`` the rest."""
 
     def __init__(
         self,
@@ -181,6 +183,8 @@ class DecisionConsumer:
         store: ConsumerStore,
         executor: Executor,
         metrics: DeadLetterMetrics | None = None,
+        *,
+        consumer_metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
@@ -198,7 +202,8 @@ class DecisionConsumer:
             metrics or DeadLetterMetrics(),
             settings.dead_letter_topic,
         )
-        self.handler = BatchHandler(store, self.dead_letters)
+        self.metrics = consumer_metrics or ConsumerMetrics()
+        self.handler = BatchHandler(store, self.dead_letters, metrics=self.metrics)
         self._partitions: dict[int, _Partition] = {}
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -350,6 +355,7 @@ class DecisionConsumer:
                 return await loop.run_in_executor(self._executor, call, *args)
             except Exception as exc:
                 self.store_failures += 1
+                self.metrics.write_failures.inc()
                 if self._stopping:
                     raise _Stopping from exc
                 log.error("the store failed (%s); retrying the same batch in %.1fs", exc, delay)
@@ -366,9 +372,12 @@ class DecisionConsumer:
             # the partitions moved to another member, which starts from the last commit;
             # the store's ledger skips what this batch wrote
             self.commit_failures += 1
+            self.metrics.commit_failures.inc()
             log.warning("committing %s failed: %r", done, exc)
         else:
             self.commits += 1
+            for tp, offset in offsets.items():
+                self.metrics.partition_committed(tp.partition, offset, consumer.highwater(tp))
 
     # the group ----------------------------------------------------------------------------
 
@@ -378,6 +387,13 @@ class DecisionConsumer:
             for tp in partitions:
                 if tp.topic == self.settings.topic:
                     self._partitions.pop(tp.partition, None)
+
+    async def revoke(self, partitions: set[TopicPartition]) -> None:
+        """Forget partitions another member now consumes, their offsets and lag too."""
+        await self.forget(partitions)
+        self.metrics.partitions_revoked(
+            tp.partition for tp in partitions if tp.topic == self.settings.topic
+        )
 
     async def _publish(self, value: bytes, topic: str, headers: dict[str, str]) -> object:
         return await self.broker.publish(value, topic=topic, headers=headers)
@@ -398,7 +414,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._consumer.forget(revoked)
+        await self._consumer.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._consumer.forget(assigned)

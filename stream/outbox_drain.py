@@ -45,6 +45,7 @@ from redis.typing import EncodableT, FieldT
 
 from stream.events import OUTBOX_FIELD as FIELD
 from stream.events import MalformedEvent
+from stream.outbox_metrics import OutboxMetrics
 from stream.redis_consumer import trim_acknowledged
 
 log = logging.getLogger("ratewatch.outbox")
@@ -101,6 +102,7 @@ class OutboxDrain(Generic[E]):
         max_pause: float = 5.0,
         trim_interval: float = 5.0,
         record_malformed: bool = True,
+        metrics: OutboxMetrics | None = None,
     ) -> None:
         if count < 1 or block_ms < 1 or claim_idle_ms < 1:
             raise ValueError(
@@ -123,6 +125,7 @@ class OutboxDrain(Generic[E]):
         self._trim_interval = trim_interval
         self._record_malformed = record_malformed
         self.stats = DrainStats()
+        self._counts = (metrics or OutboxMetrics()).bind(name)
         self._stop = asyncio.Event()
         self._grouped = False
         self._own_pending = True  # re-read what this consumer left unacknowledged first
@@ -150,6 +153,7 @@ class OutboxDrain(Generic[E]):
                     break
                 except (RedisError, OSError) as exc:
                     self.stats.failures += 1
+                    self._counts.failures.inc()
                     self._own_pending = True  # an XACK may be among what failed
                     if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         self._grouped = False  # the stream was deleted: create it again
@@ -186,6 +190,7 @@ class OutboxDrain(Generic[E]):
             entries = await self._claim()
             if entries:
                 self.stats.claimed += len(entries)
+                self._counts.claimed.inc(len(entries))
                 await self._handle(entries)
                 return len(entries)
         entries = await self._read(">", block=self._block_ms)
@@ -234,6 +239,11 @@ class OutboxDrain(Generic[E]):
         self.stats.written += len(events)
         self.stats.malformed += len(malformed)
         self.stats.batches += 1
+        self._counts.stored.inc(len(events))
+        if self._publish is not None:
+            self._counts.published.inc(len(events))
+        if self._record_malformed:
+            self._counts.dead_lettered.inc(len(malformed))
 
     async def _until_done(
         self, what: str, call: Callable[..., Awaitable[object]], *args: Any
@@ -245,6 +255,7 @@ class OutboxDrain(Generic[E]):
                 return
             except Exception as exc:  # the store's or the broker's failure: retried
                 self.stats.failures += 1
+                self._counts.failures.inc()
                 if self._stop.is_set():
                     raise _Stopping from exc
                 log.error("%s batch %s failed, retrying in %.1fs: %s", self.name, what, pause, exc)

@@ -62,6 +62,7 @@ class StreamPipeline:
         self._store = store
         self._in_store = in_store
         self._stopping = stopping
+        self._metrics = handler.metrics  # the failures beside the handler's counts
 
     async def write(self, records: Sequence[Record], planned: bool = False) -> None:
         """Record the cut (unless it is recorded already), then write until it succeeds."""
@@ -79,6 +80,7 @@ class StreamPipeline:
                 await self._in_store(call, *args)
                 return
             except Exception as exc:  # the store's failure: retried, never skipped
+                self._metrics.write_failures.inc()
                 if self._stopping.is_set():
                     raise
                 log.error(

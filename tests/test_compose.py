@@ -58,7 +58,7 @@ _GRANT = re.compile(r"^GRANT SELECT ON (\w+)\.(\w+)$")
 def test_every_ratewatch_service_command_is_a_valid_invocation() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     commands = {name: spec["command"] for name, spec in services.items() if "build" in spec}
-    assert set(commands) == {"migrate", "limiter", "stream"}
+    assert set(commands) == {"migrate", "limiter", "stream", "detect"}
     for name, command in commands.items():
         result = subprocess.run(
             [sys.executable, "-m", "ratewatch", *command, "--help"],
@@ -73,6 +73,22 @@ def test_every_ratewatch_service_command_is_a_valid_invocation() -> None:
     # the stream service drains the limiters' audit outbox, on the Redis they share
     assert "RATEWATCH_REDIS_URL" in services["stream"]["environment"]
     assert "valkey" in services["stream"]["depends_on"]
+    # the detector reads Kafka and blocks in the limiters' Redis
+    for variable in ("RATEWATCH_REDIS_URL", "RATEWATCH_KAFKA"):
+        assert variable in services["detect"]["environment"]
+
+
+def test_the_consumer_and_the_detector_publish_their_metrics_port() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    ports = set()
+    for name in ("stream", "detect"):
+        command = services[name]["command"]
+        port = command[command.index("--metrics-port") + 1]
+        # inside a container the default 127.0.0.1 would be unreachable for Prometheus
+        assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
+        assert f"{port}:{port}" in services[name]["ports"], name
+        ports.add(port)
+    assert len(ports) == 2
 
 
 # the analyst account, statically
