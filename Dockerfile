@@ -1,5 +1,6 @@
 # The RateWatch service image: the limiter (`ratewatch serve`), the consumer
-# (`ratewatch stream`) and the schema tool (`ratewatch migrate`) are the same image.
+# (`ratewatch stream`), the detector (`ratewatch detect`) and the schema tool
+# (`ratewatch migrate`) are the same image.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
