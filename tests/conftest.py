@@ -15,6 +15,7 @@ from limiter.apikeys import KeyHasher, KeyStore
 from limiter.keyspace import Keyspace
 from tests.kafka import kafka_broker  # noqa: F401
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
+from tests.webhook_harness import Receiver
 
 KEY_SECRET = bytes(range(32))
 BOOTSTRAP_KEY = "rwk_test-bootstrap-" + secrets.token_urlsafe(24)
@@ -159,3 +160,21 @@ def _is_async(item: pytest.Item) -> bool:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver: a real HTTP server that answers 200 unless told otherwise."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def worker_redis(redis: Redis, keyspace: Keyspace) -> AsyncIterator[Redis]:
+    """The session's Redis, with the test's ``keyspace`` emptied afterwards (each module
+    that uses it names its own ``keyspace`` fixture)."""
+    yield redis
+    keys = [key async for key in redis.scan_iter(match=f"{keyspace.prefix}:*")]
+    if keys:
+        await redis.delete(*keys)

@@ -12,7 +12,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,8 @@ from stream.webhook_worker import WebhookWorker
 from tests.conftest import KEY_SECRET, create_key
 from tests.servers import RatewatchProcess, RedisServer, free_port
 from tests.test_openapi import values
-from tests.test_webhooks import Received, Receiver, Running, alert, poll, record, start_worker
+from tests.test_webhooks import Running, alert, poll, record, start_worker
+from tests.webhook_harness import Received, Receiver
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,23 +51,8 @@ URL = "https://hooks.example.com/rw/secret-path"
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def keyspace() -> Keyspace:
     return Keyspace("rwwa" + secrets.token_hex(4))
-
-
-@pytest.fixture
-async def worker_redis(redis: Redis, keyspace: Keyspace) -> AsyncIterator[Redis]:
-    yield redis
-    keys = [key async for key in redis.scan_iter(match=f"{keyspace.prefix}:*")]
-    if keys:
-        await redis.delete(*keys)
 
 
 def signatures(request: Received) -> list[str]:

@@ -9,11 +9,8 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,7 +33,8 @@ from stream.webhook_delivery import WebhookSettings
 from stream.webhook_payloads import alert_delivery, body_for, signature_headers
 from stream.webhook_worker import WebhookWorker
 from tests.conftest import STACK_PREFIX, create_key
-from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
+from tests.servers import RatewatchProcess, RedisServer, wait_until
+from tests.webhook_harness import Received, Receiver
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,72 +58,6 @@ PRIVATE_URLS = [
     "http://192.168.1.1:9000/",
     "http://0.0.0.0/",
 ]
-
-
-# a receiver: a real HTTP server on a free port -------------------------------------------
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """Records every request; answers the next of ``statuses`` (then 200), after
-    ``delay`` seconds."""
-
-    port: int = field(default_factory=free_port)
-    statuses: list[int] = field(default_factory=list)
-    delay: float = 0.0
-    requests: list[Received] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                receiver.requests.append(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if receiver.delay:
-                    time.sleep(receiver.delay)
-                self.send_response(status)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
 
 
 async def poll(condition: Any, within: float, what: str) -> None:
@@ -251,14 +183,6 @@ def start_worker(redis: Redis, keyspace: Keyspace, name: str = "w1", **settings:
     worker = WebhookWorker(redis, keyspace, WebhookSettings(**options), consumer=name, block_ms=100)
     stop = asyncio.Event()
     return Running(worker, stop, asyncio.create_task(worker.run(stop)))
-
-
-@pytest.fixture
-async def worker_redis(redis: Redis, keyspace: Keyspace) -> AsyncIterator[Redis]:
-    yield redis
-    keys = [key async for key in redis.scan_iter(match=f"{keyspace.prefix}:*")]
-    if keys:
-        await redis.delete(*keys)
 
 
 async def record(redis: Redis, keyspace: Keyspace, *alerts: AlertEvent) -> None:
