@@ -10,7 +10,9 @@ imported inside: the light install imports this module without it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,19 @@ def metrics_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ):
         f = decorate(f)
     return f
+
+
+def check_bindable(host: str, ports: Iterable[int]) -> None:
+    """A one-line error now if a port a child will serve its metrics on cannot be bound:
+    the child would otherwise fail at every restart."""
+    for port in ports:
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            # create_server's own message repeats the address
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise click.ClickException(f"cannot serve metrics on {host}:{port}: {reason}") from None
 
 
 @contextmanager

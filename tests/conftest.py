@@ -57,8 +57,14 @@ STACK_PREFIX = "rwstack"
 
 
 @pytest.fixture(scope="session")
+def stack_metrics_port() -> int:
+    """Where the session's `ratewatch up` serves its pipeline worker's metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def stack(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, stack_metrics_port: int
 ) -> Iterator[RatewatchProcess]:
     """One `ratewatch up` for the session (limiter, pipeline, chDB) on the session's Redis,
     under its own key prefix; tests isolate by tenant.  Its chDB answers on
@@ -76,6 +82,8 @@ def stack(
             STACK_PREFIX,
             "--data-dir",
             str(workdir / "data"),
+            "--metrics-port",
+            str(stack_metrics_port),
         ],
         port,
         env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1"},

@@ -32,7 +32,7 @@ from stream.alerts import ALERTS_TOPIC
 from stream.audit import AUDIT_TOPIC
 from stream.consumer_metrics import ConsumerMetrics
 from stream.events import DECISIONS_TOPIC, OUTBOX_FIELD, encode
-from tests.conftest import KEY_SECRET, create_key
+from tests.conftest import KEY_SECRET, STACK_PREFIX, create_key
 from tests.kafka import KafkaBroker, create_topic, unique_topic
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
 from tests.test_audit_log import ensure_topic, record_sync, some_events
@@ -475,3 +475,28 @@ def test_the_event_age_appears_with_the_first_event_and_revoked_partitions_disap
     assert not exposed.samples("ratewatch_stream_committed_offset")
     assert not exposed.samples("ratewatch_stream_lag_records")
     assert exposed.value("ratewatch_stream_events_stored_total") == 5
+
+
+def test_up_serves_its_pipeline_workers_metrics(
+    stack: RatewatchProcess, stack_metrics_port: int, redis_server: RedisServer, tenant: str
+) -> None:
+    """`up --metrics-port` (the session's stack has one): its checks reach the count."""
+    key = create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)
+    before = scrape_until(
+        stack, stack_metrics_port, lambda s: s.value("ratewatch_stream_batches_total") is not None,
+        60, "the stack's pipeline metrics",
+    )  # fmt: skip
+    stored = before.value("ratewatch_stream_events_stored_total") or 0
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        for i in range(7):
+            response = client.post(
+                "/v1/check",
+                json={"key": f"user:{i}", "limit": 10, "window": 60},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert response.status_code == 200, response.text
+    scrape_until(
+        stack, stack_metrics_port,
+        lambda s: (s.value("ratewatch_stream_events_stored_total") or 0) >= stored + 7,
+        60, "the stack's seven decisions to be counted as stored",
+    )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,8 @@ def test_keys_create_before_up_starts_and_stops_its_own_valkey(tmp_path: Path) -
         (["keys", "create", "--tenant", "Bad Tenant!"], 1, "tenant 'Bad Tenant!' is not valid"),
         (["keys", "revoke", "key_nope"], 1, "no key with id 'key_nope'"),
         (["up", "--port", "99999"], 2, "99999"),
+        (["up", "--metrics-port", "0"], 2, "'--metrics-port'"),
+        (["up", "--kafka", "localhost:9", "--metrics-port", "65535"], 2, "65535 leaves no port"),
         (["serve", "--redis-url", "http://nope"], 1, "redis url 'http://nope' is not valid"),
         (["keys", "list", "--redis-url", "mysql://x"], 1, "redis url"),
         (["frobnicate"], 2, "No such command"),
@@ -148,3 +151,13 @@ def test_cli_errors_are_one_line_without_traceback(
     assert result.returncode == code, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_up_refuses_a_taken_metrics_port_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("up", "--data-dir", str(tmp_path / "d"), "--metrics-port", str(port))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]
