@@ -11,14 +11,12 @@ one.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from analytics.clickhouse import describe
+from analytics.client_slot import ClientSlot
 from analytics.errors import AnalyticsError
 
 E = TypeVar("E")
@@ -43,11 +41,10 @@ class EventLogWriter(Generic[E]):
         *,
         reconnect: Callable[[], Client] | None = None,
     ) -> None:
-        self._client: Client | None = client
+        self._client = ClientSlot(client, f"the writer of {table}", reconnect=reconnect)
         self.table = table
         self._columns = tuple(columns)
         self._row = row
-        self._reconnect = reconnect
 
     def write(self, events: Sequence[E], dedup_token: str) -> None:
         """Insert ``events`` in one statement.  AnalyticsError if ClickHouse refused it; the
@@ -57,30 +54,15 @@ class EventLogWriter(Generic[E]):
         if not dedup_token:
             raise AnalyticsError(f"a batch for {self.table} needs a non-empty deduplication token")
         rows = [self._row(event) for event in events]
-        client = self._client
-        if client is None:
-            if self._reconnect is None:
-                raise AnalyticsError(f"the writer of {self.table} has its ClickHouse client closed")
-            client = self._client = self._reconnect()
-        try:
-            client.insert(
+        self._client.run(
+            lambda client: client.insert(
                 self.table,
                 rows,
                 column_names=self._columns,
                 settings={**_SETTINGS, "insert_deduplication_token": dedup_token},
-            )
-        except Exception as exc:
-            if self._reconnect is not None:
-                self._client = None
-                with contextlib.suppress(Exception):
-                    client.close()
-            if isinstance(exc, ClickHouseError):
-                raise AnalyticsError(
-                    f"insert of {len(rows)} events into {self.table} failed: {describe(exc)}"
-                ) from exc
-            raise
+            ),
+            failure=f"insert of {len(rows)} events into {self.table} failed",
+        )
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._client.close()

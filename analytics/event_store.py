@@ -16,7 +16,6 @@ a chDB connection may answer the next query with leftovers of the failed one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,10 +23,10 @@ from typing import TypeVar
 
 import polars as pl
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from analytics.clickhouse import DATABASE, describe
-from analytics.errors import AnalyticsError, InvalidEvents
+from analytics.clickhouse import DATABASE
+from analytics.client_slot import ClientSlot
+from analytics.errors import InvalidEvents
 from analytics.writer import DecisionWriter, Origin
 from stream.events import DecisionEvent, encode
 from stream.handlers import DeadLetters, Located, Record
@@ -82,8 +81,7 @@ class ClickHouseEventStore:
         reconnect: Callable[[], Client] | None = None,
         rejects: DeadLetters | None = None,
     ) -> None:
-        self._client: Client | None = client
-        self._reconnect = reconnect
+        self._client = ClientSlot(client, "the event store", reconnect=reconnect)
         self.rejects = rejects
         self.rejected = 0
 
@@ -181,9 +179,7 @@ class ClickHouseEventStore:
         return {int(first): int(last) for first, last in rows}
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._client.close()
 
     # internals
 
@@ -209,24 +205,8 @@ class ClickHouseEventStore:
         return self._run(lambda c: c.query(sql, parameters=parameters).result_rows)
 
     def _run(self, call: Callable[[Client], T]) -> T:
-        client = self._client
-        if client is None:
-            if self._reconnect is None:
-                raise AnalyticsError("the event store's ClickHouse client is closed")
-            client = self._client = self._reconnect()
-        try:
-            return call(client)
-        except InvalidEvents:
-            raise  # about the events, not the connection
-        except Exception as exc:
-            if self._reconnect is not None:
-                # a failed chDB connection may hand leftovers to the next query
-                self._client = None
-                with contextlib.suppress(Exception):
-                    client.close()
-            if isinstance(exc, ClickHouseError):
-                raise AnalyticsError(describe(exc)) from exc
-            raise
+        # InvalidEvents are about the events, not the connection
+        return self._client.run(call, passthrough=(InvalidEvents,))
 
 
 def _ledger_rows(source: str, partition: int, batch: Sequence[Located]) -> pl.DataFrame:

@@ -26,7 +26,14 @@ from redis.exceptions import RedisError
 from limiter.errors import NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.webhook_targets import parse_target
-from limiter.webhooks import Webhook, check_description, check_events, from_record, new_secret
+from limiter.webhooks import (
+    Webhook,
+    WebhookStore,
+    check_description,
+    check_events,
+    from_record,
+    new_secret,
+)
 
 SECRET_GRACE_SECONDS = 24 * 3600.0
 # the fields a PATCH may change, in the order the audit log names them
@@ -70,6 +77,7 @@ class WebhookUpdater:
             raise ValueError(f"webhook secret grace period {secret_grace!r}s is not 0-30 days")
         self._redis = redis
         self._keyspace = keyspace
+        self._store = WebhookStore(redis, keyspace)
         self._clock = clock
         self.secret_grace = secret_grace
         script = resources.files("limiter") / "lua" / "webhook_update.lua"
@@ -95,7 +103,7 @@ class WebhookUpdater:
         if changes.enabled is not None:
             fields["enabled"] = changes.enabled
         if not fields:
-            hook = await self._find(tenant, webhook_id)
+            hook = await self._store.get(tenant, webhook_id)
             return Updated(hook, hook)
         return await self._apply(tenant, webhook_id, fields)
 
@@ -105,15 +113,6 @@ class WebhookUpdater:
         webhook."""
         expires = round(self._clock() + self.secret_grace, 3)
         return await self._apply(tenant, webhook_id, {}, (new_secret(), expires))
-
-    async def _find(self, tenant: str, webhook_id: str) -> Webhook:
-        try:
-            raw = await self._redis.hget(self._keyspace.webhooks(tenant), webhook_id)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        if raw is None:
-            raise NotFound(f"webhook {webhook_id[:100]!r} not found")
-        return from_record(tenant, raw)
 
     async def _apply(
         self,

@@ -775,7 +775,7 @@ def test_events_no_column_holds_are_dead_lettered_and_the_rest_written(
 def test_a_failed_statement_costs_the_store_its_client(store: ClickHouseEventStore) -> None:
     handler = BatchHandler(store, Letters())
     handler.handle("src", 0, records(0, 5))
-    broken = store._client
+    broken = store._client.client
     assert broken is not None
     broken.close()
     with pytest.raises(Exception):  # noqa: B017, PT011 - whatever a closed client raises
