@@ -40,9 +40,10 @@ from stream.webhook_queue import DeliveryQueue
 from stream.webhook_retry import RetryPolicy
 from stream.webhook_worker import WebhookWorker
 from tests.conftest import KEY_SECRET, create_key
+from tests.kafka import eventually
 from tests.servers import RatewatchProcess, RedisServer, free_port
 from tests.test_openapi import values
-from tests.test_webhooks import Running, alert, poll, record, start_worker
+from tests.test_webhooks import Running, alert, record, start_worker
 from tests.webhook_harness import Received, Receiver
 
 pytestmark = pytest.mark.timeout(120)
@@ -181,14 +182,14 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
         try:
             first = alert("acme")
             await record(worker_redis, keyspace, first)
-            await poll(lambda: len(failing.requests) == 1, 20, "the failed first attempt")
-            await poll(lambda: len(receiver.requests) == 1, 20, "the enabled one's delivery")
-            await poll(lambda: not sender._in_flight, 10, "the attempts recorded")
+            await eventually(lambda: len(failing.requests) == 1, 20, "the failed first attempt")
+            await eventually(lambda: len(receiver.requests) == 1, 20, "the enabled one's delivery")
+            await eventually(lambda: not sender._in_flight, 10, "the attempts recorded")
             # its retry is queued; disabling drops it when it falls due
             await updater.update("acme", paused.id, WebhookChanges(enabled=False))
             second = alert("acme", BLOCK_SHADOWED)
             await record(worker_redis, keyspace, second)
-            await poll(lambda: len(receiver.requests) == 2, 20, "the enabled one's second")
+            await eventually(lambda: len(receiver.requests) == 2, 20, "the enabled one's second")
 
             async def skipped() -> bool:
                 attempts = await store.attempts("acme", paused.id)
@@ -210,8 +211,10 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
             await updater.update("acme", paused.id, WebhookChanges(enabled=True))
             third = alert("acme")
             await record(worker_redis, keyspace, third)
-            await poll(lambda: len(failing.requests) == 2, 20, "the re-enabled one's delivery")
-            await poll(lambda: len(receiver.requests) == 3, 20, "the enabled one's third")
+            await eventually(
+                lambda: len(failing.requests) == 2, 20, "the re-enabled one's delivery"
+            )
+            await eventually(lambda: len(receiver.requests) == 3, 20, "the enabled one's third")
         finally:
             await running.halt()
     finally:
@@ -240,7 +243,7 @@ async def test_during_the_grace_period_old_and_new_secret_both_verify(
     running = start_worker(worker_redis, keyspace)
     try:
         await record(worker_redis, keyspace, alert("acme"))
-        await poll(lambda: len(receiver.requests) == 1, 20, "the delivery")
+        await eventually(lambda: len(receiver.requests) == 1, 20, "the delivery")
     finally:
         await running.halt()
     [request] = receiver.requests
@@ -268,7 +271,7 @@ async def test_after_the_grace_period_only_the_new_secret_verifies(
     running = start_worker(worker_redis, keyspace)
     try:
         await record(worker_redis, keyspace, alert("acme"))
-        await poll(lambda: len(receiver.requests) == 1, 20, "the delivery")
+        await eventually(lambda: len(receiver.requests) == 1, 20, "the delivery")
     finally:
         await running.halt()
     [request] = receiver.requests
@@ -309,8 +312,8 @@ async def test_a_retry_is_scheduled_with_the_injected_jitter(
     expected = 100.0 * (1 + random.Random(42).uniform(-0.1, 0.1))
     try:
         await record(worker_redis, keyspace, alert("acme"))
-        await poll(lambda: running.worker.sender.attempts == 1, 20, "the failed attempt")
-        await poll(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
+        await eventually(lambda: running.worker.sender.attempts == 1, 20, "the failed attempt")
+        await eventually(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
     finally:
         await running.halt()
     [attempt] = await store.attempts("acme", hook.id)

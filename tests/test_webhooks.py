@@ -33,6 +33,7 @@ from stream.webhook_delivery import WebhookSettings
 from stream.webhook_payloads import alert_delivery, body_for, signature_headers
 from stream.webhook_worker import WebhookWorker
 from tests.conftest import STACK_PREFIX, create_key
+from tests.kafka import eventually
 from tests.servers import RatewatchProcess, RedisServer, wait_until
 from tests.webhook_harness import Received, Receiver
 
@@ -58,15 +59,6 @@ PRIVATE_URLS = [
     "http://192.168.1.1:9000/",
     "http://0.0.0.0/",
 ]
-
-
-async def poll(condition: Any, within: float, what: str) -> None:
-    """Poll ``condition`` (sync) from async code until it holds, or fail after ``within``."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def verified(secret: str, request: Received) -> Any:
@@ -215,8 +207,8 @@ async def test_a_failing_endpoint_is_retried_and_delivered_once_with_the_same_id
     running = start_worker(worker_redis, keyspace, retry_schedule=(0, 0.2, 0.2, 0.2))
     try:
         await record(worker_redis, keyspace, event)
-        await poll(lambda: len(receiver.requests) >= 2, 20, "a failure and a retry")
-        await poll(
+        await eventually(lambda: len(receiver.requests) >= 2, 20, "a failure and a retry")
+        await eventually(
             lambda: running.worker.sender.attempts == 2 and not running.worker.sender._in_flight,
             10,
             "the second attempt recorded",
@@ -259,8 +251,8 @@ async def test_a_retry_pending_when_the_worker_stops_is_made_after_a_restart(
     running = start_worker(worker_redis, keyspace, retry_schedule=schedule)
     try:
         await record(worker_redis, keyspace, event)
-        await poll(lambda: running.worker.sender.attempts == 1, 20, "the first attempt")
-        await poll(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
+        await eventually(lambda: running.worker.sender.attempts == 1, 20, "the first attempt")
+        await eventually(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
     finally:
         await running.halt()
     [(delivery, _due)] = await running.worker.queue.scheduled(hook.id)
@@ -276,9 +268,9 @@ async def test_a_retry_pending_when_the_worker_stops_is_made_after_a_restart(
     try:
         again = start_worker(worker_redis, keyspace, name="w2", retry_schedule=schedule)
         try:
-            await poll(lambda: len(down.requests) == 1, 20, "the retry after the restart")
-            await poll(lambda: again.worker.sender.attempts == 1, 10, "the retry recorded")
-            await poll(lambda: not again.worker.sender._in_flight, 10, "the retry recorded")
+            await eventually(lambda: len(down.requests) == 1, 20, "the retry after the restart")
+            await eventually(lambda: again.worker.sender.attempts == 1, 10, "the retry recorded")
+            await eventually(lambda: not again.worker.sender._in_flight, 10, "the retry recorded")
         finally:
             await again.halt()
     finally:
@@ -303,7 +295,7 @@ async def test_only_subscribed_kinds_and_the_tenants_own_webhooks_get_an_alert(
     try:
         created, shadowed = alert("acme"), alert("acme", BLOCK_SHADOWED)
         await record(worker_redis, keyspace, created, shadowed, alert("globex"))
-        await poll(lambda: len(receiver.requests) == 4, 20, "four deliveries")
+        await eventually(lambda: len(receiver.requests) == 4, 20, "four deliveries")
     finally:
         await running.halt()
     by_path: dict[str, list[str]] = {}
@@ -328,9 +320,9 @@ async def test_a_deleted_webhooks_pending_retries_are_dropped(
     running = start_worker(worker_redis, keyspace, retry_schedule=(0, 0.5, 0.5))
     try:
         await record(worker_redis, keyspace, alert("acme"))
-        await poll(lambda: running.worker.sender.attempts == 1, 20, "the failed attempt")
+        await eventually(lambda: running.worker.sender.attempts == 1, 20, "the failed attempt")
         await store.delete("acme", hook.id)  # the retry stays queued until it falls due
-        await poll(
+        await eventually(
             lambda: running.worker.sender.attempts == 1 and not running.worker.sender._in_flight,
             10,
             "the attempt settled",
@@ -359,8 +351,8 @@ async def test_private_targets_are_refused_at_delivery_unless_allowed(
     running = start_worker(worker_redis, keyspace, allow_private=False, retry_schedule=(0,))
     try:
         await record(worker_redis, keyspace, alert("acme"))
-        await poll(lambda: running.worker.sender.attempts == 1, 20, "the refused attempt")
-        await poll(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
+        await eventually(lambda: running.worker.sender.attempts == 1, 20, "the refused attempt")
+        await eventually(lambda: not running.worker.sender._in_flight, 10, "the attempt recorded")
     finally:
         await running.halt()
     assert receiver.requests == []
@@ -385,7 +377,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_the_others(
         try:
             await record(worker_redis, keyspace, *(alert("acme") for _ in range(12)))
             # well within the slow endpoint's first timeout, though it has 12 deliveries too
-            await poll(lambda: len(receiver.requests) == 12, 2.5, "the healthy endpoint's 12")
+            await eventually(lambda: len(receiver.requests) == 12, 2.5, "the healthy endpoint's 12")
             assert len(slow.requests) <= 2
         finally:
             await running.halt()
