@@ -6,7 +6,7 @@ Usage::
         [--tenants 10] [--interval 5] [--batch-ms 1000] [--seed 7]
 
 Generates ``--minutes`` of mixed traffic at ``--rate`` decisions/s (10 minutes at 10,000/s
-is 6 million decisions, in polars frames) with ``detectors.scenarios``: steady users spread
+is 6 million decisions, in polars frames) with ``tests.support.scenarios``: steady users spread
 over ``--tenants`` tenants, and in the last minutes a flash crowd, a NAT customer and one of
 each attack.  Then replays it through one ``AbuseDetector`` as the detection loop does:
 ``observe`` every ``--batch-ms`` of traffic, ``evaluate`` every ``--interval`` seconds of
@@ -37,8 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detectors import scenarios  # noqa: E402
 from detectors.detector import AbuseDetector  # noqa: E402
+from tests.support import scenarios  # noqa: E402
 
 TARGET = 10_000
 MINUTE_MS = 60_000

@@ -21,7 +21,7 @@ _ALERTS_IN_RANGE = f"FROM {ALERTS} FINAL\nWHERE {TENANT}\n  AND $__timeFilter(ts
 _FIRST_REASON = "JSONExtractString(explanation, 'reasons', 1)"
 # A block is in force at the end of the range if it was created before it (in the audit
 # log: detectors' and operators' blocks alike), its TTL reaches past it and no block.removed
-# entry came before it.  No block lasts longer than 366 days (limiter.blocks).
+# entry came before it.  No block lasts longer than 366 days (limiter.state.blocks).
 _ACTIVE_BLOCKS = (
     f"FROM {AUDIT_LOG} FINAL\n"
     f"WHERE {TENANT}\n"

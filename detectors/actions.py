@@ -19,7 +19,7 @@ an alert, within what the tenant allows.
    is traffic nobody vouched for, and may be the very abuse (a leaked office key used from
    elsewhere too), so the allowlisted share does not shield it.
    ``lifted_by_hand`` — an operator lifted a detector's block of the subject less than
-   ``LIFT_SUPPRESSION_SECONDS`` ago (``limiter.blocks``): nothing, for the same reason.
+   ``LIFT_SUPPRESSION_SECONDS`` ago (``limiter.state.blocks``): nothing, for the same reason.
 4. ``already_blocked`` — an active block already stops the subject (any enforced block,
    manual or dynamic; in shadow mode a shadow record too), or another process is acting on
    it right now: nothing, so no duplicate block.  A shadow record does not stop enforcement
@@ -56,16 +56,16 @@ from typing import Any, Literal
 
 from detectors.offenders import DEFAULT_BASE_TTL, DEFAULT_MAX_TTL, OffenderHistory, escalated_ttl
 from detectors.verdict import Verdict
-from limiter.allowlist import Allowlist
-from limiter.blocks import (
+from limiter.errors import LimiterError, StoreUnavailable
+from limiter.state.allowlist import Allowlist
+from limiter.state.blocks import (
     MAX_BLOCK_SECONDS,
     MAX_REASON_LENGTH,
     Block,
     BlockStore,
     normalize_subject,
 )
-from limiter.errors import LimiterError, StoreUnavailable
-from limiter.tenants import DetectionMode, TenantSettingsStore
+from limiter.state.tenants import DetectionMode, TenantSettingsStore
 from stream.alerts import (
     BLOCK_CREATED,
     BLOCK_ESCALATED,

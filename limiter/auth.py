@@ -11,9 +11,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from limiter.apikeys import KeyStore
 from limiter.errors import StoreUnavailable
-from limiter.tenants import FailMode, TenantSettingsStore
+from limiter.state.apikeys import KeyStore
+from limiter.state.tenants import FailMode, TenantSettingsStore
 
 
 @dataclass(frozen=True, slots=True)

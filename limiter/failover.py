@@ -16,9 +16,9 @@ from limiter.algorithms import Outcome, Reason
 from limiter.coalescer import Coalescer
 from limiter.errors import StoreUnavailable
 from limiter.metrics import LimiterMetrics
+from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 from limiter.store.memory import MemoryStore
-from limiter.tenants import FailMode
 
 log = logging.getLogger("ratewatch.limiter")
 

@@ -14,7 +14,7 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:T}:blocks``                             block records (hash id -> JSON)
 - ``rw:{rw:T}:keys``                               API-key records (hash id -> JSON)
 - ``rw:{rw:T}:allow:<scope>``                      allowlist (hash value -> JSON note; ``ip``
-  values are addresses or CIDR networks; ``limiter/allowlist.py``)
+  values are addresses or CIDR networks; ``limiter/state/allowlist.py``)
 - ``rw:{rw:T}:off:<scope>:<value>``                a subject's offences (hash ``count``,
   ``last_ms``; expires when they have decayed; ``detectors/offenders.py``)
 - ``rw:{rw:T}:claim:<scope>:<value>``              short-lived claim of the detector action
@@ -22,7 +22,7 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:T}:throttle:<what>``                    once-per-period marker of a throttled
   alert (string, EX = the period)
 - ``rw:{rw:T}:webhooks``                           webhook records (hash id -> JSON, with
-  the signing secret; ``limiter/webhooks.py``)
+  the signing secret; ``webhooks/registry.py``)
 - ``rw:{rw:T}:wh:<id>:health``                     a webhook's delivery health (hash)
 - ``rw:{rw:T}:wh:<id>:attempts``                   its latest delivery attempts (list of JSON,
   newest first, capped)
@@ -37,10 +37,10 @@ Layout (``rw`` is the default prefix):
 - ``rw:alerts``                                    alert outbox (stream, approximately capped;
   ``stream/alerts.py`` says why)
 - ``rw:{rw:.webhooks}:due``                        webhook deliveries by due time (sorted
-  set of delivery ids; ``stream/webhook_queue.py``)
+  set of delivery ids; ``webhooks/queue.py``)
 - ``rw:{rw:.webhooks}:pending``                    the deliveries themselves (hash id -> JSON)
 - ``rw:{rw:.webhooks}:stats``                      delivery attempts by outcome, every
-  tenant's (hash outcome -> count; ``stream/webhook_stats.py``)
+  tenant's (hash outcome -> count; ``webhooks/stats.py``)
 
 The webhook queue's keys share a hash tag of their own (no tenant name has a dot), so
 one transaction or script updates several of them on Redis Cluster.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from limiter.errors import ConfigError
 from limiter.redis_client import check_redis_url
-from limiter.tenants import FailMode
+from limiter.state.tenants import FailMode
 
 
 @dataclass(frozen=True, slots=True)

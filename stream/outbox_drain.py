@@ -13,7 +13,7 @@ its event.
   acknowledged.  Entries that ``decode`` refuses go to a dead-letter stream
   with the reason and are acknowledged with the rest: they never hold up the others.
   A second group reading the same outbox (the webhook deliveries of the alerts,
-  ``stream/webhook_worker.py``) passes ``record_malformed=False``: it only logs them, as
+  ``webhooks/worker.py``) passes ``record_malformed=False``: it only logs them, as
   the outbox's own drain records them once.
 - A failed write or publish is retried with backoff, the same batch with the same
   deduplication token, until it succeeds or the drain stops (leaving the batch pending).

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from analytics.query_client import answers
-from limiter.apikeys import KeyHasher, KeyStore
 from limiter.keyspace import Keyspace
+from limiter.state.apikeys import KeyHasher, KeyStore
 from tests.kafka import kafka_broker  # noqa: F401
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
 from tests.webhook_harness import Receiver

@@ -18,13 +18,13 @@ from detectors.actions import BlockActions
 from detectors.offenders import OffenderHistory, escalated_ttl
 from detectors.verdict import Scope, Signal, Verdict
 from limiter.algorithms import Algorithm, Reason
-from limiter.allowlist import Allowlist
-from limiter.blocks import BlockStore
 from limiter.errors import ConfigError, InvalidInput, NotFound
 from limiter.keyspace import Keyspace
+from limiter.state.allowlist import Allowlist
+from limiter.state.blocks import BlockStore
+from limiter.state.tenants import DetectionMode, DetectionSettings, FailMode, TenantSettingsStore
 from limiter.store.base import Check
 from limiter.store.redis import RedisStore
-from limiter.tenants import DetectionMode, DetectionSettings, FailMode, TenantSettingsStore
 from stream import alerts as alert_contract
 from stream import audit as audit_contract
 from stream.alerts import AlertEvent, AlertOutbox, AlertUnavailable, MalformedAlertEvent

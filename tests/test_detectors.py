@@ -1,6 +1,6 @@
 """Abuse detection without servers: features, estimators, rules, policy, scenarios.
 
-The scenario tests replay labelled synthetic traffic (``detectors.scenarios``) through an
+The scenario tests replay labelled synthetic traffic (``tests.support.scenarios``) through an
 ``AbuseDetector`` the way the detection loop does: decisions observed in slices, evaluated
 every few seconds.  Ten minutes of steady users (plus the pre-attack history of the
 scenarios that have one) warm a detector once per module; each scenario then continues a
@@ -22,7 +22,6 @@ from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from detectors import scenarios
 from detectors.baseline import RobustBaseline
 from detectors.compiled_forest import CompiledForest
 from detectors.detector import AbuseDetector, default_baseline
@@ -40,6 +39,7 @@ from detectors.rules import RuleThresholds, apply_rules
 from detectors.verdict import MAX_IPS, Verdict
 from detectors.window import RollingWindow
 from stream.events import DecisionEvent
+from tests.support import scenarios
 
 M = 60_000
 T0 = 1_760_000_000_000

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from limiter.errors import ConfigError
-from limiter.spool import MAGIC, Spool
+from limiter.sinks.spool import MAGIC, Spool
 
 
 def payloads(n: int, start: int = 0) -> list[bytes]:

@@ -29,22 +29,22 @@ from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from limiter.keyspace import Keyspace
-from limiter.webhook_updates import SECRET_GRACE_SECONDS, WebhookChanges, WebhookUpdater
-from limiter.webhooks import ALERT_KINDS, Webhook, WebhookStore
 from stream import audit
 from stream.alerts import BLOCK_CREATED, BLOCK_SHADOWED
 from stream.events import OUTBOX_FIELD
-from stream.webhook_delivery import WebhookSettings
-from stream.webhook_payloads import ping_delivery, signature_headers
-from stream.webhook_queue import DeliveryQueue
-from stream.webhook_retry import RetryPolicy
-from stream.webhook_worker import WebhookWorker
 from tests.conftest import KEY_SECRET, create_key
 from tests.kafka import eventually
 from tests.servers import RatewatchProcess, RedisServer, free_port
 from tests.test_openapi import values
 from tests.test_webhooks import Running, alert, record, start_worker
 from tests.webhook_harness import Received, Receiver
+from webhooks.delivery import WebhookSettings
+from webhooks.payloads import ping_delivery, signature_headers
+from webhooks.queue import DeliveryQueue
+from webhooks.registry import ALERT_KINDS, Webhook, WebhookStore
+from webhooks.retry import RetryPolicy
+from webhooks.updates import SECRET_GRACE_SECONDS, WebhookChanges, WebhookUpdater
+from webhooks.worker import WebhookWorker
 
 pytestmark = pytest.mark.timeout(120)
 

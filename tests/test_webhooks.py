@@ -20,8 +20,6 @@ from standardwebhooks import Webhook as Verifier
 
 from limiter.errors import InvalidInput
 from limiter.keyspace import Keyspace
-from limiter.webhook_targets import TargetRefused, parse_target, resolve_public
-from limiter.webhooks import ALERT_KINDS, MAX_WEBHOOKS_PER_TENANT, WebhookStore
 from stream.alerts import (
     BLOCK_CREATED,
     BLOCK_SHADOWED,
@@ -29,13 +27,15 @@ from stream.alerts import (
     AlertOutbox,
     new_alert_event,
 )
-from stream.webhook_delivery import WebhookSettings
-from stream.webhook_payloads import alert_delivery, body_for, signature_headers
-from stream.webhook_worker import WebhookWorker
 from tests.conftest import STACK_PREFIX, create_key
 from tests.kafka import eventually
 from tests.servers import RatewatchProcess, RedisServer, wait_until
 from tests.webhook_harness import Received, Receiver
+from webhooks.delivery import WebhookSettings
+from webhooks.payloads import alert_delivery, body_for, signature_headers
+from webhooks.registry import ALERT_KINDS, MAX_WEBHOOKS_PER_TENANT, WebhookStore
+from webhooks.targets import TargetRefused, parse_target, resolve_public
+from webhooks.worker import WebhookWorker
 
 pytestmark = pytest.mark.timeout(120)
 

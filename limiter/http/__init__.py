@@ -1,5 +1,2 @@
-"""The limiter's HTTP API: a raw ASGI fast path for checks, Starlette for the rest."""
-
-from limiter.http.app import create_app
-
-__all__ = ["create_app"]
+"""The check path's HTTP side: ``POST /v1/check`` and ``POST /v1/batch`` as raw ASGI
+handlers, with the problem details every route of the API answers errors with."""

@@ -19,7 +19,6 @@ from limiter.algorithms import (
     retry_after_seconds,
 )
 from limiter.auth import Authenticator, Principal
-from limiter.blocks import normalize_ip
 from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput, StoreUnavailable
 from limiter.failover import FailoverDecider
@@ -27,6 +26,7 @@ from limiter.http.asgi import JSON, Headers, Scope, bearer_token, read_body, res
 from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
 from limiter.metrics import LimiterMetrics
+from limiter.state.blocks import normalize_ip
 from limiter.store.base import Check
 
 _check_decoder = msgspec.json.Decoder(CheckRequest)

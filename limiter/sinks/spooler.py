@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from limiter.metrics import LimiterMetrics
 from limiter.sinks.events import Record, pack
-from limiter.spool import Chunk, Position, Spool
+from limiter.sinks.spool import Chunk, Position, Spool
 
 log = logging.getLogger("ratewatch.stream")
 

@@ -1,0 +1,238 @@
+"""The limiter's ASGI application.
+
+``create_app`` returns an app whose lifespan creates the Redis client and every component
+from the settings; the check routes are served by a raw ASGI fast path, everything else
+by Starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from analytics.gateway import open_analytics
+from control.audit import AuditTrail
+from control.openapi import build_openapi
+from control.routes.admin import AdminRoutes, json_response, problem_for
+from control.routes.allowlist import AllowlistRoutes
+from control.routes.analytics import AnalyticsRoutes
+from control.routes.health import HealthRoutes
+from control.routes.privacy import PrivacyRoutes
+from control.routes.webhooks import WebhookRoutes
+from limiter.algorithms import Algorithm
+from limiter.auth import Authenticator
+from limiter.coalescer import Coalescer
+from limiter.emit import DecisionSink, NullSink
+from limiter.errors import LimiterError
+from limiter.failover import FailoverDecider, StoreHealth
+from limiter.http.asgi import Scope, respond
+from limiter.http.checks import CheckHandler
+from limiter.http.problems import Problem
+from limiter.keyspace import Keyspace
+from limiter.metrics import LimiterMetrics
+from limiter.redis_client import connect, is_cluster
+from limiter.settings import LimiterSettings
+from limiter.sinks import StreamSink
+from limiter.state.allowlist import Allowlist
+from limiter.state.apikeys import KeyHasher, KeyStore
+from limiter.state.blocks import BlockStore
+from limiter.state.bootstrap import bootstrap
+from limiter.state.privacy import UserDataStore
+from limiter.state.tenants import TenantSettingsStore
+from limiter.store.memory import MemoryStore
+from limiter.store.redis import RedisStore
+from stream.audit_outbox import AuditOutbox
+from webhooks.metrics import WebhookMetrics
+from webhooks.queue import DeliveryQueue
+from webhooks.registry import WebhookStore
+from webhooks.stats import DeliveryStats
+from webhooks.updates import WebhookUpdater
+
+log = logging.getLogger("ratewatch.limiter")
+
+try:
+    VERSION = version("ratewatch")
+except PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+class LimiterApp:
+    def __init__(
+        self,
+        settings: LimiterSettings,
+        key_secret: bytes,
+        sink_factory: Callable[[], DecisionSink] = NullSink,
+        bootstrap_key: str | None = None,
+        bootstrap: bool = True,
+        on_new_key: Callable[[str], None] | None = None,
+    ):
+        self.settings = settings
+        self._key_secret = key_secret
+        self._sink_factory = sink_factory
+        self._bootstrap_key = bootstrap_key
+        self._bootstrap = bootstrap
+        self._on_new_key = on_new_key
+        self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
+        self._checks: CheckHandler | None = None
+        handlers = {
+            kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
+        }
+        self._starlette = Starlette(lifespan=self._lifespan, exception_handlers=handlers)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        checks = self._checks
+        if checks is not None and scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            handler = (
+                checks.check
+                if path == "/v1/check"
+                else (checks.batch if path == "/v1/batch" else None)
+            )
+            if handler is not None:
+                try:
+                    await handler(scope, receive, send)
+                except Exception as exc:
+                    problem = problem_for(exc)
+                    if problem is None:
+                        log.exception("check request failed")
+                        problem = Problem(500, "internal-error", "the server failed; see its log")
+                    self.metrics.http_errors.labels(str(problem.status)).inc()
+                    await respond(send, problem.status, problem.body(path), problem.headers())
+                return
+        await self._starlette(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        redis = await connect(settings.redis_url, settings.redis_timeout)
+        keyspace = Keyspace(settings.key_prefix)
+        keys = KeyStore(redis, keyspace, KeyHasher(self._key_secret))
+        await keys.verify_secret()
+        if self._bootstrap:
+            new_key = await bootstrap(keys, self._bootstrap_key)
+            if new_key is not None and self._on_new_key is not None:
+                self._on_new_key(new_key)
+        store = RedisStore(
+            redis,
+            keyspace,
+            cluster=is_cluster(redis),
+            event_stream=keyspace.events if settings.redis_events else None,
+            instance=settings.instance,
+        )
+        await store.load()
+        health = StoreHealth(redis.ping, self.metrics)
+        tenant_settings = TenantSettingsStore(redis, keyspace)
+        auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
+        decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
+        sink: DecisionSink
+        stream: StreamSink | None = None
+        if settings.kafka is not None:
+            from limiter.sinks.kafka import KafkaSink  # aiokafka is loaded only to stream
+
+            sink = stream = KafkaSink(
+                settings.kafka,
+                # a spool is one process's: each worker has its own
+                settings.data_dir
+                / ("spool" if settings.worker == 0 else f"spool-{settings.worker}"),
+                self.metrics,
+                settings.instance,
+                spool_max_bytes=settings.spool_max_bytes,
+            )
+            await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
+        else:
+            sink = self._sink_factory()
+        checks = CheckHandler(
+            auth,
+            decider,
+            sink,
+            self.metrics,
+            Algorithm.SLIDING_WINDOW,
+            settings.max_body_bytes,
+            settings.max_batch_body_bytes,
+        )
+        blocks = BlockStore(redis, keyspace)
+        audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
+        analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
+        admin = AdminRoutes(checks, keys, blocks, tenant_settings, auth, audit)
+        privacy = PrivacyRoutes(checks, UserDataStore(redis, keyspace, blocks), analytics, audit)
+        analytics_routes = AnalyticsRoutes(checks, analytics)
+        allowlist = AllowlistRoutes(checks, Allowlist(redis, keyspace), audit)
+        webhooks = WebhookRoutes(
+            checks,
+            WebhookStore(redis, keyspace),
+            WebhookUpdater(redis, keyspace),
+            DeliveryQueue(redis, keyspace),
+            audit,
+            allow_private=settings.webhooks_allow_private,
+        )
+        health_routes = HealthRoutes(
+            redis,
+            health,
+            self.metrics,
+            settings.fail_mode,
+            settings.instance,
+            VERSION,
+            decision_stream=stream.status if stream is not None else None,
+            webhook_metrics=WebhookMetrics(DeliveryStats(redis, keyspace)),
+        )
+        openapi = build_openapi(VERSION)
+        app.router.routes.extend(
+            [
+                *admin.routes(),
+                *privacy.routes(),
+                *analytics_routes.routes(),
+                *allowlist.routes(),
+                *webhooks.routes(),
+                *health_routes.routes(),
+                Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
+            ]
+        )
+        watcher = asyncio.create_task(health.watch())
+        self._checks = checks
+        # what start-up allocated lives as long as the process: keeping it out of the
+        # collector's generations makes the collections under load cheap
+        gc.freeze()
+        try:
+            yield
+        finally:
+            self._checks = None
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await sink.close()
+            if analytics is not None:
+                await analytics.close()
+            await redis.aclose()
+
+    async def _on_error(self, request: Request, exc: Exception) -> Response:
+        problem = problem_for(exc)
+        if problem is None:
+            if isinstance(exc, HTTPException):
+                kind = {404: "not-found", 405: "method-not-allowed"}.get(
+                    exc.status_code, "validation-error"
+                )
+                problem = Problem(exc.status_code, kind, str(exc.detail))
+            else:
+                log.error("request failed", exc_info=exc)
+                problem = Problem(500, "internal-error", "the server failed; see its log")
+        self.metrics.http_errors.labels(str(problem.status)).inc()
+        return Response(
+            problem.body(request.url.path),
+            problem.status,
+            headers={k.decode(): v.decode() for k, v in problem.headers()},
+        )
+
+
+def create_app(settings: LimiterSettings, key_secret: bytes, **options: Any) -> LimiterApp:
+    return LimiterApp(settings, key_secret, **options)

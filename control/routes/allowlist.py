@@ -1,0 +1,86 @@
+"""``/v1/allowlist``: subjects the abuse detectors never block (ip addresses or networks,
+keys, user ids).  Manual blocks still apply to them: the list only restrains detectors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from control.audit import AuditTrail
+from control.routes.admin import client_ip, json_response, principal_of, read_json
+from limiter.http.checks import CheckHandler
+from limiter.http.problems import Problem
+from limiter.state.allowlist import MAX_NOTE_LENGTH, Allowlist
+from limiter.state.blocks import MAX_VALUE_LENGTH
+from stream.audit import ALLOWLIST_ADDED, ALLOWLIST_REMOVED
+
+
+class AllowlistAdd(msgspec.Struct, kw_only=True):
+    scope: Literal["ip", "key", "user_id"]
+    value: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_VALUE_LENGTH,
+            description="An IP address or network (CIDR), a key, or a user id.",
+        ),
+    ]
+    note: Annotated[str, Meta(max_length=MAX_NOTE_LENGTH)] = ""
+
+
+_add = msgspec.json.Decoder(AllowlistAdd)
+
+
+class AllowlistRoutes:
+    def __init__(self, checks: CheckHandler, allowlist: Allowlist, audit: AuditTrail):
+        self._checks = checks
+        self._allowlist = allowlist
+        self._audit = audit
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/allowlist", self.list_entries, methods=["GET"]),
+            Route("/v1/allowlist", self.add, methods=["POST"]),
+            # a network contains '/', so the entry is named by query parameters
+            Route("/v1/allowlist", self.remove, methods=["DELETE"]),
+        ]
+
+    async def list_entries(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=False)
+        entries = await self._allowlist.entries(principal.tenant)
+        return json_response({"entries": [asdict(entry) for entry in entries]})
+
+    async def add(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        body: AllowlistAdd = await read_json(request, _add)
+        entry = await self._allowlist.add(principal.tenant, body.scope, body.value, body.note)
+        await self._audit.record(
+            principal,
+            ALLOWLIST_ADDED,
+            f"{entry.scope}:{entry.value}",
+            {"scope": entry.scope, "value": entry.value, "note": entry.note},
+            client_ip(request),
+        )
+        return json_response(asdict(entry), 201)
+
+    async def remove(self, request: Request) -> Response:
+        principal = await principal_of(self._checks, request, admin=True)
+        scope = request.query_params.get("scope")
+        value = request.query_params.get("value")
+        if scope is None or value is None:
+            raise Problem(422, "validation-error", "name the entry: ?scope=ip|key|user_id&value=…")
+        await self._allowlist.remove(principal.tenant, scope, value)
+        await self._audit.record(
+            principal,
+            ALLOWLIST_REMOVED,
+            f"{scope}:{value}",
+            {"scope": scope, "value": value},
+            client_ip(request),
+        )
+        return json_response({"scope": scope, "value": value, "removed": True})

@@ -1,0 +1,84 @@
+"""Liveness, dependency status and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from control.routes.admin import json_response
+from limiter.failover import StoreHealth
+from limiter.metrics import LimiterMetrics
+from limiter.state.tenants import FailMode
+from webhooks.metrics import WebhookMetrics
+
+
+class HealthRoutes:
+    def __init__(
+        self,
+        redis: Redis,
+        health: StoreHealth,
+        metrics: LimiterMetrics,
+        fail_mode: FailMode,
+        instance: str,
+        version: str,
+        decision_stream: Callable[[], dict[str, object]] | None = None,
+        webhook_metrics: WebhookMetrics | None = None,
+    ):
+        self._decision_stream = decision_stream
+        self._webhook_metrics = webhook_metrics
+        self._redis = redis
+        self._health = health
+        self._metrics = metrics
+        self._fail_mode = fail_mode
+        self._instance = instance
+        self._version = version
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/health/detailed", self.detailed, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def detailed(self, request: Request) -> Response:
+        redis: dict[str, object] = {"status": "up" if self._health.up else "down"}
+        if self._health.up:
+            started = time.perf_counter()
+            try:
+                await self._redis.ping()
+                redis["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            except Exception as exc:  # reported, not raised: this is the status page
+                redis.update(status="down", error=str(exc))
+        else:
+            redis.update(error=self._health.last_error, down_since=self._health.down_since)
+        degraded = redis["status"] != "up"
+        dependencies: dict[str, object] = {"redis": redis}
+        if self._decision_stream is not None:  # status "spooling" while Kafka is away
+            stream = self._decision_stream()
+            dependencies["decision_stream"] = stream
+            degraded = degraded or stream["status"] != "up"
+        return json_response(
+            {
+                "status": "degraded" if degraded else "ok",
+                "instance": self._instance,
+                "version": self._version,
+                "fail_mode": self._fail_mode.value,
+                "dependencies": dependencies,
+            }
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        body = generate_latest(self._metrics.exposition)
+        # read from Redis, so not while it is known to be down: a scrape never waits on it
+        if self._webhook_metrics is not None and self._health.up:
+            body += await self._webhook_metrics.exposition()
+        return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,115 @@
+"""``ratewatch up``: everything on one machine, as one process tree.
+
+The supervisor (this process) owns the embedded Valkey server and starts the children: the
+lean limiter (``ratewatch serve``) and the pipeline worker, which owns chDB and detects
+abuse (``ratewatch pipeline`` reading the Valkey event stream); with ``--kafka``, ``ratewatch
+stream`` and ``ratewatch detect`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
+from ratewatch.cli.options import service_options, user_errors
+from ratewatch.processes.supervisor import Child, Supervisor
+
+
+@click.command()
+@service_options
+@metrics_options
+def up(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str | None,
+    kafka: str | None,
+    clickhouse_url: str | None,
+    fail_mode: str,
+    workers: int,
+    key_prefix: str,
+    webhooks_allow_private: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Run RateWatch on this machine: the limiter API, the decision pipeline into the
+    analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
+
+    --metrics-port serves the pipeline worker's metrics (the limiter has /metrics); with
+    --kafka, the consumer's on that port and the detector's on the next one."""
+    if metrics_port is not None and kafka and metrics_port == 65535:
+        raise click.BadParameter(
+            "65535 leaves no port for the detector's metrics (it takes the next one)",
+            param_hint="'--metrics-port'",
+        )
+    if metrics_port is not None:
+        check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
+    with user_errors():
+        from limiter.embedded import EmbeddedValkey
+        from limiter.redis_client import check_redis_url
+
+        data_dir = data_dir.resolve()
+        valkey = None
+        if redis_url is None:
+            valkey = EmbeddedValkey(data_dir)
+            redis_url = valkey.start()
+        else:
+            check_redis_url(redis_url)
+    try:
+        common = ["--data-dir", str(data_dir), "--key-prefix", key_prefix]
+        # the limiter checks webhook targets at creation, the worker at each delivery
+        webhooks = ["--webhooks-allow-private"] if webhooks_allow_private else []
+        limiter = [
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+            "--fail-mode",
+            fail_mode,
+            "--workers",
+            str(workers),
+            *common,
+            *webhooks,
+        ]
+        analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
+        # the limiter's analytics routes ask the pipeline worker, which owns chDB
+        limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
+        run_dir = data_dir / "run"
+        # a metrics port in the environment would reach every child that takes one (stream
+        # and detect with --kafka), and all but the first would fail to bind it
+        env = {name: value for name, value in os.environ.items() if name not in METRICS_VARIABLES}
+        others: list[Child] = []
+
+        def metrics(offset: int) -> list[str]:
+            if metrics_port is None:
+                return []
+            return ["--metrics-port", str(metrics_port + offset), "--metrics-host", metrics_host]
+
+        if kafka:
+            limiter += ["--kafka", kafka]
+            # with the Redis URL it also drains the audit and alert outboxes (into Kafka too)
+            worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
+            worker += [*webhooks, *metrics(0)]
+            detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common, *metrics(1)]
+            others.append(Child("detect", detector, pid_file=run_dir / "detect.pid", env=env))
+        else:
+            # the pipeline worker also detects abuse in the Valkey stream
+            limiter.append("--redis-events")
+            worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
+            worker += metrics(0)
+        Supervisor(
+            [
+                Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=env),
+                Child("pipeline", worker, pid_file=run_dir / "pipeline.pid", env=env),
+                *others,
+            ]
+        ).run()
+    finally:
+        if valkey is not None:
+            valkey.stop()

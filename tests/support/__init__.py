@@ -1,0 +1,1 @@
+"""What the tests share: real servers, clients of them, polling helpers and fixtures."""
