@@ -103,13 +103,19 @@ def alerts_condition(tenant: str, user_id: str) -> str:
     )
 
 
+# every table that holds a user's data, raw table first: what a summary counts and an erasure
+# deletes, by the short names the API reports
+_ERASED = (DECISIONS_TABLE, *ROLLUP_TABLES.values(), ALERTS_TABLE)
+
+
 def _conditions(tenant: str, user_id: str) -> dict[str, str]:
     """Table -> the condition selecting U's rows in it, the raw table first."""
-    return {
+    rollups = rollup_condition(tenant, user_id)
+    own = {
         DECISIONS_TABLE: decisions_condition(tenant, user_id),
-        **{table: rollup_condition(tenant, user_id) for table in ROLLUP_TABLES.values()},
         ALERTS_TABLE: alerts_condition(tenant, user_id),
     }
+    return {table: own.get(table, rollups) for table in _ERASED}
 
 
 def summary_sql(tenant: str, user_id: str) -> str:
@@ -232,3 +238,6 @@ def _minus(count: int) -> int:
 
 def _short(table: str) -> str:
     return table.rpartition(".")[2]
+
+
+ERASED_TABLES: tuple[str, ...] = tuple(_short(table) for table in _ERASED)

@@ -23,12 +23,18 @@ from starlette.routing import Route
 
 from analytics.gateway import open_analytics
 from control.audit import AuditTrail
+from control.auth import ControlAuth
+from control.http import json_response, problem_for
 from control.openapi import build_openapi
-from control.routes.admin import AdminRoutes, json_response, problem_for
+from control.privacy import PrivacyRequests
+from control.routes import RouteGroup
 from control.routes.allowlist import AllowlistRoutes
 from control.routes.analytics import AnalyticsRoutes
+from control.routes.blocks import BlockRoutes
 from control.routes.health import HealthRoutes
+from control.routes.keys import KeyRoutes
 from control.routes.privacy import PrivacyRoutes
+from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
 from limiter.algorithms import Algorithm
 from limiter.auth import Authenticator
@@ -164,18 +170,25 @@ class LimiterApp:
         blocks = BlockStore(redis, keyspace)
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
-        admin = AdminRoutes(checks, keys, blocks, tenant_settings, auth, audit)
-        privacy = PrivacyRoutes(checks, UserDataStore(redis, keyspace, blocks), analytics, audit)
-        analytics_routes = AnalyticsRoutes(checks, analytics)
-        allowlist = AllowlistRoutes(checks, Allowlist(redis, keyspace), audit)
+        control = ControlAuth(auth)
+        privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
         webhooks = WebhookRoutes(
-            checks,
+            control,
             WebhookStore(redis, keyspace),
             WebhookUpdater(redis, keyspace),
             DeliveryQueue(redis, keyspace),
             audit,
             allow_private=settings.webhooks_allow_private,
         )
+        route_groups: list[RouteGroup] = [
+            KeyRoutes(control, keys, audit),
+            BlockRoutes(control, blocks, audit),
+            SettingsRoutes(control, tenant_settings, audit),
+            PrivacyRoutes(control, privacy, audit),
+            AnalyticsRoutes(control, analytics),
+            AllowlistRoutes(control, Allowlist(redis, keyspace), audit),
+            webhooks,
+        ]
         health_routes = HealthRoutes(
             redis,
             health,
@@ -189,11 +202,7 @@ class LimiterApp:
         openapi = build_openapi(VERSION)
         app.router.routes.extend(
             [
-                *admin.routes(),
-                *privacy.routes(),
-                *analytics_routes.routes(),
-                *allowlist.routes(),
-                *webhooks.routes(),
+                *(route for group in route_groups for route in group.routes()),
                 *health_routes.routes(),
                 Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
             ]

@@ -6,11 +6,17 @@ from typing import Any
 
 import msgspec
 
-from control.routes.admin import BlockCreate, KeyCreate, SettingsUpdate
-from control.routes.allowlist import AllowlistAdd
-from control.routes.privacy import PrivacyDelete, PrivacySummary
-from control.routes.webhooks import WebhookCreate, WebhookUpdate
-from control.schemas.analytics import (
+from control.schemas.requests import (
+    AllowlistAdd,
+    BlockCreate,
+    KeyCreate,
+    PrivacyDelete,
+    PrivacySummary,
+    SettingsUpdate,
+    WebhookCreate,
+    WebhookUpdate,
+)
+from control.schemas.responses import (
     AlertList,
     AuditList,
     PrivacyDeleteResult,

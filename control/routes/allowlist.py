@@ -4,42 +4,26 @@ keys, user ids).  Manual blocks still apply to them: the list only restrains det
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from control.audit import AuditTrail
-from control.routes.admin import client_ip, json_response, principal_of, read_json
-from limiter.http.checks import CheckHandler
+from control.auth import ControlAuth
+from control.http import client_ip, json_response, read_json
+from control.schemas.requests import AllowlistAdd
 from limiter.http.problems import Problem
-from limiter.state.allowlist import MAX_NOTE_LENGTH, Allowlist
-from limiter.state.blocks import MAX_VALUE_LENGTH
+from limiter.state.allowlist import Allowlist
 from stream.audit import ALLOWLIST_ADDED, ALLOWLIST_REMOVED
-
-
-class AllowlistAdd(msgspec.Struct, kw_only=True):
-    scope: Literal["ip", "key", "user_id"]
-    value: Annotated[
-        str,
-        Meta(
-            min_length=1,
-            max_length=MAX_VALUE_LENGTH,
-            description="An IP address or network (CIDR), a key, or a user id.",
-        ),
-    ]
-    note: Annotated[str, Meta(max_length=MAX_NOTE_LENGTH)] = ""
-
 
 _add = msgspec.json.Decoder(AllowlistAdd)
 
 
 class AllowlistRoutes:
-    def __init__(self, checks: CheckHandler, allowlist: Allowlist, audit: AuditTrail):
-        self._checks = checks
+    def __init__(self, auth: ControlAuth, allowlist: Allowlist, audit: AuditTrail):
+        self._auth = auth
         self._allowlist = allowlist
         self._audit = audit
 
@@ -52,12 +36,12 @@ class AllowlistRoutes:
         ]
 
     async def list_entries(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=False)
+        principal = await self._auth.principal(request, admin=False)
         entries = await self._allowlist.entries(principal.tenant)
         return json_response({"entries": [asdict(entry) for entry in entries]})
 
     async def add(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         body: AllowlistAdd = await read_json(request, _add)
         entry = await self._allowlist.add(principal.tenant, body.scope, body.value, body.note)
         await self._audit.record(
@@ -70,7 +54,7 @@ class AllowlistRoutes:
         return json_response(asdict(entry), 201)
 
     async def remove(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         scope = request.query_params.get("scope")
         value = request.query_params.get("value")
         if scope is None or value is None:

@@ -2,43 +2,47 @@
 ``GET /v1/alerts``.
 
 The limiter holds no ClickHouse client of its own in the embedded mode: its ``Analytics``
-(``analytics/gateway.py``) asks the process that owns chDB.  Every query is built here from
-validated parameters and names the caller's tenant.
+(``analytics/gateway.py``) asks the process that owns chDB.  The routes validate the query
+parameters; the SQL is written by ``analytics/usage.py`` and ``analytics/logs.py``, and
+every query names the caller's tenant.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from analytics.errors import AnalyticsError
 from analytics.gateway import Analytics
-from analytics.sqltext import quote
-from analytics.tables import ALERTS_TABLE, AUDIT_TABLE
+from analytics.logs import (
+    ALERT_FILTERS,
+    DEFAULT_LISTED_ROWS,
+    MAX_LISTED_ROWS,
+    LogQuery,
+    alerts_sql,
+    audit_sql,
+    listed,
+)
 from analytics.usage import DEFAULT_TOP, GROUP_BY, MAX_TOP, WINDOWS, UsageQuery
-from control.routes.admin import json_response, principal_of
-from limiter.http.checks import CheckHandler
+from control.analytics_store import run_query
+from control.auth import ControlAuth
+from control.http import json_response
 from limiter.http.problems import Problem
 from limiter.http.schemas import MAX_KEY_LENGTH
 from limiter.state.apikeys import MAX_SEGMENT_LENGTH
 
 MAX_ROUTE_LENGTH = 2048
-MAX_LISTED_ROWS = 1000
 _USAGE_PARAMETERS = {"key", "window", "route", "segment", "group_by", "top"}
 _AUDIT_PARAMETERS = {"action", "since", "until", "limit"}
-_ALERT_FILTERS = ("kind", "scope", "subject", "mode", "detector")
-_ALERT_PARAMETERS = {*_ALERT_FILTERS, "since", "until", "limit"}
+_ALERT_PARAMETERS = {*ALERT_FILTERS, "since", "until", "limit"}
 
 
 class AnalyticsRoutes:
-    def __init__(self, checks: CheckHandler, analytics: Analytics | None):
-        self._checks = checks
+    def __init__(self, auth: ControlAuth, analytics: Analytics | None):
+        self._auth = auth
         self._analytics = analytics
 
     def routes(self) -> list[Route]:
@@ -49,7 +53,7 @@ class AnalyticsRoutes:
         ]
 
     async def usage(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=False)
+        principal = await self._auth.principal(request, admin=False)
         params = _parameters(request, _USAGE_PARAMETERS)
         window = params.get("window", "24h")
         if window not in WINDOWS:
@@ -74,65 +78,20 @@ class AnalyticsRoutes:
         return json_response(query.response(totals[0] if totals else {}, series, groups))
 
     async def audit(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         params = _parameters(request, _AUDIT_PARAMETERS)
-        conditions = [f"tenant = {quote(principal.tenant)}"]
-        action = _text(params, "action", 100)
-        if action is not None:
-            conditions.append(f"action = {quote(action)}")
-        conditions.extend(_time_range(params))
-        limit = _integer(params, "limit", 100, 1, MAX_LISTED_ROWS)
-        rows = await run_query(
-            self._analytics,
-            # the epoch-ms alias must not be called ts: an alias shadows the column in WHERE
-            f"""SELECT toUnixTimestamp64Milli(ts) AS epoch_ms, toString(event_id) AS id, actor,
-                       action, target, details, source_ip
-                FROM {AUDIT_TABLE} FINAL
-                WHERE {" AND ".join(conditions)}
-                ORDER BY ts DESC, id
-                LIMIT {limit}""",
-        )
-        return json_response({"tenant": principal.tenant, "entries": _listed(rows, "details")})
+        query = _log_query(principal.tenant, params, ("action",), 100)
+        rows = await run_query(self._analytics, audit_sql(query))
+        return json_response({"tenant": principal.tenant, "entries": listed(rows, "details")})
 
     async def alerts(self, request: Request) -> Response:
         """What the abuse detection did, newest first: readable by every key of the tenant,
         as its blocks are (``GET /v1/blocks``), since an alert explains a block."""
-        principal = await principal_of(self._checks, request, admin=False)
+        principal = await self._auth.principal(request, admin=False)
         params = _parameters(request, _ALERT_PARAMETERS)
-        conditions = [f"tenant = {quote(principal.tenant)}"]
-        for name in _ALERT_FILTERS:
-            value = _text(params, name, MAX_KEY_LENGTH)
-            if value is not None:
-                conditions.append(f"{name} = {quote(value)}")
-        conditions.extend(_time_range(params))
-        limit = _integer(params, "limit", 100, 1, MAX_LISTED_ROWS)
-        rows = await run_query(
-            self._analytics,
-            f"""SELECT toUnixTimestamp64Milli(ts) AS epoch_ms, toString(event_id) AS id, kind,
-                       scope, subject, nullIf(block_id, '') AS block_id, mode, ttl_seconds,
-                       offence, detector, score, explanation
-                FROM {ALERTS_TABLE} FINAL
-                WHERE {" AND ".join(conditions)}
-                ORDER BY ts DESC, id
-                LIMIT {limit}""",
-        )
-        return json_response({"tenant": principal.tenant, "alerts": _listed(rows, "explanation")})
-
-
-async def run_query(analytics: Analytics | None, sql: str) -> list[dict[str, Any]]:
-    """The rows of ``sql``; 503 when this limiter has no analytics store or it is down."""
-    if analytics is None:
-        raise Problem(
-            503,
-            "analytics-unavailable",
-            "this limiter has no analytics store: start it with --clickhouse-url "
-            "(`ratewatch up` does)",
-        )
-    try:
-        result = await analytics.query(sql)
-    except AnalyticsError as exc:
-        raise Problem(503, "analytics-unavailable", f"the analytics store failed: {exc}") from exc
-    return result.dicts()
+        query = _log_query(principal.tenant, params, ALERT_FILTERS, MAX_KEY_LENGTH)
+        rows = await run_query(self._analytics, alerts_sql(query))
+        return json_response({"tenant": principal.tenant, "alerts": listed(rows, "explanation")})
 
 
 def _parameters(request: Request, known: set[str]) -> Mapping[str, str]:
@@ -143,14 +102,27 @@ def _parameters(request: Request, known: set[str]) -> Mapping[str, str]:
     return params
 
 
-def _time_range(params: Mapping[str, str]) -> list[str]:
-    """Conditions on ``ts`` from the ``since`` (inclusive) and ``until`` epoch milliseconds."""
-    conditions = []
-    for name, operator in (("since", ">="), ("until", "<")):
-        if name in params:
-            moment = _integer(params, name, 0, 0, 10**13)
-            conditions.append(f"ts {operator} fromUnixTimestamp64Milli({moment}, 'UTC')")
-    return conditions
+def _log_query(
+    tenant: str, params: Mapping[str, str], filters: tuple[str, ...], max_length: int
+) -> LogQuery:
+    """A log listing from the query parameters: exact filters, ``since`` (inclusive) and
+    ``until`` in epoch milliseconds, ``limit`` rows."""
+    chosen = {}
+    for name in filters:
+        value = _text(params, name, max_length)
+        if value is not None:
+            chosen[name] = value
+    moments = {
+        name: _integer(params, name, 0, 0, 10**13) if name in params else None
+        for name in ("since", "until")
+    }
+    return LogQuery(
+        tenant,
+        chosen,
+        moments["since"],
+        moments["until"],
+        _integer(params, "limit", DEFAULT_LISTED_ROWS, 1, MAX_LISTED_ROWS),
+    )
 
 
 def _text(params: Mapping[str, str], name: str, max_length: int) -> str | None:
@@ -173,22 +145,6 @@ def _integer(params: Mapping[str, str], name: str, default: int, low: int, high:
     if not low <= value <= high:
         raise _invalid(f"{name} {value} is not within {low}-{high}")
     return value
-
-
-def _listed(rows: list[dict[str, Any]], json_column: str) -> list[dict[str, Any]]:
-    """Rows of a log read newest first, as the API lists them: ``epoch_ms`` as ``ts``, and
-    ``json_column`` (stored as JSON text) as the object it holds."""
-    for row in rows:
-        row["ts"] = row.pop("epoch_ms")
-        row[json_column] = _json_object(row[json_column])
-    return rows
-
-
-def _json_object(text: Any) -> Any:
-    try:
-        return json.loads(text) if isinstance(text, str) else text
-    except ValueError:
-        return text
 
 
 def _invalid(detail: str) -> Problem:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from control.routes.admin import json_response
+from control.http import json_response
 from limiter.failover import StoreHealth
 from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode

@@ -10,19 +10,20 @@ again.  Targets must be public http(s) addresses unless the server allows privat
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from control.audit import AuditTrail
-from control.routes.admin import client_ip, json_response, principal_of, read_json
+from control.auth import ControlAuth
+from control.http import client_ip, json_response, read_json
+from control.schemas.requests import WebhookCreate, WebhookUpdate
 from limiter.errors import StoreUnavailable
-from limiter.http.checks import CheckHandler
 from limiter.http.problems import Problem
 from stream.audit import (
     WEBHOOK_CREATED,
@@ -33,59 +34,15 @@ from stream.audit import (
 from webhooks.payloads import ping_delivery
 from webhooks.queue import DeliveryQueue, QueueUnavailable
 from webhooks.registry import (
-    ALERT_KINDS,
     MAX_ATTEMPTS_KEPT,
-    MAX_DESCRIPTION_LENGTH,
     TooManyWebhooks,
     Webhook,
     WebhookStore,
 )
-from webhooks.targets import MAX_URL_LENGTH, TargetRefused
+from webhooks.targets import TargetRefused
 from webhooks.updates import WebhookChanges, WebhookUpdater
 
 T = TypeVar("T")
-Url = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=MAX_URL_LENGTH,
-        description="http(s) URL of a public address (Slack incoming webhooks get a "
-        "Slack message).",
-    ),
-]
-Events = Annotated[
-    list[Annotated[str, Meta(max_length=100)]],
-    Meta(
-        max_length=len(ALERT_KINDS),
-        description="Alert kinds to deliver: "
-        + ", ".join(ALERT_KINDS)
-        + " (all, when left out at creation).",
-    ),
-]
-Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION_LENGTH)]
-Enabled = Annotated[
-    bool,
-    Meta(description="A disabled webhook is sent nothing; deliveries due meanwhile are dropped."),
-]
-
-
-class WebhookCreate(msgspec.Struct, kw_only=True):
-    url: Url
-    events: Events | None = None
-    description: Description = ""
-    enabled: Enabled = True
-
-
-class WebhookUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Only the fields given change.  Unknown fields are refused: a misspelt one would
-    otherwise change nothing and still answer 200."""
-
-    url: Url | UnsetType = UNSET
-    events: Events | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
-    enabled: Enabled | UnsetType = UNSET
-
-
 _create = msgspec.json.Decoder(WebhookCreate)
 _update = msgspec.json.Decoder(WebhookUpdate)
 
@@ -93,7 +50,7 @@ _update = msgspec.json.Decoder(WebhookUpdate)
 class WebhookRoutes:
     def __init__(
         self,
-        checks: CheckHandler,
+        auth: ControlAuth,
         store: WebhookStore,
         updater: WebhookUpdater,
         queue: DeliveryQueue,
@@ -101,7 +58,7 @@ class WebhookRoutes:
         *,
         allow_private: bool = False,
     ):
-        self._checks = checks
+        self._auth = auth
         self._store = store
         self._updater = updater
         self._queue = queue
@@ -120,7 +77,7 @@ class WebhookRoutes:
         ]
 
     async def list_webhooks(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         hooks = await self._store.webhooks(principal.tenant)
         health = await self._store.health(principal.tenant, [hook.id for hook in hooks])
         return json_response(
@@ -128,7 +85,7 @@ class WebhookRoutes:
         )
 
     async def create(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         body: WebhookCreate = await read_json(request, _create)
         try:
             hook = await self._store.create(
@@ -153,7 +110,7 @@ class WebhookRoutes:
         return json_response({**hook.public(), "secret": hook.secret}, 201)
 
     async def update(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         body: WebhookUpdate = await read_json(request, _update)
         changes = WebhookChanges(
             url=_given(body.url),
@@ -182,7 +139,7 @@ class WebhookRoutes:
         return json_response(updated.after.public())
 
     async def rotate_secret(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         rotated = await self._updater.rotate_secret(
             principal.tenant, request.path_params["webhook_id"]
         )
@@ -206,7 +163,7 @@ class WebhookRoutes:
         )
 
     async def delete(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         hook = await self._store.delete(principal.tenant, request.path_params["webhook_id"])
         try:
             dropped = await self._queue.purge(hook.id)
@@ -222,7 +179,7 @@ class WebhookRoutes:
         return json_response({**hook.public(), "deleted": True})
 
     async def deliveries(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         hook = await self._store.get(principal.tenant, request.path_params["webhook_id"])
         text = request.query_params.get("limit", str(MAX_ATTEMPTS_KEPT))
         valid = text.isascii() and text.isdigit() and len(text) <= 4
@@ -236,7 +193,7 @@ class WebhookRoutes:
         )
 
     async def test(self, request: Request) -> Response:
-        principal = await principal_of(self._checks, request, admin=True)
+        principal = await self._auth.principal(request, admin=True)
         hook = await self._store.get(principal.tenant, request.path_params["webhook_id"])
         if not hook.enabled:
             raise Problem(

@@ -20,9 +20,10 @@ from limiter.algorithms import (
 )
 from limiter.auth import Authenticator, Principal
 from limiter.emit import Decision, DecisionSink, NullSink
-from limiter.errors import InvalidInput, StoreUnavailable
+from limiter.errors import InvalidInput
 from limiter.failover import FailoverDecider
-from limiter.http.asgi import JSON, Headers, Scope, bearer_token, read_body, respond
+from limiter.http.asgi import JSON, Headers, Scope, read_body, respond
+from limiter.http.bearer import authenticate
 from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
 from limiter.metrics import LimiterMetrics
@@ -67,18 +68,7 @@ class CheckHandler:
         self._max_batch_body = max_batch_body_bytes
 
     async def principal(self, scope: Scope) -> Principal:
-        token = bearer_token(scope)
-        if token is None:
-            raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
-        try:
-            principal = await self._auth.authenticate(token)
-        except StoreUnavailable:
-            raise Problem(
-                503, "store-unavailable", "the key store is unreachable and this key is not cached"
-            ) from None
-        if principal is None:
-            raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
-        return principal
+        return await authenticate(self._auth, scope)
 
     def to_check(
         self,

@@ -1,4 +1,4 @@
-"""Response bodies of the analytics, audit and privacy routes, for the OpenAPI document.
+"""Response bodies of the analytics, audit, alert and privacy routes, for the OpenAPI document.
 
 The routes build plain dicts (their rows come from ClickHouse as JSON); these structs only
 describe them, and a test validates real responses against the published schema.
