@@ -12,7 +12,9 @@ that dies mid-attempt leaves them to be tried again once the lease ends; an atte
 finishes by completing the delivery (gone) or scheduling its retry.  Nothing but a
 completion removes one, so a delivery outlives any restart.  Leasing skips the deliveries
 of a webhook that already has ``per_webhook`` attempts in flight, pushing them a little
-back, so one endpoint's backlog never holds up the others'.
+back, so one endpoint's backlog never holds up the others'.  A lease and a retry's
+reschedule are each one Lua script (``lua/webhook_lease.lua``, ``lua/webhook_reschedule.lua``),
+so two senders never lease one delivery.
 """
 
 from __future__ import annotations
@@ -26,48 +28,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from limiter.keyspace import Keyspace
+from limiter.scripts import register_script
 
 LEASE_SECONDS = 60.0
 DEFER_SECONDS = 1.0
 MIN_SCAN = 256  # due deliveries a lease looks at, at least
-
-# KEYS: due, pending; ARGV: now, lease until, defer until, limit, scan, per webhook,
-# then pairs of (webhook id, attempts in flight).  Returns the number deferred, then
-# (id, record) pairs.  A delivery id is "<webhook id>_<event id>", and event ids (UUIDs)
-# have no "_".
-_LEASE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[5])
-local limit, cap = tonumber(ARGV[4]), tonumber(ARGV[6])
-local busy = {}
-for i = 7, #ARGV, 2 do busy[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local reply, leased, deferred = {0}, 0, 0
-for _, id in ipairs(due) do
-  if leased >= limit then break end
-  local hook = string.match(id, '^(.*)_') or id
-  local n = busy[hook] or 0
-  if n < cap then
-    busy[hook] = n + 1
-    leased = leased + 1
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    table.insert(reply, id)
-    table.insert(reply, redis.call('HGET', KEYS[2], id))
-  else
-    deferred = deferred + 1
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-  end
-end
-reply[1] = deferred
-return reply
-"""
-
-# KEYS: due, pending; ARGV: id, record, due at.  Only a delivery still queued is rescheduled:
-# one dropped meanwhile (its webhook deleted) stays dropped.
-_RESCHEDULE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
 
 
 class Delivery(msgspec.Struct, kw_only=True, frozen=True):
@@ -103,8 +68,8 @@ class DeliveryQueue:
         self._due = keyspace.webhook_due
         self._pending = keyspace.webhook_pending
         self.lease_seconds = lease_seconds
-        self._lease = redis.register_script(_LEASE)
-        self._reschedule = redis.register_script(_RESCHEDULE)
+        self._lease = register_script(redis, "webhooks", "webhook_lease.lua")
+        self._reschedule = register_script(redis, "webhooks", "webhook_reschedule.lua")
 
     async def enqueue(self, deliveries: Sequence[Delivery], at: float | None = None) -> None:
         """Queue ``deliveries``, due ``at`` (now).  A delivery already queued is left as it

@@ -18,13 +18,13 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from limiter.errors import NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.scripts import register_script
 from webhooks.registry import (
     Webhook,
     WebhookStore,
@@ -80,8 +80,7 @@ class WebhookUpdater:
         self._store = WebhookStore(redis, keyspace)
         self._clock = clock
         self.secret_grace = secret_grace
-        script = resources.files("webhooks") / "lua" / "webhook_update.lua"
-        self._update = redis.register_script(script.read_text(encoding="utf-8"))
+        self._update = register_script(redis, "webhooks", "webhook_update.lua")
 
     async def update(
         self,

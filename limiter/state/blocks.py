@@ -24,7 +24,6 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,6 +31,7 @@ from redis.exceptions import RedisError
 
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import BLOCK_SCOPES, Keyspace
+from limiter.scripts import register_script
 
 MAX_BLOCK_SECONDS = 366 * 24 * 3600
 MAX_REASON_LENGTH = 500
@@ -82,9 +82,8 @@ class BlockStore:
     def __init__(self, redis: Redis, keyspace: Keyspace):
         self._redis = redis
         self._keyspace = keyspace
-        lua = resources.files("limiter") / "lua"
-        self._put = redis.register_script((lua / "block_put.lua").read_text(encoding="utf-8"))
-        self._remove = redis.register_script((lua / "block_remove.lua").read_text(encoding="utf-8"))
+        self._put = register_script(redis, "limiter", "block_put.lua")
+        self._remove = register_script(redis, "limiter", "block_remove.lua")
 
     async def create(
         self,

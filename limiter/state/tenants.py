@@ -20,13 +20,13 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from limiter.errors import ConfigError, InvalidInput, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.scripts import register_script
 
 
 class FailMode(enum.StrEnum):
@@ -108,8 +108,7 @@ class TenantSettingsStore:
     def __init__(self, redis: Redis, keyspace: Keyspace):
         self._redis = redis
         self._keyspace = keyspace
-        script = resources.files("limiter") / "lua" / "settings_update.lua"
-        self._update = redis.register_script(script.read_text(encoding="utf-8"))
+        self._update = register_script(redis, "limiter", "settings_update.lua")
 
     async def get(self, tenant: str) -> dict[str, object]:
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import msgspec
@@ -29,6 +28,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from limiter.algorithms import Outcome, Reason
 from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.scripts import script_source
 from limiter.store.base import Check
 
 _LUA_FILES = (
@@ -44,8 +44,7 @@ _encode = msgspec.json.Encoder().encode
 
 def check_script_source() -> str:
     """The check script: the helpers, the three algorithms and the batch dispatcher."""
-    lua = resources.files("limiter") / "lua"
-    return "\n".join((lua / name).read_text(encoding="utf-8") for name in _LUA_FILES)
+    return script_source("limiter", *_LUA_FILES)
 
 
 class RedisStore:
