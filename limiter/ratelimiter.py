@@ -10,28 +10,14 @@ With ``RedisStore`` the decisions are the service's own (the same Lua script); w
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from limiter.algorithms import (
-    MAX_LIMIT_WINDOW,
-    MAX_WINDOW_SECONDS,
-    Algorithm,
-    ceil_seconds,
-    retry_after_seconds,
-)
+from limiter.algorithms import MAX_LIMIT_WINDOW, MAX_WINDOW_SECONDS, Algorithm
 from limiter.errors import InvalidInput
+from limiter.results import CheckResult, to_result
 from limiter.store.base import Check, DecisionStore
 
-
-class Decision(NamedTuple):
-    """A decision in the API's units: seconds, ``retry_after`` None when allowed."""
-
-    allowed: bool
-    remaining: int
-    reset_in: int
-    retry_after: int | None
-    limit: int
-    reason: str
+# A decision in the API's units: the check API's answer, so that the library and the
+# service say the same for the same outcome.
+Decision = CheckResult
 
 
 class Limiter:
@@ -71,11 +57,4 @@ class Limiter:
             self._tenant, key, algorithm or self._algorithm, limit, window * 1000, cost, ip, user_id
         )
         outcome = (await self._store.decide([check]))[0]
-        return Decision(
-            outcome.allowed,
-            outcome.remaining,
-            ceil_seconds(outcome.reset_ms),
-            retry_after_seconds(outcome),
-            limit,
-            outcome.reason.label,
-        )
+        return to_result(outcome, limit)

@@ -11,13 +11,7 @@ from typing import Any
 
 import msgspec
 
-from limiter.algorithms import (
-    MAX_LIMIT_WINDOW,
-    Algorithm,
-    Outcome,
-    ceil_seconds,
-    retry_after_seconds,
-)
+from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm
 from limiter.auth import Authenticator, Principal
 from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput
@@ -25,8 +19,9 @@ from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, read_body, respond
 from limiter.http.bearer import authenticate
 from limiter.http.problems import Problem
-from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest, CheckResult
+from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
+from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
 from limiter.store.base import Check
 
@@ -114,7 +109,7 @@ class CheckHandler:
         )
         check = self.to_check(principal.tenant, request, started, "$", principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        result = self._result(check, outcome)
+        result = to_result(outcome, check.limit)
         headers: Headers = [
             (b"content-type", JSON),
             (b"ratelimit-policy", b'"default";q=%d;w=%d' % (request.limit, request.window)),
@@ -150,7 +145,7 @@ class CheckHandler:
         ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)
         results = [
-            self._result(check, outcome) for check, outcome in zip(checks, outcomes, strict=True)
+            to_result(outcome, check.limit) for check, outcome in zip(checks, outcomes, strict=True)
         ]
         await respond(
             send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)]
@@ -167,14 +162,3 @@ class CheckHandler:
             )
         self._metrics.count_decisions(outcomes)
         self._metrics.batch_seconds.observe(elapsed / 1e9)
-
-    @staticmethod
-    def _result(check: Check, outcome: Outcome) -> CheckResult:
-        return CheckResult(
-            allowed=outcome.allowed,
-            remaining=outcome.remaining,
-            reset_in=ceil_seconds(outcome.reset_ms),
-            retry_after=retry_after_seconds(outcome),
-            limit=check.limit,
-            reason=outcome.reason.label,
-        )

@@ -1,7 +1,8 @@
 """Request and response bodies of the check API, validated by msgspec.
 
 These structs are the single source of both validation and the OpenAPI schemas, so the
-published schema is what the server really accepts.
+published schema is what the server really accepts.  The answer to a check,
+``CheckResult``, lives in ``limiter.results``, as the library answers with it too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from limiter.algorithms import MAX_WINDOW_SECONDS, Algorithm
+from limiter.results import CheckResult as CheckResult
 
 MAX_KEY_LENGTH = 512
 MAX_BATCH_CHECKS = 1000
@@ -62,15 +64,6 @@ class CheckRequest(msgspec.Struct, kw_only=True):
 
 class BatchRequest(msgspec.Struct, kw_only=True):
     checks: Annotated[list[CheckRequest], Meta(min_length=1, max_length=MAX_BATCH_CHECKS)]
-
-
-class CheckResult(msgspec.Struct, kw_only=True):
-    allowed: bool
-    remaining: int
-    reset_in: int
-    retry_after: int | None
-    limit: int
-    reason: str
 
 
 class BatchResult(msgspec.Struct, kw_only=True):

@@ -1,0 +1,39 @@
+"""A decision in the API's units, and the one conversion of an ``Outcome`` into it.
+
+The store decides in milliseconds (``Outcome``); callers get whole seconds, rounded up so
+that a caller never retries too early.  The library (``Limiter.check``) and the check API
+(``POST /v1/check``, ``/v1/batch``) answer with this same struct, so both say the same
+thing for the same outcome, and the check API encodes it as it is.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from limiter.algorithms import Outcome, ceil_seconds, retry_after_seconds
+
+
+class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
+    """The answer to one check.  `reset_in`: seconds until the limit is whole again;
+    `retry_after`: seconds to wait before a retry can succeed, null when allowed or when
+    waiting cannot help (a cost above the limit); `reason`: `ok`, `limit`, `blocked`,
+    `cost_exceeds_limit`, `fail_open` or `fail_closed`."""
+
+    allowed: bool
+    remaining: int
+    reset_in: int
+    retry_after: int | None
+    limit: int
+    reason: str
+
+
+def to_result(outcome: Outcome, limit: int) -> CheckResult:
+    """``outcome`` of a check against ``limit``, in the API's units."""
+    return CheckResult(
+        allowed=outcome.allowed,
+        remaining=outcome.remaining,
+        reset_in=ceil_seconds(outcome.reset_ms),
+        retry_after=retry_after_seconds(outcome),
+        limit=limit,
+        reason=outcome.reason.label,
+    )
