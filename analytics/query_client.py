@@ -175,3 +175,27 @@ def answers(socket_path: Path | str, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def analyst_query(url: str, query: str) -> QueryResult:
+    """One analyst's read-only ``query`` on the store at ``url``: through the chDB owner's
+    socket if one answers (``ratewatch up`` runs), else on a read-only client of our own."""
+    from analytics.clickhouse import chdb_path, query_socket_path
+    from analytics.errors import AnalyticsError
+
+    path = chdb_path(url)
+    if path is not None:
+        socket_path = query_socket_path(path)
+        if answers(socket_path):
+            return query_result(socket_path, query)
+        if not path.is_dir():
+            raise AnalyticsError(
+                f"no analytics data at {path}: run `ratewatch migrate` or `ratewatch up` first"
+            )
+    from analytics.readonly import ReadOnlyQueries
+
+    queries = ReadOnlyQueries(url)
+    try:
+        return queries.run(query)
+    finally:
+        queries.close()

@@ -113,7 +113,9 @@ def sql(data_dir: Path, clickhouse_url: str | None, output_format: str, query: s
     """Run one read-only QUERY (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN), also while
     `ratewatch up` runs on the data dir."""
     with analytics_errors():
-        result = run_query(resolve_url(data_dir, clickhouse_url), query)
+        from analytics.query_client import analyst_query
+
+        result = analyst_query(resolve_url(data_dir, clickhouse_url), query)
     if output_format == "json":
         for row in result.dicts():
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -121,30 +123,6 @@ def sql(data_dir: Path, clickhouse_url: str | None, output_format: str, query: s
         for line in table_lines(result):
             click.echo(line)
     click.echo(f"({len(result.rows)} row{'' if len(result.rows) == 1 else 's'})", err=True)
-
-
-def run_query(url: str, query: str) -> QueryResult:
-    """Through the chDB owner's socket if one answers, else on a read-only client of our own."""
-    from analytics.clickhouse import chdb_path, query_socket_path
-    from analytics.errors import AnalyticsError
-    from analytics.query_client import answers, query_result
-
-    path = chdb_path(url)
-    if path is not None:
-        socket_path = query_socket_path(path)
-        if answers(socket_path):
-            return query_result(socket_path, query)
-        if not path.is_dir():
-            raise AnalyticsError(
-                f"no analytics data at {path}: run `ratewatch migrate` or `ratewatch up` first"
-            )
-    from analytics.readonly import ReadOnlyQueries
-
-    queries = ReadOnlyQueries(url)
-    try:
-        return queries.run(query)
-    finally:
-        queries.close()
 
 
 def table_lines(result: QueryResult) -> list[str]:

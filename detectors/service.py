@@ -1,0 +1,82 @@
+"""Abuse detection as a running service: one ``DetectionLoop`` wired on the limiter's Redis
+(the detector over the decisions; the actions writing blocks, audit entries and alerts),
+fed from the Valkey event stream in ``ratewatch up``'s pipeline worker.  The Kafka source of
+the distributed deployment is ``detectors/kafka_source.py``.  The loop owns its models,
+kept in ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from detectors.actions import BlockActions
+from detectors.detector import AbuseDetector
+from detectors.metrics import DetectionMetrics
+from detectors.offenders import OffenderHistory
+from detectors.redis_source import RedisDecisionSource
+from detectors.registry import ModelRegistry
+from detectors.runner import DetectionLoop
+from limiter.keyspace import Keyspace
+from limiter.state.allowlist import Allowlist
+from limiter.state.blocks import BlockStore
+from limiter.state.tenants import TenantSettingsStore
+from stream.alerts import AlertOutbox
+from stream.audit_outbox import AuditOutbox
+
+log = logging.getLogger("ratewatch.detect")
+
+
+def build_detection(
+    redis: Redis,
+    keyspace: Keyspace,
+    model_dir: Path | None,
+    interval: float,
+    metrics: DetectionMetrics | None = None,
+) -> DetectionLoop:
+    detector = AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
+    actions = BlockActions(
+        BlockStore(redis, keyspace),
+        Allowlist(redis, keyspace),
+        TenantSettingsStore(redis, keyspace),
+        OffenderHistory(redis, keyspace),
+        AuditOutbox(redis, keyspace.audit),
+        AlertOutbox(redis, keyspace.alerts),
+    )
+    return DetectionLoop(detector, actions, interval, metrics)
+
+
+async def run_embedded_detection(
+    redis: Redis,
+    keyspace: Keyspace,
+    stop: asyncio.Event,
+    model_dir: Path | None,
+    metrics: DetectionMetrics | None = None,
+) -> None:
+    """Detect on the Valkey event stream until ``stop`` is set (in the pipeline worker)."""
+
+    loop = build_detection(redis, keyspace, model_dir, 5.0, metrics)
+    source = RedisDecisionSource(redis, keyspace.events)
+    await source.ensure_group()
+    evaluator = asyncio.create_task(loop.run(stop), name="ratewatch-detect")
+    log.info("detecting abuse in %s", keyspace.events)
+    try:
+        while not stop.is_set():
+            try:
+                events = await source.read()
+            except Exception:  # Redis away for a moment: the pipeline survives it too
+                log.warning("reading decisions for detection failed", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            if events:
+                loop.observe(events)
+    finally:
+        evaluator.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await evaluator
+        log.info("detection stopped: %s", loop.stats)
