@@ -70,9 +70,13 @@ class Coalescer:
         if self._pending_checks <= self._max_batch:
             batch, self._pending, self._pending_checks = self._pending, [], 0
             return batch
+        # whole requests, as many as fit; a request larger than the bound goes alone
         taken, count = 0, 0
-        while taken < len(self._pending) and (taken == 0 or count < self._max_batch):
-            count += len(self._pending[taken][0])
+        while taken < len(self._pending):
+            size = len(self._pending[taken][0])
+            if taken > 0 and count + size > self._max_batch:
+                break
+            count += size
             taken += 1
         batch, self._pending = self._pending[:taken], self._pending[taken:]
         self._pending_checks -= count
