@@ -55,9 +55,11 @@ class Authenticator:
         try:
             principal = await self._resolve(token)
         except StoreUnavailable:
-            if entry is not None:
-                return entry[0]
-            raise
+            if entry is None:
+                raise
+            # kept for another ttl: Redis is asked once per ttl, not by every request
+            self._cache[token] = (entry[0], now + self._ttl)
+            return entry[0]
         self._cache[token] = (principal, now + self._ttl)
         self._cache.move_to_end(token)
         if len(self._cache) > self._max_entries:
