@@ -15,8 +15,8 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from stream.events import DecisionEvent, MalformedEvent
-from stream.redis_entries import decode_entry, entry_record
+from stream.events import DecisionEvent, MalformedEvent, decode_entry
+from stream.handlers import entry_record
 
 log = logging.getLogger("ratewatch.detect")
 

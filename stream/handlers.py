@@ -8,27 +8,24 @@ after a crash — cut at other offsets than the first time — is not counted tw
 the rest in one insert and only then returns, so that the transport acknowledges or
 commits after the store accepted the batch.
 
-A record the producer marked *resent* (the Kafka header ``ratewatch-resent``: sent again
-after a send in doubt, so it may be at another offset already) is also checked by its
-event: events the store holds, or that this batch holds unmarked, are skipped.  Records
-without the mark cost no such lookup.
+A record the producer marked *resent* (the Kafka header ``stream.events.RESENT_HEADER``:
+sent again after a send in doubt, so it may be at another offset already) is also checked
+by its event: events the store holds, or that this batch holds unmarked, are skipped.
+Records without the mark cost no such lookup.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from stream.consumer_metrics import ConsumerMetrics
-from stream.events import DecisionEvent, MalformedEvent, decode
+from stream.events import DecisionEvent, MalformedEvent, decode, entry_offset, entry_value
 
 log = logging.getLogger("ratewatch.stream")
-
-# the Kafka header (value b"1") of a record sent again after a send in doubt
-RESENT_HEADER = "ratewatch-resent"
 
 
 class Record(NamedTuple):
@@ -73,6 +70,12 @@ Decoder = Callable[[Record], list[DecisionEvent]]
 def decode_message(record: Record) -> list[DecisionEvent]:
     """A Kafka message holds one encoded event."""
     return [decode(record.value)]
+
+
+def entry_record(entry_id: str | bytes, fields: Mapping[bytes, bytes]) -> Record:
+    """An entry of the Valkey event stream as a record (``stream.events.decode_entry``
+    decodes it): its id as one increasing offset, its fields as one payload."""
+    return Record(entry_offset(entry_id), entry_value(fields))
 
 
 @dataclass

@@ -50,8 +50,8 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from stream.consumer_metrics import ConsumerMetrics
 from stream.dead_letters import DeadLetterMetrics, KafkaDeadLetters
-from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC
-from stream.handlers import RESENT_HEADER, BatchHandler, EventStore, Record
+from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC, RESENT_HEADER
+from stream.handlers import BatchHandler, EventStore, Record
 
 log = logging.getLogger("ratewatch.stream")
 

@@ -24,8 +24,7 @@ from faststream.redis import RedisBroker, StreamSub
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from stream.handlers import BatchHandler, EventStore, Record
-from stream.redis_entries import entry_record
+from stream.handlers import BatchHandler, EventStore, Record, entry_record
 
 log = logging.getLogger("ratewatch.stream")
 

@@ -23,8 +23,8 @@ from limiter.settings import LimiterSettings
 from limiter.sinks.events import EventIds, to_event, to_records
 from limiter.sinks.kafka import KafkaSink
 from limiter.store.base import Check
-from stream.events import DECISIONS_TOPIC, decode, encode
-from stream.handlers import RESENT_HEADER, BatchHandler, Record
+from stream.events import DECISIONS_TOPIC, RESENT_HEADER, decode, encode
+from stream.handlers import BatchHandler, Record
 from tests.conftest import BOOTSTRAP_KEY, KEY_SECRET, create_key
 from tests.kafka import KafkaBroker, Received, create_topic, eventually, read_topic, unique_topic
 from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until

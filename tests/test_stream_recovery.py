@@ -20,9 +20,9 @@ from limiter.algorithms import Algorithm
 from limiter.keyspace import Keyspace
 from limiter.store.base import Check
 from limiter.store.redis import RedisStore
-from stream.handlers import BatchHandler, Record
+from stream.events import decode_entry
+from stream.handlers import BatchHandler, Record, entry_record
 from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, cut, ensure_group
-from stream.redis_entries import decode_entry, entry_record
 
 ROLLUPS = ("decisions_per_minute", "decisions_per_hour", "decisions_per_day")
 

@@ -2,7 +2,7 @@
 -- ARGV[1] = now in ms, or "0" to use the server's clock; ARGV[2] = number of checks;
 -- ARGV[3] = "1" to append the decisions to the event stream KEYS[1] (embedded mode), else "0".
 -- Then per check: algorithm code (s|t|f), limit, window_ms, cost, number of block keys, and
--- when streaming, the check's event fields as a JSON array (see limiter/store/redis.py).
+-- when streaming, the check's stream.events.EntryCheck, encoded.
 -- KEYS, per check: the counter key, then its block keys.
 -- Returns five integers per check: allowed, remaining, reset_ms, retry_ms (-1: none), reason.
 local now = tonumber(ARGV[1])
@@ -63,6 +63,7 @@ for c = 1, checks do
     out[#out + 1] = r[i]
   end
   if streaming then
+    -- a stream.events.EntryDecision: the check, then the result in the order returned
     events[c] = '[' .. ARGV[a + 5] .. ',' .. (r[1] == 1 and 'true' or 'false') .. ','
       .. int(r[2]) .. ',' .. int(r[3]) .. ',' .. int(r[4]) .. ',' .. reasons[r[5]] .. ']'
   end
@@ -70,7 +71,8 @@ for c = 1, checks do
   a = a + step
 end
 if streaming then
-  -- one entry per batch: the decision and its event are one atomic write
+  -- one entry per batch (stream.events.ENTRY_TS, ENTRY_DECISIONS): the decision and its
+  -- event are one atomic write
   redis.call('XADD', KEYS[1], '*', 'ts', int(now), 'd', '[' .. table.concat(events, ',') .. ']')
 end
 return out

@@ -25,7 +25,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 from limiter.sinks.rounds import Flight, Round
-from stream.handlers import RESENT_HEADER
+from stream.events import RESENT_HEADER
 
 log = logging.getLogger("ratewatch.stream")
 

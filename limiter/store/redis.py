@@ -5,13 +5,9 @@ valid on one shard) and each group is one script call; on a single server the wh
 is one call.
 
 With an event stream (the embedded deployment) the script also appends the batch's
-decisions to a Redis stream in the same atomic call, one entry per call: field ``ts`` (the
-decision time, epoch ms) and field ``d``, a JSON array with one element per decision:
-``[[tenant, key, algorithm, limit, window_s, cost, ip, route, user_agent, user_id,
-latency_us, instance, segment], allowed, remaining, reset_ms, retry_ms, reason]``
-(``stream/redis_entries.py`` reads it).
-``latency_us`` there is the limiter's time before the store call (the round trip that
-writes the event cannot be part of it).
+decisions to a Redis stream in the same atomic call, one entry per call, in the compact
+encoding of ``stream.events``: the store encodes each check's ``EntryCheck`` and the script
+adds the outcome.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -30,6 +25,7 @@ from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.scripts import script_source
 from limiter.store.base import Check
+from stream.events import EntryCheck, encode_entry_check
 
 _LUA_FILES = (
     "prelude.lua",
@@ -39,7 +35,6 @@ _LUA_FILES = (
     "check.lua",
 )
 _REASONS = list(Reason)
-_encode = msgspec.json.Encoder().encode
 
 
 def check_script_source() -> str:
@@ -102,6 +97,7 @@ class RedisStore:
         keyspace = self._keyspace
         flushed_ns = time.perf_counter_ns()
         counter, block = keyspace.counter, keyspace.block
+        instance, encode = self._instance, encode_entry_check
         for check in checks:
             tenant = check.tenant
             keys.append(counter(tenant, check.algorithm, check.window_ms, check.key))
@@ -111,10 +107,10 @@ class RedisStore:
             args += (check.algorithm.code, check.limit, check.window_ms, check.cost, len(subjects))
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
-                args.append(_encode((
-                    check.tenant, check.key, check.algorithm.value, check.limit,
+                args.append(encode(EntryCheck(
+                    tenant, check.key, check.algorithm.value, check.limit,
                     check.window_ms // 1000, check.cost, check.ip, check.route,
-                    check.user_agent, check.user_id, latency_us, self._instance, check.segment,
+                    check.user_agent, check.user_id, latency_us, instance, check.segment,
                 )))  # fmt: skip
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
