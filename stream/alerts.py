@@ -10,7 +10,9 @@ in the alert outbox, a Redis stream (``Keyspace.alerts``); the outbox drain
 deployment, publishes it to ``ALERTS_TOPIC`` (keyed by tenant).  Like ``stream.events`` for
 decisions, this module is the contract: it imports nothing of theirs.  Consumers ignore
 unknown fields and unknown kinds, so both may grow; a change of a field's meaning bumps
-``ALERT_SCHEMA_VERSION`` and the topic's ``.vN`` suffix.
+``ALERT_SCHEMA_VERSION`` and the topic's ``.vN`` suffix.  The envelope (version, id, time,
+tenant), its codec and the outbox writer are shared with the audit event
+(``stream.envelope``, ``stream.outbox``).
 
 Unlike the audit outbox, the alert outbox is appended with an approximate MAXLEN
 (``ALERTS_MAXLEN``): the durable record of every block the detectors make, enforced or
@@ -22,17 +24,16 @@ the cap can cost only notifications left unread for ``ALERTS_MAXLEN`` alerts.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from stream.events import ALERTS_TOPIC, MalformedEvent, envelope_problem
+from stream.envelope import Envelope, EnvelopeCodec, new_envelope
 from stream.events import OUTBOX_FIELD as FIELD
+from stream.events import MalformedEvent
+from stream.outbox import Outbox, OutboxUnavailable
 
 __all__ = [
     "ALERTS_MAXLEN",
@@ -42,6 +43,7 @@ __all__ = [
     "BLOCK_ESCALATED",
     "BLOCK_SHADOWED",
     "BLOCK_SKIPPED_CAP",
+    "CODEC",
     "FIELD",
     "KINDS",
     "AlertEvent",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 ALERT_SCHEMA_VERSION = 1
+ALERTS_TOPIC = "ratewatch.alerts.v1"
 
 # kinds: <object>.<past-tense verb or outcome>
 BLOCK_CREATED = "block.created"  # a first offence, enforced
@@ -72,11 +75,11 @@ class MalformedAlertEvent(MalformedEvent):
     """Bytes in the alert outbox or on the alert topic that are not an alert event."""
 
 
-class AlertUnavailable(Exception):
+class AlertUnavailable(OutboxUnavailable):
     """The outbox did not take the alert (Redis unreachable or refusing)."""
 
 
-class AlertEvent(msgspec.Struct, kw_only=True, frozen=True):
+class AlertEvent(Envelope, kw_only=True, frozen=True):
     """One action of the detectors.  ``ts`` is epoch milliseconds; ``subject`` the blocked
     value of ``scope`` (``ip``, ``key``, ``user_id``); ``block_id`` the block made (None when
     none was); ``mode`` ``enforce`` | ``shadow``; ``offence`` the subject's repeat count
@@ -84,9 +87,6 @@ class AlertEvent(msgspec.Struct, kw_only=True, frozen=True):
     verdict's (``detectors.verdict.Verdict.explanation``)."""
 
     v: int = ALERT_SCHEMA_VERSION
-    event_id: str
-    ts: int
-    tenant: str
     kind: str
     scope: str
     subject: str
@@ -94,11 +94,20 @@ class AlertEvent(msgspec.Struct, kw_only=True, frozen=True):
     mode: str = "enforce"
     ttl_seconds: int | None = None
     offence: int | None = None
-    explanation: dict[str, Any] = {}
+    explanation: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.event_id}"
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AlertEvent)
+def _stored_counts(event: AlertEvent) -> str | None:
+    return _count_problem(event.ttl_seconds, event.offence)
+
+
+CODEC = EnvelopeCodec(
+    AlertEvent, "alert", ALERT_SCHEMA_VERSION, MalformedAlertEvent, _stored_counts
+)
+_explanation_encoder = msgspec.json.Encoder()
 
 
 def new_alert_event(
@@ -116,9 +125,7 @@ def new_alert_event(
     """An event with a fresh id, stamped now.  ValueError naming the value if a name is
     empty, ``kind`` or ``mode`` is unknown, or the explanation is not JSON: an alert that
     cannot be delivered must fail where it is made, not in delivery."""
-    for name, given in (("tenant", tenant), ("scope", scope), ("subject", subject)):
-        if not given:
-            raise ValueError(f"an alert event needs a non-empty {name}, not {given!r}")
+    event_id, ts = new_envelope("alert", tenant=tenant, scope=scope, subject=subject)
     if kind not in KINDS:
         raise ValueError(f"alert kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
     if mode not in MODES:
@@ -128,12 +135,12 @@ def new_alert_event(
         raise ValueError(problem)
     details = dict(explanation)
     try:
-        _encoder.encode(details)
+        _explanation_encoder.encode(details)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ValueError(f"alert explanation is not JSON: {exc}") from None
     return AlertEvent(
-        event_id=str(uuid.uuid4()),
-        ts=time.time_ns() // 1_000_000,
+        event_id=event_id,
+        ts=ts,
         tenant=tenant,
         kind=kind,
         scope=scope,
@@ -147,23 +154,14 @@ def new_alert_event(
 
 
 def encode(event: AlertEvent) -> bytes:
-    return _encoder.encode(event)
+    return CODEC.encode(event)
 
 
 def decode(data: bytes) -> AlertEvent:
     """The event in ``data``; MalformedAlertEvent (never another error) if it is not one,
-    or if a store of alerts could not hold it (an id that is no UUID, a ts out of range)."""
-    try:
-        event = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedAlertEvent(str(exc)) from None
-    problem = envelope_problem("alert", event.v, ALERT_SCHEMA_VERSION, event.event_id, event.ts)
-    if problem is not None:
-        raise MalformedAlertEvent(problem)
-    problem = _count_problem(event.ttl_seconds, event.offence)
-    if problem is not None:
-        raise MalformedAlertEvent(problem)
-    return event
+    or if a store of alerts could not hold it (an id that is no UUID, a ts out of range, a
+    count beyond its column)."""
+    return CODEC.decode(data)
 
 
 def _count_problem(ttl_seconds: int | None, offence: int | None) -> str | None:
@@ -174,24 +172,9 @@ def _count_problem(ttl_seconds: int | None, offence: int | None) -> str | None:
     return None
 
 
-class AlertOutbox:
-    """Records alert events in the Redis stream ``stream`` (``Keyspace.alerts``), one event
-    per entry in the field ``e``; ``maxlen`` None appends without a cap."""
+class AlertOutbox(Outbox[AlertEvent]):
+    """Records alert events in the Redis stream ``stream`` (``Keyspace.alerts``), capped at
+    about ``maxlen`` entries (None: no cap); ``record`` raises AlertUnavailable."""
 
     def __init__(self, redis: Redis, stream: str, *, maxlen: int | None = ALERTS_MAXLEN):
-        if maxlen is not None and maxlen < 1:
-            raise ValueError(f"alert outbox maxlen {maxlen!r} must be at least 1 or None")
-        self._redis = redis
-        self.stream = stream
-        self._maxlen = maxlen
-
-    async def record(self, event: AlertEvent) -> None:
-        """Append ``event``; AlertUnavailable if Redis did not take it."""
-        try:
-            await self._redis.xadd(
-                self.stream, {FIELD: encode(event)}, maxlen=self._maxlen, approximate=True
-            )
-        except (RedisError, OSError) as exc:
-            raise AlertUnavailable(
-                f"could not record alert {event.kind} {event.event_id} in {self.stream}: {exc}"
-            ) from exc
+        super().__init__(redis, stream, CODEC, AlertUnavailable, maxlen=maxlen)

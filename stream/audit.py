@@ -5,6 +5,8 @@ one ``AuditEvent``.  The limiter records it in the audit outbox (``stream.audit_
 the outbox drain (``stream.outbox_drain``) stores it in ``ratewatch.audit_log`` and, in the
 distributed deployment, publishes it to ``AUDIT_TOPIC`` (keyed by tenant).  Like
 ``stream.events`` for decisions, this module is the contract: it imports nothing of theirs.
+The envelope (version, id, time, tenant) and its codec are shared with the alert event
+(``stream.envelope``).
 
 ``details`` says what an auditor needs to understand the change (counts, a reason, a mode,
 a TTL), never the personal data a change deleted.  Consumers ignore unknown fields and
@@ -14,13 +16,12 @@ unknown actions, so both may grow; a change of a field's meaning bumps
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Mapping
 
 import msgspec
 
-from stream.events import AUDIT_TOPIC, MalformedEvent, envelope_problem
+from stream.envelope import Envelope, EnvelopeCodec, new_envelope
+from stream.events import MalformedEvent
 
 __all__ = [
     "ACTIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "AUDIT_TOPIC",
     "BLOCK_CREATED",
     "BLOCK_REMOVED",
+    "CODEC",
     "KEY_CREATED",
     "KEY_REVOKED",
     "PRIVACY_DELETED",
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 AUDIT_SCHEMA_VERSION = 1
+AUDIT_TOPIC = "ratewatch.audit.v1"
 
 # actions: <object>.<past-tense verb>
 KEY_CREATED = "key.created"
@@ -88,20 +91,20 @@ class MalformedAuditEvent(MalformedEvent):
     """Bytes in the audit outbox or on the audit topic that are not an audit event."""
 
 
-class AuditEvent(msgspec.Struct, kw_only=True, frozen=True):
+class AuditEvent(Envelope, kw_only=True, frozen=True):
     """One security-relevant change.  ``ts`` is epoch milliseconds; ``actor`` is who did it
     (an API key id such as ``key_ab12…``, ``cli``, or ``detector:<name>``); ``target`` the
     id or subject acted upon; ``source_ip`` the caller's address, when there is one."""
 
     v: int = AUDIT_SCHEMA_VERSION
-    event_id: str
-    ts: int
-    tenant: str
     actor: str
     action: str
     target: str = ""
-    details: dict[str, Detail] = {}
+    details: dict[str, Detail] = msgspec.field(default_factory=dict)
     source_ip: str = ""
+
+    def describe(self) -> str:
+        return f"{self.action} {self.event_id}"
 
 
 def new_audit_event(
@@ -115,9 +118,7 @@ def new_audit_event(
     """An event with a fresh id, stamped now.  ValueError naming the value if ``tenant``,
     ``actor`` or ``action`` is empty or a detail is not a JSON scalar: an event that cannot
     be stored must fail where it is made, not in the drain."""
-    for name, given in (("tenant", tenant), ("actor", actor), ("action", action)):
-        if not given:
-            raise ValueError(f"an audit event needs a non-empty {name}, not {given!r}")
+    event_id, ts = new_envelope("audit", tenant=tenant, actor=actor, action=action)
     fields: dict[str, Detail] = {}
     for key, value in (details or {}).items():
         if not isinstance(key, str) or not isinstance(value, _DETAIL_TYPES):
@@ -127,8 +128,8 @@ def new_audit_event(
             )
         fields[key] = value
     return AuditEvent(
-        event_id=str(uuid.uuid4()),
-        ts=time.time_ns() // 1_000_000,
+        event_id=event_id,
+        ts=ts,
         tenant=tenant,
         actor=actor,
         action=action,
@@ -138,23 +139,15 @@ def new_audit_event(
     )
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AuditEvent)
+CODEC = EnvelopeCodec(AuditEvent, "audit", AUDIT_SCHEMA_VERSION, MalformedAuditEvent)
 
 
 def encode(event: AuditEvent) -> bytes:
-    return _encoder.encode(event)
+    return CODEC.encode(event)
 
 
 def decode(data: bytes) -> AuditEvent:
     """The event in ``data``; MalformedAuditEvent (never another error) if it is not one,
     or if ``ratewatch.audit_log`` could not hold it (an id that is no UUID, a ts out of
     range), which would hold up every event stored with it."""
-    try:
-        event = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedAuditEvent(str(exc)) from None
-    problem = envelope_problem("audit", event.v, AUDIT_SCHEMA_VERSION, event.event_id, event.ts)
-    if problem is not None:
-        raise MalformedAuditEvent(problem)
-    return event
+    return CODEC.decode(data)

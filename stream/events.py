@@ -25,8 +25,6 @@ SCHEMA_VERSION = 1
 
 DECISIONS_TOPIC = "ratewatch.decisions.v1"
 DECISIONS_DLQ_TOPIC = "ratewatch.decisions.dlq"
-AUDIT_TOPIC = "ratewatch.audit.v1"
-ALERTS_TOPIC = "ratewatch.alerts.v1"
 # the one field of an entry of a Redis outbox stream (audit, alerts): the encoded event
 OUTBOX_FIELD = b"e"
 # a Redis stream's dead letters go to the stream of this name plus this suffix
@@ -39,23 +37,6 @@ RESENT_HEADER = "ratewatch-resent"
 
 class MalformedEvent(ValueError):
     """A message on a decision topic that is not a decision event; says why."""
-
-
-_MAX_TS = 10_413_791_999_999  # 2299-12-31T23:59:59.999Z
-
-
-def envelope_problem(what: str, v: int, max_version: int, event_id: str, ts: int) -> str | None:
-    """Why an audit or alert event (``what``) with this envelope cannot be stored, or None:
-    a schema version outside 1..max_version, an id that is no UUID, a ts out of range."""
-    if not 1 <= v <= max_version:
-        return f"{what} event schema version {v} is not 1..{max_version}"
-    try:
-        uuid.UUID(event_id)
-    except ValueError:
-        return f"{what} event_id {event_id!r} is not a UUID"
-    if not 0 <= ts <= _MAX_TS:
-        return f"{what} event ts {ts} is not epoch ms in 1970..2299"
-    return None
 
 
 class DecisionEvent(msgspec.Struct, kw_only=True, frozen=True):
