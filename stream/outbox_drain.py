@@ -7,10 +7,10 @@ into ``ratewatch.alerts`` and ``ratewatch.alerts.v1``).  ``decode`` is the outbo
 contract decoder, which raises ``stream.events.MalformedEvent`` for an entry that is not
 its event.
 
-- A consumer group reads the outbox from its first entry on.  A batch is decoded; the
-  events are written (``write``: the insert, run on the store's thread), then published
-  (``publish``, optional: Kafka in the distributed deployment), and only then
-  acknowledged.  Entries that ``decode`` refuses go to a dead-letter stream
+- A consumer group (``stream.consumer_group``) reads the outbox from its first entry on.
+  A batch is decoded; the events are written (``write``: the insert, run on the store's
+  thread), then published (``publish``, optional: Kafka in the distributed deployment),
+  and only then acknowledged.  Entries that ``decode`` refuses go to a dead-letter stream
   with the reason and are acknowledged with the rest: they never hold up the others.
   A second group reading the same outbox (the webhook deliveries of the alerts,
   ``webhooks/worker.py``) passes ``record_malformed=False``: it only logs them, as
@@ -23,7 +23,7 @@ its event.
   twice: the tables fold repeats (migrations 0005, 0006) and readers of the topic
   deduplicate by ``event_id``.
 - Acknowledged entries are trimmed as the decision stream's are
-  (``stream.redis_consumer.trim_acknowledged``); the outbox itself never caps the stream.
+  (``stream.consumer_group.trim_acknowledged``); the outbox itself never caps the stream.
 
 The Redis client must return bytes (no ``decode_responses``), as the project's clients do.
 """
@@ -34,19 +34,18 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from stream.consumer_group import FROM_START, ConsumerGroup, Entry, trim_acknowledged
 from stream.events import OUTBOX_FIELD as FIELD
 from stream.events import MalformedEvent
 from stream.outbox_metrics import OutboxMetrics
-from stream.redis_consumer import trim_acknowledged
 
 log = logging.getLogger("ratewatch.outbox")
 
@@ -60,7 +59,6 @@ E = TypeVar("E")
 Write = Callable[[Sequence[E], str], Awaitable[object]]
 # events -> acknowledged by the broker; raises if not
 Publish = Callable[[Sequence[E]], Awaitable[object]]
-Entry = tuple[bytes, Mapping[bytes, bytes] | None]
 
 
 @dataclass
@@ -118,19 +116,23 @@ class OutboxDrain(Generic[E]):
         self.consumer = consumer or name
         self.group = group
         self.dead_letters = dead_letters or stream + DEAD_LETTER_SUFFIX
-        self._count = count
+        self._group = ConsumerGroup(
+            redis,
+            stream,
+            group,
+            self.consumer,
+            start=FROM_START,
+            count=count,
+            claim_idle_ms=claim_idle_ms,
+        )
         self._block_ms = block_ms
-        self._claim_idle_ms = claim_idle_ms
         self._max_pause = max_pause
         self._trim_interval = trim_interval
         self._record_malformed = record_malformed
         self.stats = DrainStats()
         self._counts = (metrics or OutboxMetrics()).bind(name)
         self._stop = asyncio.Event()
-        self._grouped = False
         self._own_pending = True  # re-read what this consumer left unacknowledged first
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0  # monotonic time of the next sweep for abandoned entries
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drain until ``stop`` is set; the batch in hand is finished (or, if the store is
@@ -155,8 +157,6 @@ class OutboxDrain(Generic[E]):
                     self.stats.failures += 1
                     self._counts.failures.inc()
                     self._own_pending = True  # an XACK may be among what failed
-                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                        self._grouped = False  # the stream was deleted: create it again
                     log.error(
                         "%s outbox %s failed (%s); retrying in %.1fs",
                         self.name,
@@ -178,34 +178,28 @@ class OutboxDrain(Generic[E]):
         """Handle one batch: this consumer's unacknowledged entries while there are any,
         then entries abandoned by other consumers (when a sweep is due), then new entries
         (waiting up to ``block_ms`` for some).  The number of entries handled."""
-        if not self._grouped:
-            await self.ensure_group()
         if self._own_pending:
-            entries = await self._read("0", block=None)
+            entries = await self._group.read_pending()
             if entries:
                 await self._handle(entries)
                 return len(entries)
             self._own_pending = False
-        if time.monotonic() >= self._next_claim:
-            entries = await self._claim()
-            if entries:
-                self.stats.claimed += len(entries)
-                self._counts.claimed.inc(len(entries))
-                await self._handle(entries)
-                return len(entries)
-        entries = await self._read(">", block=self._block_ms)
+        entries = await self._group.claim_abandoned()
+        if entries:
+            log.info("claimed %d %s entries abandoned by another consumer", len(entries), self.name)
+            self.stats.claimed += len(entries)
+            self._counts.claimed.inc(len(entries))
+            await self._handle(entries)
+            return len(entries)
+        entries = await self._group.read_new(self._block_ms)
         await self._handle(entries)
         return len(entries)
 
     async def ensure_group(self) -> None:
         """The group, at the stream's first entry (and the stream, if need be): a group
-        created at the end would skip every event recorded before the first drain ran."""
-        try:
-            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._grouped = True
+        created at the end would skip every event recorded before the first drain ran.
+        Reading creates it too; this only makes it exist before the first read."""
+        await self._group.ensure()
 
     # one batch ------------------------------------------------------------------------
 
@@ -235,7 +229,7 @@ class OutboxDrain(Generic[E]):
                 await self._dead_letter(entry_id, fields, error)
             else:
                 log.warning("skipping %s outbox entry %s: %s", self.name, _text(entry_id), error)
-        await self._redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        await self._group.ack([entry_id for entry_id, _ in entries])
         self.stats.written += len(events)
         self.stats.malformed += len(malformed)
         self.stats.batches += 1
@@ -283,34 +277,6 @@ class OutboxDrain(Generic[E]):
         await self._redis.xadd(
             self.dead_letters, letter, maxlen=DEAD_LETTER_MAX_LENGTH, approximate=True
         )
-
-    # reading ----------------------------------------------------------------------------
-
-    async def _read(self, start: str, block: int | None) -> list[Entry]:
-        reply: list[tuple[bytes, list[Entry]]] | None
-        reply = await self._redis.xreadgroup(  # type: ignore[assignment]
-            self.group, self.consumer, {self.stream: start}, count=self._count, block=block
-        )
-        return [entry for _, entries in reply or [] for entry in entries]
-
-    async def _claim(self) -> list[Entry]:
-        """One page of entries pending for ``claim_idle_ms`` or more, now this consumer's.
-        A sweep pages through the whole pending list, then rests half the idle time."""
-        reply = await self._redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self._claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self._count,
-        )
-        cursor, entries = _text(reply[0]), list(reply[1])
-        self._claim_cursor = cursor
-        if cursor == "0-0":
-            self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
-        if entries:
-            log.info("claimed %d %s entries abandoned by another consumer", len(entries), self.name)
-        return entries
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless the drain is stopped first; whether it was."""

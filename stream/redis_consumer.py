@@ -1,5 +1,5 @@
-"""The embedded pipeline's transport: the Valkey event stream through FastStream's Redis
-broker, with a consumer group and acknowledgements, and recovery that writes nothing twice.
+"""The embedded pipeline's transport: the Valkey event stream read by a consumer group
+(``stream.consumer_group``) with acknowledgements, and recovery that writes nothing twice.
 
 - A batch's cut (first and last offset) is recorded before it is written.  A failed write
   is retried with the same batch until it succeeds (or the worker stops, leaving the batch
@@ -8,7 +8,13 @@ broker, with a consumer group and acknowledgements, and recovery that writes not
   its batch pending under its consumer name.  The next worker of that name reads its
   pending entries first and writes them with the recorded cuts: the same rows under the
   same deduplication token complete the rollups and add nothing to the raw table.
-- A trimmer removes entries every reader has acknowledged, so the stream does not grow.
+- A failure of Redis while reading or acknowledging is retried with backoff; then the
+  consumer reads its own pending entries again, as an acknowledgement may be among what
+  failed.
+- Once the worker is told to stop, the batch in hand is finished and acknowledged (or,
+  while the store fails, left pending for the next worker).
+- A trimmer (``stream.consumer_group.trim_acknowledged``) removes entries every reader has
+  acknowledged, so the stream does not grow.
 """
 
 from __future__ import annotations
@@ -17,13 +23,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from faststream import AckPolicy, Context
-from faststream.redis import RedisBroker, StreamSub
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
+from stream.consumer_group import FROM_START, ConsumerGroup, Entry
 from stream.handlers import BatchHandler, EventStore, Record, entry_record
 
 log = logging.getLogger("ratewatch.stream")
@@ -45,7 +50,15 @@ class PlannedStore(EventStore, Protocol):
 InStore = Callable[..., Awaitable[Any]]  # runs a store call on the store's own thread
 
 
+class _Stopping(Exception):
+    """The worker stops while a batch waits for the store: leave it pending."""
+
+
 class StreamPipeline:
+    """Reads ``stream`` as ``CONSUMER`` of ``GROUP`` into ``store`` through ``handler``
+    until ``stopping`` is set; ``in_store`` runs the store's calls on its thread.
+    ``batch_size`` caps a batch; a read waits up to ``block_ms`` for new entries."""
+
     def __init__(
         self,
         redis: Redis,
@@ -54,14 +67,46 @@ class StreamPipeline:
         store: PlannedStore,
         in_store: InStore,
         stopping: asyncio.Event,
+        *,
+        batch_size: int = 5000,
+        block_ms: int = 100,
     ):
-        self._redis = redis
+        self._group = ConsumerGroup(
+            redis, stream, GROUP, CONSUMER, start=FROM_START, count=batch_size
+        )
+        self._block_ms = block_ms
         self._stream = stream
         self._handler = handler
         self._store = store
         self._in_store = in_store
         self._stopping = stopping
         self._metrics = handler.metrics  # the failures beside the handler's counts
+
+    async def run(self) -> None:
+        """Consume until ``stopping`` is set: first what this consumer read and never
+        acknowledged (``recover``), then each new batch, acknowledged once it is stored."""
+        pause, recovering = 0.25, True
+        while not self._stopping.is_set():
+            try:
+                if recovering:
+                    recovered = await self.recover()
+                    if recovered:
+                        log.info("recovered %d entries read but never acknowledged", recovered)
+                    recovering = False
+                entries = await self._group.read_new(self._block_ms)
+                await self.write(_records(entries))
+                await self._group.ack([entry_id for entry_id, _ in entries])
+            except _Stopping:
+                log.warning("stopping with a batch of %s unstored: it is read again", self._stream)
+                return
+            except (RedisError, OSError) as exc:
+                recovering = True  # an XACK may be among what failed
+                log.error("reading %s failed (%s); retrying in %.1fs", self._stream, exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                pause = min(MAX_RETRY_PAUSE, pause * 2)
+            else:
+                pause = 0.25
 
     async def write(self, records: Sequence[Record], planned: bool = False) -> None:
         """Record the cut (unless it is recorded already), then write until it succeeds."""
@@ -81,7 +126,7 @@ class StreamPipeline:
             except Exception as exc:  # the store's failure: retried, never skipped
                 self._metrics.write_failures.inc()
                 if self._stopping.is_set():
-                    raise
+                    raise _Stopping from exc
                 log.error(
                     "writing a batch of %s failed, retrying in %.1fs: %s", self._stream, pause, exc
                 )
@@ -93,15 +138,10 @@ class StreamPipeline:
         (a previous worker's), with the cuts recorded for them; the number recovered."""
         recovered, start = 0, "0"
         while True:
-            reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]
-            reply = await self._redis.xreadgroup(  # type: ignore[assignment]
-                GROUP, CONSUMER, {self._stream: start}, count=count
-            )
-            pending = [entry for _, entries in reply for entry in entries]
+            pending = await self._group.read_pending(start, count)
             if not pending:
                 return recovered
-            # an entry deleted since it was read comes back without fields: nothing to write
-            records = [entry_record(entry_id, fields) for entry_id, fields in pending if fields]
+            records = _records(pending)
             if records:
                 plans = await self._in_store(
                     self._store.planned_batches,
@@ -112,9 +152,14 @@ class StreamPipeline:
                 )
                 for batch, planned in cut(records, plans):
                     await self.write(batch, planned)
-            await self._redis.xack(self._stream, GROUP, *[entry_id for entry_id, _ in pending])
+            await self._group.ack([entry_id for entry_id, _ in pending])
             recovered += len(records)
             start = pending[-1][0].decode()
+
+
+def _records(entries: Sequence[Entry]) -> list[Record]:
+    # an entry deleted since it was read comes back without fields: nothing to write
+    return [entry_record(entry_id, fields) for entry_id, fields in entries if fields]
 
 
 def cut(records: Sequence[Record], plans: Mapping[int, int]) -> list[tuple[Sequence[Record], bool]]:
@@ -136,77 +181,8 @@ def cut(records: Sequence[Record], plans: Mapping[int, int]) -> list[tuple[Seque
     return batches
 
 
-def build_broker(
-    redis_url: str,
-    pipeline: StreamPipeline,
-    stream: str,
-    *,
-    max_records: int = 5000,
-    polling_ms: int = 100,
-) -> RedisBroker:
-    # per-message access logs at DEBUG: at thousands of batches they would drown the log
-    broker = RedisBroker(redis_url, log_level=logging.DEBUG)
-
-    async def consume(body: Any, message: Annotated[Any, Context("message")]) -> None:
-        raw = message.raw_message
-        ids = raw["message_ids"]
-        entries: Sequence[Mapping[bytes, bytes]] = (
-            raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
-        )
-        await pipeline.write(
-            [entry_record(entry_id, fields) for entry_id, fields in zip(ids, entries, strict=True)]
-        )
-
-    main = StreamSub(
-        stream,
-        group=GROUP,
-        consumer=CONSUMER,
-        batch=True,
-        max_records=max_records,
-        polling_interval=polling_ms,
-    )
-    broker.subscriber(stream=main, ack_policy=AckPolicy.NACK_ON_ERROR)(consume)
-    return broker
-
-
 async def ensure_group(redis: Redis, stream: str) -> None:
-    """Create the consumer group at the stream's start (and the stream, if need be).
-
-    Left to the broker, the group would start at the stream's end and skip every decision
-    appended before the worker first ran."""
-    try:
-        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-async def trim_acknowledged(redis: Redis, stream: str, interval: float = 5.0) -> None:
-    """Remove entries older than anything still unacknowledged, for as long as it runs."""
-    while True:
-        await asyncio.sleep(interval)
-        with contextlib.suppress(RedisError):
-            await _trim_once(redis, stream)
-
-
-async def _trim_once(redis: Redis, stream: str) -> None:
-    groups = await redis.xinfo_groups(stream)
-    if not groups:
-        return
-    boundaries = []
-    for group in groups:
-        pending = await redis.xpending(stream, group["name"])
-        if pending["pending"]:
-            boundaries.append(_id_tuple(pending["min"]))
-        else:
-            # nothing pending: everything up to and including the last delivered id is done
-            ms, seq = _id_tuple(group["last-delivered-id"])
-            boundaries.append((ms, seq + 1))
-    ms, seq = min(boundaries)
-    await redis.xtrim(stream, minid=f"{ms}-{seq}", approximate=False)
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    """Create the consumer group at the stream's start (and the stream, if need be), before
+    anything trims the stream: a group created later, or at the stream's end, would miss
+    every decision appended before the worker first ran."""
+    await ConsumerGroup(redis, stream, GROUP, CONSUMER, start=FROM_START).ensure()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,77 @@ def test_cut_follows_recorded_cuts_and_fills_between_them() -> None:
     batches = cut(records, {2: 5, 9: 10})
     assert [([r.offset for r in batch], planned) for batch, planned in batches] == [
         ([1], False), ([2, 3, 5], True), ([8], False), ([9, 10], True), ([12], False)]  # fmt: skip
+
+
+async def decide(limiter: RedisStore, tenant: str, entries: int, label: str) -> None:
+    for i in range(entries):  # one entry of 2 decisions per call
+        key = f"{label}{i}"
+        await limiter.decide([Check(tenant, f"{key}-{j}", Algorithm.FIXED_WINDOW, 10, 60_000, 1)
+                              for j in range(2)])  # fmt: skip
+
+
+async def pending(redis: Redis, stream: str) -> int:
+    return int((await redis.xpending(stream, GROUP))["pending"])
+
+
+async def until(probe: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_the_running_pipeline_writes_and_acknowledges_new_entries_until_stopped(
+    redis: Redis, store: ClickHouseEventStore, tenant: str
+) -> None:
+    stream = f"test:events:{secrets.token_hex(4)}"
+    limiter = RedisStore(redis, Keyspace(), event_stream=stream)
+    await decide(limiter, tenant, 5, "before")  # appended before the group exists
+    await ensure_group(redis, stream)
+    stop = asyncio.Event()
+    handler = BatchHandler(store, Letters(), decoder=decode_entry)
+    pipeline = StreamPipeline(redis, stream, handler, store, in_thread, stop, block_ms=20)
+
+    async def stored_and_acknowledged() -> bool:
+        return totals(store)[0] == 20 and await pending(redis, stream) == 0
+
+    running = asyncio.create_task(pipeline.run())
+    try:
+        await decide(limiter, tenant, 5, "after")
+        await until(stored_and_acknowledged, 20, "20 rows, every entry acknowledged")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert totals(store) == [20, 20, 20, 20]
+
+
+async def test_a_pipeline_stopped_while_the_store_fails_leaves_its_batch_pending(
+    redis: Redis, store: ClickHouseEventStore, tenant: str
+) -> None:
+    stream = f"test:events:{secrets.token_hex(4)}"
+    limiter = RedisStore(redis, Keyspace(), event_stream=stream)
+    await decide(limiter, tenant, 6, "k")
+    await ensure_group(redis, stream)
+    stop = asyncio.Event()
+
+    class Failing:
+        """The store, failing the batch's cut as the worker is told to stop."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def plan_batches(self, plans: Any) -> None:
+            stop.set()
+            raise ConnectionError("the store is away")
+
+    handler = BatchHandler(store, Letters(), decoder=decode_entry)
+    failing = StreamPipeline(redis, stream, handler, Failing(), in_thread, stop)
+    await asyncio.wait_for(failing.run(), 10)  # returns, the batch unwritten
+    assert totals(store)[0] == 0
+    assert await pending(redis, stream) == 6
+
+    pipeline = StreamPipeline(redis, stream, handler, store, in_thread, asyncio.Event())
+    assert await pipeline.recover() == 6
+    assert totals(store) == [12, 12, 12, 12]
+    assert await pending(redis, stream) == 0
