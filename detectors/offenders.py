@@ -31,15 +31,11 @@ from redis.exceptions import RedisError
 
 from limiter.errors import StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.scripts import register_script
 
 DEFAULT_BASE_TTL = 15 * 60
 DEFAULT_MAX_TTL = 24 * 3600
 DEFAULT_DECAY_SECONDS = 24 * 3600
-# deletes a claim only if it is still the caller's (it may have expired and been retaken)
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def escalated_ttl(
@@ -69,7 +65,7 @@ class OffenderHistory:
         self._redis = redis
         self._keyspace = keyspace
         self.decay_seconds = decay_seconds
-        self._release = redis.register_script(_RELEASE)
+        self._release = register_script(redis, "detectors", "claim_release.lua")
 
     async def offences(self, tenant: str, scope: str, subject: str) -> int:
         """The subject's offences that have not decayed (0 for none)."""

@@ -43,15 +43,14 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from stream.consumer_group import FROM_START, ConsumerGroup, Entry, trim_acknowledged
+from stream.events import DEAD_LETTER_SUFFIX, MalformedEvent
 from stream.events import OUTBOX_FIELD as FIELD
-from stream.events import MalformedEvent
 from stream.outbox_metrics import OutboxMetrics
 
 log = logging.getLogger("ratewatch.outbox")
 
 AUDIT_GROUP = "ratewatch-audit"
 ALERT_GROUP = "ratewatch-alerts"
-DEAD_LETTER_SUFFIX = ":dlq"
 DEAD_LETTER_MAX_LENGTH = 100_000
 
 E = TypeVar("E")
