@@ -39,10 +39,14 @@ class StoreHealth:
         self.down_since: float | None = None
         self.last_error: str | None = None
         self._recovered = asyncio.Event()
+        self._counted: BaseException | None = None
         metrics.redis_up.set(1)
 
     def mark_down(self, error: BaseException) -> None:
-        self._metrics.redis_errors.inc()
+        # every caller of one failed coalesced call reports the same error: count it once
+        if error is not self._counted:
+            self._counted = error
+            self._metrics.redis_errors.inc()
         self.last_error = str(error)
         if self.up:
             log.warning("Redis unreachable, failure policy in effect: %s", error)
