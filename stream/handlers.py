@@ -1,7 +1,7 @@
 """The consumer's handling of one batch, the same for every transport.
 
 A transport (Kafka through FastStream's Kafka broker, or the embedded Valkey stream through
-its Redis broker) hands over the raw records of one batch from one partition, in order.
+``stream/consumer_group.py``) hands over the raw records of one batch from one partition, in order.
 The handler decodes them, sends malformed ones to the dead-letter sink, skips records the
 store already holds (the store keeps the source offset of every row, so a batch replayed
 after a crash — cut at other offsets than the first time — is not counted twice), writes
