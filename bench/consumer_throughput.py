@@ -45,7 +45,7 @@ from analytics.clickhouse import DECISIONS_TABLE, ROLLUP_TABLES  # noqa: E402
 from analytics.event_store import CONSUMED_TABLE  # noqa: E402
 from analytics.query_client import answers, query  # noqa: E402
 from stream.events import DecisionEvent, encode  # noqa: E402
-from tests.kafka import KafkaBroker, create_topic  # noqa: E402
+from tests.support.kafka import KafkaBroker, create_topic  # noqa: E402
 
 THROUGHPUT_TARGET = 50_000
 LAG_P99_TARGET = 2.0

@@ -1,8 +1,12 @@
-"""Session-wide real servers, and per-test isolation by tenant."""
+"""Session-wide real servers, and per-test isolation by tenant.
+
+The servers start once per session (Redis, a `ratewatch serve`, a `ratewatch up`, the Kafka
+broker) and every test shares them under a tenant of its own; what the fixtures are built
+from is in ``tests/support/``."""
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,14 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from analytics.query_client import answers
-from limiter.keyspace import Keyspace
-from limiter.state.apikeys import KeyHasher, KeyStore
-from tests.kafka import kafka_broker  # noqa: F401
-from tests.servers import RatewatchProcess, RedisServer, free_port, wait_until
-from tests.webhook_harness import Receiver
-
-KEY_SECRET = bytes(range(32))
-BOOTSTRAP_KEY = "rwk_test-bootstrap-" + secrets.token_urlsafe(24)
+from tests.support.credentials import BOOTSTRAP_KEY, KEY_SECRET, STACK_PREFIX, create_key
+from tests.support.kafka import KafkaBroker
+from tests.support.polling import wait_until
+from tests.support.servers import RatewatchProcess, RedisServer, free_port, start_limiter
 
 
 @pytest.fixture(scope="session")
@@ -33,27 +33,13 @@ def limiter(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RatewatchProcess]:
     """One `ratewatch serve` for the session, on the session's Redis."""
-    workdir = tmp_path_factory.mktemp("limiter")
-    port = free_port()
-    process = RatewatchProcess(
-        [
-            "serve",
-            "--port",
-            str(port),
-            "--redis-url",
-            redis_server.url,
-            "--data-dir",
-            str(workdir / "data"),
-        ],
-        port,
-        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY},
-        log_path=workdir / "serve.log",
-    ).start()
+    process = start_limiter(
+        redis_server.url,
+        tmp_path_factory.mktemp("limiter"),
+        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY},
+    )
     yield process
     process.stop()
-
-
-STACK_PREFIX = "rwstack"
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +83,14 @@ def stack(
     process.stop(timeout=60)
 
 
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One tansu broker for the session; tests isolate themselves by topic."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
@@ -108,23 +102,6 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 def tenant() -> str:
     """A fresh tenant per test: tests are isolated by tenant namespace, not by restarts."""
     return "t" + secrets.token_hex(6)
-
-
-def create_key(
-    redis_url: str, tenant: str, *, admin: bool = False, prefix: str = "rw", segment: str = ""
-) -> str:
-    """A new API key of ``tenant``, written straight to the store as the CLI does."""
-
-    async def go() -> str:
-        client = Redis.from_url(redis_url)
-        try:
-            store = KeyStore(client, Keyspace(prefix), KeyHasher(KEY_SECRET))
-            api_key, _ = await store.create(tenant, admin=admin, name="test", segment=segment)
-            return api_key
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
 
 
 @pytest.fixture
@@ -160,29 +137,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _is_async(item: pytest.Item) -> bool:
-    import inspect
-
     return isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A webhook receiver: a real HTTP server that answers 200 unless told otherwise."""
-    server = Receiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def worker_redis(redis: Redis, keyspace: Keyspace) -> AsyncIterator[Redis]:
-    """The session's Redis, with the test's ``keyspace`` emptied afterwards (each module
-    that uses it names its own ``keyspace`` fixture)."""
-    yield redis
-    keys = [key async for key in redis.scan_iter(match=f"{keyspace.prefix}:*")]
-    if keys:
-        await redis.delete(*keys)

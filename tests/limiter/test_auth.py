@@ -16,7 +16,7 @@ from limiter.keyspace import Keyspace
 from limiter.redis_client import redis_from_url
 from limiter.state.apikeys import KeyHasher, KeyRecord, KeyStore
 from limiter.state.tenants import FailMode, TenantSettingsStore
-from tests.servers import RedisServer
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,7 +13,7 @@ from limiter.coalescer import Coalescer
 from limiter.errors import StoreUnavailable
 from limiter.store.base import Check
 from limiter.store.memory import MemoryStore
-from tests.limiter.polling import turns, until
+from tests.support.polling import turns, until
 
 pytestmark = pytest.mark.timeout(30)
 

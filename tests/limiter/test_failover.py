@@ -21,8 +21,8 @@ from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
-from tests.limiter.polling import turns, until
-from tests.servers import RedisServer
+from tests.support.polling import turns, until
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,0 +1,164 @@
+"""`ratewatch up` and the key commands, as a user runs them."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.polling import wait_until
+from tests.support.servers import RatewatchProcess, free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ratewatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def up(data_dir: Path, log: Path, env: dict[str, str] | None = None) -> RatewatchProcess:
+    port = free_port()
+    return RatewatchProcess(
+        ["up", "--port", str(port), "--data-dir", str(data_dir)], port, env=env, log_path=log
+    ).start()
+
+
+def check(base_url: str, api_key: str, key: str = "user:1") -> httpx.Response:
+    return httpx.post(
+        base_url + "/v1/check",
+        json={"key": key, "limit": 10, "window": 3600},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
+
+
+def valkey_running(data_dir: Path) -> bool:
+    found = subprocess.run(["pgrep", "-f", f"valkey-server.*{data_dir}"], capture_output=True)
+    return found.returncode == 0
+
+
+def test_up_from_a_clean_data_dir_then_restart_keeps_keys_and_counters(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    log = tmp_path / "up.log"
+    service = up(data_dir, log)
+    try:
+        found = re.search(r"^\s+(rwk_\S+)$", log.read_text(), re.MULTILINE)
+        assert found, log.read_text()
+        admin_key = found.group(1)
+        assert httpx.get(service.base_url + "/health", timeout=5).status_code == 200
+        assert check(service.base_url, admin_key).json()["remaining"] == 9
+        assert check(service.base_url, admin_key).json()["remaining"] == 8
+
+        # the key commands work while `up` runs on the same data dir
+        created = cli(
+            "keys", "create", "--tenant", "acme", "--name", "web", "--data-dir", str(data_dir)
+        )
+        assert created.returncode == 0, created.stderr
+        acme_key = created.stdout.split()[-1]
+        assert check(service.base_url, acme_key).json()["remaining"] == 9
+        listed = cli("keys", "list", "--data-dir", str(data_dir))
+        assert "acme" in listed.stdout
+        assert "default" in listed.stdout
+        assert acme_key not in listed.stdout
+        acme_id = next(line.split()[0] for line in listed.stdout.splitlines() if " acme " in line)
+        revoked = cli("keys", "revoke", acme_id, "--data-dir", str(data_dir))
+        assert revoked.returncode == 0, revoked.stderr
+        wait_until(
+            lambda: check(service.base_url, acme_key).status_code == 401,
+            2,
+            "the revoked key to be refused",
+        )
+    finally:
+        assert service.stop(signal.SIGTERM) == 0
+    assert not valkey_running(data_dir), "the embedded Valkey outlived `ratewatch up`"
+
+    service = up(data_dir, log)
+    try:
+        assert "rwk_" not in log.read_text().split("listening on")[-1], "a second key was made"
+        body = check(service.base_url, admin_key).json()
+        assert body["remaining"] == 7, "the counter did not survive the restart"
+        assert check(service.base_url, acme_key).status_code == 401
+    finally:
+        assert service.stop(signal.SIGINT) == 0
+    assert not valkey_running(data_dir)
+
+
+def test_bootstrap_key_from_the_environment_is_registered_idempotently(tmp_path: Path) -> None:
+    bootstrap = "my-own-bootstrap-key-0123456789abcdef"
+    env = {"RATEWATCH_BOOTSTRAP_KEY": bootstrap}
+    for _ in range(2):
+        service = up(tmp_path / "data", tmp_path / "up.log", env)
+        try:
+            assert check(service.base_url, bootstrap).status_code == 200
+            keys = httpx.get(
+                service.base_url + "/v1/keys",
+                timeout=5,
+                headers={"Authorization": f"Bearer {bootstrap}"},
+            ).json()["keys"]
+            assert [(k["tenant"], k["admin"]) for k in keys] == [("default", True)]
+        finally:
+            service.stop()
+    assert "rwk_" not in (tmp_path / "up.log").read_text()
+
+
+def test_keys_create_before_up_starts_and_stops_its_own_valkey(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    created = cli("keys", "create", "--tenant", "early", "--admin", "--data-dir", str(data_dir))
+    assert created.returncode == 0, created.stderr
+    assert not valkey_running(data_dir)
+    service = up(data_dir, tmp_path / "up.log")
+    try:
+        assert check(service.base_url, created.stdout.split()[-1]).status_code == 200
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["keys", "create", "--tenant", "Bad Tenant!"], 1, "tenant 'Bad Tenant!' is not valid"),
+        (["keys", "revoke", "key_nope"], 1, "no key with id 'key_nope'"),
+        (["up", "--port", "99999"], 2, "99999"),
+        (["up", "--metrics-port", "0"], 2, "'--metrics-port'"),
+        (["up", "--kafka", "localhost:9", "--metrics-port", "65535"], 2, "65535 leaves no port"),
+        (["serve", "--redis-url", "http://nope"], 1, "redis url 'http://nope' is not valid"),
+        (["keys", "list", "--redis-url", "mysql://x"], 1, "redis url"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    result = (
+        cli(*args, "--data-dir", str(tmp_path / "d"))
+        if args[0] in ("keys", "serve")
+        else cli(*args)
+    )
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_refuses_a_taken_metrics_port_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("up", "--data-dir", str(tmp_path / "d"), "--metrics-port", str(port))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]
