@@ -228,6 +228,8 @@ async def test_concurrent_requests_of_a_failed_call_all_get_the_policys_answer()
     assert setup.store.calls == 1  # coalesced into one call, which failed
     assert [answer[0].reason for answer in answers] == [Reason.FAIL_OPEN, Reason.FAIL_CLOSED] * 5
     assert not setup.health.up
+    # one failed call is one Redis error, however many requests waited on it
+    assert sample(setup.metrics, "ratewatch_redis_errors_total") == 1
 
 
 async def test_no_request_waits_on_the_down_store() -> None:
