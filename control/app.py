@@ -208,6 +208,7 @@ class LimiterApp:
             ]
         )
         watcher = asyncio.create_task(health.watch())
+        flusher = asyncio.create_task(self.metrics.flush_every())
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -216,9 +217,11 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, flusher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.metrics.flush()
             await sink.close()
             if analytics is not None:
                 await analytics.close()

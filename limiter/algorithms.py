@@ -49,7 +49,10 @@ class Reason(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self]
+
+
+_LABELS = tuple(reason.name.lower() for reason in Reason)  # a lookup: labelled per check
 
 
 class Outcome(NamedTuple):

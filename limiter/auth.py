@@ -44,6 +44,14 @@ class Authenticator:
         # token -> (principal or None for an unknown key, expiry on the monotonic clock)
         self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` if the cache holds a fresh one, else None: then
+        ``authenticate`` decides (a cached unknown key, an expired or a missing entry)."""
+        entry = self._cache.get(token)
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
     async def authenticate(self, token: str) -> Principal | None:
         """The principal of ``token``, None if it is not a valid key.
 

@@ -1,16 +1,61 @@
-"""Prometheus metrics of one limiter process, on a registry of its own."""
+"""Prometheus metrics of one limiter process, on a registry of its own.
+
+The check path does not touch a Prometheus metric per request: each observation of
+prometheus_client takes a lock and walks the buckets in Python, which cost as much as the
+rest of the handler's bookkeeping.  A check adds to plain integers instead (``Tallies``),
+which ``flush`` moves into the metrics: before ``/metrics`` is answered and every second
+(so that in multiprocess mode the files every worker's ``/metrics`` reads stay current).
+"""
 
 from __future__ import annotations
 
-from collections import Counter as Tally
+import asyncio
+import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from limiter.algorithms import Outcome
+from limiter.algorithms import Outcome, Reason
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# the bucket an observation falls in is the first bound >= it, as Prometheus' `le` says
+_BOUNDS = (*LATENCY_BUCKETS, math.inf)
+FLUSH_INTERVAL = 1.0  # seconds between moves of the tallies into the Prometheus metrics
+
+
+class _Histogram(Histogram):
+    """A Histogram that also takes many observations at once, already bucketed."""
+
+    def add(self, counts: Sequence[int], total: float) -> None:
+        """Add ``counts[i]`` observations to bucket ``i`` (as ``_BOUNDS``), summing ``total``."""
+        self._sum.inc(total)
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+class Latencies:
+    """Observations of one endpoint's latency not yet in the histogram."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def take(self) -> tuple[list[int], float] | None:
+        """The observations so far, and none left here; None if there were none."""
+        if not any(self.counts):
+            return None
+        taken = self.counts, self.total
+        self.counts, self.total = [0] * len(_BOUNDS), 0.0
+        return taken
 
 
 class LimiterMetrics:
@@ -31,7 +76,7 @@ class LimiterMetrics:
             ["result", "reason"],
             registry=self.registry,
         )
-        self.check_latency = Histogram(
+        self.check_latency = _Histogram(
             "ratewatch_check_duration_seconds",
             "Time to answer a check request, from body read to response",
             ["endpoint"],
@@ -100,20 +145,48 @@ class LimiterMetrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
-        # children bound once: a labels() lookup per decision would cost on the hot path
-        self._decision_children: dict[tuple[bool, str], Counter] = {}
-        self.check_seconds = self.check_latency.labels("check")
-        self.batch_seconds = self.check_latency.labels("batch")
+        # children bound once: a labels() lookup per flush is all it costs
+        self._decision_children: dict[tuple[bool, Reason], Counter] = {}
+        self._check_seconds = self.check_latency.labels("check")
+        self._batch_seconds = self.check_latency.labels("batch")
+        # what the check path counted since the last flush
+        self._decisions: dict[tuple[bool, Reason], int] = {}
+        self.check_seconds = Latencies()
+        self.batch_seconds = Latencies()
+
+    def count_decision(self, allowed: bool, reason: Reason) -> None:
+        """Count one decision (until the next flush, in a plain integer)."""
+        key = (allowed, reason)
+        decisions = self._decisions
+        decisions[key] = decisions.get(key, 0) + 1
 
     def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
-        """Count a batch's decisions with one increment per distinct result."""
-        tally = Tally((outcome.allowed, outcome.reason.label) for outcome in outcomes)
-        for (allowed, reason), amount in tally.items():
-            self.count_decision(allowed, reason, amount)
+        """Count a batch's decisions."""
+        decisions = self._decisions
+        for outcome in outcomes:
+            key = (outcome.allowed, outcome.reason)
+            decisions[key] = decisions.get(key, 0) + 1
 
-    def count_decision(self, allowed: bool, reason: str, amount: int = 1) -> None:
-        child = self._decision_children.get((allowed, reason))
-        if child is None:
-            child = self.decisions.labels("allowed" if allowed else "denied", reason)
-            self._decision_children[(allowed, reason)] = child
-        child.inc(amount)
+    def flush(self) -> None:
+        """Move what the check path counted into the Prometheus metrics."""
+        decisions, self._decisions = self._decisions, {}
+        for key, amount in decisions.items():
+            child = self._decision_children.get(key)
+            if child is None:
+                allowed, reason = key
+                child = self.decisions.labels("allowed" if allowed else "denied", reason.label)
+                self._decision_children[key] = child
+            child.inc(amount)
+        for histogram, latencies in (
+            (self._check_seconds, self.check_seconds),
+            (self._batch_seconds, self.batch_seconds),
+        ):
+            taken = latencies.take()
+            if taken is not None:
+                histogram.add(*taken)
+
+    async def flush_every(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every ``interval`` seconds; runs for the life of the process."""
+        while True:
+            await asyncio.sleep(interval)
+            self.flush()

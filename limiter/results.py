@@ -29,11 +29,12 @@ class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
 
 def to_result(outcome: Outcome, limit: int) -> CheckResult:
     """``outcome`` of a check against ``limit``, in the API's units."""
+    allowed = outcome.allowed
     return CheckResult(
-        allowed=outcome.allowed,
+        allowed=allowed,
         remaining=outcome.remaining,
         reset_in=ceil_seconds(outcome.reset_ms),
-        retry_after=retry_after_seconds(outcome),
+        retry_after=None if allowed else retry_after_seconds(outcome),
         limit=limit,
         reason=outcome.reason.label,
     )

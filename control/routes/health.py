@@ -77,6 +77,7 @@ class HealthRoutes:
         )
 
     async def metrics(self, request: Request) -> Response:
+        self._metrics.flush()  # what this process counted since the last flush, too
         body = generate_latest(self._metrics.exposition)
         # read from Redis, so not while it is known to be down: a scrape never waits on it
         if self._webhook_metrics is not None and self._health.up:

@@ -61,6 +61,6 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
 
 
 async def respond(send: Any, status: int, body: bytes, headers: Headers) -> None:
-    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
