@@ -2,12 +2,13 @@
 stored offsets, and the plans of the batches being written (migration 0003 says why).
 
 ``ClickHouseEventStore`` implements ``stream.handlers.EventStore``: ``written_offsets`` asks
-the ledger, ``stored_event_ids`` the decisions (by their primary key: only for events the
-producer resent after a send in doubt), ``write`` inserts the rows (``DecisionWriter``, with
-the batch's token) and then adds their offsets to the ledger, so the ledger never names an
-offset whose rollups are not complete.  ``plan_batches``/``planned_batches`` let a consumer
-repeat, after a crash, the cut of the batch it was writing: only the same insert again
-completes one that was cut short.
+the ledger (``last_written_offset`` where it ends, so that a consumer asks about a batch only
+when it may hold stored offsets), ``stored_event_ids`` the decisions (by their primary key:
+only for events the producer resent after a send in doubt), ``write`` inserts the rows
+(``DecisionWriter``, with the batch's token) and then adds their offsets to the ledger, so the
+ledger never names an offset whose rollups are not complete.
+``plan_batches``/``planned_batches`` let a consumer repeat, after a crash, the cut of the
+batch it was writing: only the same insert again completes one that was cut short.
 
 One store belongs to one thread (chDB connection handles are not shared across threads).
 After a failed statement the client is replaced, when the store was given a way to connect:
@@ -47,6 +48,13 @@ _WRITTEN = (
     f"SELECT source_offset FROM {CONSUMED_TABLE}"
     " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
     " AND source_offset BETWEEN {low:UInt64} AND {high:UInt64}"
+)
+# read in reverse order of the sorting key: the last granules of each part, not the partition
+_LAST_WRITTEN = (
+    f"SELECT source_offset FROM {CONSUMED_TABLE}"
+    " WHERE source = {source:String} AND source_partition = {partition:UInt32}"
+    " AND source_offset >= {start:UInt64}"
+    " ORDER BY source_offset DESC LIMIT 1"
 )
 DECISIONS_TABLE = f"{DATABASE}.decisions"
 # the table's primary key (tenant, toStartOfHour(ts), key) narrows the granules read
@@ -102,6 +110,14 @@ class ClickHouseEventStore:
         if not found:
             return set()
         return set(found[0]).intersection(offsets)
+
+    def last_written_offset(self, source: str, partition: int, start: int) -> int | None:
+        """The highest offset of the partition in the ledger, if one is at or above
+        ``start`` (``stream.handlers.LedgerEnd``): bounded below, the lookup reads only the
+        granules from ``start`` on, which at a consumer's start are the newest or none."""
+        parameters = {"source": source, "partition": partition, "start": start}
+        rows = self._run(lambda c: c.query(_LAST_WRITTEN, parameters=parameters).result_rows)
+        return int(rows[0][0]) if rows else None
 
     def stored_event_ids(self, events: Sequence[DecisionEvent]) -> set[str]:
         """The ids of ``events`` that ``ratewatch.decisions`` already holds.  An id no UUID

@@ -168,6 +168,18 @@ def entry_value(fields: Mapping[bytes, bytes]) -> bytes:
     return fields.get(ENTRY_TS, b"") + b" " + fields.get(ENTRY_DECISIONS, b"")
 
 
+_entry_counter = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def entry_decisions(value: bytes) -> int:
+    """How many decisions the payload of an entry (``entry_value``) holds, found without
+    decoding them; 1 for one that is not an entry (the batch handler dead-letters it)."""
+    try:
+        return max(1, len(_entry_counter.decode(value.partition(b" ")[2])))
+    except msgspec.DecodeError:
+        return 1
+
+
 def decode_entry(entry: EntryPayload) -> list[DecisionEvent]:
     """The decision events of one entry; MalformedEvent (never another error) if it is not
     one.  Each event's id derives from the entry's offset and its position in the entry."""

@@ -12,6 +12,13 @@ A record the producer marked *resent* (the Kafka header ``stream.events.RESENT_H
 sent again after a send in doubt, so it may be at another offset already) is also checked
 by its event: events the store holds, or that this batch holds unmarked, are skipped.
 Records without the mark cost no such lookup.
+
+The ledger is asked only about batches that may hold stored records.  A store that can say
+which offset of a partition its ledger holds last (``LedgerEnd``) is asked that once per
+partition, when the handler first sees the partition or after ``forget`` (a rebalance, a
+recovery, a failed write); from then on the handler keeps, per partition, an offset above
+which nothing is stored, and a batch entirely above it costs no lookup.  Only one consumer
+writes a partition at a time, so nothing else stores offsets above it meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from stream.consumer_metrics import ConsumerMetrics
 from stream.events import DecisionEvent, MalformedEvent, decode, entry_offset, entry_value
@@ -58,6 +65,14 @@ class EventStore(Protocol):
         ...
 
 
+@runtime_checkable
+class LedgerEnd(Protocol):
+    def last_written_offset(self, source: str, partition: int, start: int) -> int | None:
+        """The highest offset of this source partition the ledger holds, if it holds any
+        at or above ``start`` (None otherwise)."""
+        ...
+
+
 class DeadLetters(Protocol):
     def send(self, source: str, partition: int, record: Record, error: str) -> None:
         """Keep a record that could not be decoded, with the reason."""
@@ -84,6 +99,7 @@ class HandlerStats:
     skipped: int = 0
     malformed: int = 0
     batches: int = 0
+    lookups: int = 0  # batches checked against the ledger (the others were above it)
 
 
 class BatchHandler:
@@ -99,6 +115,13 @@ class BatchHandler:
         self._decoder = decoder
         self.metrics = metrics or ConsumerMetrics()
         self.stats = HandlerStats()
+        # per (source, partition): no offset above this one is in the ledger
+        self._stored_below: dict[tuple[str, int], int] = {}
+
+    def forget(self, source: str, partition: int) -> None:
+        """Ask the ledger again before the next batch of this partition: another consumer
+        may have written it (a rebalance), or a write failed half way."""
+        self._stored_below.pop((source, partition), None)
 
     def handle(self, source: str, partition: int, records: Sequence[Record]) -> int:
         """Write one batch of one partition; returns the number of events written.
@@ -119,21 +142,44 @@ class BatchHandler:
                 log.warning("malformed record %s/%d@%d: %s", source, partition, record.offset, exc)
                 self._dead_letters.send(source, partition, record, str(exc))
         offsets = sorted({item.offset for item in located})
-        done = self._store.written_offsets(source, partition, offsets) if offsets else set()
-        fresh = [item for item in located if item.offset not in done]
-        if resent:
-            fresh = self._drop_stored(fresh, resent)
-        self.stats.skipped += len(located) - len(fresh)
-        written = 0
-        if fresh:
-            token = f"{source}:{partition}:{records[0].offset}-{records[-1].offset}"
-            written = self._store.write(source, partition, fresh, token)
+        try:
+            done = self._written(source, partition, offsets)
+            fresh = [item for item in located if item.offset not in done]
+            if resent:
+                fresh = self._drop_stored(fresh, resent)
+            self.stats.skipped += len(located) - len(fresh)
+            written = 0
+            if fresh:
+                token = f"{source}:{partition}:{records[0].offset}-{records[-1].offset}"
+                written = self._store.write(source, partition, fresh, token)
+        except BaseException:
+            self.forget(source, partition)  # the ledger may hold some of the batch now
+            raise
+        if offsets and (source, partition) in self._stored_below:
+            below = self._stored_below[(source, partition)]
+            self._stored_below[(source, partition)] = max(below, offsets[-1])
         self.stats.written += written
         self.stats.batches += 1
         seconds = time.perf_counter() - started
         newest = max((item.event.ts for item in located), default=None)
         self.metrics.batch_written(written, len(located) - len(fresh), seconds, newest)
         return written
+
+    def _written(self, source: str, partition: int, offsets: list[int]) -> set[int]:
+        """Which of ``offsets`` (sorted) the ledger holds: none, without a lookup, when they
+        are all above the highest offset stored."""
+        if not offsets:
+            return set()
+        key = (source, partition)
+        below = self._stored_below.get(key)
+        if below is None and isinstance(self._store, LedgerEnd):
+            last = self._store.last_written_offset(source, partition, offsets[0])
+            below = offsets[0] - 1 if last is None else last
+            self._stored_below[key] = below
+        if below is not None and offsets[0] > below:
+            return set()
+        self.stats.lookups += 1
+        return self._store.written_offsets(source, partition, offsets)
 
     def _drop_stored(self, fresh: list[Located], resent: set[int]) -> list[Located]:
         """``fresh`` without the events of resent records that are stored already, or held

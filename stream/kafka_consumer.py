@@ -2,12 +2,15 @@
 batches, each written once however often it is delivered.
 
 FastStream's batch subscriber fetches up to ``max_records`` records; the broker holds a fetch
-until ``fetch_min_bytes`` arrived or ``max_wait_ms`` passed, so batches are large under load
-and prompt when traffic is light.  A fetch is split by partition and each partition's share
-is one insert, which ClickHouse wants large: hence 50,000 records, about 10,000 or more per
-insert for a handful of partitions (a backlog is drained some 60% faster than with 10,000).
-Offsets are committed by hand (``AckPolicy.MANUAL``), after the store accepted the records
-and their dead letters were acknowledged: at least once.
+until ``fetch_min_bytes`` arrived or ``max_wait_ms`` passed.  Fetched records are held
+(``stream.batching``) until they make a batch: ``batch.max_decisions`` records (a backlog is
+drained some 60% faster in inserts of 10,000 or more than of fewer), or ``batch.max_age``
+seconds after the first of them was fetched, whichever comes first, so that a trickle of
+traffic is about one insert a second.  A batch is split by partition and each partition's
+share is one insert; the cuts of all of them are recorded in one statement before, and each
+insert is followed by its ledger rows.  Offsets are committed by hand (``AckPolicy.MANUAL``),
+after the store accepted the records and their dead letters were acknowledged: at least
+once.  Nothing held is committed: a consumer that dies holding records reads them again.
 
 Exactly once in effect comes from the store (``analytics.event_store``, migration 0003):
 - every batch is written per partition, in one insert whose deduplication token names its
@@ -21,8 +24,8 @@ nack rewinds, but the next fetch may cut the records differently.
 
 All store calls run on the one thread the caller gives (chDB belongs to one thread); the
 event loop only fetches, commits and produces dead letters.  A rebalance waits for the batch
-being written (the revocation listener takes the same lock), so it is committed before
-another member gets its partition.
+being written and writes what is held (the revocation listener takes the same lock), so it
+is committed before another member gets its partition.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -48,6 +52,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
+from stream.batching import BatchBounds, Pending
 from stream.consumer_metrics import ConsumerMetrics
 from stream.dead_letters import DeadLetterMetrics, KafkaDeadLetters
 from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC, RESENT_HEADER
@@ -65,7 +70,8 @@ PLAN_LOOKUP_LIMIT = 10_000
 
 @dataclass(frozen=True)
 class ConsumerSettings:
-    """How the consumer reads: where, as which group, and how large and late its batches."""
+    """How the consumer reads: where, as which group, and how large and late its batches
+    (``max_records`` bounds one fetch, ``batch`` the inserts)."""
 
     bootstrap: str
     topic: str = DECISIONS_TOPIC
@@ -81,6 +87,7 @@ class ConsumerSettings:
     retry_max: float = 5.0
     graceful_timeout: float = 60.0
     log_interval: float = 10.0
+    batch: BatchBounds = field(default_factory=BatchBounds)
 
     def __post_init__(self) -> None:
         for name in ("bootstrap", "topic", "group", "dead_letter_topic"):
@@ -205,9 +212,13 @@ class DecisionConsumer:
         self.metrics = consumer_metrics or ConsumerMetrics()
         self.handler = BatchHandler(store, self.dead_letters, metrics=self.metrics)
         self._partitions: dict[int, _Partition] = {}
+        # fetched, not yet written: held until they make a batch
+        self._pending: Pending[ConsumerRecord[bytes, bytes]] = Pending(settings.batch)
+        self._held = asyncio.Event()  # set when records are held: the ager's deadline moved
         self._lock = asyncio.Lock()
         self._stopping = False
         self._reporter: asyncio.Task[None] | None = None
+        self._ager: asyncio.Task[None] | None = None
         self.commits = 0
         self.commit_failures = 0
         self.store_failures = 0
@@ -234,6 +245,7 @@ class DecisionConsumer:
         """Connect, join the group (returns once partitions are assigned) and consume."""
         await self.broker.start()
         self._reporter = asyncio.create_task(self._report(), name="ratewatch-stream-report")
+        self._ager = asyncio.create_task(self._age_out(), name="ratewatch-stream-batches")
         log.info(
             "consuming %s at %s as group %s",
             self.settings.topic,
@@ -242,16 +254,21 @@ class DecisionConsumer:
         )
 
     async def stop(self) -> None:
-        """Finish (or, if the store is failing, abandon) the batch being written, commit,
-        leave the group."""
+        """Finish (or, if the store is failing, abandon) the batch being written, write what
+        is held, commit, leave the group."""
         if self._stopping:
             return
-        self._stopping = True
+        self._stopping = True  # from now on a fetched batch is written at once
+        consumer = self.subscriber.consumer
+        if consumer is not None:
+            async with self._lock:
+                await self._write_due(consumer, everything=True)
         await self.broker.stop()  # waits up to graceful_timeout for the batch in hand
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+        for task in (self._reporter, self._ager):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.dead_letters.close()
         log.info("stopped: %s", self.progress())
 
@@ -272,29 +289,68 @@ class DecisionConsumer:
         consumer = self.subscriber.consumer
         if consumer is None:
             return
+        async with self._lock:
+            self._pending.add(records, time.monotonic())
+            await self._write_due(consumer, everything=self._stopping)
+        self._held.set()
+
+    async def _age_out(self) -> None:
+        """Write what is held once its first record is ``batch.max_age`` old, also when
+        nothing more is fetched."""
+        while True:
+            deadline = self._pending.deadline()
+            if deadline is None:
+                await self._held.wait()
+                self._held.clear()
+                continue
+            if deadline > time.monotonic():
+                await asyncio.sleep(deadline - time.monotonic())
+                continue
+            consumer = self.subscriber.consumer
+            if consumer is None:  # not consuming (any more): nothing can be committed
+                await asyncio.sleep(self.settings.retry_initial)
+                continue
+            async with self._lock:
+                await self._write_due(consumer)
+
+    async def _write_due(self, consumer: Any, everything: bool = False) -> None:
+        """Write and commit the batches due now (or all that is held), each of at most
+        ``batch.max_decisions`` records.  Call with the lock held."""
+        while self._pending and (everything or self._pending.due(time.monotonic())):
+            if not await self._write_batch(consumer, self._pending.take()):
+                return
+
+    async def _write_batch(self, consumer: Any, records: Records) -> bool:
+        """Write one batch and commit it; False if it was not written (and is fetched
+        again, or read again on the next start)."""
         by_partition: dict[int, Records] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
-        async with self._lock:
-            rewind = {p: self._first_unwritten(p, batch) for p, batch in by_partition.items()}
-            try:
-                done = await self._write(consumer, by_partition)
-            except _Stopping:
-                log.warning("stopping with a batch unwritten: it is consumed again on start")
-                return
-            except Exception:
-                # never go on past records that were not written: fetch them again (their
-                # recorded cuts are followed, the ledger skips what was written)
-                log.exception("a batch failed unexpectedly; fetching it again")
-                for partition, offset in rewind.items():
-                    self._partitions.pop(partition, None)
-                    consumer.seek(TopicPartition(self.settings.topic, partition), offset)
-                await asyncio.sleep(self.settings.retry_max)
-                return
-            failed = await self.dead_letters.flush()
-            if failed:
-                log.error("%d dead letters were lost; committing the batch anyway", failed)
-            await self._commit(consumer, done)
+        rewind = {p: self._first_unwritten(p, batch) for p, batch in by_partition.items()}
+        try:
+            done = await self._write(consumer, by_partition)
+        except _Stopping:
+            log.warning("stopping with a batch unwritten: it is consumed again on start")
+            return False
+        except Exception:
+            # never go on past records that were not written: fetch them again, and what is
+            # held after them (their recorded cuts are followed, the ledger skips what was
+            # written)
+            log.exception("a batch failed unexpectedly; fetching it again")
+            for record in self._pending.take_all():
+                first = self._first_unwritten(record.partition, [record])
+                rewind.setdefault(record.partition, first)
+            for partition, offset in rewind.items():
+                self._partitions.pop(partition, None)
+                self.handler.forget(self.settings.topic, partition)
+                consumer.seek(TopicPartition(self.settings.topic, partition), offset)
+            await asyncio.sleep(self.settings.retry_max)
+            return False
+        failed = await self.dead_letters.flush()
+        if failed:
+            log.error("%d dead letters were lost; committing the batch anyway", failed)
+        await self._commit(consumer, done)
+        return True
 
     def _first_unwritten(self, partition: int, batch: Records) -> int:
         state = self._partitions.get(partition)
@@ -382,15 +438,26 @@ class DecisionConsumer:
     # the group ----------------------------------------------------------------------------
 
     async def forget(self, partitions: set[TopicPartition]) -> None:
-        """Drop the state of partitions assigned anew or revoked (after the batch in hand)."""
+        """Drop the state of partitions assigned anew or revoked (after the batch in hand),
+        and what is held of them: it is fetched again from the last commit."""
         async with self._lock:
-            for tp in partitions:
-                if tp.topic == self.settings.topic:
-                    self._partitions.pop(tp.partition, None)
+            self._forget(partitions)
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        mine = {tp.partition for tp in partitions if tp.topic == self.settings.topic}
+        for partition in mine:
+            self._partitions.pop(partition, None)
+            self.handler.forget(self.settings.topic, partition)
+        self._pending.discard(lambda record: record.partition in mine)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
-        """Forget partitions another member now consumes, their offsets and lag too."""
-        await self.forget(partitions)
+        """Write and commit what is held while the partitions are still this member's,
+        then forget those another member now consumes, their offsets and lag too."""
+        consumer = self.subscriber.consumer
+        async with self._lock:
+            if consumer is not None and not self._stopping:
+                await self._write_due(consumer, everything=True)
+            self._forget(partitions)
         self.metrics.partitions_revoked(
             tp.partition for tp in partitions if tp.topic == self.settings.topic
         )

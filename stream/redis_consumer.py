@@ -1,6 +1,9 @@
 """The embedded pipeline's transport: the Valkey event stream read by a consumer group
 (``stream.consumer_group``) with acknowledgements, and recovery that writes nothing twice.
 
+- Entries are read as they come and held (``stream.batching``) until the batch holds the
+  size bound's decisions or its first entry was read the age bound ago; then the batch is
+  written in three statements (its cut, the insert, the ledger) and acknowledged.
 - A batch's cut (first and last offset) is recorded before it is written.  A failed write
   is retried with the same batch until it succeeds (or the worker stops, leaving the batch
   pending); only then is the batch acknowledged.
@@ -11,7 +14,7 @@
 - A failure of Redis while reading or acknowledging is retried with backoff; then the
   consumer reads its own pending entries again, as an acknowledgement may be among what
   failed.
-- Once the worker is told to stop, the batch in hand is finished and acknowledged (or,
+- Once the worker is told to stop, the entries in hand are written and acknowledged (or,
   while the store fails, left pending for the next worker).
 - A trimmer (``stream.consumer_group.trim_acknowledged``) removes entries every reader has
   acknowledged, so the stream does not grow.
@@ -22,13 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from stream.batching import BatchBounds, Pending
 from stream.consumer_group import FROM_START, ConsumerGroup, Entry
+from stream.events import entry_decisions, entry_offset
 from stream.handlers import BatchHandler, EventStore, Record, entry_record
 
 log = logging.getLogger("ratewatch.stream")
@@ -37,6 +43,7 @@ GROUP = "ratewatch-pipeline"
 CONSUMER = "pipeline"
 PARTITION = 0  # a stream is one ordered sequence
 MAX_RETRY_PAUSE = 5.0
+MAX_READ = 5000  # entries of one read: the reply is parsed at once
 
 
 class PlannedStore(EventStore, Protocol):
@@ -57,7 +64,8 @@ class _Stopping(Exception):
 class StreamPipeline:
     """Reads ``stream`` as ``CONSUMER`` of ``GROUP`` into ``store`` through ``handler``
     until ``stopping`` is set; ``in_store`` runs the store's calls on its thread.
-    ``batch_size`` caps a batch; a read waits up to ``block_ms`` for new entries."""
+    ``bounds`` say when what was read is written; a read waits up to ``block_ms`` for new
+    entries (less when a batch is due sooner)."""
 
     def __init__(
         self,
@@ -68,11 +76,13 @@ class StreamPipeline:
         in_store: InStore,
         stopping: asyncio.Event,
         *,
-        batch_size: int = 5000,
+        bounds: BatchBounds | None = None,
         block_ms: int = 100,
     ):
+        self.bounds = bounds or BatchBounds()
+        self._read_count = min(self.bounds.max_decisions, MAX_READ)
         self._group = ConsumerGroup(
-            redis, stream, GROUP, CONSUMER, start=FROM_START, count=batch_size
+            redis, stream, GROUP, CONSUMER, start=FROM_START, count=self._read_count
         )
         self._block_ms = block_ms
         self._stream = stream
@@ -81,21 +91,30 @@ class StreamPipeline:
         self._in_store = in_store
         self._stopping = stopping
         self._metrics = handler.metrics  # the failures beside the handler's counts
+        # each entry read and not yet acknowledged, as a record (None: deleted since)
+        self._pending: Pending[tuple[bytes, Record | None]] = Pending(self.bounds)
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set: first what this consumer read and never
-        acknowledged (``recover``), then each new batch, acknowledged once it is stored."""
+        acknowledged (``recover``), then new entries, each batch acknowledged once it is
+        stored; on the way out, what is in hand."""
         pause, recovering = 0.25, True
         while not self._stopping.is_set():
             try:
                 if recovering:
+                    # what is in hand is still pending in Redis: recover() writes it
+                    self._pending.take_all()
+                    self._handler.forget(self._stream, PARTITION)
                     recovered = await self.recover()
                     if recovered:
                         log.info("recovered %d entries read but never acknowledged", recovered)
                     recovering = False
-                entries = await self._group.read_new(self._block_ms)
-                await self.write(_records(entries))
-                await self._group.ack([entry_id for entry_id, _ in entries])
+                await self._write_due(time.monotonic())
+                entries = await self._group.read_new(self._wait_ms(), self._read_count)
+                if entries:
+                    held = [(entry_id, _record(entry_id, fields)) for entry_id, fields in entries]
+                    sizes = [entry_decisions(r.value) if r else 1 for _, r in held]
+                    self._pending.add(held, time.monotonic(), sizes)
             except _Stopping:
                 log.warning("stopping with a batch of %s unstored: it is read again", self._stream)
                 return
@@ -107,6 +126,30 @@ class StreamPipeline:
                 pause = min(MAX_RETRY_PAUSE, pause * 2)
             else:
                 pause = 0.25
+        if recovering:
+            return  # what was in hand is pending: the next worker recovers it
+        try:
+            await self._write_due(time.monotonic(), everything=True)
+        except _Stopping:
+            log.warning("stopping with a batch of %s unstored: it is read again", self._stream)
+        except (RedisError, OSError) as exc:
+            log.warning("stopping with %s unacknowledged (%s): it is read again", self._stream, exc)
+
+    def _wait_ms(self) -> int:
+        """How long a read may wait: until the batch in hand is due, at most ``block_ms``."""
+        deadline = self._pending.deadline()
+        if deadline is None:
+            return self._block_ms
+        left = int((deadline - time.monotonic()) * 1000) + 1
+        return max(1, min(self._block_ms, left))
+
+    async def _write_due(self, now: float, everything: bool = False) -> None:
+        """Write and acknowledge the batches due at ``now`` (all that is held, if
+        ``everything``), each at most the size bound."""
+        while self._pending and (everything or self._pending.due(now)):
+            batch = self._pending.take()
+            await self.write([record for _, record in batch if record is not None])
+            await self._group.ack([entry_id for entry_id, _ in batch])
 
     async def write(self, records: Sequence[Record], planned: bool = False) -> None:
         """Record the cut (unless it is recorded already), then write until it succeeds."""
@@ -135,13 +178,17 @@ class StreamPipeline:
 
     async def recover(self, count: int = 10_000) -> int:
         """Write and acknowledge the entries this consumer read but never acknowledged
-        (a previous worker's), with the cuts recorded for them; the number recovered."""
-        recovered, start = 0, "0"
+        (a previous worker's), with the cuts recorded for them; the number recovered.
+        A recorded cut is written whole: one that goes on past a page waits for the next."""
+        recovered, after = 0, "0"
+        carried: list[Entry] = []  # the start of a recorded cut that goes on past the page
         while True:
-            pending = await self._group.read_pending(start, count)
-            if not pending:
+            page = await self._group.read_pending(after, count)
+            entries, carried = carried + page, []
+            if not entries:
                 return recovered
-            records = _records(pending)
+            records = _records(entries)
+            batches: list[tuple[Sequence[Record], bool]] = []
             if records:
                 plans = await self._in_store(
                     self._store.planned_batches,
@@ -150,16 +197,45 @@ class StreamPipeline:
                     records[0].offset,
                     1000,
                 )
-                for batch, planned in cut(records, plans):
+                batches = cut(records, plans)
+                tail, planned = batches[-1]
+                if page and planned and plans[tail[0].offset] > tail[-1].offset:
+                    batches.pop()
+                    carried = [e for e in entries if entry_offset(e[0]) >= tail[0].offset]
+            for batch, planned in batches:
+                if planned:
                     await self.write(batch, planned)
-            await self._group.ack([entry_id for entry_id, _ in pending])
-            recovered += len(records)
-            start = pending[-1][0].decode()
+                else:
+                    for part in _by_size(batch, self.bounds.max_decisions):
+                        await self.write(part)
+            done = entries[: len(entries) - len(carried)]
+            await self._group.ack([entry_id for entry_id, _ in done])
+            recovered += sum(1 for _, fields in done if fields)
+            if not page:
+                return recovered
+            after = page[-1][0].decode()
+
+
+def _record(entry_id: bytes, fields: Mapping[bytes, bytes] | None) -> Record | None:
+    # an entry deleted since it was read comes back without fields: nothing to write
+    return entry_record(entry_id, fields) if fields else None
+
+
+def _by_size(records: Sequence[Record], most: int) -> Iterator[Sequence[Record]]:
+    """``records`` in runs of at most ``most`` decisions (a larger entry alone)."""
+    start, held = 0, 0
+    for i, record in enumerate(records):
+        size = entry_decisions(record.value)
+        if i > start and held + size > most:
+            yield records[start:i]
+            start, held = i, 0
+        held += size
+    if start < len(records):
+        yield records[start:]
 
 
 def _records(entries: Sequence[Entry]) -> list[Record]:
-    # an entry deleted since it was read comes back without fields: nothing to write
-    return [entry_record(entry_id, fields) for entry_id, fields in entries if fields]
+    return [record for entry_id, fields in entries if (record := _record(entry_id, fields))]
 
 
 def cut(records: Sequence[Record], plans: Mapping[int, int]) -> list[tuple[Sequence[Record], bool]]:

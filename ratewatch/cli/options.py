@@ -11,6 +11,14 @@ from typing import Any, TypeVar
 
 import click
 
+# the standard library only: the light install (SDK only) imports this module too
+from stream.batching import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_DECISIONS,
+    MAX_AGE_LIMIT,
+    MAX_DECISIONS_LIMIT,
+)
+
 T = TypeVar("T")
 
 SERVER_EXTRA_HINT = "the RateWatch service needs its extra: pip install 'ratewatch[server]'"
@@ -45,6 +53,43 @@ def webhooks_allow_private_option(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Let webhooks target loopback and private addresses (refused by default, "
         "against SSRF).",
     )(f)
+
+
+def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """When the decision consumer inserts what it read (``stream.batching``): ``up`` passes
+    them on to its worker, ``stream`` and ``pipeline`` build ``BatchBounds`` of them."""
+    for decorate in reversed(
+        [
+            option(
+                "--batch-max-decisions",
+                type=click.IntRange(1, MAX_DECISIONS_LIMIT),
+                default=DEFAULT_MAX_DECISIONS,
+                show_default=True,
+                help="Decisions the consumer inserts into ClickHouse at most at once; more "
+                "make several inserts.",
+            ),
+            option(
+                "--batch-max-age",
+                type=click.FloatRange(0, MAX_AGE_LIMIT),
+                default=DEFAULT_MAX_AGE,
+                show_default=True,
+                help="Seconds from the first decision read to its insert, at most: at low "
+                "rates, about one insert per this time (0: one per read).",
+            ),
+        ]
+    ):
+        f = decorate(f)
+    return f
+
+
+def batch_args(batch_max_decisions: int, batch_max_age: float) -> list[str]:
+    """The batch options as a child's command line."""
+    return [
+        "--batch-max-decisions",
+        str(batch_max_decisions),
+        "--batch-max-age",
+        repr(float(batch_max_age)),
+    ]
 
 
 def service_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,7 +16,13 @@ from pathlib import Path
 import click
 
 from ratewatch.cli.metrics import metrics_endpoint, metrics_options
-from ratewatch.cli.options import data_dir_option, option, run, webhooks_allow_private_option
+from ratewatch.cli.options import (
+    batch_options,
+    data_dir_option,
+    option,
+    run,
+    webhooks_allow_private_option,
+)
 
 
 @click.command(hidden=True)
@@ -25,6 +31,7 @@ from ratewatch.cli.options import data_dir_option, option, run, webhooks_allow_p
 @option("--clickhouse-url", default=None, help="Default: chdb:///<data-dir>/clickhouse.")
 @option("--key-prefix", default="rw", show_default=True)
 @webhooks_allow_private_option
+@batch_options
 @metrics_options
 def pipeline(
     data_dir: Path,
@@ -32,6 +39,8 @@ def pipeline(
     clickhouse_url: str | None,
     key_prefix: str,
     webhooks_allow_private: bool,
+    batch_max_decisions: int,
+    batch_max_age: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -39,6 +48,12 @@ def pipeline(
     from analytics.clickhouse import chdb_url
     from ratewatch.cli.analytics import analytics_errors
     from ratewatch.processes.pipeline import run_pipeline
+    from stream.batching import BatchBounds
+
+    try:
+        batch = BatchBounds(batch_max_decisions, batch_max_age)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
     with analytics_errors(), metrics_endpoint(metrics_port, metrics_host) as registry:
@@ -49,6 +64,7 @@ def pipeline(
                 key_prefix,
                 data_dir.resolve() / "models",
                 webhooks_allow_private=webhooks_allow_private,
+                batch=batch,
                 metrics=registry,
             )
         )

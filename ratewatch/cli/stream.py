@@ -25,7 +25,12 @@ import click
 
 from ratewatch.cli.analytics import analytics_errors, clickhouse_url_option, resolve_url
 from ratewatch.cli.metrics import metrics_endpoint, metrics_options
-from ratewatch.cli.options import data_dir_option, option, webhooks_allow_private_option
+from ratewatch.cli.options import (
+    batch_options,
+    data_dir_option,
+    option,
+    webhooks_allow_private_option,
+)
 
 
 @click.command()
@@ -56,6 +61,7 @@ from ratewatch.cli.options import data_dir_option, option, webhooks_allow_privat
 )
 @option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
 @webhooks_allow_private_option
+@batch_options
 @metrics_options
 def stream(
     data_dir: Path,
@@ -68,11 +74,14 @@ def stream(
     redis_url: str | None,
     key_prefix: str,
     webhooks_allow_private: bool,
+    batch_max_decisions: int,
+    batch_max_age: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
+        from stream.batching import BatchBounds
         from stream.events import DECISIONS_TOPIC
         from stream.kafka_consumer import DEFAULT_GROUP, ConsumerSettings
 
@@ -82,6 +91,7 @@ def stream(
                 topic=topic or DECISIONS_TOPIC,
                 group=group or DEFAULT_GROUP,
                 session_timeout_ms=int(session_timeout * 1000),
+                batch=BatchBounds(batch_max_decisions, batch_max_age),
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

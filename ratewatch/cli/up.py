@@ -14,12 +14,13 @@ from pathlib import Path
 import click
 
 from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
-from ratewatch.cli.options import service_options, user_errors
+from ratewatch.cli.options import batch_args, batch_options, service_options, user_errors
 from ratewatch.processes.supervisor import Child, Supervisor
 
 
 @click.command()
 @service_options
+@batch_options
 @metrics_options
 def up(
     host: str,
@@ -32,6 +33,8 @@ def up(
     workers: int,
     key_prefix: str,
     webhooks_allow_private: bool,
+    batch_max_decisions: int,
+    batch_max_age: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -103,6 +106,7 @@ def up(
             limiter.append("--redis-events")
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
             worker += metrics(0)
+        worker += batch_args(batch_max_decisions, batch_max_age)
         Supervisor(
             [
                 Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=env),

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from stream.batching import BatchBounds
+
 log = logging.getLogger("ratewatch.pipeline")
 T = TypeVar("T")
 
@@ -34,6 +36,7 @@ async def run_pipeline(
     model_dir: Path | None = None,
     *,
     webhooks_allow_private: bool = False,
+    batch: BatchBounds | None = None,
     metrics: CollectorRegistry | None = None,
 ) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
@@ -88,7 +91,7 @@ async def run_pipeline(
     )
 
     stop = asyncio.Event()
-    pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop)
+    pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop, bounds=batch)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     path = chdb_path(url)

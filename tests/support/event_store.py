@@ -5,12 +5,15 @@ chDB opens one directory per process at a time: close the store before another o
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from analytics.clickhouse import DECISIONS_TABLE, ROLLUP_TABLES, chdb_url, connect
 from analytics.event_store import CONSUMED_TABLE, ClickHouseEventStore
 from analytics.migrate import migrate
-from stream.handlers import Record
+from stream.events import DecisionEvent
+from stream.handlers import Located, Record
 
 ROLLUPS = list(ROLLUP_TABLES.values())
 
@@ -43,3 +46,40 @@ def store_totals(store: ClickHouseEventStore) -> list[int]:
     sql = [f"SELECT count() FROM {DECISIONS_TABLE}", f"SELECT count() FROM {CONSUMED_TABLE}"]
     sql += [f"SELECT sum(requests) FROM {table}" for table in ROLLUPS]
     return [store_scalar(store, s) for s in sql]
+
+
+class CountingStore:
+    """The store, counting the statements a consumer makes through it: each call by name,
+    and the events of each ``write`` (one insert and its ledger rows)."""
+
+    def __init__(self, store: ClickHouseEventStore) -> None:
+        self.store = store
+        self.calls: Counter[str] = Counter()
+        self.writes: list[int] = []
+
+    def written_offsets(self, source: str, partition: int, offsets: Sequence[int]) -> set[int]:
+        self.calls["written_offsets"] += 1
+        return self.store.written_offsets(source, partition, offsets)
+
+    def last_written_offset(self, source: str, partition: int, start: int) -> int | None:
+        self.calls["last_written_offset"] += 1
+        return self.store.last_written_offset(source, partition, start)
+
+    def stored_event_ids(self, events: Sequence[DecisionEvent]) -> set[str]:
+        self.calls["stored_event_ids"] += 1
+        return self.store.stored_event_ids(events)
+
+    def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
+        self.calls["write"] += 1
+        self.writes.append(len(events))
+        return self.store.write(source, partition, events, token)
+
+    def plan_batches(self, plans: Sequence[tuple[str, int, int, int]]) -> None:
+        self.calls["plan_batches"] += 1
+        self.store.plan_batches(plans)
+
+    def planned_batches(
+        self, source: str, partition: int, start: int, limit: int
+    ) -> dict[int, int]:
+        self.calls["planned_batches"] += 1
+        return self.store.planned_batches(source, partition, start, limit)

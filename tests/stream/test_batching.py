@@ -1,0 +1,311 @@
+"""Both consumers write in batches sized for ClickHouse: a trickle once, when its first
+decision is the age bound old; a flood cut at the size bound; what is held written when the
+consumer stops; and a batch above the ledger's end written without looking the ledger up.
+The embedded pipeline runs on the real Redis, the Kafka consumer on tansu, both into chDB."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from analytics.errors import AnalyticsError
+from limiter.algorithms import Algorithm
+from limiter.keyspace import Keyspace
+from limiter.store.base import Check
+from limiter.store.redis import RedisStore
+from stream.batching import BatchBounds, Pending
+from stream.events import decode_entry, encode
+from stream.handlers import BatchHandler, entry_record
+from stream.kafka_consumer import ConsumerSettings, DecisionConsumer
+from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, ensure_group
+from tests.support.event_store import CountingStore, Letters, open_store, store_totals
+from tests.support.events import numbered_decision
+from tests.support.kafka import KafkaBroker, create_topic, produce, unique_topic
+from tests.support.polling import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- the bounds ---------------------------------------------------------------------------------
+
+
+def test_a_batch_is_due_once_full_or_once_its_first_item_is_old() -> None:
+    pending: Pending[str] = Pending(BatchBounds(max_decisions=10, max_age=1.0))
+    assert (pending.deadline(), pending.due(0.0)) == (None, False)
+    pending.add(["a", "b"], read_at=5.0, sizes=[4, 4])
+    assert (pending.due(5.9), pending.due(6.0), pending.deadline()) == (False, True, 6.0)
+    pending.add(["c"], read_at=5.5, sizes=[4])
+    assert pending.due(5.6)  # 12 decisions
+    assert pending.take() == ["a", "b"]  # with "c" it would be 12
+    assert (pending.decisions, pending.deadline()) == (4, 6.5)  # "c" keeps its read time
+    assert pending.take_all() == ["c"]
+    assert (len(pending), pending.decisions, pending.deadline()) == (0, 0, None)
+
+
+def test_an_item_larger_than_the_size_bound_is_a_batch_of_its_own() -> None:
+    pending: Pending[str] = Pending(BatchBounds(max_decisions=3))
+    pending.add(["big", "small", "more"], read_at=0.0, sizes=[5, 1, 2])
+    assert [pending.take(), pending.take()] == [["big"], ["small", "more"]]
+
+
+def test_items_of_a_source_given_up_are_discarded() -> None:
+    pending: Pending[int] = Pending(BatchBounds())
+    pending.add([1, 2, 3, 4], read_at=0.0)
+    assert pending.discard(lambda n: n % 2 == 0) == 2
+    assert (pending.decisions, pending.take_all()) == (2, [1, 3])
+
+
+@pytest.mark.parametrize(
+    ("bounds", "named"),
+    [
+        ({"max_decisions": 0}, "not 0"),
+        ({"max_decisions": 2_000_000}, "not 2000000"),
+        ({"max_decisions": 1.5}, "not 1.5"),
+        ({"max_age": -0.5}, "not -0.5"),
+        ({"max_age": 61}, "not 61"),
+        ({"max_age": math.nan}, "not nan"),
+    ],
+)
+def test_bad_bounds_are_refused_naming_the_value(bounds: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        BatchBounds(**bounds)
+
+
+# -- the embedded pipeline on the Valkey stream -----------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CountingStore]:
+    opened = open_store(tmp_path / "ch")
+    yield CountingStore(opened)
+    opened.close()
+
+
+async def in_thread(call: Callable[..., Any], *args: Any) -> Any:
+    return call(*args)  # the test's chDB lives on this thread
+
+
+async def decide(limiter: RedisStore, tenant: str, entries: int, label: str) -> None:
+    """``entries`` stream entries of two decisions each, one check-script call each."""
+    for i in range(entries):
+        checks = [
+            Check(tenant, f"{label}{i}-{j}", Algorithm.FIXED_WINDOW, 10, 60_000, 1)
+            for j in range(2)
+        ]
+        await limiter.decide(checks)
+
+
+async def pending(redis: Redis, stream: str) -> int:
+    return int((await redis.xpending(stream, GROUP))["pending"])
+
+
+class Embedded:
+    """A pipeline on a stream of its own, and the limiter appending to it."""
+
+    def __init__(self, redis: Redis, store: CountingStore, bounds: BatchBounds) -> None:
+        self.redis = redis
+        self.stream = f"test:events:{secrets.token_hex(4)}"
+        self.limiter = RedisStore(redis, Keyspace(), event_stream=self.stream)
+        self.stop = asyncio.Event()
+        self.handler = BatchHandler(store, Letters(), decoder=decode_entry)
+        self.pipeline = StreamPipeline(
+            redis, self.stream, self.handler, store, in_thread, self.stop, bounds=bounds
+        )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
+        await ensure_group(self.redis, self.stream)
+        task = asyncio.create_task(self.pipeline.run())
+        try:
+            yield task
+        finally:
+            self.stop.set()
+            await asyncio.wait_for(task, 20)
+
+
+async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_old(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    embedded = Embedded(redis, store, BatchBounds(max_age=0.4))
+    handler = embedded.handler
+    async with embedded.running():
+        started = time.monotonic()
+        await decide(embedded.limiter, tenant, 3, "a")  # three reads' worth, one by one
+        await eventually(lambda: handler.stats.written == 6, 20, "the trickle's 6 rows")
+        assert time.monotonic() - started >= 0.4  # held for the age bound, not per read
+        assert (handler.stats.batches, store.writes) == (1, [6])
+        await decide(embedded.limiter, tenant, 2, "b")
+        await eventually(lambda: handler.stats.written == 10, 20, "the next 4 rows")
+        assert store.writes == [6, 4]
+        # one cut recorded per batch; the ledger's end looked up once, and no batch needed
+        # a lookup of its offsets
+        assert store.calls["plan_batches"] == 2
+        assert store.calls["last_written_offset"] == 1
+        assert store.calls["written_offsets"] == handler.stats.lookups == 0
+        await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
+    # raw rows, ledger rows (one per entry), rollups
+    assert store_totals(store.store) == [10, 5, 10, 10, 10]
+
+
+async def eventually_async(
+    probe: Callable[[], Any], expected: int, what: str, within: float = 20
+) -> None:
+    deadline = time.monotonic() + within
+    while (value := await probe()) != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {value})")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_flood_is_cut_at_the_size_bound(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    embedded = Embedded(redis, store, BatchBounds(max_decisions=100, max_age=0.3))
+    await decide(embedded.limiter, tenant, 125, "f")  # 250 decisions waiting for the worker
+    async with embedded.running():
+        await eventually(lambda: embedded.handler.stats.written == 250, 30, "250 rows")
+        await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
+    assert store.writes == [100, 100, 50]
+    assert embedded.handler.stats.batches == math.ceil(250 / 100)
+    assert store.calls["plan_batches"] == 3
+    assert store.calls["written_offsets"] == 0
+    assert store_totals(store.store) == [250, 125, 250, 250, 250]
+
+
+async def test_a_stopping_pipeline_writes_what_it_holds_at_once(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    embedded = Embedded(redis, store, BatchBounds(max_age=60))
+    async with embedded.running() as task:
+        await decide(embedded.limiter, tenant, 2, "s")
+        await eventually_async(lambda: pending(redis, embedded.stream), 2, "the entries read")
+        assert store.writes == []  # held: the batch is due in a minute
+        embedded.stop.set()
+        await asyncio.wait_for(task, 10)
+        assert store.writes == [4]
+        assert await pending(redis, embedded.stream) == 0
+
+
+async def test_a_recorded_cut_longer_than_a_page_of_pending_entries_is_written_whole(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    """A killed worker's batch, its insert cut short, re-read in pages smaller than it:
+    only the whole cut under its token completes the rollups without doubling the rows."""
+    embedded = Embedded(redis, store, BatchBounds())
+    await decide(embedded.limiter, tenant, 30, "p")
+    await ensure_group(redis, embedded.stream)
+    reply = await redis.xreadgroup(GROUP, CONSUMER, {embedded.stream: ">"}, count=1000)
+    records = [entry_record(entry_id, fields) for entry_id, fields in reply[0][1]]
+    raw = store.store
+    raw.plan_batches([(embedded.stream, 0, records[0].offset, records[-1].offset)])
+    raw._run(lambda c: c.command("CREATE TABLE ratewatch.broken (x UInt8) ENGINE = Memory"))
+    raw._run(lambda c: c.command(
+        "CREATE MATERIALIZED VIEW ratewatch.broken_mv TO ratewatch.broken AS SELECT "
+        "throwIf(latency_us >= 0, 'killed') AS x FROM ratewatch.decisions"))  # fmt: skip
+    with pytest.raises(AnalyticsError, match="killed"):
+        embedded.handler.handle(embedded.stream, 0, records)
+    raw._run(lambda c: c.command("DROP VIEW ratewatch.broken_mv"))
+    assert store_totals(raw)[:2] == [60, 0]  # the raw rows in; no ledger, no rollups
+
+    assert await embedded.pipeline.recover(count=7) == 30
+    assert store_totals(raw) == [60, 30, 60, 60, 60]
+    assert store.writes[-1] == 60  # the recorded cut again, whole
+    assert await pending(redis, embedded.stream) == 0
+
+
+# -- the Kafka consumer -------------------------------------------------------------------------
+
+
+class Kafka:
+    """A consumer of a one-partition topic of its own, its store on one thread."""
+
+    def __init__(self, broker: KafkaBroker, directory: Path, bounds: BatchBounds) -> None:
+        self.bootstrap = broker.bootstrap
+        self.topic = unique_topic()
+        self.directory = directory
+        self.settings = ConsumerSettings(
+            broker.bootstrap,
+            topic=self.topic,
+            group="rw-test-group-" + uuid.uuid4().hex[:8],
+            session_timeout_ms=6000,
+            batch=bounds,
+        )
+        self.executor = ThreadPoolExecutor(max_workers=1)
+
+    @asynccontextmanager
+    async def consuming(self) -> AsyncIterator[tuple[DecisionConsumer, CountingStore]]:
+        await create_topic(self.bootstrap, self.topic, partitions=1)
+        loop = asyncio.get_running_loop()
+        opened = await loop.run_in_executor(self.executor, open_store, self.directory)
+        store = CountingStore(opened)
+        member = DecisionConsumer(self.settings, store, self.executor)
+        try:
+            yield member, store
+        finally:
+            await member.stop()
+            await loop.run_in_executor(self.executor, opened.close)
+            self.executor.shutdown()
+
+    async def produce(self, first: int, count: int) -> None:
+        events = [encode(numbered_decision(i)) for i in range(first, first + count)]
+        await produce(self.bootstrap, self.topic, events, partition=0)
+
+
+async def test_kafka_a_trickle_is_one_insert_per_age_bound_without_ledger_lookups(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    kafka = Kafka(kafka_broker, tmp_path / "ch", BatchBounds(max_age=0.5))
+    async with kafka.consuming() as (member, store):
+        stats = member.handler.stats
+        await member.start()
+        await kafka.produce(0, 5)
+        await eventually(lambda: stats.written == 5, 30, "the first 5 rows")
+        await kafka.produce(5, 3)
+        await eventually(lambda: stats.written == 8, 30, "the next 3 rows")
+        assert store.writes == [5, 3]
+        assert stats.batches == member.commits == 2
+        assert store.calls["plan_batches"] == 2
+        assert store.calls["last_written_offset"] == 1
+        assert store.calls["written_offsets"] == stats.lookups == 0
+
+
+async def test_kafka_a_flood_is_cut_at_the_size_bound(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    kafka = Kafka(kafka_broker, tmp_path / "ch", BatchBounds(max_decisions=1000, max_age=1.0))
+    async with kafka.consuming() as (member, store):
+        await kafka.produce(0, 2500)
+        await member.start()
+        await eventually(lambda: member.handler.stats.written == 2500, 30, "2500 rows")
+        assert store.writes == [1000, 1000, 500]
+        assert member.handler.stats.batches == math.ceil(2500 / 1000)
+        assert store.calls["written_offsets"] == 0
+        totals = await asyncio.get_running_loop().run_in_executor(
+            kafka.executor, store_totals, store.store
+        )
+        assert totals == [2500] * 5
+
+
+async def test_kafka_a_stopping_consumer_writes_and_commits_what_it_holds(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    kafka = Kafka(kafka_broker, tmp_path / "ch", BatchBounds(max_age=60))
+    async with kafka.consuming() as (member, store):
+        await kafka.produce(0, 4)
+        await member.start()
+        await eventually(lambda: len(member._pending) == 4, 30, "the records fetched")
+        assert store.writes == []  # held: the batch is due in a minute
+        await member.stop()
+        assert store.writes == [4]
+        assert member.commits == 1
