@@ -70,6 +70,9 @@ def stack(
             str(workdir / "data"),
             "--metrics-port",
             str(stack_metrics_port),
+            # tests wait for their decisions' rows: a short age bound keeps them quick
+            "--batch-max-age",
+            "0.2",
         ],
         port,
         env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1"},

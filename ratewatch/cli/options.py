@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -73,6 +74,7 @@ def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(0, MAX_AGE_LIMIT),
                 default=DEFAULT_MAX_AGE,
                 show_default=True,
+                callback=_finite,
                 help="Seconds from the first decision read to its insert, at most: at low "
                 "rates, about one insert per this time (0: one per read).",
             ),
@@ -80,6 +82,12 @@ def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ):
         f = decorate(f)
     return f
+
+
+def _finite(context: click.Context, parameter: click.Parameter, value: float) -> float:
+    if math.isnan(value):  # a range does not refuse it: every comparison with it is false
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 def batch_args(batch_max_decisions: int, batch_max_age: float) -> list[str]:
