@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from analytics.chdb_config import SESSION_SETTINGS, write_config
 from analytics.errors import AnalyticsError, ConfigError
 from analytics.tables import AUDIT_TABLE as AUDIT_TABLE
 from analytics.tables import DATABASE as DATABASE
@@ -37,7 +38,12 @@ def connect(url: str) -> Client:
     path = chdb_path(url)
     try:
         if path is not None:
-            return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            # sized for the box it shares with the limiter: analytics/chdb_config.py
+            return clickhouse_connect.get_client(
+                dsn=f"chdb://{path}",
+                settings=dict(SESSION_SETTINGS),
+                chdb_options={"config-file": str(write_config(path))},
+            )
         return clickhouse_connect.get_client(dsn=url)
     except (ClickHouseError, OSError) as exc:
         reason = describe(exc)

@@ -1,5 +1,6 @@
 """What each process of `ratewatch up` loads: the limiter answers checks without the
-analytics engine or the models, which belong to the pipeline worker alone."""
+analytics engine or the models, which belong to the pipeline worker alone; the worker's
+chDB runs with the pools, caches and session of analytics/chdb_config.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from analytics.chdb_config import ENGINE_SETTINGS, MERGE_TREE_SETTINGS, SESSION_SETTINGS
+from analytics.clickhouse import query_socket_path
+from analytics.query_client import query
 from tests.support.servers import RatewatchProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,3 +42,23 @@ def test_the_limiter_of_up_loads_no_analytics_engine_or_models(stack: RatewatchP
 def test_the_pipeline_worker_of_up_holds_them(stack: RatewatchProcess) -> None:
     # the same reading finds them where they are: the check above can fail
     assert {"chdb", "scikit-learn"} <= mapped_packages(child_pid(stack, "pipeline"))
+
+
+def test_the_pipeline_workers_chdb_is_sized_as_stated(stack: RatewatchProcess) -> None:
+    # asked on the worker's query socket: the answers are its engine's and its session's
+    assert stack.data_dir is not None
+    socket = query_socket_path(stack.data_dir / "clickhouse")
+    names = ", ".join(f"'{name}'" for name in ENGINE_SETTINGS)
+    engine = query(
+        socket, f"SELECT name, value FROM system.server_settings WHERE name IN ({names})"
+    )
+    assert {row["name"]: int(row["value"]) for row in engine} == ENGINE_SETTINGS
+    assert single_row(socket, "getMergeTreeSetting", MERGE_TREE_SETTINGS) == MERGE_TREE_SETTINGS
+    assert single_row(socket, "getSetting", SESSION_SETTINGS) == SESSION_SETTINGS
+
+
+def single_row(socket: Path, function: str, settings: dict[str, int]) -> dict[str, int]:
+    """``settings``' names read back with ``function``, in one query."""
+    columns = ", ".join(f"{function}('{name}') AS {name}" for name in settings)
+    (row,) = query(socket, f"SELECT {columns}")
+    return {name: int(value) for name, value in row.items()}
