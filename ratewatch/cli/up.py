@@ -14,7 +14,13 @@ from pathlib import Path
 import click
 
 from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
-from ratewatch.cli.options import batch_args, batch_options, service_options, user_errors
+from ratewatch.cli.options import (
+    batch_args,
+    batch_options,
+    option,
+    service_options,
+    user_errors,
+)
 from ratewatch.processes.supervisor import Child, Supervisor
 
 
@@ -22,6 +28,14 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @service_options
 @batch_options
 @metrics_options
+@option(
+    "--pipeline-nice",
+    type=click.IntRange(0, 19),
+    default=10,
+    show_default=True,
+    help="How much lower the CPU priority of the pipeline worker (and, with --kafka, of the "
+    "consumer and the detector) is than the limiter's; 0: the same.",
+)
 def up(
     host: str,
     port: int,
@@ -37,6 +51,7 @@ def up(
     batch_max_age: float,
     metrics_port: int | None,
     metrics_host: str,
+    pipeline_nice: int,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -100,7 +115,11 @@ def up(
             worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
             worker += [*webhooks, *metrics(0)]
             detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common, *metrics(1)]
-            others.append(Child("detect", detector, pid_file=run_dir / "detect.pid", env=env))
+            others.append(
+                Child(
+                    "detect", detector, pid_file=run_dir / "detect.pid", env=env, nice=pipeline_nice
+                )
+            )
         else:
             # the pipeline worker also detects abuse in the Valkey stream
             limiter.append("--redis-events")
@@ -110,7 +129,14 @@ def up(
         Supervisor(
             [
                 Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=env),
-                Child("pipeline", worker, pid_file=run_dir / "pipeline.pid", env=env),
+                # the checks come first: the worker catches up when they leave it the time
+                Child(
+                    "pipeline",
+                    worker,
+                    pid_file=run_dir / "pipeline.pid",
+                    env=env,
+                    nice=pipeline_nice,
+                ),
                 *others,
             ]
         ).run()

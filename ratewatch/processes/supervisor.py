@@ -6,11 +6,17 @@ and chDB belongs to one process); the supervisor only watches them.  A child tha
 its own is restarted after a short, growing pause.  On SIGTERM or SIGINT the children are
 stopped one by one in the order given (the limiter first, so that every decision it
 answered is in the stream before the pipeline drains it).
+
+A child may run at a lower CPU priority than the supervisor (``Child.nice``): the pipeline
+worker yields the processors to the limiter whenever both want them.  The child lowers it
+itself between fork and exec, so its every thread has it from the start; this process has
+no other thread, which makes that safe.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,13 +38,21 @@ class Child:
     pid_file: Path | None = None  # where the running child's pid is kept, for operators
     env: Mapping[str, str] | None = None  # None: this process's environment
     stop_timeout: float = 30.0
+    nice: int = 0  # how much lower than the supervisor's its CPU priority is (0 to 19)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice {self.nice} of {self.name} must be from 0 to 19")
+
     def start(self) -> None:
+        increment = self.nice
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ratewatch", *self.args], env=self.env
+            [sys.executable, "-m", "ratewatch", *self.args],
+            env=self.env,
+            preexec_fn=(lambda: os.nice(increment)) if increment else None,
         )
         self.started_at = time.monotonic()
         if self.pid_file is not None:

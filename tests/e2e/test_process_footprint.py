@@ -1,9 +1,11 @@
 """What each process of `ratewatch up` loads: the limiter answers checks without the
 analytics engine or the models, which belong to the pipeline worker alone; the worker's
-chDB runs with the pools, caches and session of analytics/chdb_config.py."""
+chDB runs with the pools, caches and session of analytics/chdb_config.py, and the worker
+at a lower CPU priority than the limiter."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from analytics.chdb_config import ENGINE_SETTINGS, MERGE_TREE_SETTINGS, SESSION_SETTINGS
 from analytics.clickhouse import query_socket_path
 from analytics.query_client import query
+from tests.support.processes import nice_values
 from tests.support.servers import RatewatchProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,6 +26,10 @@ HEAVY = {
     "pyarrow": "/pyarrow/",
     "scikit-learn": "/sklearn/",
 }
+
+
+# a thread of chDB's that wakes a few times a second to read the process's memory
+CHDB_MEMORY_WATCHER = "MemoryWorker"
 
 
 def mapped_packages(pid: int) -> set[str]:
@@ -42,6 +49,17 @@ def test_the_limiter_of_up_loads_no_analytics_engine_or_models(stack: RatewatchP
 def test_the_pipeline_worker_of_up_holds_them(stack: RatewatchProcess) -> None:
     # the same reading finds them where they are: the check above can fail
     assert {"chdb", "scikit-learn"} <= mapped_packages(child_pid(stack, "pipeline"))
+
+
+def test_the_pipeline_worker_runs_at_a_lower_priority_than_the_limiter(
+    stack: RatewatchProcess,
+) -> None:
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert nice_values(child_pid(stack, "limiter")) == {ours}  # unchanged
+    # every thread of the worker (chDB's, the detectors'), since it was lowered before exec;
+    # but chDB's memory watcher, which raises its own priority when it may (as root)
+    worker = nice_values(child_pid(stack, "pipeline"), but=(CHDB_MEMORY_WATCHER,))
+    assert worker == {min(19, ours + 10)}  # the default
 
 
 def test_the_pipeline_workers_chdb_is_sized_as_stated(stack: RatewatchProcess) -> None:

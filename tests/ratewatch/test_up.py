@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.polling import wait_until
+from tests.support.processes import child_pid, nice_values
 from tests.support.servers import RatewatchProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -162,3 +164,26 @@ def test_up_refuses_a_taken_metrics_port_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_up_lowers_the_pipeline_workers_priority_by_the_configured_nice(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    service = up(data_dir, tmp_path / "up.log", env={"RATEWATCH_PIPELINE_NICE": "3"})
+    try:
+        wait_until(lambda: (data_dir / "run" / "pipeline.pid").exists(), 30, "the worker's pid")
+        # but chDB's memory watcher, which raises its own priority when it may (as root)
+        worker = nice_values(child_pid(data_dir, "pipeline"), but=("MemoryWorker",))
+        assert worker == {min(19, ours + 3)}
+        assert nice_values(child_pid(data_dir, "limiter")) == {ours}
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("value", ["20", "-1", "ten"])
+def test_up_refuses_a_pipeline_nice_out_of_range(tmp_path: Path, value: str) -> None:
+    result = cli("up", "--data-dir", str(tmp_path / "d"), "--pipeline-nice", value)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "'--pipeline-nice'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything started
