@@ -7,9 +7,11 @@ principals stay valid (stale) so that the failure policy, not a 503, decides.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 from limiter.errors import StoreUnavailable
 from limiter.state.apikeys import KeyStore
@@ -43,6 +45,7 @@ class Authenticator:
         self._max_entries = max_entries
         # token -> (principal or None for an unknown key, expiry on the monotonic clock)
         self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     def cached(self, token: str) -> Principal | None:
         """The principal of ``token`` if the cache holds a fresh one, else None: then
@@ -57,9 +60,26 @@ class Authenticator:
 
         Raises StoreUnavailable only when Redis is down and the key was never seen."""
         entry = self._cache.get(token)
-        now = time.monotonic()
-        if entry is not None and entry[1] > now:
+        if entry is not None and entry[1] > time.monotonic():
             return entry[0]
+        # one lookup of a key at a time: when its entry expires under load, every request
+        # that finds it expired waits on the first one's lookup instead of making its own
+        lookup = self._lookups.get(token)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(token, entry))
+            self._lookups[token] = lookup
+            lookup.add_done_callback(partial(self._looked_up, token))
+        # shielded: a waiter that is cancelled does not cancel the others' lookup
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, token: str, lookup: asyncio.Future[Principal | None]) -> None:
+        if self._lookups.get(token) is lookup:  # not one that started after a forget()
+            del self._lookups[token]
+
+    async def _lookup(
+        self, token: str, entry: tuple[Principal | None, float] | None
+    ) -> Principal | None:
+        now = time.monotonic()
         try:
             principal = await self._resolve(token)
         except StoreUnavailable:
@@ -78,8 +98,10 @@ class Authenticator:
         """Drop cached lookups (all, or one key's) after a local change."""
         if token is None:
             self._cache.clear()
+            self._lookups.clear()
         else:
             self._cache.pop(token, None)
+            self._lookups.pop(token, None)
 
     async def _resolve(self, token: str) -> Principal | None:
         record = await self._keys.lookup(token)
