@@ -49,10 +49,11 @@ class Reason(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return _LABELS[self]
+        return REASON_LABELS[self]
 
 
-_LABELS = tuple(reason.name.lower() for reason in Reason)  # a lookup: labelled per check
+# each reason's label by its code: looked up for every decision the API answers
+REASON_LABELS = tuple(reason.name.lower() for reason in Reason)
 
 
 class Outcome(NamedTuple):

@@ -145,38 +145,36 @@ class LimiterMetrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
-        # children bound once: a labels() lookup per flush is all it costs
-        self._decision_children: dict[tuple[bool, Reason], Counter] = {}
+        # children bound once, at their first decision, by the tally's index (below)
+        self._decision_children: list[Counter | None] = [None] * (2 * len(Reason))
         self._check_seconds = self.check_latency.labels("check")
         self._batch_seconds = self.check_latency.labels("batch")
-        # what the check path counted since the last flush
-        self._decisions: dict[tuple[bool, Reason], int] = {}
+        # what the check path counted since the last flush: decisions by reason * 2 + allowed
+        self._decisions = [0] * len(self._decision_children)
         self.check_seconds = Latencies()
         self.batch_seconds = Latencies()
 
     def count_decision(self, allowed: bool, reason: Reason) -> None:
         """Count one decision (until the next flush, in a plain integer)."""
-        key = (allowed, reason)
-        decisions = self._decisions
-        decisions[key] = decisions.get(key, 0) + 1
+        self._decisions[reason * 2 + allowed] += 1
 
     def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch's decisions."""
         decisions = self._decisions
-        for outcome in outcomes:
-            key = (outcome.allowed, outcome.reason)
-            decisions[key] = decisions.get(key, 0) + 1
+        for allowed, _, _, _, reason in outcomes:
+            decisions[reason * 2 + allowed] += 1
 
     def flush(self) -> None:
         """Move what the check path counted into the Prometheus metrics."""
-        decisions, self._decisions = self._decisions, {}
-        for key, amount in decisions.items():
-            child = self._decision_children.get(key)
-            if child is None:
-                allowed, reason = key
-                child = self.decisions.labels("allowed" if allowed else "denied", reason.label)
-                self._decision_children[key] = child
-            child.inc(amount)
+        decisions, self._decisions = self._decisions, [0] * len(self._decisions)
+        for index, amount in enumerate(decisions):
+            if amount:
+                child = self._decision_children[index]
+                if child is None:
+                    reason, allowed = Reason(index // 2), index % 2 == 1
+                    child = self.decisions.labels("allowed" if allowed else "denied", reason.label)
+                    self._decision_children[index] = child
+                child.inc(amount)
         for histogram, latencies in (
             (self._check_seconds, self.check_seconds),
             (self._batch_seconds, self.batch_seconds),

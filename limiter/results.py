@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from limiter.algorithms import Outcome, ceil_seconds, retry_after_seconds
+from limiter.algorithms import NO_RETRY, REASON_LABELS, Outcome
 
 
 class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -28,13 +28,16 @@ class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def to_result(outcome: Outcome, limit: int) -> CheckResult:
-    """``outcome`` of a check against ``limit``, in the API's units."""
-    allowed = outcome.allowed
+    """``outcome`` of a check against ``limit``, in the API's units.
+
+    Seconds are rounded up (``algorithms.ceil_seconds``, inlined: this runs for every
+    check of a batch); ``retry_after`` is ``algorithms.retry_after_seconds``."""
+    allowed, remaining, reset_ms, retry_ms, reason = outcome
     return CheckResult(
         allowed=allowed,
-        remaining=outcome.remaining,
-        reset_in=ceil_seconds(outcome.reset_ms),
-        retry_after=None if allowed else retry_after_seconds(outcome),
+        remaining=remaining,
+        reset_in=-(-reset_ms // 1000),
+        retry_after=None if allowed or retry_ms == NO_RETRY else max(1, -(-retry_ms // 1000)),
         limit=limit,
-        reason=outcome.reason.label,
+        reason=REASON_LABELS[reason],
     )

@@ -41,6 +41,11 @@ def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise Problem(400, "invalid-json", str(exc)) from None
 
 
+def _where(index: int | None) -> str:
+    """Where in the body a bad check is, as a JSON path (built only for an error)."""
+    return "$" if index is None else f"$.checks[{index}]"
+
+
 class CheckHandler:
     def __init__(
         self,
@@ -67,22 +72,23 @@ class CheckHandler:
         tenant: str,
         request: CheckRequest,
         started_ns: int,
-        where: str = "$",
+        index: int | None = None,
         principal_segment: str | None = None,
     ) -> Check:
+        """The check of ``request``: the body itself, or its ``checks[index]``."""
         if request.limit * request.window > MAX_LIMIT_WINDOW:
             raise Problem(
                 422,
                 "validation-error",
                 f"limit × window = {request.limit * request.window} exceeds "
-                f"{MAX_LIMIT_WINDOW} (limit·seconds) - at `{where}`",
+                f"{MAX_LIMIT_WINDOW} (limit·seconds) - at `{_where(index)}`",
             )
         ip = request.ip
         if ip is not None:
             try:
                 ip = normalize_ip(ip)
             except InvalidInput as exc:
-                raise Problem(422, "validation-error", f"{exc} - at `{where}.ip`") from None
+                raise Problem(422, "validation-error", f"{exc} - at `{_where(index)}.ip`") from None
         return Check(
             tenant,
             request.key,
@@ -105,7 +111,7 @@ class CheckHandler:
         request: CheckRequest = decode(
             _check_decoder, await read_body(scope, receive, self._max_body)
         )
-        check = self.to_check(principal.tenant, request, started, "$", principal.segment)
+        check = self.to_check(principal.tenant, request, started, None, principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = to_result(outcome, check.limit)
         headers: Headers = [
@@ -139,7 +145,7 @@ class CheckHandler:
             _batch_decoder, await read_body(scope, receive, self._max_batch_body)
         )
         checks = [
-            self.to_check(principal.tenant, item, started, f"$.checks[{index}]", principal.segment)
+            self.to_check(principal.tenant, item, started, index, principal.segment)
             for index, item in enumerate(request.checks)
         ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)
