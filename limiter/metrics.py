@@ -2,9 +2,11 @@
 
 The check path does not touch a Prometheus metric per request: each observation of
 prometheus_client takes a lock and walks the buckets in Python, which cost as much as the
-rest of the handler's bookkeeping.  A check adds to plain integers instead (``Tallies``),
-which ``flush`` moves into the metrics: before ``/metrics`` is answered and every second
-(so that in multiprocess mode the files every worker's ``/metrics`` reads stay current).
+rest of the handler's bookkeeping.  A check adds to plain integers instead (a list of
+decision counts, ``Latencies``), which ``flush`` moves into the metrics before this
+process answers ``/metrics`` and every second.  With several workers (multiprocess mode)
+any worker may answer ``/metrics`` from every worker's files, so there the check path
+flushes after each request (``shared``), as it counted before.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class LimiterMetrics:
         self.registry = registry or CollectorRegistry()
         # what /metrics shows: this process's registry, or every worker's metric files
         self.exposition = self.registry
+        # another worker's /metrics may read this one's counts at any moment
+        self.shared = multiprocess_dir is not None
         if multiprocess_dir is not None:
             self.exposition = CollectorRegistry()
             multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]

@@ -137,6 +137,8 @@ class CheckHandler:
         metrics = self._metrics
         metrics.count_decision(outcome.allowed, outcome.reason)
         metrics.check_seconds.observe(elapsed / 1e9)
+        if metrics.shared:
+            metrics.flush()
 
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
@@ -168,3 +170,5 @@ class CheckHandler:
         metrics = self._metrics
         metrics.count_decisions(outcomes)
         metrics.batch_seconds.observe(elapsed / 1e9)
+        if metrics.shared:
+            metrics.flush()
