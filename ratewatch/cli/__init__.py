@@ -8,21 +8,43 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib import import_module
 
 import click
 
-from ratewatch.cli.analytics import migrate, sql
-from ratewatch.cli.dashboards import dashboards
-from ratewatch.cli.detect import detect
-from ratewatch.cli.keys import keys
-from ratewatch.cli.pipeline import pipeline
-from ratewatch.cli.serve import serve
-from ratewatch.cli.simulate import simulate
-from ratewatch.cli.stream import stream
-from ratewatch.cli.up import up
+# each command's module is imported when it runs: `ratewatch serve` does not load what
+# `simulate` or `sql` need (an HTTP client, the analytics store's client), which would sit
+# in every limiter process's memory
+COMMANDS = {
+    "serve": "ratewatch.cli.serve",
+    "keys": "ratewatch.cli.keys",
+    "up": "ratewatch.cli.up",
+    "pipeline": "ratewatch.cli.pipeline",
+    "migrate": "ratewatch.cli.analytics",
+    "sql": "ratewatch.cli.analytics",
+    "stream": "ratewatch.cli.stream",
+    "detect": "ratewatch.cli.detect",
+    "simulate": "ratewatch.cli.simulate",
+    "dashboards": "ratewatch.cli.dashboards",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported from ``COMMANDS`` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ratewatch")
 def main() -> None:
     """RateWatch: rate limiting with analytics and abuse detection."""
@@ -30,17 +52,6 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-
-main.add_command(serve)
-main.add_command(keys)
-main.add_command(up)
-main.add_command(pipeline)
-main.add_command(migrate)
-main.add_command(sql)
-main.add_command(stream)
-main.add_command(detect)
-main.add_command(simulate)
-main.add_command(dashboards)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

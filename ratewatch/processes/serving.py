@@ -60,6 +60,7 @@ def run_server(app: Any, sock: socket.socket) -> bool:
         app,
         loop="uvloop",
         http="httptools",
+        ws="none",  # no WebSocket route: the protocol and its library stay unloaded
         lifespan="on",
         access_log=False,
         log_level="warning",
