@@ -59,6 +59,7 @@ from limiter.state.tenants import TenantSettingsStore
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
 from stream.audit_outbox import AuditOutbox
+from stream.backlog import BacklogReport
 from webhooks.metrics import WebhookMetrics
 from webhooks.queue import DeliveryQueue
 from webhooks.registry import WebhookStore
@@ -198,6 +199,13 @@ class LimiterApp:
             VERSION,
             decision_stream=stream.status if stream is not None else None,
             webhook_metrics=WebhookMetrics(DeliveryStats(redis, keyspace)),
+            stream_backlog=(
+                BacklogReport(
+                    redis, keyspace.events, settings.backlog_max_bytes, settings.backlog_max_age
+                )
+                if settings.redis_events
+                else None
+            ),
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

@@ -32,6 +32,10 @@ class LimiterSettings:
     spool_max_bytes: int = 1 << 30
     # the embedded pipeline: the check script appends every decision to a Redis stream
     redis_events: bool = False
+    # past this much of Redis's memory, or with a decision unstored for this long, the
+    # stream is reported behind (nothing is dropped)
+    backlog_max_bytes: int = 256 << 20
+    backlog_max_age: float = 300.0
     # which of several worker processes this is, and where they keep their metrics
     worker: int = 0
     metrics_dir: Path | None = None
@@ -66,6 +70,10 @@ class LimiterSettings:
             check_clickhouse_url(self.clickhouse_url)
         if self.spool_max_bytes < 1 << 20:
             raise ConfigError(f"spool max bytes {self.spool_max_bytes!r} is below 1 MiB")
+        if self.backlog_max_bytes < 1 << 20:
+            raise ConfigError(f"backlog max bytes {self.backlog_max_bytes!r} is below 1 MiB")
+        if not 1 <= self.backlog_max_age <= 86400:
+            raise ConfigError(f"backlog max age {self.backlog_max_age!r}s is not within 1-86400")
 
 
 def check_bootstrap(servers: str) -> None:

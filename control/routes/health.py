@@ -15,6 +15,7 @@ from control.http import json_response
 from limiter.failover import StoreHealth
 from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode
+from stream.backlog import BacklogReport
 from webhooks.metrics import WebhookMetrics
 
 
@@ -29,8 +30,10 @@ class HealthRoutes:
         version: str,
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
+        stream_backlog: BacklogReport | None = None,
     ):
         self._decision_stream = decision_stream
+        self._stream_backlog = stream_backlog  # the embedded decision stream's
         self._webhook_metrics = webhook_metrics
         self._redis = redis
         self._health = health
@@ -66,6 +69,12 @@ class HealthRoutes:
             stream = self._decision_stream()
             dependencies["decision_stream"] = stream
             degraded = degraded or stream["status"] != "up"
+        if self._stream_backlog is not None:  # status "behind" past its bounds
+            backlog: dict[str, object] = {"status": "unknown", "error": "Redis is down"}
+            if redis["status"] == "up":
+                backlog = await self._stream_backlog.status()
+            dependencies["decision_stream"] = backlog
+            degraded = degraded or backlog["status"] != "up"
         return json_response(
             {
                 "status": "degraded" if degraded else "ok",
@@ -82,4 +91,6 @@ class HealthRoutes:
         # read from Redis, so not while it is known to be down: a scrape never waits on it
         if self._webhook_metrics is not None and self._health.up:
             body += await self._webhook_metrics.exposition()
+        if self._stream_backlog is not None and self._health.up:
+            body += await self._stream_backlog.exposition()
         return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})

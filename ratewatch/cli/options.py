@@ -56,6 +56,34 @@ def webhooks_allow_private_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def backlog_options(hidden: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The bounds of the embedded decision stream, past which /health/detailed reports it
+    behind: ``up`` passes them on to its limiter."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = option(
+            "--backlog-max-age",
+            type=click.FloatRange(1, 86400),
+            default=300.0,
+            show_default=True,
+            hidden=hidden,
+            callback=_finite,
+            help="Seconds a decision may wait in the Valkey stream to be stored before "
+            "/health/detailed reports degraded (nothing is dropped).",
+        )(f)
+        return option(
+            "--backlog-max-mb",
+            type=click.IntRange(1, 1 << 20),
+            default=256,
+            show_default=True,
+            hidden=hidden,
+            help="Megabytes the Valkey stream may hold before /health/detailed reports "
+            "degraded (nothing is dropped).",
+        )(f)
+
+    return decorate
+
+
 def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """When the decision consumer inserts what it read (``stream.batching``): ``up`` passes
     them on to its worker, ``stream`` and ``pipeline`` build ``BatchBounds`` of them."""

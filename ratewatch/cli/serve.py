@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ratewatch.cli.options import key_secret, service_options, user_errors
+from ratewatch.cli.options import backlog_options, key_secret, service_options, user_errors
 
 
 def _serve(
@@ -25,6 +25,8 @@ def _serve(
     redis_events: bool = False,
     workers: int = 1,
     webhooks_allow_private: bool = False,
+    backlog_max_mb: int = 256,
+    backlog_max_age: float = 300.0,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import listen, prepare_metrics_dir, run_server, run_workers
@@ -48,6 +50,8 @@ def _serve(
                 fail_mode=parse_fail_mode(fail_mode),
                 kafka=kafka or None,
                 redis_events=redis_events,
+                backlog_max_bytes=backlog_max_mb << 20,
+                backlog_max_age=backlog_max_age,
                 worker=worker,
                 metrics_dir=metrics_dir,
                 clickhouse_url=clickhouse_url or None,
@@ -94,6 +98,7 @@ def _show_new_key(api_key: str) -> None:
     hidden=True,
     help="Append decisions to the Redis event stream (the embedded pipeline).",
 )
+@backlog_options(hidden=True)
 def serve(
     host: str,
     port: int,
@@ -106,6 +111,8 @@ def serve(
     workers: int,
     webhooks_allow_private: bool,
     redis_events: bool,
+    backlog_max_mb: int,
+    backlog_max_age: float,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -129,4 +136,6 @@ def serve(
         redis_events,
         workers,
         webhooks_allow_private,
+        backlog_max_mb,
+        backlog_max_age,
     )

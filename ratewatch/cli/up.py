@@ -15,6 +15,7 @@ import click
 
 from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
 from ratewatch.cli.options import (
+    backlog_options,
     batch_args,
     batch_options,
     option,
@@ -36,6 +37,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
     help="How much lower the CPU priority of the pipeline worker (and, with --kafka, of the "
     "consumer and the detector) is than the limiter's; 0: the same.",
 )
+@backlog_options()
 def up(
     host: str,
     port: int,
@@ -52,6 +54,8 @@ def up(
     metrics_port: int | None,
     metrics_host: str,
     pipeline_nice: int,
+    backlog_max_mb: int,
+    backlog_max_age: float,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -122,7 +126,8 @@ def up(
             )
         else:
             # the pipeline worker also detects abuse in the Valkey stream
-            limiter.append("--redis-events")
+            limiter += ["--redis-events", "--backlog-max-mb", str(backlog_max_mb)]
+            limiter += ["--backlog-max-age", str(backlog_max_age)]
             worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
             worker += metrics(0)
         worker += batch_args(batch_max_decisions, batch_max_age)

@@ -180,10 +180,20 @@ def test_up_lowers_the_pipeline_workers_priority_by_the_configured_nice(tmp_path
         service.stop()
 
 
-@pytest.mark.parametrize("value", ["20", "-1", "ten"])
-def test_up_refuses_a_pipeline_nice_out_of_range(tmp_path: Path, value: str) -> None:
-    result = cli("up", "--data-dir", str(tmp_path / "d"), "--pipeline-nice", value)
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--pipeline-nice", "20"),
+        ("--pipeline-nice", "-1"),
+        ("--pipeline-nice", "ten"),
+        ("--backlog-max-mb", "0"),
+        ("--backlog-max-age", "0.5"),
+        ("--backlog-max-age", "nan"),
+    ],
+)
+def test_up_refuses_a_resource_option_out_of_range(tmp_path: Path, option: str, value: str) -> None:
+    result = cli("up", "--data-dir", str(tmp_path / "d"), option, value)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "'--pipeline-nice'" in result.stderr
+    assert f"'{option}'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()  # refused before anything started
