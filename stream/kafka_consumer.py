@@ -6,9 +6,12 @@ until ``fetch_min_bytes`` arrived or ``max_wait_ms`` passed.  Fetched records ar
 (``stream.batching``) until they make a batch: ``batch.max_decisions`` records (a backlog is
 drained some 60% faster in inserts of 10,000 or more than of fewer), or ``batch.max_age``
 seconds after the first of them was fetched, whichever comes first, so that a trickle of
-traffic is about one insert a second.  A batch is split by partition and each partition's
-share is one insert; the cuts of all of them are recorded in one statement before, and each
-insert is followed by its ledger rows.  Offsets are committed by hand (``AckPolicy.MANUAL``),
+traffic is about one insert a second.  One batch is written at a time, and the next one is
+fetched meanwhile (up to a whole batch; then the fetches wait for the store).  A batch is
+split by partition and each partition's share is one insert; the cuts of all of them are
+recorded in one statement before, and each insert is followed by its ledger rows.  A fetch
+delivered after its partition was reset (revoked, assigned anew, sought back) is dropped:
+it is fetched again from there.  Offsets are committed by hand (``AckPolicy.MANUAL``),
 after the store accepted the records and their dead letters were acknowledged: at least
 once.  Nothing held is committed: a consumer that dies holding records reads them again.
 
@@ -46,7 +49,7 @@ from aiokafka import (  # type: ignore[import-untyped]
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import IllegalStateError, KafkaError  # type: ignore[import-untyped]
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -214,11 +217,14 @@ class DecisionConsumer:
         self._partitions: dict[int, _Partition] = {}
         # fetched, not yet written: held until they make a batch
         self._pending: Pending[ConsumerRecord[bytes, bytes]] = Pending(settings.batch)
-        self._held = asyncio.Event()  # set when records are held: the ager's deadline moved
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # over the held records
+        # over a batch's write and commit, and the partitions' state (taken before _lock)
+        self._writing = asyncio.Lock()
+        self._kick = asyncio.Event()  # records held, or stopping: the writer looks again
+        self._taken = asyncio.Event()  # a batch was taken: a fetch held back may go on
         self._stopping = False
         self._reporter: asyncio.Task[None] | None = None
-        self._ager: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self.commits = 0
         self.commit_failures = 0
         self.store_failures = 0
@@ -245,7 +251,7 @@ class DecisionConsumer:
         """Connect, join the group (returns once partitions are assigned) and consume."""
         await self.broker.start()
         self._reporter = asyncio.create_task(self._report(), name="ratewatch-stream-report")
-        self._ager = asyncio.create_task(self._age_out(), name="ratewatch-stream-batches")
+        self._writer = asyncio.create_task(self._write_loop(), name="ratewatch-stream-batches")
         log.info(
             "consuming %s at %s as group %s",
             self.settings.topic,
@@ -259,12 +265,14 @@ class DecisionConsumer:
         if self._stopping:
             return
         self._stopping = True  # from now on a fetched batch is written at once
+        self._kick.set()
+        self._taken.set()
         consumer = self.subscriber.consumer
         if consumer is not None:
-            async with self._lock:
+            async with self._writing:
                 await self._write_due(consumer, everything=True)
         await self.broker.stop()  # waits up to graceful_timeout for the batch in hand
-        for task in (self._reporter, self._ager):
+        for task in (self._reporter, self._writer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -290,34 +298,74 @@ class DecisionConsumer:
         if consumer is None:
             return
         async with self._lock:
-            self._pending.add(records, time.monotonic())
-            await self._write_due(consumer, everything=self._stopping)
-        self._held.set()
+            current = await self._current(consumer, records)
+            self._pending.add(current, time.monotonic())
+        self._kick.set()
+        if self._stopping:
+            # stop() waits for this fetch: written now, while the consumer can commit it
+            async with self._writing:
+                await self._write_due(consumer, everything=True)
+            return
+        # the next batch is read while one is written, up to a whole batch: then the
+        # fetches wait for the store
+        while self._pending.decisions >= self.settings.batch.max_decisions and not self._stopping:
+            self._taken.clear()
+            await self._taken.wait()
 
-    async def _age_out(self) -> None:
-        """Write what is held once its first record is ``batch.max_age`` old, also when
-        nothing more is fetched."""
+    async def _current(
+        self, consumer: Any, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> Records:
+        """``records`` without those of partitions reset since they were fetched (revoked,
+        or assigned anew, or sought back after a failure): they are fetched again from
+        there.  A fetched record lies before its partition's position, a stale one not."""
+        positions: dict[int, int | None] = {}
+        current: Records = []
+        for record in records:
+            if record.partition not in positions:
+                positions[record.partition] = await self._position(consumer, record.partition)
+            position = positions[record.partition]
+            if position is not None and record.offset < position:
+                current.append(record)
+        return current
+
+    async def _position(self, consumer: Any, partition: int) -> int | None:
+        """The partition's next offset to fetch; None if it is not this member's."""
+        tp = TopicPartition(self.settings.topic, partition)
+        if tp not in consumer.assignment():
+            return None
+        try:
+            return int(await consumer.position(tp))
+        except IllegalStateError:  # revoked meanwhile
+            return None
+
+    async def _write_loop(self) -> None:
+        """Write each batch once it is due: full, or its first record ``batch.max_age`` old,
+        also when nothing more is fetched."""
         while True:
-            deadline = self._pending.deadline()
-            if deadline is None:
-                await self._held.wait()
-                self._held.clear()
-                continue
-            if deadline > time.monotonic():
-                await asyncio.sleep(deadline - time.monotonic())
+            if not self._pending.due(time.monotonic()):
+                deadline = self._pending.deadline()
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), wait)
+                self._kick.clear()
                 continue
             consumer = self.subscriber.consumer
             if consumer is None:  # not consuming (any more): nothing can be committed
                 await asyncio.sleep(self.settings.retry_initial)
                 continue
-            async with self._lock:
+            async with self._writing:
                 await self._write_due(consumer)
 
     async def _write_due(self, consumer: Any, everything: bool = False) -> None:
         """Write and commit the batches due now (or all that is held), each of at most
-        ``batch.max_decisions`` records.  Call with the lock held."""
-        while self._pending and (everything or self._pending.due(time.monotonic())):
-            if not await self._write_batch(consumer, self._pending.take()):
+        ``batch.max_decisions`` records.  Call holding ``_writing``."""
+        while True:
+            async with self._lock:
+                if not self._pending or not (everything or self._pending.due(time.monotonic())):
+                    return
+                batch = self._pending.take()
+            self._taken.set()
+            if not await self._write_batch(consumer, batch):
                 return
 
     async def _write_batch(self, consumer: Any, records: Records) -> bool:
@@ -337,13 +385,15 @@ class DecisionConsumer:
             # held after them (their recorded cuts are followed, the ledger skips what was
             # written)
             log.exception("a batch failed unexpectedly; fetching it again")
-            for record in self._pending.take_all():
-                first = self._first_unwritten(record.partition, [record])
-                rewind.setdefault(record.partition, first)
-            for partition, offset in rewind.items():
-                self._partitions.pop(partition, None)
-                self.handler.forget(self.settings.topic, partition)
-                consumer.seek(TopicPartition(self.settings.topic, partition), offset)
+            async with self._lock:
+                for record in self._pending.take_all():
+                    first = self._first_unwritten(record.partition, [record])
+                    rewind.setdefault(record.partition, first)
+                for partition, offset in rewind.items():
+                    self._partitions.pop(partition, None)
+                    self.handler.forget(self.settings.topic, partition)
+                    consumer.seek(TopicPartition(self.settings.topic, partition), offset)
+            self._taken.set()
             await asyncio.sleep(self.settings.retry_max)
             return False
         failed = await self.dead_letters.flush()
@@ -440,7 +490,7 @@ class DecisionConsumer:
     async def forget(self, partitions: set[TopicPartition]) -> None:
         """Drop the state of partitions assigned anew or revoked (after the batch in hand),
         and what is held of them: it is fetched again from the last commit."""
-        async with self._lock:
+        async with self._writing, self._lock:
             self._forget(partitions)
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
@@ -449,15 +499,17 @@ class DecisionConsumer:
             self._partitions.pop(partition, None)
             self.handler.forget(self.settings.topic, partition)
         self._pending.discard(lambda record: record.partition in mine)
+        self._taken.set()
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         """Write and commit what is held while the partitions are still this member's,
         then forget those another member now consumes, their offsets and lag too."""
         consumer = self.subscriber.consumer
-        async with self._lock:
+        async with self._writing:
             if consumer is not None and not self._stopping:
                 await self._write_due(consumer, everything=True)
-            self._forget(partitions)
+            async with self._lock:
+                self._forget(partitions)
         self.metrics.partitions_revoked(
             tp.partition for tp in partitions if tp.topic == self.settings.topic
         )

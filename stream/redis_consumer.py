@@ -3,7 +3,8 @@
 
 - Entries are read as they come and held (``stream.batching``) until the batch holds the
   size bound's decisions or its first entry was read the age bound ago; then the batch is
-  written in three statements (its cut, the insert, the ledger) and acknowledged.
+  written in three statements (its cut, the insert, the ledger) and acknowledged.  One
+  batch is written at a time, and the next one is read meanwhile (up to the size bound).
 - A batch's cut (first and last offset) is recorded before it is written.  A failed write
   is retried with the same batch until it succeeds (or the worker stops, leaving the batch
   pending); only then is the batch acknowledged.
@@ -44,6 +45,7 @@ CONSUMER = "pipeline"
 PARTITION = 0  # a stream is one ordered sequence
 MAX_RETRY_PAUSE = 5.0
 MAX_READ = 5000  # entries of one read: the reply is parsed at once
+WRITING_POLL_MS = 50  # a read's longest wait while a batch is written
 
 
 class PlannedStore(EventStore, Protocol):
@@ -93,63 +95,98 @@ class StreamPipeline:
         self._metrics = handler.metrics  # the failures beside the handler's counts
         # each entry read and not yet acknowledged, as a record (None: deleted since)
         self._pending: Pending[tuple[bytes, Record | None]] = Pending(self.bounds)
+        self._writing: asyncio.Task[None] | None = None  # the batch being stored
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set: first what this consumer read and never
         acknowledged (``recover``), then new entries, each batch acknowledged once it is
         stored; on the way out, what is in hand."""
         pause, recovering = 0.25, True
-        while not self._stopping.is_set():
-            try:
-                if recovering:
-                    # what is in hand is still pending in Redis: recover() writes it
-                    self._pending.take_all()
-                    self._handler.forget(self._stream, PARTITION)
-                    recovered = await self.recover()
-                    if recovered:
-                        log.info("recovered %d entries read but never acknowledged", recovered)
-                    recovering = False
-                await self._write_due(time.monotonic())
-                entries = await self._group.read_new(self._wait_ms(), self._read_count)
-                if entries:
-                    held = [(entry_id, _record(entry_id, fields)) for entry_id, fields in entries]
-                    sizes = [entry_decisions(r.value) if r else 1 for _, r in held]
-                    self._pending.add(held, time.monotonic(), sizes)
-            except _Stopping:
-                log.warning("stopping with a batch of %s unstored: it is read again", self._stream)
-                return
-            except (RedisError, OSError) as exc:
-                recovering = True  # an XACK may be among what failed
-                log.error("reading %s failed (%s); retrying in %.1fs", self._stream, exc, pause)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
-                pause = min(MAX_RETRY_PAUSE, pause * 2)
-            else:
-                pause = 0.25
-        if recovering:
-            return  # what was in hand is pending: the next worker recovers it
         try:
-            await self._write_due(time.monotonic(), everything=True)
+            while not self._stopping.is_set():
+                try:
+                    if recovering:
+                        await self._settle()
+                        # what is in hand is still pending in Redis: recover() writes it
+                        self._pending.take_all()
+                        self._handler.forget(self._stream, PARTITION)
+                        recovered = await self.recover()
+                        if recovered:
+                            log.info("recovered %d entries read but never acknowledged", recovered)
+                        recovering = False
+                    await self._step()
+                except _Stopping:
+                    log.warning(
+                        "stopping with a batch of %s unstored: it is read again", self._stream
+                    )
+                    return
+                except (RedisError, OSError) as exc:
+                    recovering = True  # an XACK may be among what failed
+                    log.error("reading %s failed (%s); retrying in %.1fs", self._stream, exc, pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
+                    pause = min(MAX_RETRY_PAUSE, pause * 2)
+                else:
+                    pause = 0.25
+            await self._finish(recovering)
+        finally:
+            if self._writing is not None:
+                self._writing.cancel()  # only when leaving on an unexpected error
+
+    async def _step(self) -> None:
+        """Start writing the batch due (one at a time: while one is written, the next one
+        is read), then read what is new."""
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            writing.result()  # its failure, if it failed: stopping, or Redis (then recover)
+        if self._writing is None and self._pending.due(time.monotonic()):
+            batch = self._pending.take()
+            self._writing = asyncio.create_task(self._store_batch(batch), name="ratewatch-batch")
+        if self._writing is not None and self._pending.decisions >= self.bounds.max_decisions:
+            await asyncio.wait([self._writing])  # the next batch is full: the store first
+            return
+        entries = await self._group.read_new(self._wait_ms(), self._read_count)
+        if entries:
+            held = [(entry_id, _record(entry_id, fields)) for entry_id, fields in entries]
+            sizes = [entry_decisions(r.value) if r else 1 for _, r in held]
+            self._pending.add(held, time.monotonic(), sizes)
+
+    def _wait_ms(self) -> int:
+        """How long a read may wait: until the batch in hand is due, or a little while a
+        batch is written (its end may let the next one start), at most ``block_ms``."""
+        wait = self._block_ms
+        if self._writing is not None:
+            wait = min(wait, WRITING_POLL_MS)
+        else:
+            deadline = self._pending.deadline()
+            if deadline is not None:
+                wait = min(wait, int((deadline - time.monotonic()) * 1000) + 1)
+        return max(1, wait)
+
+    async def _store_batch(self, batch: Sequence[tuple[bytes, Record | None]]) -> None:
+        await self.write([record for _, record in batch if record is not None])
+        await self._group.ack([entry_id for entry_id, _ in batch])
+
+    async def _settle(self) -> None:
+        """Wait for the batch being written; a failed acknowledgement leaves it pending,
+        for ``recover``."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await writing
+
+    async def _finish(self, recovering: bool) -> None:
+        """Told to stop: the batch being written, then what is in hand (unless it is to be
+        recovered), written and acknowledged; left pending if the store or Redis fails."""
+        try:
+            await self._settle()
+            while self._pending and not recovering:
+                await self._store_batch(self._pending.take())
         except _Stopping:
             log.warning("stopping with a batch of %s unstored: it is read again", self._stream)
         except (RedisError, OSError) as exc:
             log.warning("stopping with %s unacknowledged (%s): it is read again", self._stream, exc)
-
-    def _wait_ms(self) -> int:
-        """How long a read may wait: until the batch in hand is due, at most ``block_ms``."""
-        deadline = self._pending.deadline()
-        if deadline is None:
-            return self._block_ms
-        left = int((deadline - time.monotonic()) * 1000) + 1
-        return max(1, min(self._block_ms, left))
-
-    async def _write_due(self, now: float, everything: bool = False) -> None:
-        """Write and acknowledge the batches due at ``now`` (all that is held, if
-        ``everything``), each at most the size bound."""
-        while self._pending and (everything or self._pending.due(now)):
-            batch = self._pending.take()
-            await self.write([record for _, record in batch if record is not None])
-            await self._group.ack([entry_id for entry_id, _ in batch])
 
     async def write(self, records: Sequence[Record], planned: bool = False) -> None:
         """Record the cut (unless it is recorded already), then write until it succeeds."""

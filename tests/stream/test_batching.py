@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,14 +114,20 @@ async def pending(redis: Redis, stream: str) -> int:
 class Embedded:
     """A pipeline on a stream of its own, and the limiter appending to it."""
 
-    def __init__(self, redis: Redis, store: CountingStore, bounds: BatchBounds) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        store: CountingStore,
+        bounds: BatchBounds,
+        in_store: Callable[..., Awaitable[Any]] = in_thread,
+    ) -> None:
         self.redis = redis
         self.stream = f"test:events:{secrets.token_hex(4)}"
         self.limiter = RedisStore(redis, Keyspace(), event_stream=self.stream)
         self.stop = asyncio.Event()
         self.handler = BatchHandler(store, Letters(), decoder=decode_entry)
         self.pipeline = StreamPipeline(
-            redis, self.stream, self.handler, store, in_thread, self.stop, bounds=bounds
+            redis, self.stream, self.handler, store, in_store, self.stop, bounds=bounds
         )
 
     @asynccontextmanager
@@ -197,6 +204,37 @@ async def test_a_stopping_pipeline_writes_what_it_holds_at_once(
         assert await pending(redis, embedded.stream) == 0
 
 
+async def test_the_next_batch_is_read_while_one_is_written(
+    redis: Redis, tenant: str, tmp_path: Path
+) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)  # the store's thread, not the loop's
+    loop = asyncio.get_running_loop()
+    opened = await loop.run_in_executor(executor, open_store, tmp_path / "ch")
+    gate = threading.Event()
+    store = CountingStore(opened, gate)
+
+    async def in_store(call: Callable[..., Any], *args: Any) -> Any:
+        return await loop.run_in_executor(executor, call, *args)
+
+    embedded = Embedded(redis, store, BatchBounds(max_age=0.2), in_store)
+    try:
+        async with embedded.running():
+            await decide(embedded.limiter, tenant, 2, "first")
+            await eventually(lambda: store.calls["write"] == 1, 20, "the first batch's write")
+            await decide(embedded.limiter, tenant, 3, "next")
+            # read (delivered, not yet acknowledged) while the first batch is being written
+            await eventually_async(lambda: pending(redis, embedded.stream), 5, "the next read")
+            assert store.writes == []
+            gate.set()
+            await eventually(lambda: embedded.handler.stats.written == 10, 20, "10 rows")
+        assert store.writes == [4, 6]
+        assert await pending(redis, embedded.stream) == 0
+    finally:
+        gate.set()
+        await loop.run_in_executor(executor, opened.close)
+        executor.shutdown()
+
+
 async def test_a_recorded_cut_longer_than_a_page_of_pending_entries_is_written_whole(
     redis: Redis, store: CountingStore, tenant: str
 ) -> None:
@@ -230,7 +268,14 @@ async def test_a_recorded_cut_longer_than_a_page_of_pending_entries_is_written_w
 class Kafka:
     """A consumer of a one-partition topic of its own, its store on one thread."""
 
-    def __init__(self, broker: KafkaBroker, directory: Path, bounds: BatchBounds) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        directory: Path,
+        bounds: BatchBounds,
+        gate: threading.Event | None = None,
+    ) -> None:
+        self.gate = gate
         self.bootstrap = broker.bootstrap
         self.topic = unique_topic()
         self.directory = directory
@@ -248,11 +293,13 @@ class Kafka:
         await create_topic(self.bootstrap, self.topic, partitions=1)
         loop = asyncio.get_running_loop()
         opened = await loop.run_in_executor(self.executor, open_store, self.directory)
-        store = CountingStore(opened)
+        store = CountingStore(opened, self.gate)
         member = DecisionConsumer(self.settings, store, self.executor)
         try:
             yield member, store
         finally:
+            if self.gate is not None:
+                self.gate.set()
             await member.stop()
             await loop.run_in_executor(self.executor, opened.close)
             self.executor.shutdown()
@@ -309,3 +356,20 @@ async def test_kafka_a_stopping_consumer_writes_and_commits_what_it_holds(
         await member.stop()
         assert store.writes == [4]
         assert member.commits == 1
+
+
+async def test_kafka_the_next_batch_is_fetched_while_one_is_written(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    kafka = Kafka(kafka_broker, tmp_path / "ch", BatchBounds(max_age=0.3), gate)
+    async with kafka.consuming() as (member, store):
+        await member.start()
+        await kafka.produce(0, 5)
+        await eventually(lambda: store.calls["write"] == 1, 30, "the first batch's write")
+        await kafka.produce(5, 7)
+        await eventually(lambda: len(member._pending) == 7, 30, "the next fetch, held")
+        assert store.writes == []
+        gate.set()
+        await eventually(lambda: member.handler.stats.written == 12, 30, "12 rows")
+        assert store.writes == [5, 7]

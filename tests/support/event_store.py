@@ -5,6 +5,7 @@ chDB opens one directory per process at a time: close the store before another o
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,10 +51,12 @@ def store_totals(store: ClickHouseEventStore) -> list[int]:
 
 class CountingStore:
     """The store, counting the statements a consumer makes through it: each call by name,
-    and the events of each ``write`` (one insert and its ledger rows)."""
+    and the events of each ``write`` (one insert and its ledger rows).  With a ``gate``, a
+    write waits until it is open (the store's thread must then not be the test's)."""
 
-    def __init__(self, store: ClickHouseEventStore) -> None:
+    def __init__(self, store: ClickHouseEventStore, gate: threading.Event | None = None) -> None:
         self.store = store
+        self.gate = gate
         self.calls: Counter[str] = Counter()
         self.writes: list[int] = []
 
@@ -71,6 +74,8 @@ class CountingStore:
 
     def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
         self.calls["write"] += 1
+        if self.gate is not None and not self.gate.wait(30):
+            raise TimeoutError("the gate of the store's writes stayed shut")
         self.writes.append(len(events))
         return self.store.write(source, partition, events, token)
 
