@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import pytest
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from analytics.errors import AnalyticsError
@@ -243,7 +244,7 @@ async def test_a_recorded_cut_longer_than_a_page_of_pending_entries_is_written_w
     embedded = Embedded(redis, store, BatchBounds())
     await decide(embedded.limiter, tenant, 30, "p")
     await ensure_group(redis, embedded.stream)
-    reply = await redis.xreadgroup(GROUP, CONSUMER, {embedded.stream: ">"}, count=1000)
+    reply: Any = await redis.xreadgroup(GROUP, CONSUMER, {embedded.stream: ">"}, count=1000)
     records = [entry_record(entry_id, fields) for entry_id, fields in reply[0][1]]
     raw = store.store
     raw.plan_batches([(embedded.stream, 0, records[0].offset, records[-1].offset)])
@@ -373,3 +374,34 @@ async def test_kafka_the_next_batch_is_fetched_while_one_is_written(
         gate.set()
         await eventually(lambda: member.handler.stats.written == 12, 30, "12 rows")
         assert store.writes == [5, 7]
+
+
+class _Fetched(NamedTuple):
+    partition: int
+    offset: int
+
+
+class _Positions:
+    """A consumer's view of its partitions: which are assigned, and the next offset of each."""
+
+    def __init__(self, topic: str, positions: dict[int, int]) -> None:
+        self.topic = topic
+        self.positions = positions
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(self.topic, p) for p in self.positions}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp.partition]
+
+
+async def test_kafka_a_fetch_delivered_after_its_partition_was_reset_is_dropped() -> None:
+    """Fetched records lie before their partition's position; after a rebalance or a seek
+    back the position is behind them, and they are fetched again from there."""
+    settings = ConsumerSettings("127.0.0.1:1", topic="t")
+    consumer = _Positions("t", {0: 10, 1: 3})  # partition 0 sought back to 10; 2 revoked
+    fetched = [_Fetched(0, 12), _Fetched(0, 13), _Fetched(1, 1), _Fetched(1, 2), _Fetched(2, 5)]
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        member = DecisionConsumer(settings, cast(Any, None), executor)
+        current = await member._current(consumer, cast(Any, fetched))
+    assert current == [_Fetched(1, 1), _Fetched(1, 2)]
