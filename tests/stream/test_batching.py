@@ -145,13 +145,13 @@ class Embedded:
 async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_old(
     redis: Redis, store: CountingStore, tenant: str
 ) -> None:
-    embedded = Embedded(redis, store, BatchBounds(max_age=0.4))
+    embedded = Embedded(redis, store, BatchBounds(max_age=1.0))
     handler = embedded.handler
     async with embedded.running():
         started = time.monotonic()
         await decide(embedded.limiter, tenant, 3, "a")  # three reads' worth, one by one
         await eventually(lambda: handler.stats.written == 6, 20, "the trickle's 6 rows")
-        assert time.monotonic() - started >= 0.4  # held for the age bound, not per read
+        assert time.monotonic() - started >= 1.0  # held for the age bound, not per read
         assert (handler.stats.batches, store.writes) == (1, [6])
         await decide(embedded.limiter, tenant, 2, "b")
         await eventually(lambda: handler.stats.written == 10, 20, "the next 4 rows")
@@ -217,7 +217,7 @@ async def test_the_next_batch_is_read_while_one_is_written(
     async def in_store(call: Callable[..., Any], *args: Any) -> Any:
         return await loop.run_in_executor(executor, call, *args)
 
-    embedded = Embedded(redis, store, BatchBounds(max_age=0.2), in_store)
+    embedded = Embedded(redis, store, BatchBounds(max_age=1.0), in_store)
     try:
         async with embedded.running():
             await decide(embedded.limiter, tenant, 2, "first")
