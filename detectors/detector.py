@@ -7,8 +7,9 @@ the tenant's baseline and, sampled, the isolation forest's history, which the re
 retrains on its schedule.  Flagged and doubtful subjects never enter the history, so an
 attack cannot teach the models that it is normal.
 
-Memory is bounded: two minutes of rows plus per-minute summaries (``RollingWindow``), a
-queue of observed frames that is folded in at ``inbox_limit``, at most
+Memory is bounded: the short window's decisions plus per-subject tallies and per-minute
+summaries of the long window (``RollingWindow``), a queue of observed frames that is
+folded in at ``inbox_limit``, at most
 ``ModelRegistry.max_history`` history rows per (tenant, scope), and the state of a tenant
 that has been silent for ``idle_ms`` is dropped.  ``observe`` may be called from any
 thread while another evaluates; evaluations run one at a time.
@@ -26,7 +27,7 @@ import polars as pl
 from sklearn.base import clone
 
 from detectors.baseline import RobustBaseline
-from detectors.features import as_scope, assemble, subject_origins
+from detectors.features import as_scope
 from detectors.model_features import DIRECTIONS, GROUPS, MIN_MADS, Z_CAPS, isolation_matrix
 from detectors.policy import DetectionPolicy, Judgement
 from detectors.registry import ModelRegistry
@@ -154,7 +155,7 @@ class AbuseDetector:
 
         Addresses are judged first; keys and user ids are then judged without the
         decisions that blocked addresses made on them when those are a minority of their
-        traffic (``detectors.features.assemble``): the accounts a credential stuffer
+        traffic (``detectors.attribution.spare_victims``): the accounts a credential stuffer
         tries are its victims, not its accomplices.
 
         Warranted key and user id verdicts name the addresses their subject's decisions of
@@ -163,12 +164,13 @@ class AbuseDetector:
         """
         with self._evaluating:
             self._drain()
-            snapshot = self.window.snapshot(now_ms)
             self._retrain_budget = self._retrains_per_evaluation
-            verdicts = self._judge(assemble(snapshot, ("ip",)), now_ms, include_all)
-            others = assemble(snapshot, ("key", "user_id"), self._blame(verdicts, now_ms))
+            ips = self.window.features(now_ms, ("ip",))
+            verdicts = self._judge(ips, now_ms, include_all)
+            blamed = self._blame(verdicts, now_ms)
+            others = self.window.features(now_ms, ("key", "user_id"), blamed)
             judged = self._judge(others, now_ms, include_all)
-            verdicts.extend(_with_origins(judged, snapshot.recent))
+            verdicts.extend(_with_origins(judged, self.window))
             self._forget_idle(now_ms)
             return verdicts
 
@@ -238,18 +240,19 @@ class AbuseDetector:
             self.registry.forget(tenant)
 
 
-def _with_origins(verdicts: list[Verdict], recent: pl.DataFrame) -> list[Verdict]:
+def _with_origins(verdicts: list[Verdict], window: RollingWindow) -> list[Verdict]:
     """``verdicts`` (key and user id) with the warranted ones' ``ips`` filled in from all of
-    ``recent``, the decisions of blamed addresses included: they are the subject's traffic
-    too, and an address the allowlist does not hold must keep the subject blockable."""
+    the short window, the decisions of blamed addresses included: they are the subject's
+    traffic too, and an address the allowlist does not hold must keep the subject
+    blockable."""
     origins: dict[tuple[str, str, str], tuple[tuple[str, ...], bool, bool]] = {}
     for scope in ("key", "user_id"):
         flagged = [(v.tenant, v.subject) for v in verdicts if v.scope == scope and v.warranted]
         if not flagged:  # the usual case: no string work at all
             continue
         subjects = pl.DataFrame(flagged, schema=["tenant", "subject"], orient="row")
-        for tenant, subject, ips, truncated, ipless in subject_origins(
-            recent, scope, subjects, MAX_IPS
+        for tenant, subject, ips, truncated, ipless in window.origins(
+            scope, subjects, MAX_IPS
         ).iter_rows():
             origins[(scope, tenant, subject)] = (tuple(ips), truncated, ipless)
     if not origins:

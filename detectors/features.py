@@ -7,10 +7,15 @@ rate and IP spread, which is what "growth" and "a key suddenly used from many IP
 measured against.  Decisions whose value for a scope is null (no IP sent, no user id) are
 left out of that scope only.
 
-Everything is vectorised polars: the cost grows with the number of decisions and subjects,
-never with a Python loop per event.  ``subject_features`` works on a raw frame;
-``detectors.window.RollingWindow`` keeps the long window as per-minute roll-ups instead and
-calls the same ``assemble``, so both give the same numbers.
+Features are computed in two steps.  Decisions are first *tallied* per subject into
+integers that can be added to and taken from (``TALLY_SCHEMA``: counts, distinct values,
+route counts, sums of gaps, the long window's counts); ``features_of`` then derives the
+features of every tallied subject and the tenant medians, vectorised over subjects.
+``subject_features`` tallies a raw frame from scratch (``detectors.rows``);
+``detectors.window.RollingWindow`` keeps the tallies up to date as decisions arrive and
+leave the windows (``detectors.tallies``), so an evaluation costs what changed since the
+last one plus one pass over the active subjects.  Both derive with the same code and give
+the same numbers.
 
 Feature columns (``FEATURE_COLUMNS``), all Float64:
 
@@ -68,10 +73,10 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import polars as pl
 
+from detectors.attribution import spare_victims
 from detectors.verdict import SCOPES, Scope
 from stream.events import DecisionEvent
 
@@ -121,13 +126,45 @@ SUBJECT_FEATURES = (
 TENANT_FEATURES = tuple(f"tenant_median_{name}" for name in SUBJECT_FEATURES)
 FEATURE_COLUMNS = SUBJECT_FEATURES + TENANT_FEATURES
 
+# the values whose distinct count is a feature, and the feature's name
+DISTINCT = {
+    "key": "distinct_keys",
+    "ip": "distinct_ips",
+    "user_id": "distinct_user_ids",
+    "user_agent": "distinct_user_agents",
+    "route": "distinct_routes",
+}
+HASHED = tuple(DISTINCT)
+
+# What the features of one subject are derived from: integers that a decision adds to when
+# it arrives and takes from when it leaves a window (``route_plogp`` is a sum over the
+# subject's routes, recomputed from their counts).  Gaps are those between the subject's
+# consecutive decisions in the short window, in milliseconds.
+TALLY_SCHEMA: dict[str, pl.DataType] = {
+    "subject_hash": pl.UInt64(),
+    "tenant": pl.String(),
+    "subject": pl.String(),
+    "checks": pl.Int64(),
+    "denied": pl.Int64(),
+    "at_zero": pl.Int64(),
+    **{name: pl.Int64() for name in DISTINCT.values()},
+    "novel": pl.Int64(),  # decisions on novel routes (see ``route_novelty``)
+    "routed": pl.Int64(),  # decisions with a route
+    "route_plogp": pl.Float64(),  # sum of n log2 n over the subject's route counts n
+    "gap_sum": pl.Int64(),
+    "gap_sq": pl.Int64(),
+    "prior_checks": pl.Int64(),  # decisions in the long window before the short one
+    "prior_distinct_ips": pl.Int64(),
+    "distinct_ips_long": pl.Int64(),
+}
+
 # the long-window summary of a scope: decisions per (subject, ip), both hashed (below)
 PRIOR_SCHEMA: dict[str, pl.DataType] = {
     "subject_hash": pl.UInt64(),
     "ip_hash": pl.UInt64(),
     "checks": pl.UInt32(),
 }
-_HASHED = ("key", "ip", "user_id", "user_agent", "route")
+PRIOR_START_SCHEMA: dict[str, pl.DataType] = {"tenant": pl.String(), "prior_start_ms": pl.Int64()}
 
 
 def decisions_frame(events: Sequence[DecisionEvent]) -> pl.DataFrame:
@@ -163,181 +200,112 @@ def subject_hash(scope: Scope) -> pl.Expr:
     return pl.struct("tenant", scope).hash()
 
 
-def _value_hash(column: str) -> pl.Expr:
+def value_hash(column: str) -> pl.Expr:
+    """``column`` hashed, null where it is null."""
     return pl.when(pl.col(column).is_not_null()).then(pl.col(column).hash())
 
 
-def subject_ips(frame: pl.DataFrame, scope: Scope, by: Sequence[str] = ()) -> pl.DataFrame:
-    """Decisions per (subject, ip[, *by]): the long-window summary of ``scope``."""
-    rows = frame.filter(pl.col(scope).is_not_null())
-    keyed = rows.select(
-        subject_hash(scope).alias("subject_hash"), _value_hash("ip").alias("ip_hash"), *by
-    )
-    return keyed.group_by("subject_hash", "ip_hash", *by).agg(pl.len().alias("checks"))
+def with_hashes(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with ``<column>_hash`` for each column of ``HASHED``."""
+    return rows.with_columns(value_hash(name).alias(f"{name}_hash") for name in HASHED)
 
 
-ORIGINS_SCHEMA: dict[str, pl.DataType] = {
-    "tenant": pl.String(),
-    "subject": pl.String(),
-    "ips": pl.List(pl.String()),
-    "ips_truncated": pl.Boolean(),
-    "ipless": pl.Boolean(),
-}
-
-
-def subject_origins(
-    recent: pl.DataFrame, scope: Scope, subjects: pl.DataFrame, cap: int
-) -> pl.DataFrame:
-    """Where the decisions in ``recent`` of each of ``subjects`` (columns ``tenant`` and
-    ``subject``, of ``scope``) came from: its distinct ``ips`` (sorted, at most ``cap``),
-    ``ips_truncated`` if there were more, ``ipless`` if some decisions had no address.
-    Columns ``ORIGINS_SCHEMA``; subjects without decisions in ``recent`` are left out.
-
-    Unlike ``subject_ips`` this keeps the addresses themselves (not hashes), so it is meant
-    for the few subjects a verdict names, not for every subject of the window.
-    """
-    # semi join first: only the flagged subjects' rows are grouped and their strings moved
-    wanted = subjects.select("tenant", pl.col("subject").alias(scope)).unique()
-    rows = recent.select("tenant", scope, "ip").join(wanted, on=["tenant", scope], how="semi")
-    addresses = pl.col("ip").drop_nulls().unique()
-    grouped = rows.group_by("tenant", scope).agg(
-        addresses.sort().head(cap).alias("ips"),
-        (addresses.len() > cap).alias("ips_truncated"),
-        pl.col("ip").is_null().any().alias("ipless"),
-    )
-    return conform(grouped.rename({scope: "subject"}), ORIGINS_SCHEMA)
+def plogp(counts: pl.Series) -> pl.Series:
+    """``n log2 n`` of each count, with the logarithm ``features_of`` takes of their sum:
+    one function for both ways of tallying, so that a subject on one route has the same
+    entropy (zero) either way."""
+    values = counts.cast(pl.Float64)
+    return values * values.log(2)
 
 
 def subject_features(
-    frame: pl.DataFrame, now_ms: int, short_ms: int = MINUTE_MS, long_ms: int = 10 * MINUTE_MS
+    frame: pl.DataFrame,
+    now_ms: int,
+    short_ms: int = MINUTE_MS,
+    long_ms: int = 10 * MINUTE_MS,
+    bucket_ms: int | None = None,
+    blamed: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per (tenant, scope, subject) active in ``(now_ms - short_ms, now_ms]``:
-    ``ID_COLUMNS`` then ``FEATURE_COLUMNS``.  ``frame`` has the columns of ``FRAME_SCHEMA``;
-    decisions after ``now_ms`` are ignored, so a replay gives the features of that moment.
+    ``ID_COLUMNS`` then ``FEATURE_COLUMNS``, computed from scratch.  ``frame`` has the
+    columns of ``FRAME_SCHEMA``; decisions after ``now_ms`` are ignored, so a replay gives
+    the features of that moment.
+
+    The long window is ``(now_ms - long_ms, now_ms]``; with ``bucket_ms`` it starts at the
+    first multiple of ``bucket_ms`` at or after ``now_ms - long_ms`` instead, as in
+    ``RollingWindow``, which forgets its past a bucket at a time.  With ``blamed``
+    (columns ``tenant``, ``ip``), keys and user ids are judged without the decisions
+    ``detectors.attribution.spare_victims`` spares them.
     """
     check_windows(short_ms, long_ms)
     upto = frame.filter(pl.col("ts") <= now_ms)
-    window = upto.filter(pl.col("ts") > now_ms - long_ms)
     short_start = now_ms - short_ms
-    recent = window.filter(pl.col("ts") > short_start)
-    older = window.filter(pl.col("ts") <= short_start)
-    prior = {scope: conform(subject_ips(older, scope), PRIOR_SCHEMA) for scope in SCOPES}
+    recent = with_hashes(upto.filter(pl.col("ts") > short_start))
+    if bucket_ms is None:
+        start = now_ms - long_ms
+        earlier = pl.col("ts") > start
+    else:
+        start = -(-(now_ms - long_ms) // bucket_ms) * bucket_ms
+        earlier = pl.col("ts") >= start
+    older = upto.filter(earlier & (pl.col("ts") <= short_start))
     # the long window only counts from the tenant's first decision in the frame
     starts = upto.group_by("tenant").agg(pl.col("ts").min().alias("first_ms"))
     prior_start = starts.select(
-        "tenant", pl.max_horizontal("first_ms", pl.lit(now_ms - long_ms)).alias("prior_start_ms")
+        "tenant", pl.max_horizontal("first_ms", pl.lit(start)).alias("prior_start_ms")
     )
-    return assemble(Snapshot(recent, prior, prior_start, now_ms, short_ms))
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the features of one moment are computed from.
-
-    Parameters
-    ----------
-    recent
-        Decisions in ``(now_ms - short_ms, now_ms]``, columns of ``FRAME_SCHEMA``.
-    prior
-        Per scope, ``subject_ips`` of the decisions from ``prior_start_ms`` up to the short
-        window (rows may repeat a (subject, ip): their checks add up).
-    prior_start
-        ``tenant`` and ``prior_start_ms``: where each tenant's covered long window begins.
-    """
-
-    recent: pl.DataFrame
-    prior: Mapping[Scope, pl.DataFrame]
-    prior_start: pl.DataFrame
-    now_ms: int
-    short_ms: int
-
-
-def assemble(
-    snapshot: Snapshot, scopes: Sequence[Scope] = SCOPES, blamed: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """The features of ``scopes`` at the snapshot's moment.
-
-    ``blamed`` (columns ``tenant``, ``ip``) lists addresses already judged abusive.  A key
-    or user id that none of them dominates is their target, not their tool (the accounts a
-    credential stuffer tries from many addresses, the keys an enumerator guesses), so it is
-    judged on the rest of its traffic; one that gets most of its decisions from a single
-    blamed address (the account a scraper or a low-and-slow client drives) is judged on
-    all of it.
-    """
-    recent = _mark_novel_routes(
-        snapshot.recent.with_columns(_value_hash(name).alias(f"{name}_hash") for name in _HASHED)
-    )
-    parts = []
-    for scope in scopes:
+    novel = novel_routes(recent)
+    tallies = {}
+    for scope in SCOPES:
         rows = recent
-        if blamed is not None and scope != "ip" and blamed.height:
+        if blamed is not None and scope != "ip":
             rows = spare_victims(recent, scope, blamed)
-        parts.append(_scope_features(rows, snapshot, scope))
-    features = pl.concat(parts, how="vertical")
-    return features.with_columns(
-        pl.col(name).median().over("tenant", "scope").alias(f"tenant_median_{name}")
-        for name in SUBJECT_FEATURES
+        tallies[scope] = tally_rows(rows, subject_ips(older, scope), scope, novel)
+    return features_of(tallies, prior_start, now_ms, short_ms)
+
+
+def subject_ips(frame: pl.DataFrame, scope: Scope) -> pl.DataFrame:
+    """Decisions per (subject, ip): the long-window summary of ``scope`` (``PRIOR_SCHEMA``)."""
+    rows = frame.filter(pl.col(scope).is_not_null())
+    keyed = rows.select(
+        subject_hash(scope).alias("subject_hash"), value_hash("ip").alias("ip_hash")
     )
+    summary = keyed.group_by("subject_hash", "ip_hash").agg(pl.len().alias("checks"))
+    return conform(summary, PRIOR_SCHEMA)
 
 
-def _mark_novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
-    keys = ["tenant", "route_hash"]
+def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
+    """``tenant`` and ``route_hash`` of the routes of ``recent`` (rows ``with_hashes``) that
+    are novel: used by one caller, at most ``NOVEL_ROUTE_HITS`` times."""
     popularity = (
         recent.filter(pl.col("route_hash").is_not_null())
-        .group_by(keys)
+        .group_by("tenant", "route_hash")
         # a caller is an address with a key: the people behind one NAT address are many
         # callers, and the routes only they use are their application's, not a crawl;
         # a route its one caller keeps calling is that caller's own endpoint (a partner's
         # integration), not a page found by walking
         .agg(
-            pl.struct("ip_hash", "key_hash").n_unique().alias("_route_ips"),
-            pl.len().alias("_route_hits"),
+            pl.struct("ip_hash", "key_hash").n_unique().alias("callers"),
+            pl.len().alias("hits"),
         )
     )
-    novel = (pl.col("_route_ips") <= 1) & (pl.col("_route_hits") <= NOVEL_ROUTE_HITS)
-    return recent.join(popularity, on=keys, how="left").select(
-        pl.exclude("_route_ips", "_route_hits"), novel.fill_null(False).alias("_novel")
-    )
+    novel = (pl.col("callers") <= 1) & (pl.col("hits") <= NOVEL_ROUTE_HITS)
+    return popularity.filter(novel).select("tenant", "route_hash")
 
 
-def spare_victims(recent: pl.DataFrame, scope: Scope, blamed: pl.DataFrame) -> pl.DataFrame:
-    """``recent`` without the decisions ``blamed`` IPs made on subjects of ``scope`` that no
-    single blamed IP gives more than half of their decisions (see ``assemble``)."""
-    subject = ["tenant", scope]
-    indexed = recent.with_row_index("_row")
-    # only the few rows from blamed addresses and the subjects they touched are examined
-    hits = indexed.join(blamed.select("tenant", "ip").unique(), on=["tenant", "ip"], how="semi")
-    hits = hits.filter(pl.col(scope).is_not_null())
-    if hits.is_empty():
-        return recent
-    touched = hits.select(subject).unique()
-    totals = (
-        indexed.join(touched, on=subject, how="semi")
-        .group_by(subject)
-        .agg(pl.len().alias("_total"))
-    )
-    tied = (
-        hits.group_by(*subject, "ip")
-        .agg(pl.len().alias("_from_ip"))
-        .join(totals, on=subject)
-        .filter(pl.col("_from_ip") > 0.5 * pl.col("_total"))
-        .select(subject)
-        .unique()
-    )
-    spared = hits.join(tied, on=subject, how="anti").select("_row")
-    return indexed.join(spared, on="_row", how="anti").drop("_row")
-
-
-def _scope_features(recent: pl.DataFrame, snapshot: Snapshot, scope: Scope) -> pl.DataFrame:
-    prior = snapshot.prior[scope]
+def tally_rows(
+    recent: pl.DataFrame, prior: pl.DataFrame, scope: Scope, novel: pl.DataFrame
+) -> pl.DataFrame:
+    """The tallies (``TALLY_SCHEMA``) of ``scope``'s subjects in ``recent`` (short-window rows
+    ``with_hashes``), from scratch.  ``prior`` is ``subject_ips`` of the decisions earlier in
+    the long window, ``novel`` the ``novel_routes`` of the whole short window."""
     key = "subject_hash"
-    # each subject's decisions in time order, so consecutive rows give its gaps
-    needed = ["tenant", scope, "ts", "allowed", "remaining", "_novel"]
-    needed += [f"{column}_hash" for column in _HASHED]
+    needed = ["tenant", scope, "ts", "allowed", "remaining", *(f"{c}_hash" for c in HASHED)]
+    flags = novel.select("tenant", "route_hash", pl.lit(True).alias("_novel"))
     rows = (
         recent.filter(pl.col(scope).is_not_null())
         .select(subject_hash(scope).alias(key), *needed)
-        .sort(key, "ts")  # only the columns used below: the other strings need not move
+        .join(flags, on=["tenant", "route_hash"], how="left")
+        .sort(key, "ts")  # each subject's decisions in time order: consecutive rows, its gaps
     )
     gap = pl.when(pl.col(key) == pl.col(key).shift()).then(pl.col("ts").diff())
     rows = rows.with_columns(gap.alias("_gap"))
@@ -349,76 +317,85 @@ def _scope_features(recent: pl.DataFrame, snapshot: Snapshot, scope: Scope) -> p
         (pl.col("remaining") == 0).sum().alias("at_zero"),
         *(
             pl.col(f"{column}_hash").drop_nulls().n_unique().alias(name)
-            for column, name in _DISTINCT.items()
+            for column, name in DISTINCT.items()
         ),
-        pl.col("_novel").mean().alias("route_novelty"),
-        pl.col("_gap").mean().alias("gap_mean"),
-        pl.col("_gap").std().alias("gap_std"),
+        pl.col("_novel").sum().alias("novel"),
+        pl.col("_gap").sum().alias("gap_sum"),
+        (pl.col("_gap") * pl.col("_gap")).sum().alias("gap_sq"),
     )
-    route_counts = (
+    per_route = (
         rows.filter(pl.col("route_hash").is_not_null())
         .group_by(key, "route_hash")
-        .agg(pl.len().cast(pl.Float64).alias("n"))
+        .agg(pl.len().alias("n"))
     )
-    total = pl.col("n").sum()
-    # H = log2(N) - sum(n log2 n) / N for route counts n summing to N
-    entropy = route_counts.group_by(key).agg(
-        (total.log(2) - (pl.col("n") * pl.col("n").log(2)).sum() / total).alias("route_entropy")
+    routes = (
+        per_route.with_columns(plogp(per_route["n"]).alias("p"))
+        .group_by(key)
+        .agg(pl.col("n").sum().alias("routed"), pl.col("p").sum().alias("route_plogp"))
     )
     before = prior.group_by(key).agg(
         pl.col("checks").sum().alias("prior_checks"),
         pl.col("ip_hash").drop_nulls().n_unique().alias("prior_distinct_ips"),
     )
-    features = (
-        counts.join(entropy, on=key, how="left")
+    if scope == "ip":  # an address is its own single IP
+        spread = counts.select(key, pl.lit(1).alias("distinct_ips_long"))
+    else:
+        pairs = pl.concat([rows.select(key, "ip_hash").unique(), prior.select(key, "ip_hash")])
+        spread = pairs.group_by(key).agg(
+            pl.col("ip_hash").drop_nulls().n_unique().alias("distinct_ips_long")
+        )
+    tallies = (
+        counts.join(routes, on=key, how="left")
         .join(before, on=key, how="left")
-        .join(_long_ips(rows, prior, scope), on=key, how="left")
-        .join(snapshot.prior_start, on="tenant", how="left")
+        .join(spread, on=key, how="left")
     )
-    return features.select(
-        "tenant",
-        pl.lit(scope).alias("scope"),
-        "subject",
-        *_derived(snapshot.now_ms, snapshot.short_ms),
-    ).select(*ID_COLUMNS, *SUBJECT_FEATURES)
+    filled = ["routed", "route_plogp", "prior_checks", "prior_distinct_ips"]
+    return conform(tallies.with_columns(pl.col(filled).fill_null(0)), TALLY_SCHEMA)
 
 
-_DISTINCT = {
-    "key": "distinct_keys",
-    "ip": "distinct_ips",
-    "user_id": "distinct_user_ids",
-    "user_agent": "distinct_user_agents",
-    "route": "distinct_routes",
-}
-
-
-def _long_ips(rows: pl.DataFrame, prior: pl.DataFrame, scope: Scope) -> pl.DataFrame:
-    """Distinct IPs of each subject over the whole long window."""
-    key = "subject_hash"
-    if scope == "ip":  # an address is its own single IP: skip the union
-        return rows.select(key, pl.lit(1).alias("distinct_ips_long")).unique()
-    pairs = pl.concat([rows.select(key, "ip_hash").unique(), prior.select(key, "ip_hash")])
-    return pairs.group_by(key).agg(
-        pl.col("ip_hash").drop_nulls().n_unique().alias("distinct_ips_long")
+def features_of(
+    tallies: Mapping[Scope, pl.DataFrame], prior_start: pl.DataFrame, now_ms: int, short_ms: int
+) -> pl.DataFrame:
+    """The features of every tallied subject (``TALLY_SCHEMA`` rows per scope) at
+    ``now_ms``, with the medians of its tenant and scope.  ``prior_start`` (columns
+    ``PRIOR_START_SCHEMA``) says where each tenant's covered long window begins."""
+    parts = [
+        tally.join(prior_start, on="tenant", how="left")
+        .select("tenant", pl.lit(scope).alias("scope"), "subject", *_derived(now_ms, short_ms))
+        .select(*ID_COLUMNS, *SUBJECT_FEATURES)
+        for scope, tally in tallies.items()
+    ]
+    features = pl.concat(parts, how="vertical")
+    return features.with_columns(
+        pl.col(name).median().over("tenant", "scope").alias(f"tenant_median_{name}")
+        for name in SUBJECT_FEATURES
     )
 
 
 def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
     short_minutes = short_ms / MINUTE_MS
     checks = pl.col("checks").cast(pl.Float64)
-    prior_checks = pl.col("prior_checks").fill_null(0).cast(pl.Float64)
+    prior_checks = pl.col("prior_checks").cast(pl.Float64)
     prior_minutes = ((now_ms - short_ms) - pl.col("prior_start_ms")).clip(lower_bound=0) / MINUTE_MS
     prior_minutes = prior_minutes.fill_null(0.0)
     rate_short = checks / short_minutes
     typical = rate_short.median().over("tenant")
     prior_rate = prior_checks / pl.max_horizontal(prior_minutes, pl.lit(1e-9))
-    cv = pl.col("gap_std") / pl.col("gap_mean")
+    # gaps: checks - 1 of them, summing to gap_sum, their squares to gap_sq
+    gaps = checks - 1.0
+    gap_sum = pl.col("gap_sum").cast(pl.Float64)
+    gap_mean = pl.when(gaps > 0).then(gap_sum / gaps)
+    variance = (pl.col("gap_sq").cast(pl.Float64) * gaps - gap_sum * gap_sum) / (gaps * (gaps - 1))
+    gap_std = pl.when(gaps > 1).then(variance.clip(lower_bound=0.0).sqrt())
     measured_cv = (
-        pl.when((checks >= CV_MIN_CHECKS) & (pl.col("gap_mean") > 0))
-        .then(cv)
+        pl.when((checks >= CV_MIN_CHECKS) & (gap_mean > 0))
+        .then(gap_std / gap_mean)
         .otherwise(1.0)
         .fill_null(1.0)
     )
+    routed = pl.col("routed").cast(pl.Float64)
+    # H = log2(N) - sum(n log2 n) / N for route counts n summing to N
+    entropy = pl.when(routed > 0).then(routed.log(2) - pl.col("route_plogp") / routed)
     distinct_keys = pl.max_horizontal(pl.col("distinct_keys"), pl.lit(1)).cast(pl.Float64)
     return [
         checks.alias("checks"),
@@ -431,11 +408,11 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         .alias("growth"),
         (pl.col("denied").cast(pl.Float64) / checks).alias("deny_ratio"),
         (pl.col("at_zero").cast(pl.Float64) / checks).alias("zero_remaining_share"),
-        *(pl.col(name).cast(pl.Float64) for name in _DISTINCT.values()),
-        pl.col("distinct_ips_long").fill_null(1).cast(pl.Float64),
-        pl.col("prior_distinct_ips").fill_null(0).cast(pl.Float64),
-        pl.col("route_entropy").fill_null(0.0).clip(lower_bound=0.0),
-        pl.col("route_novelty").cast(pl.Float64),
+        *(pl.col(name).cast(pl.Float64) for name in DISTINCT.values()),
+        pl.col("distinct_ips_long").cast(pl.Float64),
+        pl.col("prior_distinct_ips").cast(pl.Float64),
+        entropy.fill_null(0.0).clip(lower_bound=0.0).alias("route_entropy"),
+        (pl.col("novel").cast(pl.Float64) / checks).alias("route_novelty"),
         measured_cv.alias("interarrival_cv"),
         ((1.0 - measured_cv) * (checks - 1.0).clip(lower_bound=0.0).sqrt()).alias("regularity"),
         (rate_short / distinct_keys).alias("rate_per_key"),
