@@ -6,7 +6,9 @@ the ledger (``last_written_offset`` where it ends, so that a consumer asks about
 when it may hold stored offsets), ``stored_event_ids`` the decisions (by their primary key:
 only for events the producer resent after a send in doubt), ``write`` inserts the rows
 (``DecisionWriter``, with the batch's token) and then adds their offsets to the ledger, so the
-ledger never names an offset whose rollups are not complete.
+ledger never names an offset whose rollups are not complete (``insert`` and
+``add_to_ledger`` do the two apart, so that the ledger rows of several partitions' batches
+are one statement after all their inserts).
 ``plan_batches``/``planned_batches`` let a consumer repeat, after a crash, the cut of the
 batch it was writing: only the same insert again completes one that was cut short.
 
@@ -147,25 +149,45 @@ class ClickHouseEventStore:
 
     def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
         """Insert ``events`` with ``token``, then record their offsets in the ledger."""
+        stored = self.insert(source, partition, events, token)
+        if stored:
+            self.add_to_ledger([(source, partition, stored)], f"{token}/ledger")
+        return len(stored)
+
+    def insert(
+        self, source: str, partition: int, events: Sequence[Located], token: str
+    ) -> list[Located]:
+        """Insert ``events`` with ``token``, not yet in the ledger; the events stored, that
+        is without those no column can hold (sent to ``rejects``)."""
         batch = list(events)
         try:
-            written = self._insert(source, partition, batch, token)
+            self._insert(source, partition, batch, token)
         except InvalidEvents as exc:  # raised before anything was written
             bad = set(exc.indices)
             for index in sorted(bad):
                 self._reject(source, partition, batch[index], _UNSTORABLE)
             batch = [item for i, item in enumerate(batch) if i not in bad]
-            written = self._insert(source, partition, batch, token) if batch else 0
-        if batch:
-            ledger = _ledger_rows(source, partition, batch).to_arrow()
-            self._run(
-                lambda c: c.insert_arrow(
-                    CONSUMED_TABLE,
-                    ledger,
-                    settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{token}/ledger"},
-                )
+            if batch:
+                self._insert(source, partition, batch, token)
+        return batch
+
+    def add_to_ledger(
+        self, batches: Sequence[tuple[str, int, Sequence[Located]]], token: str
+    ) -> None:
+        """Record the offsets of inserted batches (source, partition, events) in the ledger,
+        in one insert deduplicated by ``token``: only once every insert returned, so that
+        the ledger never names an offset whose rollups are not complete."""
+        frames = [_ledger_rows(source, partition, events) for source, partition, events in batches]
+        if not frames:
+            return
+        ledger = pl.concat(frames).to_arrow()
+        self._run(
+            lambda c: c.insert_arrow(
+                CONSUMED_TABLE,
+                ledger,
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
             )
-        return written
+        )
 
     # batch plans
 

@@ -6,7 +6,9 @@ The handler decodes them, sends malformed ones to the dead-letter sink, skips re
 store already holds (the store keeps the source offset of every row, so a batch replayed
 after a crash — cut at other offsets than the first time — is not counted twice), writes
 the rest in one insert and only then returns, so that the transport acknowledges or
-commits after the store accepted the batch.
+commits after the store accepted the batch.  (``stage`` inserts the rows and ``complete``
+adds their offsets to the ledger, so that a transport writing several partitions' batches
+at once adds the ledger rows of all of them in one statement, after every insert.)
 
 A record the producer marked *resent* (the Kafka header ``stream.events.RESENT_HEADER``:
 sent again after a send in doubt, so it may be at another offset already) is also checked
@@ -66,6 +68,26 @@ class EventStore(Protocol):
 
 
 @runtime_checkable
+class SharedLedger(Protocol):
+    """A store that can insert a batch's rows and add their offsets to the ledger in two
+    calls, so that the ledger rows of several partitions' batches are one statement."""
+
+    def insert(
+        self, source: str, partition: int, events: Sequence[Located], token: str
+    ) -> Sequence[Located]:
+        """Insert the events' rows only (``token`` dedupes a retry); the events stored
+        (without those no column can hold)."""
+        ...
+
+    def add_to_ledger(
+        self, batches: Sequence[tuple[str, int, Sequence[Located]]], token: str
+    ) -> None:
+        """Add the offsets of batches whose rows are inserted to the ledger, in one
+        idempotent insert."""
+        ...
+
+
+@runtime_checkable
 class LedgerEnd(Protocol):
     def last_written_offset(self, source: str, partition: int, start: int) -> int | None:
         """The highest offset of this source partition the ledger holds, if it holds any
@@ -102,6 +124,20 @@ class HandlerStats:
     lookups: int = 0  # batches checked against the ledger (the others were above it)
 
 
+class Staged(NamedTuple):
+    """A batch whose rows are inserted; the ledger rows of ``stored`` are still to be added."""
+
+    source: str
+    partition: int
+    stored: Sequence[Located]
+    token: str
+    written: int
+    skipped: int
+    last_offset: int | None
+    newest_ms: int | None
+    seconds: float
+
+
 class BatchHandler:
     def __init__(
         self,
@@ -129,6 +165,15 @@ class BatchHandler:
         Raises whatever the store raises: the caller must then not acknowledge the batch."""
         if not records:
             return 0
+        staged = self.stage(source, partition, records)
+        self.complete([staged])
+        return staged.written
+
+    def stage(self, source: str, partition: int, records: Sequence[Record]) -> Staged:
+        """Insert the rows of one batch of one partition that are not stored yet; their
+        ledger rows wait for ``complete`` (a store that cannot defer them adds them here).
+
+        Raises whatever the store raises: the caller must then not acknowledge the batch."""
         started = time.perf_counter()
         located: list[Located] = []
         resent: set[int] = set()
@@ -142,28 +187,61 @@ class BatchHandler:
                 log.warning("malformed record %s/%d@%d: %s", source, partition, record.offset, exc)
                 self._dead_letters.send(source, partition, record, str(exc))
         offsets = sorted({item.offset for item in located})
+        token = f"{source}:{partition}:{records[0].offset}-{records[-1].offset}" if records else "-"
+        stored: Sequence[Located] = ()
+        written = 0
         try:
             done = self._written(source, partition, offsets)
             fresh = [item for item in located if item.offset not in done]
             if resent:
                 fresh = self._drop_stored(fresh, resent)
-            self.stats.skipped += len(located) - len(fresh)
-            written = 0
-            if fresh:
-                token = f"{source}:{partition}:{records[0].offset}-{records[-1].offset}"
+            if fresh and isinstance(self._store, SharedLedger):
+                stored = self._store.insert(source, partition, fresh, token)
+                written = len(stored)
+            elif fresh:
                 written = self._store.write(source, partition, fresh, token)
         except BaseException:
             self.forget(source, partition)  # the ledger may hold some of the batch now
             raise
-        if offsets and (source, partition) in self._stored_below:
-            below = self._stored_below[(source, partition)]
-            self._stored_below[(source, partition)] = max(below, offsets[-1])
-        self.stats.written += written
-        self.stats.batches += 1
+        return Staged(
+            source,
+            partition,
+            stored,
+            token,
+            written,
+            skipped=len(located) - len(fresh),
+            last_offset=offsets[-1] if offsets else None,
+            newest_ms=max((item.event.ts for item in located), default=None),
+            seconds=time.perf_counter() - started,
+        )
+
+    def complete(self, staged: Sequence[Staged]) -> None:
+        """Add the ledger rows of ``staged`` batches (each inserted) in one statement, then
+        count them.  Raises whatever the store raises (the batches are then not done: the
+        same call again adds the same rows under the same token)."""
+        started = time.perf_counter()
+        deferred = [batch for batch in staged if batch.stored]
+        if deferred and isinstance(self._store, SharedLedger):
+            token = ",".join(batch.token for batch in deferred) + "/ledger"
+            try:
+                self._store.add_to_ledger(
+                    [(batch.source, batch.partition, batch.stored) for batch in deferred], token
+                )
+            except BaseException:
+                for batch in deferred:
+                    self.forget(batch.source, batch.partition)
+                raise
         seconds = time.perf_counter() - started
-        newest = max((item.event.ts for item in located), default=None)
-        self.metrics.batch_written(written, len(located) - len(fresh), seconds, newest)
-        return written
+        for batch in staged:
+            key = (batch.source, batch.partition)
+            if batch.last_offset is not None and key in self._stored_below:
+                self._stored_below[key] = max(self._stored_below[key], batch.last_offset)
+            self.stats.skipped += batch.skipped
+            self.stats.written += batch.written
+            self.stats.batches += 1
+            self.metrics.batch_written(
+                batch.written, batch.skipped, batch.seconds + seconds, batch.newest_ms
+            )
 
     def _written(self, source: str, partition: int, offsets: list[int]) -> set[int]:
         """Which of ``offsets`` (sorted) the ledger holds: none, without a lookup, when they

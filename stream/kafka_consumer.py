@@ -9,7 +9,7 @@ seconds after the first of them was fetched, whichever comes first, so that a tr
 traffic is about one insert a second.  One batch is written at a time, and the next one is
 fetched meanwhile (up to a whole batch; then the fetches wait for the store).  A batch is
 split by partition and each partition's share is one insert; the cuts of all of them are
-recorded in one statement before, and each insert is followed by its ledger rows.  A fetch
+recorded in one statement before, and their ledger rows in one statement after.  A fetch
 delivered after its partition was reset (revoked, assigned anew, sought back) is dropped:
 it is fetched again from there.  Offsets are committed by hand (``AckPolicy.MANUAL``),
 after the store accepted the records and their dead letters were acknowledged: at least
@@ -59,7 +59,7 @@ from stream.batching import BatchBounds, Pending
 from stream.consumer_metrics import ConsumerMetrics
 from stream.dead_letters import DeadLetterMetrics, KafkaDeadLetters
 from stream.events import DECISIONS_DLQ_TOPIC, DECISIONS_TOPIC, RESENT_HEADER
-from stream.handlers import BatchHandler, EventStore, Record
+from stream.handlers import BatchHandler, EventStore, Record, Staged
 
 log = logging.getLogger("ratewatch.stream")
 
@@ -340,8 +340,8 @@ class DecisionConsumer:
 
     async def _write_loop(self) -> None:
         """Write each batch once it is due: full, or its first record ``batch.max_age`` old,
-        also when nothing more is fetched."""
-        while True:
+        also when nothing more is fetched; once stopping, stop() writes what is left."""
+        while not self._stopping:
             if not self._pending.due(time.monotonic()):
                 deadline = self._pending.deadline()
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -354,7 +354,8 @@ class DecisionConsumer:
                 await asyncio.sleep(self.settings.retry_initial)
                 continue
             async with self._writing:
-                await self._write_due(consumer)
+                if not self._stopping:
+                    await self._write_due(consumer)
 
     async def _write_due(self, consumer: Any, everything: bool = False) -> None:
         """Write and commit the batches due now (or all that is held), each of at most
@@ -426,13 +427,16 @@ class DecisionConsumer:
         if cuts:
             await self._in_store(self._store.plan_batches, cuts)
         done: dict[int, int] = {}
+        staged: list[Staged] = []
         for partition, batch, _ in work:
             payload = [
                 Record(r.offset, r.value if r.value is not None else b"", _resent(r.headers))
                 for r in batch
             ]
-            await self._in_store(self.handler.handle, topic, partition, payload)
+            staged.append(await self._in_store(self.handler.stage, topic, partition, payload))
             done[partition] = batch[-1].offset + 1
+        # every insert returned: the ledger rows of all of them, in one statement
+        await self._in_store(self.handler.complete, staged)
         return done
 
     async def _load(self, partition: int, start: int, state: _Partition | None) -> _Partition:

@@ -158,7 +158,10 @@ async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_
         assert store.writes == [6, 4]
         # one cut recorded per batch; the ledger's end looked up once, and no batch needed
         # a lookup of its offsets
+        # three statements a batch: its cut, its insert, its ledger rows; the ledger's end
+        # looked up once, and no batch needed a lookup of its offsets
         assert store.calls["plan_batches"] == 2
+        assert store.calls["insert"] == store.calls["add_to_ledger"] == 2
         assert store.calls["last_written_offset"] == 1
         assert store.calls["written_offsets"] == handler.stats.lookups == 0
         await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
@@ -221,7 +224,7 @@ async def test_the_next_batch_is_read_while_one_is_written(
     try:
         async with embedded.running():
             await decide(embedded.limiter, tenant, 2, "first")
-            await eventually(lambda: store.calls["write"] == 1, 20, "the first batch's write")
+            await eventually(lambda: store.calls["insert"] == 1, 20, "the first batch's write")
             await decide(embedded.limiter, tenant, 3, "next")
             # read (delivered, not yet acknowledged) while the first batch is being written
             await eventually_async(lambda: pending(redis, embedded.stream), 5, "the next read")
@@ -275,8 +278,10 @@ class Kafka:
         directory: Path,
         bounds: BatchBounds,
         gate: threading.Event | None = None,
+        partitions: int = 1,
     ) -> None:
         self.gate = gate
+        self.partitions = partitions
         self.bootstrap = broker.bootstrap
         self.topic = unique_topic()
         self.directory = directory
@@ -291,7 +296,7 @@ class Kafka:
 
     @asynccontextmanager
     async def consuming(self) -> AsyncIterator[tuple[DecisionConsumer, CountingStore]]:
-        await create_topic(self.bootstrap, self.topic, partitions=1)
+        await create_topic(self.bootstrap, self.topic, partitions=self.partitions)
         loop = asyncio.get_running_loop()
         opened = await loop.run_in_executor(self.executor, open_store, self.directory)
         store = CountingStore(opened, self.gate)
@@ -305,9 +310,9 @@ class Kafka:
             await loop.run_in_executor(self.executor, opened.close)
             self.executor.shutdown()
 
-    async def produce(self, first: int, count: int) -> None:
+    async def produce(self, first: int, count: int, partition: int = 0) -> None:
         events = [encode(numbered_decision(i)) for i in range(first, first + count)]
-        await produce(self.bootstrap, self.topic, events, partition=0)
+        await produce(self.bootstrap, self.topic, events, partition=partition)
 
 
 async def test_kafka_a_trickle_is_one_insert_per_age_bound_without_ledger_lookups(
@@ -325,8 +330,28 @@ async def test_kafka_a_trickle_is_one_insert_per_age_bound_without_ledger_lookup
         assert store.writes == [5, 3]
         assert stats.batches == 2
         assert store.calls["plan_batches"] == 2
+        assert store.calls["insert"] == store.calls["add_to_ledger"] == 2
         assert store.calls["last_written_offset"] == 1
         assert store.calls["written_offsets"] == stats.lookups == 0
+
+
+async def test_kafka_a_batch_over_partitions_adds_their_ledger_rows_in_one_statement(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    kafka = Kafka(kafka_broker, tmp_path / "ch", BatchBounds(max_age=1.0), partitions=3)
+    async with kafka.consuming() as (member, store):
+        for partition in range(3):
+            await kafka.produce(partition * 10, 10, partition)
+        await member.start()
+        await eventually(lambda: member.handler.stats.written == 30, 30, "30 rows")
+        await eventually(lambda: member.commits == 1, 10, "the batch's commit")
+        # one batch: the cuts in one statement, an insert per partition, one ledger statement
+        assert store.writes == [10, 10, 10]
+        assert (store.calls["plan_batches"], store.calls["add_to_ledger"]) == (1, 1)
+        totals = await asyncio.get_running_loop().run_in_executor(
+            kafka.executor, store_totals, store.store
+        )
+        assert totals == [30] * 5
 
 
 async def test_kafka_a_flood_is_cut_at_the_size_bound(
@@ -369,7 +394,7 @@ async def test_kafka_the_next_batch_is_fetched_while_one_is_written(
     async with kafka.consuming() as (member, store):
         await member.start()
         await kafka.produce(0, 5)
-        await eventually(lambda: store.calls["write"] == 1, 30, "the first batch's write")
+        await eventually(lambda: store.calls["insert"] == 1, 30, "the first batch's write")
         await kafka.produce(5, 7)
         await eventually(lambda: len(member._pending) == 7, 30, "the next fetch, held")
         assert store.writes == []

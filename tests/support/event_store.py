@@ -51,8 +51,9 @@ def store_totals(store: ClickHouseEventStore) -> list[int]:
 
 class CountingStore:
     """The store, counting the statements a consumer makes through it: each call by name,
-    and the events of each ``write`` (one insert and its ledger rows).  With a ``gate``, a
-    write waits until it is open (the store's thread must then not be the test's)."""
+    and the events of each insert (``write``: an insert and its ledger rows; ``insert``: the
+    insert alone, its ledger rows added later with others').  With a ``gate``, an insert
+    waits until it is open (the store's thread must then not be the test's)."""
 
     def __init__(self, store: ClickHouseEventStore, gate: threading.Event | None = None) -> None:
         self.store = store
@@ -74,10 +75,27 @@ class CountingStore:
 
     def write(self, source: str, partition: int, events: Sequence[Located], token: str) -> int:
         self.calls["write"] += 1
-        if self.gate is not None and not self.gate.wait(30):
-            raise TimeoutError("the gate of the store's writes stayed shut")
+        self._wait_for_the_gate()
         self.writes.append(len(events))
         return self.store.write(source, partition, events, token)
+
+    def insert(
+        self, source: str, partition: int, events: Sequence[Located], token: str
+    ) -> list[Located]:
+        self.calls["insert"] += 1
+        self._wait_for_the_gate()
+        self.writes.append(len(events))
+        return self.store.insert(source, partition, events, token)
+
+    def add_to_ledger(
+        self, batches: Sequence[tuple[str, int, Sequence[Located]]], token: str
+    ) -> None:
+        self.calls["add_to_ledger"] += 1
+        self.store.add_to_ledger(batches, token)
+
+    def _wait_for_the_gate(self) -> None:
+        if self.gate is not None and not self.gate.wait(30):
+            raise TimeoutError("the gate of the store's inserts stayed shut")
 
     def plan_batches(self, plans: Sequence[tuple[str, int, int, int]]) -> None:
         self.calls["plan_batches"] += 1
