@@ -20,3 +20,4 @@ TENANT_ROLLUP_TABLES = {
     "day": f"{DATABASE}.tenant_decisions_per_day",
 }
 ALERTS_TABLE = f"{DATABASE}.alerts"
+CONTROL_RECORDS_TABLE = f"{DATABASE}.control_records"

@@ -24,6 +24,11 @@ from starlette.routing import Route
 from analytics.gateway import open_analytics
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.fallback import DurableKeys
+from control.durable.records import DurableRecords
+from control.durable.restore import Restorer
+from control.durable.sealing import SecretSealer
+from control.durable.stores import open_journal
 from control.http import json_response, problem_for
 from control.openapi import build_openapi
 from control.privacy import PrivacyRequests
@@ -126,10 +131,35 @@ class LimiterApp:
         keyspace = Keyspace(settings.key_prefix)
         keys = KeyStore(redis, keyspace, KeyHasher(self._key_secret))
         await keys.verify_secret()
+        tenant_settings = TenantSettingsStore(redis, keyspace)
+        blocks = BlockStore(redis, keyspace)
+        allowlist = Allowlist(redis, keyspace)
+        webhook_store = WebhookStore(redis, keyspace)
+        journal = open_journal(settings)
+        sealer = SecretSealer(self._key_secret)
+        restorer = Restorer(
+            redis,
+            keyspace,
+            journal,
+            sealer,
+            keys=keys,
+            tenant_settings=tenant_settings,
+            blocks=blocks,
+            allowlist=allowlist,
+            webhooks=webhook_store,
+            interval=settings.restore_check_interval,
+        )
+        durable = DurableRecords(journal, sealer, tenant_settings, restorer.settled)
+        # restored before the bootstrap, which would otherwise see no tenant and make a key
+        await restorer.start()
         if self._bootstrap:
             new_key = await bootstrap(keys, self._bootstrap_key)
             if new_key is not None and self._on_new_key is not None:
                 self._on_new_key(new_key)
+            registered = new_key or self._bootstrap_key
+            record = await keys.lookup(registered) if registered else None
+            if record is not None:
+                await durable.key_saved(record)
         store = RedisStore(
             redis,
             keyspace,
@@ -139,8 +169,13 @@ class LimiterApp:
         )
         await store.load()
         health = StoreHealth(redis.ping, self.metrics)
-        tenant_settings = TenantSettingsStore(redis, keyspace)
-        auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
+        auth = Authenticator(
+            keys,
+            tenant_settings,
+            settings.fail_mode,
+            settings.auth_cache_ttl,
+            fallback=DurableKeys(journal, restorer),
+        )
         decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
         sink: DecisionSink
         stream: StreamSink | None = None
@@ -168,26 +203,26 @@ class LimiterApp:
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
         )
-        blocks = BlockStore(redis, keyspace)
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
         control = ControlAuth(auth)
         privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
         webhooks = WebhookRoutes(
             control,
-            WebhookStore(redis, keyspace),
+            webhook_store,
             WebhookUpdater(redis, keyspace),
             DeliveryQueue(redis, keyspace),
             audit,
+            durable,
             allow_private=settings.webhooks_allow_private,
         )
         route_groups: list[RouteGroup] = [
-            KeyRoutes(control, keys, audit),
-            BlockRoutes(control, blocks, audit),
-            SettingsRoutes(control, tenant_settings, audit),
+            KeyRoutes(control, keys, audit, durable),
+            BlockRoutes(control, blocks, audit, durable),
+            SettingsRoutes(control, tenant_settings, audit, durable),
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),
-            AllowlistRoutes(control, Allowlist(redis, keyspace), audit),
+            AllowlistRoutes(control, allowlist, audit, durable),
             webhooks,
         ]
         health_routes = HealthRoutes(
@@ -217,6 +252,7 @@ class LimiterApp:
         )
         watcher = asyncio.create_task(health.watch())
         flusher = asyncio.create_task(self.metrics.flush_every())
+        restoring = asyncio.create_task(restorer.watch())
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -225,7 +261,7 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            for task in (watcher, flusher):
+            for task in (watcher, flusher, restoring):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -233,6 +269,7 @@ class LimiterApp:
             await sink.close()
             if analytics is not None:
                 await analytics.close()
+            await journal.close()
             await redis.aclose()
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:

@@ -3,6 +3,11 @@
 A key's record is cached for ``ttl`` seconds, so a check costs no extra Redis round trip
 and a revoked key stops working within ``ttl``.  While Redis is unreachable, cached
 principals stay valid (stale) so that the failure policy, not a 503, decides.
+
+A ``KeyFallback`` (the durable copy of the control-plane records, ``control/durable/``)
+answers for keys Redis cannot answer for: when Redis lost its data and the records are not
+back yet (a miss is checked against it only then), or when Redis is unreachable and the key
+is not cached.  While Redis is healthy and has its data, no check asks it anything.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 from limiter.errors import StoreUnavailable
-from limiter.state.apikeys import KeyStore
+from limiter.state.apikeys import KeyRecord, KeyStore
 from limiter.state.tenants import FailMode, TenantSettingsStore
 
 
@@ -29,6 +35,19 @@ class Principal:
     segment: str | None = None  # the key's default customer segment
 
 
+class KeyFallback(Protocol):
+    """The durable copy of the keys and their tenants' settings."""
+
+    async def lost(self) -> bool:
+        """Whether Redis lost its data and the records are not all back yet."""
+        ...
+
+    async def find(self, key_hash: str) -> tuple[KeyRecord, FailMode | None] | None:
+        """The live record of the key stored under ``key_hash`` and its tenant's own fail
+        mode; None for an unknown or revoked key.  StoreUnavailable if it cannot tell."""
+        ...
+
+
 class Authenticator:
     def __init__(
         self,
@@ -37,8 +56,10 @@ class Authenticator:
         default_fail_mode: FailMode,
         ttl: float = 1.0,
         max_entries: int = 100_000,
+        fallback: KeyFallback | None = None,
     ):
         self._keys = keys
+        self._fallback = fallback
         self._tenant_settings = tenant_settings
         self._default_fail_mode = default_fail_mode
         self._ttl = ttl
@@ -84,7 +105,11 @@ class Authenticator:
             principal = await self._resolve(token)
         except StoreUnavailable:
             if entry is None:
-                raise
+                principal = await self._durable(token)
+                if principal is None:
+                    raise
+                self._cache[token] = (principal, now + self._ttl)
+                return principal
             # kept for another ttl: Redis is asked once per ttl, not by every request
             self._cache[token] = (entry[0], now + self._ttl)
             return entry[0]
@@ -106,8 +131,20 @@ class Authenticator:
     async def _resolve(self, token: str) -> Principal | None:
         record = await self._keys.lookup(token)
         if record is None:
+            if self._fallback is not None and await self._fallback.lost():
+                return await self._durable(token)
             return None
         mode = await self._tenant_settings.fail_mode(record.tenant)
+        return self._principal(record, mode)
+
+    async def _durable(self, token: str) -> Principal | None:
+        """The principal the durable copy knows for ``token`` (None: none, or no copy)."""
+        if self._fallback is None:
+            return None
+        found = await self._fallback.find(self._keys.key_hash(token))
+        return None if found is None else self._principal(*found)
+
+    def _principal(self, record: KeyRecord, mode: FailMode | None) -> Principal:
         return Principal(
             record.tenant,
             record.id,

@@ -30,6 +30,9 @@ Layout (``rw`` is the default prefix):
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
+- ``rw:epoch``                                     the store's epoch: written once the
+  control-plane records are in Redis; its absence means Redis lost its data
+  (``control/durable/restore.py``)
 - ``rw:events``                                    decision event stream (embedded mode)
 - ``rw:audit``                                     audit outbox (stream, never capped: the
   audit drain trims what it stored; ``stream/audit_outbox.py``)
@@ -114,6 +117,10 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
 
     @property
     def events(self) -> str:

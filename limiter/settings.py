@@ -44,6 +44,8 @@ class LimiterSettings:
     clickhouse_url: str | None = None
     # webhooks may target loopback and private addresses (RATEWATCH_WEBHOOKS_ALLOW_PRIVATE)
     webhooks_allow_private: bool = False
+    # how often the limiter looks whether Redis lost its data (control/durable/restore.py)
+    restore_check_interval: float = 0.5
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -51,6 +53,10 @@ class LimiterSettings:
             raise ConfigError(f"port {self.port!r} is not a TCP port (1-65535)")
         if not 0.001 <= self.redis_timeout <= 60:
             raise ConfigError(f"redis timeout {self.redis_timeout!r}s is not within 0.001-60")
+        if not 0.05 <= self.restore_check_interval <= 60:
+            raise ConfigError(
+                f"restore check interval {self.restore_check_interval!r}s is not within 0.05-60"
+            )
         if not 0 <= self.auth_cache_ttl <= 60:
             raise ConfigError(f"auth cache ttl {self.auth_cache_ttl!r}s is not within 0-60")
         if not 1024 <= self.max_body_bytes <= self.max_batch_body_bytes:

@@ -230,6 +230,16 @@ class WebhookStore:
             raise NotFound(f"webhook {webhook_id[:100]!r} not found")
         return hook
 
+    async def restore(self, hook: Webhook) -> None:
+        """Write ``hook`` back whole (its secrets too); its delivery health and attempts
+        start again."""
+        try:
+            await self._redis.hset(
+                self._keyspace.webhooks(hook.tenant), hook.id, json.dumps(full_record(hook))
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
     async def health(self, tenant: str, webhook_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Each webhook's delivery health (nulls and 0 before its first attempt)."""
         try:
@@ -287,6 +297,15 @@ class WebhookStore:
 
 def _record(hook: Webhook) -> dict[str, object]:
     return {**hook.public(), "secret": hook.secret}
+
+
+def full_record(hook: Webhook) -> dict[str, object]:
+    """The stored record of ``hook`` with every field, as ``from_record`` reads it."""
+    return {
+        **_record(hook),
+        "previous_secret": hook.previous_secret,
+        "previous_secret_expires_at": hook.previous_secret_expires_at,
+    }
 
 
 def from_record(tenant: str, raw: bytes | str) -> Webhook:

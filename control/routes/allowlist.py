@@ -12,20 +12,28 @@ from starlette.routing import Route
 
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import AllowlistAdd
 from limiter.http.problems import Problem
-from limiter.state.allowlist import Allowlist
+from limiter.state.allowlist import AllowEntry, Allowlist, normalize_entry
 from stream.audit import ALLOWLIST_ADDED, ALLOWLIST_REMOVED
 
 _add = msgspec.json.Decoder(AllowlistAdd)
 
 
 class AllowlistRoutes:
-    def __init__(self, auth: ControlAuth, allowlist: Allowlist, audit: AuditTrail):
+    def __init__(
+        self,
+        auth: ControlAuth,
+        allowlist: Allowlist,
+        audit: AuditTrail,
+        durable: DurableRecords,
+    ):
         self._auth = auth
         self._allowlist = allowlist
         self._audit = audit
+        self._durable = durable
 
     def routes(self) -> list[Route]:
         return [
@@ -43,7 +51,9 @@ class AllowlistRoutes:
     async def add(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
         body: AllowlistAdd = await read_json(request, _add)
+        await self._durable.settled()
         entry = await self._allowlist.add(principal.tenant, body.scope, body.value, body.note)
+        await self._durable.allow_saved(principal.tenant, entry)
         await self._audit.record(
             principal,
             ALLOWLIST_ADDED,
@@ -59,6 +69,10 @@ class AllowlistRoutes:
         value = request.query_params.get("value")
         if scope is None or value is None:
             raise Problem(422, "validation-error", "name the entry: ?scope=ip|key|user_id&value=…")
+        await self._durable.settled()
+        stored = normalize_entry(scope, value)
+        # journaled first (an entry that is not listed leaves a harmless deletion mark)
+        await self._durable.allow_removed(principal.tenant, AllowEntry(scope, stored, "", 0.0))
         await self._allowlist.remove(principal.tenant, scope, value)
         await self._audit.record(
             principal,

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import BlockCreate
 from limiter.state.blocks import BlockStore
@@ -20,10 +21,13 @@ _block_create = msgspec.json.Decoder(BlockCreate)
 
 
 class BlockRoutes:
-    def __init__(self, auth: ControlAuth, blocks: BlockStore, audit: AuditTrail):
+    def __init__(
+        self, auth: ControlAuth, blocks: BlockStore, audit: AuditTrail, durable: DurableRecords
+    ):
         self._auth = auth
         self._blocks = blocks
         self._audit = audit
+        self._durable = durable
 
     def routes(self) -> list[Route]:
         return [
@@ -40,9 +44,11 @@ class BlockRoutes:
     async def create_block(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
         body: BlockCreate = await read_json(request, _block_create)
+        await self._durable.settled()
         block = await self._blocks.create(
             principal.tenant, body.scope, body.value, body.ttl, body.reason, mode=body.mode
         )
+        await self._durable.block_saved(principal.tenant, block)
         await self._audit.record(
             principal,
             BLOCK_CREATED,
@@ -61,9 +67,13 @@ class BlockRoutes:
 
     async def remove_block(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
-        block = await self._blocks.remove(
-            principal.tenant, request.path_params["block_id"], by_operator=True
+        await self._durable.settled()
+        block_id = request.path_params["block_id"]
+        # journaled first: a lifted block is never restored
+        await self._durable.block_removed(
+            principal.tenant, await self._blocks.get(principal.tenant, block_id)
         )
+        block = await self._blocks.remove(principal.tenant, block_id, by_operator=True)
         await self._audit.record(
             principal,
             BLOCK_REMOVED,

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import KeyCreate
 from limiter.state.apikeys import KeyStore
@@ -20,10 +21,13 @@ _key_create = msgspec.json.Decoder(KeyCreate)
 
 
 class KeyRoutes:
-    def __init__(self, auth: ControlAuth, keys: KeyStore, audit: AuditTrail):
+    def __init__(
+        self, auth: ControlAuth, keys: KeyStore, audit: AuditTrail, durable: DurableRecords
+    ):
         self._auth = auth
         self._keys = keys
         self._audit = audit
+        self._durable = durable
 
     def routes(self) -> list[Route]:
         return [
@@ -40,9 +44,11 @@ class KeyRoutes:
     async def create_key(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
         body: KeyCreate = await read_json(request, _key_create)
+        await self._durable.settled()
         api_key, record = await self._keys.create(
             principal.tenant, admin=body.admin, name=body.name, segment=body.segment
         )
+        await self._durable.key_saved(record)
         await self._audit.record(
             principal,
             KEY_CREATED,
@@ -54,7 +60,11 @@ class KeyRoutes:
 
     async def revoke_key(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
-        record = await self._keys.revoke(request.path_params["key_id"], principal.tenant)
+        await self._durable.settled()
+        key_id = request.path_params["key_id"]
+        # journaled first: once revoked in the durable copy, no restore brings it back
+        await self._durable.key_revoked(await self._keys.get(key_id, principal.tenant))
+        record = await self._keys.revoke(key_id, principal.tenant)
         self._auth.forget()
         await self._audit.record(
             principal, KEY_REVOKED, record.id, {"name": record.name}, client_ip(request)

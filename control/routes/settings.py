@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import SettingsUpdate
 from limiter.state.tenants import TenantSettingsStore, detection_of
@@ -22,10 +23,17 @@ _settings_update = msgspec.json.Decoder(SettingsUpdate)
 
 
 class SettingsRoutes:
-    def __init__(self, auth: ControlAuth, tenant_settings: TenantSettingsStore, audit: AuditTrail):
+    def __init__(
+        self,
+        auth: ControlAuth,
+        tenant_settings: TenantSettingsStore,
+        audit: AuditTrail,
+        durable: DurableRecords,
+    ):
         self._auth = auth
         self._tenant_settings = tenant_settings
         self._audit = audit
+        self._durable = durable
 
     def routes(self) -> list[Route]:
         return [
@@ -51,10 +59,13 @@ class SettingsRoutes:
             wanted["max_dynamic_blocks"] = body.max_dynamic_blocks
         if body.detection_threshold is not UNSET:
             wanted["detection_threshold"] = body.detection_threshold
+        if wanted:
+            await self._durable.settled()
         stored = await store.get(tenant)
         before = _settings_view(tenant, stored)
         if wanted:
             stored = await store.update(tenant, wanted)
+            await self._durable.settings_saved(tenant, stored)
         if "fail_mode" in wanted:
             self._auth.forget()
         after = _settings_view(tenant, stored)

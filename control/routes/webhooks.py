@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from control.audit import AuditTrail
 from control.auth import ControlAuth
+from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import WebhookCreate, WebhookUpdate
 from limiter.errors import StoreUnavailable
@@ -55,9 +56,11 @@ class WebhookRoutes:
         updater: WebhookUpdater,
         queue: DeliveryQueue,
         audit: AuditTrail,
+        durable: DurableRecords,
         *,
         allow_private: bool = False,
     ):
+        self._durable = durable
         self._auth = auth
         self._store = store
         self._updater = updater
@@ -87,6 +90,7 @@ class WebhookRoutes:
     async def create(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
         body: WebhookCreate = await read_json(request, _create)
+        await self._durable.settled()
         try:
             hook = await self._store.create(
                 principal.tenant,
@@ -100,6 +104,7 @@ class WebhookRoutes:
             raise Problem(422, "webhook-target-refused", str(exc)) from None
         except TooManyWebhooks as exc:
             raise Problem(409, "too-many-webhooks", str(exc)) from None
+        await self._durable.webhook_saved(hook)
         await self._audit.record(
             principal,
             WEBHOOK_CREATED,
@@ -118,6 +123,7 @@ class WebhookRoutes:
             description=_given(body.description),
             enabled=_given(body.enabled),
         )
+        await self._durable.settled()
         try:
             updated = await self._updater.update(
                 principal.tenant,
@@ -127,6 +133,7 @@ class WebhookRoutes:
             )
         except TargetRefused as exc:
             raise Problem(422, "webhook-target-refused", str(exc)) from None
+        await self._durable.webhook_saved(updated.after)
         changed = updated.changed
         if changed:
             await self._audit.record(
@@ -140,10 +147,12 @@ class WebhookRoutes:
 
     async def rotate_secret(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
+        await self._durable.settled()
         rotated = await self._updater.rotate_secret(
             principal.tenant, request.path_params["webhook_id"]
         )
         hook = rotated.after
+        await self._durable.webhook_saved(hook)
         await self._audit.record(
             principal,
             WEBHOOK_SECRET_ROTATED,
@@ -164,7 +173,11 @@ class WebhookRoutes:
 
     async def delete(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)
-        hook = await self._store.delete(principal.tenant, request.path_params["webhook_id"])
+        await self._durable.settled()
+        webhook_id = request.path_params["webhook_id"]
+        # journaled first: a deleted webhook is never restored
+        await self._durable.webhook_deleted(await self._store.get(principal.tenant, webhook_id))
+        hook = await self._store.delete(principal.tenant, webhook_id)
         try:
             dropped = await self._queue.purge(hook.id)
         except QueueUnavailable:

@@ -78,6 +78,15 @@ class Allowlist:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return entry
 
+    async def restore(self, tenant: str, entry: AllowEntry) -> None:
+        """Write ``entry`` back as ``add`` stored it."""
+        record = json.dumps({"note": entry.note, "added_at": entry.added_at})
+        key = self._keyspace.allowlist(tenant, entry.scope)
+        try:
+            await self._redis.hset(key, entry.value, record)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
     async def remove(self, tenant: str, scope: str, value: str) -> None:
         """Take ``value`` off the list; NotFound if it is not on it (as it was added)."""
         stored = normalize_entry(scope, value)

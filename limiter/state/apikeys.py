@@ -164,6 +164,48 @@ class KeyStore:
             raise NotFound("the key vanished while it was being registered")
         return KeyRecord(**json.loads(raw))
 
+    def key_hash(self, api_key: str) -> str:
+        """The keyed hash a presented key is stored under."""
+        return self._hasher.hash(api_key)
+
+    async def get(self, key_id: str, tenant: str) -> KeyRecord:
+        """The record of a key of ``tenant``; NotFound if the tenant has none of that id."""
+        try:
+            raw = await self._redis.hget(self._keyspace.key_records(tenant), key_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        if raw is None:
+            raise NotFound(f"no key with id {key_id!r}")
+        return KeyRecord(**json.loads(raw))
+
+    async def restore(self, record: KeyRecord) -> None:
+        """Write ``record`` back as ``create`` wrote it (idempotent: restoring twice, or on
+        several processes at once, leaves the same keys)."""
+        payload = json.dumps(asdict(record))
+        tenant = json.dumps({"created_at": record.created_at})
+        ks = self._keyspace
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(ks.auth(record.hash), payload)
+                pipe.hset(ks.key_records(record.tenant), record.id, payload)
+                pipe.hset(ks.key_ids, record.id, record.tenant)
+                pipe.hsetnx(ks.tenants, record.tenant, tenant)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def drop(self, record: KeyRecord) -> None:
+        """Remove what ``restore`` writes for ``record``, if it is there (a revoked key)."""
+        ks = self._keyspace
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(ks.auth(record.hash))
+                pipe.hdel(ks.key_records(record.tenant), record.id)
+                pipe.hdel(ks.key_ids, record.id)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
     async def lookup(self, api_key: str) -> KeyRecord | None:
         """The record of a presented key, or None if it is unknown or revoked."""
         try:

@@ -141,6 +141,14 @@ class BlockStore:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
+    async def restore(self, tenant: str, block: Block) -> bool:
+        """Write ``block`` back with the time it has left; False (nothing written) if it has
+        expired meanwhile."""
+        if block.expires_at <= time.time():
+            return False
+        await self._write(tenant, block)
+        return True
+
     async def active(self, tenant: str) -> list[Block]:
         """The tenant's active blocks, soonest to expire first; expired records are pruned."""
         records_key = self._keyspace.block_records(tenant)

@@ -118,6 +118,13 @@ class TenantSettingsStore:
         settings: dict[str, object] = json.loads(raw) if raw else {}
         return settings
 
+    async def restore(self, tenant: str, settings: Mapping[str, object]) -> None:
+        """Write the tenant's record back as it was stored."""
+        try:
+            await self._redis.hset(self._keyspace.tenants, tenant, json.dumps(dict(settings)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
     async def fail_mode(self, tenant: str) -> FailMode | None:
         """The tenant's own fail mode, or None to follow the global setting."""
         value = (await self.get(tenant)).get("fail_mode")

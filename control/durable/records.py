@@ -1,0 +1,124 @@
+"""What the control plane writes to the journal, and how a journal entry reads back.
+
+``DurableRecords`` is what the control routes (and ``ratewatch keys``) call after a change
+is in Redis and before they answer: a change the API confirmed is in the durable store.
+A deletion is journaled *before* Redis is changed, so that a revoked key or a lifted block
+can never be restored, even if the Redis step then fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
+
+from control.durable.journal import ALLOW, BLOCK, KEY, TENANT, WEBHOOK, Entry, Journal, entry
+from control.durable.sealing import SecretSealer
+from limiter.state.allowlist import AllowEntry
+from limiter.state.apikeys import KeyRecord
+from limiter.state.blocks import Block
+from limiter.state.tenants import TenantSettingsStore
+from webhooks.registry import Webhook, from_record, full_record
+
+
+async def _always_settled() -> None:
+    return None
+
+
+class DurableRecords:
+    """``settled``: awaited before a change is made in Redis; it waits while Redis is being
+    restored (a change made to an emptied Redis would be journaled without what it lost)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sealer: SecretSealer,
+        tenant_settings: TenantSettingsStore,
+        settled: Callable[[], Awaitable[None]] = _always_settled,
+    ):
+        self.journal = journal
+        self._sealer = sealer
+        self._tenant_settings = tenant_settings
+        self._settled = settled
+
+    async def settled(self) -> None:
+        await self._settled()
+
+    async def key_saved(self, record: KeyRecord) -> None:
+        """A new key, with its tenant's record (created with the tenant's first key)."""
+        settings = await self._tenant_settings.get(record.tenant)
+        await self.journal.put([tenant_entry(record.tenant, settings), key_entry(record)])
+
+    async def key_revoked(self, record: KeyRecord) -> None:
+        await self.journal.put([key_entry(record, deleted=True)])
+
+    async def settings_saved(self, tenant: str, settings: Mapping[str, object]) -> None:
+        await self.journal.put([tenant_entry(tenant, settings)])
+
+    async def block_saved(self, tenant: str, block: Block) -> None:
+        await self.journal.put([block_entry(tenant, block)])
+
+    async def block_removed(self, tenant: str, block: Block) -> None:
+        await self.journal.put([block_entry(tenant, block, deleted=True)])
+
+    async def allow_saved(self, tenant: str, allowed: AllowEntry) -> None:
+        await self.journal.put([allow_entry(tenant, allowed)])
+
+    async def allow_removed(self, tenant: str, allowed: AllowEntry) -> None:
+        await self.journal.put([allow_entry(tenant, allowed, deleted=True)])
+
+    async def webhook_saved(self, hook: Webhook) -> None:
+        await self.journal.put([webhook_entry(hook, self._sealer)])
+
+    async def webhook_deleted(self, hook: Webhook) -> None:
+        await self.journal.put([webhook_entry(hook, self._sealer, deleted=True)])
+
+
+def tenant_entry(tenant: str, settings: Mapping[str, object]) -> Entry:
+    return entry(TENANT, tenant, tenant, json.dumps(dict(settings)))
+
+
+def key_entry(record: KeyRecord, *, deleted: bool = False) -> Entry:
+    # the record holds the key's keyed hash and never the key
+    return entry(KEY, record.tenant, record.hash, json.dumps(asdict(record)), deleted=deleted)
+
+
+def block_entry(tenant: str, block: Block, *, deleted: bool = False) -> Entry:
+    return entry(BLOCK, tenant, block.id, json.dumps(block.public()), deleted=deleted)
+
+
+def allow_entry(tenant: str, allowed: AllowEntry, *, deleted: bool = False) -> Entry:
+    payload = json.dumps(asdict(allowed))
+    return entry(ALLOW, tenant, f"{allowed.scope}:{allowed.value}", payload, deleted=deleted)
+
+
+def webhook_entry(hook: Webhook, sealer: SecretSealer, *, deleted: bool = False) -> Entry:
+    record = full_record(hook)
+    record["secret"] = sealer.seal(hook.secret)
+    record["previous_secret"] = sealer.seal(hook.previous_secret)
+    return entry(WEBHOOK, hook.tenant, hook.id, json.dumps(record), deleted=deleted)
+
+
+def key_of(item: Entry) -> KeyRecord:
+    return KeyRecord(**json.loads(item.payload))
+
+
+def settings_of(item: Entry) -> dict[str, object]:
+    settings: dict[str, object] = json.loads(item.payload)
+    return settings
+
+
+def block_of(item: Entry) -> Block:
+    return Block(**json.loads(item.payload))
+
+
+def allow_of(item: Entry) -> AllowEntry:
+    return AllowEntry(**json.loads(item.payload))
+
+
+def webhook_of(item: Entry, sealer: SecretSealer) -> Webhook:
+    """The webhook with its secrets opened; SealError if they do not open."""
+    record = json.loads(item.payload)
+    record["secret"] = sealer.open(record["secret"])
+    record["previous_secret"] = sealer.open(record.get("previous_secret") or "")
+    return from_record(item.tenant, json.dumps(record))
