@@ -135,7 +135,7 @@ class LimiterApp:
         blocks = BlockStore(redis, keyspace)
         allowlist = Allowlist(redis, keyspace)
         webhook_store = WebhookStore(redis, keyspace)
-        journal = open_journal(settings)
+        journal = open_journal(settings.data_dir, settings.clickhouse_url)
         sealer = SecretSealer(self._key_secret)
         restorer = Restorer(
             redis,

@@ -12,6 +12,7 @@ import click
 from ratewatch.cli.options import data_dir_option, key_secret, option, redis_url_option, run
 
 if TYPE_CHECKING:
+    from control.durable.records import DurableRecords
     from limiter.state.apikeys import KeyRecord, KeyStore
     from stream.audit_outbox import AuditOutbox
 
@@ -21,14 +22,20 @@ CLI_ACTOR = "cli"
 
 @asynccontextmanager
 async def key_store(
-    data_dir: Path, redis_url: str | None, key_prefix: str
-) -> AsyncIterator[tuple[KeyStore, AuditOutbox]]:
+    data_dir: Path, redis_url: str | None, key_prefix: str, clickhouse_url: str | None = None
+) -> AsyncIterator[tuple[KeyStore, AuditOutbox, DurableRecords]]:
     """A KeyStore on --redis-url, the running embedded Valkey, or one started for the
-    call; and the audit outbox of that store, where the CLI's changes are recorded."""
+    call; the audit outbox of that store, where the CLI's changes are recorded; and the
+    durable copy the limiters restore Redis from (``control/durable/``), which the CLI's
+    changes go to as the API's do."""
+    from control.durable.records import DurableRecords
+    from control.durable.sealing import SecretSealer
+    from control.durable.stores import open_journal
     from limiter.embedded import EmbeddedValkey, running_url
     from limiter.keyspace import Keyspace
     from limiter.redis_client import connect
     from limiter.state.apikeys import KeyHasher, KeyStore
+    from limiter.state.tenants import TenantSettingsStore
     from stream.audit_outbox import AuditOutbox
 
     embedded = None
@@ -37,12 +44,18 @@ async def key_store(
     if redis is None:
         embedded = EmbeddedValkey(data_dir)
         redis = await connect(embedded.start(), socket_timeout=5.0)
+    secret = key_secret(data_dir)
+    journal = open_journal(data_dir, clickhouse_url)
     try:
         keyspace = Keyspace(key_prefix)
-        store = KeyStore(redis, keyspace, KeyHasher(key_secret(data_dir)))
+        store = KeyStore(redis, keyspace, KeyHasher(secret))
         await store.verify_secret()
-        yield store, AuditOutbox(redis, keyspace.audit)
+        durable = DurableRecords(
+            journal, SecretSealer(secret), TenantSettingsStore(redis, keyspace)
+        )
+        yield store, AuditOutbox(redis, keyspace.audit), durable
     finally:
+        await journal.close()
         await redis.aclose()
         if embedded is not None:
             embedded.stop()
@@ -50,6 +63,11 @@ async def key_store(
 
 def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = data_dir_option(redis_url_option(f))
+    f = option(
+        "--clickhouse-url",
+        default=None,
+        help="The ClickHouse server whose durable copy of the keys the limiters use.",
+    )(f)
     return option("--key-prefix", default="rw", show_default=True)(f)
 
 
@@ -71,14 +89,20 @@ def create(
     segment: str,
     data_dir: Path,
     redis_url: str | None,
+    clickhouse_url: str | None,
     key_prefix: str,
 ) -> None:
     """Create a key; it is printed once, as the last word of the output."""
     from stream.audit import KEY_CREATED, new_audit_event
 
     async def go() -> tuple[str, KeyRecord]:
-        async with key_store(data_dir, redis_url, key_prefix) as (store, audit):
+        async with key_store(data_dir, redis_url, key_prefix, clickhouse_url) as (
+            store,
+            audit,
+            durable,
+        ):
             api_key, record = await store.create(tenant, admin=admin, name=name, segment=segment)
+            await durable.key_saved(record)
             details = {"admin": admin, "name": name, "segment": segment or None}
             await audit.record(new_audit_event(tenant, CLI_ACTOR, KEY_CREATED, record.id, details))
             return api_key, record
@@ -94,11 +118,17 @@ def create(
 @keys.command(name="list")
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
 @store_options
-def list_keys(tenant: str | None, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
+def list_keys(
+    tenant: str | None,
+    data_dir: Path,
+    redis_url: str | None,
+    clickhouse_url: str | None,
+    key_prefix: str,
+) -> None:
     """List keys (never the keys themselves: id, tenant, role, name, hint)."""
 
     async def go() -> list[KeyRecord]:
-        async with key_store(data_dir, redis_url, key_prefix) as (store, _):
+        async with key_store(data_dir, redis_url, key_prefix, clickhouse_url) as (store, _, _):
             return await store.list_keys(tenant)
 
     click.echo(f"{'ID':<22} {'TENANT':<20} {'ROLE':<8} {'HINT':<16} NAME")
@@ -110,13 +140,27 @@ def list_keys(tenant: str | None, data_dir: Path, redis_url: str | None, key_pre
 @keys.command()
 @click.argument("key_id")
 @store_options
-def revoke(key_id: str, data_dir: Path, redis_url: str | None, key_prefix: str) -> None:
+def revoke(
+    key_id: str,
+    data_dir: Path,
+    redis_url: str | None,
+    clickhouse_url: str | None,
+    key_prefix: str,
+) -> None:
     """Revoke the key KEY_ID; running limiters refuse it within a second."""
 
     from stream.audit import KEY_REVOKED, new_audit_event
 
     async def go() -> None:
-        async with key_store(data_dir, redis_url, key_prefix) as (store, audit):
+        async with key_store(data_dir, redis_url, key_prefix, clickhouse_url) as (
+            store,
+            audit,
+            durable,
+        ):
+            # journaled first: once revoked in the durable copy, no restore brings it back
+            for known in await store.list_keys():
+                if known.id == key_id:
+                    await durable.key_revoked(known)
             record = await store.revoke(key_id)
             await audit.record(
                 new_audit_event(
