@@ -31,6 +31,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
 - ``rw:events``                                    decision event stream (embedded mode)
+- ``rw:events:replayed:<run>``                     the last spooled record of one limiter
+  run appended to the stream (string, EX; ``limiter/outage/replay.py``)
 - ``rw:audit``                                     audit outbox (stream, never capped: the
   audit drain trims what it stored; ``stream/audit_outbox.py``)
 - ``rw:audit:dlq``                                 outbox entries that are not audit events
@@ -118,6 +120,10 @@ class Keyspace:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    def replay_mark(self, run: str) -> str:
+        """The high-water mark of the spool records of the limiter run ``run``."""
+        return f"{self.prefix}:events:replayed:{run}"
 
     @property
     def audit(self) -> str:
