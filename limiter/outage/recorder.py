@@ -144,6 +144,7 @@ class OutageRecorder:
             "status": waiting if self.spool.events else "up",
             "directory": str(self.spool.directory),
             "entries": self.spool.events,
+            "unwritten": self.spool.pending,  # entries not yet fsync'd
             "bytes": self.spool.size,
             "spooled_decisions": self._spooled,
             "replayed_decisions": self._replayed,
