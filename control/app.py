@@ -52,6 +52,8 @@ from limiter.http.checks import CheckHandler
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
+from limiter.outage.recorder import OutageRecorder
+from limiter.outage.replay import StreamReplay
 from limiter.redis_client import connect, is_cluster
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
@@ -176,7 +178,21 @@ class LimiterApp:
             settings.auth_cache_ttl,
             fallback=DurableKeys(journal, restorer),
         )
-        decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
+        outage: OutageRecorder | None = None
+        if settings.redis_events:
+            # what the failure policy answers is not in the stream the script writes: keep
+            # it on disk until Redis takes it (a spool is one process's: one per worker)
+            outage = OutageRecorder(
+                settings.data_dir
+                / ("outage-spool" if settings.worker == 0 else f"outage-spool-{settings.worker}"),
+                StreamReplay(redis, keyspace),
+                health,
+                self.metrics,
+                settings.instance,
+                max_bytes=settings.spool_max_bytes,
+            )
+            await outage.start()
+        decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health, outage)
         sink: DecisionSink
         stream: StreamSink | None = None
         if settings.kafka is not None:
@@ -233,6 +249,7 @@ class LimiterApp:
             settings.instance,
             VERSION,
             decision_stream=stream.status if stream is not None else None,
+            outage_spool=outage.status if outage is not None else None,
             webhook_metrics=WebhookMetrics(DeliveryStats(redis, keyspace)),
             stream_backlog=(
                 BacklogReport(
@@ -267,6 +284,8 @@ class LimiterApp:
                     await task
             self.metrics.flush()
             await sink.close()
+            if outage is not None:
+                await outage.close()
             if analytics is not None:
                 await analytics.close()
             await journal.close()

@@ -3,6 +3,10 @@
 After a failed call the store is marked down and no request waits on Redis again until a
 background probe (``StoreHealth.watch``) sees it answer; meanwhile ``fail_open`` tenants are
 decided by the local in-memory store and ``fail_closed`` tenants are denied.
+
+Where the check script streams every decision it makes (``ratewatch up``), the decisions
+answered here are handed to an ``OutageLog`` (``limiter.outage``), which keeps them until
+the stream takes them.  Only this path calls it: a check Redis answers costs nothing more.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from limiter.algorithms import Outcome, Reason
 from limiter.coalescer import Coalescer
@@ -73,11 +78,24 @@ class StoreHealth:
             self._recovered.set()
 
 
+class OutageLog(Protocol):
+    def record(self, checks: Sequence[Check], outcomes: Sequence[Outcome]) -> None:
+        """Keep the decisions of one call answered without Redis; must not wait on I/O."""
+        ...
+
+
 class FailoverDecider:
-    def __init__(self, primary: Coalescer, fallback: MemoryStore, health: StoreHealth):
+    def __init__(
+        self,
+        primary: Coalescer,
+        fallback: MemoryStore,
+        health: StoreHealth,
+        outage_log: OutageLog | None = None,
+    ):
         self._primary = primary
         self._fallback = fallback
         self._health = health
+        self._outage_log = outage_log
 
     async def decide(self, checks: Sequence[Check], fail_mode: FailMode) -> list[Outcome]:
         if self._health.up:
@@ -86,14 +104,17 @@ class FailoverDecider:
             except StoreUnavailable as exc:
                 self._health.mark_down(exc)
         if fail_mode is FailMode.CLOSED:
-            return [
+            outcomes = [
                 Outcome(False, 0, FAIL_CLOSED_RETRY_MS, FAIL_CLOSED_RETRY_MS, Reason.FAIL_CLOSED)
                 for _ in checks
             ]
-        outcomes = []
-        for check in checks:
-            outcome = self._fallback.decide_one(check)
-            if outcome.allowed:
-                outcome = outcome._replace(reason=Reason.FAIL_OPEN)
-            outcomes.append(outcome)
+        else:
+            outcomes = []
+            for check in checks:
+                outcome = self._fallback.decide_one(check)
+                if outcome.allowed:
+                    outcome = outcome._replace(reason=Reason.FAIL_OPEN)
+                outcomes.append(outcome)
+        if self._outage_log is not None:
+            self._outage_log.record(checks, outcomes)
         return outcomes

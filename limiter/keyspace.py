@@ -34,6 +34,8 @@ Layout (``rw`` is the default prefix):
   control-plane records are in Redis; its absence means Redis lost its data
   (``control/durable/restore.py``)
 - ``rw:events``                                    decision event stream (embedded mode)
+- ``rw:events:replayed:<run>``                     the last spooled record of one limiter
+  run appended to the stream (string, EX; ``limiter/outage/replay.py``)
 - ``rw:audit``                                     audit outbox (stream, never capped: the
   audit drain trims what it stored; ``stream/audit_outbox.py``)
 - ``rw:audit:dlq``                                 outbox entries that are not audit events
@@ -125,6 +127,10 @@ class Keyspace:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    def replay_mark(self, run: str) -> str:
+        """The high-water mark of the spool records of the limiter run ``run``."""
+        return f"{self.prefix}:events:replayed:{run}"
 
     @property
     def audit(self) -> str:

@@ -149,6 +149,35 @@ class LimiterMetrics:
             registry=self.registry,
             multiprocess_mode="min",
         )
+        # the outage spool of the embedded stream (limiter.outage): all zero elsewhere
+        self.outage_spooled = Counter(
+            "ratewatch_outage_decisions_spooled",
+            "Decisions answered by the failure policy and kept in the outage spool",
+            registry=self.registry,
+        )
+        self.outage_replayed = Counter(
+            "ratewatch_outage_decisions_replayed",
+            "Spooled decisions appended to the decision stream once Redis answered",
+            registry=self.registry,
+        )
+        self.outage_dropped = Counter(
+            "ratewatch_outage_decisions_dropped",
+            "Decisions answered by the failure policy and lost: the spool was full or the "
+            "disk failed",
+            registry=self.registry,
+        )
+        self.outage_spool_entries = Gauge(
+            "ratewatch_outage_spool_entries",
+            "Entries (one per failed-over call) in the outage spool, not yet in the stream",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.outage_spool_bytes = Gauge(
+            "ratewatch_outage_spool_bytes",
+            "Bytes in the outage spool",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         # children bound once, at their first decision, by the tally's index (below)
         self._decision_children: list[Counter | None] = [None] * (2 * len(Reason))
         self._check_seconds = self.check_latency.labels("check")

@@ -31,7 +31,9 @@ class HealthRoutes:
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
+        outage_spool: Callable[[], dict[str, object]] | None = None,
     ):
+        self._outage_spool = outage_spool  # what the failure policy answered, not yet streamed
         self._decision_stream = decision_stream
         self._stream_backlog = stream_backlog  # the embedded decision stream's
         self._webhook_metrics = webhook_metrics
@@ -75,6 +77,10 @@ class HealthRoutes:
                 backlog = await self._stream_backlog.status()
             dependencies["decision_stream"] = backlog
             degraded = degraded or backlog["status"] != "up"
+        if self._outage_spool is not None:  # "spooling" or "replaying" while it holds any
+            spool = self._outage_spool()
+            dependencies["outage_spool"] = spool
+            degraded = degraded or spool["status"] != "up"
         return json_response(
             {
                 "status": "degraded" if degraded else "ok",

@@ -67,6 +67,10 @@ class Spool:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._pending_count = 0
+        # taken from the queue by a flush, not yet on disk: still counted, so that the loop
+        # never sees a record vanish (or the bound ignore it) while the worker writes it
+        self._flushing = 0
+        self._flushing_bytes = 0
         self._sizes: dict[int, int] = {}  # segment id -> durable size on disk
         self._disk_bytes = 0
         self._count = 0  # durable records after the cursor
@@ -81,12 +85,12 @@ class Spool:
     @property
     def events(self) -> int:
         """Records appended and not yet acknowledged (including those not yet flushed)."""
-        return self._count + self._pending_count
+        return self._count + self._pending_count + self._flushing
 
     @property
     def size(self) -> int:
         """Bytes on disk and queued for it."""
-        return self._disk_bytes + self._pending_bytes
+        return self._disk_bytes + self._pending_bytes + self._flushing_bytes
 
     @property
     def in_doubt(self) -> int:
@@ -97,12 +101,12 @@ class Spool:
         """Mark the first ``count`` records after the cursor (appended already, flushed or
         not) in doubt; memory only until the next ``flush`` or ``ack``."""
         with self._lock:
-            self._doubt = max(self._doubt, min(count, self._count + self._pending_count))
+            self._doubt = max(self._doubt, min(count, self.events))
 
     @property
     def pending(self) -> int:
-        """Records appended but not yet flushed."""
-        return self._pending_count
+        """Records appended but not yet flushed (or being flushed)."""
+        return self._pending_count + self._flushing
 
     def open(self) -> None:
         """Find what an earlier process left (it is replayed first) and count it."""
@@ -140,7 +144,7 @@ class Spool:
         """Queue one record for the next flush; False (and counted) if the spool is full."""
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
-            if self._disk_bytes + self._pending_bytes + len(frame) > self.max_bytes:
+            if self.size + len(frame) > self.max_bytes:
                 self.dropped += 1
                 return False
             self._pending.append(frame)
@@ -154,18 +158,20 @@ class Spool:
         with self._io:
             with self._lock:
                 frames, count = self._pending, self._pending_count
+                self._flushing, self._flushing_bytes = count, self._pending_bytes
                 self._pending, self._pending_bytes, self._pending_count = [], 0, 0
             written = 0
             try:
                 for done in self._write(frames):
                     written += done
-                    self._count += done
             except OSError:
                 with self._lock:
                     self.dropped += count - written
                 self._seal(truncate=True)
                 raise
             finally:
+                with self._lock:
+                    self._flushing = self._flushing_bytes = 0
                 self._save_doubt()
 
     def read(self, max_bytes: int) -> Chunk:
@@ -223,7 +229,11 @@ class Spool:
                 written += os.write(self._writer, data[written:])
             os.fsync(self._writer)
             self._sizes[self._active] += len(data)
-            self._disk_bytes += len(data)
+            with self._lock:  # durable now: moved from the flush's share to the disk's
+                self._disk_bytes += len(data)
+                self._flushing_bytes -= len(data)
+                self._count += end - start
+                self._flushing -= end - start
             if self._sizes[self._active] >= self.segment_bytes:
                 self._seal()
             yield end - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,25 @@ def test_nothing_in_doubt_writes_no_in_doubt_file(tmp_path: Path) -> None:
     again.open()
     assert again.in_doubt == 0
     again.close()
+
+
+def test_records_being_flushed_are_still_counted(tmp_path: Path) -> None:
+    """The loop reads the counts while the worker thread writes: a record taken from the
+    queue and not yet on disk is neither gone from ``events`` nor from the size bound."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=64 * 1024)
+    spool.open()
+    records = payloads(20_000)
+    for payload in records:
+        assert spool.append(payload)
+    size = spool.size
+    flusher = threading.Thread(target=spool.flush)
+    flusher.start()
+    seen: set[tuple[int, int, int]] = set()
+    while flusher.is_alive():
+        seen.add((spool.events, spool.size, spool.pending))
+    flusher.join()
+    assert {events for events, _, _ in seen} <= {20_000}
+    assert min(sizes for _, sizes, _ in seen) >= size  # each new segment adds its header
+    assert (spool.events, spool.pending) == (20_000, 0)
+    assert {pending for _, _, pending in seen} <= set(range(20_001))
+    spool.close()
