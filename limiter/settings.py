@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from limiter.api_limits import ApiLimits
 from limiter.errors import ConfigError
 from limiter.redis_client import check_redis_url
 from limiter.state.tenants import FailMode
@@ -44,6 +45,9 @@ class LimiterSettings:
     clickhouse_url: str | None = None
     # webhooks may target loopback and private addresses (RATEWATCH_WEBHOOKS_ALLOW_PRIVATE)
     webhooks_allow_private: bool = False
+    # RateWatch's limits on its own API: per tenant on the control plane, per client
+    # address on failed authentication (limiter/api_limits.py)
+    api_limits: ApiLimits = field(default_factory=ApiLimits)
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
