@@ -159,3 +159,29 @@ def test_bad_tls_files_stop_the_start_with_one_line(
         [*base, "--tls-cert", str(certificate.cert), "--tls-key", str(other.key)], tmp_path
     )
     assert "are not a certificate and its private key" in mismatched
+
+
+@pytest.mark.timeout(180)
+def test_up_serves_https_and_passes_its_limits_on(
+    certificate: CertFiles, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "up.log"
+    service = RatewatchProcess(
+        ["up", "--port", str(port), "--redis-url", redis_server.url,
+         "--key-prefix", "rwtls", "--data-dir", str(tmp_path / "data"),
+         "--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key),
+         "--auth-failure-limit", "1/1m"],
+        port,
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
+        log_path=log,
+        ca_file=certificate.cert,
+    )  # fmt: skip
+    try:
+        service.start(timeout=90)
+        assert f"RateWatch listening on https://127.0.0.1:{port}" in log.read_text()
+        with httpx.Client(base_url=service.base_url, verify=service.verify, timeout=10) as client:
+            assert client.get("/v1/keys").status_code == 401
+            assert client.get("/v1/keys").status_code == 429
+    finally:
+        service.stop(timeout=60)
