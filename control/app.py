@@ -42,6 +42,7 @@ from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
 from limiter.algorithms import Algorithm
+from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.coalescer import Coalescer
 from limiter.emit import DecisionSink, NullSink
@@ -193,6 +194,14 @@ class LimiterApp:
             )
             await outage.start()
         decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health, outage)
+        # the API's own limits on the same script, through a store that streams nothing:
+        # they never reach the decision stream or a sink as a customer's decisions
+        internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis))
+        await internal_store.load()
+        api_limits = ApiLimiter(
+            FailoverDecider(Coalescer(internal_store.decide), MemoryStore(), health),
+            settings.api_limits,
+        )
         sink: DecisionSink
         stream: StreamSink | None = None
         if settings.kafka is not None:
@@ -218,10 +227,11 @@ class LimiterApp:
             Algorithm.SLIDING_WINDOW,
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
+            api_limits,
         )
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
-        control = ControlAuth(auth)
+        control = ControlAuth(auth, api_limits)
         privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
         webhooks = WebhookRoutes(
             control,

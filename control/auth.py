@@ -1,24 +1,45 @@
 """Who calls a control-plane route: the tenant's principal, from the same API keys and the
-same cache as the check path, with admin routes closed to standard keys."""
+same cache as the check path, with admin routes closed to standard keys, and the tenant's
+control-plane limits (``limiter/api_limits.py``) counted."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from limiter.api_limits import ApiLimiter, Limited
 from limiter.auth import Authenticator, Principal
 from limiter.http.bearer import authenticate
-from limiter.http.problems import Problem
+from limiter.http.problems import Problem, too_many_requests
+
+_WHAT = {
+    Limited.CONTROL: "control-plane requests",
+    Limited.TEST_PING: "webhook test pings",
+    Limited.PRIVACY: "privacy requests",
+}
 
 
 class ControlAuth:
-    def __init__(self, auth: Authenticator):
+    def __init__(self, auth: Authenticator, limits: ApiLimiter | None = None):
         self._auth = auth
+        self._limits = limits
 
-    async def principal(self, request: Request, *, admin: bool) -> Principal:
-        """The caller's principal; 401 without a valid key, 403 if ``admin`` and it is not."""
-        principal = await authenticate(self._auth, request.scope)
+    async def principal(
+        self, request: Request, *, admin: bool, limit: Limited = Limited.CONTROL
+    ) -> Principal:
+        """The caller's principal; 401 without a valid key, 403 if ``admin`` and it is not,
+        429 when the tenant has made too many requests of the kind ``limit``."""
+        principal = await authenticate(self._auth, request.scope, self._limits)
         if admin and not principal.admin:
             raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
+        if self._limits is not None:
+            retry_after = await self._limits.hit(limit, principal.tenant)
+            if retry_after is not None:
+                rate = self._limits.limits.rate(limit)
+                raise too_many_requests(
+                    retry_after,
+                    f"tenant {principal.tenant!r} reached its limit of {rate} "
+                    f"{_WHAT.get(limit, limit.value)}: retry in {retry_after}s",
+                )
         return principal
 
     def forget(self) -> None:

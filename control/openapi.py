@@ -35,6 +35,10 @@ PROBLEM_SCHEMA = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
+        "retry_after": {
+            "type": "integer",
+            "description": "Seconds until a retry can pass (429, also as Retry-After).",
+        },
     },
     "required": ["type", "title", "status", "detail"],
 }
@@ -65,7 +69,7 @@ def _operation(
         "summary": summary,
         "responses": {
             ok: {"description": "OK", **(_json(response) if response else {})},
-            **_problems(401, 503, *problems),
+            **_problems(401, 429, 503, *problems),
         },
     }
     if body is not None:

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from limiter.api_limits import ApiLimits
 from limiter.errors import ConfigError
 from limiter.redis_client import check_redis_url
 from limiter.state.tenants import FailMode
@@ -46,6 +47,9 @@ class LimiterSettings:
     webhooks_allow_private: bool = False
     # how often the limiter looks whether Redis lost its data (control/durable/restore.py)
     restore_check_interval: float = 0.5
+    # RateWatch's limits on its own API: per tenant on the control plane, per client
+    # address on failed authentication (limiter/api_limits.py)
+    api_limits: ApiLimits = field(default_factory=ApiLimits)
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

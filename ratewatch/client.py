@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -105,6 +106,16 @@ def _settings(api_key: str | None, base_url: str | None) -> tuple[str, str]:
         raise ValueError("no RateWatch API key: pass api_key or set RATEWATCH_API_KEY")
     url = base_url or os.environ.get("RATEWATCH_URL") or DEFAULT_URL
     return key, url.rstrip("/")
+
+
+def _verify(verify: bool | ssl.SSLContext, ca_file: str | os.PathLike[str] | None) -> Any:
+    """How the server's certificate is checked: ``ca_file`` (or ``$RATEWATCH_CA_FILE``), a
+    PEM bundle of the CAs to trust (a self-signed certificate itself), else ``verify``
+    (True: the system's CAs; an ``ssl.SSLContext`` of your own; False: no check)."""
+    ca_file = ca_file if ca_file is not None else os.environ.get("RATEWATCH_CA_FILE") or None
+    if ca_file is not None and verify is not False:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    return verify
 
 
 def _headers(api_key: str) -> dict[str, str]:
@@ -213,7 +224,10 @@ class RateWatch(_ClientBase):
     """Synchronous client.  Thread-safe; reuses connections until :meth:`close`.
 
     ``api_key`` defaults to ``$RATEWATCH_API_KEY``, ``base_url`` to ``$RATEWATCH_URL`` and
-    then to ``http://127.0.0.1:8080``; ``timeout`` is in seconds.
+    then to ``http://127.0.0.1:8080``; ``timeout`` is in seconds.  For an ``https://`` URL
+    whose certificate the system's CAs do not vouch for (a private CA, a self-signed
+    certificate) pass ``ca_file`` (or set ``$RATEWATCH_CA_FILE``), or an ``ssl.SSLContext``
+    as ``verify``.
     """
 
     def __init__(
@@ -224,11 +238,17 @@ class RateWatch(_ClientBase):
         fail_open: bool = True,
         *,
         transport: httpx.BaseTransport | None = None,
+        verify: bool | ssl.SSLContext = True,
+        ca_file: str | os.PathLike[str] | None = None,
     ):
         super().__init__(fail_open)
         key, self.base_url = _settings(api_key, base_url)
         self._http = httpx.Client(
-            base_url=self.base_url, headers=_headers(key), timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=_headers(key),
+            timeout=timeout,
+            transport=transport,
+            verify=_verify(verify, ca_file),
         )
 
     def check(
@@ -296,11 +316,17 @@ class AsyncRateWatch(_ClientBase):
         fail_open: bool = True,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: bool | ssl.SSLContext = True,
+        ca_file: str | os.PathLike[str] | None = None,
     ):
         super().__init__(fail_open)
         key, self.base_url = _settings(api_key, base_url)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=_headers(key), timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=_headers(key),
+            timeout=timeout,
+            transport=transport,
+            verify=_verify(verify, ca_file),
         )
 
     async def check(

@@ -18,7 +18,13 @@ from analytics.query_client import answers
 from tests.support.credentials import BOOTSTRAP_KEY, KEY_SECRET, STACK_PREFIX, create_key
 from tests.support.kafka import KafkaBroker
 from tests.support.polling import wait_until
-from tests.support.servers import RatewatchProcess, RedisServer, free_port, start_limiter
+from tests.support.servers import (
+    NO_AUTH_FAILURE_LIMIT,
+    RatewatchProcess,
+    RedisServer,
+    free_port,
+    start_limiter,
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +81,11 @@ def stack(
             "0.2",
         ],
         port,
-        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1"},
+        env={
+            "RATEWATCH_KEY_SECRET": KEY_SECRET.hex(),
+            "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1",
+            **NO_AUTH_FAILURE_LIMIT,
+        },
         log_path=workdir / "up.log",
         data_dir=workdir / "data",
     ).start(timeout=90)

@@ -14,6 +14,7 @@ from control.auth import ControlAuth
 from control.http import client_ip, json_response, read_json
 from control.privacy import PrivacyRequests
 from control.schemas.requests import PrivacyDelete, PrivacySummary
+from limiter.api_limits import Limited
 from stream.audit import PRIVACY_DELETED, PRIVACY_SUMMARY
 
 _delete = msgspec.json.Decoder(PrivacyDelete)
@@ -33,7 +34,7 @@ class PrivacyRoutes:
         ]
 
     async def delete(self, request: Request) -> Response:
-        principal = await self._auth.principal(request, admin=True)
+        principal = await self._auth.principal(request, admin=True, limit=Limited.PRIVACY)
         body: PrivacyDelete = await read_json(request, _delete)
         erased = await self._requests.erase(principal.tenant, body.user_id)
         await self._audit.record(
@@ -69,7 +70,7 @@ class PrivacyRoutes:
         )
 
     async def summary(self, request: Request) -> Response:
-        principal = await self._auth.principal(request, admin=False)
+        principal = await self._auth.principal(request, admin=False, limit=Limited.PRIVACY)
         body: PrivacySummary = await read_json(request, _summary)
         summary = await self._requests.summary(principal.tenant, body.user_id)
         await self._audit.record(principal, PRIVACY_SUMMARY, body.user_id, {}, client_ip(request))

@@ -24,6 +24,7 @@ from control.auth import ControlAuth
 from control.durable.records import DurableRecords
 from control.http import client_ip, json_response, read_json
 from control.schemas.requests import WebhookCreate, WebhookUpdate
+from limiter.api_limits import Limited
 from limiter.errors import StoreUnavailable
 from limiter.http.problems import Problem
 from stream.audit import (
@@ -206,7 +207,7 @@ class WebhookRoutes:
         )
 
     async def test(self, request: Request) -> Response:
-        principal = await self._auth.principal(request, admin=True)
+        principal = await self._auth.principal(request, admin=True, limit=Limited.TEST_PING)
         hook = await self._store.get(principal.tenant, request.path_params["webhook_id"])
         if not hook.enabled:
             raise Problem(

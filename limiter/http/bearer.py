@@ -1,13 +1,15 @@
 """Who sends a request: the principal of its ``Authorization: Bearer <api key>``, or the
-problem that answers it (401 without a valid key, 503 when the key store is down and the
-key was never seen).  The check path and the control plane authenticate the same way."""
+problem that answers it (401 without a valid key, 429 once the client's address has failed
+too often, 503 when the key store is down and the key was never seen).  The check path and
+the control plane authenticate the same way."""
 
 from __future__ import annotations
 
+from limiter.api_limits import ApiLimiter, Limited
 from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.http.asgi import Scope, bearer_token
-from limiter.http.problems import Problem
+from limiter.http.problems import Problem, too_many_requests
 
 
 def cached_principal(auth: Authenticator, scope: Scope) -> Principal | None:
@@ -17,9 +19,19 @@ def cached_principal(auth: Authenticator, scope: Scope) -> Principal | None:
     return None if token is None else auth.cached(token)
 
 
-async def authenticate(auth: Authenticator, scope: Scope) -> Principal:
+def client_address(scope: Scope) -> str:
+    """The peer's address (the proxy's client when ``--trusted-proxies`` names the peer:
+    uvicorn then puts it in the scope)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+async def authenticate(
+    auth: Authenticator, scope: Scope, limits: ApiLimiter | None = None
+) -> Principal:
     token = bearer_token(scope)
     if token is None:
+        await _failed(limits, scope)
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
     try:
         principal = await auth.authenticate(token)
@@ -28,5 +40,20 @@ async def authenticate(auth: Authenticator, scope: Scope) -> Principal:
             503, "store-unavailable", "the key store is unreachable and this key is not cached"
         ) from None
     if principal is None:
+        await _failed(limits, scope)
         raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
     return principal
+
+
+async def _failed(limits: ApiLimiter | None, scope: Scope) -> None:
+    """Count a failed authentication of the client's address; 429 past its limit.  A valid
+    key from the same address is still served: the limit is on failures."""
+    if limits is None:
+        return
+    address = client_address(scope)
+    retry_after = await limits.hit(Limited.AUTH_FAILURE, address)
+    if retry_after is not None:
+        raise too_many_requests(
+            retry_after,
+            f"too many requests without a valid API key from {address}: retry in {retry_after}s",
+        )

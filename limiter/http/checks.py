@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm
+from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput
@@ -56,8 +57,10 @@ class CheckHandler:
         default_algorithm: Algorithm,
         max_body_bytes: int,
         max_batch_body_bytes: int,
+        api_limits: ApiLimiter | None = None,
     ):
         self._auth = auth
+        self._api_limits = api_limits  # failed authentication per client address
         self._decider = decider
         self._sink = sink
         # the decisions are built for a sink only when it keeps them
@@ -107,7 +110,9 @@ class CheckHandler:
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         # most requests' keys are cached: answered without awaiting a coroutine
-        principal = cached_principal(self._auth, scope) or await authenticate(self._auth, scope)
+        principal = cached_principal(self._auth, scope) or await authenticate(
+            self._auth, scope, self._api_limits
+        )
         request: CheckRequest = decode(
             _check_decoder, await read_body(scope, receive, self._max_body)
         )
@@ -142,7 +147,9 @@ class CheckHandler:
 
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
-        principal = cached_principal(self._auth, scope) or await authenticate(self._auth, scope)
+        principal = cached_principal(self._auth, scope) or await authenticate(
+            self._auth, scope, self._api_limits
+        )
         request: BatchRequest = decode(
             _batch_decoder, await read_body(scope, receive, self._max_batch_body)
         )

@@ -21,6 +21,7 @@ TITLES = {
     "store-unavailable": "The limiter's store is unavailable",
     "webhook-target-refused": "Webhook target refused",
     "too-many-webhooks": "Too many webhooks",
+    "too-many-requests": "Too many requests",
     "internal-error": "Internal error",
 }
 
@@ -30,11 +31,22 @@ _encoder = msgspec.json.Encoder()
 class Problem(Exception):
     """Raised anywhere below a handler to answer with a problem response."""
 
-    def __init__(self, status: int, kind: str, detail: str, **extensions: Any):
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        retry_after: int | None = None,
+        **extensions: Any,
+    ):
         super().__init__(detail)
         self.status = status
         self.kind = kind
         self.detail = detail
+        self.retry_after = retry_after
+        if retry_after is not None:
+            extensions["retry_after"] = retry_after
         self.extensions = extensions
 
     def body(self, instance: str | None = None) -> bytes:
@@ -53,6 +65,13 @@ class Problem(Exception):
         extra = [(b"content-type", PROBLEM_CONTENT_TYPE)]
         if self.status == 401:
             extra.append((b"www-authenticate", b'Bearer realm="ratewatch"'))
-        if self.status == 503:
+        if self.retry_after is not None:
+            extra.append((b"retry-after", b"%d" % self.retry_after))
+        elif self.status == 503:
             extra.append((b"retry-after", b"1"))
         return extra
+
+
+def too_many_requests(retry_after: int, detail: str) -> Problem:
+    """429: a limit of RateWatch's own API (``limiter/api_limits.py``) is reached."""
+    return Problem(429, "too-many-requests", detail, retry_after=retry_after)

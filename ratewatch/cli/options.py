@@ -165,6 +165,66 @@ def service_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+# RateWatch's limits on its own API (limiter/api_limits.py): option -> default
+API_LIMIT_OPTIONS = {
+    "--control-rate-limit": (
+        "1200/1m",
+        "Control-plane requests per tenant (every /v1 route but the checks, test pings and "
+        "privacy requests, which have their own).",
+    ),
+    "--test-ping-rate-limit": ("100/1h", "Webhook test pings per tenant."),
+    "--privacy-rate-limit": ("60/1m", "Privacy summaries and erasures per tenant."),
+    "--auth-failure-limit": (
+        "30/1m",
+        "Requests without a valid API key per client address, on every /v1 route.",
+    ),
+}
+
+
+def api_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The limits of the API itself, answered 429 with Retry-After past them (LIMIT/WINDOW,
+    the window in seconds or with s, m or h; off: no limit), and whose proxy headers name
+    the client.  Parsed where the limiter starts, so the light install needs no more."""
+    for name, (default, text) in reversed(API_LIMIT_OPTIONS.items()):
+        f = option(
+            name,
+            default=default,
+            show_default=True,
+            metavar="LIMIT/WINDOW",
+            help=text + " 'off': none.",
+        )(f)
+    return option(
+        "--trusted-proxies",
+        default=None,
+        metavar="ADDRESSES",
+        help="Reverse proxies (addresses or networks, comma separated, or *) whose "
+        "X-Forwarded-For names the client; by default the peer is the client.",
+    )(f)
+
+
+def api_limit_args(limits: dict[str, str], trusted_proxies: str | None) -> list[str]:
+    """The API limit options as a child's command line (``up`` to its limiter)."""
+    args = [arg for name, value in limits.items() for arg in (name, value)]
+    return args + (["--trusted-proxies", trusted_proxies] if trusted_proxies else [])
+
+
+def tls_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """HTTPS: a PEM certificate (chain) and its private key, both or neither."""
+    f = option(
+        "--tls-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The certificate's private key (PEM).",
+    )(f)
+    return option(
+        "--tls-cert",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Serve HTTPS (TLS 1.2 at least, 1.3 preferred) with this certificate chain "
+        "(PEM); needs --tls-key.",
+    )(f)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into a one-line message and exit status 1."""

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ratewatch.cli.options import backlog_options, key_secret, service_options, user_errors
+from ratewatch.cli.options import (
+    api_limit_options,
+    backlog_options,
+    key_secret,
+    service_options,
+    tls_options,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    from limiter.api_limits import ApiLimits, Rate
 
 
 def _serve(
@@ -27,15 +38,31 @@ def _serve(
     webhooks_allow_private: bool = False,
     backlog_max_mb: int = 256,
     backlog_max_age: float = 300.0,
+    api_limits: dict[str, str] | None = None,
+    trusted_proxies: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     with user_errors():
-        from ratewatch.processes.serving import listen, prepare_metrics_dir, run_server, run_workers
+        from ratewatch.processes.serving import (
+            listen,
+            parse_trusted_proxies,
+            prepare_metrics_dir,
+            run_server,
+            run_workers,
+        )
+        from ratewatch.processes.tls import tls_files
 
+        # every file and value is checked before anything starts
+        tls = tls_files(tls_cert, tls_key)
+        proxies = parse_trusted_proxies(trusted_proxies)
         metrics_dir = prepare_metrics_dir(data_dir, workers)
 
         from control.app import create_app
         from limiter.settings import LimiterSettings
         from limiter.state.tenants import parse_fail_mode
+
+        limits = parse_api_limits(api_limits or {})
 
         secret = key_secret(data_dir)
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None
@@ -56,6 +83,7 @@ def _serve(
                 metrics_dir=metrics_dir,
                 clickhouse_url=clickhouse_url or None,
                 webhooks_allow_private=webhooks_allow_private,
+                api_limits=limits,
             )
 
         def serve(worker: int) -> bool:
@@ -67,15 +95,16 @@ def _serve(
                 bootstrap=worker == 0,
                 on_new_key=_show_new_key,
             )
-            return run_server(app, sock)
+            return run_server(app, sock, tls, proxies)
 
         settings_of(0)  # validated before anything starts
         try:
             sock = listen(host, port)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        scheme = "https" if tls is not None else "http"
         click.echo(
-            f"RateWatch listening on http://{host}:{port} (Redis: {redis_url}, "
+            f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redis_url}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
         if workers == 1:
@@ -83,6 +112,28 @@ def _serve(
                 raise click.ClickException(f"the limiter did not start on {host}:{port}")
         else:
             run_workers(workers, serve, metrics_dir)
+
+
+def parse_api_limits(texts: dict[str, str]) -> ApiLimits:
+    """The API limit options' values (``API_LIMIT_OPTIONS``), each error naming its option."""
+    from limiter.api_limits import ApiLimits, parse_rate
+    from limiter.errors import ConfigError
+
+    rates: dict[str, Rate | None] = {}
+    for name, text in texts.items():
+        try:
+            rates[_LIMIT_FIELDS[name]] = parse_rate(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return ApiLimits(**rates)
+
+
+_LIMIT_FIELDS = {
+    "--control-rate-limit": "control",
+    "--test-ping-rate-limit": "test_ping",
+    "--privacy-rate-limit": "privacy",
+    "--auth-failure-limit": "auth_failures",
+}
 
 
 def _show_new_key(api_key: str) -> None:
@@ -99,6 +150,8 @@ def _show_new_key(api_key: str) -> None:
     help="Append decisions to the Redis event stream (the embedded pipeline).",
 )
 @backlog_options(hidden=True)
+@api_limit_options
+@tls_options
 def serve(
     host: str,
     port: int,
@@ -113,6 +166,13 @@ def serve(
     redis_events: bool,
     backlog_max_mb: int,
     backlog_max_age: float,
+    control_rate_limit: str,
+    test_ping_rate_limit: str,
+    privacy_rate_limit: str,
+    auth_failure_limit: str,
+    trusted_proxies: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -138,4 +198,13 @@ def serve(
         webhooks_allow_private,
         backlog_max_mb,
         backlog_max_age,
+        {
+            "--control-rate-limit": control_rate_limit,
+            "--test-ping-rate-limit": test_ping_rate_limit,
+            "--privacy-rate-limit": privacy_rate_limit,
+            "--auth-failure-limit": auth_failure_limit,
+        },
+        trusted_proxies,
+        tls_cert,
+        tls_key,
     )

@@ -15,11 +15,14 @@ import click
 
 from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
 from ratewatch.cli.options import (
+    api_limit_args,
+    api_limit_options,
     backlog_options,
     batch_args,
     batch_options,
     option,
     service_options,
+    tls_options,
     user_errors,
 )
 from ratewatch.processes.supervisor import Child, Supervisor
@@ -38,6 +41,8 @@ from ratewatch.processes.supervisor import Child, Supervisor
     "consumer and the detector) is than the limiter's; 0: the same.",
 )
 @backlog_options()
+@api_limit_options
+@tls_options
 def up(
     host: str,
     port: int,
@@ -56,6 +61,13 @@ def up(
     pipeline_nice: int,
     backlog_max_mb: int,
     backlog_max_age: float,
+    control_rate_limit: str,
+    test_ping_rate_limit: str,
+    privacy_rate_limit: str,
+    auth_failure_limit: str,
+    trusted_proxies: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -69,10 +81,23 @@ def up(
         )
     if metrics_port is not None:
         check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
+    api_limits = {
+        "--control-rate-limit": control_rate_limit,
+        "--test-ping-rate-limit": test_ping_rate_limit,
+        "--privacy-rate-limit": privacy_rate_limit,
+        "--auth-failure-limit": auth_failure_limit,
+    }
     with user_errors():
         from limiter.embedded import EmbeddedValkey
         from limiter.redis_client import check_redis_url
+        from ratewatch.cli.serve import parse_api_limits
+        from ratewatch.processes.serving import parse_trusted_proxies
+        from ratewatch.processes.tls import tls_files
 
+        # checked here, so that a bad value stops up before anything starts
+        tls = tls_files(tls_cert, tls_key)
+        parse_trusted_proxies(trusted_proxies)
+        parse_api_limits(api_limits)
         data_dir = data_dir.resolve()
         valkey = None
         if redis_url is None:
@@ -98,7 +123,10 @@ def up(
             str(workers),
             *common,
             *webhooks,
+            *api_limit_args(api_limits, trusted_proxies),
         ]
+        if tls is not None:
+            limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
         limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]

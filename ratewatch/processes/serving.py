@@ -11,6 +11,7 @@ mode) and ``/metrics`` adds up every worker's.  A worker that dies is replaced.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -22,6 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from limiter.errors import ConfigError
+from ratewatch.processes.tls import TlsFiles, server_context
 
 log = logging.getLogger("ratewatch.serve")
 
@@ -52,8 +56,32 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def run_server(app: Any, sock: socket.socket) -> bool:
-    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM; whether it started."""
+def parse_trusted_proxies(text: str | None) -> str | None:
+    """``--trusted-proxies``: addresses or networks, comma separated, or ``*`` (any peer);
+    the peers whose ``X-Forwarded-For`` names the client.  None: the peer is the client."""
+    if text is None or not text.strip():
+        return None
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"trusted proxy {entry!r} in {text!r} is not an address, a network or *"
+            ) from None
+    return ",".join(entries)
+
+
+def run_server(
+    app: Any,
+    sock: socket.socket,
+    tls: TlsFiles | None = None,
+    trusted_proxies: str | None = None,
+) -> bool:
+    """Serve ``app`` on ``sock`` (over HTTPS with ``tls``) until SIGINT/SIGTERM; whether it
+    started."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -64,10 +92,19 @@ def run_server(app: Any, sock: socket.socket) -> bool:
         lifespan="on",
         access_log=False,
         log_level="warning",
-        proxy_headers=False,  # the client's address is never used; it would cost per request
+        # the client's address is read only to count failed authentication; proxy headers
+        # are believed only from the peers named (they would cost on every request)
+        proxy_headers=trusted_proxies is not None,
+        forwarded_allow_ips=trusted_proxies,
         server_header=False,
         timeout_graceful_shutdown=10,
+        ssl_certfile=tls.cert if tls is not None else None,
+        ssl_keyfile=tls.key if tls is not None else None,
     )
+    if tls is not None:
+        # uvicorn's own context sets no minimum version: ours (TLS 1.2 at least) replaces it
+        config.load()
+        config.ssl = server_context(tls)
     server = uvicorn.Server(config)
     # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with these handlers in place
     # that returns here and the process exits normally.

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -111,8 +112,11 @@ class RatewatchProcess:
         cwd: Path | None = None,
         log_path: Path | None = None,
         data_dir: Path | None = None,
+        ca_file: Path | None = None,
     ):
         self.args = args
+        # HTTPS, trusting this CA bundle (the test's self-signed certificate)
+        self.ca_file = ca_file
         self.data_dir = data_dir
         self.port = port
         self.env = {**os.environ, **(env or {})}
@@ -122,7 +126,15 @@ class RatewatchProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client of this process passes as ``verify``."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def start(self, timeout: float = 30) -> RatewatchProcess:
         """Launch, then wait until /health answers 200."""
@@ -136,7 +148,10 @@ class RatewatchProcess:
                     f"{self.process.returncode}; log: {self.log()}"
                 )
             try:
-                return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
+                return (
+                    httpx.get(self.base_url + "/health", timeout=1, verify=self.verify).status_code
+                    == 200
+                )
             except httpx.HTTPError:
                 return False
 
@@ -182,6 +197,10 @@ class RatewatchProcess:
         return code
 
 
+# the session's servers are asked by every test from one address, 127.0.0.1
+NO_AUTH_FAILURE_LIMIT = {"RATEWATCH_AUTH_FAILURE_LIMIT": "off"}
+
+
 def start_limiter(
     redis_url: str,
     workdir: Path,
@@ -189,22 +208,26 @@ def start_limiter(
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
+    ca_file: Path | None = None,
 ) -> RatewatchProcess:
     """A `ratewatch serve` of the test's own on ``redis_url``, ready to answer: its data in
     ``workdir/data``, its log in ``workdir/serve.log``, keys hashed with ``KEY_SECRET`` (so
     ``create_key`` works against it), ``args`` added to the command line and ``env`` to the
     environment.  Starting again with the same ``workdir`` and ``port`` is a restart: the
     same spool, the same address.  If it does not come up it is stopped before the error
-    is raised, so no test leaves a half-started limiter behind."""
+    is raised, so no test leaves a half-started limiter behind.  Every test of the session
+    fails authentication from 127.0.0.1: the limit on that is lifted unless ``env`` sets
+    it.  With ``ca_file`` the limiter is reached over HTTPS (``args`` name the cert)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = RatewatchProcess(
         ["serve", "--port", str(port), "--redis-url", redis_url,
          "--data-dir", str(workdir / "data"), *args],
         port,
-        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), **(env or {})},
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), **NO_AUTH_FAILURE_LIMIT, **(env or {})},
         log_path=workdir / "serve.log",
         data_dir=workdir / "data",
+        ca_file=ca_file,
     )  # fmt: skip
     try:
         return process.start(timeout)
