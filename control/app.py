@@ -140,7 +140,13 @@ class LimiterApp:
         await store.load()
         health = StoreHealth(redis.ping, self.metrics)
         tenant_settings = TenantSettingsStore(redis, keyspace)
-        auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
+        auth = Authenticator(
+            keys,
+            tenant_settings,
+            settings.fail_mode,
+            settings.auth_cache_ttl,
+            max_unknown=settings.auth_unknown_entries,
+        )
         decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
         sink: DecisionSink
         stream: StreamSink | None = None
@@ -206,6 +212,7 @@ class LimiterApp:
                 if settings.redis_events
                 else None
             ),
+            token=settings.metrics_token,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

@@ -8,6 +8,7 @@ from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.http.asgi import Scope, bearer_token
 from limiter.http.problems import Problem
+from limiter.state.apikeys import MAX_KEY_LENGTH
 
 
 def cached_principal(auth: Authenticator, scope: Scope) -> Principal | None:
@@ -21,6 +22,12 @@ async def authenticate(auth: Authenticator, scope: Scope) -> Principal:
     token = bearer_token(scope)
     if token is None:
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+    if len(token) > MAX_KEY_LENGTH:
+        raise Problem(
+            401,
+            "unauthorized",
+            f"the API key is {len(token)} characters long: no key is longer than {MAX_KEY_LENGTH}",
+        )
     try:
         principal = await auth.authenticate(token)
     except StoreUnavailable:

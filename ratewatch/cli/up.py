@@ -18,6 +18,8 @@ from ratewatch.cli.options import (
     backlog_options,
     batch_args,
     batch_options,
+    connection_args,
+    connection_options,
     option,
     service_options,
     user_errors,
@@ -38,6 +40,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
     "consumer and the detector) is than the limiter's; 0: the same.",
 )
 @backlog_options()
+@connection_options
 def up(
     host: str,
     port: int,
@@ -56,6 +59,12 @@ def up(
     pipeline_nice: int,
     backlog_max_mb: int,
     backlog_max_age: float,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+    max_connections: int,
+    max_header_bytes: int,
+    metrics_token: str | None,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -72,6 +81,15 @@ def up(
     with user_errors():
         from limiter.embedded import EmbeddedValkey
         from limiter.redis_client import check_redis_url
+        from limiter.settings import check_metrics_token
+        from limiter.state.bootstrap import check_bootstrap_key
+
+        # refused here, once, rather than by a limiter child the supervisor restarts
+        bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY")
+        if bootstrap_key:
+            check_bootstrap_key(bootstrap_key)
+        if metrics_token:
+            check_metrics_token(metrics_token)
 
         data_dir = data_dir.resolve()
         valkey = None
@@ -98,6 +116,9 @@ def up(
             str(workers),
             *common,
             *webhooks,
+            *connection_args(
+                header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
+            ),
         ]
         analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
         # the limiter's analytics routes ask the pipeline worker, which owns chDB
@@ -106,6 +127,8 @@ def up(
         # a metrics port in the environment would reach every child that takes one (stream
         # and detect with --kafka), and all but the first would fail to bind it
         env = {name: value for name, value in os.environ.items() if name not in METRICS_VARIABLES}
+        if metrics_token:  # by the environment: a command line is visible to other users
+            env["RATEWATCH_METRICS_TOKEN"] = metrics_token
         others: list[Child] = []
 
         def metrics(offset: int) -> list[str]:

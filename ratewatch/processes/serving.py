@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ratewatch.processes.http_protocol import ConnectionLimits
 
 log = logging.getLogger("ratewatch.serve")
 
@@ -52,14 +55,20 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def run_server(app: Any, sock: socket.socket) -> bool:
-    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM; whether it started."""
+def run_server(
+    app: Any, sock: socket.socket, limits: ConnectionLimits, keep_alive_timeout: float
+) -> bool:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM; whether it started.  ``limits``
+    bound slow and numerous clients (``ratewatch/processes/http_protocol.py``)."""
     import uvicorn
+
+    from ratewatch.processes.http_protocol import BoundedHttpToolsProtocol
 
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol.bounded(limits),
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
         ws="none",  # no WebSocket route: the protocol and its library stay unloaded
         lifespan="on",
         access_log=False,
