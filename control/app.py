@@ -178,6 +178,7 @@ class LimiterApp:
             settings.fail_mode,
             settings.auth_cache_ttl,
             fallback=DurableKeys(journal, restorer),
+            max_unknown=settings.auth_unknown_entries,
         )
         outage: OutageRecorder | None = None
         if settings.redis_events:
@@ -268,6 +269,7 @@ class LimiterApp:
                 if settings.redis_events
                 else None
             ),
+            token=settings.metrics_token,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
@@ -49,4 +49,6 @@ def problem_for(exc: Exception) -> Problem | None:
         return Problem(422, "validation-error", str(exc))
     if isinstance(exc, StoreUnavailable):
         return Problem(503, "store-unavailable", str(exc))
+    if isinstance(exc, ClientDisconnect):  # gone, or cut for its slowness: nobody to answer
+        return Problem(400, "request-incomplete", "the connection closed before the body ended")
     return None

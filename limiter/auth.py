@@ -1,13 +1,19 @@
 """Authentication of API keys with a local cache.
 
-A key's record is cached for ``ttl`` seconds, so a check costs no extra Redis round trip
-and a revoked key stops working within ``ttl``.  While Redis is unreachable, cached
+A valid key's record is cached for ``ttl`` seconds, so a check costs no extra Redis round
+trip and a revoked key stops working within ``ttl``.  While Redis is unreachable, cached
 principals stay valid (stale) so that the failure policy, not a 503, decides.
 
 A ``KeyFallback`` (the durable copy of the control-plane records, ``control/durable/``)
 answers for keys Redis cannot answer for: when Redis lost its data and the records are not
 back yet (a miss is checked against it only then), or when Redis is unreachable and the key
 is not cached.  While Redis is healthy and has its data, no check asks it anything.
+
+What a client presents is never kept beyond a small bound: a token longer than any key
+(``MAX_KEY_LENGTH``) is refused without a lookup, and unknown tokens are remembered in a
+negative cache of at most ``max_unknown`` entries (so a flood of wrong keys costs Redis
+one lookup per token and TTL, and this process a bounded amount of memory).  The valid
+keys' cache is bounded by the keys that exist.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from functools import partial
 from typing import Protocol
 
 from limiter.errors import StoreUnavailable
-from limiter.state.apikeys import KeyRecord, KeyStore
+from limiter.state.apikeys import MAX_KEY_LENGTH, KeyRecord, KeyStore
 from limiter.state.tenants import FailMode, TenantSettingsStore
 
 
@@ -57,6 +63,7 @@ class Authenticator:
         ttl: float = 1.0,
         max_entries: int = 100_000,
         fallback: KeyFallback | None = None,
+        max_unknown: int = 1024,
     ):
         self._keys = keys
         self._fallback = fallback
@@ -64,9 +71,17 @@ class Authenticator:
         self._default_fail_mode = default_fail_mode
         self._ttl = ttl
         self._max_entries = max_entries
-        # token -> (principal or None for an unknown key, expiry on the monotonic clock)
-        self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+        self._max_unknown = max_unknown
+        # key -> (principal, expiry on the monotonic clock): valid keys only
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        # unknown token -> expiry: the negative cache, at most max_unknown entries
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """How many valid keys and unknown tokens the cache holds."""
+        return len(self._cache), len(self._unknown)
 
     def cached(self, token: str) -> Principal | None:
         """The principal of ``token`` if the cache holds a fresh one, else None: then
@@ -80,14 +95,20 @@ class Authenticator:
         """The principal of ``token``, None if it is not a valid key.
 
         Raises StoreUnavailable only when Redis is down and the key was never seen."""
+        if len(token) > MAX_KEY_LENGTH:
+            return None  # no key is that long: not worth a lookup, nor a cache entry
+        now = time.monotonic()
         entry = self._cache.get(token)
-        if entry is not None and entry[1] > time.monotonic():
+        if entry is not None and entry[1] > now:
             return entry[0]
+        unknown = self._unknown.get(token)
+        if unknown is not None and unknown > now:
+            return None
         # one lookup of a key at a time: when its entry expires under load, every request
         # that finds it expired waits on the first one's lookup instead of making its own
         lookup = self._lookups.get(token)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._lookup(token, entry))
+            lookup = asyncio.ensure_future(self._lookup(token, entry, unknown is not None))
             self._lookups[token] = lookup
             lookup.add_done_callback(partial(self._looked_up, token))
         # shielded: a waiter that is cancelled does not cancel the others' lookup
@@ -98,34 +119,52 @@ class Authenticator:
             del self._lookups[token]
 
     async def _lookup(
-        self, token: str, entry: tuple[Principal | None, float] | None
+        self, token: str, entry: tuple[Principal, float] | None, was_unknown: bool
     ) -> Principal | None:
         now = time.monotonic()
         try:
             principal = await self._resolve(token)
         except StoreUnavailable:
-            if entry is None:
-                principal = await self._durable(token)
-                if principal is None:
-                    raise
-                self._cache[token] = (principal, now + self._ttl)
-                return principal
             # kept for another ttl: Redis is asked once per ttl, not by every request
-            self._cache[token] = (entry[0], now + self._ttl)
-            return entry[0]
+            if entry is not None:
+                self._cache[token] = (entry[0], now + self._ttl)
+                return entry[0]
+            if was_unknown:
+                self._remember_unknown(token, now)
+                return None
+            principal = await self._durable(token)
+            if principal is None:
+                raise
+            self._cache[token] = (principal, now + self._ttl)
+            return principal
+        if principal is None:
+            self._cache.pop(token, None)
+            self._remember_unknown(token, now)
+            return None
+        self._unknown.pop(token, None)
         self._cache[token] = (principal, now + self._ttl)
         self._cache.move_to_end(token)
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
         return principal
 
+    def _remember_unknown(self, token: str, now: float) -> None:
+        if self._max_unknown == 0:
+            return
+        self._unknown[token] = now + self._ttl
+        self._unknown.move_to_end(token)
+        if len(self._unknown) > self._max_unknown:
+            self._unknown.popitem(last=False)
+
     def forget(self, token: str | None = None) -> None:
         """Drop cached lookups (all, or one key's) after a local change."""
         if token is None:
             self._cache.clear()
+            self._unknown.clear()
             self._lookups.clear()
         else:
             self._cache.pop(token, None)
+            self._unknown.pop(token, None)
             self._lookups.pop(token, None)
 
     async def _resolve(self, token: str) -> Principal | None:

@@ -27,6 +27,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:T}:wh:<id>:attempts``                   its latest delivery attempts (list of JSON,
   newest first, capped)
 - ``rw:auth:<hash>``                               API-key lookup by keyed BLAKE3 hash
+- ``rw:revoked``                                   hashes of revoked keys (set): tombstones
+  that keep a revoked bootstrap key from being registered again
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
@@ -107,6 +109,10 @@ class Keyspace:
 
     def auth(self, key_hash: str) -> str:
         return f"{self.prefix}:auth:{key_hash}"
+
+    @property
+    def revoked_keys(self) -> str:
+        return f"{self.prefix}:revoked"
 
     @property
     def key_ids(self) -> str:

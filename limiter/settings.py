@@ -50,6 +50,19 @@ class LimiterSettings:
     # RateWatch's limits on its own API: per tenant on the control plane, per client
     # address on failed authentication (limiter/api_limits.py)
     api_limits: ApiLimits = field(default_factory=ApiLimits)
+    # unknown tokens the auth cache remembers at most (valid keys are bounded by the store)
+    auth_unknown_entries: int = 1024
+    # slow clients: seconds to send a request's headers, then its body (408 after), and
+    # to send the next request on a kept-alive connection (closed after)
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    # open connections per process, beyond which requests are answered 503; the bytes
+    # a request's headers may take (431 beyond)
+    max_connections: int = 1000
+    max_header_bytes: int = 64 * 1024
+    # a bearer token that /metrics and /health/detailed require; None leaves them open
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -84,6 +97,39 @@ class LimiterSettings:
             raise ConfigError(f"backlog max bytes {self.backlog_max_bytes!r} is below 1 MiB")
         if not 1 <= self.backlog_max_age <= 86400:
             raise ConfigError(f"backlog max age {self.backlog_max_age!r}s is not within 1-86400")
+        if not 0 <= self.auth_unknown_entries <= 1_000_000:
+            raise ConfigError(
+                f"auth unknown entries {self.auth_unknown_entries!r} is not within 0-1000000"
+            )
+        for name, seconds in (
+            ("header timeout", self.header_timeout),
+            ("body timeout", self.body_timeout),
+            ("keep-alive timeout", self.keep_alive_timeout),
+        ):
+            if not 0.1 <= seconds <= 3600:  # NaN too: every comparison with it is false
+                raise ConfigError(f"{name} {seconds!r}s is not within 0.1-3600")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise ConfigError(f"max connections {self.max_connections!r} is not within 1-1000000")
+        if not 1024 <= self.max_header_bytes <= 1 << 20:
+            raise ConfigError(
+                f"max header bytes {self.max_header_bytes!r} is not within 1024-{1 << 20}"
+            )
+        if self.metrics_token is not None:
+            check_metrics_token(self.metrics_token)
+
+
+MIN_METRICS_TOKEN = 16
+
+
+def check_metrics_token(token: str) -> None:
+    """A bearer token for /metrics: printable ASCII, 16-256 characters (never quoted)."""
+    if not all("!" <= char <= "~" for char in token):
+        raise ConfigError("the metrics token must be printable ASCII without spaces")
+    if not MIN_METRICS_TOKEN <= len(token) <= 256:
+        raise ConfigError(
+            f"the metrics token is {len(token)} characters long: use "
+            f"{MIN_METRICS_TOKEN}-256 (e.g. `openssl rand -hex 24`)"
+        )
 
 
 def check_bootstrap(servers: str) -> None:

@@ -1,7 +1,12 @@
-"""Liveness, dependency status and Prometheus metrics."""
+"""Liveness, dependency status and Prometheus metrics.
+
+``/health`` is always open (load balancers and ``ratewatch up`` probe it).  The dependency
+status and the metrics tell an attacker about the deployment, so with a metrics token
+they answer only a request that presents it as ``Authorization: Bearer <token>``."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 
@@ -13,6 +18,8 @@ from starlette.routing import Route
 
 from control.http import json_response
 from limiter.failover import StoreHealth
+from limiter.http.asgi import bearer_token
+from limiter.http.problems import Problem
 from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode
 from stream.backlog import BacklogReport
@@ -32,8 +39,10 @@ class HealthRoutes:
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
         outage_spool: Callable[[], dict[str, object]] | None = None,
+        token: str | None = None,
     ):
         self._outage_spool = outage_spool  # what the failure policy answered, not yet streamed
+        self._token = None if token is None else token.encode()
         self._decision_stream = decision_stream
         self._stream_backlog = stream_backlog  # the embedded decision stream's
         self._webhook_metrics = webhook_metrics
@@ -54,7 +63,18 @@ class HealthRoutes:
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    def _require_token(self, request: Request) -> None:
+        if self._token is None:
+            return
+        presented = bearer_token(request.scope)
+        # compared in constant time: the answer's timing tells nothing about the token
+        if presented is None or not hmac.compare_digest(presented.encode("latin-1"), self._token):
+            raise Problem(
+                401, "unauthorized", "send the metrics token as 'Authorization: Bearer <token>'"
+            )
+
     async def detailed(self, request: Request) -> Response:
+        self._require_token(request)
         redis: dict[str, object] = {"status": "up" if self._health.up else "down"}
         if self._health.up:
             started = time.perf_counter()
@@ -92,6 +112,7 @@ class HealthRoutes:
         )
 
     async def metrics(self, request: Request) -> Response:
+        self._require_token(request)
         self._metrics.flush()  # what this process counted since the last flush, too
         body = generate_latest(self._metrics.exposition)
         # read from Redis, so not while it is known to be down: a scrape never waits on it

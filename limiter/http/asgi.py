@@ -30,7 +30,8 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
-    """The request body; 413 as soon as it is known to exceed ``limit`` bytes."""
+    """The request body; 413 as soon as it is known to exceed ``limit`` bytes, 400 if the
+    client went away (or was cut for its slowness) before the body ended."""
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise Problem(
@@ -44,7 +45,8 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # a partial body is never decided on, even if what came is valid JSON
+            raise Problem(400, "request-incomplete", "the connection closed before the body ended")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -10,6 +10,7 @@ from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.http.asgi import Scope, bearer_token
 from limiter.http.problems import Problem, too_many_requests
+from limiter.state.apikeys import MAX_KEY_LENGTH
 
 
 def cached_principal(auth: Authenticator, scope: Scope) -> Principal | None:
@@ -33,6 +34,12 @@ async def authenticate(
     if token is None:
         await _failed(limits, scope)
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
+    if len(token) > MAX_KEY_LENGTH:
+        raise Problem(
+            401,
+            "unauthorized",
+            f"the API key is {len(token)} characters long: no key is longer than {MAX_KEY_LENGTH}",
+        )
     try:
         principal = await auth.authenticate(token)
     except StoreUnavailable:

@@ -1,7 +1,10 @@
 """API keys: generation, keyed BLAKE3 hashing, and the Redis records behind them.
 
 A key is ``rwk_`` followed by 43 URL-safe characters (32 random bytes).  Only its keyed
-BLAKE3 hash is stored; the key itself is shown once, at creation.  The hashing secret comes
+BLAKE3 hash is stored; the key itself is shown once, at creation.  A key given from
+outside (the bootstrap key) is at most ``MAX_KEY_LENGTH`` characters, so a longer token
+is refused without a lookup; a revoked key's hash is kept as a tombstone, so that key is
+never registered again.  The hashing secret comes
 from the settings (or the data dir); its fingerprint is recorded in the store so that a
 process with another secret fails at start instead of rejecting every key.
 """
@@ -22,6 +25,8 @@ from limiter.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 
 KEY_PREFIX = "rwk_"
+# no key is longer: a longer bearer token is refused before any lookup or cache entry
+MAX_KEY_LENGTH = 256
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 64
@@ -242,12 +247,25 @@ class KeyStore:
             # goes first, so the key stops working even if a later step fails
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.delete(ks.auth(record.hash))
+                # the tombstone: a key given from outside (the bootstrap key) is not
+                # registered again at the next start
+                pipe.sadd(ks.revoked_keys, record.hash)
                 pipe.hdel(ks.key_records(owner_name), key_id)
                 pipe.hdel(ks.key_ids, key_id)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return record
+
+    async def was_revoked(self, api_key: str) -> bool:
+        """Whether ``api_key`` was registered once and revoked since."""
+        try:
+            found = await self._redis.sismember(
+                self._keyspace.revoked_keys, self._hasher.hash(api_key)
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return bool(found)
 
     async def tenants(self) -> list[str]:
         try:

@@ -84,6 +84,88 @@ def backlog_options(hidden: bool = False) -> Callable[[Callable[..., Any]], Call
     return decorate
 
 
+def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What bounds the limiter's HTTP clients and who may read its metrics: ``serve`` builds
+    its settings of them, ``up`` passes them on to its limiter (docs/security.md)."""
+    for decorate in reversed(
+        [
+            option(
+                "--header-timeout",
+                type=click.FloatRange(0.1, 3600),
+                default=10.0,
+                show_default=True,
+                callback=_finite,
+                help="Seconds a client has to send a request's headers (from its first byte, "
+                "or from connecting); 408 and closed after.",
+            ),
+            option(
+                "--body-timeout",
+                type=click.FloatRange(0.1, 3600),
+                default=30.0,
+                show_default=True,
+                callback=_finite,
+                help="Seconds a client has to send a request's body after its headers; 408 "
+                "and closed after.",
+            ),
+            option(
+                "--keep-alive-timeout",
+                type=click.FloatRange(0.1, 3600),
+                default=5.0,
+                show_default=True,
+                callback=_finite,
+                help="Seconds an idle kept-alive connection stays open.",
+            ),
+            option(
+                "--max-connections",
+                type=click.IntRange(1, 1_000_000),
+                default=1000,
+                show_default=True,
+                help="Open connections per limiter process; requests beyond get 503. Keep it "
+                "below the open-files limit (ulimit -n).",
+            ),
+            option(
+                "--max-header-bytes",
+                type=click.IntRange(1024, 1 << 20),
+                default=64 * 1024,
+                show_default=True,
+                help="Bytes a request's headers may take; 431 and closed beyond.",
+            ),
+            option(
+                "--metrics-token",
+                default=None,
+                help="Bearer token that GET /metrics and /health/detailed require (open "
+                "without it). Prefer the environment variable: a command line is visible "
+                "to other users.",
+            ),
+        ]
+    ):
+        f = decorate(f)
+    return f
+
+
+def connection_args(
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+    max_connections: int,
+    max_header_bytes: int,
+) -> list[str]:
+    """The connection options as a child's command line (the metrics token goes by the
+    environment, where other users cannot read it)."""
+    return [
+        "--header-timeout",
+        repr(float(header_timeout)),
+        "--body-timeout",
+        repr(float(body_timeout)),
+        "--keep-alive-timeout",
+        repr(float(keep_alive_timeout)),
+        "--max-connections",
+        str(max_connections),
+        "--max-header-bytes",
+        str(max_header_bytes),
+    ]
+
+
 def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """When the decision consumer inserts what it read (``stream.batching``): ``up`` passes
     them on to its worker, ``stream`` and ``pipeline`` build ``BatchBounds`` of them."""

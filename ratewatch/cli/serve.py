@@ -14,6 +14,7 @@ import click
 from ratewatch.cli.options import (
     api_limit_options,
     backlog_options,
+    connection_options,
     key_secret,
     service_options,
     tls_options,
@@ -42,6 +43,13 @@ def _serve(
     trusted_proxies: str | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    *,
+    header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
+    keep_alive_timeout: float = 5.0,
+    max_connections: int = 1000,
+    max_header_bytes: int = 64 * 1024,
+    metrics_token: str | None = None,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -60,12 +68,16 @@ def _serve(
 
         from control.app import create_app
         from limiter.settings import LimiterSettings
+        from limiter.state.bootstrap import check_bootstrap_key
         from limiter.state.tenants import parse_fail_mode
+        from ratewatch.processes.http_protocol import ConnectionLimits
 
-        limits = parse_api_limits(api_limits or {})
+        api_rates = parse_api_limits(api_limits or {})
 
-        secret = key_secret(data_dir)
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None
+        if bootstrap_key is not None:
+            check_bootstrap_key(bootstrap_key)  # before anything is created or started
+        secret = key_secret(data_dir)
 
         def settings_of(worker: int) -> LimiterSettings:
             return LimiterSettings(
@@ -83,19 +95,32 @@ def _serve(
                 metrics_dir=metrics_dir,
                 clickhouse_url=clickhouse_url or None,
                 webhooks_allow_private=webhooks_allow_private,
-                api_limits=limits,
+                api_limits=api_rates,
+                header_timeout=header_timeout,
+                body_timeout=body_timeout,
+                keep_alive_timeout=keep_alive_timeout,
+                max_connections=max_connections,
+                max_header_bytes=max_header_bytes,
+                metrics_token=metrics_token or None,
             )
 
         def serve(worker: int) -> bool:
             # worker 0 alone registers the bootstrap key, so a new one is made only once
+            settings = settings_of(worker)
             app = create_app(
-                settings_of(worker),
+                settings,
                 secret,
                 bootstrap_key=bootstrap_key if worker == 0 else None,
                 bootstrap=worker == 0,
                 on_new_key=_show_new_key,
             )
-            return run_server(app, sock, tls, proxies)
+            limits = ConnectionLimits(
+                settings.header_timeout,
+                settings.body_timeout,
+                settings.max_header_bytes,
+                settings.max_connections,
+            )
+            return run_server(app, sock, limits, settings.keep_alive_timeout, tls, proxies)
 
         settings_of(0)  # validated before anything starts
         try:
@@ -152,6 +177,7 @@ def _show_new_key(api_key: str) -> None:
 @backlog_options(hidden=True)
 @api_limit_options
 @tls_options
+@connection_options
 def serve(
     host: str,
     port: int,
@@ -173,6 +199,12 @@ def serve(
     trusted_proxies: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+    max_connections: int,
+    max_header_bytes: int,
+    metrics_token: str | None,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -207,4 +239,10 @@ def serve(
         trusted_proxies,
         tls_cert,
         tls_key,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+        metrics_token=metrics_token,
     )

@@ -20,6 +20,8 @@ from ratewatch.cli.options import (
     backlog_options,
     batch_args,
     batch_options,
+    connection_args,
+    connection_options,
     option,
     service_options,
     tls_options,
@@ -43,6 +45,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @backlog_options()
 @api_limit_options
 @tls_options
+@connection_options
 def up(
     host: str,
     port: int,
@@ -68,6 +71,12 @@ def up(
     trusted_proxies: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+    max_connections: int,
+    max_header_bytes: int,
+    metrics_token: str | None,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -93,6 +102,15 @@ def up(
         from ratewatch.cli.serve import parse_api_limits
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
+        from limiter.settings import check_metrics_token
+        from limiter.state.bootstrap import check_bootstrap_key
+
+        # refused here, once, rather than by a limiter child the supervisor restarts
+        bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY")
+        if bootstrap_key:
+            check_bootstrap_key(bootstrap_key)
+        if metrics_token:
+            check_metrics_token(metrics_token)
 
         # checked here, so that a bad value stops up before anything starts
         tls = tls_files(tls_cert, tls_key)
@@ -124,6 +142,9 @@ def up(
             *common,
             *webhooks,
             *api_limit_args(api_limits, trusted_proxies),
+            *connection_args(
+                header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
+            ),
         ]
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
@@ -134,6 +155,8 @@ def up(
         # a metrics port in the environment would reach every child that takes one (stream
         # and detect with --kafka), and all but the first would fail to bind it
         env = {name: value for name, value in os.environ.items() if name not in METRICS_VARIABLES}
+        if metrics_token:  # by the environment: a command line is visible to other users
+            env["RATEWATCH_METRICS_TOKEN"] = metrics_token
         others: list[Child] = []
 
         def metrics(offset: int) -> list[str]:

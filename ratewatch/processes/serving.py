@@ -22,7 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ratewatch.processes.http_protocol import ConnectionLimits
 
 from limiter.errors import ConfigError
 from ratewatch.processes.tls import TlsFiles, server_context
@@ -77,17 +80,22 @@ def parse_trusted_proxies(text: str | None) -> str | None:
 def run_server(
     app: Any,
     sock: socket.socket,
+    limits: ConnectionLimits,
+    keep_alive_timeout: float,
     tls: TlsFiles | None = None,
     trusted_proxies: str | None = None,
 ) -> bool:
     """Serve ``app`` on ``sock`` (over HTTPS with ``tls``) until SIGINT/SIGTERM; whether it
-    started."""
+    started.  ``limits`` bound slow and numerous clients (``ratewatch/processes/http_protocol.py``)."""
     import uvicorn
+
+    from ratewatch.processes.http_protocol import BoundedHttpToolsProtocol
 
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol.bounded(limits),
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
         ws="none",  # no WebSocket route: the protocol and its library stay unloaded
         lifespan="on",
         access_log=False,

@@ -14,7 +14,7 @@ from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.redis_client import redis_from_url
-from limiter.state.apikeys import KeyHasher, KeyRecord, KeyStore
+from limiter.state.apikeys import MAX_KEY_LENGTH, KeyHasher, KeyRecord, KeyStore
 from limiter.state.tenants import FailMode, TenantSettingsStore
 from tests.support.servers import RedisServer
 
@@ -57,9 +57,20 @@ class Env:
         self.settings = TenantSettingsStore(client, self.keyspace)
 
     def authenticator(
-        self, default: FailMode = FailMode.OPEN, ttl: float = TTL, max_entries: int = 1000
+        self,
+        default: FailMode = FailMode.OPEN,
+        ttl: float = TTL,
+        max_entries: int = 1000,
+        max_unknown: int = 1024,
     ) -> Authenticator:
-        return Authenticator(self.keys, self.settings, default, ttl=ttl, max_entries=max_entries)
+        return Authenticator(
+            self.keys,
+            self.settings,
+            default,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_unknown=max_unknown,
+        )
 
     async def cleanup(self) -> None:
         keys = [key async for key in self.client.scan_iter(match=f"{self.keyspace.prefix}:*")]
@@ -199,6 +210,44 @@ async def test_the_cache_holds_at_most_max_entries(env: Env, tenant: str, clock:
     assert env.keys.lookups == 3  # the two newest are cached
     await auth.authenticate(keys[0])
     assert env.keys.lookups == 4  # the oldest was dropped
+
+
+async def test_a_token_longer_than_any_key_is_refused_without_a_lookup(env: Env) -> None:
+    auth = env.authenticator()
+    for length in (MAX_KEY_LENGTH + 1, 1 << 20):
+        assert await auth.authenticate("k" * length) is None
+    assert env.keys.lookups == 0
+    assert auth.sizes == (0, 0)
+    assert await auth.authenticate("k" * MAX_KEY_LENGTH) is None  # a key's length: looked up
+    assert env.keys.lookups == 1
+
+
+async def test_only_valid_keys_are_cached_and_unknown_tokens_within_the_bound(
+    env: Env, tenant: str, clock: Clock
+) -> None:
+    valid, _ = await env.keys.create(tenant)
+    auth = env.authenticator(max_unknown=3)
+    assert await auth.authenticate(valid) is not None
+    unknown = ["rwk_" + secrets.token_urlsafe(32) for _ in range(50)]
+    for token in unknown:
+        assert await auth.authenticate(token) is None
+    assert auth.sizes == (1, 3)
+    lookups = env.keys.lookups
+    assert await auth.authenticate(unknown[-1]) is None  # among the newest: cached
+    assert await auth.authenticate(valid) is not None
+    assert env.keys.lookups == lookups
+    assert await auth.authenticate(unknown[0]) is None  # dropped long ago: asked again
+    assert env.keys.lookups == lookups + 1
+    assert auth.sizes == (1, 3)
+
+
+async def test_without_a_negative_cache_every_unknown_token_is_asked(env: Env) -> None:
+    auth = env.authenticator(max_unknown=0)
+    token = "rwk_" + secrets.token_urlsafe(32)
+    for _ in range(3):
+        assert await auth.authenticate(token) is None
+    assert env.keys.lookups == 3
+    assert auth.sizes == (0, 0)
 
 
 async def test_while_redis_is_down_a_key_seen_before_is_still_accepted(
