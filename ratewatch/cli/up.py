@@ -99,11 +99,11 @@ def up(
     with user_errors():
         from limiter.embedded import EmbeddedValkey
         from limiter.redis_client import check_redis_url
+        from limiter.settings import check_metrics_token
+        from limiter.state.bootstrap import check_bootstrap_key
         from ratewatch.cli.serve import parse_api_limits
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
-        from limiter.settings import check_metrics_token
-        from limiter.state.bootstrap import check_bootstrap_key
 
         # refused here, once, rather than by a limiter child the supervisor restarts
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY")

@@ -86,7 +86,8 @@ def run_server(
     trusted_proxies: str | None = None,
 ) -> bool:
     """Serve ``app`` on ``sock`` (over HTTPS with ``tls``) until SIGINT/SIGTERM; whether it
-    started.  ``limits`` bound slow and numerous clients (``ratewatch/processes/http_protocol.py``)."""
+    started.  ``limits`` bound slow and numerous clients
+    (``ratewatch/processes/http_protocol.py``)."""
     import uvicorn
 
     from ratewatch.processes.http_protocol import BoundedHttpToolsProtocol
