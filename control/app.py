@@ -63,6 +63,7 @@ from stream.backlog import BacklogReport
 from webhooks.metrics import WebhookMetrics
 from webhooks.queue import DeliveryQueue
 from webhooks.registry import WebhookStore
+from webhooks.sealing import SecretSealer
 from webhooks.stats import DeliveryStats
 from webhooks.updates import WebhookUpdater
 
@@ -173,10 +174,12 @@ class LimiterApp:
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
         control = ControlAuth(auth)
         privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
+        # webhook secrets are sealed under a key of their own, derived from the key secret
+        sealer = SecretSealer(self._key_secret)
         webhooks = WebhookRoutes(
             control,
-            WebhookStore(redis, keyspace),
-            WebhookUpdater(redis, keyspace),
+            WebhookStore(redis, keyspace, sealer),
+            WebhookUpdater(redis, keyspace, sealer),
             DeliveryQueue(redis, keyspace),
             audit,
             allow_private=settings.webhooks_allow_private,
