@@ -34,6 +34,7 @@ def _serve(
         metrics_dir = prepare_metrics_dir(data_dir, workers)
 
         from control.app import create_app
+        from limiter.redis_client import redact
         from limiter.settings import LimiterSettings
         from limiter.state.tenants import parse_fail_mode
 
@@ -75,7 +76,7 @@ def _serve(
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         click.echo(
-            f"RateWatch listening on http://{host}:{port} (Redis: {redis_url}, "
+            f"RateWatch listening on http://{host}:{port} (Redis: {redact(redis_url)}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
         if workers == 1:
