@@ -7,8 +7,8 @@ secret (``RATEWATCH_KEY_SECRET`` or ``<data-dir>/key-secret``) for this use alon
 copy of Redis (or of Valkey's append-only file) holds no usable secret.  Each sealed value
 is bound to its tenant and webhook id (associated data): moved to another webhook it does
 not open.  Records written before sealing hold the secret in plain text; they are read as
-they are and sealed when the secret is next written (``ratewatch up`` seals every stored
-one at start: ``webhooks.registry.WebhookStore.seal_all``).
+they are, and ``webhooks.registry.WebhookStore`` seals them when it first reads them (the
+worker at a delivery, the API when it lists or changes them).
 """
 
 from __future__ import annotations
