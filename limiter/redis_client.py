@@ -9,7 +9,7 @@ on the one shard owning that slot.
 from __future__ import annotations
 
 from typing import cast
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
@@ -23,12 +23,21 @@ from limiter.errors import ConfigError
 REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 
 
+def redact(url: str) -> str:
+    """``url`` without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def check_redis_url(url: str) -> str:
     """``url`` if it is a Redis URL this client can use; a ConfigError naming it otherwise."""
     scheme = urlparse(url).scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            f"redis url {url!r} is not valid: its scheme must be one of "
+            f"redis url {redact(url)!r} is not valid: its scheme must be one of "
             f"{', '.join(s + '://' for s in REDIS_SCHEMES)}"
         )
     return url
@@ -39,7 +48,7 @@ def redis_from_url(url: str, timeout: float, max_connections: int = 64) -> Redis
     try:
         return _connect(_redis_scheme(url), timeout, max_connections)
     except ValueError as exc:
-        raise ConfigError(f"redis url {url!r} is not valid: {exc}") from None
+        raise ConfigError(f"redis url {redact(url)!r} is not valid: {exc}") from None
 
 
 def _connect(url: str, timeout: float, max_connections: int) -> Redis:

@@ -4,9 +4,10 @@ deliveries went.
 Storage (``limiter/keyspace.py``), all under the tenant's hash tag:
 
 - ``<tenant tag>:webhooks``: hash webhook id -> JSON record, with the signing secret (the
-  deliveries are signed with it, so it is kept; the API shows it once, at creation or
-  rotation) and, for a while after a rotation, the secret it replaced
-  (``webhooks/updates.py``);
+  deliveries are signed with it, so it is kept, sealed by ``webhooks/sealing.py``; the API
+  shows it once, at creation or rotation) and, for a while after a rotation, the secret it
+  replaced (``webhooks/updates.py``).  A record stored before secrets were sealed is
+  sealed when it is first read;
 - ``<tenant tag>:wh:<id>:health``: hash of the latest outcomes (``last_success_at``,
   ``last_failure_at``, ``last_status``, ``last_error``, ``consecutive_failures``);
 - ``<tenant tag>:wh:<id>:attempts``: the latest ``MAX_ATTEMPTS_KEPT`` attempts, newest
@@ -32,7 +33,9 @@ from redis.typing import EncodableT, FieldT
 
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.scripts import register_script
 from stream.alerts import KINDS
+from webhooks.sealing import SecretSealer, is_sealed
 from webhooks.targets import parse_target
 
 MAX_WEBHOOKS_PER_TENANT = 20
@@ -146,9 +149,11 @@ def check_description(description: str) -> str:
 class WebhookStore:
     """Webhooks in Redis.  Every operation names the tenant it acts for."""
 
-    def __init__(self, redis: Redis, keyspace: Keyspace):
+    def __init__(self, redis: Redis, keyspace: Keyspace, sealer: SecretSealer):
         self._redis = redis
         self._keyspace = keyspace
+        self._sealer = sealer
+        self._seal = register_script(redis, "webhooks", "webhook_seal.lua")
 
     async def create(
         self,
@@ -176,7 +181,7 @@ class WebhookStore:
         key = self._keyspace.webhooks(tenant)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, hook.id, json.dumps(_record(hook)))
+                pipe.hset(key, hook.id, json.dumps(sealed_record(hook, self._sealer)))
                 pipe.hlen(key)
                 _, count = await pipe.execute()
             # added first, counted after: concurrent creations can only be refused too many
@@ -195,7 +200,7 @@ class WebhookStore:
             raw = await self._redis.hget(self._keyspace.webhooks(tenant), webhook_id)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        return from_record(tenant, raw) if raw is not None else None
+        return await self._read(tenant, webhook_id, raw) if raw is not None else None
 
     async def get(self, tenant: str, webhook_id: str) -> Webhook:
         hook = await self.find(tenant, webhook_id)
@@ -209,8 +214,25 @@ class WebhookStore:
             raw = await self._redis.hgetall(self._keyspace.webhooks(tenant))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-        hooks = [from_record(tenant, record) for record in raw.values()]
+        hooks = [await self._read(tenant, _text(key), record) for key, record in raw.items()]
         return sorted(hooks, key=lambda hook: (hook.created_at, hook.id))
+
+    async def _read(self, tenant: str, webhook_id: str, raw: bytes | str) -> Webhook:
+        """The webhook of ``raw``; a record stored with its secret in plain text is sealed."""
+        hook = from_record(tenant, raw, self._sealer)
+        record = json.loads(raw)
+        if not is_sealed(record["secret"]) or not is_sealed(
+            record.get("previous_secret") or "sealed:v1:"
+        ):
+            sealed = {**record, **sealed_record(hook, self._sealer)}
+            try:
+                await self._seal(
+                    keys=[self._keyspace.webhooks(tenant)],
+                    args=[webhook_id, raw, json.dumps(sealed)],
+                )
+            except RedisError as exc:
+                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return hook
 
     async def delete(self, tenant: str, webhook_id: str) -> Webhook:
         """Delete the webhook with its health and attempts; NotFound if the tenant has none
@@ -235,7 +257,9 @@ class WebhookStore:
         start again."""
         try:
             await self._redis.hset(
-                self._keyspace.webhooks(hook.tenant), hook.id, json.dumps(full_record(hook))
+                self._keyspace.webhooks(hook.tenant),
+                hook.id,
+                json.dumps(sealed_record(hook, self._sealer)),
             )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
@@ -295,33 +319,39 @@ class WebhookStore:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
 
-def _record(hook: Webhook) -> dict[str, object]:
-    return {**hook.public(), "secret": hook.secret}
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
-def full_record(hook: Webhook) -> dict[str, object]:
-    """The stored record of ``hook`` with every field, as ``from_record`` reads it."""
-    return {
-        **_record(hook),
-        "previous_secret": hook.previous_secret,
-        "previous_secret_expires_at": hook.previous_secret_expires_at,
+def sealed_record(hook: Webhook, sealer: SecretSealer) -> dict[str, object]:
+    """What is stored of ``hook``: everything, its secrets sealed."""
+    record: dict[str, object] = {
+        **hook.public(),
+        "secret": sealer.seal(hook.secret, hook.tenant, hook.id),
     }
+    if hook.previous_secret:
+        record["previous_secret"] = sealer.seal(hook.previous_secret, hook.tenant, hook.id)
+        record["previous_secret_expires_at"] = hook.previous_secret_expires_at
+    return record
 
 
-def from_record(tenant: str, raw: bytes | str) -> Webhook:
-    """The webhook of a stored record.  Records written before a field existed lack it:
-    they are enabled and have no previous secret."""
+def from_record(tenant: str, raw: bytes | str, sealer: SecretSealer) -> Webhook:
+    """The webhook of a stored record, its secrets opened.  Records written before a field
+    existed lack it: they are enabled and have no previous secret; records written before
+    secrets were sealed hold them in plain text."""
     record = json.loads(raw)
+    hook_id = record["id"]
+    previous = record.get("previous_secret") or ""
     return Webhook(
-        id=record["id"],
+        id=hook_id,
         tenant=tenant,
         url=record["url"],
         events=tuple(record["events"]),
         description=record["description"],
         created_at=record["created_at"],
-        secret=record["secret"],
+        secret=sealer.open(record["secret"], tenant, hook_id),
         enabled=bool(record.get("enabled", True)),
-        previous_secret=record.get("previous_secret") or "",
+        previous_secret=sealer.open(previous, tenant, hook_id) if previous else "",
         previous_secret_expires_at=record.get("previous_secret_expires_at"),
     )
 

@@ -51,13 +51,23 @@ class WebhookTask:
 
 
 def open_webhook_task(
-    redis: Redis, key_prefix: str, *, consumer: str, allow_private: bool = False
+    redis: Redis,
+    key_prefix: str,
+    key_secret: bytes,
+    *,
+    consumer: str,
+    allow_private: bool = False,
 ) -> WebhookTask:
     """The webhook worker of the alert outbox of ``redis``; ``consumer`` names it in its
-    group (one name per host)."""
+    group (one name per host); the secrets are opened with a key derived from
+    ``key_secret``, the server's."""
     from limiter.keyspace import Keyspace
     from webhooks.delivery import WebhookSettings
+    from webhooks.sealing import SecretSealer
     from webhooks.worker import WebhookWorker
 
     settings = WebhookSettings(allow_private=allow_private)
-    return WebhookTask(WebhookWorker(redis, Keyspace(key_prefix), settings, consumer=consumer))
+    worker = WebhookWorker(
+        redis, Keyspace(key_prefix), SecretSealer(key_secret), settings, consumer=consumer
+    )
+    return WebhookTask(worker)

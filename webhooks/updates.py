@@ -33,6 +33,7 @@ from webhooks.registry import (
     from_record,
     new_secret,
 )
+from webhooks.sealing import SecretSealer
 from webhooks.targets import parse_target
 
 SECRET_GRACE_SECONDS = 24 * 3600.0
@@ -69,6 +70,7 @@ class WebhookUpdater:
         self,
         redis: Redis,
         keyspace: Keyspace,
+        sealer: SecretSealer,
         *,
         clock: Callable[[], float] = time.time,
         secret_grace: float = SECRET_GRACE_SECONDS,
@@ -77,7 +79,8 @@ class WebhookUpdater:
             raise ValueError(f"webhook secret grace period {secret_grace!r}s is not 0-30 days")
         self._redis = redis
         self._keyspace = keyspace
-        self._store = WebhookStore(redis, keyspace)
+        self._store = WebhookStore(redis, keyspace, sealer)
+        self._sealer = sealer
         self._clock = clock
         self.secret_grace = secret_grace
         self._update = register_script(redis, "webhooks", "webhook_update.lua")
@@ -111,7 +114,8 @@ class WebhookUpdater:
         until ``after.previous_secret_expires_at``.  NotFound if the tenant has no such
         webhook."""
         expires = round(self._clock() + self.secret_grace, 3)
-        return await self._apply(tenant, webhook_id, {}, (new_secret(), expires))
+        sealed = self._sealer.seal(new_secret(), tenant, webhook_id)
+        return await self._apply(tenant, webhook_id, {}, (sealed, expires))
 
     async def _apply(
         self,
@@ -131,4 +135,6 @@ class WebhookUpdater:
         if not reply:
             raise NotFound(f"webhook {webhook_id[:100]!r} not found")
         before, after = reply
-        return Updated(from_record(tenant, before), from_record(tenant, after))
+        return Updated(
+            from_record(tenant, before, self._sealer), from_record(tenant, after, self._sealer)
+        )

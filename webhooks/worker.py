@@ -33,6 +33,7 @@ from webhooks.delivery import WebhookSender, WebhookSettings, new_client
 from webhooks.payloads import alert_delivery
 from webhooks.queue import DeliveryQueue
 from webhooks.registry import Webhook, WebhookStore
+from webhooks.sealing import SecretSealer
 from webhooks.stats import DeliveryStats
 
 WEBHOOK_GROUP = "ratewatch-webhooks"
@@ -47,6 +48,7 @@ class WebhookWorker:
         self,
         redis: Redis,
         keyspace: Keyspace,
+        sealer: SecretSealer,
         settings: WebhookSettings | None = None,
         *,
         consumer: str,
@@ -56,7 +58,7 @@ class WebhookWorker:
         rng: random.Random | None = None,
     ):
         self.settings = settings or WebhookSettings()
-        self.store = WebhookStore(redis, keyspace)
+        self.store = WebhookStore(redis, keyspace, sealer)
         self.queue = DeliveryQueue(redis, keyspace)
         self._own_client = client is None
         self._client = client or new_client(self.settings)

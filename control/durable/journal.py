@@ -21,7 +21,7 @@ KEY = "key"  # an API key: id = its keyed BLAKE3 hash (never the key)
 TENANT = "tenant"  # a tenant's registry record and settings: id = the tenant's name
 BLOCK = "block"  # a manual block: id = the block's id
 ALLOW = "allow"  # an allowlist entry: id = "<scope>:<value>"
-WEBHOOK = "webhook"  # a webhook: id = the webhook's id (secrets sealed, ``sealing.py``)
+WEBHOOK = "webhook"  # a webhook: id = the webhook's id (secrets sealed, ``webhooks/sealing.py``)
 KINDS = (TENANT, KEY, BLOCK, ALLOW, WEBHOOK)  # the order a restore writes them in
 
 

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 
 from control.durable.journal import ALLOW, BLOCK, KEY, TENANT, WEBHOOK, Entry, Journal, entry
-from control.durable.sealing import SecretSealer
 from limiter.state.allowlist import AllowEntry
 from limiter.state.apikeys import KeyRecord
 from limiter.state.blocks import Block
 from limiter.state.tenants import TenantSettingsStore
-from webhooks.registry import Webhook, from_record, full_record
+from webhooks.registry import Webhook, from_record, sealed_record
+from webhooks.sealing import SecretSealer
 
 
 async def _always_settled() -> None:
@@ -93,9 +93,8 @@ def allow_entry(tenant: str, allowed: AllowEntry, *, deleted: bool = False) -> E
 
 
 def webhook_entry(hook: Webhook, sealer: SecretSealer, *, deleted: bool = False) -> Entry:
-    record = full_record(hook)
-    record["secret"] = sealer.seal(hook.secret)
-    record["previous_secret"] = sealer.seal(hook.previous_secret)
+    """The webhook as Redis stores it: its signing secrets sealed (``webhooks/sealing.py``)."""
+    record = sealed_record(hook, sealer)
     return entry(WEBHOOK, hook.tenant, hook.id, json.dumps(record), deleted=deleted)
 
 
@@ -117,8 +116,5 @@ def allow_of(item: Entry) -> AllowEntry:
 
 
 def webhook_of(item: Entry, sealer: SecretSealer) -> Webhook:
-    """The webhook with its secrets opened; SealError if they do not open."""
-    record = json.loads(item.payload)
-    record["secret"] = sealer.open(record["secret"])
-    record["previous_secret"] = sealer.open(record.get("previous_secret") or "")
-    return from_record(item.tenant, json.dumps(record))
+    """The webhook with its secrets opened; ConfigError if they do not open."""
+    return from_record(item.tenant, item.payload, sealer)

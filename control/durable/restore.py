@@ -37,14 +37,14 @@ from control.durable.records import (
     webhook_entry,
     webhook_of,
 )
-from control.durable.sealing import SealError, SecretSealer
-from limiter.errors import NotFound, StoreUnavailable
+from limiter.errors import ConfigError, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyStore
 from limiter.state.blocks import BlockStore
 from limiter.state.tenants import TenantSettingsStore
 from webhooks.registry import WebhookStore
+from webhooks.sealing import SecretSealer
 
 log = logging.getLogger("ratewatch.durable")
 
@@ -202,7 +202,7 @@ class Restorer:
                         await self._webhooks.delete(item.tenant, item.id)
                 else:
                     await self._webhooks.restore(webhook_of(item, self._sealer))
-        except (SealError, ValueError, TypeError, KeyError) as exc:
+        except (ConfigError, ValueError, TypeError, KeyError) as exc:
             # one unreadable record must not keep every other one out of Redis
             log.error("control-plane record %s/%s/%s not restored: %s",
                       item.kind, item.tenant, item.id, exc)  # fmt: skip

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from control.durable.records import DurableRecords
     from limiter.state.apikeys import KeyRecord, KeyStore
     from stream.audit_outbox import AuditOutbox
+    from webhooks.sealing import SecretSealer
 
 # who the audit log names for changes made with this command
 CLI_ACTOR = "cli"
@@ -29,7 +30,6 @@ async def key_store(
     durable copy the limiters restore Redis from (``control/durable/``), which the CLI's
     changes go to as the API's do."""
     from control.durable.records import DurableRecords
-    from control.durable.sealing import SecretSealer
     from control.durable.stores import open_journal
     from limiter.embedded import EmbeddedValkey, running_url
     from limiter.keyspace import Keyspace

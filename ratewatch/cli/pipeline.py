@@ -19,8 +19,10 @@ from ratewatch.cli.metrics import metrics_endpoint, metrics_options
 from ratewatch.cli.options import (
     batch_options,
     data_dir_option,
+    key_secret,
     option,
     run,
+    user_errors,
     webhooks_allow_private_option,
 )
 
@@ -56,6 +58,8 @@ def pipeline(
         raise click.UsageError(str(exc)) from None
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
+    with user_errors():
+        secret = key_secret(data_dir)
     with analytics_errors(), metrics_endpoint(metrics_port, metrics_host) as registry:
         run(
             run_pipeline(
@@ -63,6 +67,7 @@ def pipeline(
                 url,
                 key_prefix,
                 data_dir.resolve() / "models",
+                key_secret=secret,
                 webhooks_allow_private=webhooks_allow_private,
                 batch=batch,
                 metrics=registry,

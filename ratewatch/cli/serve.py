@@ -67,6 +67,7 @@ def _serve(
         metrics_dir = prepare_metrics_dir(data_dir, workers)
 
         from control.app import create_app
+        from limiter.redis_client import redact
         from limiter.settings import LimiterSettings
         from limiter.state.bootstrap import check_bootstrap_key
         from limiter.state.tenants import parse_fail_mode
@@ -129,7 +130,7 @@ def _serve(
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         scheme = "https" if tls is not None else "http"
         click.echo(
-            f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redis_url}, "
+            f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redact(redis_url)}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
         if workers == 1:

@@ -28,7 +28,9 @@ from ratewatch.cli.metrics import metrics_endpoint, metrics_options
 from ratewatch.cli.options import (
     batch_options,
     data_dir_option,
+    key_secret,
     option,
+    user_errors,
     webhooks_allow_private_option,
 )
 
@@ -106,6 +108,11 @@ def stream(
         from ratewatch.processes.stream import run_stream
 
         url = resolve_url(data_dir, clickhouse_url)
+        # the webhook worker (with --redis-url) opens the secrets with the server's key secret
+        secret = None
+        if redis_url is not None:
+            with user_errors():
+                secret = key_secret(data_dir)
         with metrics_endpoint(metrics_port, metrics_host) as registry:
             asyncio.run(
                 run_stream(
@@ -114,6 +121,7 @@ def stream(
                     retention_days,
                     redis_url,
                     key_prefix,
+                    key_secret=secret,
                     webhooks_allow_private=webhooks_allow_private,
                     metrics=registry,
                 )

@@ -104,6 +104,7 @@ def up(
         from ratewatch.cli.serve import parse_api_limits
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
+        from ratewatch.processes.private import make_private
 
         # refused here, once, rather than by a limiter child the supervisor restarts
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY")
@@ -117,6 +118,8 @@ def up(
         parse_trusted_proxies(trusted_proxies)
         parse_api_limits(api_limits)
         data_dir = data_dir.resolve()
+        # before Valkey and the children start: they inherit the umask
+        make_private(data_dir)
         valkey = None
         if redis_url is None:
             valkey = EmbeddedValkey(data_dir)
@@ -133,8 +136,6 @@ def up(
             host,
             "--port",
             str(port),
-            "--redis-url",
-            redis_url,
             "--fail-mode",
             fail_mode,
             "--workers",
@@ -148,15 +149,21 @@ def up(
         ]
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
-        analytics = ["--clickhouse-url", clickhouse_url] if clickhouse_url else []
-        # the limiter's analytics routes ask the pipeline worker, which owns chDB
-        limiter += ["--clickhouse-url", clickhouse_url or f"chdb://{data_dir / 'clickhouse'}"]
         run_dir = data_dir / "run"
         # a metrics port in the environment would reach every child that takes one (stream
-        # and detect with --kafka), and all but the first would fail to bind it
+        # and detect with --kafka), and all but the first would fail to bind it; the URLs,
+        # which may hold passwords, go through the environment, where `ps` does not show them
         env = {name: value for name, value in os.environ.items() if name not in METRICS_VARIABLES}
         if metrics_token:  # by the environment: a command line is visible to other users
             env["RATEWATCH_METRICS_TOKEN"] = metrics_token
+        env.pop("RATEWATCH_CLICKHOUSE_URL", None)
+        env["RATEWATCH_REDIS_URL"] = redis_url
+        analytics = {"RATEWATCH_CLICKHOUSE_URL": clickhouse_url} if clickhouse_url else {}
+        # the limiter's analytics routes ask the pipeline worker, which owns chDB
+        limiter_env = {
+            **env,
+            "RATEWATCH_CLICKHOUSE_URL": clickhouse_url or f"chdb://{data_dir / 'clickhouse'}",
+        }
         others: list[Child] = []
 
         def metrics(offset: int) -> list[str]:
@@ -167,9 +174,8 @@ def up(
         if kafka:
             limiter += ["--kafka", kafka]
             # with the Redis URL it also drains the audit and alert outboxes (into Kafka too)
-            worker = ["stream", "--kafka", kafka, "--redis-url", redis_url, *common, *analytics]
-            worker += [*webhooks, *metrics(0)]
-            detector = ["detect", "--kafka", kafka, "--redis-url", redis_url, *common, *metrics(1)]
+            worker = ["stream", "--kafka", kafka, *common, *webhooks, *metrics(0)]
+            detector = ["detect", "--kafka", kafka, *common, *metrics(1)]
             others.append(
                 Child(
                     "detect", detector, pid_file=run_dir / "detect.pid", env=env, nice=pipeline_nice
@@ -179,18 +185,18 @@ def up(
             # the pipeline worker also detects abuse in the Valkey stream
             limiter += ["--redis-events", "--backlog-max-mb", str(backlog_max_mb)]
             limiter += ["--backlog-max-age", str(backlog_max_age)]
-            worker = ["pipeline", "--redis-url", redis_url, *common, *analytics, *webhooks]
+            worker = ["pipeline", *common, *webhooks]
             worker += metrics(0)
         worker += batch_args(batch_max_decisions, batch_max_age)
         Supervisor(
             [
-                Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=env),
+                Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=limiter_env),
                 # the checks come first: the worker catches up when they leave it the time
                 Child(
                     "pipeline",
                     worker,
                     pid_file=run_dir / "pipeline.pid",
-                    env=env,
+                    env={**env, **analytics},
                     nice=pipeline_nice,
                 ),
                 *others,

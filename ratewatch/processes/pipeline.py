@@ -35,6 +35,7 @@ async def run_pipeline(
     key_prefix: str,
     model_dir: Path | None = None,
     *,
+    key_secret: bytes,
     webhooks_allow_private: bool = False,
     batch: BatchBounds | None = None,
     metrics: CollectorRegistry | None = None,
@@ -87,7 +88,7 @@ async def run_pipeline(
         metrics=OutboxMetrics(metrics),
     )
     webhooks = open_webhook_task(
-        redis, key_prefix, consumer=CONSUMER, allow_private=webhooks_allow_private
+        redis, key_prefix, key_secret, consumer=CONSUMER, allow_private=webhooks_allow_private
     )
 
     stop = asyncio.Event()

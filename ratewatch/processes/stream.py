@@ -35,6 +35,7 @@ async def run_stream(
     redis_url: str | None = None,
     key_prefix: str = "rw",
     *,
+    key_secret: bytes | None = None,
     webhooks_allow_private: bool = False,
     metrics: CollectorRegistry | None = None,
 ) -> None:
@@ -70,6 +71,8 @@ async def run_stream(
             queries = QueryServer(url, query_socket_path(path))
             await queries.start()
         if redis_url is not None:
+            if key_secret is None:
+                raise ValueError("the webhook worker needs the server's key secret")
             redis = await connect(redis_url, socket_timeout=5.0)
             outboxes = await _open_outboxes(
                 url, redis, key_prefix, settings.bootstrap, executor, OutboxMetrics(metrics)
@@ -77,6 +80,7 @@ async def run_stream(
             webhooks = open_webhook_task(
                 redis,
                 key_prefix,
+                key_secret,
                 consumer=socket.gethostname(),
                 allow_private=webhooks_allow_private,
             )

@@ -11,8 +11,11 @@ from redis.asyncio import Redis
 
 from limiter.keyspace import Keyspace
 from limiter.state.apikeys import KeyHasher, KeyStore
+from webhooks.sealing import SecretSealer
 
 KEY_SECRET = bytes(range(32))
+# webhook secrets are sealed under a key derived from the key secret, as the limiter does
+SEALER = SecretSealer(KEY_SECRET)
 BOOTSTRAP_KEY = "rwk_test-bootstrap-" + secrets.token_urlsafe(24)
 # the key prefix of the session's `ratewatch up`, apart from the session limiter's "rw"
 STACK_PREFIX = "rwstack"

@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from limiter.keyspace import Keyspace
+from tests.support.credentials import SEALER
 from webhooks.delivery import WebhookSettings
 from webhooks.worker import WebhookWorker
 
@@ -31,6 +32,8 @@ def start_worker(redis: Redis, keyspace: Keyspace, name: str = "w1", **settings:
     """A worker named ``name`` polling every 0.1 s, private targets allowed (the receiver is
     on 127.0.0.1), ``settings`` overriding the rest."""
     options: dict[str, Any] = {"allow_private": True, "poll_interval": 0.1, **settings}
-    worker = WebhookWorker(redis, keyspace, WebhookSettings(**options), consumer=name, block_ms=100)
+    worker = WebhookWorker(
+        redis, keyspace, SEALER, WebhookSettings(**options), consumer=name, block_ms=100
+    )
     stop = asyncio.Event()
     return Running(worker, stop, asyncio.create_task(worker.run(stop)))

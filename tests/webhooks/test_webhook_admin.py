@@ -32,7 +32,7 @@ from limiter.keyspace import Keyspace
 from stream import audit
 from stream.alerts import BLOCK_CREATED, BLOCK_SHADOWED
 from stream.events import OUTBOX_FIELD
-from tests.support.credentials import create_key
+from tests.support.credentials import SEALER, create_key
 from tests.support.events import block_alert
 from tests.support.openapi import values
 from tests.support.outboxes import record_alerts
@@ -45,6 +45,7 @@ from webhooks.payloads import ping_delivery, signature_headers
 from webhooks.queue import DeliveryQueue
 from webhooks.registry import ALERT_KINDS, Webhook, WebhookStore
 from webhooks.retry import RetryPolicy
+from webhooks.sealing import is_sealed
 from webhooks.updates import SECRET_GRACE_SECONDS, WebhookChanges, WebhookUpdater
 from webhooks.worker import WebhookWorker
 
@@ -91,7 +92,8 @@ def audited(redis_url: str, tenant: str, action: str) -> list[audit.AuditEvent]:
 
 
 def stored(redis_url: str, tenant: str, webhook_id: str) -> dict[str, Any]:
-    """The webhook's record as the session limiter stored it, secrets and all."""
+    """The webhook's record as the session limiter stored it, its secrets opened: they are
+    stored sealed, the plain secret nowhere in the raw record."""
     client = SyncRedis.from_url(redis_url)
     try:
         raw = client.hget(Keyspace().webhooks(tenant), webhook_id)
@@ -99,6 +101,11 @@ def stored(redis_url: str, tenant: str, webhook_id: str) -> dict[str, Any]:
         client.close()
     assert raw is not None
     kept: dict[str, Any] = json.loads(raw)
+    for name in ("secret", "previous_secret"):
+        if kept.get(name):
+            assert is_sealed(kept[name]), kept
+            kept[name] = SEALER.open(kept[name], tenant, webhook_id)
+            assert kept[name].encode() not in raw
     return kept
 
 
@@ -174,8 +181,8 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
 ) -> None:
     failing = Receiver(statuses=[503]).start()
     try:
-        store = WebhookStore(worker_redis, keyspace)
-        updater = WebhookUpdater(worker_redis, keyspace)
+        store = WebhookStore(worker_redis, keyspace, SEALER)
+        updater = WebhookUpdater(worker_redis, keyspace, SEALER)
         paused = await store.create("acme", failing.url("/paused"), allow_private=True)
         active = await store.create("acme", receiver.url("/active"), allow_private=True)
         # the retry falls due well after the webhook is disabled
@@ -231,10 +238,10 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
 async def test_during_the_grace_period_old_and_new_secret_both_verify(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", receiver.url(), allow_private=True)
     before = time.time()
-    rotated = await WebhookUpdater(worker_redis, keyspace).rotate_secret("acme", hook.id)
+    rotated = await WebhookUpdater(worker_redis, keyspace, SEALER).rotate_secret("acme", hook.id)
     new = rotated.after.secret
     assert new.startswith("whsec_")
     assert new != hook.secret
@@ -262,14 +269,14 @@ async def test_during_the_grace_period_old_and_new_secret_both_verify(
 async def test_after_the_grace_period_only_the_new_secret_verifies(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver, ended: str
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", receiver.url(), allow_private=True)
     if ended == "clock":  # rotated a day and a second ago
         updater = WebhookUpdater(
-            worker_redis, keyspace, clock=lambda: time.time() - SECRET_GRACE_SECONDS - 1
+            worker_redis, keyspace, SEALER, clock=lambda: time.time() - SECRET_GRACE_SECONDS - 1
         )
     else:
-        updater = WebhookUpdater(worker_redis, keyspace, secret_grace=0)
+        updater = WebhookUpdater(worker_redis, keyspace, SEALER, secret_grace=0)
     new = (await updater.rotate_secret("acme", hook.id)).after.secret
     running = start_worker(worker_redis, keyspace)
     try:
@@ -286,29 +293,35 @@ async def test_after_the_grace_period_only_the_new_secret_verifies(
 async def test_a_second_rotation_keeps_only_the_secret_it_replaced(
     worker_redis: Redis, keyspace: Keyspace
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", URL)
-    updater = WebhookUpdater(worker_redis, keyspace)
+    updater = WebhookUpdater(worker_redis, keyspace, SEALER)
     first = (await updater.rotate_secret("acme", hook.id)).after
     second = (await updater.rotate_secret("acme", hook.id)).after
     assert second.previous_secret == first.secret
     assert hook.secret not in second.signing_secrets(time.time())
     assert await store.get("acme", hook.id) == second
     with pytest.raises(ValueError, match="grace"):
-        WebhookUpdater(worker_redis, keyspace, secret_grace=-1)
+        WebhookUpdater(worker_redis, keyspace, SEALER, secret_grace=-1)
 
 
 async def test_a_retry_is_scheduled_with_the_injected_jitter(
     worker_redis: Redis, keyspace: Keyspace
 ) -> None:
     down = Receiver()  # nothing listens on its port
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", down.url(), allow_private=True)
     options = WebhookSettings(
         allow_private=True, poll_interval=0.1, retry_schedule=(0, 100.0), retry_jitter=0.1
     )
     worker = WebhookWorker(
-        worker_redis, keyspace, options, consumer="w1", block_ms=100, rng=random.Random(42)
+        worker_redis,
+        keyspace,
+        SEALER,
+        options,
+        consumer="w1",
+        block_ms=100,
+        rng=random.Random(42),
     )
     stop = asyncio.Event()
     running = Running(worker, stop, asyncio.create_task(worker.run(stop)))
@@ -331,8 +344,8 @@ async def test_a_retry_is_scheduled_with_the_injected_jitter(
 async def test_concurrent_changes_of_different_fields_are_all_kept(
     worker_redis: Redis, keyspace: Keyspace
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
-    updater = WebhookUpdater(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
+    updater = WebhookUpdater(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", URL)
     for round_ in range(20):
         kinds = [ALERT_KINDS[round_ % len(ALERT_KINDS)]]
@@ -645,11 +658,11 @@ async def test_metrics_count_real_deliveries_by_outcome_once_across_workers(
     redis = Redis.from_url(redis_server.url)
     limiters = Keyspace()
     try:
-        store = WebhookStore(redis, limiters)
+        store = WebhookStore(redis, limiters, SEALER)
         await store.create("acme", receiver.url("/up"), allow_private=True)
         await store.create("acme", Receiver().url("/down"), allow_private=True)  # no server
         paused = await store.create("globex", receiver.url("/off"), allow_private=True)
-        await WebhookUpdater(redis, limiters).update(
+        await WebhookUpdater(redis, limiters, SEALER).update(
             "globex", paused.id, WebhookChanges(enabled=False)
         )
         queue = DeliveryQueue(redis, limiters)

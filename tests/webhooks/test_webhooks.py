@@ -25,7 +25,7 @@ from stream.alerts import (
     AlertEvent,
     new_alert_event,
 )
-from tests.support.credentials import STACK_PREFIX, create_key
+from tests.support.credentials import SEALER, STACK_PREFIX, create_key
 from tests.support.events import ALERT_EXPLANATION, block_alert
 from tests.support.outboxes import record_alerts
 from tests.support.polling import eventually, wait_until
@@ -154,7 +154,7 @@ def keyspace() -> Keyspace:
 async def test_a_failing_endpoint_is_retried_and_delivered_once_with_the_same_id(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", receiver.url(), allow_private=True)
     receiver.statuses = [500, 200]
     event = block_alert("acme")
@@ -198,7 +198,7 @@ async def test_a_retry_pending_when_the_worker_stops_is_made_after_a_restart(
     worker_redis: Redis, keyspace: Keyspace
 ) -> None:
     down = Receiver()  # its port has no server yet: the endpoint is down
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", down.url(), allow_private=True)
     event = block_alert("acme")
     schedule = (0, 1.0, 1.0)
@@ -239,7 +239,7 @@ async def test_a_retry_pending_when_the_worker_stops_is_made_after_a_restart(
 async def test_only_subscribed_kinds_and_the_tenants_own_webhooks_get_an_alert(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     created_only = await store.create(
         "acme", receiver.url("/created"), [BLOCK_CREATED], allow_private=True
     )
@@ -268,7 +268,7 @@ async def test_only_subscribed_kinds_and_the_tenants_own_webhooks_get_an_alert(
 async def test_a_deleted_webhooks_pending_retries_are_dropped(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     hook = await store.create("acme", receiver.url(), allow_private=True)
     receiver.statuses = [503]
     running = start_worker(worker_redis, keyspace, retry_schedule=(0, 0.5, 0.5))
@@ -298,7 +298,7 @@ async def test_a_deleted_webhooks_pending_retries_are_dropped(
 async def test_private_targets_are_refused_at_delivery_unless_allowed(
     worker_redis: Redis, keyspace: Keyspace, receiver: Receiver
 ) -> None:
-    store = WebhookStore(worker_redis, keyspace)
+    store = WebhookStore(worker_redis, keyspace, SEALER)
     # created while allowed; the worker does not allow them (a name that now resolves to a
     # private address: DNS rebinding)
     hook = await store.create("acme", f"http://localhost:{receiver.port}/hook", allow_private=True)
@@ -322,7 +322,7 @@ async def test_a_hanging_endpoint_does_not_hold_up_the_others(
 ) -> None:
     slow = Receiver(delay=4.0).start()
     try:
-        store = WebhookStore(worker_redis, keyspace)
+        store = WebhookStore(worker_redis, keyspace, SEALER)
         await store.create("acme", slow.url(), allow_private=True)
         await store.create("acme", receiver.url(), allow_private=True)
         running = start_worker(
