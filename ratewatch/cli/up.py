@@ -102,9 +102,9 @@ def up(
         from limiter.settings import check_metrics_token
         from limiter.state.bootstrap import check_bootstrap_key
         from ratewatch.cli.serve import parse_api_limits
+        from ratewatch.processes.private import make_private
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
-        from ratewatch.processes.private import make_private
 
         # refused here, once, rather than by a limiter child the supervisor restarts
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY")
