@@ -252,17 +252,18 @@ class WebhookStore:
             raise NotFound(f"webhook {webhook_id[:100]!r} not found")
         return hook
 
-    async def restore(self, hook: Webhook) -> None:
-        """Write ``hook`` back whole (its secrets too); its delivery health and attempts
-        start again."""
+    async def restore(self, tenant: str, webhook_id: str, record: str) -> Webhook:
+        """Write a stored ``record`` of the webhook back as it was (its secrets sealed as
+        they were); its delivery health and attempts start again.  ConfigError if its
+        secrets do not open with this store's key."""
+        hook = from_record(tenant, record, self._sealer)  # refuses what would not sign
+        if hook.id != webhook_id:
+            raise ValueError(f"the record of webhook {webhook_id!r} is {hook.id!r}'s")
         try:
-            await self._redis.hset(
-                self._keyspace.webhooks(hook.tenant),
-                hook.id,
-                json.dumps(sealed_record(hook, self._sealer)),
-            )
+            await self._redis.hset(self._keyspace.webhooks(tenant), webhook_id, record)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return hook
 
     async def health(self, tenant: str, webhook_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Each webhook's delivery health (nulls and 0 before its first attempt)."""

@@ -35,7 +35,6 @@ from control.durable.records import (
     settings_of,
     tenant_entry,
     webhook_entry,
-    webhook_of,
 )
 from limiter.errors import ConfigError, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
@@ -201,7 +200,7 @@ class Restorer:
                     with contextlib.suppress(NotFound):
                         await self._webhooks.delete(item.tenant, item.id)
                 else:
-                    await self._webhooks.restore(webhook_of(item, self._sealer))
+                    await self._webhooks.restore(item.tenant, item.id, item.payload)
         except (ConfigError, ValueError, TypeError, KeyError) as exc:
             # one unreadable record must not keep every other one out of Redis
             log.error("control-plane record %s/%s/%s not restored: %s",

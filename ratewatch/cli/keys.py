@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from control.durable.records import DurableRecords
     from limiter.state.apikeys import KeyRecord, KeyStore
     from stream.audit_outbox import AuditOutbox
-    from webhooks.sealing import SecretSealer
 
 # who the audit log names for changes made with this command
 CLI_ACTOR = "cli"
@@ -37,6 +36,7 @@ async def key_store(
     from limiter.state.apikeys import KeyHasher, KeyStore
     from limiter.state.tenants import TenantSettingsStore
     from stream.audit_outbox import AuditOutbox
+    from webhooks.sealing import SecretSealer
 
     embedded = None
     url = redis_url or running_url(data_dir)
