@@ -5,11 +5,13 @@ computes the features of the last minute, judges each (tenant, scope) with the p
 then learns from what it judged: subjects with enough evidence that nothing flagged update
 the tenant's baseline and, sampled, the isolation forest's history, which the registry
 retrains on its schedule.  A retraining never holds up an evaluation: the registry fits
-on a thread of its own and the evaluation judges with the model it has, so a model fitted
-during one round is used from the next (``detectors/registry.py``).  The baselines' fits
-and EWMA updates stay inline: a median and a MAD over the rows of a round cost about a
-millisecond (a few with thousands of rows), against half a second or more for a forest.  Flagged and doubtful subjects never enter the history, so an
-attack cannot teach the models that it is normal.
+on a thread of its own, starting between rounds, and the evaluation judges with the model
+it has, so a model queued by one round is used from the next that follows its fit
+(``detectors/registry.py``, ``detectors/training.py``).  The baselines' fits and EWMA
+updates stay inline: a median and a MAD over the rows of a round cost about a millisecond
+(a few with thousands of rows), against half a second or more for a forest.  Flagged and
+doubtful subjects never enter the history, so an attack cannot teach the models that it
+is normal.
 
 Memory is bounded: the short window's decisions plus per-subject tallies and per-minute
 summaries of the long window (``RollingWindow``), a queue of observed frames that is
@@ -176,7 +178,7 @@ class AbuseDetector:
         the short window came from (``Verdict.ips``), so that the actions can spare a
         subject whose traffic all came from allowlisted networks.
         """
-        with self._evaluating:
+        with self._evaluating, self.registry.fits.round():
             self._drain()
             self._retrain_budget = self._retrains_per_evaluation
             ips = self.window.features(now_ms, ("ip",))

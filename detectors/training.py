@@ -4,8 +4,11 @@ evaluation's.
 An evaluation that finds a model due hands its fit to a ``FitQueue`` and goes on judging
 with the model it has (or without one, in cold start); the fit replaces the model when it
 is done, so the round after it uses the new one.  One worker thread, so fits never compete
-with each other for the machine's cores and at most one of them competes with the
-evaluation; what they cost is counted apart from the evaluation
+with each other for the machine's cores, and a fit starts only between rounds
+(``round``): the seconds between two rounds are idle, while a fit running beside a round
+slows it down (the two share the interpreter's lock and, on a small machine, the cores).
+A fit still running when the next round begins goes on; the round never waits for it.
+What fits cost is counted apart from the evaluation
 (``ratewatch_detect_model_fit_duration_seconds``).
 
 The thread is started with the first fit, and ``close`` cancels what is still queued and
@@ -15,8 +18,9 @@ waits for the fit in progress, so a process that stops never leaves a model half
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 from detectors.metrics import DetectionMetrics
 
@@ -40,6 +44,8 @@ class FitQueue:
         self._queued = 0
         self._running = 0
         self._closed = False
+        self._between_rounds = threading.Event()
+        self._between_rounds.set()
 
     def __getstate__(self) -> dict[str, object]:
         # a copy of a detector (tests, tools) gets a queue of its own, idle
@@ -70,6 +76,15 @@ class FitQueue:
             self._publish()
             return self._executor.submit(self._run, job)
 
+    @contextmanager
+    def round(self) -> Iterator[None]:
+        """While an evaluation round runs: no fit starts (one under way goes on)."""
+        self._between_rounds.clear()
+        try:
+            yield
+        finally:
+            self._between_rounds.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running; False if ``timeout`` came first."""
         with self._idle:
@@ -80,6 +95,7 @@ class FitQueue:
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
+        self._between_rounds.set()  # a job waiting for the round to end is dropped
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         with self._idle:
@@ -88,8 +104,13 @@ class FitQueue:
             self._idle.notify_all()
 
     def _run(self, job: Callable[[], None]) -> None:
-        with self._lock:
+        self._between_rounds.wait()
+        with self._idle:
             self._queued -= 1
+            if self._closed:
+                self._publish()
+                self._idle.notify_all()
+                return
             self._running += 1
             self._publish()
         try:

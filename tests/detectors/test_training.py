@@ -160,6 +160,7 @@ def test_an_evaluation_never_waits_for_a_fit_and_the_next_round_uses_the_model(
     for scope in fitting:
         assert policy.used[scope] is fitted[scope]
     assert GatedIsolation.most == 1
+    detector.close()  # what that round queued must not run into the next test
 
 
 def test_a_fit_starts_only_when_due_and_never_twice_at_once() -> None:
@@ -191,6 +192,7 @@ def test_a_fit_starts_only_when_due_and_never_twice_at_once() -> None:
     assert second.n_samples_fit_ == 320
     assert not registry.start_fit(TENANT, "ip", 4_000)  # nothing new: not due
     assert (GatedIsolation.fits, GatedIsolation.most) == (2, 1)
+    registry.close()
 
 
 def test_a_failing_fit_is_counted_retried_later_and_detection_goes_on(
@@ -233,6 +235,7 @@ def test_a_failing_fit_is_counted_retried_later_and_detection_goes_on(
     assert sample(metrics, "ratewatch_detect_model_fit_duration_seconds_count", scope=broken) == 1
     assert sample(metrics, "ratewatch_detect_model_fits_in_flight") == 0
     assert sample(metrics, "ratewatch_detect_model_fits_queued") == 0
+    detector.close()
 
 
 def test_a_model_is_saved_after_it_is_in_use_and_a_failed_save_is_counted(
@@ -255,10 +258,27 @@ def test_a_model_is_saved_after_it_is_in_use_and_a_failed_save_is_counted(
     saved.record(TENANT, "key", rows(rng, 60))
     fitted = saved.refresh(TENANT, "key", 1_000)
     assert fitted is not None
+    registry.close()
+    saved.close()
     assert [p.suffix for p in tmp_path.iterdir() if p != blocked] == [".joblib"]
     reloaded = ModelRegistry(directory=tmp_path).model(TENANT, "key")
     assert reloaded is not None
     assert reloaded.version_ == fitted.version_
+
+
+def test_a_fit_queued_during_a_round_starts_once_the_round_is_over() -> None:
+    rng = np.random.default_rng(7)
+    GatedIsolation.gate.set()
+    registry = ModelRegistry(GatedIsolation(n_estimators=10), min_history=50)
+    registry.record(TENANT, "ip", rows(rng, 60))
+    with registry.fits.round():
+        assert registry.start_fit(TENANT, "ip", 1_000)
+        assert not GatedIsolation.started.wait(0.5)  # the round has the machine
+        assert registry.fits.queued == 1
+    assert GatedIsolation.started.wait(10)
+    assert registry.fits.wait(10)
+    assert registry.model(TENANT, "ip") is not None
+    registry.close()
 
 
 def test_closing_drops_queued_fits_and_finishes_the_running_one() -> None:
