@@ -4,8 +4,14 @@
 computes the features of the last minute, judges each (tenant, scope) with the policy and
 then learns from what it judged: subjects with enough evidence that nothing flagged update
 the tenant's baseline and, sampled, the isolation forest's history, which the registry
-retrains on its schedule.  Flagged and doubtful subjects never enter the history, so an
-attack cannot teach the models that it is normal.
+retrains on its schedule.  A retraining never holds up an evaluation: the registry fits
+on a thread of its own, starting between rounds, and the evaluation judges with the model
+it has, so a model queued by one round is used from the next that follows its fit
+(``detectors/registry.py``, ``detectors/training.py``).  The baselines' fits and EWMA
+updates stay inline: a median and a MAD over the rows of a round cost about a millisecond
+(a few with thousands of rows), against half a second or more for a forest.  Flagged and
+doubtful subjects never enter the history, so an attack cannot teach the models that it
+is normal.
 
 Memory is bounded: the short window's decisions plus per-subject tallies and per-minute
 summaries of the long window (``RollingWindow``), a queue of observed frames that is
@@ -70,9 +76,10 @@ class AbuseDetector:
     idle_ms : int, default=3,600,000
         A tenant without decisions for this long loses its baselines and models.
     retrains_per_evaluation : int, default=4
-        At most this many isolation models are trained per evaluation, so that many
-        tenants coming due together (at start, every ten minutes) spread their training
-        over a few evaluations instead of stalling one.
+        At most this many isolation model fits are queued per evaluation, so that many
+        tenants coming due together (at start, every ten minutes) spread their fits over
+        a few rounds and each fit takes the history as it is when it is queued, not as
+        it was long before.
     inbox_limit : int, default=1,000,000
         Decisions queued by ``observe`` beyond which it folds them into the window itself
         (the window then summarises what is older than a minute), so memory stays bounded
@@ -145,6 +152,15 @@ class AbuseDetector:
         for frame in frames:
             self.window.append(frame)
 
+    @property
+    def subjects(self) -> dict[str, int]:
+        """Subjects tracked in the window, per scope."""
+        return self.window.subjects_by_scope
+
+    def close(self) -> None:
+        """Stop the registry's fits (the one in progress is finished and saved)."""
+        self.registry.close()
+
     def baseline(self, tenant: str, scope: Scope) -> RobustBaseline | None:
         learner = self._learners.get((tenant, scope))
         return learner.baseline if learner else None
@@ -162,7 +178,7 @@ class AbuseDetector:
         the short window came from (``Verdict.ips``), so that the actions can spare a
         subject whose traffic all came from allowlisted networks.
         """
-        with self._evaluating:
+        with self._evaluating, self.registry.fits.round():
             self._drain()
             self._retrain_budget = self._retrains_per_evaluation
             ips = self.window.features(now_ms, ("ip",))
@@ -194,11 +210,9 @@ class AbuseDetector:
         for (tenant_name, scope_name), group in groups.items():
             tenant, scope = str(tenant_name), as_scope(str(scope_name))
             learner = self._learners.setdefault((tenant, scope), _Learner())
-            if self._retrain_budget > 0 and self.registry.due(tenant, scope, now_ms):
+            if self._retrain_budget > 0 and self.registry.start_fit(tenant, scope, now_ms):
                 self._retrain_budget -= 1
-                model = self.registry.refresh(tenant, scope, now_ms)
-            else:
-                model = self.registry.model(tenant, scope)
+            model = self.registry.model(tenant, scope)  # the fit just queued is for later
             judgement = self.policy.judge(
                 group,
                 learner.baseline,

@@ -54,6 +54,7 @@ async def detect_on_kafka(
         evaluator.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await evaluator
+        await loop.close()
 
 
 async def _raw_values(message: Any) -> Any:

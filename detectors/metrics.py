@@ -6,11 +6,18 @@ actions made of them (``detectors.actions``), named as the alerts name them: ``c
 and ``escalated`` (an enforced block, first or repeat offence), ``shadowed``,
 ``skipped_cap``, ``allowlisted``, and ``already_blocked``, ``lifted_by_hand``,
 ``detection_off``, ``not_warranted`` (the tenant asks for more evidence).
+
+What detection costs: ``ratewatch_detect_evaluation_duration_seconds`` times one round on
+the evaluation's thread (building the round's decision frame, updating the windows, the
+features, judging, learning the baselines); the isolation models are fitted apart, one at
+a time on a thread of their own (``detectors/training.py``), and timed by
+``ratewatch_detect_model_fit_duration_seconds``.  The two ``_sum`` series, as rates, say
+what share of detection's time goes to fitting.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from detectors.verdict import SCOPES
 
@@ -19,8 +26,12 @@ from detectors.verdict import SCOPES
 ACTIONS = ("created", "escalated", "shadowed", "skipped_cap", "allowlisted")
 # outcomes of detectors.actions.BlockActions that the alerts name otherwise
 _ACTION_OF = {"cap_reached": "skipped_cap"}
-# one evaluation: a few milliseconds when quiet, seconds with many tenants' forests to train
+# one evaluation: a few milliseconds when quiet, a second or more at tens of thousands of
+# decisions a second; one fit: a tenth of a second to a few seconds
 EVALUATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# decisions handed in per round: at 5 s a round, 0 to 50,000 a second
+DECISION_BUCKETS = (0, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000)
 
 
 class DetectionMetrics:
@@ -43,8 +54,9 @@ class DetectionMetrics:
         )
         self.evaluation_seconds = Histogram(
             "ratewatch_detect_evaluation_duration_seconds",
-            "Time the detector took to judge one round (features, models, retraining), "
-            "without the actions",
+            "Time the detector took to judge one round on the evaluation thread (the round's "
+            "decisions into the windows, features, scores, baseline updates), without the "
+            "actions; model fits run apart (ratewatch_detect_model_fit_duration_seconds)",
             buckets=EVALUATION_BUCKETS,
             registry=self.registry,
         )
@@ -60,8 +72,56 @@ class DetectionMetrics:
             ["scope"],
             registry=self.registry,
         )
+        self.evaluation_decisions = Histogram(
+            "ratewatch_detect_evaluation_decisions",
+            "Decision events each round handed to the detector",
+            buckets=DECISION_BUCKETS,
+            registry=self.registry,
+        )
+        self.subjects = Gauge(
+            "ratewatch_detect_subjects_tracked",
+            "Subjects (addresses, keys, user ids) with decisions in the detector's long window "
+            "after the last round, by scope",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.fit_seconds = Histogram(
+            "ratewatch_detect_model_fit_duration_seconds",
+            "Time one isolation model took to fit, on the fitting thread (off the evaluation), "
+            "by scope",
+            ["scope"],
+            buckets=FIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.fit_failures = Counter(
+            "ratewatch_detect_model_fit_failures",
+            "Isolation model fits that failed (logged; the model is retried later), by scope",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.save_failures = Counter(
+            "ratewatch_detect_model_save_failures",
+            "Fitted isolation models that could not be saved to the model directory (the model "
+            "is used all the same), by scope",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.fits_in_flight = Gauge(
+            "ratewatch_detect_model_fits_in_flight",
+            "Isolation model fits running now (one at a time)",
+            registry=self.registry,
+        )
+        self.fits_queued = Gauge(
+            "ratewatch_detect_model_fits_queued",
+            "Isolation model fits due and waiting for the fitting thread",
+            registry=self.registry,
+        )
         for scope in SCOPES:
             self.retrains.labels(scope)
+            self.fit_seconds.labels(scope)
+            self.fit_failures.labels(scope)
+            self.save_failures.labels(scope)
+            self.subjects.labels(scope)
             for action in ACTIONS:
                 self.verdicts.labels(scope, action)
 
@@ -74,5 +134,19 @@ class DetectionMetrics:
             action = _ACTION_OF.get(outcome, outcome)
         self.verdicts.labels(scope, action).inc()
 
-    def retrained(self, scope: str) -> None:
+    def retrained(self, scope: str, seconds: float) -> None:
+        """An isolation model of ``scope`` fitted in ``seconds``."""
         self.retrains.labels(scope).inc()
+        self.fit_seconds.labels(scope).observe(seconds)
+
+    def fit_failed(self, scope: str) -> None:
+        self.fit_failures.labels(scope).inc()
+
+    def save_failed(self, scope: str) -> None:
+        self.save_failures.labels(scope).inc()
+
+    def evaluated(self, decisions: int, subjects: dict[str, int]) -> None:
+        """A round that took in ``decisions`` and left ``subjects`` (per scope) tracked."""
+        self.evaluation_decisions.observe(decisions)
+        for scope, count in subjects.items():
+            self.subjects.labels(scope).set(count)

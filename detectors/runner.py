@@ -4,7 +4,8 @@ Events arrive in batches from whichever transport the deployment uses (the embed
 stream, or Kafka for ``ratewatch detect``) and are handed to the detector as they come;
 every ``interval`` seconds the detector evaluates the windows up to now and each warranted
 verdict goes to the actions (block, audit, alert).  Evaluation is CPU work on polars and
-scikit-learn, so it runs on a worker thread and the event loop keeps reading.
+scikit-learn, so it runs on a worker thread and the event loop keeps reading; the models'
+fits run on another (``detectors/training.py``), so a round never waits for one.
 
 Detection is statistical: an event lost in a crash changes a rate by one, so the sources
 acknowledge on receipt (at most once), unlike the analytics pipeline, which must count
@@ -34,6 +35,11 @@ class Detector(Protocol):
     def observe(self, frame: pl.DataFrame) -> None: ...
 
     def evaluate(self, now_ms: int) -> list[Verdict]: ...
+
+    @property
+    def subjects(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class Actions(Protocol):
@@ -84,6 +90,12 @@ class DetectionLoop:
                 self.metrics.evaluation_failures.inc()
                 log.exception("detection round failed")
 
+    async def close(self) -> None:
+        """Stop the detector's model fits, once ``run`` has ended: the queued ones are
+        dropped, the one in progress is finished and saved (on a worker thread, so the
+        event loop is not held up meanwhile)."""
+        await asyncio.to_thread(self._detector.close)
+
     async def evaluate_once(self, now_ms: int | None = None) -> list[Verdict]:
         """Hand the queued events to the detector, evaluate, apply; return the verdicts."""
         from detectors.features import decisions_frame
@@ -95,7 +107,9 @@ class DetectionLoop:
             with self.metrics.evaluation_seconds.time():
                 if events:
                     self._detector.observe(decisions_frame(events))
-                return self._detector.evaluate(moment)
+                verdicts = self._detector.evaluate(moment)
+            self.metrics.evaluated(len(events), self._detector.subjects)
+            return verdicts
 
         verdicts = await asyncio.to_thread(work)
         self.stats.evaluations += 1

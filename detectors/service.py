@@ -79,4 +79,5 @@ async def run_embedded_detection(
         evaluator.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await evaluator
+        await loop.close()
         log.info("detection stopped: %s", loop.stats)

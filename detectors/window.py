@@ -106,7 +106,12 @@ class RollingWindow:
     @property
     def subjects(self) -> int:
         """Subjects of every scope with decisions in the long window."""
-        return sum(len(tally.subjects) for tally in self._scopes.values())
+        return sum(self.subjects_by_scope.values())
+
+    @property
+    def subjects_by_scope(self) -> dict[str, int]:
+        """``subjects``, per scope."""
+        return {scope: len(tally.subjects) for scope, tally in self._scopes.items()}
 
     def prune(self, now_ms: int) -> None:
         """Bring the window to ``now_ms`` (``advance``)."""

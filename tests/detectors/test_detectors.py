@@ -71,10 +71,13 @@ def replay(
     detector: AbuseDetector, frame: pl.DataFrame, start: int, end: int, every: int
 ) -> dict[Subject, Verdict]:
     """Observe ``frame`` in slices of ``every`` ms over (start, end], evaluating after each;
-    the first warranted verdict per subject."""
+    the first warranted verdict per subject.  The fits queued by a round end before the
+    next one, as they do in the seconds between real rounds (``test_training`` tests the
+    rounds that do not wait)."""
     flagged: dict[Subject, Verdict] = {}
     for now in range(start + every, end + 1, every):
         detector.observe(frame.filter((pl.col("ts") > now - every) & (pl.col("ts") <= now)))
+        assert detector.registry.fits.wait(30)
         for verdict in detector.evaluate(now):
             assert verdict.warranted
             flagged.setdefault((verdict.scope, verdict.subject), verdict)

@@ -314,17 +314,54 @@ def test_detect_counts_its_decisions_evaluations_and_the_block_it_made(
     assert result.value("ratewatch_detect_evaluation_failures_total") == 0
     for scope in ("ip", "key", "user_id"):
         assert result.value("ratewatch_detect_model_retrains_total", scope=scope) is not None
-    assert_described(
-        result,
-        [
-            "ratewatch_detect_decisions",
-            "ratewatch_detect_evaluations",
-            "ratewatch_detect_evaluation_failures",
-            "ratewatch_detect_evaluation_duration_seconds",
-            "ratewatch_detect_verdicts",
-            "ratewatch_detect_model_retrains",
-        ],
-    )
+    assert_detection_cost(result)
+    assert (result.value("ratewatch_detect_subjects_tracked", scope="ip") or 0) >= 1
+    assert_described(result, DETECTION_FAMILIES)
+
+
+DETECTION_FAMILIES = [
+    "ratewatch_detect_decisions",
+    "ratewatch_detect_evaluations",
+    "ratewatch_detect_evaluation_failures",
+    "ratewatch_detect_evaluation_duration_seconds",
+    "ratewatch_detect_evaluation_decisions",
+    "ratewatch_detect_subjects_tracked",
+    "ratewatch_detect_verdicts",
+    "ratewatch_detect_model_retrains",
+    "ratewatch_detect_model_fit_duration_seconds",
+    "ratewatch_detect_model_fit_failures",
+    "ratewatch_detect_model_save_failures",
+    "ratewatch_detect_model_fits_in_flight",
+    "ratewatch_detect_model_fits_queued",
+]
+
+
+def assert_detection_cost(result: Scrape) -> None:
+    """What detection cost, as exposed: consistent with the rounds and fits counted."""
+    rounds = result.value("ratewatch_detect_evaluation_decisions_count")
+    timed = result.value("ratewatch_detect_evaluation_duration_seconds_count")
+    assert rounds is not None
+    assert timed is not None
+    assert rounds >= 1
+    assert timed - 1 <= rounds <= timed  # the round being timed is counted after it
+    handed = result.value("ratewatch_detect_evaluation_decisions_sum")
+    decisions = result.value("ratewatch_detect_decisions_total")
+    assert handed is not None
+    assert decisions is not None
+    assert handed <= decisions  # the ones queued since the last round are not handed yet
+    for scope in ("ip", "key", "user_id"):
+        fits = result.value("ratewatch_detect_model_fit_duration_seconds_count", scope=scope)
+        spent = result.value("ratewatch_detect_model_fit_duration_seconds_sum", scope=scope)
+        assert fits == result.value("ratewatch_detect_model_retrains_total", scope=scope)
+        assert spent is not None
+        assert spent >= 0
+        assert (spent > 0) == bool(fits)
+        assert result.value("ratewatch_detect_model_fit_failures_total", scope=scope) == 0
+        assert result.value("ratewatch_detect_model_save_failures_total", scope=scope) == 0
+    assert result.value("ratewatch_detect_model_fits_in_flight") in (0, 1)
+    queued = result.value("ratewatch_detect_model_fits_queued")
+    assert queued is not None
+    assert 0 <= queued <= 12
 
 
 # -- ratewatch pipeline ------------------------------------------------------------------------
@@ -361,6 +398,27 @@ def test_the_pipeline_worker_counts_the_valkey_stream_and_its_detection(
     assert result.value("ratewatch_outbox_entries_stored_total", outbox="audit") == 0
     # nothing is committed to Kafka here
     assert not result.samples("ratewatch_stream_committed_offset")
+
+    # enough keys with enough checks for two rounds of history (100 rows each): the key
+    # model comes due and is fitted on the fitting thread, then saved
+    busy = [
+        Check(tenant, f"busy:{i}", Algorithm.FIXED_WINDOW, 10, 60_000, 1)
+        for _ in range(6)
+        for i in range(120)
+    ]
+    asyncio.run(_decide(redis_server.url, keyspace, busy))
+
+    def fitted(s: Scrape) -> bool:
+        fits = s.value("ratewatch_detect_model_fit_duration_seconds_count", scope="key")
+        return (fits or 0) >= 1 and s.value("ratewatch_detect_model_fits_in_flight") == 0
+
+    result = scrape_until(worker, port, fitted, 60, "the key model's fit")
+    assert_detection_cost(result)
+    assert (result.value("ratewatch_detect_subjects_tracked", scope="key") or 0) >= 120
+    assert (result.value("ratewatch_detect_evaluation_decisions_sum") or 0) >= len(busy)
+    assert_described(result, DETECTION_FAMILIES)
+    models = tmp_path / "d" / "models"
+    wait_until(lambda: any(models.glob("*-key.joblib")), 30, "the key model's file", 0.2)
     assert worker.stop(timeout=60) == 0
 
 
@@ -497,3 +555,11 @@ def test_up_serves_its_pipeline_workers_metrics(
         lambda s: (s.value("ratewatch_stream_events_stored_total") or 0) >= stored + 7,
         60, "the stack's seven decisions to be counted as stored",
     )  # fmt: skip
+    # and its detection's, on the same port, once a round has taken decisions in
+    result = scrape_until(
+        stack, stack_metrics_port,
+        lambda s: (s.value("ratewatch_detect_evaluation_decisions_sum") or 0) >= 7,
+        60, "the stack's detection to take in decisions",
+    )  # fmt: skip
+    assert_detection_cost(result)
+    assert_described(result, DETECTION_FAMILIES)
