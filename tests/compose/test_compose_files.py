@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 import pytest
-from setuptools import find_packages
+from setuptools import find_packages  # type: ignore[import-untyped]  # no stubs in dev
 
 from ratewatch.cli import main
 from tests.support.compose import (
@@ -199,10 +199,10 @@ def test_the_clickhouse_image_keeps_only_the_accounts_of_the_users_d_files() -> 
             continue
         passwords = [e for e in user if e.tag.startswith("password") or e.tag == "no_password"]
         assert [e.tag for e in passwords] == ["password"], name
-        variable = passwords[0].get("from_env")
-        assert variable in SECRETS, name
+        source = passwords[0].get("from_env")
+        assert source in SECRETS, name
         # required where the server reads it
-        assert variables(env[variable])[0][:2] == (variable, ":?"), name
+        assert variables(env[source])[0][:2] == (source, ":?"), name
         assert user.find("access_management") is None, name
 
 
