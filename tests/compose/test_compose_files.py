@@ -135,10 +135,12 @@ def test_every_secret_comes_from_the_environment_and_the_required_ones_stop_comp
     assert {name for name, _, _ in references} >= SECRETS
     # the bootstrap key is optional: without it the limiter makes one and prints it once
     assert ("RATEWATCH_BOOTSTRAP_KEY", ":-", "") in references
+    # so is the metrics token: without it /metrics and /health/detailed are open
+    assert ("RATEWATCH_METRICS_TOKEN", ":-", "") in references
     # no literal value where a secret goes
     for service_name, spec in services().items():
         for variable, value in (spec.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|_KEY$|_AUTH$", variable):
+            if re.search(r"PASSWORD|SECRET|TOKEN|_KEY$|_AUTH$", variable):
                 assert variables(str(value)), (service_name, variable, value)
     # the whole file fails to interpolate with any required secret missing
     full = dict.fromkeys(SECRETS, "x")

@@ -40,6 +40,7 @@ SECRETS = {
     "RATEWATCH_GRAFANA_DB_PASSWORD": secrets.token_hex(16),
     "RATEWATCH_GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
     "RATEWATCH_BOOTSTRAP_KEY": "rwk_" + secrets.token_hex(24),
+    "RATEWATCH_METRICS_TOKEN": secrets.token_hex(24),
 }
 # the ClickHouse server of the compose network; chDB here
 WRITER_URL = f"http://ratewatch:{SECRETS['RATEWATCH_CLICKHOUSE_PASSWORD']}@clickhouse:8123"
@@ -178,6 +179,11 @@ def test_the_limiter_starts_with_the_compose_environment(
         )
         assert response.status_code == 200, response.text
         assert response.json()["allowed"] is True
+        # the health check needs no token; the metrics do, once one is set
+        metrics = httpx.get(limiter.base_url + "/metrics", timeout=10)
+        assert metrics.status_code == 401
+        token = {"Authorization": f"Bearer {SECRETS['RATEWATCH_METRICS_TOKEN']}"}
+        assert httpx.get(limiter.base_url + "/metrics", headers=token, timeout=10).is_success
         argv = cmdline(limiter.process.pid)
         log = (tmp_path / "serve.log").read_text()
         for password in PASSWORDS:
