@@ -78,15 +78,18 @@ def migrate(client: Client, retention_days: int | None = None) -> list[str]:
     new tables get the default and existing TTLs are left as an operator set them.
     """
     params = retention_params(DEFAULT_RETENTION_DAYS if retention_days is None else retention_days)
-    _command(client, f"CREATE DATABASE IF NOT EXISTS {DATABASE}", "bootstrap")
-    _command(
-        client,
-        f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-            version UInt32, name String, checksum String,
-            applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-        ) ENGINE = MergeTree ORDER BY version""",
-        "bootstrap",
-    )
+    # a schema that is up to date needs no DDL, so an account without it (the compose
+    # stack's writer, which `stream` runs as) can check it; only a new database gets these
+    if not _ledger_exists(client):
+        _command(client, f"CREATE DATABASE IF NOT EXISTS {DATABASE}", "bootstrap")
+        _command(
+            client,
+            f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+                version UInt32, name String, checksum String,
+                applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+            ) ENGINE = MergeTree ORDER BY version""",
+            "bootstrap",
+        )
     available = load_migrations()
     applied = _applied(client)
     _check_unchanged(available, applied)
@@ -148,6 +151,16 @@ def render(template: str, params: dict[str, int]) -> str:
     return _PARAMETER.sub(substitute, template)
 
 
+def _ledger_exists(client: Client) -> bool:
+    # system.tables lists a table to every account with a grant on it
+    database, _, table = MIGRATIONS_TABLE.partition(".")
+    rows = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": table},
+    ).result_rows
+    return bool(rows[0][0])
+
+
 def _applied(client: Client) -> dict[int, str]:
     rows = client.query(
         f"SELECT version, any(checksum) FROM {MIGRATIONS_TABLE} GROUP BY version"
@@ -193,4 +206,9 @@ def _command(client: Client, statement: str, source: str) -> None:
         client.command(statement)
     except ClickHouseError as exc:
         first_line = " ".join(strip_comments(statement).split())[:80]
-        raise MigrationError(f"{source}: {describe(exc)} (in: {first_line}…)") from exc
+        hint = ""
+        if "ACCESS_DENIED" in str(exc):
+            hint = (
+                "; this account may not change the schema: run `ratewatch migrate` as one that may"
+            )
+        raise MigrationError(f"{source}: {describe(exc)} (in: {first_line}…){hint}") from exc
