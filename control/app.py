@@ -45,7 +45,7 @@ from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.coalescer import Coalescer
 from limiter.emit import DecisionSink, NullSink
-from limiter.errors import LimiterError
+from limiter.errors import LimiterError, StoreUnavailable
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
@@ -163,7 +163,11 @@ class LimiterApp:
             registered = new_key or self._bootstrap_key
             record = await keys.lookup(registered) if registered else None
             if record is not None:
-                await durable.key_saved(record)
+                try:
+                    await durable.key_saved(record)
+                except StoreUnavailable as exc:
+                    # the key works from Redis; the limiter must start without its copy
+                    log.error("the bootstrap key is not in the durable copy: %s", exc)
         store = RedisStore(
             redis,
             keyspace,
