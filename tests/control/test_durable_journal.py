@@ -103,7 +103,8 @@ class Stores:
 
     async def snapshot(self) -> dict[bytes, object]:
         """Every key under the prefix but the epoch, with its value (JSON values parsed,
-        webhook records without their empty fields: what the readers see)."""
+        webhook records without their empty fields and with their secrets opened: what the
+        readers see; each sealing of a secret differs by its nonce)."""
         found: dict[bytes, object] = {}
         async for name in self.redis.scan_iter(match=f"{self.keyspace.prefix}:*"):
             kind = await self.redis.type(name)
@@ -112,9 +113,21 @@ class Stores:
             if kind == b"hash":
                 raw = await self.redis.hgetall(name)
                 found[name] = {field: _parsed(value) for field, value in raw.items()}
+                if name.endswith(b":webhooks"):
+                    found[name] = {
+                        field: self._opened(_parsed(value))  # type: ignore[arg-type]
+                        for field, value in raw.items()
+                    }
             elif kind == b"string":
                 found[name] = _parsed(await self.redis.get(name))
         return found
+
+    def _opened(self, record: dict[str, object]) -> dict[str, object]:
+        opened = dict(record)
+        for field in ("secret", "previous_secret"):
+            if field in opened:
+                opened[field] = self.sealer.open(str(opened[field]), "acme", str(record["id"]))
+        return opened
 
     async def wipe(self) -> None:
         names = [name async for name in self.redis.scan_iter(match=f"{self.keyspace.prefix}:*")]
