@@ -8,11 +8,15 @@ A ``KeyFallback`` (the durable copy of the control-plane records, ``control/dura
 answers for keys Redis cannot answer for: when Redis lost its data and the records are not
 back yet (a miss is checked against it only then), or when Redis is unreachable and the key
 is not cached.  While Redis is healthy and has its data, no check asks it anything.
+
+A signed key's principal carries its opened request signing secret, so the signature check
+(``limiter/http/signatures.py``) runs for those keys only and costs no lookup either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +25,10 @@ from typing import Protocol
 
 from limiter.errors import StoreUnavailable
 from limiter.state.apikeys import KeyRecord, KeyStore
+from limiter.state.sealing import SealError
 from limiter.state.tenants import FailMode, TenantSettingsStore
+
+log = logging.getLogger("ratewatch.limiter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,8 @@ class Principal:
     admin: bool
     fail_mode: FailMode
     segment: str | None = None  # the key's default customer segment
+    # a signed key's request signing secret (UTF-8): its requests must be signed with it
+    signing_secret: bytes | None = None
 
 
 class KeyFallback(Protocol):
@@ -144,11 +153,18 @@ class Authenticator:
         found = await self._fallback.find(self._keys.key_hash(token))
         return None if found is None else self._principal(*found)
 
-    def _principal(self, record: KeyRecord, mode: FailMode | None) -> Principal:
+    def _principal(self, record: KeyRecord, mode: FailMode | None) -> Principal | None:
+        try:
+            secret = self._keys.signing_secret(record)
+        except SealError as exc:
+            # a signed key whose secret cannot be read cannot be verified: refused
+            log.warning("refusing signed key %s of tenant %s: %s", record.id, record.tenant, exc)
+            return None
         return Principal(
             record.tenant,
             record.id,
             record.admin,
             mode or self._default_fail_mode,
             record.segment or None,
+            None if secret is None else secret.encode(),
         )

@@ -1,7 +1,8 @@
 """Who sends a request: the principal of its ``Authorization: Bearer <api key>``, or the
-problem that answers it (401 without a valid key, 429 once the client's address has failed
-too often, 503 when the key store is down and the key was never seen).  The check path and
-the control plane authenticate the same way."""
+problem that answers it (401 without a valid key, or for a signed key without a valid
+signature; 429 once the client's address has failed too often; 503 when the key store is
+down and the key was never seen).  The check path and the control plane authenticate the
+same way."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.http.asgi import Scope, bearer_token
 from limiter.http.problems import Problem, too_many_requests
+from limiter.http.signatures import verify
 
 
 def cached_principal(auth: Authenticator, scope: Scope) -> Principal | None:
@@ -43,6 +45,19 @@ async def authenticate(
         await _failed(limits, scope)
         raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
     return principal
+
+
+async def verify_signature(
+    secret: bytes, scope: Scope, body: bytes, limits: ApiLimiter | None = None
+) -> None:
+    """For a signed key (its principal's ``signing_secret``): return if the request is
+    signed with ``secret``, else the 401, counted as a failed authentication of the
+    client's address."""
+    try:
+        verify(scope, body, secret)
+    except Problem:
+        await _failed(limits, scope)
+        raise
 
 
 async def _failed(limits: ApiLimiter | None, scope: Scope) -> None:

@@ -4,6 +4,12 @@ A key is ``rwk_`` followed by 43 URL-safe characters (32 random bytes).  Only it
 BLAKE3 hash is stored; the key itself is shown once, at creation.  The hashing secret comes
 from the settings (or the data dir); its fingerprint is recorded in the store so that a
 process with another secret fails at start instead of rejecting every key.
+
+A signed key (``signed=True``) also has a request signing secret, ``rws_`` and 43 URL-safe
+characters: its requests must carry an HMAC-SHA256 signature made with it
+(``limiter/http/signatures.py``).  The server computes that HMAC, so the secret cannot be
+stored as a hash: the record holds it sealed (``limiter/state/sealing.py``) with keys
+derived from the key hashing secret, and it is shown in plain once, at creation.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ from redis.exceptions import RedisError
 
 from limiter.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.state.sealing import SecretSealer
 
 KEY_PREFIX = "rwk_"
+SIGNING_SECRET_PREFIX = "rws_"
+# the purpose the signing secrets are sealed for: never changes (records hold them sealed)
+_SIGNING_CONTEXT = "RateWatch key record 2025-01 request signing secret"
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 64
@@ -54,6 +64,13 @@ class KeyRecord:
     hash: str
     # the customer segment (tier) of this key's checks that name none themselves
     segment: str = ""
+    # a signed key's request signing secret, sealed ("" for a key whose requests are not
+    # signed); opened by KeyStore.signing_secret
+    signing_secret: str = ""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signing_secret)
 
     def public(self) -> dict[str, object]:
         return {
@@ -64,6 +81,7 @@ class KeyRecord:
             "hint": self.hint,
             "created_at": self.created_at,
             "segment": self.segment or None,
+            "signed": self.signed,
         }
 
 
@@ -79,6 +97,10 @@ class KeyHasher:
     @property
     def fingerprint(self) -> str:
         return blake3(b"ratewatch-secret-fingerprint", key=self._secret).hexdigest()[:16]
+
+    def sealer(self, context: str) -> SecretSealer:
+        """Seals secrets of the purpose ``context`` with keys derived from this secret."""
+        return SecretSealer(self._secret, context)
 
 
 def new_api_key() -> str:
@@ -96,6 +118,7 @@ class KeyStore:
         self._redis = redis
         self._keyspace = keyspace
         self._hasher = hasher
+        self._signing = hasher.sealer(_SIGNING_CONTEXT)
 
     async def verify_secret(self) -> None:
         """Record the secret's fingerprint, or fail if the store was set up with another."""
@@ -119,8 +142,10 @@ class KeyStore:
         name: str = "",
         api_key: str | None = None,
         segment: str = "",
+        signed: bool = False,
     ) -> tuple[str, KeyRecord]:
-        """Create a key (or register ``api_key`` as given); returns the key and its record."""
+        """Create a key (or register ``api_key`` as given); returns the key and its record.
+        A ``signed`` key's secret is read back from its record with ``signing_secret``."""
         validate_tenant(tenant)
         if len(name) > MAX_NAME_LENGTH:
             raise InvalidInput(
@@ -141,6 +166,11 @@ class KeyStore:
             created_at=round(time.time(), 3),
             hash=self._hasher.hash(api_key),
             segment=segment,
+            signing_secret=(
+                self._signing.seal(SIGNING_SECRET_PREFIX + secrets.token_urlsafe(32))
+                if signed
+                else ""
+            ),
         )
         payload = json.dumps(asdict(record))
         ks = self._keyspace
@@ -163,6 +193,11 @@ class KeyStore:
         if raw is None:
             raise NotFound("the key vanished while it was being registered")
         return KeyRecord(**json.loads(raw))
+
+    def signing_secret(self, record: KeyRecord) -> str | None:
+        """The request signing secret of a signed key, None for a key that is not signed.
+        SealError if it does not open (the record was sealed with another key secret)."""
+        return self._signing.open(record.signing_secret) if record.signing_secret else None
 
     def key_hash(self, api_key: str) -> str:
         """The keyed hash a presented key is stored under."""
