@@ -32,10 +32,10 @@ class ControlAuth:
         signature, which covers the body: it is read here, once), 403 if ``admin`` and it is not,
         429 when the tenant has made too many requests of the kind ``limit``."""
         principal = await authenticate(self._auth, request.scope, self._limits)
-        secret = principal.signing_secret
-        if secret is not None:
+        signing_key = principal.signing_key
+        if signing_key is not None:
             body = await read_body(request)
-            await verify_signature(secret, request.scope, body, self._limits)
+            await verify_signature(signing_key, request.scope, body, self._limits)
         if admin and not principal.admin:
             raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
         if self._limits is not None:

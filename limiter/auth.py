@@ -16,6 +16,7 @@ A signed key's principal carries its opened request signing secret, so the signa
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -40,8 +41,9 @@ class Principal:
     admin: bool
     fail_mode: FailMode
     segment: str | None = None  # the key's default customer segment
-    # a signed key's request signing secret (UTF-8): its requests must be signed with it
-    signing_secret: bytes | None = None
+    # a signed key's HMAC-SHA256 keyed with its signing secret (copied for each request,
+    # never updated itself): its requests must be signed with that secret
+    signing_key: hmac.HMAC | None = None
 
 
 class KeyFallback(Protocol):
@@ -166,5 +168,5 @@ class Authenticator:
             record.admin,
             mode or self._default_fail_mode,
             record.segment or None,
-            None if secret is None else secret.encode(),
+            None if secret is None else hmac.new(secret.encode(), digestmod="sha256"),
         )

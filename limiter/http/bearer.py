@@ -6,6 +6,8 @@ same way."""
 
 from __future__ import annotations
 
+import hmac
+
 from limiter.api_limits import ApiLimiter, Limited
 from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
@@ -48,13 +50,13 @@ async def authenticate(
 
 
 async def verify_signature(
-    secret: bytes, scope: Scope, body: bytes, limits: ApiLimiter | None = None
+    key: hmac.HMAC, scope: Scope, body: bytes, limits: ApiLimiter | None = None
 ) -> None:
-    """For a signed key (its principal's ``signing_secret``): return if the request is
-    signed with ``secret``, else the 401, counted as a failed authentication of the
+    """For a signed key (its principal's ``signing_key``): return if the request is signed
+    with that key's secret, else the 401, counted as a failed authentication of the
     client's address."""
     try:
-        verify(scope, body, secret)
+        verify(scope, body, key)
     except Problem:
         await _failed(limits, scope)
         raise

@@ -114,9 +114,9 @@ class CheckHandler:
             self._auth, scope, self._api_limits
         )
         body = await read_body(scope, receive, self._max_body)
-        secret = principal.signing_secret
-        if secret is not None:  # a signed key: the only extra step
-            await verify_signature(secret, scope, body, self._api_limits)
+        signing_key = principal.signing_key
+        if signing_key is not None:  # a signed key: the only extra step
+            await verify_signature(signing_key, scope, body, self._api_limits)
         request: CheckRequest = decode(_check_decoder, body)
         check = self.to_check(principal.tenant, request, started, None, principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
@@ -153,9 +153,9 @@ class CheckHandler:
             self._auth, scope, self._api_limits
         )
         body = await read_body(scope, receive, self._max_batch_body)
-        secret = principal.signing_secret
-        if secret is not None:
-            await verify_signature(secret, scope, body, self._api_limits)
+        signing_key = principal.signing_key
+        if signing_key is not None:
+            await verify_signature(signing_key, scope, body, self._api_limits)
         request: BatchRequest = decode(_batch_decoder, body)
         checks = [
             self.to_check(principal.tenant, item, started, index, principal.segment)

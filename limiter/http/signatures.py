@@ -50,14 +50,18 @@ def string_to_sign(timestamp: bytes, method: str, target: bytes, body: bytes) ->
     return b"\n".join((timestamp, method.upper().encode("ascii"), target, digest))
 
 
-def signature(secret: bytes, timestamp: bytes, method: str, target: bytes, body: bytes) -> bytes:
-    """The hex HMAC-SHA256 a request is signed with (without the ``v1=``)."""
-    message = string_to_sign(timestamp, method, target, body)
-    return hmac.new(secret, message, hashlib.sha256).hexdigest().encode("ascii")
+def signature(key: hmac.HMAC, timestamp: bytes, method: str, target: bytes, body: bytes) -> bytes:
+    """The hex HMAC-SHA256 a request is signed with (without the ``v1=``); ``key`` is an
+    HMAC-SHA256 keyed with the secret and fed nothing: a copy of it is used (half the cost
+    of keying a new one per request)."""
+    mac = key.copy()
+    mac.update(string_to_sign(timestamp, method, target, body))
+    return mac.hexdigest().encode("ascii")
 
 
-def verify(scope: Scope, body: bytes, secret: bytes, now: float | None = None) -> None:
-    """Return if the request is signed with ``secret`` within the window; else the 401."""
+def verify(scope: Scope, body: bytes, key: hmac.HMAC, now: float | None = None) -> None:
+    """Return if the request is signed with ``key``'s secret within the window; else the
+    401."""
     timestamp = header(scope, TIMESTAMP_HEADER)
     signed = header(scope, SIGNATURE_HEADER)
     if timestamp is None or signed is None:
@@ -84,7 +88,7 @@ def verify(scope: Scope, body: bytes, secret: bytes, now: float | None = None) -
             "client's clock)",
             server_time=int(now),
         )
-    expected = signature(secret, timestamp, scope["method"], request_target(scope), body)
+    expected = signature(key, timestamp, scope["method"], request_target(scope), body)
     matched = False
     for entry in signed.split(b","):
         scheme, _, value = entry.strip().partition(b"=")
