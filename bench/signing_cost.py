@@ -14,11 +14,12 @@ shorter) and wrk sends them as they are: the numbers are the server's cost of ve
 signature (two headers, the body's SHA-256, an HMAC, a constant-time compare), not a
 client's cost of making one.
 
-Each round measures, back to back and each after a discarded warm-up, the unsigned and the
-signed key (in turns: the first of a pair alternates, so neither gains by going first),
-with ``--connections`` connections (throughput), then both with one connection (latency).
-The table shows medians over the rounds and the signed / unsigned ratio of each round's
-pair, and the time ``verify`` takes alone, in this process.  This is a measurement, not a
+Each round measures, back to back and each after a discarded warm-up, the unsigned key,
+another unsigned key whose requests carry the same two signature headers (which the server
+ignores: the cost of their bytes alone) and the signed key, in turns (each goes first in
+one round of three), with ``--connections`` connections (throughput), then with one
+connection (latency).  The table shows medians over the rounds, the ratios of each round's
+runs, and the time ``verify`` takes alone, in this process.  This is a measurement, not a
 test: the exit status is 1 only if the harness failed or a request got an error status.
 """
 
@@ -120,7 +121,7 @@ class SignedWrk(Wrk):
         self, service: Service, path: str, connections: int, duration: float, batch: int = 0
     ) -> WrkResult:
         secret = self._secrets.get(service.token)
-        script = self.script_dir / ("signed.lua" if secret else "unsigned.lua")
+        script = self.script_dir / f"{service.token[:12]}.lua"
         timestamp = str(int(time.time()))
         signatures = (
             ",".join(f'"{signature(secret, timestamp, body(i))}"' for i in range(NUM_KEYS))
@@ -206,22 +207,28 @@ class SigningBench(Bench):
         redis_port = self.start_redis()
         admin = self.start_ratewatch(redis_port)
         unsigned_key, _ = create_key(admin, signed=False)
+        headers_key, _ = create_key(admin, signed=False)
         signed_key, secret = create_key(admin, signed=True)
         if secret is None:
             raise BenchError("POST /v1/keys with signed=true returned no signing_secret")
         # both are the one "ratewatch" process: measure() checks it is still alive
         unsigned = Service("ratewatch", admin.base_url, unsigned_key)
         signed = Service("ratewatch", admin.base_url, signed_key)
-        self.wrk = SignedWrk(self.wrk.binary, self.work, {signed_key: secret})
+        # an unsigned key sending the same two headers (ignored): the cost of their bytes
+        headers = Service("ratewatch", admin.base_url, headers_key)
+        self.wrk = SignedWrk(
+            self.wrk.binary, self.work, {signed_key: secret, headers_key: "rws_ignored"}
+        )
         sanity(unsigned, None)
         sanity(signed, secret)
         conns = self.args.connections
         for index in range(self.args.rounds):
             log(f"round {index + 1} of {self.args.rounds}")
-            pair = [("unsigned", unsigned), ("signed", signed)]
-            for name, service in pair if index % 2 == 0 else pair[::-1]:
+            kinds = [("unsigned", unsigned), ("headers only", headers), ("signed", signed)]
+            order = kinds[index % 3 :] + kinds[: index % 3]  # each goes first in turn
+            for name, service in order:
                 self.measure(name, service, PATH, conns)
-            for name, service in pair if index % 2 == 0 else pair[::-1]:
+            for name, service in order:
                 self.measure(f"{name} latency", service, PATH, 1)
         self.report(conns, verify_alone_us(secret))
         bad = sum(r.bad_status + r.socket_errors for rounds in self.runs.values() for r in rounds)
@@ -235,22 +242,37 @@ class SigningBench(Bench):
             s.rps / u.rps for s, u in zip(runs["signed"], runs["unsigned"], strict=True) if u.rps
         ]
         print(f"POST {PATH}, medians of {self.args.rounds} round(s), range in brackets:")
-        for name in ("unsigned", "signed"):
+        for name in ("unsigned", "headers only", "signed"):
             rps = [r.rps for r in runs[name]]
             p50 = [float(r.p50_us) for r in runs[f"{name} latency"]]
             p99 = [float(r.p99_us) for r in runs[f"{name} latency"]]
             print(
-                f"  {name:<9} {spread(rps, ',.0f')} req/s at {conns} connections; "
+                f"  {name:<12} {spread(rps, ',.0f')} req/s at {conns} connections; "
                 f"1 connection p50 {spread(p50, '.0f')} us, p99 {spread(p99, '.0f')} us"
             )
         print(f"  signed / unsigned throughput: {spread(ratio, '.3f')}")
+        carried = [
+            h.rps / u.rps
+            for h, u in zip(runs["headers only"], runs["unsigned"], strict=True)
+            if u.rps
+        ]
+        print(f"  headers only / unsigned throughput: {spread(carried, '.3f')}")
         extra = [
             float(s.p50_us - u.p50_us)
             for s, u in zip(runs["signed latency"], runs["unsigned latency"], strict=True)
         ]
         print(f"  signed - unsigned p50 latency: {spread(extra, '+.0f')} us")
         print(f"  the signature's verification alone, in process: {verify_us:.1f} us")
-        print(json.dumps({"ratio": median(ratio), "ratios": ratio, "verify_us": verify_us}))
+        print(
+            json.dumps(
+                {
+                    "ratio": median(ratio),
+                    "ratios": ratio,
+                    "headers_only": carried,
+                    "verify_us": verify_us,
+                }
+            )
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.credentials import create_signed_key
 from tests.support.openapi import assert_published_shape
+from tests.support.paths import REPO
 from tests.support.servers import RatewatchProcess, RedisServer
 
 PROBLEM = "application/problem+json"
@@ -220,3 +221,21 @@ def test_the_keys_api_creates_a_signed_key_and_shows_its_secret_once(
     finally:
         client.http.close()
     assert api.post("/v1/keys", json={"signed": "yes"}).status_code == 422
+
+
+def test_the_documented_client_example_is_served(
+    limiter: RatewatchProcess, signed: Signed, redis_server: RedisServer, tenant: str
+) -> None:
+    """docs/security.md's ten-line client, run as written."""
+    text = (REPO / "docs" / "security.md").read_text()
+    section = text.split("## Signed requests", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 10, code
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/security.md", "exec"), namespace)
+    api_key, secret = create_signed_key(redis_server.url, tenant)
+    response = namespace["signed_post"](limiter.base_url, "/v1/check", CHECK, api_key, secret)
+    assert response.status_code == 200, response.text
+    assert response.json()["remaining"] == 9
+    wrong = namespace["signed_post"](limiter.base_url, "/v1/check", CHECK, api_key, "rws_no")
+    assert_401(wrong, "signature-invalid")
