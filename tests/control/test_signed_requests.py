@@ -230,7 +230,7 @@ def test_the_documented_client_example_is_served(
     text = (REPO / "docs" / "security.md").read_text()
     section = text.split("## Signed requests", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    assert len(code.strip().splitlines()) <= 10, code
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10, code
     namespace: dict[str, Any] = {}
     exec(compile(code, "docs/security.md", "exec"), namespace)
     api_key, secret = create_signed_key(redis_server.url, tenant)
