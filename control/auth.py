@@ -1,14 +1,16 @@
 """Who calls a control-plane route: the tenant's principal, from the same API keys and the
-same cache as the check path, with admin routes closed to standard keys, and the tenant's
-control-plane limits (``limiter/api_limits.py``) counted."""
+same cache as the check path, with admin routes closed to standard keys, a signed key's
+signature verified (``limiter/http/signatures.py``), and the tenant's control-plane limits
+(``limiter/api_limits.py``) counted."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from control.http import read_body
 from limiter.api_limits import ApiLimiter, Limited
 from limiter.auth import Authenticator, Principal
-from limiter.http.bearer import authenticate
+from limiter.http.bearer import authenticate, verify_signature
 from limiter.http.problems import Problem, too_many_requests
 
 _WHAT = {
@@ -26,9 +28,14 @@ class ControlAuth:
     async def principal(
         self, request: Request, *, admin: bool, limit: Limited = Limited.CONTROL
     ) -> Principal:
-        """The caller's principal; 401 without a valid key, 403 if ``admin`` and it is not,
+        """The caller's principal; 401 without a valid key (or a signed key's valid
+        signature, which covers the body: it is read here, once), 403 if ``admin`` and it is not,
         429 when the tenant has made too many requests of the kind ``limit``."""
         principal = await authenticate(self._auth, request.scope, self._limits)
+        signing_key = principal.signing_key
+        if signing_key is not None:
+            body = await read_body(request)
+            await verify_signature(signing_key, request.scope, body, self._limits)
         if admin and not principal.admin:
             raise Problem(403, "forbidden", "this route needs an admin key of the tenant")
         if self._limits is not None:

@@ -14,6 +14,7 @@ from limiter.http.checks import decode
 from limiter.http.problems import Problem
 
 MAX_ADMIN_BODY = 64 * 1024
+_BODY = "ratewatch.body"  # where the scope keeps the body once read
 _encoder = msgspec.json.Encoder()
 
 
@@ -21,8 +22,12 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(content), status, media_type="application/json")
 
 
-async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
-    """The body decoded and validated by ``decoder``; 413 past MAX_ADMIN_BODY bytes."""
+async def read_body(request: Request) -> bytes:
+    """The body, 413 past MAX_ADMIN_BODY bytes; read once per request, so that a signed
+    key's signature check and the route see the same bytes."""
+    cached: bytes | None = request.scope.get(_BODY)
+    if cached is not None:
+        return cached
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -32,7 +37,13 @@ async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any
                 "body-too-large",
                 f"request body exceeds the limit of {MAX_ADMIN_BODY} bytes",
             )
-    return decode(decoder, body or b"{}")
+    request.scope[_BODY] = body
+    return body
+
+
+async def read_json(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """The body decoded and validated by ``decoder``; 413 past MAX_ADMIN_BODY bytes."""
+    return decode(decoder, await read_body(request) or b"{}")
 
 
 def client_ip(request: Request) -> str:

@@ -19,6 +19,8 @@ from control.schemas.requests import (
 from control.schemas.responses import (
     AlertList,
     AuditList,
+    KeyCreated,
+    KeyList,
     PrivacyDeleteResult,
     PrivacySummaryResult,
     UsageResponse,
@@ -98,6 +100,8 @@ def build_openapi(version: str) -> dict[str, Any]:
             BatchRequest,
             BatchResult,
             KeyCreate,
+            KeyCreated,
+            KeyList,
             BlockCreate,
             SettingsUpdate,
             UsageResponse,
@@ -215,12 +219,37 @@ def build_openapi(version: str) -> dict[str, Any]:
         *id_param,
         *_query_parameters(("limit", "integer", "At most this many attempts (1-100).")),
     ]
+    create_key = _operation(
+        "Create an API key; the key (and a signed key's secret) is shown once (admin)",
+        "KeyCreated",
+        400,
+        403,
+        422,
+        body="KeyCreate",
+        ok="201",
+    )
+    create_key["description"] = (
+        'With `"signed": true` the key\'s requests (on every route) must carry '
+        "`RateWatch-Timestamp: <Unix seconds>` and `RateWatch-Signature: v1=<hex HMAC-SHA256 of "
+        '"timestamp\\nMETHOD\\npath?query\\nhex SHA-256 of the body">` keyed by '
+        "`signing_secret`, within 300 s of the server's clock; else 401 `signature-missing`, "
+        "`signature-stale` or `signature-invalid`."
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": "RateWatch", "version": version},
         "components": {
             "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "An API key. A signed key's requests also carry RateWatch-Timestamp "
+                        "and RateWatch-Signature (docs/security.md, 'Signed requests')."
+                    ),
+                }
+            },
         },
         "security": [{"apiKey": []}],
         "paths": {
@@ -236,16 +265,8 @@ def build_openapi(version: str) -> dict[str, Any]:
                 )
             },
             "/v1/keys": {
-                "get": _operation("List the tenant's API keys (admin)", None, 403),
-                "post": _operation(
-                    "Create an API key; the key is shown once (admin)",
-                    None,
-                    400,
-                    403,
-                    422,
-                    body="KeyCreate",
-                    ok="201",
-                ),
+                "get": _operation("List the tenant's API keys (admin)", "KeyList", 403),
+                "post": create_key,
             },
             "/v1/keys/{id}": {
                 "delete": {

@@ -14,11 +14,16 @@ What a client presents is never kept beyond a small bound: a token longer than a
 negative cache of at most ``max_unknown`` entries (so a flood of wrong keys costs Redis
 one lookup per token and TTL, and this process a bounded amount of memory).  The valid
 keys' cache is bounded by the keys that exist.
+
+A signed key's principal carries its opened request signing secret, so the signature check
+(``limiter/http/signatures.py``) runs for those keys only and costs no lookup either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,7 +32,10 @@ from typing import Protocol
 
 from limiter.errors import StoreUnavailable
 from limiter.state.apikeys import MAX_KEY_LENGTH, KeyRecord, KeyStore
+from limiter.state.sealing import SealError
 from limiter.state.tenants import FailMode, TenantSettingsStore
+
+log = logging.getLogger("ratewatch.limiter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,9 @@ class Principal:
     admin: bool
     fail_mode: FailMode
     segment: str | None = None  # the key's default customer segment
+    # a signed key's HMAC-SHA256 keyed with its signing secret (copied for each request,
+    # never updated itself): its requests must be signed with that secret
+    signing_key: hmac.HMAC | None = None
 
 
 class KeyFallback(Protocol):
@@ -183,11 +194,18 @@ class Authenticator:
         found = await self._fallback.find(self._keys.key_hash(token))
         return None if found is None else self._principal(*found)
 
-    def _principal(self, record: KeyRecord, mode: FailMode | None) -> Principal:
+    def _principal(self, record: KeyRecord, mode: FailMode | None) -> Principal | None:
+        try:
+            secret = self._keys.signing_secret(record)
+        except SealError as exc:
+            # a signed key whose secret cannot be read cannot be verified: refused
+            log.warning("refusing signed key %s of tenant %s: %s", record.id, record.tenant, exc)
+            return None
         return Principal(
             record.tenant,
             record.id,
             record.admin,
             mode or self._default_fail_mode,
             record.segment or None,
+            None if secret is None else hmac.new(secret.encode(), digestmod="sha256"),
         )

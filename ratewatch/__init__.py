@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         ServiceUnavailable,
     )
     from ratewatch.middleware import RateLimitMiddleware
+    from ratewatch.signing import RequestSigner
 
 _MODULES = {
     "FAIL_OPEN_REASON": "ratewatch.client",
@@ -30,6 +31,7 @@ _MODULES = {
     "RateWatchError": "ratewatch.errors",
     "ServiceUnavailable": "ratewatch.errors",
     "RateLimitMiddleware": "ratewatch.middleware",
+    "RequestSigner": "ratewatch.signing",
 }
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "RateLimitMiddleware",
     "RateWatch",
     "RateWatchError",
+    "RequestSigner",
     "ServiceUnavailable",
 ]
 

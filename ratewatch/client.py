@@ -3,7 +3,9 @@
 Both clients keep one pooled HTTP connection set for their lifetime; use them as context
 managers or call ``close()``.  When the service cannot answer (unreachable, timeout, 5xx,
 garbage) a client made with ``fail_open=True`` returns an *allowed* result whose ``reason``
-is ``"client_fail_open"`` instead of raising :class:`ServiceUnavailable`.
+is ``"client_fail_open"`` instead of raising :class:`ServiceUnavailable`.  Given a signed
+key's signing secret (``signing_secret`` or ``$RATEWATCH_SIGNING_SECRET``), they sign every
+request (:mod:`ratewatch.signing`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ratewatch.errors import (
     RateWatchError,
     ServiceUnavailable,
 )
+from ratewatch.signing import RequestSigner
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -116,6 +119,13 @@ def _verify(verify: bool | ssl.SSLContext, ca_file: str | os.PathLike[str] | Non
     if ca_file is not None and verify is not False:
         return ssl.create_default_context(cafile=os.fspath(ca_file))
     return verify
+
+
+def _signer(signing_secret: str | None) -> RequestSigner | None:
+    secret = (
+        signing_secret if signing_secret is not None else os.environ.get("RATEWATCH_SIGNING_SECRET")
+    )
+    return RequestSigner(secret) if secret else None
 
 
 def _headers(api_key: str) -> dict[str, str]:
@@ -227,7 +237,8 @@ class RateWatch(_ClientBase):
     then to ``http://127.0.0.1:8080``; ``timeout`` is in seconds.  For an ``https://`` URL
     whose certificate the system's CAs do not vouch for (a private CA, a self-signed
     certificate) pass ``ca_file`` (or set ``$RATEWATCH_CA_FILE``), or an ``ssl.SSLContext``
-    as ``verify``.
+    as ``verify``.  For a signed key pass its ``signing_secret`` (or set
+    ``$RATEWATCH_SIGNING_SECRET``): every request is then signed.
     """
 
     def __init__(
@@ -240,12 +251,14 @@ class RateWatch(_ClientBase):
         transport: httpx.BaseTransport | None = None,
         verify: bool | ssl.SSLContext = True,
         ca_file: str | os.PathLike[str] | None = None,
+        signing_secret: str | None = None,
     ):
         super().__init__(fail_open)
         key, self.base_url = _settings(api_key, base_url)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=_headers(key),
+            auth=_signer(signing_secret),
             timeout=timeout,
             transport=transport,
             verify=_verify(verify, ca_file),
@@ -318,12 +331,14 @@ class AsyncRateWatch(_ClientBase):
         transport: httpx.AsyncBaseTransport | None = None,
         verify: bool | ssl.SSLContext = True,
         ca_file: str | os.PathLike[str] | None = None,
+        signing_secret: str | None = None,
     ):
         super().__init__(fail_open)
         key, self.base_url = _settings(api_key, base_url)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=_headers(key),
+            auth=_signer(signing_secret),
             timeout=timeout,
             transport=transport,
             verify=_verify(verify, ca_file),

@@ -1,6 +1,6 @@
-"""``/v1/keys``: the tenant's API keys (admin keys only).  A new key is in the answer of its
-creation and never again; a revoked key is refused on this instance at once, and on every
-other within the auth cache's TTL."""
+"""``/v1/keys``: the tenant's API keys (admin keys only).  A new key (and a signed key's
+signing secret) is in the answer of its creation and never again; a revoked key is refused
+on this instance at once, and on every other within the auth cache's TTL."""
 
 from __future__ import annotations
 
@@ -46,17 +46,29 @@ class KeyRoutes:
         body: KeyCreate = await read_json(request, _key_create)
         await self._durable.settled()
         api_key, record = await self._keys.create(
-            principal.tenant, admin=body.admin, name=body.name, segment=body.segment
+            principal.tenant,
+            admin=body.admin,
+            name=body.name,
+            segment=body.segment,
+            signed=body.signed,
         )
         await self._durable.key_saved(record)
         await self._audit.record(
             principal,
             KEY_CREATED,
             record.id,
-            {"admin": record.admin, "name": record.name, "segment": record.segment or None},
+            {
+                "admin": record.admin,
+                "name": record.name,
+                "segment": record.segment or None,
+                "signed": record.signed,
+            },
             client_ip(request),
         )
-        return json_response({**record.public(), "key": api_key}, 201)
+        created = {**record.public(), "key": api_key}
+        if record.signed:
+            created["signing_secret"] = self._keys.signing_secret(record)
+        return json_response(created, 201)
 
     async def revoke_key(self, request: Request) -> Response:
         principal = await self._auth.principal(request, admin=True)

@@ -37,6 +37,15 @@ class KeyCreate(msgspec.Struct, kw_only=True):
             description="Customer segment (tier) of this key's checks that name none.",
         ),
     ] = ""
+    signed: Annotated[
+        bool,
+        Meta(
+            description=(
+                "The key's requests must be HMAC-SHA256 signed with a signing secret, "
+                "returned once as `signing_secret` (docs/security.md, 'Signed requests')."
+            )
+        ),
+    ] = False
 
 
 class BlockCreate(msgspec.Struct, kw_only=True):

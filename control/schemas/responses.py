@@ -1,4 +1,5 @@
-"""Response bodies of the analytics, audit, alert and privacy routes, for the OpenAPI document.
+"""Response bodies of the key, analytics, audit, alert and privacy routes, for the OpenAPI
+document.
 
 The routes build plain dicts (their rows come from ClickHouse as JSON); these structs only
 describe them, and a test validates real responses against the published schema.
@@ -9,6 +10,30 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+
+class KeyInfo(msgspec.Struct, kw_only=True):
+    """An API key as listed: never the key itself, nor its signing secret."""
+
+    id: str
+    tenant: str
+    admin: bool
+    name: str
+    hint: str  # the key's first and last characters
+    created_at: float  # epoch seconds
+    segment: str | None
+    signed: bool  # its requests must be signed (docs/security.md, "Signed requests")
+
+
+class KeyList(msgspec.Struct, kw_only=True):
+    keys: list[KeyInfo]
+
+
+class KeyCreated(KeyInfo, kw_only=True):
+    """A new key: the key, and a signed key's signing secret, are shown here only."""
+
+    key: str
+    signing_secret: str | None = None
 
 
 class UsageCounts(msgspec.Struct, kw_only=True):

@@ -1,15 +1,19 @@
 """Who sends a request: the principal of its ``Authorization: Bearer <api key>``, or the
-problem that answers it (401 without a valid key, 429 once the client's address has failed
-too often, 503 when the key store is down and the key was never seen).  The check path and
-the control plane authenticate the same way."""
+problem that answers it (401 without a valid key, or for a signed key without a valid
+signature; 429 once the client's address has failed too often; 503 when the key store is
+down and the key was never seen).  The check path and the control plane authenticate the
+same way."""
 
 from __future__ import annotations
+
+import hmac
 
 from limiter.api_limits import ApiLimiter, Limited
 from limiter.auth import Authenticator, Principal
 from limiter.errors import StoreUnavailable
 from limiter.http.asgi import Scope, bearer_token
 from limiter.http.problems import Problem, too_many_requests
+from limiter.http.signatures import verify
 from limiter.state.apikeys import MAX_KEY_LENGTH
 
 
@@ -50,6 +54,19 @@ async def authenticate(
         await _failed(limits, scope)
         raise Problem(401, "unauthorized", "the API key is not valid or was revoked")
     return principal
+
+
+async def verify_signature(
+    key: hmac.HMAC, scope: Scope, body: bytes, limits: ApiLimiter | None = None
+) -> None:
+    """For a signed key (its principal's ``signing_key``): return if the request is signed
+    with that key's secret, else the 401, counted as a failed authentication of the
+    client's address."""
+    try:
+        verify(scope, body, key)
+    except Problem:
+        await _failed(limits, scope)
+        raise
 
 
 async def _failed(limits: ApiLimiter | None, scope: Scope) -> None:

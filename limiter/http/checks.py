@@ -1,7 +1,7 @@
 """The hot path: ``POST /v1/check`` and ``POST /v1/batch`` as raw ASGI handlers.
 
-Per request: the auth cache, one (coalesced) Redis round trip, the emit seam.  Nothing else
-that could be done once at start is done here.
+Per request: the auth cache, one (coalesced) Redis round trip, the emit seam; for a signed
+key's request, its signature.  Nothing else that could be done once at start is done here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput
 from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, read_body, respond
-from limiter.http.bearer import authenticate, cached_principal
+from limiter.http.bearer import authenticate, cached_principal, verify_signature
 from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
@@ -113,9 +113,11 @@ class CheckHandler:
         principal = cached_principal(self._auth, scope) or await authenticate(
             self._auth, scope, self._api_limits
         )
-        request: CheckRequest = decode(
-            _check_decoder, await read_body(scope, receive, self._max_body)
-        )
+        body = await read_body(scope, receive, self._max_body)
+        signing_key = principal.signing_key
+        if signing_key is not None:  # a signed key: the only extra step
+            await verify_signature(signing_key, scope, body, self._api_limits)
+        request: CheckRequest = decode(_check_decoder, body)
         check = self.to_check(principal.tenant, request, started, None, principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = to_result(outcome, check.limit)
@@ -150,9 +152,11 @@ class CheckHandler:
         principal = cached_principal(self._auth, scope) or await authenticate(
             self._auth, scope, self._api_limits
         )
-        request: BatchRequest = decode(
-            _batch_decoder, await read_body(scope, receive, self._max_batch_body)
-        )
+        body = await read_body(scope, receive, self._max_batch_body)
+        signing_key = principal.signing_key
+        if signing_key is not None:
+            await verify_signature(signing_key, scope, body, self._api_limits)
+        request: BatchRequest = decode(_batch_decoder, body)
         checks = [
             self.to_check(principal.tenant, item, started, index, principal.segment)
             for index, item in enumerate(request.checks)

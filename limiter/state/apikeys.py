@@ -7,6 +7,12 @@ is refused without a lookup; a revoked key's hash is kept as a tombstone, so tha
 never registered again.  The hashing secret comes
 from the settings (or the data dir); its fingerprint is recorded in the store so that a
 process with another secret fails at start instead of rejecting every key.
+
+A signed key (``signed=True``) also has a request signing secret, ``rws_`` and 43 URL-safe
+characters: its requests must carry an HMAC-SHA256 signature made with it
+(``limiter/http/signatures.py``).  The server computes that HMAC, so the secret cannot be
+stored as a hash: the record holds it sealed (``limiter/state/sealing.py``) with keys
+derived from the key hashing secret, and it is shown in plain once, at creation.
 """
 
 from __future__ import annotations
@@ -23,10 +29,14 @@ from redis.exceptions import RedisError
 
 from limiter.errors import ConfigError, InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.state.sealing import SecretSealer
 
 KEY_PREFIX = "rwk_"
 # no key is longer: a longer bearer token is refused before any lookup or cache entry
 MAX_KEY_LENGTH = 256
+SIGNING_SECRET_PREFIX = "rws_"
+# the purpose the signing secrets are sealed for: never changes (records hold them sealed)
+_SIGNING_PURPOSE = b"ratewatch request signing secrets v1"
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 64
@@ -59,6 +69,13 @@ class KeyRecord:
     hash: str
     # the customer segment (tier) of this key's checks that name none themselves
     segment: str = ""
+    # a signed key's request signing secret, sealed ("" for a key whose requests are not
+    # signed); opened by KeyStore.signing_secret
+    signing_secret: str = ""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.signing_secret)
 
     def public(self) -> dict[str, object]:
         return {
@@ -69,6 +86,7 @@ class KeyRecord:
             "hint": self.hint,
             "created_at": self.created_at,
             "segment": self.segment or None,
+            "signed": self.signed,
         }
 
 
@@ -84,6 +102,10 @@ class KeyHasher:
     @property
     def fingerprint(self) -> str:
         return blake3(b"ratewatch-secret-fingerprint", key=self._secret).hexdigest()[:16]
+
+    def sealer(self, purpose: bytes) -> SecretSealer:
+        """Seals secrets of one ``purpose`` with a key derived from this secret."""
+        return SecretSealer(self._secret, purpose)
 
 
 def new_api_key() -> str:
@@ -101,6 +123,7 @@ class KeyStore:
         self._redis = redis
         self._keyspace = keyspace
         self._hasher = hasher
+        self._signing = hasher.sealer(_SIGNING_PURPOSE)
 
     async def verify_secret(self) -> None:
         """Record the secret's fingerprint, or fail if the store was set up with another."""
@@ -124,8 +147,10 @@ class KeyStore:
         name: str = "",
         api_key: str | None = None,
         segment: str = "",
+        signed: bool = False,
     ) -> tuple[str, KeyRecord]:
-        """Create a key (or register ``api_key`` as given); returns the key and its record."""
+        """Create a key (or register ``api_key`` as given); returns the key and its record.
+        A ``signed`` key's secret is read back from its record with ``signing_secret``."""
         validate_tenant(tenant)
         if len(name) > MAX_NAME_LENGTH:
             raise InvalidInput(
@@ -137,6 +162,7 @@ class KeyStore:
                 "are allowed"
             )
         api_key = api_key if api_key is not None else new_api_key()
+        key_hash = self._hasher.hash(api_key)
         record = KeyRecord(
             id="key_" + secrets.token_hex(8),
             tenant=tenant,
@@ -144,8 +170,16 @@ class KeyStore:
             name=name,
             hint=_hint(api_key),
             created_at=round(time.time(), 3),
-            hash=self._hasher.hash(api_key),
+            hash=key_hash,
             segment=segment,
+            # bound to the key's hash: moved to another key's record it does not open
+            signing_secret=(
+                self._signing.seal(
+                    SIGNING_SECRET_PREFIX + secrets.token_urlsafe(32), key_hash.encode()
+                )
+                if signed
+                else ""
+            ),
         )
         payload = json.dumps(asdict(record))
         ks = self._keyspace
@@ -168,6 +202,13 @@ class KeyStore:
         if raw is None:
             raise NotFound("the key vanished while it was being registered")
         return KeyRecord(**json.loads(raw))
+
+    def signing_secret(self, record: KeyRecord) -> str | None:
+        """The request signing secret of a signed key, None for a key that is not signed.
+        SealError if it does not open (the record was sealed with another key secret)."""
+        if not record.signing_secret:
+            return None
+        return self._signing.open(record.signing_secret, record.hash.encode())
 
     def key_hash(self, api_key: str) -> str:
         """The keyed hash a presented key is stored under."""

@@ -81,37 +81,56 @@ def keys() -> None:
 @click.option("--admin", is_flag=True, help="The key may manage keys, blocks and settings.")
 @click.option("--name", default="", help="A label to recognise the key by.")
 @click.option("--segment", default="", help="Customer segment (tier) of the key's checks.")
+@click.option(
+    "--signed",
+    is_flag=True,
+    help="The key's requests must be HMAC-SHA256 signed with a signing secret, printed once "
+    "(docs/security.md, 'Signed requests').",
+)
 @store_options
 def create(
     tenant: str,
     admin: bool,
     name: str,
     segment: str,
+    signed: bool,
     data_dir: Path,
     redis_url: str | None,
     clickhouse_url: str | None,
     key_prefix: str,
 ) -> None:
-    """Create a key; it is printed once, as the last word of the output."""
+    """Create a key; it is printed once, as the last word of the output (a signed key's
+    signing secret on the line before)."""
     from stream.audit import KEY_CREATED, new_audit_event
 
-    async def go() -> tuple[str, KeyRecord]:
+    async def go() -> tuple[str, KeyRecord, str | None]:
         async with key_store(data_dir, redis_url, key_prefix, clickhouse_url) as (
             store,
             audit,
             durable,
         ):
-            api_key, record = await store.create(tenant, admin=admin, name=name, segment=segment)
+            api_key, record = await store.create(
+                tenant, admin=admin, name=name, segment=segment, signed=signed
+            )
             await durable.key_saved(record)
-            details = {"admin": admin, "name": name, "segment": segment or None}
+            details = {"admin": admin, "name": name, "segment": segment or None, "signed": signed}
             await audit.record(new_audit_event(tenant, CLI_ACTOR, KEY_CREATED, record.id, details))
-            return api_key, record
+            return api_key, record, store.signing_secret(record)
 
-    api_key, record = run(go())
-    kind = "admin key" if admin else "key"
-    click.echo(
-        f"Created {kind} {record.id} for tenant {tenant}. Store it now, it is not shown again:"
-    )
+    api_key, record, secret = run(go())
+    kind = ("signed " if signed else "") + ("admin key" if admin else "key")
+    if secret is None:
+        click.echo(
+            f"Created {kind} {record.id} for tenant {tenant}. Store it now, it is not shown again:"
+        )
+    else:
+        click.echo(
+            f"Created {kind} {record.id} for tenant {tenant}: its requests must be signed with "
+            "its signing secret (docs/security.md, 'Signed requests'). Store both now, they "
+            "are not shown again."
+        )
+        click.echo(f"Signing secret: {secret}")
+        click.echo("API key:")
     click.echo(api_key)
 
 

@@ -25,6 +25,7 @@ from limiter.keyspace import Keyspace
 from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyHasher, KeyStore
 from limiter.state.blocks import BlockStore
+from limiter.state.sealing import SealError
 from limiter.state.tenants import TenantSettingsStore
 from tests.support.credentials import KEY_SECRET
 from tests.support.servers import RedisServer
@@ -210,3 +211,30 @@ async def test_webhook_secrets_are_not_in_clickhouse_in_plain_text(
         assert hook.secret[len("whsec_") :] not in rows[0][0]
     finally:
         await journal.close()
+
+
+@both_stores
+async def test_a_signed_keys_secret_is_restored_sealed(journal: Journal, redis: Redis) -> None:
+    """The signing secret is in the key's record, sealed: it comes back with the record
+    after Redis lost it, opens to the same secret, and is never in the journal in plain."""
+    stores = Stores(redis, journal, "dur" + secrets.token_hex(4))
+    await stores.restorer().start()
+    api_key, record = await stores.keys.create("acme", name="signer", signed=True)
+    await stores.durable.key_saved(record)
+    secret = stores.keys.signing_secret(record)
+    assert secret is not None
+    assert secret.startswith("rws_")
+    saved = await journal.find(KEY, record.hash)
+    assert saved is not None
+    assert secret not in saved.payload
+    assert secret[len("rws_") :] not in saved.payload
+
+    await stores.wipe()
+    await stores.restorer().restore()
+    restored = await stores.keys.lookup(api_key)
+    assert restored == record
+    assert stores.keys.signing_secret(restored) == secret
+    # another key hashing secret cannot open it
+    with pytest.raises(SealError):
+        KeyStore(redis, stores.keyspace, KeyHasher(bytes(32))).signing_secret(restored)
+    await stores.wipe()

@@ -36,3 +36,22 @@ def create_key(
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def create_signed_key(
+    redis_url: str, tenant: str, *, admin: bool = False, prefix: str = "rw"
+) -> tuple[str, str]:
+    """A new signed API key of ``tenant`` and its signing secret, as the CLI makes them."""
+
+    async def go() -> tuple[str, str]:
+        client = Redis.from_url(redis_url)
+        try:
+            store = KeyStore(client, Keyspace(prefix), KeyHasher(KEY_SECRET))
+            api_key, record = await store.create(tenant, admin=admin, name="test", signed=True)
+            secret = store.signing_secret(record)
+            assert secret is not None
+            return api_key, secret
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
