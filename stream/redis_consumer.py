@@ -46,6 +46,10 @@ PARTITION = 0  # a stream is one ordered sequence
 MAX_RETRY_PAUSE = 5.0
 MAX_READ = 5000  # entries of one read: the reply is parsed at once
 WRITING_POLL_MS = 50  # a read's longest wait while a batch is written
+# a read's longest wait with nothing in hand: an entry ends the wait as it arrives, so this
+# only says how often an idle worker wakes (and how late it may notice it is told to stop:
+# no later than the outbox drains and detection, which wait as long)
+BLOCK_MS = 1000
 
 
 class PlannedStore(EventStore, Protocol):
@@ -79,7 +83,7 @@ class StreamPipeline:
         stopping: asyncio.Event,
         *,
         bounds: BatchBounds | None = None,
-        block_ms: int = 100,
+        block_ms: int = BLOCK_MS,
     ):
         self.bounds = bounds or BatchBounds()
         self._read_count = min(self.bounds.max_decisions, MAX_READ)
