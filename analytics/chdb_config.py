@@ -63,6 +63,9 @@ ENGINE_SETTINGS: dict[str, int] = {
 MERGE_TREE_SETTINGS: dict[str, int] = {
     # never fan the deletion of replaced parts out to the parts-cleaning pool (128 threads)
     "concurrent_part_removal_threshold": 1_000_000,
+    # how often each table looks for replaced parts to delete (default every second): ten
+    # tables, ten wake-ups a second of an idle worker; replaced parts wait a little longer
+    "merge_tree_clear_old_parts_interval_seconds": 10,
 }
 
 SESSION_SETTINGS: dict[str, int] = {
