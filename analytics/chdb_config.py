@@ -54,11 +54,18 @@ ENGINE_SETTINGS: dict[str, int] = {
     "query_condition_cache_size": 16 * MIB,
     # compiled expressions (default 128 MiB): the queries are few and repeat
     "compiled_expression_cache_size": 16 * MIB,
+    # how often the memory worker reads the process's memory (default 0: every 50 ms in a
+    # cgroup, 100 ms otherwise): twenty wake-ups a second of an idle worker, for a memory
+    # limit a few hundred MiB away that a second's delay does not bring nearer
+    "memory_worker_period_ms": 1000,
 }
 
 MERGE_TREE_SETTINGS: dict[str, int] = {
     # never fan the deletion of replaced parts out to the parts-cleaning pool (128 threads)
     "concurrent_part_removal_threshold": 1_000_000,
+    # how often each table looks for replaced parts to delete (default every second): ten
+    # tables, ten wake-ups a second of an idle worker; replaced parts wait a little longer
+    "merge_tree_clear_old_parts_interval_seconds": 10,
 }
 
 SESSION_SETTINGS: dict[str, int] = {

@@ -16,8 +16,13 @@ create``, sends a few seconds of traffic to settle the tree, then runs one phase
    process of the tree (utime + stime, plus those of reaped children, from
    ``/proc/<pid>/stat`` at both ends, over the wall time), by role: supervisor, valkey,
    limiter, pipeline (from the pid files in ``<data-dir>/run`` and the server's name),
-   and the pipeline worker's by thread name; VmRSS and threads at the end; the tree's RSS
-   peak, sampled every second; any process started in the window (a restarted child);
+   and the pipeline worker's by thread name; VmRSS and threads at the end, the RSS split
+   into anonymous memory (RssAnon: heaps, caches, what the process allocated) and
+   file-backed pages (RssFile: mostly the code of the shared libraries it ran, such as
+   chDB's 550 MB library, clean pages the kernel drops under memory pressure and reads
+   back when they run again), and Pss (``smaps_rollup``: shared pages divided among the
+   processes sharing them); the tree's RSS peak, sampled every second; any process started
+   in the window (a restarted child);
 3. lag window: ``--lag-seconds`` more of the same traffic while ``count()`` of the
    phase's decisions is polled every 100 ms through the pipeline worker's query socket.
    The worker writes the stream in order, so the n-th answered decision is in analytics
@@ -175,16 +180,37 @@ def read_stat(pid: int) -> ProcStat | None:
     return ProcStat(ppid=int(fields[1]), started=int(fields[19]), cpu_ticks=cpu, name=name)
 
 
-def read_status(pid: int) -> tuple[int, int]:
-    """VmRSS in kB and the number of threads (0, 0 if the process is gone)."""
-    rss = threads = 0
+@dataclass(frozen=True)
+class Memory:
+    """What a process holds in memory, in kB: resident (VmRSS), of which anonymous
+    (RssAnon: its heaps, ours to reduce) and file-backed (RssFile: mostly the pages of
+    shared libraries it ran, clean, which the kernel drops under pressure and reads back
+    when they run again); and its proportional share (Pss, from ``smaps_rollup``: a page
+    shared with N processes counts 1/N), 0 when not read."""
+
+    rss: int = 0
+    anon: int = 0
+    file: int = 0
+    pss: int = 0
+
+
+def read_status(pid: int, with_pss: bool = False) -> tuple[Memory, int]:
+    """The memory of ``pid`` and its number of threads (zeros if the process is gone);
+    ``with_pss`` reads Pss too (which walks the process's page tables)."""
+    values = {"VmRSS:": 0, "RssAnon:": 0, "RssFile:": 0, "Threads:": 0}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-    return rss, threads
+            name = line.split(maxsplit=1)[0] if line else ""
+            if name in values:
+                values[name] = int(line.split()[1])
+    pss = 0
+    if with_pss:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    memory = Memory(values["VmRSS:"], values["RssAnon:"], values["RssFile:"], pss)
+    return memory, values["Threads:"]
 
 
 def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
@@ -223,8 +249,12 @@ def read_pid(path: Path) -> int | None:
 class Member:
     role: str
     stat: ProcStat
-    rss_kb: int
+    memory: Memory
     threads: int
+
+    @property
+    def rss_kb(self) -> int:
+        return self.memory.rss
 
 
 @dataclass(frozen=True)
@@ -250,7 +280,7 @@ class Tree:
         self.run_dir = run_dir
         self.private_redis = private_redis
 
-    def snapshot(self, with_memory: bool = True) -> Snapshot:
+    def snapshot(self, with_memory: bool = True, with_pss: bool = False) -> Snapshot:
         at = time.monotonic()
         procs = all_processes()
         named = {self.root: "supervisor"}
@@ -263,8 +293,8 @@ class Tree:
         for pid in descendants(procs, roots):
             stat = procs[pid]
             role = "valkey" if stat.name in SERVER_NAMES else role_of(pid, procs, named)
-            rss, threads = read_status(pid) if with_memory else (0, 0)
-            members[pid] = Member(role, stat, rss, threads)
+            memory, threads = read_status(pid, with_pss) if with_memory else (Memory(), 0)
+            members[pid] = Member(role, stat, memory, threads)
         pipeline = next((pid for pid, role in named.items() if role == "pipeline"), None)
         by_thread = thread_ticks(pipeline) if pipeline in members else {}
         return Snapshot(at, members, by_thread)
@@ -763,6 +793,10 @@ class PhaseResult:
     peak_rss_mb: float
     load: float  # 1-minute load average at the end of the cost window
     generator_cores: float  # this process: the load generator and the /proc reads
+    # the RSS split: anonymous and file-backed (shared libraries' pages), and Pss
+    anon_mb: dict[str, float] = field(default_factory=dict)
+    file_mb: dict[str, float] = field(default_factory=dict)
+    pss_mb: dict[str, float] = field(default_factory=dict)
     answered: int = 0
     failed: int = 0
     denied: float = 0.0  # share of the checks denied by their limit
@@ -822,7 +856,7 @@ class Phases:
         start, own_start = self.tree.snapshot(), own_cpu_seconds()
         with RssSampler(self.tree) as sampler:
             self._drive(rate, args.seconds)
-        end, own_end = self.tree.snapshot(), own_cpu_seconds()
+        end, own_end = self.tree.snapshot(with_pss=True), own_cpu_seconds()
         self.stack.ensure_alive()
         self.stack.remember()
         wall = end.at - start.at
@@ -839,6 +873,9 @@ class Phases:
             load=load_average(),
             generator_cores=(own_end - own_start) / wall,
             restarts={role: n for role, n in born(start, end).items() if n},
+            anon_mb={k: v / 1024 for k, v in end.by_role(lambda m: m.memory.anon).items()},
+            file_mb={k: v / 1024 for k, v in end.by_role(lambda m: m.memory.file).items()},
+            pss_mb={k: v / 1024 for k, v in end.by_role(lambda m: m.memory.pss).items()},
         )
         if rate > 0:
             self._lag(rate, tag, result)
@@ -971,11 +1008,18 @@ def target_rows(results: Sequence[PhaseResult]) -> list[Row]:
 def print_phase(r: PhaseResult) -> None:
     head = f"{phase_name(r.rate)}" + (f" (answered {r.achieved:,.0f} checks/s)" if r.rate else "")
     print(f"\n{head}; load {r.load:.2f}")
-    print(f"  {'process':<11} {'cores':>7} {'RSS MB':>8} {'threads':>8}")
+    print(
+        f"  {'process':<11} {'cores':>7} {'RSS MB':>8} {'anon':>7} {'file':>7} {'PSS MB':>8}"
+        f" {'threads':>8}"
+    )
     for role in (*ROLES, "tree"):
         if role == "other" and not r.threads.get(role):
             continue
-        print(f"  {role:<11} {r.cores[role]:>7.3f} {r.rss_mb[role]:>8.1f} {r.threads[role]:>8.0f}")
+        print(
+            f"  {role:<11} {r.cores[role]:>7.3f} {r.rss_mb[role]:>8.1f}"
+            f" {r.anon_mb.get(role, 0.0):>7.1f} {r.file_mb.get(role, 0.0):>7.1f}"
+            f" {r.pss_mb.get(role, 0.0):>8.1f} {r.threads[role]:>8.0f}"
+        )
     print(f"  tree RSS peak {r.peak_rss_mb:.1f} MB; load generator {r.generator_cores:.3f} cores")
     busiest = sorted(r.pipeline_threads.items(), key=lambda item: -(item[1] or 0.0))
     threads = ", ".join(f"{name} {used:.3f}" for name, used in busiest if used)

@@ -7,6 +7,12 @@ verdict goes to the actions (block, audit, alert).  Evaluation is CPU work on po
 scikit-learn, so it runs on a worker thread and the event loop keeps reading; the models'
 fits run on another (``detectors/training.py``), so a round never waits for one.
 
+A round with nothing to judge is skipped: once a round has run after the newest decision
+left the window the detector judges (``quiet_ms``, its short window) and no decision
+arrived since, the next rounds would judge nobody, so an idle worker does not wake polars
+every few seconds for nothing; one round still runs every ``quiet_interval`` seconds, which
+keeps the detector's housekeeping (forgetting idle tenants) on time.
+
 Detection is statistical: an event lost in a crash changes a rate by one, so the sources
 acknowledge on receipt (at most once), unlike the analytics pipeline, which must count
 every decision exactly once.
@@ -30,6 +36,8 @@ from stream.events import DecisionEvent
 
 log = logging.getLogger("ratewatch.detect")
 
+QUIET_INTERVAL = 60.0  # seconds between the rounds of a detector with nothing to judge
+
 
 class Detector(Protocol):
     def observe(self, frame: pl.DataFrame) -> None: ...
@@ -52,6 +60,7 @@ class DetectionStats:
     evaluations: int = 0
     verdicts: int = 0
     failures: int = 0
+    quiet: int = 0  # rounds skipped: nothing to judge
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -62,27 +71,60 @@ class DetectionLoop:
         actions: Actions,
         interval: float = 5.0,
         metrics: DetectionMetrics | None = None,
+        *,
+        quiet_ms: int | None = None,
+        quiet_interval: float = QUIET_INTERVAL,
     ):
+        """``quiet_ms``: how long after its time a decision still counts in what the
+        detector judges (None: every round runs); ``quiet_interval``: the seconds between
+        the rounds that run while there is nothing to judge."""
+        if quiet_ms is not None and quiet_ms < 0:
+            raise ValueError(f"quiet_ms {quiet_ms!r} must not be negative (or None)")
+        if not quiet_interval > 0:
+            raise ValueError(f"quiet_interval {quiet_interval!r}s must be positive")
         self._detector = detector
         self._actions = actions
         self._interval = interval
+        self._quiet_ms = quiet_ms
+        self._quiet_interval_ms = quiet_interval * 1000
         self._pending: list[DecisionEvent] = []
+        self._newest_ms: int | None = None  # the time of the newest decision observed
+        self._last_round_ms: int | None = None  # when the last round ran
         self.stats = DetectionStats()
         self.metrics = metrics or DetectionMetrics()
 
     def observe(self, events: Sequence[DecisionEvent]) -> None:
         """Queue ``events`` for the detector (cheap: the frame is built per evaluation)."""
+        if not events:
+            return
         self._pending.extend(events)
+        newest = max(event.ts for event in events)
+        if self._newest_ms is None or newest > self._newest_ms:
+            self._newest_ms = newest
         self.stats.events += len(events)
         self.metrics.decisions.inc(len(events))
 
+    def quiet(self, now_ms: int) -> bool:
+        """Whether a round at ``now_ms`` would judge nobody, as the last one did, and may be
+        skipped: nothing arrived since the last round, which ran ``quiet_ms`` or more after
+        the newest decision, less than ``quiet_interval`` ago."""
+        last = self._last_round_ms
+        if self._quiet_ms is None or self._pending or last is None:
+            return False
+        judged_nobody = self._newest_ms is None or last - self._quiet_ms > self._newest_ms
+        return judged_nobody and now_ms - last < self._quiet_interval_ms
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Evaluate every ``interval`` seconds until ``stop`` is set."""
+        """Evaluate every ``interval`` seconds until ``stop`` is set (skipping the rounds
+        that would judge nobody, ``quiet``)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
             if stop.is_set():
                 return
+            if self.quiet(time.time_ns() // 1_000_000):
+                self.stats.quiet += 1
+                continue
             try:
                 await self.evaluate_once()
             except Exception:  # a bad evaluation must not end detection for good
@@ -102,6 +144,7 @@ class DetectionLoop:
 
         events, self._pending = self._pending, []
         moment = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        self._last_round_ms = moment
 
         def work() -> list[Verdict]:
             with self.metrics.evaluation_seconds.time():

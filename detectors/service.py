@@ -47,7 +47,8 @@ def build_detection(
         AuditOutbox(redis, keyspace.audit),
         AlertOutbox(redis, keyspace.alerts),
     )
-    return DetectionLoop(detector, actions, interval, metrics)
+    # a decision older than the short window is judged no more: rounds after that skip
+    return DetectionLoop(detector, actions, interval, metrics, quiet_ms=detector.window.short_ms)
 
 
 async def run_embedded_detection(

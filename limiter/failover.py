@@ -44,6 +44,7 @@ class StoreHealth:
         self.down_since: float | None = None
         self.last_error: str | None = None
         self._recovered = asyncio.Event()
+        self._down = asyncio.Event()  # set while Redis is down: only then is it probed
         self._counted: BaseException | None = None
         metrics.redis_up.set(1)
 
@@ -59,13 +60,14 @@ class StoreHealth:
             self.down_since = time.time()
             self._metrics.redis_up.set(0)
             self._recovered.clear()
+            self._down.set()
 
     async def watch(self) -> None:
-        """Probe Redis while it is down; runs for the life of the process."""
+        """Probe Redis every ``probe_interval`` while it is down; runs for the life of the
+        process, asleep while Redis answers."""
         while True:
+            await self._down.wait()
             await asyncio.sleep(self._interval)
-            if self.up:
-                continue
             try:
                 await self._probe()
             except Exception as exc:  # any failure means: still down
@@ -73,6 +75,7 @@ class StoreHealth:
                 continue
             log.warning("Redis answers again after %.1fs", time.time() - (self.down_since or 0))
             self.up = True
+            self._down.clear()
             self.down_since = None
             self._metrics.redis_up.set(1)
             self._recovered.set()

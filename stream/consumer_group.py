@@ -179,6 +179,8 @@ async def trim_acknowledged(redis: Redis, stream: str, interval: float = 5.0) ->
 async def trim_once(redis: Redis, stream: str) -> None:
     """Remove the entries older than anything a group of ``stream`` has not acknowledged
     or not read yet; a stream without groups is left whole."""
+    if not await redis.xlen(stream):
+        return  # the usual answer of an idle stream: one command instead of 2 + groups
     groups = await redis.xinfo_groups(stream)
     if not groups:
         return

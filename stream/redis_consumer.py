@@ -1,10 +1,13 @@
 """The embedded pipeline's transport: the Valkey event stream read by a consumer group
 (``stream.consumer_group``) with acknowledgements, and recovery that writes nothing twice.
 
-- Entries are read as they come and held (``stream.batching``) until the batch holds the
-  size bound's decisions or its first entry was read the age bound ago; then the batch is
-  written in three statements (its cut, the insert, the ledger) and acknowledged.  One
-  batch is written at a time, and the next one is read meanwhile (up to the size bound).
+- Entries are read and held (``stream.batching``) until the batch holds the size bound's
+  decisions or its first entry was read the age bound ago; then the batch is written in
+  three statements (its cut, the insert, the ledger) and acknowledged.  One batch is
+  written at a time, and the next one is read meanwhile (up to the size bound).  A worker
+  that has caught up with the stream reads a batch's first entry as it arrives and the
+  rest in one read once the batch is due, so a trickle of entries costs a read or two per
+  batch, not one per entry.
 - A batch's cut (first and last offset) is recorded before it is written.  A failed write
   is retried with the same batch until it succeeds (or the worker stops, leaving the batch
   pending); only then is the batch acknowledged.
@@ -46,6 +49,10 @@ PARTITION = 0  # a stream is one ordered sequence
 MAX_RETRY_PAUSE = 5.0
 MAX_READ = 5000  # entries of one read: the reply is parsed at once
 WRITING_POLL_MS = 50  # a read's longest wait while a batch is written
+# a read's longest wait with nothing in hand: an entry ends the wait as it arrives, so this
+# only says how often an idle worker wakes (and how late it may notice it is told to stop:
+# no later than the outbox drains and detection, which wait as long)
+BLOCK_MS = 1000
 
 
 class PlannedStore(EventStore, Protocol):
@@ -79,7 +86,7 @@ class StreamPipeline:
         stopping: asyncio.Event,
         *,
         bounds: BatchBounds | None = None,
-        block_ms: int = 100,
+        block_ms: int = BLOCK_MS,
     ):
         self.bounds = bounds or BatchBounds()
         self._read_count = min(self.bounds.max_decisions, MAX_READ)
@@ -96,6 +103,7 @@ class StreamPipeline:
         # each entry read and not yet acknowledged, as a record (None: deleted since)
         self._pending: Pending[tuple[bytes, Record | None]] = Pending(self.bounds)
         self._writing: asyncio.Task[None] | None = None  # the batch being stored
+        self._caught_up = False  # whether the last read found less than a full read
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set: first what this consumer read and never
@@ -146,7 +154,19 @@ class StreamPipeline:
         if self._writing is not None and self._pending.decisions >= self.bounds.max_decisions:
             await asyncio.wait([self._writing])  # the next batch is full: the store first
             return
-        entries = await self._group.read_new(self._wait_ms(), self._read_count)
+        deadline = self._pending.deadline()
+        if self._caught_up and deadline is not None and not self._pending.due(time.monotonic()):
+            # caught up, with a batch in hand that is not due yet: what arrives until it is
+            # due joins it in one read, rather than one read (and wake-up) per entry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), deadline - time.monotonic())
+            if self._stopping.is_set():
+                return
+            entries = await self._group.read_new(None, self._read_count)
+        else:
+            entries = await self._group.read_new(self._wait_ms(), self._read_count)
+        # a full read: more may be waiting (a backlog), so the next read comes at once
+        self._caught_up = len(entries) < self._read_count
         if entries:
             held = [(entry_id, _record(entry_id, fields)) for entry_id, fields in entries]
             sizes = [entry_decisions(r.value) if r else 1 for _, r in held]

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ratewatch.pipeline")
 T = TypeVar("T")
 
+# the big libraries whose start-up code (registering every function, format and engine)
+# runs once: ratewatch/processes/library_pages.py
+STARTED_LIBRARIES = ("_chdb.", "_polars_runtime.", "libarrow")
+
 
 async def run_pipeline(
     redis_url: str,
@@ -49,6 +53,7 @@ async def run_pipeline(
     from detectors.service import run_embedded_detection
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
+    from ratewatch.processes.library_pages import page_out
     from stream.consumer_group import trim_acknowledged
     from stream.consumer_metrics import ConsumerMetrics
     from stream.dead_letters import DeadLetterMetrics
@@ -112,6 +117,9 @@ async def run_pipeline(
         run_embedded_detection(redis, keyspace, stop, model_dir, DetectionMetrics(metrics))
     )
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
+    # started: the libraries' start-up code has run and need not stay resident
+    released = await asyncio.to_thread(page_out, STARTED_LIBRARIES)
+    log.debug("paged out the start-up pages of %d MiB of libraries", released >> 20)
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):

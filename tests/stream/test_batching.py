@@ -169,6 +169,32 @@ async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_
     assert store_totals(store.store) == [10, 5, 10, 10, 10]
 
 
+async def test_a_caught_up_worker_reads_a_trickle_once_per_batch_not_once_per_entry(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    embedded = Embedded(redis, store, BatchBounds(max_age=2.0))
+    group = embedded.pipeline._group
+    reads: list[int] = []
+    read_new = group.read_new
+
+    async def counted(block_ms: int | None = None, count: int | None = None) -> list[Any]:
+        entries = await read_new(block_ms, count)
+        reads.append(len(entries))
+        return entries
+
+    group.read_new = counted  # type: ignore[method-assign]
+    async with embedded.running():
+        await eventually(lambda: bool(reads), 20, "the first read")
+        reads.clear()
+        for i in range(5):  # an entry every 20 ms, as a trickle of requests makes them
+            await decide(embedded.limiter, tenant, 1, f"t{i}-")
+            await asyncio.sleep(0.02)
+        await eventually(lambda: embedded.handler.stats.written == 10, 20, "the 10 rows")
+        assert embedded.handler.stats.batches == 1
+        # the first entry as it came, the four others together once the batch was due
+        assert [n for n in reads if n] == [1, 4]
+
+
 async def eventually_async(
     probe: Callable[[], Any], expected: int, what: str, within: float = 20
 ) -> None:
