@@ -40,9 +40,7 @@ class SecretSealer:
     def __init__(self, key_secret: bytes, purpose: bytes):
         if len(key_secret) < 32:
             raise ConfigError("the key secret must have at least 32 bytes")
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
-            key_secret
-        )
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key_secret)
         self._aead = AESGCM(key)
 
     def seal(self, secret: str, bound: bytes = b"") -> str:

@@ -32,6 +32,13 @@ class CountingDetector:
         self.rounds.append(now_ms)
         return []
 
+    @property
+    def subjects(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        return None
+
 
 class NoActions:
     async def apply(self, verdict: Verdict) -> str:
