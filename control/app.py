@@ -47,11 +47,12 @@ from limiter.http.checks import CheckHandler
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
-from limiter.redis_client import connect, is_cluster
+from limiter.redis_client import connect, is_cluster, redis_from_url
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
 from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyHasher, KeyStore
+from limiter.state.block_mirror import BlockMirror
 from limiter.state.blocks import BlockStore
 from limiter.state.bootstrap import bootstrap
 from limiter.state.privacy import UserDataStore
@@ -138,10 +139,26 @@ class LimiterApp:
             instance=settings.instance,
         )
         await store.load()
-        health = StoreHealth(redis.ping, self.metrics)
+        # the probe has a connection and a timeout of its own: it answers for Redis, not
+        # for the calls queued on the check path's connections
+        prober = redis if is_cluster(redis) else redis_from_url(
+            settings.redis_url, settings.health_probe_timeout, max_connections=2
+        )  # fmt: skip
+        health = StoreHealth(
+            prober.ping,
+            self.metrics,
+            probe_timeout=settings.health_probe_timeout,
+            failures_to_down=settings.failures_to_down,
+        )
         tenant_settings = TenantSettingsStore(redis, keyspace)
         auth = Authenticator(keys, tenant_settings, settings.fail_mode, settings.auth_cache_ttl)
-        decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
+        fallback = MemoryStore()
+        blocks_copy = BlockMirror(redis, keyspace, fallback, settings.block_mirror_interval)
+        decider = FailoverDecider(
+            Coalescer(health.guard(store.decide), max_bytes=settings.call_max_bytes),
+            fallback,
+            health,
+        )
         sink: DecisionSink
         stream: StreamSink | None = None
         if settings.kafka is not None:
@@ -206,6 +223,7 @@ class LimiterApp:
                 if settings.redis_events
                 else None
             ),
+            blocks_copy=blocks_copy.status,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(
@@ -216,6 +234,7 @@ class LimiterApp:
             ]
         )
         watcher = asyncio.create_task(health.watch())
+        mirror = asyncio.create_task(blocks_copy.run())
         flusher = asyncio.create_task(self.metrics.flush_every())
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
@@ -225,7 +244,7 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            for task in (watcher, flusher):
+            for task in (watcher, mirror, flusher):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -233,6 +252,8 @@ class LimiterApp:
             await sink.close()
             if analytics is not None:
                 await analytics.close()
+            if prober is not redis:
+                await prober.aclose()
             await redis.aclose()
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:

@@ -31,7 +31,9 @@ class HealthRoutes:
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
+        blocks_copy: Callable[[], dict[str, object]] | None = None,
     ):
+        self._blocks_copy = blocks_copy  # the failure policy's local copy of the blocks
         self._decision_stream = decision_stream
         self._stream_backlog = stream_backlog  # the embedded decision stream's
         self._webhook_metrics = webhook_metrics
@@ -63,6 +65,8 @@ class HealthRoutes:
                 redis.update(status="down", error=str(exc))
         else:
             redis.update(error=self._health.last_error, down_since=self._health.down_since)
+        if self._blocks_copy is not None:
+            redis["blocks_copy"] = self._blocks_copy()
         degraded = redis["status"] != "up"
         dependencies: dict[str, object] = {"redis": redis}
         if self._decision_stream is not None:  # status "spooling" while Kafka is away

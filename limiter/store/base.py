@@ -7,6 +7,9 @@ from typing import NamedTuple, Protocol
 
 from limiter.algorithms import Algorithm, Outcome
 
+# a check's numbers, key names and encoding around its strings, in a store call
+CHECK_OVERHEAD_BYTES = 128
+
 
 class Check(NamedTuple):
     """One validated check of one tenant; ``window_ms`` is the window in milliseconds."""
@@ -24,6 +27,17 @@ class Check(NamedTuple):
     user_agent: str | None = None
     segment: str | None = None
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
+
+    def payload_bytes(self) -> int:
+        """About what the check adds to a store call: its strings and a fixed share."""
+        return (
+            CHECK_OVERHEAD_BYTES
+            + len(self.key)
+            + len(self.ip or "")
+            + len(self.user_id or "")
+            + len(self.route or "")
+            + len(self.user_agent or "")
+        )
 
     def block_subjects(self) -> list[tuple[str, str]]:
         """The (scope, value) pairs a block may name to stop this check."""
