@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from limiter.algorithms import Outcome
-from limiter.store.base import Check
+from limiter.store.base import Check, payload_bytes
 
 Decide = Callable[[Sequence[Check]], Awaitable[list[Outcome]]]
-Weigh = Callable[[Check], int]
+Weigh = Callable[[Sequence[Check]], int]
 
 MAX_BATCH = 2048
 MAX_BYTES = 512 * 1024
@@ -32,7 +32,7 @@ MAX_BYTES = 512 * 1024
 class _Request:
     """One caller's checks, and how far they have been sent."""
 
-    __slots__ = ("busy", "checks", "future", "outcomes", "sent")
+    __slots__ = ("busy", "checks", "future", "outcomes", "sent", "weight")
 
     def __init__(self, checks: Sequence[Check], future: asyncio.Future[list[Outcome]]):
         self.checks = checks
@@ -40,6 +40,7 @@ class _Request:
         self.sent = 0  # checks handed to calls so far
         self.busy = False  # a part of it is in flight and more is to come
         self.outcomes: list[Outcome] = []  # of the parts answered, when split
+        self.weight = -1  # payload bytes of all its checks, once weighed
 
 
 # one call's share of a request: the request and the range of its checks
@@ -53,7 +54,7 @@ class Coalescer:
         max_batch: int = MAX_BATCH,
         max_in_flight: int = 2,
         max_bytes: int = MAX_BYTES,
-        weigh: Weigh = Check.payload_bytes,
+        weigh: Weigh = payload_bytes,
     ):
         self._decide = decide
         self._max_batch = max_batch
@@ -104,7 +105,15 @@ class Coalescer:
                         request.checks[start:end]
                     )  # fmt: skip
                 else:
-                    checks = [c for request, start, end in parts for c in request.checks[start:end]]
+                    checks = [
+                        c
+                        for request, start, end in parts
+                        for c in (
+                            request.checks
+                            if end - start == len(request.checks)
+                            else request.checks[start:end]
+                        )
+                    ]
                 try:
                     outcomes = await self._decide(checks)
                 except Exception as exc:  # handed to every waiting request, which decides
@@ -130,20 +139,20 @@ class Coalescer:
                     if request.busy:
                         break  # its next part waits for the one in flight
                     checks, start = request.checks, request.sent
-                    end, total = start, len(checks)
-                    took, added = count, size
-                    while end < total and took < max_batch:
-                        weight = weigh(checks[end])
-                        if added + weight > max_bytes and took > 0:
-                            break
-                        added += weight
-                        took += 1
-                        end += 1
-                    if end < total and count > 0:
+                    total = len(checks)
+                    weight = request.weight
+                    if weight < 0:
+                        weight = request.weight = weigh(checks)
+                    if start == 0 and count + total <= max_batch and size + weight <= max_bytes:
+                        end = total
+                        count += total
+                        size += weight
+                    elif count > 0:
                         # a request is split only when larger than a whole call: this one
-                        # goes whole in the next
+                        # goes whole (or its next part goes first) in the next call
                         return parts
-                    count, size = took, added
+                    else:
+                        end, count, size = self._fit(checks, start)
                     served = True
                     parts.append((request, start, end))
                     request.sent = end
@@ -164,6 +173,18 @@ class Coalescer:
             if not served:
                 break  # every tenant waits on a part in flight
         return parts
+
+    def _fit(self, checks: Sequence[Check], start: int) -> tuple[int, int, int]:
+        """Where the part of a request larger than a call that starts at ``start`` ends, and
+        its count and bytes."""
+        end, total, size = start, len(checks), 0
+        while end < total and end - start < self._max_batch:
+            weight = self._weigh(checks[end : end + 1])
+            if size + weight > self._max_bytes and end > start:
+                break
+            size += weight
+            end += 1
+        return end, end - start, size
 
     def _answer(self, parts: list[_Part], outcomes: list[Outcome]) -> None:
         offset = 0

@@ -49,6 +49,7 @@ class StoreHealth:
         self.down_since: float | None = None
         self.last_error: str | None = None
         self.failures = 0  # failed calls since the last answered one
+        self.probes = 0  # probes completed, answered or not
         self._recovered = asyncio.Event()
         self._suspect = asyncio.Event()  # a call failed: probe now
         metrics.redis_up.set(1)
@@ -98,11 +99,13 @@ class StoreHealth:
         try:
             await asyncio.wait_for(self._probe(), self._probe_timeout)
         except Exception as exc:  # any failure means: not answering
+            self.probes += 1
             # the calls' errors are counted; a probe's are not, a down store would add one
             # per interval
             self.last_error = str(exc) or f"health probe failed: {exc!r}"
             self._go_down(exc)
             return False
+        self.probes += 1
         if not self.up:
             log.warning("Redis answers again after %.1fs", time.time() - (self.down_since or 0))
             self.up = True

@@ -28,17 +28,6 @@ class Check(NamedTuple):
     segment: str | None = None
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
 
-    def payload_bytes(self) -> int:
-        """About what the check adds to a store call: its strings and a fixed share."""
-        return (
-            CHECK_OVERHEAD_BYTES
-            + len(self.key)
-            + len(self.ip or "")
-            + len(self.user_id or "")
-            + len(self.route or "")
-            + len(self.user_agent or "")
-        )
-
     def block_subjects(self) -> list[tuple[str, str]]:
         """The (scope, value) pairs a block may name to stop this check."""
         subjects = [("key", self.key)]
@@ -47,6 +36,22 @@ class Check(NamedTuple):
         if self.user_id is not None:
             subjects.append(("user_id", self.user_id))
         return subjects
+
+
+def payload_bytes(checks: Sequence[Check]) -> int:
+    """About what ``checks`` add to a store call: their strings and a fixed share each."""
+    total = len(checks) * CHECK_OVERHEAD_BYTES
+    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _ in checks:
+        total += len(key)
+        if ip:
+            total += len(ip)
+        if user_id:
+            total += len(user_id)
+        if route:
+            total += len(route)
+        if user_agent:
+            total += len(user_agent)
+    return total
 
 
 class DecisionStore(Protocol):

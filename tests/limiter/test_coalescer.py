@@ -11,7 +11,7 @@ import pytest
 from limiter.algorithms import Algorithm, Outcome, Reason
 from limiter.coalescer import Coalescer
 from limiter.errors import StoreUnavailable
-from limiter.store.base import Check
+from limiter.store.base import Check, payload_bytes
 from limiter.store.memory import MemoryStore
 from tests.support.polling import turns, until
 
@@ -225,7 +225,7 @@ def tenant_request(tenant: str, name: str, count: int, text: int = 0) -> list[Ch
 
 async def test_a_call_holds_at_most_max_bytes_of_checks() -> None:
     store = HeldStore()
-    weight = Check.payload_bytes(tenant_request("t1", "w", 1, text=1000)[0])
+    weight = payload_bytes(tenant_request("t1", "w", 1, text=1000))
     coalescer = Coalescer(store.decide, max_bytes=3 * weight + 10, max_in_flight=1)
     first = coalescer.submit(request("first", 1))
     await store.wait_for_calls(1)
