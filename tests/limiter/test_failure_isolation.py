@@ -207,7 +207,7 @@ async def test_one_slow_call_does_not_mark_the_store_down_for_the_others(
     assert await limiter.decide(ip_check("victim", "192.0.2.1")) == (True, Reason.OK)
     # Redis holds every command for 0.6 s: longer than a call's timeout (0.25 s), shorter
     # than the probe's (1 s)
-    await limiter.prober.execute_command("CLIENT", "PAUSE", "600", "ALL")
+    await limiter.prober.client_pause(600, all=True)
     slow = await limiter.decide(ip_check("flood", "192.0.2.2"))
     assert slow == (True, Reason.FAIL_OPEN)  # that call's own failure
     assert limiter.health.failures == 1
