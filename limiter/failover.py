@@ -116,13 +116,17 @@ class StoreHealth:
         return True
 
     async def watch(self) -> None:
-        """Probe Redis while it is down, and at once after a failed call; runs for the life
-        of the process."""
+        """Probe Redis at once after a failed call, and every ``probe_interval`` while it is
+        down (first after one interval when failed calls declared it down, so that a store
+        failing calls is spared them that long); runs for the life of the process."""
         while True:
             if self.up:
                 await self._suspect.wait()
-            else:
-                await asyncio.sleep(self._interval)
+                self._suspect.clear()
+                if self.up:
+                    await self.probe()
+                    continue
+            await asyncio.sleep(self._interval)
             self._suspect.clear()
             await self.probe()
 

@@ -196,6 +196,24 @@ async def test_failed_calls_in_a_row_mark_the_store_down_until_a_probe_answers()
     assert setup.health.failures == 0
 
 
+async def test_failed_calls_keep_the_store_down_for_a_probe_interval() -> None:
+    setup = Setup(probe_interval=0.3, failures_to_down=2)
+    watcher = asyncio.create_task(setup.health.watch())
+    try:
+        setup.store.calls_fail = True
+        await setup.decide([check("a")])
+        await until(lambda: setup.store.pings == 1, "the probe after the first failure")
+        await setup.decide([check("a")])
+        assert not setup.health.up
+        down = time.monotonic()
+        await turns()
+        assert setup.store.pings == 1  # not probed back up at once
+        await until(lambda: setup.health.up, "the probe an interval later")
+        assert time.monotonic() - down >= 0.25
+    finally:
+        await stop(watcher)
+
+
 async def test_an_answered_call_between_failures_resets_their_count() -> None:
     setup = Setup(failures_to_down=2)
     for _ in range(5):
