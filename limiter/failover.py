@@ -3,11 +3,13 @@
 A failed call is that call's failure, not a verdict on Redis: the checks it carried are
 answered by the policy, and the store is declared down only on health evidence, either a
 failed probe (a PING with its own timeout, sent at once after a failed call) or
-``failures_to_down`` failed calls in a row with no call answered between them.  While it is
-down no request waits on Redis until the background probe (``StoreHealth.watch``) sees it
-answer; meanwhile ``fail_open`` tenants are decided by the local in-memory store, which
-holds a copy of the active blocks (``limiter.state.block_mirror``), and ``fail_closed``
-tenants are denied.
+``failures_to_down`` failed calls in a row with no call answered between them.  The local
+store holds a copy of the active blocks (``limiter.state.block_mirror``), so the policy's
+answers still deny blocked subjects.
+
+Once the store is declared down no request waits on Redis again until a
+background probe (``StoreHealth.watch``) sees it answer; meanwhile ``fail_open`` tenants are
+decided by the local in-memory store and ``fail_closed`` tenants are denied.
 """
 
 from __future__ import annotations

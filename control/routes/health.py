@@ -28,12 +28,11 @@ class HealthRoutes:
         fail_mode: FailMode,
         instance: str,
         version: str,
+        blocks_copy: Callable[[], dict[str, object]] | None = None,
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
-        blocks_copy: Callable[[], dict[str, object]] | None = None,
     ):
-        self._blocks_copy = blocks_copy  # the failure policy's local copy of the blocks
         self._decision_stream = decision_stream
         self._stream_backlog = stream_backlog  # the embedded decision stream's
         self._webhook_metrics = webhook_metrics
@@ -43,6 +42,7 @@ class HealthRoutes:
         self._fail_mode = fail_mode
         self._instance = instance
         self._version = version
+        self._blocks_copy = blocks_copy  # the failure policy's local copy of the blocks
 
     def routes(self) -> list[Route]:
         return [
