@@ -99,7 +99,10 @@ class StoreHealth:
     async def probe(self) -> bool:
         """One PING within the probe's own timeout; marks the store up or down by it."""
         try:
-            await asyncio.wait_for(self._probe(), self._probe_timeout)
+            # not wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+            # probe returns, and the watcher, probing every interval, would outlive its stop
+            async with asyncio.timeout(self._probe_timeout):
+                await self._probe()
         except Exception as exc:  # any failure means: not answering
             self.probes += 1
             # the calls' errors are counted; a probe's are not, a down store would add one

@@ -235,6 +235,21 @@ async def test_a_probe_unanswered_within_its_timeout_marks_the_store_down(setup:
     await until(lambda: setup.health.up, "the probe to see the store answer")
 
 
+async def test_the_watcher_stops_when_cancelled_whenever_the_cancel_lands() -> None:
+    store = FlakyStore()
+    store.down = True
+    health = StoreHealth(store.ping, LimiterMetrics(), probe_interval=0)
+    health.mark_down(StoreUnavailable("Redis did not answer: gone"))
+    # probing back to back: a cancellation often lands as a probe returns
+    for attempt in range(300):
+        watcher = asyncio.create_task(health.watch())
+        for _ in range(attempt % 7):
+            await asyncio.sleep(0)
+        watcher.cancel()
+        done, _ = await asyncio.wait([watcher], timeout=1)
+        assert done, f"the watcher ignored its cancellation (attempt {attempt})"
+
+
 # FailoverDecider
 
 
