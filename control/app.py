@@ -54,11 +54,12 @@ from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
 from limiter.outage.recorder import OutageRecorder
 from limiter.outage.replay import StreamReplay
-from limiter.redis_client import connect, is_cluster
+from limiter.redis_client import connect, is_cluster, redis_from_url
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
 from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyHasher, KeyStore
+from limiter.state.block_mirror import BlockMirror
 from limiter.state.blocks import BlockStore
 from limiter.state.bootstrap import bootstrap
 from limiter.state.privacy import UserDataStore
@@ -176,7 +177,17 @@ class LimiterApp:
             instance=settings.instance,
         )
         await store.load()
-        health = StoreHealth(redis.ping, self.metrics)
+        # the probe has a connection and a timeout of its own: it answers for Redis, not
+        # for the calls queued on the check path's connections
+        prober = redis if is_cluster(redis) else redis_from_url(
+            settings.redis_url, settings.health_probe_timeout, max_connections=2
+        )  # fmt: skip
+        health = StoreHealth(
+            prober.ping,
+            self.metrics,
+            probe_timeout=settings.health_probe_timeout,
+            failures_to_down=settings.failures_to_down,
+        )
         auth = Authenticator(
             keys,
             tenant_settings,
@@ -199,13 +210,20 @@ class LimiterApp:
                 max_bytes=settings.spool_max_bytes,
             )
             await outage.start()
-        decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health, outage)
+        fallback = MemoryStore()
+        blocks_copy = BlockMirror(redis, keyspace, fallback, settings.block_mirror_interval)
+        decider = FailoverDecider(
+            Coalescer(health.guard(store.decide), max_bytes=settings.call_max_bytes),
+            fallback,
+            health,
+            outage,
+        )
         # the API's own limits on the same script, through a store that streams nothing:
         # they never reach the decision stream or a sink as a customer's decisions
         internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis))
         await internal_store.load()
         api_limits = ApiLimiter(
-            FailoverDecider(Coalescer(internal_store.decide), MemoryStore(), health),
+            FailoverDecider(Coalescer(health.guard(internal_store.decide)), MemoryStore(), health),
             settings.api_limits,
         )
         sink: DecisionSink
@@ -276,6 +294,7 @@ class LimiterApp:
                 else None
             ),
             token=settings.metrics_token,
+            blocks_copy=blocks_copy.status,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(
@@ -286,6 +305,7 @@ class LimiterApp:
             ]
         )
         watcher = asyncio.create_task(health.watch())
+        mirror = asyncio.create_task(blocks_copy.run())
         flusher = asyncio.create_task(self.metrics.flush_every())
         restoring = asyncio.create_task(restorer.watch())
         self._checks = checks
@@ -296,7 +316,7 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            for task in (watcher, flusher, restoring):
+            for task in (watcher, mirror, flusher, restoring):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -307,6 +327,8 @@ class LimiterApp:
             if analytics is not None:
                 await analytics.close()
             await journal.close()
+            if prober is not redis:
+                await prober.aclose()
             await redis.aclose()
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:

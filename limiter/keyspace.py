@@ -12,6 +12,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:T}:bk:<scope>:<value>``                 block enforcement key (string = block id,
   PX = time left); its presence is what the check script honours
 - ``rw:{rw:T}:blocks``                             block records (hash id -> JSON)
+- ``rw:{rw:T}:blocks:v``                           block version: incremented by every
+  block write, so a reader tells whether a tenant's blocks changed with one GET
 - ``rw:{rw:T}:keys``                               API-key records (hash id -> JSON)
 - ``rw:{rw:T}:allow:<scope>``                      allowlist (hash value -> JSON note; ``ip``
   values are addresses or CIDR networks; ``limiter/state/allowlist.py``)
@@ -82,6 +84,9 @@ class Keyspace:
 
     def block_records(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:blocks"
+
+    def block_version(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:blocks:v"
 
     def key_records(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:keys"

@@ -22,6 +22,13 @@ class LimiterSettings:
     key_prefix: str = "rw"
     fail_mode: FailMode = FailMode.OPEN
     redis_timeout: float = 0.25
+    # failure isolation: the health probe's own timeout; failed calls in a row that mark
+    # Redis down without a failed probe; a store call's payload bound; how often the local
+    # copy of blocks (the failure policy's) is refreshed
+    health_probe_timeout: float = 0.5
+    failures_to_down: int = 3
+    call_max_bytes: int = 512 * 1024
+    block_mirror_interval: float = 1.0
     auth_cache_ttl: float = 1.0
     max_body_bytes: int = 64 * 1024
     max_batch_body_bytes: int = 2 * 1024 * 1024
@@ -73,6 +80,20 @@ class LimiterSettings:
         if not 0.05 <= self.restore_check_interval <= 60:
             raise ConfigError(
                 f"restore check interval {self.restore_check_interval!r}s is not within 0.05-60"
+            )
+        if not 0.001 <= self.health_probe_timeout <= 60:
+            raise ConfigError(
+                f"health probe timeout {self.health_probe_timeout!r}s is not within 0.001-60"
+            )
+        if not 1 <= self.failures_to_down <= 1000:
+            raise ConfigError(f"failures to down {self.failures_to_down!r} is not within 1-1000")
+        if not 64 * 1024 <= self.call_max_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(
+                f"call max bytes {self.call_max_bytes!r} is not within 65536-67108864"
+            )
+        if not 0.05 <= self.block_mirror_interval <= 60:
+            raise ConfigError(
+                f"block mirror interval {self.block_mirror_interval!r}s is not within 0.05-60"
             )
         if not 0 <= self.auth_cache_ttl <= 60:
             raise ConfigError(f"auth cache ttl {self.auth_cache_ttl!r}s is not within 0-60")

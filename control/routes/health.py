@@ -35,6 +35,7 @@ class HealthRoutes:
         fail_mode: FailMode,
         instance: str,
         version: str,
+        blocks_copy: Callable[[], dict[str, object]] | None = None,
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
@@ -52,6 +53,7 @@ class HealthRoutes:
         self._fail_mode = fail_mode
         self._instance = instance
         self._version = version
+        self._blocks_copy = blocks_copy  # the failure policy's local copy of the blocks
 
     def routes(self) -> list[Route]:
         return [
@@ -85,6 +87,8 @@ class HealthRoutes:
                 redis.update(status="down", error=str(exc))
         else:
             redis.update(error=self._health.last_error, down_since=self._health.down_since)
+        if self._blocks_copy is not None:
+            redis["blocks_copy"] = self._blocks_copy()
         degraded = redis["status"] != "up"
         dependencies: dict[str, object] = {"redis": redis}
         if self._decision_stream is not None:  # status "spooling" while Kafka is away

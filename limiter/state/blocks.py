@@ -10,6 +10,9 @@ Storage format (shared by every writer; the detectors write blocks through this 
   block that enforces it, with a PX expiry equal to the block's time left.  The check
   script denies a check when the key of any of its subjects exists (``reason: blocked``,
   ``retry_after`` = its PTTL).  Shadow blocks have a record and no enforcement key.
+- ``<tenant tag>:blocks:v`` — the tenant's block version, incremented by every write of
+  the two above, so that the limiter's local copy of blocks (``block_mirror``) rereads a
+  tenant's records only when they changed.
 - ``<tenant tag>:lifted:<scope>:<value>`` — set for ``LIFT_SUPPRESSION_SECONDS`` when a
   detector's block is lifted by hand: the detectors do not impose it again meanwhile, so
   the evidence that led to it (still in their windows) cannot undo the operator's call.
@@ -130,7 +133,11 @@ class BlockStore:
         ks = self._keyspace
         try:
             await self._put(
-                keys=[ks.block_records(tenant), ks.block(tenant, block.scope, block.value)],
+                keys=[
+                    ks.block_records(tenant),
+                    ks.block(tenant, block.scope, block.value),
+                    ks.block_version(tenant),
+                ],
                 args=[
                     block.id,
                     json.dumps(block.public()),
@@ -189,7 +196,11 @@ class BlockStore:
         ks = self._keyspace
         try:
             await self._remove(
-                keys=[ks.block_records(tenant), ks.block(tenant, block.scope, block.value)],
+                keys=[
+                    ks.block_records(tenant),
+                    ks.block(tenant, block.scope, block.value),
+                    ks.block_version(tenant),
+                ],
                 args=[block.id],
             )
         except RedisError as exc:

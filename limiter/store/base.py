@@ -7,6 +7,9 @@ from typing import NamedTuple, Protocol
 
 from limiter.algorithms import Algorithm, Outcome
 
+# a check's numbers, key names and encoding around its strings, in a store call
+CHECK_OVERHEAD_BYTES = 128
+
 
 class Check(NamedTuple):
     """One validated check of one tenant; ``window_ms`` is the window in milliseconds."""
@@ -33,6 +36,22 @@ class Check(NamedTuple):
         if self.user_id is not None:
             subjects.append(("user_id", self.user_id))
         return subjects
+
+
+def payload_bytes(checks: Sequence[Check]) -> int:
+    """About what ``checks`` add to a store call: their strings and a fixed share each."""
+    total = len(checks) * CHECK_OVERHEAD_BYTES
+    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _ in checks:
+        total += len(key)
+        if ip:
+            total += len(ip)
+        if user_id:
+            total += len(user_id)
+        if route:
+            total += len(route)
+        if user_agent:
+            total += len(user_agent)
+    return total
 
 
 class DecisionStore(Protocol):

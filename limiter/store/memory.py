@@ -60,6 +60,10 @@ class MemoryStore:
         expires = -1 if ttl_ms is None else self._clock() + ttl_ms
         self._blocks[(tenant, scope, value)] = expires
 
+    def block_until(self, tenant: str, scope: str, value: str, expires_ms: int) -> None:
+        """Enforce a block until the epoch time ``expires_ms`` of this store's clock."""
+        self._blocks[(tenant, scope, value)] = expires_ms
+
     def unblock(self, tenant: str, scope: str, value: str) -> None:
         self._blocks.pop((tenant, scope, value), None)
 

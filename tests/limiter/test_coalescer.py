@@ -11,7 +11,7 @@ import pytest
 from limiter.algorithms import Algorithm, Outcome, Reason
 from limiter.coalescer import Coalescer
 from limiter.errors import StoreUnavailable
-from limiter.store.base import Check
+from limiter.store.base import Check, payload_bytes
 from limiter.store.memory import MemoryStore
 from tests.support.polling import turns, until
 
@@ -194,16 +194,85 @@ async def test_requests_of_several_checks_are_not_combined_beyond_max_batch() ->
     assert [remaining(r) for r in await asyncio.gather(*triples)] == [[9, 19, 29]] * 3
 
 
-async def test_a_request_larger_than_max_batch_is_one_call_of_its_own() -> None:
+async def test_a_request_larger_than_a_call_is_split_into_calls_sent_in_order() -> None:
     store = HeldStore()
-    coalescer = Coalescer(store.decide, max_batch=2, max_in_flight=1)
+    coalescer = Coalescer(store.decide, max_batch=2, max_in_flight=2)
     first = coalescer.submit(request("first", 1))
     await store.wait_for_calls(1)
     big = coalescer.submit(request("big", 1, 2, 3, 4, 5))
     small = coalescer.submit(request("small", 9))
+    await store.wait_for_calls(2)
     await turns()
+    # two calls may be in flight, but the big request's next part waits for this one,
+    # and the same tenant's later request waits behind it
+    assert [len(call) for call in store.calls] == [1, 2]
     await store.answer_all([first, big, small])
-    assert [len(call) for call in store.calls] == [1, 5, 1]
+    assert [len(call) for call in store.calls] == [1, 2, 2, 2]
+    assert [c for call in store.calls[1:] for c in call] == request("big", 1, 2, 3, 4, 5) + (
+        request("small", 9)
+    )
     assert remaining(await first) == [0]
     assert remaining(await big) == [0, 1, 2, 3, 4]
     assert remaining(await small) == [8]
+
+
+def tenant_request(tenant: str, name: str, count: int, text: int = 0) -> list[Check]:
+    return [
+        Check(tenant, f"{name}:{i}", Algorithm.SLIDING_WINDOW, 100, 60_000, 1, route="r" * text)
+        for i in range(count)
+    ]
+
+
+async def test_a_call_holds_at_most_max_bytes_of_checks() -> None:
+    store = HeldStore()
+    weight = payload_bytes(tenant_request("t1", "w", 1, text=1000))
+    coalescer = Coalescer(store.decide, max_bytes=3 * weight + 10, max_in_flight=1)
+    first = coalescer.submit(request("first", 1))
+    await store.wait_for_calls(1)
+    heavy = [coalescer.submit(tenant_request("t1", f"h{i}", 2, text=1000)) for i in range(3)]
+    await turns()
+    await store.answer_all([first, *heavy])
+    # whole requests as long as they fit: two of two checks do not
+    assert [len(call) for call in store.calls] == [1, 2, 2, 2]
+    # a request heavier than a call goes in parts of at most max_bytes
+    big = coalescer.submit(tenant_request("t1", "big", 7, text=1000))
+    await store.answer_all([big])
+    assert [len(call) for call in store.calls[4:]] == [3, 3, 1]
+    assert remaining(await big) == [99] * 7
+
+
+async def test_tenants_are_served_round_robin_so_a_flood_queues_behind_itself() -> None:
+    store = HeldStore()
+    coalescer = Coalescer(store.decide, max_batch=8, max_in_flight=1)
+    first = coalescer.submit(request("first", 1))
+    await store.wait_for_calls(1)
+    flood = [coalescer.submit(tenant_request("flood", f"f{i}", 4)) for i in range(10)]
+    quiet = coalescer.submit(tenant_request("quiet", "q", 1))
+    other = coalescer.submit(tenant_request("other", "o", 2))
+    await turns()
+    store.release(0)
+    await store.wait_for_calls(2)
+    # the next call: a request of each waiting tenant in turn, within the call's bound
+    assert [check.tenant for check in store.calls[1]] == ["flood"] * 4 + ["quiet", "other", "other"]
+    await store.answer_all([first, *flood, quiet, other])
+    assert [(o.allowed, o.remaining) for o in quiet.result()] == [(True, 99)]
+    assert all(len(call) <= 8 for call in store.calls)
+    assert [remaining(f.result()) for f in flood] == [[99] * 4] * 10
+
+
+async def test_a_failed_part_fails_its_whole_request_and_the_rest_is_not_sent() -> None:
+    store = HeldStore()
+    coalescer = Coalescer(store.decide, max_batch=2, max_in_flight=1)
+    big = coalescer.submit(tenant_request("t1", "big", 5))
+    after = coalescer.submit(tenant_request("t1", "after", 1))
+    await store.wait_for_calls(1)
+    store.release(0)
+    await store.wait_for_calls(2)
+    error = StoreUnavailable("Redis did not answer: timeout")
+    store.release(1, error)
+    with pytest.raises(StoreUnavailable):
+        await big
+    await store.wait_for_calls(3)
+    assert store.calls[2] == tenant_request("t1", "after", 1)  # not the big one's last part
+    store.release(2)
+    assert remaining(await after) == [99]

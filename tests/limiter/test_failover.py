@@ -34,6 +34,8 @@ class FlakyStore:
         self.memory = MemoryStore()
         self.down = False
         self.frozen = False
+        self.calls_fail = False  # calls fail while pings answer: a slow or bad call
+        self.ping_frozen = False
         self.calls = 0
         self.pings = 0
 
@@ -43,10 +45,14 @@ class FlakyStore:
             await asyncio.Event().wait()
         if self.down:
             raise StoreUnavailable("Redis did not answer: connection refused")
+        if self.calls_fail:
+            raise StoreUnavailable("Redis did not answer: TimeoutError()")
         return await self.memory.decide(checks)
 
     async def ping(self) -> bool:
         self.pings += 1
+        if self.ping_frozen:
+            await asyncio.Event().wait()
         if self.down:
             raise StoreUnavailable("Redis did not answer: connection refused")
         return True
@@ -67,12 +73,20 @@ def check(key: str, limit: int = 100, tenant: str = "t1") -> Check:
 
 
 class Setup:
-    def __init__(self, probe_interval: float = 0.001) -> None:
+    def __init__(self, probe_interval: float = 0.001, failures_to_down: int = 3) -> None:
         self.store = FlakyStore()
         self.fallback = MemoryStore()
         self.metrics = LimiterMetrics()
-        self.health = StoreHealth(self.store.ping, self.metrics, probe_interval=probe_interval)
-        self.decider = FailoverDecider(Coalescer(self.store.decide), self.fallback, self.health)
+        self.health = StoreHealth(
+            self.store.ping,
+            self.metrics,
+            probe_interval=probe_interval,
+            probe_timeout=0.05,
+            failures_to_down=failures_to_down,
+        )
+        self.decider = FailoverDecider(
+            Coalescer(self.health.guard(self.store.decide)), self.fallback, self.health
+        )
 
     async def decide(
         self, checks: Sequence[Check], mode: FailMode = FailMode.OPEN
@@ -87,6 +101,11 @@ async def watched() -> AsyncIterator[Setup]:
     watcher = asyncio.create_task(setup.health.watch())
     yield setup
     await stop(watcher)
+
+
+@pytest.fixture
+async def setup(watched: Setup) -> Setup:
+    return watched
 
 
 # StoreHealth
@@ -146,11 +165,95 @@ async def test_the_probe_runs_only_while_down_and_marks_the_store_up_when_it_ans
         await stop(watcher)
 
 
+async def test_a_failed_call_does_not_mark_an_answering_store_down(setup: Setup) -> None:
+    setup.store.calls_fail = True
+    [failed] = await setup.decide([check("a")])
+    assert (failed.allowed, failed.reason) == (True, Reason.FAIL_OPEN)
+    # the call's failure made the watcher probe at once; the store answered it
+    await until(lambda: setup.store.pings >= 1, "the probe after the failed call")
+    await turns()
+    assert setup.health.up
+    assert setup.health.down_since is None
+    assert sample(setup.metrics, "ratewatch_redis_up") == 1
+    assert sample(setup.metrics, "ratewatch_redis_errors_total") == 1
+    setup.store.calls_fail = False
+    [answered] = await setup.decide([check("a")])
+    assert answered.reason is Reason.OK
+    assert setup.health.failures == 0
+
+
+async def test_failed_calls_in_a_row_mark_the_store_down_until_a_probe_answers() -> None:
+    setup = Setup(failures_to_down=3)
+    setup.store.calls_fail = True
+    for _ in range(2):
+        await setup.decide([check("a")])
+        assert setup.health.up
+    await setup.decide([check("a")])
+    assert not setup.health.up  # three failed calls in a row, however the probe answers
+    assert setup.health.last_error == "Redis did not answer: TimeoutError()"
+    assert await setup.health.probe()  # the store answers: back up
+    assert setup.health.up
+    assert setup.health.failures == 0
+
+
+async def test_failed_calls_keep_the_store_down_for_a_probe_interval() -> None:
+    setup = Setup(probe_interval=0.3, failures_to_down=2)
+    watcher = asyncio.create_task(setup.health.watch())
+    try:
+        setup.store.calls_fail = True
+        await setup.decide([check("a")])
+        await until(lambda: setup.store.pings == 1, "the probe after the first failure")
+        await setup.decide([check("a")])
+        assert not setup.health.up
+        down = time.monotonic()
+        await turns()
+        assert setup.store.pings == 1  # not probed back up at once
+        await until(lambda: setup.health.up, "the probe an interval later")
+        assert time.monotonic() - down >= 0.25
+    finally:
+        await stop(watcher)
+
+
+async def test_an_answered_call_between_failures_resets_their_count() -> None:
+    setup = Setup(failures_to_down=2)
+    for _ in range(5):
+        setup.store.calls_fail = True
+        await setup.decide([check("a")])
+        setup.store.calls_fail = False
+        await setup.decide([check("b")])
+    assert setup.health.up
+    assert sample(setup.metrics, "ratewatch_redis_errors_total") == 5
+
+
+async def test_a_probe_unanswered_within_its_timeout_marks_the_store_down(setup: Setup) -> None:
+    setup.store.ping_frozen = True
+    setup.store.frozen = True  # calls hang too, as on a frozen server: only the probe decides
+    setup.health.call_failed(StoreUnavailable("Redis did not answer: TimeoutError()"))
+    await until(lambda: not setup.health.up, "the probe's timeout")
+    assert sample(setup.metrics, "ratewatch_redis_up") == 0
+    setup.store.ping_frozen = setup.store.frozen = False
+    await until(lambda: setup.health.up, "the probe to see the store answer")
+
+
+async def test_the_watcher_stops_when_cancelled_whenever_the_cancel_lands() -> None:
+    store = FlakyStore()
+    store.down = True
+    health = StoreHealth(store.ping, LimiterMetrics(), probe_interval=0)
+    health.mark_down(StoreUnavailable("Redis did not answer: gone"))
+    # probing back to back: a cancellation often lands as a probe returns
+    for attempt in range(300):
+        watcher = asyncio.create_task(health.watch())
+        for _ in range(attempt % 7):
+            await asyncio.sleep(0)
+        watcher.cancel()
+        done, _ = await asyncio.wait([watcher], timeout=1)
+        assert done, f"the watcher ignored its cancellation (attempt {attempt})"
+
+
 # FailoverDecider
 
 
-async def test_while_the_store_answers_decisions_come_from_it() -> None:
-    setup = Setup()
+async def test_while_the_store_answers_decisions_come_from_it(setup: Setup) -> None:
     outcomes = [(await setup.decide([check("a", limit=2)]))[0] for _ in range(3)]
     assert [(o.allowed, o.reason) for o in outcomes] == [
         (True, Reason.OK),
@@ -163,25 +266,26 @@ async def test_while_the_store_answers_decisions_come_from_it() -> None:
     assert setup.fallback.decide_one(check("a", limit=2)).remaining == 1
 
 
-async def test_closed_tenants_are_answered_by_the_store_while_it_answers() -> None:
-    setup = Setup()
+async def test_closed_tenants_are_answered_by_the_store_while_it_answers(setup: Setup) -> None:
     [outcome] = await setup.decide([check("a")], FailMode.CLOSED)
     assert (outcome.allowed, outcome.reason, outcome.remaining) == (True, Reason.OK, 99)
 
 
-async def test_a_store_failure_is_answered_by_the_policy_and_marks_the_store_down() -> None:
-    setup = Setup()
+async def test_a_store_failure_is_answered_by_the_policy_and_marks_the_store_down(
+    setup: Setup,
+) -> None:
     setup.store.down = True
     [outcome] = await setup.decide([check("a")])
     assert (outcome.allowed, outcome.reason, outcome.remaining) == (True, Reason.FAIL_OPEN, 99)
-    assert not setup.health.up
+    await until(lambda: not setup.health.up, "the probe to mark the store down")
     assert setup.health.last_error == "Redis did not answer: connection refused"
     assert sample(setup.metrics, "ratewatch_redis_up") == 0
     assert sample(setup.metrics, "ratewatch_redis_errors_total") == 1
 
 
-async def test_open_tenants_are_limited_by_the_local_store_while_the_store_is_down() -> None:
-    setup = Setup()
+async def test_open_tenants_are_limited_by_the_local_store_while_the_store_is_down(
+    setup: Setup,
+) -> None:
     setup.store.down = True
     outcomes = await setup.decide([check("small", limit=3) for _ in range(5)])
     assert [(o.allowed, o.reason) for o in outcomes] == [
@@ -197,8 +301,7 @@ async def test_open_tenants_are_limited_by_the_local_store_while_the_store_is_do
     assert (again.allowed, again.reason) == (False, Reason.LIMIT)
 
 
-async def test_blocks_in_the_local_store_still_deny_while_the_store_is_down() -> None:
-    setup = Setup()
+async def test_blocks_in_the_local_store_still_deny_while_the_store_is_down(setup: Setup) -> None:
     setup.fallback.block("t1", "key", "bad", 60_000)
     setup.store.down = True
     good, bad = await setup.decide([check("good"), check("bad")])
@@ -206,20 +309,20 @@ async def test_blocks_in_the_local_store_still_deny_while_the_store_is_down() ->
     assert (bad.allowed, bad.reason) == (False, Reason.BLOCKED)
 
 
-async def test_closed_tenants_are_denied_while_the_store_is_down() -> None:
-    setup = Setup()
+async def test_closed_tenants_are_denied_while_the_store_is_down(setup: Setup) -> None:
     setup.store.down = True
     outcomes = await setup.decide([check("a"), check("b")], FailMode.CLOSED)
     denial = Outcome(False, 0, FAIL_CLOSED_RETRY_MS, FAIL_CLOSED_RETRY_MS, Reason.FAIL_CLOSED)
     assert outcomes == [denial, denial]
-    assert not setup.health.up
+    await until(lambda: not setup.health.up, "the probe to mark the store down")
     # and an open tenant at the same time is still decided locally
     [opened] = await setup.decide([check("a")], FailMode.OPEN)
     assert (opened.allowed, opened.reason) == (True, Reason.FAIL_OPEN)
 
 
-async def test_concurrent_requests_of_a_failed_call_all_get_the_policys_answer() -> None:
-    setup = Setup()
+async def test_concurrent_requests_of_a_failed_call_all_get_the_policys_answer(
+    setup: Setup,
+) -> None:
     setup.store.down = True
     modes = [FailMode.OPEN, FailMode.CLOSED] * 5
     answers = await asyncio.gather(
@@ -227,15 +330,15 @@ async def test_concurrent_requests_of_a_failed_call_all_get_the_policys_answer()
     )
     assert setup.store.calls == 1  # coalesced into one call, which failed
     assert [answer[0].reason for answer in answers] == [Reason.FAIL_OPEN, Reason.FAIL_CLOSED] * 5
-    assert not setup.health.up
+    await until(lambda: not setup.health.up, "the probe to mark the store down")
     # one failed call is one Redis error, however many requests waited on it
     assert sample(setup.metrics, "ratewatch_redis_errors_total") == 1
 
 
-async def test_no_request_waits_on_the_down_store() -> None:
-    setup = Setup()
+async def test_no_request_waits_on_the_down_store(setup: Setup) -> None:
     setup.store.down = True
     await setup.decide([check("first")])
+    await until(lambda: not setup.health.up, "the probe to mark the store down")
     setup.store.frozen = True  # a request that reached the store now would never return
     calls = setup.store.calls
     answers = await asyncio.wait_for(
@@ -283,7 +386,7 @@ async def test_a_crashed_redis_is_replaced_by_the_policy_until_it_answers_again(
     metrics = LimiterMetrics()
     health = StoreHealth(client.ping, metrics, probe_interval=0.01)
     store = RedisStore(client, Keyspace("failover-unit"))
-    decider = FailoverDecider(Coalescer(store.decide), MemoryStore(), health)
+    decider = FailoverDecider(Coalescer(health.guard(store.decide)), MemoryStore(), health)
     watcher = asyncio.create_task(health.watch())
     try:
         [before] = await decider.decide([check("a", limit=10)], FailMode.OPEN)
@@ -294,7 +397,7 @@ async def test_a_crashed_redis_is_replaced_by_the_policy_until_it_answers_again(
         [closed] = await decider.decide([check("a", limit=10)], FailMode.CLOSED)
         assert (opened.allowed, opened.reason) == (True, Reason.FAIL_OPEN)
         assert (closed.allowed, closed.reason) == (False, Reason.FAIL_CLOSED)
-        assert not health.up
+        await until(lambda: not health.up, "the probe to mark Redis down")
         assert health.last_error is not None
         assert sample(metrics, "ratewatch_redis_up") == 0
 

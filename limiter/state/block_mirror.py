@@ -1,0 +1,141 @@
+"""A local copy of every tenant's enforced blocks, for the failure policy.
+
+While Redis answers, the check script enforces blocks; when a call fails or Redis is down,
+the local store decides, and without this copy it would allow a blocked subject.  The
+mirror rereads the blocks about once a second: one HKEYS of the tenant registry, one GET of
+each tenant's block version (pipelined), and the records (``HGETALL``) of the tenants whose
+version moved; every ``full_every`` passes it rereads them all, whatever their version, so
+that a write that did not move a version is seen too.  When Redis does not answer, the copy
+stays as it was: its blocks expire locally at their own time.
+
+The copy is written into the fallback store (``MemoryStore.block_until``); the check path
+never reads it while Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from limiter.keyspace import Keyspace
+from limiter.store.memory import MemoryStore
+
+log = logging.getLogger("ratewatch.limiter")
+
+Subject = tuple[str, str]  # (scope, value)
+
+
+def enforced(records: dict[Any, Any], now: float) -> dict[Subject, int]:
+    """The enforced, unexpired blocks among a tenant's records: subject -> expiry (epoch
+    ms), the latest when several blocks name one subject.  Unreadable records are skipped."""
+    found: dict[Subject, int] = {}
+    for payload in records.values():
+        try:
+            record = json.loads(payload)
+            if record.get("mode", "enforce") != "enforce":
+                continue
+            expires_at = float(record["expires_at"])
+            subject = (str(record["scope"]), str(record["value"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if expires_at > now:
+            expires_ms = int(expires_at * 1000)
+            if expires_ms > found.get(subject, 0):
+                found[subject] = expires_ms
+    return found
+
+
+class BlockMirror:
+    def __init__(
+        self,
+        redis: Redis,
+        keyspace: Keyspace,
+        store: MemoryStore,
+        interval: float = 1.0,
+        full_every: int = 30,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._redis = redis
+        self._keyspace = keyspace
+        self._store = store
+        self._interval = interval
+        self._full_every = full_every
+        self._clock = clock
+        self._versions: dict[str, object] = {}
+        self._blocks: dict[str, dict[Subject, int]] = {}
+        self._passes = 0
+        self.refreshed_at: float | None = None  # when the copy was last complete
+
+    @property
+    def size(self) -> int:
+        """How many subjects the copy blocks."""
+        return sum(len(blocks) for blocks in self._blocks.values())
+
+    def status(self) -> dict[str, object]:
+        """For ``/health/detailed``: what the copy holds and when it was last complete."""
+        return {"subjects": self.size, "refreshed_at": self.refreshed_at}
+
+    async def refresh(self) -> None:
+        """One pass; raises ``RedisError`` (the copy unchanged) when Redis does not answer."""
+        full = self._passes % self._full_every == 0
+        self._passes += 1
+        ks = self._keyspace
+        tenants = [
+            name.decode() if isinstance(name, bytes) else name
+            for name in await self._redis.hkeys(ks.tenants)
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.get(ks.block_version(tenant))
+            versions = await pipe.execute()
+        changed = [
+            (tenant, version)
+            for tenant, version in zip(tenants, versions, strict=True)
+            if full or tenant not in self._versions or self._versions[tenant] != version
+        ]
+        if changed:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for tenant, _ in changed:
+                    pipe.hgetall(ks.block_records(tenant))
+                records = await pipe.execute()
+            now = self._clock()
+            for (tenant, version), tenant_records in zip(changed, records, strict=True):
+                self._replace(tenant, enforced(tenant_records, now))
+                self._versions[tenant] = version
+        for tenant in set(self._blocks) - set(tenants):
+            self._replace(tenant, {})
+            self._versions.pop(tenant, None)
+        self.refreshed_at = self._clock()
+
+    def _replace(self, tenant: str, blocks: dict[Subject, int]) -> None:
+        store = self._store
+        old = self._blocks.get(tenant, {})
+        for scope, value in old.keys() - blocks.keys():
+            store.unblock(tenant, scope, value)
+        for (scope, value), expires_ms in blocks.items():
+            if old.get((scope, value)) != expires_ms:
+                store.block_until(tenant, scope, value, expires_ms)
+        if blocks:
+            self._blocks[tenant] = blocks
+        else:
+            self._blocks.pop(tenant, None)
+
+    async def run(self) -> None:
+        """Refresh every ``interval`` seconds for the life of the process."""
+        failing = False
+        while True:
+            try:
+                await self.refresh()
+                failing = False
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("blocks not refreshed, the local copy stays: %r", exc)
+                failing = True
+            await asyncio.sleep(self._interval)
