@@ -104,7 +104,7 @@ class Outage:
             max_bytes=max_bytes,
         )
         self.decider = FailoverDecider(
-            Coalescer(store.decide), MemoryStore(), self.health, self.recorder
+            Coalescer(self.health.guard(store.decide)), MemoryStore(), self.health, self.recorder
         )
         self._watch: asyncio.Task[None] | None = None
 
@@ -140,7 +140,8 @@ async def test_decisions_answered_without_redis_reach_the_stream_once_it_answers
         assert [o.reason for o in small] == [Reason.FAIL_OPEN, Reason.FAIL_OPEN, Reason.LIMIT]
         closed = await decide([check("t2", "c", ip="192.0.2.1")], FailMode.CLOSED)
         assert closed[0].reason is Reason.FAIL_CLOSED
-        assert not outage.health.up
+        # failed calls, then a failed probe: the store is declared down
+        await eventually(lambda: not outage.health.up, 5, "the store declared down")
         await eventually(lambda: outage.recorder.spool.pending == 0, 5, "the spool's fsync")
         status = outage.recorder.status()
         assert (status["status"], status["entries"], status["spooled_decisions"]) == (
