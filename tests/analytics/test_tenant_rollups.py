@@ -214,7 +214,8 @@ def test_the_migration_backfills_the_history_once_however_often_it_runs(
     write(bare, history, "history")
     erase_user(bare, "acme", "user:5")
 
-    monkeypatch.setattr(migrate_module, "load_migrations", lambda: everything)
+    through = [m for m in everything if m.version <= TENANT_ROLLUPS]
+    monkeypatch.setattr(migrate_module, "load_migrations", lambda: through)
     assert migrate(bare) == ["0007_tenant_rollups.sql"]
     assert_tenant_rollups_sum_the_per_key_ones(bare)
     copied = {table: sums(bare, table) for table in TENANT_ROLLUP_TABLES.values()}
