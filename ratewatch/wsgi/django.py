@@ -9,6 +9,7 @@ dependency of the SDK.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from django.conf import settings
@@ -24,7 +25,8 @@ class RateWatchMiddleware:
     """Check each request with RateWatch before the views; 429 or 503 answers come from here.
 
     The settings are read once, when Django loads its middleware; a bad one raises
-    ``ImproperlyConfigured`` naming it.  The client made here lives as long as the process.
+    ``ImproperlyConfigured`` naming it.  A client made here (no ``CLIENT`` setting) is
+    closed when Django drops the middleware.
     """
 
     sync_capable = True
@@ -33,9 +35,11 @@ class RateWatchMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]):
         self.get_response = get_response
         try:
-            self.gate, self.client, _ = build(getattr(settings, "RATEWATCH", None), "RATEWATCH")
+            self.gate, self.client, owned = build(getattr(settings, "RATEWATCH", None), "RATEWATCH")
         except ValueError as error:
             raise ImproperlyConfigured(str(error)) from error
+        if owned:  # Django has no shutdown hook: close it with the middleware
+            weakref.finalize(self, self.client.close)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         decision = self.gate.decide(request.META)
