@@ -243,6 +243,28 @@ def test_flask_reads_its_settings_from_app_config(
         extension.close()
 
 
+def test_a_flask_view_with_a_limit_of_its_own(rw: RateWatch) -> None:
+    app = Flask(__name__)
+    ratewatch = RateWatchFlask(app, client=rw, limit=10, window=600)
+
+    @app.post("/login")
+    @ratewatch.limit(2, 60)
+    def login() -> str:
+        return "welcome"
+
+    app.add_url_rule("/hello", "hello", lambda: "hello")
+    http = app.test_client()
+    logins = [http.post("/login") for _ in range(3)]
+    hello = http.get("/hello")
+    assert [r.status_code for r in logins] == [200, 200, 429]
+    assert logins[0].text == "welcome"
+    assert_ratelimit_headers(logins[1].headers, 2, 60, 0)  # the view's, not the app's
+    assert_denied(logins[2].status_code, logins[2].headers, logins[2].data, 2, 60)
+    # every request counts app-wide once; the view's counter is apart
+    assert_ratelimit_headers(hello.headers, 10, 600, 6)
+    assert rw.check("ip:127.0.0.1|view:login", limit=2, window=60, cost=0).remaining == 0
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -401,11 +423,15 @@ def test_the_documented_examples_run(
 
     namespace = run(flask)
     try:
-        response = namespace["app"].test_client().get("/hello")
+        http = namespace["app"].test_client()
+        response = http.get("/hello")
+        login = http.post("/login")
     finally:
         namespace["ratewatch"].close()
     assert (response.status_code, response.text) == (200, "hello")
     assert_ratelimit_headers(response.headers, 100, 60, 98)  # the same IP, the same window
+    assert (login.status_code, login.text) == (200, "welcome")
+    assert_ratelimit_headers(login.headers, 5, 60, 4)
 
     configured = run(django_settings)
     assert configured["MIDDLEWARE"][0] == "ratewatch.wsgi.django.RateWatchMiddleware"
