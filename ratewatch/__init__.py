@@ -1,4 +1,4 @@
-"""RateWatch: the Python SDK, middleware and the ``ratewatch`` command.
+"""RateWatch: the Python SDK, ASGI and WSGI middleware and the ``ratewatch`` command.
 
 The SDK's names are imported on first use: the ``ratewatch`` command (a subpackage, so
 this module runs first) starts the limiter without loading the SDK's HTTP client.
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     )
     from ratewatch.middleware import RateLimitMiddleware
     from ratewatch.signing import RequestSigner
+    from ratewatch.wsgi import RateLimitWSGIMiddleware
 
 _MODULES = {
     "FAIL_OPEN_REASON": "ratewatch.client",
@@ -32,6 +33,7 @@ _MODULES = {
     "ServiceUnavailable": "ratewatch.errors",
     "RateLimitMiddleware": "ratewatch.middleware",
     "RequestSigner": "ratewatch.signing",
+    "RateLimitWSGIMiddleware": "ratewatch.wsgi",
 }
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "CheckResult",
     "InvalidRequest",
     "RateLimitMiddleware",
+    "RateLimitWSGIMiddleware",
     "RateWatch",
     "RateWatchError",
     "RequestSigner",
