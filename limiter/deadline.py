@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-MIN_MARGIN_MS = 50
-MARGIN_SHARE = 0.2
+MIN_MARGIN_MS = 100
+MARGIN_SHARE = 0.4
 # the script's reply to a call past its deadline: an error reply with this code
 PAST_DEADLINE = "PASTDEADLINE"
 

@@ -49,8 +49,8 @@ async def counters(redis: Redis, keyspace: Keyspace, tenant: str) -> list[bytes]
 
 
 def test_the_margin_leaves_the_largest_call_time_to_run() -> None:
-    assert (CallDeadline(0.25).margin_ms, CallDeadline(0.25).budget_ms) == (50, 200)
-    assert (CallDeadline(1.0).margin_ms, CallDeadline(1.0).budget_ms) == (200, 800)
+    assert (CallDeadline(0.25).margin_ms, CallDeadline(0.25).budget_ms) == (100, 150)
+    assert (CallDeadline(1.0).margin_ms, CallDeadline(1.0).budget_ms) == (400, 600)
     assert (CallDeadline(0.06).margin_ms, CallDeadline(0.06).budget_ms) == (30, 30)
 
 
