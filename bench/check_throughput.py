@@ -4,6 +4,7 @@ server stack and a ``limits`` baseline.
 Usage::
 
     python bench/check_throughput.py [--duration 10] [--connections 64] [--rounds 3]
+                                     [--redis-events]
 
 Everything runs in this process tree and is torn down at the end:
 
@@ -573,6 +574,8 @@ class Bench:
         argv = [sys.executable, "-m", "ratewatch", "serve", "--host", HOST, "--port", str(port)]
         argv += ["--redis-url", f"redis://{HOST}:{redis_port}", "--data-dir", str(data_dir)]
         argv += ["--workers", str(self.args.workers)]
+        if self.args.redis_events:
+            argv.append("--redis-events")
         env = {**os.environ, "RATEWATCH_BOOTSTRAP_KEY": token}
         started = time.perf_counter()
         self.procs.start("ratewatch", argv, env)
@@ -678,6 +681,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the FastAPI + limits baseline"
+    )
+    parser.add_argument(
+        "--redis-events",
+        action="store_true",
+        help="serve as ratewatch up does: the check script streams every decision",
     )
     parser.add_argument(
         "--startup-timeout", type=float, default=30, help="seconds to wait for servers"

@@ -44,6 +44,7 @@ from limiter.algorithms import Algorithm
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.coalescer import Coalescer
+from limiter.deadline import CallDeadline
 from limiter.emit import DecisionSink, NullSink
 from limiter.errors import LimiterError, StoreUnavailable
 from limiter.failover import FailoverDecider, StoreHealth
@@ -175,6 +176,9 @@ class LimiterApp:
             cluster=is_cluster(redis),
             event_stream=keyspace.events if settings.redis_events else None,
             instance=settings.instance,
+            # a streaming call the client gave up on must not run later: it would be
+            # counted beside the failure policy's answer
+            deadline=CallDeadline(settings.redis_timeout),
         )
         await store.load()
         # the probe has a connection and a timeout of its own: it answers for Redis, not

@@ -1,14 +1,26 @@
 -- Decides a batch of checks in one round trip, atomically.
 -- ARGV[1] = now in ms, or "0" to use the server's clock; ARGV[2] = number of checks;
--- ARGV[3] = "1" to append the decisions to the event stream KEYS[1] (embedded mode), else "0".
+-- ARGV[3] = "1" to append the decisions to the event stream KEYS[1] (embedded mode), else "0";
+-- ARGV[4] = the call's deadline in epoch ms of the server's clock, or "0" for none: a call
+-- that starts later was given up on by its client (answered by the failure policy), so it
+-- changes nothing and replies the error PASTDEADLINE (limiter.deadline).
 -- Then per check: algorithm code (s|t|f), limit, window_ms, cost, number of block keys, and
 -- when streaming, the check's stream.events.EntryCheck, encoded.
 -- KEYS, per check: the counter key, then its block keys.
 -- Returns five integers per check: allowed, remaining, reset_ms, retry_ms (-1: none), reason.
 local now = tonumber(ARGV[1])
-if now == 0 then
+local deadline = tonumber(ARGV[4])
+if now == 0 or deadline > 0 then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if deadline > 0 and clock > deadline then
+    -- before any write: the counters and the stream stay as they are
+    return redis.error_reply('PASTDEADLINE the call reached Redis ' .. int(clock - deadline)
+      .. ' ms past its deadline')
+  end
+  if now == 0 then
+    now = clock
+  end
 end
 local streaming = ARGV[3] == '1'
 local step = streaming and 6 or 5
@@ -23,7 +35,7 @@ local first = streaming and 2 or 1
 -- Blocks are rare: one EXISTS over every block key of the batch spares a PTTL per check.
 local any_blocked = false
 local block_keys = {}
-local k, a = first, 4
+local k, a = first, 5
 for _ = 1, checks do
   local nblocks = tonumber(ARGV[a + 4])
   for j = 1, nblocks do
@@ -40,7 +52,7 @@ for i = 1, #block_keys, 4000 do  -- unpack() is bounded by Lua's stack
   end
 end
 
-k, a = first, 4
+k, a = first, 5
 for c = 1, checks do
   local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local nblocks = tonumber(ARGV[a + 4])

@@ -13,6 +13,7 @@ adds the outcome.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from limiter.algorithms import Outcome, Reason
+from limiter.deadline import PAST_DEADLINE, CallDeadline
 from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.scripts import script_source
@@ -35,6 +37,8 @@ _LUA_FILES = (
     "check.lua",
 )
 _REASONS = list(Reason)
+
+log = logging.getLogger("ratewatch.limiter")
 
 
 def check_script_source() -> str:
@@ -51,6 +55,7 @@ class RedisStore:
         cluster: bool = False,
         event_stream: str | None = None,
         instance: str = "",
+        deadline: CallDeadline | None = None,
     ):
         if cluster and event_stream is not None:
             raise ConfigError(
@@ -64,13 +69,30 @@ class RedisStore:
         self._instance = instance
         self._source = check_script_source()
         self._sha: str | None = None
+        # only a streaming call needs one: without a stream nothing is counted twice
+        self._deadline = deadline if event_stream is not None else None
 
     async def load(self) -> None:
         """Load the script once; a server restart (NOSCRIPT) reloads it on demand."""
         try:
             self._sha = await self._redis.script_load(self._source)
+            if self._deadline is not None:
+                await self._check_clocks(self._deadline)
         except RedisError as exc:
             raise StoreUnavailable(f"could not load the check script: {exc}") from exc
+
+    async def _check_clocks(self, deadline: CallDeadline) -> None:
+        """Deadlines need Redis's clock within the margin of ours: one ahead by more would
+        refuse every call, so the deadlines are dropped (logged) rather than the checks."""
+        offset, uncertainty = await deadline.clock_offset_ms(self._redis)
+        if abs(offset) - uncertainty > deadline.margin_ms / 2:
+            log.error(
+                "Redis's clock is %.0f ms off this host's (margin %d ms): calls carry no "
+                "deadline, and a call that times out and then runs may be counted twice",
+                offset,
+                deadline.margin_ms,
+            )
+            self._deadline = None
 
     async def decide(self, checks: Sequence[Check], now_ms: int = 0) -> list[Outcome]:
         by_tenant: dict[str, list[int]] = {}
@@ -93,7 +115,7 @@ class RedisStore:
     async def _decide_group(self, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
         streaming = self._stream is not None
         keys: list[str] = [self._stream] if self._stream is not None else []
-        args: list[Any] = [now_ms, len(checks), "1" if streaming else "0"]
+        args: list[Any] = [now_ms, len(checks), "1" if streaming else "0", 0]
         keyspace = self._keyspace
         flushed_ns = time.perf_counter_ns()
         counter, block = keyspace.counter, keyspace.block
@@ -112,6 +134,8 @@ class RedisStore:
                     check.window_ms // 1000, check.cost, check.ip, check.route,
                     check.user_agent, check.user_id, latency_us, instance, check.segment,
                 )))  # fmt: skip
+        if self._deadline is not None:
+            args[3] = self._deadline.of_call_sent_now()
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
         return [
@@ -131,6 +155,9 @@ class RedisStore:
                 result = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
             return result
         except ResponseError as exc:
+            if str(exc).startswith(PAST_DEADLINE):
+                # refused, changing nothing: the client gave up on it (or is about to)
+                raise StoreUnavailable(f"the call reached Redis past its deadline: {exc}") from exc
             raise StoreUnavailable(f"the check script failed: {exc}") from exc
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc!r}") from exc

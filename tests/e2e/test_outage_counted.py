@@ -1,6 +1,7 @@
 """`ratewatch up` through a Redis outage: every check the failure policy answers (fail_open,
 fail_closed) becomes exactly one analytics row once Redis answers again, even when the
-limiter that answered it is killed before that."""
+limiter that answered it is killed before that; the call in flight when Redis froze is not
+run when it thaws (past its deadline), so it is neither counted twice nor charged."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from analytics.query_client import answers, query
 from tests.support.credentials import KEY_SECRET, create_key
@@ -64,6 +66,13 @@ def metric(text: str, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert found, f"{name} not in /metrics"
     return float(found.group(1))
+
+
+def refused_calls(server: RedisServer) -> int:
+    """Calls the check script refused as past their deadline."""
+    with redis.Redis.from_url(server.url) as client:
+        stats: dict[str, Any] = client.info("errorstats")
+    return int(stats.get("errorstat_PASTDEADLINE", {}).get("count", 0))
 
 
 def spool_status(client: httpx.Client) -> dict[str, Any]:
@@ -168,13 +177,17 @@ def test_decisions_answered_while_redis_is_frozen_are_counted_once(
             f"FROM ratewatch.decisions WHERE {outage}",
         )[0]["ms"]
         assert int(span) < 30_000
-        # the one call in flight when Redis froze ran when it thawed: the check script wrote
-        # Redis's decision (reason ok) beside the answered fail_open one (see the README's
-        # failure policy: a call that reached Redis and timed out is in doubt)
-        frozen_ok = rows(socket, f"{tenant_open} AND reason = 'ok'")
-        assert frozen_ok <= 1
+        # the one call in flight when Redis froze reached the check script when it thawed,
+        # past its deadline: refused, it wrote no decision of Redis's beside the answered one
+        assert rows(socket, f"{tenant_open} AND reason = 'ok'") == 0
+        assert rows(socket, tenant_open) == total_open
+        assert rows(socket, tenant_open, "uniqExact(event_id)") == total_open
+        assert refused_calls(own_redis) == 1
         before = rows(socket, "tenant = 'default' AND key LIKE 'before:%'")
         assert before == 10
+        # nor did it charge a counter: the frozen call's key has all but this check left
+        response = opened.post("/v1/check", json={"key": "out:0", "limit": 5, "window": 60})
+        assert (response.json()["reason"], response.json()["remaining"]) == ("ok", 4)
     finally:
         opened.close()
         closed.close()
