@@ -15,6 +15,7 @@ from ratewatch.cli.options import option
 from ratewatch.simulate import SCENARIOS, Simulation, Timeline
 from ratewatch.simulate.driver import Driver, Observations
 from ratewatch.simulate.errors import SimulationError
+from ratewatch.simulate.families import FAMILIES, draw_mix
 from ratewatch.simulate.report import RunInfo, render, to_json
 from ratewatch.simulate.scorer import score
 
@@ -50,6 +51,18 @@ HTTP_TIMEOUT = 10.0
     help="Run only these scenarios (repeat the option); default: all.",
 )
 @option(
+    "--families",
+    is_flag=True,
+    help="Play families with parameters drawn from --seed (sources, rates, names, onsets) "
+    "instead of the fixed scenarios.",
+)
+@option(
+    "--family",
+    type=click.Choice(list(FAMILIES)),
+    multiple=True,
+    help="With --families: only these families (repeat the option); default: all.",
+)
+@option(
     "--scale",
     type=click.FloatRange(0, 20, min_open=True),
     default=1.0,
@@ -71,6 +84,8 @@ def simulate(
     duration: float,
     attack_at: float,
     scenario: tuple[str, ...],
+    families: bool,
+    family: tuple[str, ...],
     scale: float,
     seed: int,
     as_json: bool,
@@ -79,6 +94,10 @@ def simulate(
 
     Legitimate scenarios: steady, diurnal, flash-crowd, nat.  Attacks, from --attack-at:
     credential-stuffing, leaked-key, scraping, burst, key-enumeration, low-and-slow.
+
+    With --families, every family of attacks and legitimate traffic is drawn with random
+    parameters from --seed instead (docs/detection.md lists them), attacks staggered over
+    the minute after --attack-at.
     """
     if not api_key:
         raise click.UsageError("no API key: pass --api-key or set RATEWATCH_API_KEY")
@@ -89,9 +108,18 @@ def simulate(
     if not url.startswith(("http://", "https://")):
         raise click.UsageError(f"--url {url!r} is not an http:// or https:// URL")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    names = tuple(dict.fromkeys(scenario)) or tuple(SCENARIOS)
+    if family and not families:
+        raise click.UsageError("--family needs --families")
+    if families and scenario:
+        raise click.UsageError("--scenario and --families exclude each other")
     timeline = Timeline(duration, attack_at)
-    simulation = Simulation(names, seed=seed, scale=scale, timeline=timeline)
+    if families:
+        names = tuple(dict.fromkeys(family)) or tuple(FAMILIES)
+        mix = draw_mix(seed, timeline=timeline, scale=scale, names=names)
+        simulation = mix.simulation(scale=scale, timeline=timeline)
+    else:
+        names = tuple(dict.fromkeys(scenario)) or tuple(SCENARIOS)
+        simulation = Simulation(names, seed=seed, scale=scale, timeline=timeline)
     try:
         observations = asyncio.run(_drive(simulation, url, api_key))
     except SimulationError as exc:

@@ -34,8 +34,15 @@ class Simulation:
     """
 
     def __init__(
-        self, names: Sequence[str], *, seed: int, scale: float, timeline: Timeline
+        self,
+        names: Sequence[str],
+        *,
+        seed: int,
+        scale: float,
+        timeline: Timeline,
+        built: Sequence[Scenario] = (),
     ) -> None:
+        """``built``: scenarios already planned (a family mix), played after ``names``'."""
         unknown = [name for name in names if name not in SCENARIOS]
         if unknown:
             raise ValueError(f"unknown scenario {unknown[0]!r}: one of {', '.join(SCENARIOS)}")
@@ -50,6 +57,7 @@ class Simulation:
                 rng = random.Random(f"ratewatch-simulate:{seed}:{name}")
                 context = Context(rng, Addresses(rng, index), scale, timeline)
                 self.scenarios.append(SCENARIOS[name](context))
+        self.scenarios.extend(built)
         self._next_tick = 0
 
     @property
