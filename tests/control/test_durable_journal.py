@@ -103,13 +103,16 @@ class Stores:
         )
 
     async def snapshot(self) -> dict[bytes, object]:
-        """Every key under the prefix but the epoch, with its value (JSON values parsed,
-        webhook records without their empty fields and with their secrets opened: what the
-        readers see; each sealing of a secret differs by its nonce)."""
+        """Every key under the prefix but the epoch and the block change counters, with its
+        value (JSON values parsed, webhook records without their empty fields and with their
+        secrets opened: what the readers see; each sealing of a secret differs by its
+        nonce)."""
         found: dict[bytes, object] = {}
         async for name in self.redis.scan_iter(match=f"{self.keyspace.prefix}:*"):
             kind = await self.redis.type(name)
-            if name == self.keyspace.epoch.encode():
+            # the epoch, and the blocks' change counters (the local copies of blocks read
+            # them to see a change; a restore is one, counted once per restorer)
+            if name == self.keyspace.epoch.encode() or name.endswith(b":blocks:v"):
                 continue
             if kind == b"hash":
                 raw = await self.redis.hgetall(name)
