@@ -177,12 +177,13 @@ def test_decisions_answered_while_redis_is_frozen_are_counted_once(
             f"FROM ratewatch.decisions WHERE {outage}",
         )[0]["ms"]
         assert int(span) < 30_000
-        # the one call in flight when Redis froze reached the check script when it thawed,
-        # past its deadline: refused, it wrote no decision of Redis's beside the answered one
+        # the calls in flight when Redis froze (one, or two when a second was sent before
+        # the store was declared down) reached the check script when it thawed, past their
+        # deadline: refused, they wrote no decision of Redis's beside the answered ones
         assert rows(socket, f"{tenant_open} AND reason = 'ok'") == 0
         assert rows(socket, tenant_open) == total_open
         assert rows(socket, tenant_open, "uniqExact(event_id)") == total_open
-        assert refused_calls(own_redis) == 1
+        assert 1 <= refused_calls(own_redis) <= 2
         before = rows(socket, "tenant = 'default' AND key LIKE 'before:%'")
         assert before == 10
         # nor did it charge a counter: the frozen call's key has all but this check left
