@@ -40,6 +40,7 @@ from control.routes.keys import KeyRoutes
 from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
+from control.shutdown import bounded_step, cancel_tasks
 from limiter.algorithms import Algorithm
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
@@ -308,10 +309,10 @@ class LimiterApp:
                 Route("/openapi.json", lambda request: json_response(openapi), methods=["GET"]),
             ]
         )
-        watcher = asyncio.create_task(health.watch())
-        mirror = asyncio.create_task(blocks_copy.run())
-        flusher = asyncio.create_task(self.metrics.flush_every())
-        restoring = asyncio.create_task(restorer.watch())
+        watcher = asyncio.create_task(health.watch(), name="health watcher")
+        mirror = asyncio.create_task(blocks_copy.run(), name="blocks mirror")
+        flusher = asyncio.create_task(self.metrics.flush_every(), name="metrics flusher")
+        restoring = asyncio.create_task(restorer.watch(), name="restore watcher")
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -320,20 +321,18 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            for task in (watcher, mirror, flusher, restoring):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_tasks((watcher, mirror, flusher, restoring))
             self.metrics.flush()
+            # not cut short: the sink bounds its own close and spools what it could not send
             await sink.close()
             if outage is not None:
-                await outage.close()
+                await bounded_step("the outage spool's close", outage.close())
             if analytics is not None:
-                await analytics.close()
-            await journal.close()
+                await bounded_step("the analytics client's close", analytics.close())
+            await bounded_step("the durable journal's close", journal.close())
             if prober is not redis:
-                await prober.aclose()
-            await redis.aclose()
+                await bounded_step("the health probe's close", prober.aclose())
+            await bounded_step("the Redis client's close", redis.aclose())
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:
         problem = problem_for(exc)

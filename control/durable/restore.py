@@ -168,10 +168,13 @@ class Restorer:
         await self._keys.verify_secret()
         await self._set_epoch()
         self.restores += 1
-        log.warning(
-            "Redis had lost its data: %d control-plane records restored from the %s in %.2fs",
-            written, self._journal.description, time.monotonic() - started,
-        )  # fmt: skip
+        if written:
+            log.warning(
+                "Redis had lost its data: %d control-plane records restored from the %s in %.2fs",
+                written, self._journal.description, time.monotonic() - started,
+            )  # fmt: skip
+        else:  # a new store: nothing was lost, there was nothing yet
+            log.info("control-plane epoch set on an empty store (nothing to restore)")
         return written
 
     async def _apply(self, item: Entry) -> None:
