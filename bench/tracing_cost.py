@@ -19,10 +19,10 @@ Redis, side by side:
 
 Each is loaded in turn with wrk (1 thread, ``POST /v1/check`` over 1000 keys, each request
 with a sampled ``traceparent`` of its own trace; a warm-up run each, then ``--rounds``
-alternating measured runs, so load from elsewhere hits all alike).  Prints the median
-requests/s and the limiter's CPU time per request of each, and their ratios to ``off``.  Everything it started is stopped
-(SIGTERM, by PID) at the end.  Progress goes to stderr; exit status 1 if the harness failed
-or a request got an error.
+alternating measured runs, so load from elsewhere hits all alike). Prints the median
+requests/s and the limiter's CPU time per request of each, and their ratios to ``off``.
+Everything it started is stopped (SIGTERM, by PID) at the end. Progress goes to stderr;
+exit status 1 if the harness failed or a request got an error.
 """
 
 from __future__ import annotations
