@@ -5,9 +5,9 @@ Configured by OpenTelemetry's standard variables, read by the SDK itself:
 ``_HEADERS``, ``_TIMEOUT``, ``_COMPRESSION``, certificates), ``OTEL_SERVICE_NAME`` and
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` (parent-based always-on by default, so
 a caller's sampling decision in ``traceparent`` is followed) and ``OTEL_BSP_*`` for the
-batching.  Only what the extra ships is accepted: the OTLP/HTTP protobuf exporter (or the
-console one, to look at spans without a collector); anything else is refused at start,
-naming the variable.
+batching.  Only what the extra ships is accepted: the OTLP/HTTP protobuf exporter, the
+console one (to look at spans without a collector) or none (trace ids still reach the
+decisions); anything else is refused at start, naming the variable.
 
 Spans are exported from a background thread in batches, so a request never waits on the
 collector.  Each worker process starts its own (after the fork: a thread does not survive
@@ -47,7 +47,8 @@ STORE_SPAN = "redis check-script"
 # a store call carries up to thousands of checks; past this many, its span links to the
 # first ones only (a backend shows a few hundred links at best)
 MAX_LINKS = 128
-EXPORTERS = ("otlp", "console")
+# "none": spans are made (so trace ids reach the decisions) but exported nowhere
+EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = ("http/protobuf",)
 
 
@@ -68,7 +69,9 @@ def check_environment(environ: Mapping[str, str]) -> str:
     return exporter
 
 
-def _processor(exporter: str) -> SpanProcessor:
+def _processor(exporter: str) -> SpanProcessor | None:
+    if exporter == "none":
+        return None
     if exporter == "console":
         return SimpleSpanProcessor(ConsoleSpanExporter())
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -90,7 +93,9 @@ class Tracing:
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(_processor(exporter))
+        processor = _processor(exporter)
+        if processor is not None:
+            provider.add_span_processor(processor)
         return cls(provider)
 
     def check_handler(self, *args: Any, **kwargs: Any) -> Any:

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from analytics.query_client import query
+from limiter.errors import ConfigError
+from limiter.tracing import check_tracing
 from ratewatch.client import AsyncRateWatch, RateWatch
 from tests.support.credentials import STACK_PREFIX, create_key
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
@@ -260,3 +262,38 @@ def test_with_tracing_off_the_limiter_loads_none_of_its_tracing_code() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("asked", "environ", "on"),
+    [
+        (False, {}, False),
+        (False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, False),
+        (True, {}, True),
+        (True, {"OTEL_SDK_DISABLED": "true"}, False),
+        (True, {"OTEL_SDK_DISABLED": "TRUE "}, False),
+        (True, {"OTEL_SDK_DISABLED": "false"}, True),
+        (True, {"OTEL_TRACES_EXPORTER": "console"}, True),
+        (True, {"OTEL_TRACES_EXPORTER": "none"}, True),
+        (True, {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, True),
+    ],
+)
+def test_tracing_is_on_only_when_asked_and_not_disabled(
+    asked: bool, environ: dict[str, str], on: bool
+) -> None:
+    assert check_tracing(asked, environ) is on
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_TRACES_EXPORTER", "jaeger"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+    ],
+)
+def test_what_the_extra_does_not_ship_is_refused_naming_the_variable(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}='{value}' is not supported"):
+        check_tracing(True, {variable: value})
