@@ -44,7 +44,6 @@ class ClientTracing:
             attributes={
                 "http.request.method": "POST",
                 "url.full": self._base_url + path,
-                "rpc.system": "ratewatch",
             },
         ) as span:
             headers: dict[str, str] = {}
