@@ -112,8 +112,8 @@ def decision(tenant: str, minutes_ago: int, **fields: Any) -> DecisionEvent:
 
 def seed_decisions(tenant: str) -> list[DecisionEvent]:
     """10 decisions: user:42 on /search (pro), 3 of 5 denied, from 203.0.113.7, in one
-    trace; user:42 on
-    the shared key ip:203.0.113.7 (/login, no segment), denied; user:7 (free) 2 hours ago."""
+    trace; user:42 on the shared key ip:203.0.113.7 (/login, no segment), denied; user:7
+    (free) 2 hours ago."""
     return [
         *(
             decision(tenant, 5, allowed=i < 2, latency_us=100 + i, trace_id=TRACE_ID)
