@@ -53,6 +53,7 @@ _INPUT_SCHEMA: dict[str, Any] = {
     "latency_us": pl.Int64,
     "instance": pl.String,
     "segment": pl.String,
+    "trace_id": pl.String,
 }
 assert set(_INPUT_SCHEMA) == set(DecisionEvent.__struct_fields__), "schema out of date"
 
@@ -66,7 +67,15 @@ _RANGES = (
     ("reset_in", 0, _UINT32),
     ("latency_us", 0, _UINT32),
 )
-_OPTIONAL_STRINGS = ("ip", "route", "user_agent", "user_id", "instance", "segment")
+_OPTIONAL_STRINGS = (
+    "ip",
+    "route",
+    "user_agent",
+    "user_id",
+    "instance",
+    "segment",
+    "trace_id",
+)
 
 _SHAPE = [
     pl.from_epoch("ts", time_unit="ms").dt.replace_time_zone("UTC"),

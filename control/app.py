@@ -68,6 +68,7 @@ from limiter.state.privacy import UserDataStore
 from limiter.state.tenants import TenantSettingsStore
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
+from limiter.tracing import start_tracing
 from stream.audit_outbox import AuditOutbox
 from stream.backlog import BacklogReport
 from webhooks.metrics import WebhookMetrics
@@ -133,6 +134,8 @@ class LimiterApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
+        # decided once: with tracing off nothing of OpenTelemetry is loaded
+        tracing = start_tracing(settings.tracing)
         redis = await connect(settings.redis_url, settings.redis_timeout)
         keyspace = Keyspace(settings.key_prefix)
         keys = KeyStore(redis, keyspace, KeyHasher(self._key_secret))
@@ -217,8 +220,12 @@ class LimiterApp:
             await outage.start()
         fallback = MemoryStore()
         blocks_copy = BlockMirror(redis, keyspace, fallback, settings.block_mirror_interval)
+        store_call = health.guard(store.decide)
         decider = FailoverDecider(
-            Coalescer(health.guard(store.decide), max_bytes=settings.call_max_bytes),
+            Coalescer(
+                store_call if tracing is None else tracing.store_call(store_call),
+                max_bytes=settings.call_max_bytes,
+            ),
             fallback,
             health,
             outage,
@@ -248,7 +255,7 @@ class LimiterApp:
             await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
         else:
             sink = self._sink_factory()
-        checks = CheckHandler(
+        checks: CheckHandler = (CheckHandler if tracing is None else tracing.check_handler)(
             auth,
             decider,
             sink,
@@ -325,6 +332,8 @@ class LimiterApp:
             self.metrics.flush()
             # not cut short: the sink bounds its own close and spools what it could not send
             await sink.close()
+            if tracing is not None:
+                await tracing.shutdown()
             if outage is not None:
                 await bounded_step("the outage spool's close", outage.close())
             if analytics is not None:

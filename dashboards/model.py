@@ -1,11 +1,11 @@
 """What a dashboard is made of, before it is Grafana JSON: panels with their SQL, a layout
-width and height, units and overrides.  ``render`` turns these into Grafana's JSON."""
+width and height, units and overrides.  ``render`` builds Grafana's JSON of them with
+grafana-foundation-sdk."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 PanelKind = Literal["stat", "timeseries", "table", "barchart"]
 # the plugin's two result shapes: a table, or time series (a long frame becomes one series
@@ -46,10 +46,11 @@ class Panel:
     # a series' name, e.g. "${__field.labels.reason}" for one series per reason
     series_name: str | None = None
     overrides: tuple[Override, ...] = ()
-    # panel-type options merged over the defaults of its kind
-    options: Mapping[str, Any] = field(default_factory=dict)
-    # fieldConfig.defaults.custom merged over the defaults of its kind
-    custom: Mapping[str, Any] = field(default_factory=dict)
+    # time series and bar charts: series stacked; time series drawn as bars
+    stacked: bool = False
+    bars: bool = False
+    # bar charts: the column along the category axis
+    x_field: str | None = None
     thresholds: tuple[tuple[float | None, str], ...] = ((None, "green"),)
 
 

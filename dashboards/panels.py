@@ -3,8 +3,6 @@ time series reads its rollup's granularity, a table or bar chart reads a table r
 
 from __future__ import annotations
 
-from typing import Any
-
 from dashboards.model import Override, Panel
 
 
@@ -47,11 +45,6 @@ def timeseries(
     decimals: int | None = None,
 ) -> Panel:
     """``series_by``: the string column of a long result that names its series."""
-    custom: dict[str, Any] = {"stacking": {"group": "A", "mode": "normal" if stacked else "none"}}
-    if bars:
-        custom.update(drawStyle="bars", fillOpacity=80, lineWidth=1)
-    elif stacked:
-        custom.update(fillOpacity=30)
     return Panel(
         kind="timeseries",
         title=title,
@@ -61,7 +54,8 @@ def timeseries(
         unit=unit,
         min_interval=min_interval,
         overrides=overrides,
-        custom=custom,
+        stacked=stacked,
+        bars=bars,
         width=width,
         height=9,
         decimals=decimals,
@@ -109,7 +103,8 @@ def barchart(
         format="table",
         unit=unit,
         overrides=overrides,
-        options={"xField": x_field, "stacking": "normal" if stacked else "none"},
+        x_field=x_field,
+        stacked=stacked,
         width=width,
         height=9,
     )

@@ -40,7 +40,7 @@ _HEADER = "# Written by `ratewatch dashboards build`; edit dashboards/ and build
 
 
 def _yaml_scalar(value: object) -> str:
-    # JSON strings and numbers are YAML scalars; no YAML library in the light install
+    # JSON strings and numbers are YAML scalars: no YAML library needed
     return json.dumps(value)
 
 

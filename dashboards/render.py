@@ -1,12 +1,14 @@
-"""Dashboards as Grafana dashboard JSON for the ClickHouse data source plugin.
+"""Dashboards as Grafana dashboard JSON, built with grafana-foundation-sdk.
 
-Every panel and the ``tenant`` variable query the data source chosen by the dashboard's
-``datasource`` variable (any ``grafana-clickhouse-datasource``, the provisioned RateWatch
-one by default), so the same JSON works in the compose stack and in an existing Grafana.
-Targets are the plugin's SQL-editor queries: ``editorType: "sql"``, ``rawSql``, and
-``format`` / ``queryType`` (0 / ``timeseries`` or 1 / ``table``).  Panels are laid out in
-order, left to right on Grafana's 24-column grid.  The JSON is written with sorted keys,
-so a build that changes nothing changes no file.
+The SDK's builders are generated from Grafana's own schemas (the build pinned in
+pyproject matches the Grafana version compose runs), so what they build is a dashboard
+that Grafana's model accepts, field by field.  Every panel and the ``tenant`` variable
+query the data source chosen by the dashboard's ``datasource`` variable (any
+``grafana-clickhouse-datasource``, the provisioned RateWatch one by default), so the same
+JSON works in the compose stack and in an existing Grafana.  Targets are the plugin's
+SQL-editor queries (``dashboards.clickhouse_query``).  Panels are laid out in order, left
+to right on Grafana's 24-column grid.  The JSON is written with sorted keys, so a build
+that changes nothing changes no file.
 """
 
 from __future__ import annotations
@@ -14,110 +16,148 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from grafana_foundation_sdk.builders import barchart, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as builders
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DashboardLinkType,
+    DataSourceRef,
+    DynamicConfigValue,
+    FieldColorModeId,
+    GridPos,
+    Threshold,
+    ThresholdsMode,
+    VariableHide,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
+from dashboards.clickhouse_query import (
+    DATASOURCE_TYPE,
+    PLUGIN_VERSION,
+    ClickHouseQueryBuilder,
+)
 from dashboards.model import Dashboard, Override, Panel
 from dashboards.sql import TENANT_VARIABLE, TENANTS_QUERY
 
-DATASOURCE_TYPE = "grafana-clickhouse-datasource"
+__all__ = [
+    "DATASOURCE",
+    "DATASOURCE_NAME",
+    "DATASOURCE_TYPE",
+    "DATASOURCE_UID",
+    "PLUGIN_VERSION",
+    "layout",
+    "render",
+    "to_json",
+]
+
 DATASOURCE_UID = "ratewatch-clickhouse"
 DATASOURCE_NAME = "RateWatch ClickHouse"
-# the plugin version the targets are written for (4.x's query model) and compose installs
-PLUGIN_VERSION = "4.9.0"
 DATASOURCE_VARIABLE = "datasource"
 DATASOURCE = {"type": DATASOURCE_TYPE, "uid": "${datasource}"}
-SCHEMA_VERSION = 39
 GRID_COLUMNS = 24
 TAG = "ratewatch"
 
-_FORMATS = {"timeseries": 0, "table": 1}
 _REFRESH_INTERVALS = ["30s", "1m", "5m", "15m", "30m", "1h"]
+
+AnyPanel = stat.Panel | timeseries.Panel | table.Panel | barchart.Panel
+
+
+def _datasource() -> DataSourceRef:
+    return DataSourceRef(type_val=DATASOURCE_TYPE, uid="${datasource}")
+
+
+def build(dashboard: Dashboard) -> builders.Dashboard:
+    """The SDK's builder of ``dashboard``."""
+    built = (
+        builders.Dashboard(dashboard.title)
+        .uid(dashboard.uid)
+        .description(dashboard.description)
+        .tags(list(dashboard.tags))
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)  # a shared crosshair
+        .timezone("utc")  # the rollups' buckets are UTC
+        .time(dashboard.time_from, "now")
+        .refresh(dashboard.refresh)
+        .timepicker(builders.TimePicker().refresh_intervals(_REFRESH_INTERVALS))
+        .fiscal_year_start_month(0)
+        .live_now(False)
+        .week_start("")
+        .link(
+            builders.DashboardLink("RateWatch")
+            .type(DashboardLinkType.DASHBOARDS)
+            .tags([TAG])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+            .icon("external link")
+            .target_blank(False)
+            .tooltip("")
+            .url("")
+        )
+        .annotation(
+            builders.AnnotationQuery()
+            .built_in(1)
+            .datasource(DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .name("Annotations & Alerts")
+            .type("dashboard")
+        )
+        .with_variable(datasource_variable())
+        .with_variable(tenant_variable())
+    )
+    positions = layout(dashboard.panels)
+    for number, (panel, position) in enumerate(zip(dashboard.panels, positions, strict=True), 1):
+        built = built.with_panel(build_panel(panel, number, position))
+    return built
 
 
 def render(dashboard: Dashboard) -> dict[str, Any]:
     """The Grafana JSON model of ``dashboard`` (without ``id``: Grafana assigns it)."""
-    positions = layout(dashboard.panels)
-    return {
-        "uid": dashboard.uid,
-        "title": dashboard.title,
-        "description": dashboard.description,
-        "tags": list(dashboard.tags),
-        "editable": True,
-        "graphTooltip": 1,  # a shared crosshair
-        "timezone": "utc",  # the rollups' buckets are UTC
-        "schemaVersion": SCHEMA_VERSION,
-        "time": {"from": dashboard.time_from, "to": "now"},
-        "refresh": dashboard.refresh,
-        "timepicker": {"refresh_intervals": _REFRESH_INTERVALS},
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "weekStart": "",
-        "links": [
-            {
-                "title": "RateWatch",
-                "type": "dashboards",
-                "tags": [TAG],
-                "asDropdown": True,
-                "includeVars": True,
-                "keepTime": True,
-                "icon": "external link",
-                "targetBlank": False,
-                "tooltip": "",
-                "url": "",
-            }
-        ],
-        "annotations": {"list": [_BUILTIN_ANNOTATIONS]},
-        "templating": {"list": [datasource_variable(), tenant_variable()]},
-        "panels": [
-            render_panel(panel, number, position)
-            for number, (panel, position) in enumerate(
-                zip(dashboard.panels, positions, strict=True), 1
-            )
-        ],
-    }
+    document: dict[str, Any] = json.loads(json.dumps(build(dashboard).build(), cls=JSONEncoder))
+    return document
 
 
 def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def datasource_variable() -> dict[str, Any]:
-    return {
-        "name": DATASOURCE_VARIABLE,
-        "label": "ClickHouse",
-        "type": "datasource",
-        "query": DATASOURCE_TYPE,
-        "current": {"selected": False, "text": DATASOURCE_NAME, "value": DATASOURCE_UID},
-        "hide": 0,
-        "includeAll": False,
-        "multi": False,
-        "options": [],
-        "refresh": 1,
-        "regex": "",
-        "skipUrlSync": False,
-    }
+def datasource_variable() -> builders.DatasourceVariable:
+    return (
+        builders.DatasourceVariable(DATASOURCE_VARIABLE)
+        .label("ClickHouse")
+        .type(DATASOURCE_TYPE)
+        .current(VariableOption(selected=False, text=DATASOURCE_NAME, value=DATASOURCE_UID))
+        .hide(VariableHide.DONT_HIDE)
+        .include_all(False)
+        .multi(False)
+        .regex("")
+    )
 
 
-def tenant_variable() -> dict[str, Any]:
-    return {
-        "name": TENANT_VARIABLE,
-        "label": "Tenant",
-        "description": "Every panel shows this tenant's data only.",
-        "type": "query",
-        "datasource": DATASOURCE,
-        "query": TENANTS_QUERY,
-        "definition": TENANTS_QUERY,
-        "current": {},
-        "hide": 0,
-        "includeAll": False,
-        "multi": False,
-        "options": [],
-        "refresh": 1,  # on dashboard load
-        "regex": "",
-        "skipUrlSync": False,
-        "sort": 1,
-    }
+def tenant_variable() -> builders.QueryVariable:
+    return (
+        builders.QueryVariable(TENANT_VARIABLE)
+        .label("Tenant")
+        .description("Every panel shows this tenant's data only.")
+        .datasource(_datasource())
+        .query(TENANTS_QUERY)
+        .hide(VariableHide.DONT_HIDE)
+        .include_all(False)
+        .multi(False)
+        .refresh(VariableRefresh.ON_DASHBOARD_LOAD)
+        .regex("")
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
 
 
-def layout(panels: tuple[Panel, ...]) -> list[dict[str, int]]:
+def layout(panels: tuple[Panel, ...]) -> list[GridPos]:
     """Grid positions: left to right, a new row when a panel does not fit."""
     positions = []
     x = y = row_height = 0
@@ -126,117 +166,142 @@ def layout(panels: tuple[Panel, ...]) -> list[dict[str, int]]:
             raise ValueError(f"panel {panel.title!r} is {panel.width} columns wide")
         if x + panel.width > GRID_COLUMNS:
             x, y, row_height = 0, y + row_height, 0
-        positions.append({"x": x, "y": y, "w": panel.width, "h": panel.height})
+        positions.append(GridPos(h=panel.height, w=panel.width, x=x, y=y))
         x += panel.width
         row_height = max(row_height, panel.height)
     return positions
 
 
-def render_panel(panel: Panel, number: int, position: dict[str, int]) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "unit": panel.unit,
-        "color": {"mode": "thresholds" if panel.kind in ("stat", "table") else "palette-classic"},
-        "thresholds": {
-            "mode": "absolute",
-            "steps": [{"color": color, "value": value} for value, color in panel.thresholds],
-        },
-        "mappings": [],
-        "custom": {**_CUSTOM[panel.kind], **panel.custom},
-    }
+def _legend() -> common_builders.VizLegendOptions:
+    return (
+        common_builders.VizLegendOptions()
+        .calcs([])
+        .display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM)
+        .show_legend(True)
+    )
+
+
+def _tooltip() -> common_builders.VizTooltipOptions:
+    return (
+        common_builders.VizTooltipOptions()
+        .mode(common.TooltipDisplayMode.MULTI)
+        .sort(common.SortOrder.DESCENDING)
+    )
+
+
+def _of_kind(panel: Panel) -> AnyPanel:
+    """The typed builder of the panel's kind, with its kind's options."""
+    if panel.kind == "stat":
+        return (
+            stat.Panel()
+            .color_mode(common.BigValueColorMode.VALUE)
+            .graph_mode(common.BigValueGraphMode.NONE)
+            .justify_mode(common.BigValueJustifyMode.AUTO)
+            .orientation(common.VizOrientation.AUTO)
+            .reduce_options(
+                common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+            )
+            .show_percent_change(False)
+            .text_mode(common.BigValueTextMode.AUTO)
+            .wide_layout(True)
+        )
+    if panel.kind == "timeseries":
+        return (
+            timeseries.Panel()
+            .legend(_legend())
+            .tooltip(_tooltip())
+            .axis_placement(common.AxisPlacement.AUTO)
+            .draw_style(common.GraphDrawStyle.BARS if panel.bars else common.GraphDrawStyle.LINE)
+            .fill_opacity(80 if panel.bars else 30 if panel.stacked else 10)
+            .line_width(1)
+            .show_points(common.VisibilityMode.NEVER)
+            .span_nulls(False)
+            .stacking(
+                common_builders.StackingConfig()
+                .group("A")
+                .mode(common.StackingMode.NORMAL if panel.stacked else common.StackingMode.NONE)
+            )
+        )
+    if panel.kind == "table":
+        return (
+            table.Panel()
+            .cell_height(common.TableCellHeight.SM)
+            .footer(
+                common_builders.TableFooterOptions()
+                .count_rows(False)
+                .fields([])  # the schema's list (a string here was accepted, not typed)
+                .reducer(["sum"])
+                .show(False)
+            )
+            .show_header(True)
+            .align(common.FieldTextAlignment.AUTO)
+            .cell_options(common.TableAutoCellOptions())
+            .inspect(False)
+        )
+    if panel.x_field is None:
+        raise ValueError(f"bar chart {panel.title!r} names no x field")
+    return (
+        barchart.Panel()
+        .bar_width(0.8)
+        .group_width(0.7)
+        .legend(_legend())
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .show_value(common.VisibilityMode.AUTO)
+        .stacking(common.StackingMode.NORMAL if panel.stacked else common.StackingMode.NONE)
+        .tooltip(_tooltip())
+        .x_tick_label_rotation(0)
+        .x_field(panel.x_field)
+        .fill_opacity(80)
+        .line_width(1)
+    )
+
+
+def build_panel(panel: Panel, number: int, position: GridPos) -> AnyPanel:
+    built = (
+        _of_kind(panel)
+        .id(number)
+        .title(panel.title)
+        .description(panel.description)
+        .datasource(_datasource())
+        .grid_pos(position)
+        .with_target(ClickHouseQueryBuilder(panel.sql, panel.format).datasource(_datasource()))
+        .unit(panel.unit)
+        .color_scheme(
+            builders.FieldColor().mode(
+                FieldColorModeId.THRESHOLDS
+                if panel.kind in ("stat", "table")
+                else FieldColorModeId.PALETTE_CLASSIC
+            )
+        )
+        .thresholds(
+            builders.ThresholdsConfig()
+            .mode(ThresholdsMode.ABSOLUTE)
+            .steps([Threshold(value=value, color=color) for value, color in panel.thresholds])
+        )
+        .mappings([])
+    )
     if panel.decimals is not None:
-        defaults["decimals"] = panel.decimals
+        built = built.decimals(panel.decimals)
     if panel.series_name is not None:
-        defaults["displayName"] = panel.series_name
-    rendered: dict[str, Any] = {
-        "id": number,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": position,
-        "targets": [
-            {
-                "refId": "A",
-                "datasource": DATASOURCE,
-                "editorType": "sql",
-                "format": _FORMATS[panel.format],
-                "queryType": panel.format,
-                "rawSql": panel.sql,
-                "pluginVersion": PLUGIN_VERSION,
-            }
-        ],
-        "fieldConfig": {
-            "defaults": defaults,
-            "overrides": [_override(o) for o in panel.overrides],
-        },
-        "options": {**_OPTIONS[panel.kind], **panel.options},
-    }
+        built = built.display_name(panel.series_name)
     if panel.min_interval is not None:
-        rendered["interval"] = panel.min_interval
-    return rendered
+        built = built.interval(panel.min_interval)
+    for override in panel.overrides:
+        built = built.override_by_name(override.field, _properties(override))
+    return built
 
 
-def _override(override: Override) -> dict[str, Any]:
-    properties: list[dict[str, Any]] = []
+def _properties(override: Override) -> list[DynamicConfigValue]:
+    properties: list[DynamicConfigValue] = []
     if override.display_name is not None:
-        properties.append({"id": "displayName", "value": override.display_name})
+        properties.append(DynamicConfigValue("displayName", override.display_name))
     if override.unit is not None:
-        properties.append({"id": "unit", "value": override.unit})
+        properties.append(DynamicConfigValue("unit", override.unit))
     if override.decimals is not None:
-        properties.append({"id": "decimals", "value": override.decimals})
+        properties.append(DynamicConfigValue("decimals", override.decimals))
     if override.color is not None:
-        properties.append({"id": "color", "value": {"fixedColor": override.color, "mode": "fixed"}})
-    return {"matcher": {"id": "byName", "options": override.field}, "properties": properties}
-
-
-_BUILTIN_ANNOTATIONS = {
-    "builtIn": 1,
-    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-    "enable": True,
-    "hide": True,
-    "iconColor": "rgba(0, 211, 255, 1)",
-    "name": "Annotations & Alerts",
-    "type": "dashboard",
-}
-_LEGEND = {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": True}
-_TOOLTIP = {"mode": "multi", "sort": "desc"}
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "stat": {
-        "colorMode": "value",
-        "graphMode": "none",
-        "justifyMode": "auto",
-        "orientation": "auto",
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "showPercentChange": False,
-        "textMode": "auto",
-        "wideLayout": True,
-    },
-    "timeseries": {"legend": _LEGEND, "tooltip": _TOOLTIP},
-    "table": {
-        "cellHeight": "sm",
-        "footer": {"countRows": False, "fields": "", "reducer": ["sum"], "show": False},
-        "showHeader": True,
-    },
-    "barchart": {
-        "barWidth": 0.8,
-        "groupWidth": 0.7,
-        "legend": _LEGEND,
-        "orientation": "horizontal",
-        "showValue": "auto",
-        "tooltip": _TOOLTIP,
-        "xTickLabelRotation": 0,
-    },
-}
-_CUSTOM: dict[str, dict[str, Any]] = {
-    "stat": {},
-    "timeseries": {
-        "axisPlacement": "auto",
-        "drawStyle": "line",
-        "fillOpacity": 10,
-        "lineWidth": 1,
-        "showPoints": "never",
-        "spanNulls": False,
-    },
-    "table": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
-    "barchart": {"fillOpacity": 80, "lineWidth": 1},
-}
+        properties.append(
+            DynamicConfigValue("color", {"fixedColor": override.color, "mode": "fixed"})
+        )
+    return properties

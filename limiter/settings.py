@@ -70,6 +70,8 @@ class LimiterSettings:
     max_header_bytes: int = 64 * 1024
     # a bearer token that /metrics and /health/detailed require; None leaves them open
     metrics_token: str | None = None
+    # spans for the check path, exported per the OTEL_* variables (limiter/tracing)
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

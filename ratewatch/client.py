@@ -27,6 +27,7 @@ from ratewatch.errors import (
     ServiceUnavailable,
 )
 from ratewatch.signing import RequestSigner
+from ratewatch.tracing import client_tracing
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -218,8 +219,11 @@ def _unreachable(exc: httpx.RequestError) -> ServiceUnavailable:
 
 
 class _ClientBase:
-    def __init__(self, fail_open: bool):
+    def __init__(self, fail_open: bool, base_url: str):
         self.fail_open = fail_open
+        self.base_url = base_url
+        # decided once: a client without OpenTelemetry pays nothing per call for it
+        self._tracing = client_tracing(base_url)
 
     def _fail_open(self, error: ServiceUnavailable, checks: list[Check]) -> list[CheckResult]:
         if not self.fail_open:
@@ -253,8 +257,8 @@ class RateWatch(_ClientBase):
         ca_file: str | os.PathLike[str] | None = None,
         signing_secret: str | None = None,
     ):
-        super().__init__(fail_open)
-        key, self.base_url = _settings(api_key, base_url)
+        key, url = _settings(api_key, base_url)
+        super().__init__(fail_open, url)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=_headers(key),
@@ -297,8 +301,19 @@ class RateWatch(_ClientBase):
             return self._fail_open(error, items)
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        tracing = self._tracing
+        if tracing is None:
+            return self._send(path, body, None)
+        with tracing.request(path) as (headers, span):
+            response = self._send(path, body, headers)
+            tracing.answered(span, response.status_code)
+            return response
+
+    def _send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
         try:
-            return self._http.post(path, json=body)
+            return self._http.post(path, json=body, headers=headers)
         except httpx.RequestError as exc:
             raise _unreachable(exc) from exc
 
@@ -333,8 +348,8 @@ class AsyncRateWatch(_ClientBase):
         ca_file: str | os.PathLike[str] | None = None,
         signing_secret: str | None = None,
     ):
-        super().__init__(fail_open)
-        key, self.base_url = _settings(api_key, base_url)
+        key, url = _settings(api_key, base_url)
+        super().__init__(fail_open, url)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=_headers(key),
@@ -377,8 +392,19 @@ class AsyncRateWatch(_ClientBase):
             return self._fail_open(error, items)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        tracing = self._tracing
+        if tracing is None:
+            return await self._send(path, body, None)
+        with tracing.request(path) as (headers, span):
+            response = await self._send(path, body, headers)
+            tracing.answered(span, response.status_code)
+            return response
+
+    async def _send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
         try:
-            return await self._http.post(path, json=body)
+            return await self._http.post(path, json=body, headers=headers)
         except httpx.RequestError as exc:
             raise _unreachable(exc) from exc
 

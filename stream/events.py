@@ -63,6 +63,8 @@ class DecisionEvent(msgspec.Struct, kw_only=True, frozen=True):
     latency_us: int = 0
     instance: str = ""
     segment: str | None = None
+    # the W3C trace id (32 hex digits) of the traced request that asked for the decision
+    trace_id: str | None = None
 
 
 # DecisionEvent is keyword-only (its version comes first, with a default), and a keyword
@@ -110,7 +112,8 @@ class EntryCheck(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What the limiter knows of a check before deciding it, position by position.
     ``window`` is in seconds; ``latency_us`` is the limiter's time before the store call
     (the round trip that writes the entry cannot be part of it).  Fields added later need
-    defaults, so entries written by an older limiter still decode."""
+    defaults, so entries written by an older limiter still decode (an untraced check's
+    ``trace_id`` is a ``null``)."""
 
     tenant: str
     key: str
@@ -125,6 +128,7 @@ class EntryCheck(msgspec.Struct, array_like=True, frozen=True, gc=False):
     latency_us: int
     instance: str
     segment: str | None = None
+    trace_id: str | None = None
 
 
 class EntryDecision(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -213,6 +217,7 @@ def decode_entry(entry: EntryPayload) -> list[DecisionEvent]:
                 latency_us=check.latency_us,
                 instance=check.instance,
                 segment=check.segment,
+                trace_id=check.trace_id,
             )
         )
     return events

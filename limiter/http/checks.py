@@ -7,16 +7,16 @@ key's request, its signature.  Nothing else that could be done once at start is 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import msgspec
 
-from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm
+from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm, Outcome
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput
-from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, read_body, respond
 from limiter.http.bearer import authenticate, cached_principal, verify_signature
 from limiter.http.problems import Problem
@@ -24,6 +24,7 @@ from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
 from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
+from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 
 _check_decoder = msgspec.json.Decoder(CheckRequest)
@@ -47,11 +48,17 @@ def _where(index: int | None) -> str:
     return "$" if index is None else f"$.checks[{index}]"
 
 
+class Decider(Protocol):
+    """Decides one request's checks (``limiter.failover.FailoverDecider``)."""
+
+    async def decide(self, checks: Sequence[Check], fail_mode: FailMode) -> list[Outcome]: ...
+
+
 class CheckHandler:
     def __init__(
         self,
         auth: Authenticator,
-        decider: FailoverDecider,
+        decider: Decider,
         sink: DecisionSink,
         metrics: LimiterMetrics,
         default_algorithm: Algorithm,
@@ -61,7 +68,7 @@ class CheckHandler:
     ):
         self._auth = auth
         self._api_limits = api_limits  # failed authentication per client address
-        self._decider = decider
+        self._decider: Decider = decider
         self._sink = sink
         # the decisions are built for a sink only when it keeps them
         self._emits = not isinstance(sink, NullSink)

@@ -55,7 +55,7 @@ def entry_decisions(
         entry_check = EntryCheck(
             check.tenant, check.key, _ALGORITHMS[check.algorithm], check.limit,
             check.window_ms // 1000, check.cost, check.ip, check.route, check.user_agent,
-            check.user_id, latency_us, instance, check.segment,
+            check.user_id, latency_us, instance, check.segment, check.trace_id,
         )  # fmt: skip
         decisions.append(
             EntryDecision(

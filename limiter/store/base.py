@@ -27,6 +27,11 @@ class Check(NamedTuple):
     user_agent: str | None = None
     segment: str | None = None
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
+    # set by the traced check handler only (limiter/tracing.py): the request's trace id
+    # (32 hex digits, carried into the decision event) and its span's context (an
+    # OpenTelemetry SpanContext, which the store call's span links to)
+    trace_id: str | None = None
+    span: object = None
 
     def block_subjects(self) -> list[tuple[str, str]]:
         """The (scope, value) pairs a block may name to stop this check."""
@@ -41,7 +46,7 @@ class Check(NamedTuple):
 def payload_bytes(checks: Sequence[Check]) -> int:
     """About what ``checks`` add to a store call: their strings and a fixed share each."""
     total = len(checks) * CHECK_OVERHEAD_BYTES
-    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _ in checks:
+    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _, _, _ in checks:
         total += len(key)
         if ip:
             total += len(ip)

@@ -133,6 +133,7 @@ class RedisStore:
                     tenant, check.key, check.algorithm.value, check.limit,
                     check.window_ms // 1000, check.cost, check.ip, check.route,
                     check.user_agent, check.user_id, latency_us, instance, check.segment,
+                    check.trace_id,
                 )))  # fmt: skip
         if self._deadline is not None:
             args[3] = self._deadline.of_call_sent_now()

@@ -1,8 +1,9 @@
 """``ratewatch dashboards build`` and ``ratewatch dashboards push``: RateWatch's Grafana
 dashboards (``dashboards/``), written as provisioning files or uploaded to a Grafana.
 
-Both work on the light install (the dashboards package needs only httpx); it is imported
-inside the commands all the same, so ``ratewatch --help`` loads none of it.
+Both need the ``server`` extra: the dashboards are built with grafana-foundation-sdk, which
+the light install (the SDK alone) does not carry; without it they say so in one line.  The
+package is imported inside the commands, so ``ratewatch --help`` loads none of it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import click
 
-from ratewatch.cli.options import option
+from ratewatch.cli.options import SERVER_EXTRA_HINT, option
+
+
+def _needs_the_sdk() -> None:
+    """A one-line error, not a traceback, where grafana-foundation-sdk is missing."""
+    try:
+        import grafana_foundation_sdk  # noqa: F401
+    except ImportError:
+        raise click.ClickException(SERVER_EXTRA_HINT) from None
 
 
 @click.group()
@@ -30,6 +39,7 @@ def dashboards() -> None:
 )
 def build(out: Path) -> None:
     """Write Grafana provisioning: the ClickHouse data source and the dashboards."""
+    _needs_the_sdk()
     from dashboards.provisioning import build as build_provisioning
 
     try:
@@ -59,6 +69,7 @@ def build(out: Path) -> None:
 )
 def push(grafana_url: str, grafana_token: str | None, datasource_url: str | None) -> None:
     """Upload the dashboards to a running Grafana (replacing earlier versions)."""
+    _needs_the_sdk()
     from dashboards.errors import DashboardsError
     from dashboards.push import push as push_dashboards
 

@@ -16,6 +16,7 @@ from ratewatch.cli.options import (
     backlog_options,
     connection_options,
     key_secret,
+    option,
     service_options,
     tls_options,
     user_errors,
@@ -50,6 +51,7 @@ def _serve(
     max_connections: int = 1000,
     max_header_bytes: int = 64 * 1024,
     metrics_token: str | None = None,
+    tracing: bool = False,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -71,9 +73,11 @@ def _serve(
         from limiter.settings import LimiterSettings
         from limiter.state.bootstrap import check_bootstrap_key
         from limiter.state.tenants import parse_fail_mode
+        from limiter.tracing import check_tracing
         from ratewatch.processes.http_protocol import ConnectionLimits
 
         api_rates = parse_api_limits(api_limits or {})
+        tracing = check_tracing(tracing)  # each worker starts its own exporter
 
         bootstrap_key = os.environ.get("RATEWATCH_BOOTSTRAP_KEY") or None
         if bootstrap_key is not None:
@@ -103,6 +107,7 @@ def _serve(
                 max_connections=max_connections,
                 max_header_bytes=max_header_bytes,
                 metrics_token=metrics_token or None,
+                tracing=tracing,
             )
 
         def serve(worker: int) -> bool:
@@ -179,6 +184,13 @@ def _show_new_key(api_key: str) -> None:
 @api_limit_options
 @tls_options
 @connection_options
+@option(
+    "--tracing",
+    is_flag=True,
+    default=False,
+    help="Trace the check path with OpenTelemetry (needs ratewatch[otel]; the exporter is "
+    "configured by the OTEL_* variables).",
+)
 def serve(
     host: str,
     port: int,
@@ -206,6 +218,7 @@ def serve(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    tracing: bool,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -246,4 +259,5 @@ def serve(
         max_connections=max_connections,
         max_header_bytes=max_header_bytes,
         metrics_token=metrics_token,
+        tracing=tracing,
     )

@@ -53,6 +53,8 @@ NOW_MS = int(time.time() * 1000)
 # what the examples look for
 IP = "203.0.113.7"
 USER = "user:42"
+# the trace of the request that asked for user:42's decisions on /search (the docs' example)
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,14 @@ def decision(tenant: str, minutes_ago: int, **fields: Any) -> DecisionEvent:
 
 
 def seed_decisions(tenant: str) -> list[DecisionEvent]:
-    """10 decisions: user:42 on /search (pro), 3 of 5 denied, from 203.0.113.7; user:42 on
-    the shared key ip:203.0.113.7 (/login, no segment), denied; user:7 (free) 2 hours ago."""
+    """10 decisions: user:42 on /search (pro), 3 of 5 denied, from 203.0.113.7, in one
+    trace; user:42 on the shared key ip:203.0.113.7 (/login, no segment), denied; user:7
+    (free) 2 hours ago."""
     return [
-        *(decision(tenant, 5, allowed=i < 2, latency_us=100 + i) for i in range(5)),
+        *(
+            decision(tenant, 5, allowed=i < 2, latency_us=100 + i, trace_id=TRACE_ID)
+            for i in range(5)
+        ),
         decision(tenant, 4, key=f"ip:{IP}", route="/login", segment=None, allowed=False),
         *(
             decision(

@@ -119,6 +119,17 @@ def test_the_encoded_record_is_that_event_keyed_by_tenant_and_key() -> None:
     assert (record.key, record.ts_ms) == (b"t1:user:4", 1_700_000_000_004)
 
 
+def test_a_traced_checks_event_carries_its_trace_id() -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    plain = decision(4)
+    traced = plain._replace(check=plain.check._replace(trace_id=trace_id))
+    (record,) = to_records([traced], EventIds(), "i-1")
+    assert decode(record.value).trace_id == trace_id
+    assert to_event(traced, decode(record.value).event_id, "i-1").trace_id == trace_id
+    (untraced,) = to_records([plain], EventIds(), "i-1")
+    assert decode(untraced.value).trace_id is None
+
+
 @pytest.mark.parametrize("bootstrap", ["kafka:9092", "a:1,b:2", "kafka"])
 def test_settings_take_kafka_bootstrap_servers(bootstrap: str) -> None:
     assert LimiterSettings(redis_url="redis://r", kafka=bootstrap).kafka == bootstrap
