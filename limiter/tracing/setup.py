@@ -74,8 +74,16 @@ def _processor(exporter: str) -> SpanProcessor | None:
         return None
     if exporter == "console":
         return SimpleSpanProcessor(ConsoleSpanExporter())
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        # xds-protos (the `grpc` extra) ships a stale copy of opentelemetry-proto's modules
+        # (grpc/grpc#42926); whichever package pip installed last owns those files
+        raise ConfigError(
+            f"the OTLP exporter cannot load its protobuf modules ({exc}); if xds-protos was "
+            "installed after opentelemetry-proto, repair it with: "
+            "pip install --force-reinstall --no-deps opentelemetry-proto"
+        ) from None
     return BatchSpanProcessor(OTLPSpanExporter())
 
 
