@@ -20,7 +20,8 @@ export async function render({ state, refresh }) {
   const grouped = await usage({ group_by: "segment", top: "100" });
   const groups = grouped.groups;
   const total = groups.reduce((sum, group) => sum + group.requests, 0);
-  const charted = groups.slice(0, CHARTED);
+  // the API filters by a named segment only: traffic without one is in the table alone
+  const charted = groups.filter((group) => group.value !== "").slice(0, CHARTED);
   const perSegment = await Promise.all(charted.map((group) => usage({ segment: group.value })));
   const points = mergeSeries(perSegment);
   const rows = groups.map((group) => {
