@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from tests.support.browser import PageProblems, chromium, screenshots_dir
+from tests.support.browser import PageProblems, chromium, chromium_path, screenshots_dir
 from tests.support.credentials import STACK_PREFIX, create_key
 from tests.support.polling import wait_until
 from tests.support.servers import RatewatchProcess, RedisServer
@@ -138,7 +138,8 @@ def test_sign_in_from_the_address_shows_the_traffic_sent_and_lifts_a_block(
     page.goto(f"/#key={admin_key}")
     page.wait_for_selector("h1:text-is('Overview')")
     # the key left the address bar (its history entry replaced) for the tab's storage
-    assert admin_key not in page.url and "key=" not in page.url
+    assert admin_key not in page.url
+    assert "key=" not in page.url
     assert tab.stored_key() == admin_key
     assert page.inner_text("#role") == "Admin key"
 
@@ -276,9 +277,7 @@ def test_a_standard_key_reads_but_cannot_lift(
     assert "admin keys only" in page.inner_text(".page-body")
 
 
-def test_webhooks_page_shows_delivery_health(
-    tab: Tab, admin: httpx.Client, admin_key: str
-) -> None:
+def test_webhooks_page_shows_delivery_health(tab: Tab, admin: httpx.Client, admin_key: str) -> None:
     created = admin.post(
         "/v1/webhooks", json={"url": "http://127.0.0.1:9/hooks/ratewatch", "description": "ops"}
     )
@@ -292,7 +291,9 @@ def test_webhooks_page_shows_delivery_health(
     assert "No deliveries yet" in row.inner_text()
 
 
-def test_incidents_section_answers_either_way(tab: Tab, admin: httpx.Client, admin_key: str) -> None:
+def test_incidents_section_answers_either_way(
+    tab: Tab, admin: httpx.Client, admin_key: str
+) -> None:
     """Incidents show where the server has ``GET /v1/incidents``, a plain note where not."""
     page = tab.page
     page.goto(f"/#key={admin_key}&page=security")
@@ -302,3 +303,9 @@ def test_incidents_section_answers_either_way(tab: Tab, admin: httpx.Client, adm
         assert section.inner_text().endswith("Incidents are not available on this server.")
     else:
         assert section.get_by_role("table").count() + section.locator(".empty").count() == 1
+
+
+def test_a_missing_chromium_fails_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match="apt-get install -y chromium"):
+        chromium_path()
