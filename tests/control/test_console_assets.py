@@ -136,3 +136,53 @@ def test_the_package_data_ships_every_console_file() -> None:
 )
 def test_the_console_address_printed_at_start(scheme: str, host: str, port: int, url: str) -> None:
     assert console_url(scheme, host, port) == url
+
+
+def _schemes() -> dict[str, dict[str, str]]:
+    """The stylesheet's colour variables: the light set (``:root``) and the dark one."""
+    css = (CONSOLE / "style.css").read_text()
+    light = css.split("@media (prefers-color-scheme: dark)")[0]
+    dark = css.split("@media (prefers-color-scheme: dark)")[1].split("\n}\n")[0]
+    pattern = re.compile(r"(--[a-z0-9-]+):\s*(#[0-9a-f]{6});")
+    return {"light": dict(pattern.findall(light)), "dark": dict(pattern.findall(dark))}
+
+
+def _luminance(colour: str) -> float:
+    def channel(value: int) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def _contrast(one: str, other: str) -> float:
+    high, low = sorted((_luminance(one), _luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+# (foreground, background, WCAG AA minimum): text 4.5:1, the charts' lines 3:1 (1.4.11)
+_PAIRS = [
+    *(
+        (fg, bg, 4.5)
+        for fg in ("--text", "--muted", "--accent", "--bad", "--good")
+        for bg in ("--bg", "--surface")
+    ),
+    ("--accent-text", "--accent", 4.5),  # a primary button, the current page's link
+    ("--surface", "--bad", 4.5),  # the Lift button
+    *(
+        (f"--chart-{name}", "--surface", 3.0)
+        for name in ("requests", "allowed", "denied", "1", "2", "3", "4")
+    ),
+]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_colours_meet_wcag_aa_contrast(scheme: str) -> None:
+    colours = _schemes()[scheme]
+    low = {
+        f"{fg} on {bg}": round(_contrast(colours[fg], colours[bg]), 2)
+        for fg, bg, minimum in _PAIRS
+        if _contrast(colours[fg], colours[bg]) < minimum
+    }
+    assert low == {}

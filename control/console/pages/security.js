@@ -151,6 +151,9 @@ async function incidents() {
     if (error.status === 404 || error.status === 405) {
       return h("p", { class: "empty" }, "Incidents are not available on this server.");
     }
+    if (error.status === 403) {
+      return h("p", { class: "empty" }, "Incidents are shown to admin keys only.");
+    }
     throw error;
   }
   const list = Array.isArray(answer) ? answer : answer.incidents ?? [];
