@@ -6,6 +6,7 @@ folder the run prints."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
+from redis.asyncio import Redis
 
+from limiter.keyspace import Keyspace
+from limiter.state.blocks import BlockStore
 from tests.support.browser import PageProblems, chromium, chromium_path, screenshots_dir
 from tests.support.credentials import STACK_PREFIX, create_key
 from tests.support.polling import wait_until
@@ -105,6 +109,32 @@ def tab(browser: Browser, stack: RatewatchProcess) -> Iterator[Tab]:
     opened.close()
 
 
+def detector_block(redis_url: str, tenant: str, explanation: dict[str, Any]) -> str:
+    """A block of the kind the detector writes (score, explanation), straight to the
+    stack's store as the detector does; its id."""
+
+    async def go() -> str:
+        client = Redis.from_url(redis_url)
+        try:
+            block = await BlockStore(client, Keyspace(STACK_PREFIX)).create(
+                tenant,
+                "ip",
+                "192.0.2.77",
+                600,
+                explanation["reasons"][0],
+                source="detector",
+                detector="rules",
+                score=0.93,
+                explanation=explanation,
+            )
+            return block.id
+        finally:
+            await client.aclose()
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's event loop runs on this thread
+        return pool.submit(asyncio.run, go()).result()
+
+
 def send_traffic(client: httpx.Client) -> None:
     for key, route, segment, checks, limit in TRAFFIC:
         for _ in range(checks):
@@ -189,6 +219,44 @@ def test_sign_in_from_the_address_shows_the_traffic_sent_and_lifts_a_block(
     listed = admin.get("/v1/blocks").json()["blocks"]
     assert block_id not in {block["id"] for block in listed}
     tab.close()
+
+
+def test_a_detector_block_shows_its_explanation(
+    tab: Tab, redis_server: RedisServer, tenant: str, admin_key: str, shots: Path
+) -> None:
+    explanation = {
+        "detector": "rules",
+        "detector_version": "1",
+        "score": 0.93,
+        "threshold": 0.8,
+        "window_seconds": 60,
+        "reasons": [
+            "41 failed logins in 60 s from one address",
+            "12 distinct user ids tried",
+        ],
+        "signals": [
+            {"feature": "auth_failures", "value": 41, "baseline": 0.4, "weight": 0.7},
+            {"feature": "distinct_users", "value": 12, "baseline": None, "weight": 0.3},
+        ],
+    }
+    block_id = detector_block(redis_server.url, tenant, explanation)
+    page = tab.page
+    page.goto(f"/#key={admin_key}&page=security")
+    card = page.locator(f"[data-block-id='{block_id}']")
+    card.wait_for()
+    assert card.locator(".reasons li").all_inner_texts() == explanation["reasons"]
+    assert "Detector rules" in card.inner_text()
+    assert "Score 0.93 against a threshold of 0.8 (rules)." in card.inner_text()
+    card.get_by_text("Signals", exact=True).click()
+    signals = card.get_by_role("table", name="Signals behind the score")
+    assert signals.get_by_role("row", name="auth_failures").inner_text().split() == [
+        "auth_failures",
+        "41",
+        "0.4",
+        "0.7",
+    ]
+    assert signals.get_by_role("row", name="distinct_users").inner_text().split()[2] == "–"
+    page.screenshot(path=shots / "security-explanation-light-wide.png", full_page=True)
 
 
 def test_pages_in_dark_and_narrow_layouts(
