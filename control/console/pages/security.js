@@ -35,6 +35,7 @@ function explanation(block) {
   return h(
     "div",
     { class: "explanation" },
+    reasons.length ? h("p", { class: "why" }, "Why the detector blocked it:") : null,
     reasons.length ? h("ul", { class: "reasons" }, reasons.map((text) => h("li", {}, text))) : null,
     why.threshold !== undefined
       ? h("p", {}, `Score ${number.format(why.score ?? block.score)} against a threshold of `,
