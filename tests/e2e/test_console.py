@@ -366,7 +366,7 @@ def test_incidents_section_answers_either_way(
     page = tab.page
     page.goto(f"/#key={admin_key}&page=security")
     page.wait_for_selector(".page-body[aria-busy=false]")
-    section = page.get_by_role("region", name="Incidents")
+    section = page.get_by_role("region", name="Incidents", exact=True)
     if admin.get("/v1/incidents").status_code == 404:
         assert section.inner_text().endswith("Incidents are not available on this server.")
     else:

@@ -127,21 +127,44 @@ async function blocks(admin, announce) {
   );
 }
 
+// a listed incident carries its member count (the list itself is its own route's)
 function members(incident) {
-  const value = incident.members;
-  if (Array.isArray(value)) return count(value.length);
-  return value === undefined || value === null ? "–" : String(value);
+  if (incident.counts && typeof incident.counts.members === "number") {
+    return count(incident.counts.members);
+  }
+  return Array.isArray(incident.members) ? count(incident.members.length) : "–";
 }
 
-function evidence(incident) {
-  const value = incident.evidence;
-  if (value === undefined || value === null) return "–";
-  if (typeof value === "string") return value;
-  if (Array.isArray(value)) {
-    return value.map((item) => (typeof item === "string" ? item : JSON.stringify(item))).join("; ");
-  }
-  if (Array.isArray(value.reasons)) return value.reasons.join("; ");
+function text(value) {
+  if (value === null || value === undefined) return "–";
+  if (typeof value === "string" || typeof value === "number") return String(value);
+  if (Array.isArray(value)) return value.map(text).join(", ");
   return JSON.stringify(value);
+}
+
+// why the blocks belong together: the incident's reasons, and what its members share
+function why(incident) {
+  const reasons = Array.isArray(incident.reasons) ? incident.reasons : [];
+  const evidence = incident.evidence && typeof incident.evidence === "object"
+    ? Object.entries(incident.evidence)
+    : [];
+  return h(
+    "div",
+    {},
+    reasons.length ? reasons.join(" ") : null,
+    evidence.length
+      ? h(
+          "details",
+          {},
+          h("summary", {}, "Evidence"),
+          h("dl", { class: "facts" }, evidence.map(([name, value]) => [
+            h("dt", {}, name.replaceAll("_", " ")),
+            h("dd", {}, text(value)),
+          ])),
+        )
+      : null,
+    !reasons.length && !evidence.length ? text(incident.evidence) : null,
+  );
 }
 
 async function incidents() {
@@ -159,13 +182,14 @@ async function incidents() {
   }
   const list = Array.isArray(answer) ? answer : answer.incidents ?? [];
   return table(
-    "Incidents",
-    ["Incident", "Family", "Members", "Evidence", "First seen", "Last seen"],
+    "Incidents, latest activity first",
+    ["Incident", "Family", "State", "Members", "Why", "First seen", "Last seen"],
     list.map((incident) => [
       h("code", {}, incident.id ?? "–"),
       incident.family ?? "–",
+      incident.state ?? "–",
       members(incident),
-      evidence(incident),
+      why(incident),
       moment(incident.first_seen),
       moment(incident.last_seen),
     ]),
