@@ -35,6 +35,7 @@ from control.routes import RouteGroup
 from control.routes.allowlist import AllowlistRoutes
 from control.routes.analytics import AnalyticsRoutes
 from control.routes.blocks import BlockRoutes
+from control.routes.console import ConsoleAssets, ConsoleRoutes
 from control.routes.health import HealthRoutes
 from control.routes.keys import KeyRoutes
 from control.routes.privacy import PrivacyRoutes
@@ -287,6 +288,8 @@ class LimiterApp:
             AnalyticsRoutes(control, analytics),
             AllowlistRoutes(control, allowlist, audit, durable),
             webhooks,
+            # the browser console: static files over the routes above, off the check path
+            ConsoleRoutes(ConsoleAssets()),
         ]
         health_routes = HealthRoutes(
             redis,

@@ -375,6 +375,13 @@ def build_openapi(version: str) -> dict[str, Any]:
                     body="PrivacySummary",
                 )
             },
+            "/": {
+                "get": {
+                    "summary": "The browser console (an HTML page; docs/console.md)",
+                    "security": [],
+                    "responses": {"200": {"description": "OK", "content": {"text/html": {}}}},
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness",

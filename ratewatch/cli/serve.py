@@ -138,6 +138,7 @@ def _serve(
             f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redact(redis_url)}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
+        click.echo(f"Console: {console_url(scheme, host, port)}")
         if workers == 1:
             if not serve(0):
                 raise click.ClickException(f"the limiter did not start on {host}:{port}")
@@ -165,6 +166,15 @@ _LIMIT_FIELDS = {
     "--privacy-rate-limit": "privacy",
     "--auth-failure-limit": "auth_failures",
 }
+
+
+def console_url(scheme: str, host: str, port: int) -> str:
+    """Where a browser on this machine opens the console: an address that listens on every
+    interface is reached at the loopback one."""
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in shown:  # an IPv6 address is bracketed in a URL
+        shown = f"[{shown}]"
+    return f"{scheme}://{shown}:{port}/"
 
 
 def _show_new_key(api_key: str) -> None:
