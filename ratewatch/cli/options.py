@@ -331,3 +331,12 @@ def key_secret(data_dir: Path) -> bytes:
 
     configured = os.environ.get("RATEWATCH_KEY_SECRET")
     return parse_key_secret(configured) if configured else load_or_create_key_secret(data_dir)
+
+
+tracing_option = option(
+    "--tracing",
+    is_flag=True,
+    default=False,
+    help="Trace the check path with OpenTelemetry (needs ratewatch[otel]; the exporter is "
+    "configured by the OTEL_* variables).",
+)

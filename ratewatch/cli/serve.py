@@ -16,9 +16,9 @@ from ratewatch.cli.options import (
     backlog_options,
     connection_options,
     key_secret,
-    option,
     service_options,
     tls_options,
+    tracing_option,
     user_errors,
 )
 
@@ -194,13 +194,7 @@ def _show_new_key(api_key: str) -> None:
 @api_limit_options
 @tls_options
 @connection_options
-@option(
-    "--tracing",
-    is_flag=True,
-    default=False,
-    help="Trace the check path with OpenTelemetry (needs ratewatch[otel]; the exporter is "
-    "configured by the OTEL_* variables).",
-)
+@tracing_option
 def serve(
     host: str,
     port: int,

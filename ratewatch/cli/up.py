@@ -25,6 +25,7 @@ from ratewatch.cli.options import (
     option,
     service_options,
     tls_options,
+    tracing_option,
     user_errors,
 )
 from ratewatch.processes.supervisor import Child, Supervisor
@@ -46,6 +47,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @api_limit_options
 @tls_options
 @connection_options
+@tracing_option
 def up(
     host: str,
     port: int,
@@ -77,6 +79,7 @@ def up(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    tracing: bool,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -147,6 +150,8 @@ def up(
                 header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
             ),
         ]
+        if tracing:  # the limiter's check path; the pipeline has no spans
+            limiter.append("--tracing")
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
         run_dir = data_dir / "run"
