@@ -37,6 +37,7 @@ from control.routes.analytics import AnalyticsRoutes
 from control.routes.blocks import BlockRoutes
 from control.routes.health import HealthRoutes
 from control.routes.keys import KeyRoutes
+from control.routes.policies import PolicyRoutes
 from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
@@ -55,6 +56,7 @@ from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
 from limiter.outage.recorder import OutageRecorder
 from limiter.outage.replay import StreamReplay
+from limiter.policies.cache import PolicyCache
 from limiter.redis_client import connect, is_cluster, redis_from_url
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
@@ -102,6 +104,7 @@ class LimiterApp:
         self._on_new_key = on_new_key
         self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
+        self.policies: PolicyCache | None = None  # once started
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
         }
@@ -247,6 +250,9 @@ class LimiterApp:
             await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
         else:
             sink = self._sink_factory()
+        # every tenant's policies, held here and reread every half second
+        policies = PolicyCache(redis, keyspace)
+        self.policies = policies
         checks = CheckHandler(
             auth,
             decider,
@@ -256,6 +262,7 @@ class LimiterApp:
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
             api_limits,
+            policies,
         )
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
@@ -278,6 +285,7 @@ class LimiterApp:
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),
             AllowlistRoutes(control, allowlist, audit, durable),
+            PolicyRoutes(control, policies, audit, durable),
             webhooks,
         ]
         health_routes = HealthRoutes(
@@ -312,6 +320,7 @@ class LimiterApp:
         mirror = asyncio.create_task(blocks_copy.run())
         flusher = asyncio.create_task(self.metrics.flush_every())
         restoring = asyncio.create_task(restorer.watch())
+        policy_copy = asyncio.create_task(policies.run())
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -320,7 +329,7 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            for task in (watcher, mirror, flusher, restoring):
+            for task in (watcher, mirror, flusher, restoring, policy_copy):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
