@@ -51,6 +51,8 @@ from limiter.errors import LimiterError, StoreUnavailable
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
+from limiter.http.forwarded import TrustedProxies, is_gate_path
+from limiter.http.gate import GateHandler
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
@@ -104,6 +106,7 @@ class LimiterApp:
         self._on_new_key = on_new_key
         self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
+        self._gate: GateHandler | None = None
         self.policies: PolicyCache | None = None  # once started
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
@@ -112,13 +115,20 @@ class LimiterApp:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         checks = self._checks
-        if checks is not None and scope["type"] == "http" and scope["method"] == "POST":
+        if checks is not None and scope["type"] == "http":
             path = scope["path"]
             handler = (
-                checks.check
-                if path == "/v1/check"
-                else (checks.batch if path == "/v1/batch" else None)
+                (
+                    checks.check
+                    if path == "/v1/check"
+                    else (checks.batch if path == "/v1/batch" else None)
+                )
+                if scope["method"] == "POST"
+                else None
             )
+            if handler is None and self._gate is not None and is_gate_path(path):
+                # any method: a proxy may ask with its client's (Envoy with its path too)
+                handler = self._gate.gate
             if handler is not None:
                 try:
                     await handler(scope, receive, send)
@@ -321,6 +331,15 @@ class LimiterApp:
         flusher = asyncio.create_task(self.metrics.flush_every())
         restoring = asyncio.create_task(restorer.watch())
         policy_copy = asyncio.create_task(policies.run())
+        self._gate = GateHandler(
+            checks,
+            auth,
+            decider,
+            sink,
+            self.metrics,
+            api_limits,
+            TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None,
+        )
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -329,6 +348,7 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
+            self._gate = None
             for task in (watcher, mirror, flusher, restoring, policy_copy):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class LimiterSettings:
     max_header_bytes: int = 64 * 1024
     # a bearer token that /metrics and /health/detailed require; None leaves them open
     metrics_token: str | None = None
+    # the reverse proxies whose X-Forwarded-For / X-Real-IP name the client (comma
+    # separated addresses, networks or *; uvicorn applies X-Forwarded-For, the gate both)
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -137,6 +141,14 @@ class LimiterSettings:
             )
         if self.metrics_token is not None:
             check_metrics_token(self.metrics_token)
+        for entry in (self.trusted_proxies or "").split(","):
+            if entry.strip() not in ("", "*"):
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"trusted proxy {entry.strip()!r} is not an address, a network or *"
+                    ) from None
 
 
 MIN_METRICS_TOKEN = 16

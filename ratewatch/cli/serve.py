@@ -103,6 +103,7 @@ def _serve(
                 max_connections=max_connections,
                 max_header_bytes=max_header_bytes,
                 metrics_token=metrics_token or None,
+                trusted_proxies=proxies,
             )
 
         def serve(worker: int) -> bool:
