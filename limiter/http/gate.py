@@ -22,7 +22,7 @@ from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, bearer_token, header, respond
 from limiter.http.bearer import authenticate
 from limiter.http.checks import CheckHandler
-from limiter.http.forwarded import GateRequest, TrustedProxies, gate_request
+from limiter.http.forwarded import OPTIONS, GateRequest, TrustedProxies, gate_request
 from limiter.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from limiter.http.schemas import CheckRequest
 from limiter.metrics import LimiterMetrics
@@ -33,6 +33,8 @@ from limiter.store.base import Check
 _encoder = msgspec.json.Encoder()
 # the check request's field that an option became, where the names differ
 _OPTION_OF = {"key": "identifier"}
+# the options that are fields of the check request as they are
+_FIELDS = frozenset(("policy", "limit", "window", "cost", "algorithm"))
 
 
 class GateHandler:
@@ -117,15 +119,11 @@ class GateHandler:
             fields["user_agent"] = gate.user_agent
         if gate.client is not None:
             fields["ip"] = gate.client
-        if "policy" in options:
-            # the policy decides: limit/window a client might have added are not read
-            fields["policy"] = options["policy"]
-        else:
-            for name in ("limit", "window"):
-                if name in options:
-                    fields[name] = options[name]
-        for name in ("cost", "algorithm"):
-            if name in options:
+        # with a policy, the limits and algorithm are the policy's: those options (which a
+        # client might have added to its own request) are not read
+        names = ("policy", "cost") if "policy" in options else OPTIONS
+        for name in names:
+            if name in options and name in _FIELDS:
                 fields[name] = options[name]
         try:
             return msgspec.convert(fields, CheckRequest, strict=False)
