@@ -81,8 +81,8 @@ http {{
 """
         )
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf), "-p", str(self.workdir), "-e", str(self.workdir / "error.log"),
-             "-g", "daemon off; master_process off;"],
+            [binary, "-c", str(conf), "-p", str(self.workdir),
+             "-e", str(self.workdir / "error.log"), "-g", "daemon off; master_process off;"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -124,7 +124,7 @@ class App:
         seen = self.requests
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = b"hello from the app\n"
                 self.send_response(200)
@@ -133,7 +133,7 @@ class App:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
