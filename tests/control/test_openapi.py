@@ -35,6 +35,8 @@ def test_spec_lists_every_contract_route(spec: dict[str, Any]) -> None:
     for path, method in [
         ("/v1/check", "post"),
         ("/v1/batch", "post"),
+        ("/v1/gate", "get"),
+        ("/v1/gate", "post"),
         ("/v1/keys", "get"),
         ("/v1/keys", "post"),
         ("/v1/keys/{id}", "delete"),
