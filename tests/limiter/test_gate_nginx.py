@@ -134,6 +134,28 @@ def test_over_the_policy_nginx_answers_429_with_retry_after_and_ratelimit_header
     )
 
 
+def test_the_gate_believes_a_trusted_proxy_about_the_client_and_no_one_else(
+    gate_limiter: RatewatchProcess, redis_server: RedisServer
+) -> None:
+    """The limiter trusts 127.0.0.1: X-Real-IP names the client without X-Forwarded-For,
+    and in X-Forwarded-For the right-most address that is no trusted proxy does."""
+    key = create_key(redis_server.url, TENANT, prefix=PREFIX)
+    url = gate_limiter.base_url + "/v1/gate?limit=1&window=60"
+    headers = {"X-RateWatch-Key": key}
+
+    def statuses(client: dict[str, str]) -> list[int]:
+        return [httpx.get(url, headers={**headers, **client}).status_code for _ in range(2)]
+
+    assert statuses({"X-Real-IP": "192.0.2.20"}) == [200, 429]
+    assert statuses({"X-Real-IP": "192.0.2.21"}) == [200, 429]
+    # a client's own X-Forwarded-For entry left of the address nginx saw is not believed
+    spoofed = [
+        httpx.get(url, headers={**headers, "X-Forwarded-For": f"10.9.9.{n}, 192.0.2.22"})
+        for n in range(2)
+    ]
+    assert [a.status_code for a in spoofed] == [200, 429]
+
+
 @pytest.mark.timeout(60)
 def test_a_bad_key_makes_nginx_answer_401_not_500(
     gate_limiter: RatewatchProcess, app: App, tmp_path: Path
