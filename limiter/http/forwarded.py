@@ -117,7 +117,7 @@ def client_address(scope: Scope, trusted: TrustedProxies | None) -> str | None:
 def _route(scope: Scope, path: str) -> str | None:
     """The original request's path without its query (which may hold personal data)."""
     if path != GATE_PATH:
-        return _text(path[len(GATE_PATH) :].encode("latin-1"))
+        return path[len(GATE_PATH) :][:MAX_TEXT]  # uvicorn decoded it already
     for name in URI_HEADERS:
         value = header(scope, name)
         if value:

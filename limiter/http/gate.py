@@ -105,8 +105,7 @@ class GateHandler:
     def _request(gate: GateRequest) -> CheckRequest:
         """The check the options ask for, as a check request: validated like a body."""
         options = gate.options
-        options.pop("key", None)
-        identifier = options.pop("identifier", None) or gate.client
+        identifier = options.get("identifier") or gate.client
         if identifier is None:
             raise Problem(
                 422,
@@ -129,12 +128,12 @@ class GateHandler:
             return msgspec.convert(fields, CheckRequest, strict=False)
         except msgspec.ValidationError as exc:
             field = str(exc).rpartition("$.")[2].rstrip("`")
-            option = _OPTION_OF.get(field, field)
-            raise Problem(
-                422,
-                "validation-error",
-                f"{exc} (the `X-RateWatch-{option.title()}` header or `{option}` query parameter)",
-            ) from None
+            if field == "ip":
+                source = "the client's address (from the trusted proxy's X-Real-IP)"
+            else:
+                option = _OPTION_OF.get(field, field)
+                source = f"the `X-RateWatch-{option.title()}` header or `{option}` query parameter"
+            raise Problem(422, "validation-error", f"{exc} ({source})") from None
 
 
 def _answer(

@@ -83,6 +83,11 @@ def test_envoy_s_form_any_method_under_the_gate_path(gate: httpx.Client) -> None
     # the query under /v1/gate/… is the original request's: it sets nothing
     assert gate.put("/v1/gate/orders/42?limit=1000", headers=headers).status_code == 429
     assert gate.head("/v1/gate", headers=headers).status_code == 429
+    # any path a client may send stays a route, never a server error
+    odd = gate.get("/v1/gate/%E6%97%A5%E6%9C%AC/%FF" + "x" * 5000, headers=headers)
+    assert odd.status_code == 429
+    long = {**headers, "User-Agent": "u" * 5000, "X-Original-URI": b"/p\xe9\xff" * 3000}
+    assert gate.get("/v1/gate", headers=long).status_code == 429
 
 
 @pytest.mark.parametrize(
