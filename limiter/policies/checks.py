@@ -12,7 +12,7 @@ denial by the policy's limits is answered allowed.
 from __future__ import annotations
 
 from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason, window_of, with_window
-from limiter.policies.model import PolicyMode, Resolved
+from limiter.policies.model import Resolved, compiled
 from limiter.store.base import Check
 
 # what shadow mode turns into an allowed answer: the policy's own verdicts, not a block or
@@ -35,8 +35,9 @@ def policy_check(
 ) -> Check:
     """The check of ``key`` against ``resolved`` (``PolicyCache.resolve``); ``ip`` must be
     normalized already (``limiter.state.blocks.normalize_ip``)."""
-    limits = resolved.limits
-    first = limits[0]
+    if not resolved.items:  # made by hand, not by ``resolve``: derive what it lacks
+        resolved = compiled(resolved)
+    first = resolved.limits[0]
     return Check(
         tenant,
         key,
@@ -50,9 +51,9 @@ def policy_check(
         user_agent,
         segment,
         started_ns,
-        tuple((w.limit, w.window * 1000) for w in limits) if len(limits) > 1 else (),
+        resolved.windows_ms,
         resolved.policy,
-        resolved.mode is PolicyMode.SHADOW,
+        resolved.shadow,
     )
 
 
