@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm
+from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm, window_of
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator, Principal
 from limiter.emit import Decision, DecisionSink, NullSink
@@ -23,8 +23,8 @@ from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
 from limiter.policies.cache import PolicyCache, UnknownPolicy
-from limiter.policies.checks import answered, decided_check, policy_check, policy_header
-from limiter.policies.model import Overrides, Policy, resolve
+from limiter.policies.checks import answered, decided_check, policy_check
+from limiter.policies.model import Overrides, Policy, Resolved, resolve
 from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
 from limiter.store.base import Check
@@ -153,6 +153,19 @@ class CheckHandler:
     ) -> Check:
         """The check of a ``request`` that names the policy ``found``: the windows of the
         override of ``request.key`` that applies, else the policy's own."""
+        resolved = resolve(*found, request.key)
+        return self.resolved_check(tenant, request, resolved, started_ns, index, principal_segment)
+
+    def resolved_check(
+        self,
+        tenant: str,
+        request: CheckRequest,
+        resolved: Resolved,
+        started_ns: int,
+        index: int | None = None,
+        principal_segment: str | None = None,
+    ) -> Check:
+        """``to_policy_check`` once the policy is resolved for ``request.key``."""
         ip = request.ip
         if ip is not None:
             try:
@@ -162,7 +175,7 @@ class CheckHandler:
         return policy_check(
             tenant,
             request.key,
-            resolve(*found, request.key),
+            resolved,
             request.algorithm or self._default_algorithm,
             request.cost,
             ip,
@@ -222,19 +235,19 @@ class CheckHandler:
         """``check`` for a request that names a policy: the answer and the headers
         describe the window that decided, ``RateLimit-Policy`` lists every window."""
         found = await self.find_policy(principal.tenant, request)
-        check = self.to_policy_check(
-            principal.tenant, request, found, started, None, principal.segment
+        resolved = resolve(*found, request.key)
+        check = self.resolved_check(
+            principal.tenant, request, resolved, started, None, principal.segment
         )
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         decided = decided_check(check, outcome)
         answer = answered(check, outcome)
         result = to_result(answer, decided.limit)
-        name = check.policy or "default"
-        item = name if not check.windows else f"{name}-{decided.window_ms // 1000}"
+        item = resolved.items[window_of(outcome)]
         headers: Headers = [
             (b"content-type", JSON),
-            (b"ratelimit-policy", policy_header(check, name)),
-            (b"ratelimit", b'"%s";r=%d;t=%d' % (item.encode(), result.remaining, result.reset_in)),
+            (b"ratelimit-policy", resolved.header),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (item, result.remaining, result.reset_in)),
         ]
         if result.retry_after is not None:
             headers.append((b"retry-after", b"%d" % result.retry_after))
