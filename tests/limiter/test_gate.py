@@ -126,3 +126,20 @@ def test_without_a_valid_unsigned_key_the_gate_answers_401(
     refused = httpx.get(url, headers={"X-RateWatch-Key": signed})
     assert refused.status_code == 401
     assert "signed key" in refused.json()["detail"]
+
+
+def test_a_shadow_policy_lets_everything_through_and_a_block_denies_at_once(
+    api: httpx.Client, gate: httpx.Client
+) -> None:
+    shadow = {"limits": [{"limit": 1, "window": 60}], "mode": "shadow"}
+    assert api.put("/v1/policies/trial", json=shadow).is_success
+    headers = {"X-RateWatch-Identifier": "s"}
+    assert [gate.get("/v1/gate?policy=trial", headers=headers).status_code
+            for _ in range(3)] == [200, 200, 200]  # fmt: skip
+    # a block of the identifier is enforced by the gate like by /v1/check
+    block = {"scope": "key", "value": "s", "ttl": 60, "reason": "test"}
+    assert api.post("/v1/blocks", json=block).status_code == 201
+    blocked = gate.get("/v1/gate?policy=trial", headers=headers)
+    assert blocked.status_code == 429
+    assert blocked.json()["reason"] == "blocked"
+    assert 1 <= int(blocked.headers["retry-after"]) <= 60
