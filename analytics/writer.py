@@ -53,6 +53,8 @@ _INPUT_SCHEMA: dict[str, Any] = {
     "latency_us": pl.Int64,
     "instance": pl.String,
     "segment": pl.String,
+    "policy": pl.String,
+    "shadow": pl.Boolean,
     "trace_id": pl.String,
 }
 assert set(_INPUT_SCHEMA) == set(DecisionEvent.__struct_fields__), "schema out of date"
@@ -74,6 +76,7 @@ _OPTIONAL_STRINGS = (
     "user_id",
     "instance",
     "segment",
+    "policy",
     "trace_id",
 )
 

@@ -38,6 +38,7 @@ from control.routes.blocks import BlockRoutes
 from control.routes.console import ConsoleAssets, ConsoleRoutes
 from control.routes.health import HealthRoutes
 from control.routes.keys import KeyRoutes
+from control.routes.policies import PolicyRoutes
 from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
@@ -52,11 +53,14 @@ from limiter.errors import LimiterError, StoreUnavailable
 from limiter.failover import FailoverDecider, StoreHealth
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
+from limiter.http.forwarded import TrustedProxies, is_gate_path
+from limiter.http.gate import GateHandler
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
 from limiter.outage.recorder import OutageRecorder
 from limiter.outage.replay import StreamReplay
+from limiter.policies.cache import PolicyCache
 from limiter.redis_client import connect, is_cluster, redis_from_url
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
@@ -105,6 +109,8 @@ class LimiterApp:
         self._on_new_key = on_new_key
         self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
+        self._gate: GateHandler | None = None
+        self.policies: PolicyCache | None = None  # once started
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
         }
@@ -112,13 +118,20 @@ class LimiterApp:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         checks = self._checks
-        if checks is not None and scope["type"] == "http" and scope["method"] == "POST":
+        if checks is not None and scope["type"] == "http":
             path = scope["path"]
             handler = (
-                checks.check
-                if path == "/v1/check"
-                else (checks.batch if path == "/v1/batch" else None)
+                (
+                    checks.check
+                    if path == "/v1/check"
+                    else (checks.batch if path == "/v1/batch" else None)
+                )
+                if scope["method"] == "POST"
+                else None
             )
+            if handler is None and self._gate is not None and is_gate_path(path):
+                # any method: a proxy may ask with its client's (Envoy with its path too)
+                handler = self._gate.gate
             if handler is not None:
                 try:
                     await handler(scope, receive, send)
@@ -256,6 +269,9 @@ class LimiterApp:
             await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
         else:
             sink = self._sink_factory()
+        # every tenant's policies, held here and reread every half second
+        policies = PolicyCache(redis, keyspace)
+        self.policies = policies
         checks: CheckHandler = (CheckHandler if tracing is None else tracing.check_handler)(
             auth,
             decider,
@@ -265,6 +281,7 @@ class LimiterApp:
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
             api_limits,
+            policies,
         )
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
@@ -287,6 +304,7 @@ class LimiterApp:
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),
             AllowlistRoutes(control, allowlist, audit, durable),
+            PolicyRoutes(control, policies, audit, durable),
             webhooks,
             # the browser console: static files over the routes above, off the check path
             ConsoleRoutes(ConsoleAssets()),
@@ -323,6 +341,16 @@ class LimiterApp:
         mirror = asyncio.create_task(blocks_copy.run(), name="blocks mirror")
         flusher = asyncio.create_task(self.metrics.flush_every(), name="metrics flusher")
         restoring = asyncio.create_task(restorer.watch(), name="restore watcher")
+        policy_copy = asyncio.create_task(policies.run(), name="policies copy")
+        self._gate = GateHandler(
+            checks,
+            auth,
+            decider,
+            sink,
+            self.metrics,
+            api_limits,
+            TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None,
+        )
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -331,7 +359,8 @@ class LimiterApp:
             yield
         finally:
             self._checks = None
-            await cancel_tasks((watcher, mirror, flusher, restoring))
+            self._gate = None
+            await cancel_tasks((watcher, mirror, flusher, restoring, policy_copy))
             self.metrics.flush()
             # not cut short: the sink bounds its own close and spools what it could not send
             await sink.close()

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from control.schemas.policies import SCHEMAS as POLICY_SCHEMAS
+from control.schemas.policies import policy_paths
 from control.schemas.requests import (
     AllowlistAdd,
     BlockCreate,
@@ -92,6 +94,34 @@ def _query_parameters(*specs: tuple[str, str, str]) -> list[dict[str, Any]]:
     ]
 
 
+def _gate_operation(rate_limit_headers: dict[str, Any]) -> dict[str, Any]:
+    """``/v1/gate``: its options are query parameters or ``X-RateWatch-*`` headers."""
+    gate = _operation(
+        "Forward-auth for proxies: decide one check from the request's headers", "CheckResult", 422
+    )
+    gate["description"] = (
+        "For nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth` and Envoy "
+        "`ext_authz` (any method, also at `/v1/gate/<original path>`). Each option is also "
+        "an `X-RateWatch-<Option>` header; the query wins. The key comes in "
+        "`X-RateWatch-Key` or `Authorization`. 200 allows; a denial is 429 (or the "
+        "`deny_status` asked for), a `rate-limited` problem with `Retry-After` and the "
+        "RateLimit headers. See docs/gateways.md."
+    )
+    gate["parameters"] = _query_parameters(
+        ("policy", "string", "A named policy of the tenant."),
+        ("limit", "integer", "Without a policy: requests per window."),
+        ("window", "integer", "Without a policy: the window in seconds."),
+        ("algorithm", "string", "Without a policy: the algorithm."),
+        ("cost", "integer", "Units the request uses (default 1)."),
+        ("identifier", "string", "What is limited; by default the client's address."),
+        ("deny_status", "integer", "429 (default), 403 (nginx) or 401."),
+    )
+    gate["responses"]["200"]["headers"] = rate_limit_headers
+    gate["responses"].update(_problems(403))
+    gate["responses"]["429"]["headers"] = rate_limit_headers
+    return gate
+
+
 def build_openapi(version: str) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
@@ -114,6 +144,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             AllowlistAdd,
             WebhookCreate,
             WebhookUpdate,
+            *POLICY_SCHEMAS,
         ],
         ref_template=REF,
     )
@@ -141,6 +172,7 @@ def build_openapi(version: str) -> dict[str, Any]:
     check["description"] = (
         "A denied check is still 200 with `allowed: false`; the caller decides its own 429."
     )
+    gate = _gate_operation(rate_limit_headers)
     usage = _operation("Usage of the tenant: totals, time series, top groups", "UsageResponse", 422)
     usage["parameters"] = _query_parameters(
         ("key", "string", "Only this limiter key."),
@@ -254,6 +286,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "paths": {
             "/v1/check": {"post": check},
+            "/v1/gate": {"get": gate, "post": gate},
             "/v1/batch": {
                 "post": _operation(
                     "Decide up to 1000 checks in one request, results in the same order",
@@ -304,6 +337,7 @@ def build_openapi(version: str) -> dict[str, Any]:
                 ),
             },
             "/v1/analytics/usage": {"get": usage},
+            **policy_paths(_operation),
             "/v1/allowlist": {
                 "get": _operation("Subjects the detectors never block", None),
                 "post": _operation(

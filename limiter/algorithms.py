@@ -57,13 +57,41 @@ REASON_LABELS = tuple(reason.name.lower() for reason in Reason)
 
 
 class Outcome(NamedTuple):
-    """One decision in milliseconds; ``retry_ms`` is ``NO_RETRY`` when retrying cannot help."""
+    """One decision in milliseconds; ``retry_ms`` is ``NO_RETRY`` when retrying cannot help.
+    For a check of several windows (a policy's), ``window_of`` says which window it
+    describes."""
 
     allowed: bool
     remaining: int
     reset_ms: int
     retry_ms: int
     reason: Reason
+
+
+class _WindowOutcome(Outcome):
+    """An outcome of a check of several windows that describes another window than the
+    first: a tuple equal to the plain ``Outcome`` (every comparison and unpacking of an
+    outcome stays as it is), carrying the index beside it."""
+
+    deciding: int
+
+    def _replace(self, **changes: object) -> Outcome:  # type: ignore[override]
+        return with_window(Outcome._replace(self, **changes), self.deciding)  # type: ignore[arg-type]
+
+
+def with_window(outcome: Outcome, window: int) -> Outcome:
+    """``outcome`` as the outcome of the window of index ``window`` of its check."""
+    if not window:
+        return outcome
+    marked = _WindowOutcome(*outcome)
+    marked.deciding = window
+    return marked
+
+
+def window_of(outcome: Outcome) -> int:
+    """The index in ``Check.windows`` of the window ``outcome`` describes (0: the first,
+    and the only one of a plain check)."""
+    return outcome.deciding if isinstance(outcome, _WindowOutcome) else 0
 
 
 def ceil_seconds(ms: int) -> int:
@@ -195,6 +223,27 @@ def fixed_window(
         count += cost
         return Outcome(True, limit - count, reset, NO_RETRY, Reason.OK), CounterState(cur, count, 0)
     return Outcome(False, max(0, limit - count), reset, reset, Reason.LIMIT), None
+
+
+def deciding_window(outcomes: list[Outcome]) -> int:
+    """Which of a multi-window check's outcomes describes it (the check script picks the
+    same): a denial's window with the longest wait (``NO_RETRY``, waiting cannot help, is
+    the longest), else the window with the least remaining; the first one on a tie."""
+    best = 0
+    denied = not outcomes[0].allowed
+    for index in range(1, len(outcomes)):
+        outcome = outcomes[index]
+        current = outcomes[best]
+        if not outcome.allowed:
+            if not denied:
+                best, denied = index, True
+            elif current.retry_ms != NO_RETRY and (
+                outcome.retry_ms == NO_RETRY or outcome.retry_ms > current.retry_ms
+            ):
+                best = index
+        elif not denied and outcome.remaining < current.remaining:
+            best = index
+    return best
 
 
 def state_ttl_ms(algorithm: Algorithm, outcome: Outcome, window: int) -> int:

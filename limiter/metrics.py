@@ -80,6 +80,14 @@ class LimiterMetrics:
             ["result", "reason"],
             registry=self.registry,
         )
+        # shadow mode (``docs/policies.md``): checks answered allowed that the policy
+        # denied; ratewatch_decisions counts them as answered (allowed)
+        self.shadow_denials = Counter(
+            "ratewatch_policy_shadow_denials",
+            "Checks by a policy in shadow mode that it would have denied, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.check_latency = _Histogram(
             "ratewatch_check_duration_seconds",
             "Time to answer a check request, from body read to response",
@@ -182,14 +190,20 @@ class LimiterMetrics:
         self._decision_children: list[Counter | None] = [None] * (2 * len(Reason))
         self._check_seconds = self.check_latency.labels("check")
         self._batch_seconds = self.check_latency.labels("batch")
+        self._gate_seconds = self.check_latency.labels("gate")
         # what the check path counted since the last flush: decisions by reason * 2 + allowed
         self._decisions = [0] * len(self._decision_children)
         self.check_seconds = Latencies()
         self.batch_seconds = Latencies()
+        self.gate_seconds = Latencies()
 
     def count_decision(self, allowed: bool, reason: Reason) -> None:
         """Count one decision (until the next flush, in a plain integer)."""
         self._decisions[reason * 2 + allowed] += 1
+
+    def count_shadow_denial(self, reason: Reason) -> None:
+        """A policy in shadow mode would have denied a check (rare: counted at once)."""
+        self.shadow_denials.labels(reason.label).inc()
 
     def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch's decisions."""
@@ -211,6 +225,7 @@ class LimiterMetrics:
         for histogram, latencies in (
             (self._check_seconds, self.check_seconds),
             (self._batch_seconds, self.batch_seconds),
+            (self._gate_seconds, self.gate_seconds),
         ):
             taken = latencies.take()
             if taken is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class LimiterSettings:
     metrics_token: str | None = None
     # spans for the check path, exported per the OTEL_* variables (limiter/tracing)
     tracing: bool = False
+    # the reverse proxies whose X-Forwarded-For / X-Real-IP name the client (comma
+    # separated addresses, networks or *; uvicorn applies X-Forwarded-For, the gate both)
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -139,6 +143,14 @@ class LimiterSettings:
             )
         if self.metrics_token is not None:
             check_metrics_token(self.metrics_token)
+        for entry in (self.trusted_proxies or "").split(","):
+            if entry.strip() not in ("", "*"):
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"trusted proxy {entry.strip()!r} is not an address, a network or *"
+                    ) from None
 
 
 MIN_METRICS_TOKEN = 16

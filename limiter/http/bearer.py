@@ -32,9 +32,11 @@ def client_address(scope: Scope) -> str:
 
 
 async def authenticate(
-    auth: Authenticator, scope: Scope, limits: ApiLimiter | None = None
+    auth: Authenticator, scope: Scope, limits: ApiLimiter | None = None, token: str | None = None
 ) -> Principal:
-    token = bearer_token(scope)
+    """The principal of ``token`` (by default the request's bearer token), or the problem."""
+    if token is None:
+        token = bearer_token(scope)
     if token is None:
         await _failed(limits, scope)
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")

@@ -29,6 +29,7 @@ TITLES = {
     "webhook-target-refused": "Webhook target refused",
     "too-many-webhooks": "Too many webhooks",
     "too-many-requests": "Too many requests",
+    "rate-limited": "Rate limit exceeded",
     "internal-error": "Internal error",
 }
 

@@ -29,6 +29,7 @@ from limiter.http.asgi import Scope
 from limiter.http.checks import CheckHandler, Decider
 from limiter.http.problems import Problem
 from limiter.http.schemas import CheckRequest
+from limiter.policies.model import Resolved
 from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 
@@ -86,6 +87,14 @@ class _RecordedDecider:
         return outcomes
 
 
+def _in_current_trace(check: Check) -> Check:
+    """``check`` carrying the current span's trace id and context, if there is a span."""
+    context = get_current_span().get_span_context()
+    if not context.is_valid:
+        return check
+    return check._replace(trace_id=format_trace_id(context.trace_id), span=context)
+
+
 class TracedCheckHandler(CheckHandler):
     def __init__(self, tracer: Tracer, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -101,10 +110,21 @@ class TracedCheckHandler(CheckHandler):
         principal_segment: str | None = None,
     ) -> Check:
         check = super().to_check(tenant, request, started_ns, index, principal_segment)
-        context = get_current_span().get_span_context()
-        if not context.is_valid:
-            return check
-        return check._replace(trace_id=format_trace_id(context.trace_id), span=context)
+        return _in_current_trace(check)
+
+    def resolved_check(
+        self,
+        tenant: str,
+        request: CheckRequest,
+        resolved: Resolved,
+        started_ns: int,
+        index: int | None = None,
+        principal_segment: str | None = None,
+    ) -> Check:
+        check = super().resolved_check(
+            tenant, request, resolved, started_ns, index, principal_segment
+        )
+        return _in_current_trace(check)
 
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
         await self._traced(CHECK_SPAN, "/v1/check", super().check, scope, receive, send)

@@ -108,6 +108,7 @@ def _serve(
                 max_header_bytes=max_header_bytes,
                 metrics_token=metrics_token or None,
                 tracing=tracing,
+                trusted_proxies=proxies,
             )
 
         def serve(worker: int) -> bool:

@@ -146,6 +146,38 @@ def test_a_check_with_traceparent_is_a_child_span_and_its_decision_carries_the_t
     assert stored_trace_ids(stack, tenant, 1) == [trace_id]
 
 
+def test_a_policy_check_carries_the_trace_id_into_its_decision(
+    traced: RatewatchProcess,
+    receiver: OtlpReceiver,
+    stack: RatewatchProcess,
+    redis_server: RedisServer,
+    tenant: str,
+) -> None:
+    admin = create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)
+    headers = {"Authorization": f"Bearer {admin}"}
+    created = httpx.put(
+        traced.base_url + "/v1/policies/traced",
+        json={"limits": [{"limit": 1, "window": 60}, {"limit": 10, "window": 3600}]},
+        headers=headers,
+        timeout=10,
+    )
+    assert created.status_code in (200, 201), created.text
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    answers = [
+        httpx.post(
+            traced.base_url + "/v1/check",
+            json={"key": "acct:1", "policy": "traced"},
+            headers={**headers, "traceparent": f"00-{trace_id}-{parent_id}-01"},
+            timeout=10,
+        ).json()["allowed"]
+        for _ in range(2)
+    ]
+    assert answers == [True, False]
+    checks = spans_of(receiver, trace_id, "POST /v1/check", count=2)
+    assert {span.parent_span_id for span in checks} == {parent_id}
+    assert stored_trace_ids(stack, tenant, 2) == [trace_id, trace_id]
+
+
 def test_batch_without_traceparent_starts_a_trace_of_its_own(
     traced: RatewatchProcess, receiver: OtlpReceiver, stack: RatewatchProcess, key: str, tenant: str
 ) -> None:

@@ -25,6 +25,7 @@ REDIS = "redis://127.0.0.1:6390"
         ("auth_unknown_entries", -1, "auth unknown entries -1"),
         ("metrics_token", "short", "5 characters"),
         ("metrics_token", "with a space in it, long enough", "printable ASCII"),
+        ("trusted_proxies", "10.0.0.5, proxy.local", "trusted proxy 'proxy.local'"),
     ],
 )
 def test_bad_bounds_are_refused_naming_the_value(field: str, value: Any, named: str) -> None:
