@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from limiter.api_limits import ApiLimits
+from limiter.denial_cache import MAX_ENTRIES as MAX_DENIAL_ENTRIES
 from limiter.errors import ConfigError
 from limiter.redis_client import check_redis_url
 from limiter.state.tenants import FailMode
@@ -70,6 +71,9 @@ class LimiterSettings:
     max_header_bytes: int = 64 * 1024
     # a bearer token that /metrics and /health/detailed require; None leaves them open
     metrics_token: str | None = None
+    # the local denial cache (limiter/denial_cache.py): counters known to be over their
+    # limit, denied in process until their retry time; 0 turns it off
+    denial_cache_entries: int = 0
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -137,6 +141,11 @@ class LimiterSettings:
             )
         if self.metrics_token is not None:
             check_metrics_token(self.metrics_token)
+        if not 0 <= self.denial_cache_entries <= MAX_DENIAL_ENTRIES:
+            raise ConfigError(
+                f"denial cache entries {self.denial_cache_entries!r} is not within "
+                f"0-{MAX_DENIAL_ENTRIES}"
+            )
 
 
 MIN_METRICS_TOKEN = 16

@@ -15,6 +15,7 @@ from ratewatch.cli.options import (
     api_limit_options,
     backlog_options,
     connection_options,
+    denial_cache_option,
     key_secret,
     service_options,
     tls_options,
@@ -50,6 +51,7 @@ def _serve(
     max_connections: int = 1000,
     max_header_bytes: int = 64 * 1024,
     metrics_token: str | None = None,
+    denial_cache_entries: int = 0,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -103,6 +105,7 @@ def _serve(
                 max_connections=max_connections,
                 max_header_bytes=max_header_bytes,
                 metrics_token=metrics_token or None,
+                denial_cache_entries=denial_cache_entries,
             )
 
         def serve(worker: int) -> bool:
@@ -179,6 +182,7 @@ def _show_new_key(api_key: str) -> None:
 @api_limit_options
 @tls_options
 @connection_options
+@denial_cache_option
 def serve(
     host: str,
     port: int,
@@ -206,6 +210,7 @@ def serve(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    denial_cache_entries: int,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -246,4 +251,5 @@ def serve(
         max_connections=max_connections,
         max_header_bytes=max_header_bytes,
         metrics_token=metrics_token,
+        denial_cache_entries=denial_cache_entries,
     )

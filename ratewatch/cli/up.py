@@ -22,6 +22,7 @@ from ratewatch.cli.options import (
     batch_options,
     connection_args,
     connection_options,
+    denial_cache_option,
     option,
     service_options,
     tls_options,
@@ -46,6 +47,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @api_limit_options
 @tls_options
 @connection_options
+@denial_cache_option
 def up(
     host: str,
     port: int,
@@ -77,6 +79,7 @@ def up(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    denial_cache_entries: int,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -146,6 +149,8 @@ def up(
             *connection_args(
                 header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
             ),
+            "--denial-cache-entries",
+            str(denial_cache_entries),
         ]
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]

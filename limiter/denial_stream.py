@@ -1,0 +1,150 @@
+"""The denial cache's decisions into the embedded decision stream, each exactly once.
+
+In the embedded deployment the check script appends every decision it makes to the stream
+in the same round trip; a decision the denial cache answers makes no round trip, so it is
+handed here.  ``record`` encodes the decisions of one request as one stream entry (what the
+check script would have written) and queues it in memory; a task appends what is queued
+every ``interval`` with one call of the outage replay script (``limiter.outage.replay``),
+which keeps this run's high-water mark in Redis: a call that fails, or whose reply is
+lost, is sent again and appends nothing twice.
+
+While Redis does not answer the cache is not asked (``FailoverDecider``), so little can
+queue up; what is still queued at shutdown, and what comes beyond ``max_pending`` queued entries,
+is handed to the outage recorder (the disk spool) when there is one.  (Only a shutdown
+while an append is in flight, its reply never seen, can then count a decision twice.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from limiter.algorithms import Outcome
+from limiter.errors import StoreUnavailable
+from limiter.failover import OutageLog
+from limiter.outage import records
+from limiter.outage.records import SpooledEntry
+from limiter.outage.replay import StreamReplay
+from limiter.store.base import Check
+
+log = logging.getLogger("ratewatch.limiter")
+
+INTERVAL = 0.01  # seconds between appends: the stream lags the cached decisions this much
+MAX_PENDING = 100_000  # entries (requests) kept in memory while appends fail
+CHUNK_ENTRIES = 1000  # entries per append call: Redis is busy for about a millisecond
+RETRY_MAX = 2.0
+
+
+class _Pending:
+    __slots__ = ("checks", "entry", "outcomes")
+
+    def __init__(
+        self, entry: SpooledEntry | None, checks: Sequence[Check], outcomes: Sequence[Outcome]
+    ):
+        self.entry = entry
+        self.checks = checks  # kept to hand over to the outage recorder
+        self.outcomes = outcomes
+
+
+class DenialStream:
+    def __init__(
+        self,
+        replay: StreamReplay,
+        instance: str,
+        *,
+        fallback: OutageLog | None = None,
+        interval: float = INTERVAL,
+        max_pending: int = MAX_PENDING,
+        close_timeout: float = 5.0,
+    ):
+        self._replay = replay
+        self._instance = instance
+        self._fallback = fallback
+        self._interval = interval
+        self._max_pending = max_pending
+        self._close_timeout = close_timeout
+        self._run = records.new_run()
+        self._seq = 0
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.appended = 0  # decisions in the stream
+        self.handed_over = 0  # decisions given to the outage recorder
+        self.dropped = 0  # decisions lost: no recorder to take them
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="ratewatch-denial-stream")
+
+    def record(self, checks: Sequence[Check], outcomes: Sequence[Outcome]) -> None:
+        """Queue one request's cached decisions as one stream entry: no I/O, no await."""
+        if not checks:
+            return
+        if len(self._pending) >= self._max_pending:
+            # not queued: none of what is queued (maybe in flight) may go both ways
+            self._hand_over([_Pending(None, checks, outcomes)])
+            return
+        self._seq += 1
+        decisions = records.entry_decisions(
+            checks, outcomes, self._instance, time.perf_counter_ns()
+        )
+        entry = SpooledEntry(self._run, self._seq, records.now_ms(), len(checks), decisions)
+        self._pending.append(_Pending(entry, checks, outcomes))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Append what is queued (within ``close_timeout``); hand the rest to the recorder."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        task = self._task
+        if task is not None:
+            await asyncio.wait([task], timeout=self._close_timeout)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._hand_over(self._pending)
+        self._pending = []
+
+    async def _loop(self) -> None:
+        delay = self._interval
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._closing:
+                await asyncio.sleep(self._interval)  # one call for what comes meanwhile
+            while self._pending:
+                chunk = self._pending[:CHUNK_ENTRIES]
+                entries = [p.entry for p in chunk if p.entry is not None]
+                try:
+                    await self._replay.append(entries)
+                except StoreUnavailable as exc:
+                    if self._closing:
+                        return
+                    log.warning("cached denials not appended yet, retrying: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                delay = self._interval
+                del self._pending[: len(chunk)]  # only ever appended to meanwhile
+                # in the stream now, by this call or by one whose reply was lost
+                self.appended += sum(len(p.checks) for p in chunk)
+            if self._closing:
+                return
+
+    def _hand_over(self, pending: Sequence[_Pending]) -> None:
+        for item in pending:
+            count = len(item.checks)
+            if self._fallback is not None:
+                self._fallback.record(item.checks, item.outcomes)
+                self.handed_over += count
+            else:
+                self.dropped += count
+        if pending and self._fallback is None:
+            log.error("%d cached denials lost: Redis did not take them", self.dropped)
