@@ -241,10 +241,10 @@ async def run_sequence(port: int, data: st.DataObject, algorithms: list[Algorith
             )
             batch = []
             for _ in range(data.draw(st.integers(1, 3), label="batch size")):
-                key, algorithm, window_ms, limits = data.draw(st.sampled_from(counters))
-                limit = data.draw(st.sampled_from(limits), label="limit")
+                key, kind, window_ms, its_limits = data.draw(st.sampled_from(counters))
+                limit = data.draw(st.sampled_from(its_limits), label="limit")
                 cost = data.draw(st.integers(0, limit + 1), label="cost")
-                batch.append(check(key, algorithm, limit, window_ms, cost, "t"))
+                batch.append(check(key, kind, limit, window_ms, cost, "t"))
             await twins.decide(data.draw(st.integers(0, 1), label="limiter"), batch)
         return twins.cached_answers
     finally:
