@@ -124,10 +124,13 @@ class DenialStream:
                 entries = [p.entry for p in chunk if p.entry is not None]
                 try:
                     await self._replay.append(entries)
-                except StoreUnavailable as exc:
+                except Exception as exc:  # Redis away, or a bug: neither may stop the task
                     if self._closing:
                         return
-                    log.warning("cached denials not appended yet, retrying: %s", exc)
+                    if isinstance(exc, StoreUnavailable):
+                        log.warning("cached denials not appended yet, retrying: %s", exc)
+                    else:
+                        log.exception("cached denials not appended, retrying")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
                     continue

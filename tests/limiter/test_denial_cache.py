@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,9 +27,15 @@ from redis.asyncio import Redis
 
 from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason
 from limiter.denial_cache import CachedSubmit, DenialCache
+from limiter.denial_stream import DenialStream
 from limiter.keyspace import Keyspace
+from limiter.outage.replay import StreamReplay
+from limiter.redis_client import redis_from_url
 from limiter.store.base import Check
 from limiter.store.redis import RedisStore
+from stream.events import decode_entry
+from stream.handlers import entry_record
+from tests.support.polling import eventually, turns
 from tests.support.servers import RedisServer
 
 # anyio marked at collection: parametrized async tests keep their parameters
@@ -295,3 +303,37 @@ async def test_a_counter_over_its_limit_is_answered_by_the_caches(
     twins.clock.now += 10 * MINUTE  # past every retry time: Redis decides, and allows
     await twins.decide(0, over)
     assert twins.cached_answers == 2
+
+
+# --- the cached decisions into the embedded stream ------------------------------------
+
+
+async def test_cached_decisions_wait_for_redis_then_go_to_the_spool_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis")  # not running yet
+    keyspace = Keyspace("ds" + secrets.token_hex(4))
+    client = redis_from_url(server.url, timeout=0.5)
+    spool = Recorded()
+    stream = DenialStream(StreamReplay(client, keyspace), "n1", fallback=spool, interval=0.001)
+    stream.start()
+    try:
+        for index in range(3):
+            stream.record([check(key=f"k{index}")], [denial()])
+        await turns()
+        assert stream.appended == 0  # Redis does not answer: kept, retried
+        server.start()
+        await eventually(lambda: stream.appended == 3, 10, "3 decisions appended")
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keyspace.events))
+        events = [e for i, f in entries for e in decode_entry(entry_record(i, f))]
+        assert [(e.key, e.allowed, e.reason) for e in events] == [
+            (f"k{index}", False, "limit") for index in range(3)
+        ]
+        server.stop()
+        stream.record([check(key="late")], [denial()])
+    finally:
+        await stream.close()  # Redis gone: what is queued goes to the outage spool
+        server.stop()
+        await client.aclose()
+    assert [c.key for c, _ in spool.decisions] == ["late"]
+    assert (stream.appended, stream.handed_over, stream.dropped) == (3, 1, 0)
