@@ -2,11 +2,11 @@
 
 In the embedded deployment the check script appends every decision it makes to the stream
 in the same round trip; a decision the denial cache answers makes no round trip, so it is
-handed here.  ``record`` encodes the decisions of one request as one stream entry (what the
-check script would have written) and queues it in memory; a task appends what is queued
-every ``interval`` with one call of the outage replay script (``limiter.outage.replay``),
-which keeps this run's high-water mark in Redis: a call that fails, or whose reply is
-lost, is sent again and appends nothing twice.
+handed here.  ``record`` encodes the decisions of one request (as the check script would
+have) and queues them in memory; a task appends what is queued every ``interval`` as one
+stream entry (one XADD, as the check script writes one per call) with one call of the
+outage replay script (``limiter.outage.replay``), which keeps this run's high-water mark in
+Redis: a call that fails, or whose reply is lost, is sent again and appends nothing twice.
 
 While Redis does not answer the cache is not asked (``FailoverDecider``), so little can
 queue up; what is still queued at shutdown, and what comes beyond ``max_pending`` queued entries,
@@ -33,19 +33,23 @@ from limiter.store.base import Check
 log = logging.getLogger("ratewatch.limiter")
 
 INTERVAL = 0.01  # seconds between appends: the stream lags the cached decisions this much
-MAX_PENDING = 100_000  # entries (requests) kept in memory while appends fail
-CHUNK_ENTRIES = 1000  # entries per append call: Redis is busy for about a millisecond
+MAX_PENDING = 100_000  # requests kept in memory while appends fail
+CHUNK_REQUESTS = 1000  # requests per stream entry: Redis is busy for about a millisecond
 RETRY_MAX = 2.0
 
 
 class _Pending:
-    __slots__ = ("checks", "entry", "outcomes")
+    """One request's cached decisions: their time, encoded, and as they are (kept to hand
+    over to the outage recorder)."""
+
+    __slots__ = ("checks", "decisions", "outcomes", "ts_ms")
 
     def __init__(
-        self, entry: SpooledEntry | None, checks: Sequence[Check], outcomes: Sequence[Outcome]
+        self, ts_ms: int, decisions: bytes, checks: Sequence[Check], outcomes: Sequence[Outcome]
     ):
-        self.entry = entry
-        self.checks = checks  # kept to hand over to the outage recorder
+        self.ts_ms = ts_ms
+        self.decisions = decisions  # a JSON array of stream.events.EntryDecision
+        self.checks = checks
         self.outcomes = outcomes
 
 
@@ -80,19 +84,17 @@ class DenialStream:
         self._task = asyncio.create_task(self._loop(), name="ratewatch-denial-stream")
 
     def record(self, checks: Sequence[Check], outcomes: Sequence[Outcome]) -> None:
-        """Queue one request's cached decisions as one stream entry: no I/O, no await."""
+        """Queue one request's cached decisions: no I/O, no await."""
         if not checks:
             return
         if len(self._pending) >= self._max_pending:
             # not queued: none of what is queued (maybe in flight) may go both ways
-            self._hand_over([_Pending(None, checks, outcomes)])
+            self._hand_over([_Pending(0, b"", checks, outcomes)])
             return
-        self._seq += 1
         decisions = records.entry_decisions(
             checks, outcomes, self._instance, time.perf_counter_ns()
         )
-        entry = SpooledEntry(self._run, self._seq, records.now_ms(), len(checks), decisions)
-        self._pending.append(_Pending(entry, checks, outcomes))
+        self._pending.append(_Pending(records.now_ms(), decisions, checks, outcomes))
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -120,26 +122,35 @@ class DenialStream:
             if not self._closing:
                 await asyncio.sleep(self._interval)  # one call for what comes meanwhile
             while self._pending:
-                chunk = self._pending[:CHUNK_ENTRIES]
-                entries = [p.entry for p in chunk if p.entry is not None]
-                try:
-                    await self._replay.append(entries)
-                except Exception as exc:  # Redis away, or a bug: neither may stop the task
-                    if self._closing:
-                        return
-                    if isinstance(exc, StoreUnavailable):
-                        log.warning("cached denials not appended yet, retrying: %s", exc)
-                    else:
-                        log.exception("cached denials not appended, retrying")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
-                    continue
+                chunk = self._pending[:CHUNK_REQUESTS]
+                self._seq += 1
+                entry = self._entry(chunk, self._seq)
+                while True:  # the same entry, the same sequence number: appended once
+                    try:
+                        await self._replay.append([entry])
+                        break
+                    except Exception as exc:  # Redis away, or a bug: neither may stop the task
+                        if self._closing:
+                            return
+                        if isinstance(exc, StoreUnavailable):
+                            log.warning("cached denials not appended yet, retrying: %s", exc)
+                        else:
+                            log.exception("cached denials not appended, retrying")
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, RETRY_MAX)
                 delay = self._interval
                 del self._pending[: len(chunk)]  # only ever appended to meanwhile
                 # in the stream now, by this call or by one whose reply was lost
-                self.appended += sum(len(p.checks) for p in chunk)
+                self.appended += entry.decisions_count
             if self._closing:
                 return
+
+    def _entry(self, chunk: Sequence[_Pending], seq: int) -> SpooledEntry:
+        """The requests of ``chunk`` as one stream entry (one XADD), at the first one's
+        time: the others were answered at most ``interval`` later."""
+        decisions = b"[" + b",".join(p.decisions[1:-1] for p in chunk) + b"]"
+        count = sum(len(p.checks) for p in chunk)
+        return SpooledEntry(self._run, seq, chunk[0].ts_ms, count, decisions)
 
     def _hand_over(self, pending: Sequence[_Pending]) -> None:
         for item in pending:
