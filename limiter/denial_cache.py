@@ -41,10 +41,8 @@ from limiter.store.base import Check
 Clock = Callable[[], int]
 Submit = Callable[[Sequence[Check]], Awaitable[list[Outcome]]]
 
+# the bound's most: an entry takes about 330 bytes besides its key (docs/performance.md)
 MAX_ENTRIES = 10_000_000
-# what one entry takes, measured (bench/denial_cache.py) with short keys: the key's own
-# string (up to 512 characters) comes on top
-ENTRY_BYTES = 330
 
 
 def monotonic_ms() -> int:

@@ -25,6 +25,8 @@ REDIS = "redis://127.0.0.1:6390"
         ("auth_unknown_entries", -1, "auth unknown entries -1"),
         ("metrics_token", "short", "5 characters"),
         ("metrics_token", "with a space in it, long enough", "printable ASCII"),
+        ("denial_cache_entries", -1, "denial cache entries -1"),
+        ("denial_cache_entries", 10**8, "denial cache entries 100000000"),
     ],
 )
 def test_bad_bounds_are_refused_naming_the_value(field: str, value: Any, named: str) -> None:
