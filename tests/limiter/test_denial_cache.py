@@ -260,7 +260,7 @@ async def run_sequence(port: int, data: st.DataObject, algorithms: list[Algorith
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=120,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
