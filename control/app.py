@@ -48,9 +48,11 @@ from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
 from limiter.coalescer import Coalescer
 from limiter.deadline import CallDeadline
+from limiter.denial_cache import CachedSubmit, DenialCache
+from limiter.denial_stream import DenialStream
 from limiter.emit import DecisionSink, NullSink
 from limiter.errors import LimiterError, StoreUnavailable
-from limiter.failover import FailoverDecider, StoreHealth
+from limiter.failover import FailoverDecider, Primary, StoreHealth
 from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
 from limiter.http.forwarded import TrustedProxies, is_gate_path
@@ -235,15 +237,22 @@ class LimiterApp:
         fallback = MemoryStore()
         blocks_copy = BlockMirror(redis, keyspace, fallback, settings.block_mirror_interval)
         store_call = health.guard(store.decide)
-        decider = FailoverDecider(
-            Coalescer(
-                store_call if tracing is None else tracing.store_call(store_call),
-                max_bytes=settings.call_max_bytes,
-            ),
-            fallback,
-            health,
-            outage,
+        primary: Primary = Coalescer(
+            store_call if tracing is None else tracing.store_call(store_call),
+            max_bytes=settings.call_max_bytes,
         )
+        denials: DenialStream | None = None
+        if settings.denial_cache_entries:
+            cache = DenialCache(settings.denial_cache_entries)
+            self.metrics.watch_denial_cache(cache)
+            if settings.redis_events:
+                # the script streams what Redis decides; what the cache decides goes here
+                denials = DenialStream(
+                    StreamReplay(redis, keyspace), settings.instance, fallback=outage
+                )
+                denials.start()
+            primary = CachedSubmit(cache, primary.submit, denials)
+        decider = FailoverDecider(primary, fallback, health, outage)
         # the API's own limits on the same script, through a store that streams nothing:
         # they never reach the decision stream or a sink as a customer's decisions
         internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis))
@@ -364,6 +373,8 @@ class LimiterApp:
             self.metrics.flush()
             # not cut short: the sink bounds its own close and spools what it could not send
             await sink.close()
+            if denials is not None:  # before the recorder, which takes what is left
+                await denials.close()
             if tracing is not None:
                 await tracing.shutdown()
             if outage is not None:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from limiter.algorithms import Outcome, Reason
-from limiter.coalescer import Coalescer, Decide
+from limiter.coalescer import Decide
 from limiter.errors import StoreUnavailable
 from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode
@@ -147,10 +147,17 @@ class OutageLog(Protocol):
         ...
 
 
+class Primary(Protocol):
+    """Where checks go while Redis answers: the ``Coalescer``, or the denial cache in front
+    of it (``limiter.denial_cache.CachedSubmit``)."""
+
+    def submit(self, checks: Sequence[Check]) -> Awaitable[list[Outcome]]: ...
+
+
 class FailoverDecider:
     def __init__(
         self,
-        primary: Coalescer,
+        primary: Primary,
         fallback: MemoryStore,
         health: StoreHealth,
         outage_log: OutageLog | None = None,

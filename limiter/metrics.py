@@ -20,6 +20,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from limiter.algorithms import Outcome, Reason
+from limiter.denial_cache import DenialCache
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # the bucket an observation falls in is the first bound >= it, as Prometheus' `le` says
@@ -186,6 +187,35 @@ class LimiterMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # the local denial cache (limiter.denial_cache): all zero while it is off
+        self.denial_cache_hits = Counter(
+            "ratewatch_denial_cache_hits",
+            "Checks denied by the local denial cache, without a Redis call",
+            registry=self.registry,
+        )
+        self.denial_cache_misses = Counter(
+            "ratewatch_denial_cache_misses",
+            "Checks the local denial cache did not answer (sent to Redis)",
+            registry=self.registry,
+        )
+        self.denial_cache_stores = Counter(
+            "ratewatch_denial_cache_stores",
+            "Denials by Redis the local denial cache learned",
+            registry=self.registry,
+        )
+        self.denial_cache_evictions = Counter(
+            "ratewatch_denial_cache_evictions",
+            "Denials the local denial cache dropped for room before they expired",
+            registry=self.registry,
+        )
+        self.denial_cache_entries = Gauge(
+            "ratewatch_denial_cache_entries",
+            "Denials the local denial cache holds (some may have expired)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._denial_cache: DenialCache | None = None
+        self._denial_counts = (0, 0, 0, 0)  # hits, misses, stores, evictions flushed so far
         # children bound once, at their first decision, by the tally's index (below)
         self._decision_children: list[Counter | None] = [None] * (2 * len(Reason))
         self._check_seconds = self.check_latency.labels("check")
@@ -211,8 +241,28 @@ class LimiterMetrics:
         for allowed, _, _, _, reason in outcomes:
             decisions[reason * 2 + allowed] += 1
 
+    def watch_denial_cache(self, cache: DenialCache) -> None:
+        """Report ``cache``'s counts (kept as plain integers) at each flush."""
+        self._denial_cache = cache
+
+    def _flush_denial_cache(self, cache: DenialCache) -> None:
+        counts = (cache.hits, cache.misses, cache.stores, cache.evictions)
+        metrics = (
+            self.denial_cache_hits,
+            self.denial_cache_misses,
+            self.denial_cache_stores,
+            self.denial_cache_evictions,
+        )
+        for metric, now, before in zip(metrics, counts, self._denial_counts, strict=True):
+            if now > before:
+                metric.inc(now - before)
+        self._denial_counts = counts
+        self.denial_cache_entries.set(len(cache))
+
     def flush(self) -> None:
         """Move what the check path counted into the Prometheus metrics."""
+        if self._denial_cache is not None:
+            self._flush_denial_cache(self._denial_cache)
         decisions, self._decisions = self._decisions, [0] * len(self._decisions)
         for index, amount in enumerate(decisions):
             if amount:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from limiter.api_limits import ApiLimits
+from limiter.denial_cache import MAX_ENTRIES as MAX_DENIAL_ENTRIES
 from limiter.errors import ConfigError
 from limiter.redis_client import check_redis_url
 from limiter.state.tenants import FailMode
@@ -76,6 +77,9 @@ class LimiterSettings:
     # the reverse proxies whose X-Forwarded-For / X-Real-IP name the client (comma
     # separated addresses, networks or *; uvicorn applies X-Forwarded-For, the gate both)
     trusted_proxies: str | None = None
+    # the local denial cache (limiter/denial_cache.py): counters known to be over their
+    # limit, denied in process until their retry time; 0 turns it off
+    denial_cache_entries: int = 0
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -151,6 +155,11 @@ class LimiterSettings:
                     raise ConfigError(
                         f"trusted proxy {entry.strip()!r} is not an address, a network or *"
                     ) from None
+        if not 0 <= self.denial_cache_entries <= MAX_DENIAL_ENTRIES:
+            raise ConfigError(
+                f"denial cache entries {self.denial_cache_entries!r} is not within "
+                f"0-{MAX_DENIAL_ENTRIES}"
+            )
 
 
 MIN_METRICS_TOKEN = 16

@@ -143,6 +143,20 @@ def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def denial_cache_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The local denial cache's size (docs/performance.md): ``serve`` builds its settings
+    of it, ``up`` passes it on to its limiter."""
+    return option(
+        "--denial-cache-entries",
+        type=click.IntRange(0, 10_000_000),
+        default=0,
+        show_default=True,
+        help="Counters known to be over their limit that each limiter process denies "
+        "itself, without a Redis call, until their retry time (about 330 bytes each plus "
+        "the key); 0: off.",
+    )(f)
+
+
 def connection_args(
     header_timeout: float,
     body_timeout: float,

@@ -15,6 +15,7 @@ from ratewatch.cli.options import (
     api_limit_options,
     backlog_options,
     connection_options,
+    denial_cache_option,
     key_secret,
     service_options,
     tls_options,
@@ -52,6 +53,7 @@ def _serve(
     max_header_bytes: int = 64 * 1024,
     metrics_token: str | None = None,
     tracing: bool = False,
+    denial_cache_entries: int = 0,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -109,6 +111,7 @@ def _serve(
                 metrics_token=metrics_token or None,
                 tracing=tracing,
                 trusted_proxies=proxies,
+                denial_cache_entries=denial_cache_entries,
             )
 
         def serve(worker: int) -> bool:
@@ -196,6 +199,7 @@ def _show_new_key(api_key: str) -> None:
 @tls_options
 @connection_options
 @tracing_option
+@denial_cache_option
 def serve(
     host: str,
     port: int,
@@ -224,6 +228,7 @@ def serve(
     max_header_bytes: int,
     metrics_token: str | None,
     tracing: bool,
+    denial_cache_entries: int,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -265,4 +270,5 @@ def serve(
         max_header_bytes=max_header_bytes,
         metrics_token=metrics_token,
         tracing=tracing,
+        denial_cache_entries=denial_cache_entries,
     )

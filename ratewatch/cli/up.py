@@ -22,6 +22,7 @@ from ratewatch.cli.options import (
     batch_options,
     connection_args,
     connection_options,
+    denial_cache_option,
     option,
     service_options,
     tls_options,
@@ -48,6 +49,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @tls_options
 @connection_options
 @tracing_option
+@denial_cache_option
 def up(
     host: str,
     port: int,
@@ -80,6 +82,7 @@ def up(
     max_header_bytes: int,
     metrics_token: str | None,
     tracing: bool,
+    denial_cache_entries: int,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -149,6 +152,8 @@ def up(
             *connection_args(
                 header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
             ),
+            "--denial-cache-entries",
+            str(denial_cache_entries),
         ]
         if tracing:  # the limiter's check path; the pipeline has no spans
             limiter.append("--tracing")

@@ -207,9 +207,7 @@ def test_the_migration_backfills_the_history_once_however_often_it_runs(
 ) -> None:
     everything = load_migrations()
     # the columns later migrations add to the decisions are written by this version's writer
-    before = [
-        m for m in everything if m.version < TENANT_ROLLUPS or m.version in DECISION_COLUMNS
-    ]
+    before = [m for m in everything if m.version < TENANT_ROLLUPS or m.version in DECISION_COLUMNS]
     monkeypatch.setattr(migrate_module, "load_migrations", lambda: before)
     migrate(bare)
     # a day of history in the per-key rollups, some of it erased (correction rows included)

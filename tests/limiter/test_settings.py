@@ -26,6 +26,8 @@ REDIS = "redis://127.0.0.1:6390"
         ("metrics_token", "short", "5 characters"),
         ("metrics_token", "with a space in it, long enough", "printable ASCII"),
         ("trusted_proxies", "10.0.0.5, proxy.local", "trusted proxy 'proxy.local'"),
+        ("denial_cache_entries", -1, "denial cache entries -1"),
+        ("denial_cache_entries", 10**8, "denial cache entries 100000000"),
     ],
 )
 def test_bad_bounds_are_refused_naming_the_value(field: str, value: Any, named: str) -> None:
