@@ -181,6 +181,7 @@ class CampaignDetector:
         changes: list[CampaignChange] = []
         for signature, sources in partitions.items():
             campaign = self._open.get(signature)
+            kind: Literal["opened", "updated"]
             if campaign is None:
                 grouped = self._cluster(sources, now_ms)
                 if not grouped:
@@ -257,9 +258,9 @@ class CampaignDetector:
         campaign.last_seen_ms = max(campaign.last_seen_ms, max(s.last_ms for s in members))
         spread = (max(onsets) - min(onsets)) / 1000
         what = (
-            "a new identity on {:.0%} of its checks".format(statistics.median(churn))
+            f"a new identity on {statistics.median(churn):.0%} of its checks"
             if sig.shape == "rotating"
-            else "a new page of it on {:.0%} of its checks".format(statistics.median(churn))
+            else f"a new page of it on {statistics.median(churn):.0%} of its checks"
         )
         reason = (
             f"coordinated {campaign.family} campaign: {len(campaign.members)} addresses "

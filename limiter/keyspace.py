@@ -23,6 +23,8 @@ Layout (``rw`` is the default prefix):
   acting on a subject (string token, PX), so concurrent actions make one block
 - ``rw:{rw:T}:throttle:<what>``                    once-per-period marker of a throttled
   alert (string, EX = the period)
+- ``rw:{rw:T}:incidents``                          incident records (hash id -> JSON, expiring
+  a week after the last update; ``detectors/incident_store.py``)
 - ``rw:{rw:T}:webhooks``                           webhook records (hash id -> JSON, with
   the signing secret; ``webhooks/registry.py``)
 - ``rw:{rw:T}:wh:<id>:health``                     a webhook's delivery health (hash)
@@ -102,6 +104,9 @@ class Keyspace:
 
     def throttle(self, tenant: str, what: str) -> str:
         return f"{self.tenant_tag(tenant)}:throttle:{what}"
+
+    def incidents(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:incidents"
 
     def webhooks(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:webhooks"
