@@ -4,7 +4,8 @@
 each subject on its own evidence, the ``CampaignDetector`` groups sources that are only
 suspicious together.  A round's verdicts are the campaign's first (so that an address both
 would block is blocked as a member of its campaign, with the incident's id and shared
-explanation), then the per-source ones for everyone else.  What the round changed about
+explanation), then the per-source ones for everyone else: an open campaign's members get
+no per-source verdict of their address.  What the round changed about
 campaigns is kept for the actions (``take_changes``), which turn it into incidents.
 """
 
@@ -56,7 +57,12 @@ class CoordinatedDetector:
         verdicts, changes = self.campaigns.evaluate(now_ms)
         with self._lock:
             self._changes.extend(changes)
-        members = {(v.tenant, v.subject) for v in verdicts}
+        # a campaign's members are its to block, in this round and the next ones
+        members = {
+            (campaign.signature.tenant, ip)
+            for campaign in self.campaigns.campaigns
+            for ip in campaign.members
+        }
         verdicts += [
             verdict
             for verdict in self.detector.evaluate(now_ms)
