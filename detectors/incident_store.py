@@ -104,7 +104,9 @@ class IncidentStore:
             if count > MAX_INCIDENTS:
                 incidents = await self._all(tenant)
                 oldest = sorted(incidents, key=lambda found: found.updated_at)
-                await self._redis.hdel(key, *[i.id for i in oldest[: count - MAX_INCIDENTS]])
+                victims = [found.id for found in oldest[: len(oldest) - MAX_INCIDENTS]]
+                if victims:
+                    await self._redis.hdel(key, *victims)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 

@@ -133,7 +133,8 @@ def test_distributed_stuffing_is_one_campaign_blocked_with_one_explanation() -> 
     assert {v.campaign.family for v in verdicts if v.campaign} == {"credential-stuffing"}
     # every member of a round shares its explanation: route, behaviour, pace, agents
     reason = verdicts[-1].reasons[0]
-    assert "/auth/sign-in" in reason and "new identity" in reason, reason
+    assert "/auth/sign-in" in reason, reason
+    assert "new identity" in reason, reason
     explanation = verdicts[-1].explanation()
     assert explanation["incident_id"] == incident
     evidence = explanation["campaign"]
@@ -141,7 +142,8 @@ def test_distributed_stuffing_is_one_campaign_blocked_with_one_explanation() -> 
     assert evidence["behaviour"] == "rotating"
     assert evidence["user_agent_examples"] == ["curlish/7.1"]
     assert evidence["onset_spread_seconds"] <= 20
-    assert changes[0].kind == "opened" and changes[0].campaign.id == incident
+    assert changes[0].kind == "opened"
+    assert changes[0].campaign.id == incident
     assert all(change.kind == "updated" for change in changes[1:])
     assert sum(len(change.joined) for change in changes) == 30
 
@@ -165,7 +167,9 @@ def test_a_slow_crawl_from_many_addresses_is_a_scraping_campaign() -> None:
 def test_crowds_offices_and_small_groups_are_no_campaign(legit: list[Row]) -> None:
     detector = CampaignDetector()
     verdicts, changes = run(detector, legit, 60_000)
-    assert verdicts == [] and changes == [] and detector.campaigns == []
+    assert verdicts == []
+    assert changes == []
+    assert detector.campaigns == []
 
 
 def test_sources_that_join_later_join_the_same_campaign() -> None:
@@ -175,7 +179,7 @@ def test_sources_that_join_later_join_the_same_campaign() -> None:
     verdicts, changes = run(detector, early + late, 120_000)
     assert len({v.campaign.incident_id for v in verdicts if v.campaign}) == 1
     assert {v.subject for v in verdicts} >= {f"233.252.0.{n}" for n in range(1, 6)}
-    assert [c.kind for c in changes][0] == "opened"
+    assert next(c.kind for c in changes) == "opened"
 
 
 def test_a_campaign_closes_once_its_members_went_quiet() -> None:
@@ -208,7 +212,8 @@ def test_groups_that_started_apart_are_not_merged_by_timing() -> None:
         second += detector.evaluate(T0 + now)[0]
     first_ids = {v.campaign.incident_id for v in first if v.campaign}
     second_ids = {v.campaign.incident_id for v in second if v.campaign}
-    assert len(first_ids) == len(second_ids) == 1 and first_ids != second_ids
+    assert len(first_ids) == len(second_ids) == 1
+    assert first_ids != second_ids
 
 
 def test_the_coordinated_detector_blocks_members_as_campaign_members() -> None:
@@ -229,7 +234,9 @@ def test_the_coordinated_detector_blocks_members_as_campaign_members() -> None:
     ips = [v.subject for v in verdicts if v.scope == "ip"]
     assert len(ips) == len(set(ips))
     changes = detector.take_changes()
-    assert changes and changes[0].kind == "opened" and detector.take_changes() == []
+    assert changes
+    assert changes[0].kind == "opened"
+    assert detector.take_changes() == []
 
 
 @pytest.mark.parametrize(
