@@ -69,7 +69,7 @@ def test_a_distributed_stuffing_campaign_is_one_incident_and_one_message_per_cha
     run = subprocess.run(
         [sys.executable, "-m", "ratewatch", "simulate", "--url", stack.base_url,
          "--api-key", key, "--families", "--family", FAMILY, "--family", "flash-crowd",
-         "--seed", str(SEED), "--duration", "100", "--attack-at", "10", "--json"],
+         "--seed", str(SEED), "--duration", "85", "--attack-at", "5", "--json"],
         capture_output=True, text=True, timeout=200, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
