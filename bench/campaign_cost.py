@@ -42,11 +42,15 @@ class _CampaignsOnly:
 
     def __init__(self) -> None:
         self.campaigns = CampaignDetector()
+        self._frames: list[pl.DataFrame] = []
 
     def observe(self, frame: pl.DataFrame) -> None:
-        self.campaigns.book.observe(frame)
+        self._frames.append(frame)
 
     def evaluate(self, now_ms: int) -> None:
+        frames, self._frames = self._frames, []
+        if frames:  # as CoordinatedDetector: the round's frames in one pass
+            self.campaigns.book.observe(pl.concat(frames, how="vertical_relaxed"))
         self.campaigns.evaluate(now_ms)
 
 

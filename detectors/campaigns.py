@@ -12,10 +12,13 @@ people does not:
    uses one identity; a launch crowd hits one page; an office behind one address spreads
    over many routes; a partner or a probe calls the same few endpoints.  Sources of the
    same tenant, template, shape and user-agent kind (browser or tool) form a partition.
-2. **Timing** (clustered): within a partition of at least ``min_members`` sources,
-   DBSCAN over standardised behaviour vectors (onset, log rate, denied share, each divided
-   by its scale below) keeps the sources that started together and go at a similar pace;
-   a cluster of at least ``min_members`` sources is a campaign.
+2. **Timing** (clustered): a campaign is founded by *sure* sources (at least
+   ``min_fresh`` identities or pages shown: two people of one household sharing an
+   address rotate between two identities, a stuffer soon shows many).  If a partition
+   has at least ``min_members`` sure sources, DBSCAN over their standardised behaviour
+   vectors (onset, log rate, denied share, each divided by its scale below) keeps those
+   that started together and go at a similar pace; a cluster of at least ``min_members``
+   founds a campaign, which the partition's other sources join.
 
 A campaign lives on: a later source of the same partition joins it at once (the stragglers
 of a staggered start), and it ends when none of its members has been seen for
@@ -60,6 +63,7 @@ class CampaignSettings:
     active_ms: int = 60_000
     min_route_share: float = 0.8
     min_churn: float = 0.5
+    min_fresh: int = 3  # identities or pages a founding member must have shown
     max_signed_in_walk: float = 0.5  # signed-in people browsing pages are not a crawl
     onset_scale_ms: float = 30_000.0
     log_rate_scale: float = 1.5
@@ -71,6 +75,7 @@ class CampaignSettings:
         for name, least in (
             ("min_members", 2),
             ("min_checks", 2),
+            ("min_fresh", 2),
             ("active_ms", 1),
             ("close_after_ms", 1),
         ):
@@ -133,17 +138,20 @@ def new_incident_id() -> str:
     return "inc_" + secrets.token_hex(8)
 
 
-def _shape(source: Source, settings: CampaignSettings) -> Shape | None:
+def _shape(source: Source, settings: CampaignSettings) -> tuple[Shape, bool] | None:
+    """The source's campaign shape, if it has one, and whether it is *sure*: shown by at
+    least ``min_fresh`` identities or pages (two people sharing a household's address
+    rotate between two identities; a stuffer soon shows many)."""
     template, checks = source.top_template
     if not template or checks < settings.min_route_share * source.checks:
         return None
     if source.identity_churn() >= settings.min_churn:
-        return "rotating"
+        return "rotating", source.fresh_identities >= settings.min_fresh
     if (
         source.instance_churn() >= settings.min_churn
         and source.signed_in_share() <= settings.max_signed_in_walk
     ):
-        return "walking"
+        return "walking", source.templates[template].fresh >= settings.min_fresh
     return None
 
 
@@ -171,23 +179,28 @@ class CampaignDetector:
         """Verdicts for the sources that joined a campaign in this round, and what changed."""
         settings = self.settings
         partitions: dict[Signature, list[Source]] = {}
+        sure: dict[Signature, list[Source]] = {}
         for source in self.book.active(now_ms - settings.active_ms):
             if source.checks < settings.min_checks:
                 continue
-            shape = _shape(source, settings)
-            if shape is not None:
-                partitions.setdefault(_signature(source, shape), []).append(source)
+            found = _shape(source, settings)
+            if found is not None:
+                signature = _signature(source, found[0])
+                partitions.setdefault(signature, []).append(source)
+                if found[1]:
+                    sure.setdefault(signature, []).append(source)
         verdicts: list[Verdict] = []
         changes: list[CampaignChange] = []
         for signature, sources in partitions.items():
             campaign = self._open.get(signature)
             kind: Literal["opened", "updated"]
             if campaign is None:
-                grouped = self._cluster(sources, now_ms)
-                if not grouped:
+                # founded by sure sources only; then the whole partition joins, as it would
+                # one round later
+                if not self._cluster(sure.get(signature, []), now_ms):
                     continue
                 campaign = self._open[signature] = Campaign(new_incident_id(), signature, now_ms)
-                sources, kind = grouped, "opened"
+                kind = "opened"
             else:
                 kind = "updated"
             joined = [s for s in sources if s.ip not in campaign.members]

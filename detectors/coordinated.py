@@ -52,8 +52,8 @@ class CoordinatedDetector:
     def evaluate(self, now_ms: int) -> list[Verdict]:
         with self._lock:
             frames, self._inbox = self._inbox, []
-        for frame in frames:
-            self.campaigns.book.observe(frame)
+        if frames:  # one pass over the round's decisions: fewer, larger groups
+            self.campaigns.book.observe(pl.concat(frames, how="vertical_relaxed"))
         verdicts, changes = self.campaigns.evaluate(now_ms)
         with self._lock:
             self._changes.extend(changes)

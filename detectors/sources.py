@@ -58,14 +58,13 @@ class Source:
     identities: set[str] = field(default_factory=set)
     agents: set[str] = field(default_factory=set)
     templates: dict[str, _Template] = field(default_factory=dict)
+    top: str = ""  # the template most of its checks used (kept as counts grow)
 
     @property
     def top_template(self) -> tuple[str, int]:
         """The route template most of its checks used, and how many did."""
-        if not self.templates:
-            return "", 0
-        name, tally = max(self.templates.items(), key=lambda item: item[1].checks)
-        return name, tally.checks
+        tally = self.templates.get(self.top)
+        return (self.top, tally.checks) if tally is not None else ("", 0)
 
     def identity_churn(self) -> float:
         """Share of its checks after the first that named a new identity (0 to 1)."""
@@ -209,8 +208,12 @@ class SourceBook:
             if tally is None:
                 if len(source.templates) >= SEEN_CAP:
                     source.templates.clear()  # a source using hundreds of places: start afresh
+                    source.top = ""
                 tally = source.templates[template] = _Template()
             tally.checks += checks
+            top = source.templates.get(source.top)
+            if top is None or tally.checks > top.checks:
+                source.top = template
             for instance in instances:
                 if _remember(tally.seen, instance, SEEN_CAP):
                     tally.fresh += 1

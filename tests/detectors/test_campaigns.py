@@ -102,6 +102,20 @@ def shoppers(count: int, *, until_ms: int = 60_000) -> list[Row]:
     return rows
 
 
+def households(count: int, *, until_ms: int = 60_000) -> list[Row]:
+    """``count`` homes of two people sharing an address, all on the same popular page
+    from the start: each address rotates between two identities."""
+    rows = []
+    for n in range(count):
+        ip = f"10.0.{n // 250}.{n % 250 + 1}"
+        for ms, who in ((1_000, 0), (15_000, 1), (40_000, 0)):
+            if ms < until_ms:
+                user = f"home{n}-{who}"
+                rows.append(row(T0 + ms, ip, route="/api/home", key=f"user:{user}",
+                                user_id=user))  # fmt: skip
+    return rows
+
+
 def frame(rows: Iterable[Row]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=FRAME_SCHEMA).sort("ts")
 
@@ -161,6 +175,7 @@ def test_a_slow_crawl_from_many_addresses_is_a_scraping_campaign() -> None:
         pytest.param(crowd(300), id="flash-crowd"),
         pytest.param(office(8, 400), id="carrier-nat"),
         pytest.param(shoppers(40), id="signed-in-shoppers"),
+        pytest.param(households(200), id="households-sharing-an-address"),
         pytest.param(stuffers(4), id="too-few-sources"),
     ],
 )
