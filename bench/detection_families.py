@@ -36,6 +36,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from detectors.coordinated import CoordinatedDetector  # noqa: E402
 from detectors.detector import AbuseDetector  # noqa: E402
 from detectors.features import FRAME_SCHEMA  # noqa: E402
 from ratewatch.simulate.driver import SeenBlock  # noqa: E402
@@ -47,7 +48,7 @@ T0 = 1_760_000_000_000
 TENANT = "families"
 WINDOW = 60.0  # recall counts blocks within this many seconds of a subject's onset
 
-DetectorFactory = Callable[[int], AbuseDetector]
+DetectorFactory = Callable[[int], AbuseDetector | CoordinatedDetector]
 
 
 def seeds(text: str) -> list[int]:
@@ -104,8 +105,13 @@ class Rows:
         return pl.DataFrame(self.columns, schema=FRAME_SCHEMA).sort("ts")
 
 
-def default_detector(seed: int) -> AbuseDetector:
-    """Today's detector with its shipped settings: nothing is chosen on training seeds yet."""
+def default_detector(seed: int) -> CoordinatedDetector:
+    """The detector as shipped: per-source detection and campaign detection."""
+    return CoordinatedDetector(AbuseDetector(seed=seed))
+
+
+def per_source_detector(seed: int) -> AbuseDetector:
+    """Per-source detection alone (``--per-source-only``): the baseline campaigns add to."""
     return AbuseDetector(seed=seed)
 
 
@@ -319,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attack-at", type=float, default=90.0)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument(
+        "--per-source-only",
+        action="store_true",
+        help="without campaign detection (detectors/campaigns.py), for comparison",
+    )
     args = parser.parse_args(argv)
     if not args.test_seeds:
         parser.error("--test-seeds: at least one held-out seed")
@@ -335,7 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
-    options = {"timeline": timeline, "scale": args.scale, "interval": args.interval}
+    factory = per_source_detector if args.per_source_only else default_detector
+    options = {
+        "timeline": timeline,
+        "scale": args.scale,
+        "interval": args.interval,
+        "detector_factory": factory,
+    }
     if args.train_seeds:
         progress(f"training seeds {args.train_seeds[0]}..{args.train_seeds[-1]}")
         train = evaluate(args.train_seeds, progress=progress, **options)

@@ -37,12 +37,14 @@ from control.routes.analytics import AnalyticsRoutes
 from control.routes.blocks import BlockRoutes
 from control.routes.console import ConsoleAssets, ConsoleRoutes
 from control.routes.health import HealthRoutes
+from control.routes.incidents import IncidentRoutes
 from control.routes.keys import KeyRoutes
 from control.routes.policies import PolicyRoutes
 from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
 from control.shutdown import bounded_step, cancel_tasks
+from detectors.incident_store import IncidentStore
 from limiter.algorithms import Algorithm
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
@@ -309,6 +311,7 @@ class LimiterApp:
         route_groups: list[RouteGroup] = [
             KeyRoutes(control, keys, audit, durable),
             BlockRoutes(control, blocks, audit, durable),
+            IncidentRoutes(control, IncidentStore(redis, keyspace)),
             SettingsRoutes(control, tenant_settings, audit, durable),
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),

@@ -201,6 +201,16 @@ def build_openapi(version: str) -> dict[str, Any]:
         ("limit", "integer", "At most this many alerts (1-1000, default 100)."),
     )
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    incidents = _operation(
+        "Coordinated campaigns' blocks grouped as incidents, latest activity first", None, 422
+    )
+    incidents["description"] = (
+        "Each incident: id, family guess, state (`open` | `closed`), mode, first and last "
+        "seen, the explanation its blocks share (`reasons`, `evidence`) and counts of its "
+        "members by outcome; `GET /v1/incidents/{id}` lists the members. Webhooks receive "
+        "`incident.opened`, `incident.updated` and `incident.closed`."
+    )
+    incidents["parameters"] = _query_parameters(("state", "string", "`open` or `closed`."))
     create_webhook = _operation(
         "Create a webhook; its signing secret is shown once (admin)",
         None,
@@ -322,6 +332,15 @@ def build_openapi(version: str) -> dict[str, Any]:
             "/v1/blocks/{id}": {
                 "delete": {
                     **_operation("Lift a block at once (admin)", None, 403, 404),
+                    "parameters": id_param,
+                }
+            },
+            "/v1/incidents": {"get": incidents},
+            "/v1/incidents/{id}": {
+                "get": {
+                    **_operation(
+                        "One incident with its members (address, outcome, block id)", None, 404
+                    ),
                     "parameters": id_param,
                 }
             },

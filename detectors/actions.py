@@ -238,6 +238,7 @@ class BlockActions:
             detector=verdict.detector,
             score=verdict.score,
             explanation=explanation,
+            incident_id=verdict.campaign.incident_id if verdict.campaign else None,
         )
         event = new_audit_event(
             verdict.tenant,

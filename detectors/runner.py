@@ -175,4 +175,8 @@ class DetectionLoop:
                     verdict.score,
                     "; ".join(verdict.reasons[:2]),
                 )
+        # actions that group verdicts (incidents) report once per round, not per verdict
+        round_ended = getattr(self._actions, "round_ended", None)
+        if round_ended is not None:
+            await round_ended()
         return verdicts

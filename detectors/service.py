@@ -1,5 +1,6 @@
 """Abuse detection as a running service: one ``DetectionLoop`` wired on the limiter's Redis
-(the detector over the decisions; the actions writing blocks, audit entries and alerts),
+(the per-source and campaign detectors over the decisions; the actions writing blocks,
+audit entries, incidents and alerts),
 fed from the Valkey event stream in ``ratewatch up``'s pipeline worker.  The Kafka source of
 the distributed deployment is ``detectors/kafka_source.py``.  The loop owns its models,
 kept in ``model_dir``.
@@ -15,7 +16,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from detectors.actions import BlockActions
+from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
+from detectors.incident_store import IncidentStore
+from detectors.incidents import IncidentActions
 from detectors.metrics import DetectionMetrics
 from detectors.offenders import OffenderHistory
 from detectors.redis_source import RedisDecisionSource
@@ -38,15 +42,19 @@ def build_detection(
     interval: float,
     metrics: DetectionMetrics | None = None,
 ) -> DetectionLoop:
-    detector = AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
-    actions = BlockActions(
+    detector = CoordinatedDetector(
+        AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
+    )
+    alerts = AlertOutbox(redis, keyspace.alerts)
+    blocks = BlockActions(
         BlockStore(redis, keyspace),
         Allowlist(redis, keyspace),
         TenantSettingsStore(redis, keyspace),
         OffenderHistory(redis, keyspace),
         AuditOutbox(redis, keyspace.audit),
-        AlertOutbox(redis, keyspace.alerts),
+        alerts,
     )
+    actions = IncidentActions(blocks, detector, IncidentStore(redis, keyspace), alerts)
     # a decision older than the short window is judged no more: rounds after that skip
     return DetectionLoop(detector, actions, interval, metrics, quiet_ms=detector.window.short_ms)
 

@@ -29,6 +29,17 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class CampaignRef:
+    """The coordinated campaign a verdict's subject belongs to (``detectors.campaigns``):
+    its incident id, family guess, members so far and the evidence they share."""
+
+    incident_id: str
+    family: str
+    members: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """``score`` is in [0, 1] and a block is warranted when it reaches ``threshold``.
 
@@ -53,14 +64,16 @@ class Verdict:
     ips: tuple[str, ...] = ()
     ips_truncated: bool = False
     ipless: bool = False
+    campaign: CampaignRef | None = None
 
     @property
     def warranted(self) -> bool:
         return self.score >= self.threshold
 
     def explanation(self) -> dict[str, Any]:
-        """What a block, an audit entry and an alert say about why."""
-        return {
+        """What a block, an audit entry and an alert say about why (and, for a campaign's
+        member, the incident and the evidence its members share)."""
+        explained = {
             "detector": self.detector,
             "detector_version": self.detector_version,
             "score": round(self.score, 4),
@@ -78,3 +91,11 @@ class Verdict:
                 for signal in self.signals
             ],
         }
+        if self.campaign is not None:
+            explained["incident_id"] = self.campaign.incident_id
+            explained["campaign"] = {
+                "family": self.campaign.family,
+                "members": self.campaign.members,
+                **self.campaign.evidence,
+            }
+        return explained

@@ -28,6 +28,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:{rw:T}:policies:v``                         the tenant's policy version: incremented by
   every policy or override write
 - ``rw:{rw:T}:ovr:<policy>``                       a policy's overrides (hash identifier -> JSON)
+- ``rw:{rw:T}:incidents``                          incident records (hash id -> JSON, expiring
+  a week after the last update; ``detectors/incident_store.py``)
 - ``rw:{rw:T}:webhooks``                           webhook records (hash id -> JSON, with
   the signing secret; ``webhooks/registry.py``)
 - ``rw:{rw:T}:wh:<id>:health``                     a webhook's delivery health (hash)
@@ -127,6 +129,9 @@ class Keyspace:
     @property
     def policy_tenants(self) -> str:
         return f"{self.prefix}:policies:tenants"
+
+    def incidents(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:incidents"
 
     def webhooks(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:webhooks"

@@ -45,6 +45,10 @@ __all__ = [
     "BLOCK_SKIPPED_CAP",
     "CODEC",
     "FIELD",
+    "INCIDENT_CLOSED",
+    "INCIDENT_KINDS",
+    "INCIDENT_OPENED",
+    "INCIDENT_UPDATED",
     "KINDS",
     "AlertEvent",
     "AlertOutbox",
@@ -63,7 +67,15 @@ BLOCK_CREATED = "block.created"  # a first offence, enforced
 BLOCK_ESCALATED = "block.escalated"  # a repeat offence, enforced for longer
 BLOCK_SHADOWED = "block.shadowed"  # shadow mode: recorded, not enforced
 BLOCK_SKIPPED_CAP = "block.skipped_cap"  # the tenant's cap on dynamic blocks refused it
-KINDS = frozenset({BLOCK_CREATED, BLOCK_ESCALATED, BLOCK_SHADOWED, BLOCK_SKIPPED_CAP})
+# a coordinated campaign's blocks, grouped (scope "incident", subject the incident's id):
+# one alert when it opens, one per round that adds members, one when it ends
+INCIDENT_OPENED = "incident.opened"
+INCIDENT_UPDATED = "incident.updated"
+INCIDENT_CLOSED = "incident.closed"
+INCIDENT_KINDS = frozenset({INCIDENT_OPENED, INCIDENT_UPDATED, INCIDENT_CLOSED})
+KINDS = frozenset(
+    {BLOCK_CREATED, BLOCK_ESCALATED, BLOCK_SHADOWED, BLOCK_SKIPPED_CAP, *INCIDENT_KINDS}
+)
 MODES = ("enforce", "shadow")
 
 ALERTS_MAXLEN = 100_000
@@ -81,7 +93,9 @@ class AlertUnavailable(OutboxUnavailable):
 
 class AlertEvent(Envelope, kw_only=True, frozen=True):
     """One action of the detectors.  ``ts`` is epoch milliseconds; ``subject`` the blocked
-    value of ``scope`` (``ip``, ``key``, ``user_id``); ``block_id`` the block made (None when
+    value of ``scope`` (``ip``, ``key``, ``user_id``; for ``incident.*`` kinds the scope is
+    ``incident``, the subject the incident's id and the explanation the incident);
+    ``block_id`` the block made (None when
     none was); ``mode`` ``enforce`` | ``shadow``; ``offence`` the subject's repeat count
     (1 for a first offence, None when no offence was counted); ``explanation`` the
     verdict's (``detectors.verdict.Verdict.explanation``)."""

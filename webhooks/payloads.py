@@ -115,6 +115,8 @@ def slack_message(delivery: Delivery) -> dict[str, Any]:
         text = f"RateWatch test ping for webhook {_escape(data.get('webhook_id', ''))}"
         return {"text": text}
     explanation = data.get("explanation") or {}
+    if delivery.type.startswith("incident."):
+        return _incident_message(delivery.type, data, explanation)
     reasons = explanation.get("reasons") or []
     score = explanation.get("score")
     # values are escaped: a subject such as "<!channel>" must not notify anyone
@@ -144,6 +146,41 @@ def slack_message(delivery: Delivery) -> dict[str, Any]:
     ]
     if reason:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": reason[:2000]}]})
+    return {"text": text[:3000], "blocks": blocks}
+
+
+def _incident_message(kind: str, data: dict[str, Any], incident: dict[str, Any]) -> dict[str, Any]:
+    """One message per incident and update: the campaign, its size, what it shares."""
+    counts = incident.get("counts") or {}
+    members = counts.get("members", 0)
+    family = _escape(incident.get("family", "coordinated"))
+    ident = f"`{_escape(data.get('subject', '?'))}`"
+    blocked = counts.get("blocked", 0) + counts.get("shadowed", 0)
+    headline = {
+        "incident.opened": f"opened incident {ident}: {family} campaign of {members} addresses",
+        "incident.updated": f"incident {ident} grew: {family} campaign of {members} addresses",
+        "incident.closed": f"closed incident {ident}: the {family} campaign went quiet",
+    }.get(kind, f"{kind} {ident}")
+    reasons = incident.get("reasons") or []
+    reason = _escape(reasons[0]) if reasons else ""
+    facts = [
+        ("Kind", kind),
+        ("Tenant", _escape(data.get("tenant", ""))),
+        ("Mode", _escape(data.get("mode", ""))),
+        ("Members", str(members)),
+        ("Blocked", str(blocked)),
+        ("Family", family),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*RateWatch* {headline}"}},
+        {
+            "type": "section",
+            "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{value}"} for name, value in facts],
+        },
+    ]
+    if reason:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": reason[:2000]}]})
+    text = f"RateWatch {headline}" + (f": {reason}" if reason else "")
     return {"text": text[:3000], "blocks": blocks}
 
 

@@ -34,7 +34,7 @@ from redis.typing import EncodableT, FieldT
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.scripts import register_script
-from stream.alerts import KINDS
+from stream.alerts import INCIDENT_KINDS, KINDS
 from webhooks.sealing import SecretSealer, is_sealed
 from webhooks.targets import parse_target
 
@@ -45,6 +45,9 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 ID_PREFIX = "wh_"
 ALERT_KINDS = tuple(sorted(KINDS))
+# per-block alert kinds: a campaign member's are left to its incident's alerts (``wants``)
+BLOCK_KINDS = frozenset(kind for kind in KINDS if kind.startswith("block."))
+WILDCARD = ".*"  # "block.*": every kind of that object
 
 
 # an attempt's outcomes (``Attempt.outcome``)
@@ -87,8 +90,16 @@ class Webhook:
             "created_at": self.created_at,
         }
 
-    def wants(self, kind: str) -> bool:
-        return self.enabled and kind in self.events
+    def wants(self, kind: str, incident_id: str | None = None) -> bool:
+        """Whether an alert of ``kind`` is sent here.  A per-block alert of a campaign's
+        member (``incident_id`` set) is not sent to a webhook that receives incidents:
+        the incident's alerts tell of it, once per change rather than once per address.
+        Webhooks subscribed to block alerts and to no incident kind get every block."""
+        if not self.enabled or kind not in self.events:
+            return False
+        if incident_id and kind in BLOCK_KINDS:
+            return not any(event in INCIDENT_KINDS for event in self.events)
+        return True
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
         """The secrets a delivery made at ``now`` is signed with: the current one, then the
@@ -124,20 +135,30 @@ def new_secret() -> str:
 
 
 def check_events(events: Iterable[str] | None) -> tuple[str, ...]:
-    """The alert kinds subscribed to (every kind for None); InvalidInput naming the unknown
-    ones, or for an empty list."""
+    """The alert kinds subscribed to (every kind for None; ``block.*`` or ``incident.*``
+    stand for every kind of that object); InvalidInput naming the unknown ones, or for an
+    empty list."""
     if events is None:
         return ALERT_KINDS
-    chosen = tuple(dict.fromkeys(events))
-    unknown = [kind for kind in chosen if kind not in KINDS]
+    chosen: dict[str, None] = {}
+    unknown = []
+    for event in events:
+        if event.endswith(WILDCARD) and event != WILDCARD:
+            prefix = event[: -len(WILDCARD) + 1]
+            matched = [kind for kind in ALERT_KINDS if kind.startswith(prefix)]
+        else:
+            matched = [event] if event in KINDS else []
+        if not matched:
+            unknown.append(event)
+        chosen.update(dict.fromkeys(matched))
     if unknown:
         raise InvalidInput(
             f"unknown event kinds {', '.join(repr(k[:100]) for k in unknown[:10])}: "
-            f"the kinds are {', '.join(ALERT_KINDS)}"
+            f"the kinds are {', '.join(ALERT_KINDS)} (or block.*, incident.*)"
         )
     if not chosen:
         raise InvalidInput("events must name at least one kind (or be left out for all)")
-    return chosen
+    return tuple(chosen)
 
 
 def check_description(description: str) -> str:

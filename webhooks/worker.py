@@ -90,7 +90,7 @@ class WebhookWorker:
             deliveries += [
                 alert_delivery(event.tenant, hook.id, event)
                 for hook in hooks[event.tenant]
-                if hook.wants(event.kind)
+                if hook.wants(event.kind, _incident_of(event))
             ]
         await self.queue.enqueue(deliveries)
         if deliveries:
@@ -107,3 +107,9 @@ class WebhookWorker:
         finally:
             if self._own_client:
                 await self._client.aclose()
+
+
+def _incident_of(event: AlertEvent) -> str | None:
+    """The incident a per-block alert's block belongs to (a campaign's member), if any."""
+    incident = event.explanation.get("incident_id")
+    return incident if isinstance(incident, str) and incident else None

@@ -144,7 +144,9 @@ Events = Annotated[
         max_length=len(ALERT_KINDS),
         description="Alert kinds to deliver: "
         + ", ".join(ALERT_KINDS)
-        + " (all, when left out at creation).",
+        + " (all, when left out at creation); `block.*` and `incident.*` stand for every "
+        "kind of that object.  A webhook that receives `incident.*` kinds hears of a "
+        "coordinated campaign's blocks through its incident, not block by block.",
     ),
 ]
 Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION_LENGTH)]

@@ -104,9 +104,11 @@ class AuditList(msgspec.Struct, kw_only=True):
 class AlertEntry(msgspec.Struct, kw_only=True):
     ts: int  # epoch milliseconds
     id: str
-    # block.created | block.escalated | block.shadowed | block.skipped_cap
+    # block.created | block.escalated | block.shadowed | block.skipped_cap, and for a
+    # coordinated campaign incident.opened | incident.updated | incident.closed (scope
+    # "incident", subject the incident's id, explanation the incident)
     kind: str
-    scope: Literal["ip", "key", "user_id"]
+    scope: Literal["ip", "key", "user_id", "incident"]
     subject: str
     block_id: str | None  # None when no block was made (block.skipped_cap)
     mode: Literal["enforce", "shadow"]

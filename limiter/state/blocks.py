@@ -5,7 +5,8 @@ Storage format (shared by every writer; the detectors write blocks through this 
 - ``<tenant tag>:blocks`` — a hash, block id -> JSON record with the fields of ``Block``
   (``id``, ``scope``, ``value``, ``reason``, ``detector``, ``score``, ``created_at`` and
   ``expires_at`` in epoch seconds, ``mode`` ``enforce`` | ``shadow``, ``source``
-  ``manual`` | ``detector``, ``explanation`` an object or null).
+  ``manual`` | ``detector``, ``explanation`` an object or null, ``incident_id`` the
+  incident of a coordinated campaign's member, else null).
 - ``<tenant tag>:bk:<scope>:<value>`` — the enforcement key: a string holding the id of the
   block that enforces it, with a PX expiry equal to the block's time left.  The check
   script denies a check when the key of any of its subjects exists (``reason: blocked``,
@@ -76,6 +77,7 @@ class Block:
     detector: str | None = None
     score: float | None = None
     explanation: dict[str, Any] | None = field(default=None)
+    incident_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +103,7 @@ class BlockStore:
         detector: str | None = None,
         score: float | None = None,
         explanation: dict[str, Any] | None = None,
+        incident_id: str | None = None,
     ) -> Block:
         value = normalize_subject(scope, value)
         if not 0 < ttl_seconds <= MAX_BLOCK_SECONDS:
@@ -124,6 +127,7 @@ class BlockStore:
             detector=detector,
             score=score,
             explanation=explanation,
+            incident_id=incident_id,
         )
         await self._write(tenant, block)
         return block

@@ -46,6 +46,8 @@ def test_spec_lists_every_contract_route(spec: dict[str, Any]) -> None:
         ("/v1/blocks", "get"),
         ("/v1/blocks", "post"),
         ("/v1/blocks/{id}", "delete"),
+        ("/v1/incidents", "get"),
+        ("/v1/incidents/{id}", "get"),
         ("/health", "get"),
         ("/health/detailed", "get"),
         ("/metrics", "get"),

@@ -344,9 +344,7 @@ async def test_cached_decisions_wait_for_redis_then_go_to_the_spool_at_shutdown(
 
 def policy_check(windows: tuple[tuple[int, int], ...], key: str = "acct") -> Check:
     limit, window_ms = windows[0]
-    return check(key=key, limit=limit, window_ms=window_ms)._replace(
-        windows=windows, policy="free"
-    )
+    return check(key=key, limit=limit, window_ms=window_ms)._replace(windows=windows, policy="free")
 
 
 def test_a_policy_denial_is_kept_under_the_window_that_decided_it() -> None:
@@ -356,12 +354,14 @@ def test_a_policy_denial_is_kept_under_the_window_that_decided_it() -> None:
     cache.learn(multi, with_window(denial(retry_ms=5000), 1), sent=1000)
 
     hit = cache.answer(multi, 1001)
-    assert hit is not None and not hit.allowed
+    assert hit is not None
+    assert not hit.allowed
     assert window_of(hit) == 1  # the answer describes the hour, which denied
     # the minute's counter was not the one over its limit: a check of it alone goes to Redis
     assert cache.answer(check(key="acct", limit=50, window_ms=MINUTE), 1001) is None
     hour = cache.answer(check(key="acct", limit=3, window_ms=60 * MINUTE), 1001)
-    assert hour is not None and window_of(hour) == 0
+    assert hour is not None
+    assert window_of(hour) == 0
     assert cache.answer(multi, 1000 + 5000) is None  # the retry time passed
 
 
@@ -369,7 +369,8 @@ def test_a_plain_denial_of_one_window_denies_the_policy_that_holds_it() -> None:
     cache = DenialCache(10)
     cache.learn(check(key="acct", limit=3, window_ms=60 * MINUTE), denial(retry_ms=900), sent=10)
     hit = cache.answer(policy_check(((50, MINUTE), (3, 60 * MINUTE))), 11)
-    assert hit is not None and window_of(hit) == 1
+    assert hit is not None
+    assert window_of(hit) == 1
     assert cache.answer(policy_check(((50, MINUTE), (4, 60 * MINUTE))), 11) is None
 
 

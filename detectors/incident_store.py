@@ -1,0 +1,147 @@
+"""Incidents in Redis: the blocks of one coordinated campaign, grouped, per tenant.
+
+Storage (``limiter/keyspace.py``): ``<tenant tag>:incidents``, a hash incident id -> JSON
+record (``Incident``).  The hash expires ``INCIDENT_TTL_SECONDS`` after its last write, and
+records not updated for that long are pruned when incidents are listed, so a tenant's
+incidents live as long as their story is recent, like blocks in Redis.  At most
+``MAX_INCIDENTS`` are kept per tenant (the oldest updated go first) and an incident lists
+at most ``MAX_MEMBERS`` members (``counts.members`` counts them all), so a botnet of
+thousands cannot grow a record without bound.
+
+The detectors write incidents (``detectors/incidents.py``); the control plane reads them
+(``GET /v1/incidents``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from limiter.errors import NotFound, StoreUnavailable
+from limiter.keyspace import Keyspace
+
+INCIDENT_TTL_SECONDS = 7 * 24 * 3600
+MAX_INCIDENTS = 200
+MAX_MEMBERS = 1000
+OPEN, CLOSED = "open", "closed"
+
+
+@dataclass(slots=True)
+class Member:
+    """A source of the campaign: its address, what the detectors did about it
+    (``blocked``, ``shadowed``, ``already_blocked``, ``allowlisted``, …) and its block."""
+
+    ip: str
+    outcome: str
+    joined_at: float
+    block_id: str | None = None
+
+
+@dataclass(slots=True)
+class Incident:
+    """Times are epoch seconds.  ``first_seen``/``last_seen``: the campaign's first and
+    latest decision known at its last update; ``evidence`` what its members share (route
+    template, behaviour, user agents, pace, onset spread); ``reasons`` the one explanation
+    its blocks carry."""
+
+    id: str
+    family: str
+    state: str
+    mode: str
+    opened_at: float
+    updated_at: float
+    first_seen: float
+    last_seen: float
+    closed_at: float | None = None
+    detector: str = "campaign"
+    detector_version: str = ""
+    reasons: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /v1/incidents`` lists: everything but the member list."""
+        record = self.public()
+        del record["members"]
+        return record
+
+    @classmethod
+    def from_record(cls, raw: bytes | str) -> Incident:
+        record = json.loads(raw)
+        members = [Member(**member) for member in record.pop("members", [])]
+        return cls(**record, members=members)
+
+
+class IncidentStore:
+    def __init__(self, redis: Redis, keyspace: Keyspace, *, ttl: int = INCIDENT_TTL_SECONDS):
+        if ttl <= 0:
+            raise ValueError(f"incident ttl {ttl!r} must be positive")
+        self._redis = redis
+        self._keyspace = keyspace
+        self._ttl = ttl
+
+    async def save(self, tenant: str, incident: Incident) -> None:
+        """Write ``incident`` (its member list cut to ``MAX_MEMBERS``); beyond
+        ``MAX_INCIDENTS`` the tenant's least recently updated ones are dropped."""
+        record = incident.public()
+        record["members"] = record["members"][:MAX_MEMBERS]
+        key = self._keyspace.incidents(tenant)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, incident.id, json.dumps(record))
+                pipe.expire(key, self._ttl)
+                pipe.hlen(key)
+                *_, count = await pipe.execute()
+            if count > MAX_INCIDENTS:
+                incidents = await self._all(tenant)
+                oldest = sorted(incidents, key=lambda found: found.updated_at)
+                victims = [found.id for found in oldest[: len(oldest) - MAX_INCIDENTS]]
+                if victims:
+                    await self._redis.hdel(key, *victims)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def incidents(self, tenant: str, state: str | None = None) -> list[Incident]:
+        """The tenant's incidents (of ``state``, if given), latest activity first; records
+        past their time are pruned."""
+        try:
+            found = await self._all(tenant)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        if state is not None:
+            found = [incident for incident in found if incident.state == state]
+        return sorted(found, key=lambda incident: (-incident.last_seen, incident.id))
+
+    async def get(self, tenant: str, incident_id: str) -> Incident:
+        try:
+            raw = await self._redis.hget(self._keyspace.incidents(tenant), incident_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        if raw is None:
+            raise NotFound(f"no incident with id {incident_id[:100]!r}")
+        return Incident.from_record(raw)
+
+    async def _all(self, tenant: str) -> list[Incident]:
+        key = self._keyspace.incidents(tenant)
+        raw = await self._redis.hgetall(key)
+        horizon = time.time() - self._ttl
+        kept: list[Incident] = []
+        stale: list[bytes | str] = []
+        for incident_id, record in raw.items():
+            incident = Incident.from_record(record)
+            if incident.updated_at > horizon:
+                kept.append(incident)
+            else:
+                stale.append(incident_id)
+        if stale:
+            await self._redis.hdel(key, *stale)
+        return kept

@@ -1,0 +1,263 @@
+"""Campaign grouping (``detectors/campaigns.py``) on decision frames built here: sources that
+start together and behave alike are one campaign; crowds, offices and partners are not."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+import pytest
+
+from detectors.campaigns import (
+    DETECTOR,
+    SCORE,
+    CampaignChange,
+    CampaignDetector,
+    CampaignSettings,
+)
+from detectors.coordinated import CoordinatedDetector
+from detectors.detector import AbuseDetector
+from detectors.features import FRAME_SCHEMA
+from detectors.verdict import Verdict
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_790_000_000_000
+TENANT = "acme"
+Row = dict[str, Any]
+
+
+def row(ms: int, ip: str, *, route: str, key: str, user_id: str | None = None,
+        agent: str = "Mozilla/5.0 (X11) Gecko/1", allowed: bool = True) -> Row:  # fmt: skip
+    return {
+        "ts": ms, "tenant": TENANT, "key": key, "ip": ip, "user_id": user_id, "route": route,
+        "user_agent": agent, "allowed": allowed, "remaining": 3, "reason": "ok" if allowed
+        else "limit",
+    }  # fmt: skip
+
+
+def stuffers(count: int, *, onset_ms: int = 0, every_ms: int = 8_000, until_ms: int = 60_000,
+             prefix: str = "203.0.113", route: str = "/auth/sign-in") -> list[Row]:  # fmt: skip
+    """``count`` addresses starting within 20 s of ``onset_ms``, each trying a new account
+    every ``every_ms`` (0.125 checks/s: no address stands out)."""
+    rng = random.Random(count)
+    rows, account = [], 0
+    for n in range(count):
+        ip = f"{prefix}.{n + 1}"
+        ms = onset_ms + rng.randrange(20_000)
+        while ms < until_ms:
+            account += 1
+            rows.append(row(T0 + ms, ip, route=route, key=f"ip:{ip}", user_id=f"acct{account}",
+                            agent="curlish/7.1", allowed=account % 3 != 0))  # fmt: skip
+            ms += every_ms + rng.randrange(-2_000, 2_000)
+    return rows
+
+
+def scrapers(count: int, *, until_ms: int = 60_000) -> list[Row]:
+    """``count`` anonymous addresses walking the catalogue page by page."""
+    rows, page = [], 0
+    for n in range(count):
+        ip = f"192.0.2.{n + 1}"
+        for ms in range(n * 500, until_ms, 6_000):
+            page += 1
+            rows.append(row(T0 + ms, ip, route=f"/catalogue/{page}", key=f"ip:{ip}"))
+    return rows
+
+
+def crowd(count: int, *, until_ms: int = 60_000) -> list[Row]:
+    """A launch: ``count`` new people, each signed in, mostly on the launch page."""
+    rng = random.Random(7)
+    rows = []
+    for n in range(count):
+        ip, user = f"198.51.100.{n + 1}", f"person{n}"
+        for ms in range(rng.randrange(10_000), until_ms, 5_000):
+            route = "/launch/today" if rng.random() < 0.7 else f"/page{rng.randrange(5)}"
+            rows.append(row(T0 + ms, ip, route=route, key=f"user:{user}", user_id=user))
+    return rows
+
+
+def office(addresses: int, people: int, *, until_ms: int = 60_000) -> list[Row]:
+    """An office: ``people`` signed in behind ``addresses`` NAT addresses, browsing."""
+    rng = random.Random(11)
+    rows = []
+    for ms in range(0, until_ms, 200):
+        user = f"staff{rng.randrange(people)}"
+        ip = f"100.64.0.{hash(user) % addresses + 1}"
+        route = rng.choice(["/home", "/docs", "/api/items", "/api/orders", "/search"])
+        rows.append(row(T0 + ms, ip, route=route, key=f"user:{user}", user_id=user))
+    return rows
+
+
+def shoppers(count: int, *, until_ms: int = 60_000) -> list[Row]:
+    """Signed-in people browsing product pages together: walking, but themselves."""
+    rows, page = [], 0
+    for n in range(count):
+        ip, user = f"198.18.0.{n + 1}", f"shopper{n}"
+        for ms in range(n * 300, until_ms, 6_000):
+            page += 1
+            rows.append(row(T0 + ms, ip, route=f"/product/{page}", key=f"user:{user}",
+                            user_id=user))  # fmt: skip
+    return rows
+
+
+def households(count: int, *, until_ms: int = 60_000) -> list[Row]:
+    """``count`` homes of two people sharing an address, all on the same popular page
+    from the start: each address rotates between two identities."""
+    rows = []
+    for n in range(count):
+        ip = f"10.0.{n // 250}.{n % 250 + 1}"
+        for ms, who in ((1_000, 0), (15_000, 1), (40_000, 0)):
+            if ms < until_ms:
+                user = f"home{n}-{who}"
+                rows.append(row(T0 + ms, ip, route="/api/home", key=f"user:{user}",
+                                user_id=user))  # fmt: skip
+    return rows
+
+
+def frame(rows: Iterable[Row]) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=FRAME_SCHEMA).sort("ts")
+
+
+def run(
+    detector: CampaignDetector, rows: list[Row], until_ms: int, step_ms: int = 5_000
+) -> tuple[list[Verdict], list[CampaignChange]]:
+    """Feed ``rows`` in and evaluate every ``step_ms``, as the detection loop does."""
+    data = frame(rows)
+    verdicts: list[Verdict] = []
+    changes: list[CampaignChange] = []
+    for now in range(step_ms, until_ms + 1, step_ms):
+        chunk = data.filter((pl.col("ts") > T0 + now - step_ms) & (pl.col("ts") <= T0 + now))
+        detector.book.observe(chunk)
+        found, changed = detector.evaluate(T0 + now)
+        verdicts += found
+        changes += changed
+    return verdicts, changes
+
+
+def test_distributed_stuffing_is_one_campaign_blocked_with_one_explanation() -> None:
+    detector = CampaignDetector()
+    verdicts, changes = run(detector, stuffers(30) + crowd(40) + office(3, 60), 60_000)
+    members = {v.subject for v in verdicts}
+    assert members == {f"203.0.113.{n}" for n in range(1, 31)}
+    assert {v.detector for v in verdicts} == {DETECTOR}
+    assert all(v.warranted and v.score == SCORE and v.scope == "ip" for v in verdicts)
+    [incident] = {v.campaign.incident_id for v in verdicts if v.campaign}
+    assert {v.campaign.family for v in verdicts if v.campaign} == {"credential-stuffing"}
+    # every member of a round shares its explanation: route, behaviour, pace, agents
+    reason = verdicts[-1].reasons[0]
+    assert "/auth/sign-in" in reason, reason
+    assert "new identity" in reason, reason
+    explanation = verdicts[-1].explanation()
+    assert explanation["incident_id"] == incident
+    evidence = explanation["campaign"]
+    assert evidence["route_template"] == "/auth/sign-in"
+    assert evidence["behaviour"] == "rotating"
+    assert evidence["user_agent_examples"] == ["curlish/7.1"]
+    assert evidence["onset_spread_seconds"] <= 20
+    assert changes[0].kind == "opened"
+    assert changes[0].campaign.id == incident
+    assert all(change.kind == "updated" for change in changes[1:])
+    assert sum(len(change.joined) for change in changes) == 30
+
+
+def test_a_slow_crawl_from_many_addresses_is_a_scraping_campaign() -> None:
+    verdicts, _ = run(CampaignDetector(), scrapers(12), 60_000)
+    assert {v.subject for v in verdicts} == {f"192.0.2.{n}" for n in range(1, 13)}
+    assert {v.campaign.family for v in verdicts if v.campaign} == {"scraping"}
+    assert verdicts[0].explanation()["campaign"]["route_template"] == "/catalogue/*"
+
+
+@pytest.mark.parametrize(
+    "legit",
+    [
+        pytest.param(crowd(300), id="flash-crowd"),
+        pytest.param(office(8, 400), id="carrier-nat"),
+        pytest.param(shoppers(40), id="signed-in-shoppers"),
+        pytest.param(households(200), id="households-sharing-an-address"),
+        pytest.param(stuffers(4), id="too-few-sources"),
+    ],
+)
+def test_crowds_offices_and_small_groups_are_no_campaign(legit: list[Row]) -> None:
+    detector = CampaignDetector()
+    verdicts, changes = run(detector, legit, 60_000)
+    assert verdicts == []
+    assert changes == []
+    assert detector.campaigns == []
+
+
+def test_sources_that_join_later_join_the_same_campaign() -> None:
+    detector = CampaignDetector()
+    early = stuffers(10, until_ms=120_000)
+    late = stuffers(5, onset_ms=70_000, until_ms=120_000, prefix="233.252.0")
+    verdicts, changes = run(detector, early + late, 120_000)
+    assert len({v.campaign.incident_id for v in verdicts if v.campaign}) == 1
+    assert {v.subject for v in verdicts} >= {f"233.252.0.{n}" for n in range(1, 6)}
+    assert next(c.kind for c in changes) == "opened"
+
+
+def test_a_campaign_closes_once_its_members_went_quiet() -> None:
+    settings = CampaignSettings(close_after_ms=60_000)
+    detector = CampaignDetector(settings)
+    _, changes = run(detector, stuffers(10), 60_000)
+    assert detector.campaigns
+    closed: list[CampaignChange] = []
+    for now in range(65_000, 200_000, 5_000):
+        closed += detector.evaluate(T0 + now)[1]
+    assert [c.kind for c in closed] == ["closed"]
+    assert closed[0].campaign.id == changes[0].campaign.id
+    assert detector.campaigns == []
+
+
+def test_groups_that_started_apart_are_not_merged_by_timing() -> None:
+    """DBSCAN's onset dimension: two bursts of sources ten minutes apart are two groups,
+    so the later one is judged on its own once the first has ended."""
+    detector = CampaignDetector(CampaignSettings(close_after_ms=30_000))
+    first, _ = run(detector, stuffers(8), 60_000)
+    shifted = [{**r, "ts": r["ts"] + 600_000} for r in stuffers(8, prefix="233.252.0")]
+    later = frame(shifted)
+    for now in range(65_000, 600_000, 5_000):
+        detector.evaluate(T0 + now)  # the first campaign closes meanwhile
+    second: list[Verdict] = []
+    for now in range(605_000, 660_001, 5_000):
+        detector.book.observe(
+            later.filter((pl.col("ts") > T0 + now - 5_000) & (pl.col("ts") <= T0 + now))
+        )
+        second += detector.evaluate(T0 + now)[0]
+    first_ids = {v.campaign.incident_id for v in first if v.campaign}
+    second_ids = {v.campaign.incident_id for v in second if v.campaign}
+    assert len(first_ids) == len(second_ids) == 1
+    assert first_ids != second_ids
+
+
+def test_the_coordinated_detector_blocks_members_as_campaign_members() -> None:
+    detector = CoordinatedDetector(AbuseDetector())
+    data = frame(stuffers(12) + crowd(30))
+    verdicts: list[Verdict] = []
+    try:
+        for now in range(5_000, 60_001, 5_000):
+            detector.observe(
+                data.filter((pl.col("ts") > T0 + now - 5_000) & (pl.col("ts") <= T0 + now))
+            )
+            verdicts += detector.evaluate(T0 + now)
+    finally:
+        detector.close()
+    campaign = [v for v in verdicts if v.detector == DETECTOR]
+    assert {v.subject for v in campaign} == {f"203.0.113.{n}" for n in range(1, 13)}
+    # no address gets a second verdict of its own beside its campaign's
+    ips = [v.subject for v in verdicts if v.scope == "ip"]
+    assert len(ips) == len(set(ips))
+    changes = detector.take_changes()
+    assert changes
+    assert changes[0].kind == "opened"
+    assert detector.take_changes() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_members", 1), ("min_route_share", 1.5), ("eps", 0.0), ("min_checks", 1)],
+)
+def test_bad_settings_are_refused_naming_the_value(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        CampaignSettings(**{field: value})  # type: ignore[arg-type]
