@@ -182,10 +182,12 @@ class LimiterMetrics:
         self._decision_children: list[Counter | None] = [None] * (2 * len(Reason))
         self._check_seconds = self.check_latency.labels("check")
         self._batch_seconds = self.check_latency.labels("batch")
+        self._rls_seconds = self.check_latency.labels("rls")  # gRPC ShouldRateLimit
         # what the check path counted since the last flush: decisions by reason * 2 + allowed
         self._decisions = [0] * len(self._decision_children)
         self.check_seconds = Latencies()
         self.batch_seconds = Latencies()
+        self.rls_seconds = Latencies()
 
     def count_decision(self, allowed: bool, reason: Reason) -> None:
         """Count one decision (until the next flush, in a plain integer)."""
@@ -211,6 +213,7 @@ class LimiterMetrics:
         for histogram, latencies in (
             (self._check_seconds, self.check_seconds),
             (self._batch_seconds, self.batch_seconds),
+            (self._rls_seconds, self.rls_seconds),
         ):
             taken = latencies.take()
             if taken is not None:

@@ -70,6 +70,12 @@ class LimiterSettings:
     max_header_bytes: int = 64 * 1024
     # a bearer token that /metrics and /health/detailed require; None leaves them open
     metrics_token: str | None = None
+    # Envoy's rate limit service over gRPC on this port (limiter/grpc/); None: not served.
+    # With a certificate and key (cert, key: the HTTPS ones) it is served over TLS.
+    grpc_port: int | None = None
+    # how many worker processes share the ports (with several, gRPC binds with SO_REUSEPORT)
+    workers: int = 1
+    grpc_tls: tuple[Path, Path] | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -137,6 +143,11 @@ class LimiterSettings:
             )
         if self.metrics_token is not None:
             check_metrics_token(self.metrics_token)
+        if self.grpc_port is not None:
+            if not 0 < self.grpc_port < 65536:
+                raise ConfigError(f"gRPC port {self.grpc_port!r} is not a TCP port (1-65535)")
+            if self.grpc_port == self.port:
+                raise ConfigError(f"gRPC port {self.grpc_port} is the HTTP port: use another")
 
 
 MIN_METRICS_TOKEN = 16

@@ -6,6 +6,7 @@ socket (``ratewatch/processes/serving.py``)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from ratewatch.cli.options import (
     api_limit_options,
     backlog_options,
     connection_options,
+    grpc_option,
     key_secret,
     service_options,
     tls_options,
@@ -50,6 +52,7 @@ def _serve(
     max_connections: int = 1000,
     max_header_bytes: int = 64 * 1024,
     metrics_token: str | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -103,6 +106,9 @@ def _serve(
                 max_connections=max_connections,
                 max_header_bytes=max_header_bytes,
                 metrics_token=metrics_token or None,
+                grpc_port=grpc_port,
+                workers=workers,
+                grpc_tls=(tls.cert, tls.key) if tls is not None else None,
             )
 
         def serve(worker: int) -> bool:
@@ -128,11 +134,25 @@ def _serve(
             sock = listen(host, port)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        if grpc_port is not None:
+            # the workers bind it themselves (grpc must not be loaded before they fork):
+            # a port in use is refused here, once, with the HTTP port's kind of message
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                socket.create_server((host, grpc_port), family=family).close()
+            except OSError as exc:
+                sock.close()
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise click.ClickException(
+                    f"cannot listen on {host}:{grpc_port} (gRPC): {reason}"
+                ) from None
         scheme = "https" if tls is not None else "http"
         click.echo(
             f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redact(redis_url)}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
+        if grpc_port is not None:
+            click.echo(f"Envoy rate limit service (gRPC) on {host}:{grpc_port}")
         if workers == 1:
             if not serve(0):
                 raise click.ClickException(f"the limiter did not start on {host}:{port}")
@@ -179,6 +199,7 @@ def _show_new_key(api_key: str) -> None:
 @api_limit_options
 @tls_options
 @connection_options
+@grpc_option
 def serve(
     host: str,
     port: int,
@@ -206,6 +227,7 @@ def serve(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    grpc_port: int | None,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -246,4 +268,5 @@ def serve(
         max_connections=max_connections,
         max_header_bytes=max_header_bytes,
         metrics_token=metrics_token,
+        grpc_port=grpc_port,
     )

@@ -22,6 +22,7 @@ from ratewatch.cli.options import (
     batch_options,
     connection_args,
     connection_options,
+    grpc_option,
     option,
     service_options,
     tls_options,
@@ -46,6 +47,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @api_limit_options
 @tls_options
 @connection_options
+@grpc_option
 def up(
     host: str,
     port: int,
@@ -77,6 +79,7 @@ def up(
     max_connections: int,
     max_header_bytes: int,
     metrics_token: str | None,
+    grpc_port: int | None,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -88,6 +91,8 @@ def up(
             "65535 leaves no port for the detector's metrics (it takes the next one)",
             param_hint="'--metrics-port'",
         )
+    if grpc_port is not None and grpc_port == port:
+        raise click.BadParameter(f"{grpc_port} is the HTTP port", param_hint="'--grpc-port'")
     if metrics_port is not None:
         check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
     api_limits = {
@@ -147,6 +152,8 @@ def up(
                 header_timeout, body_timeout, keep_alive_timeout, max_connections, max_header_bytes
             ),
         ]
+        if grpc_port is not None:
+            limiter += ["--grpc-port", str(grpc_port)]
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
         run_dir = data_dir / "run"
