@@ -37,6 +37,7 @@ from control.routes.analytics import AnalyticsRoutes
 from control.routes.blocks import BlockRoutes
 from control.routes.health import HealthRoutes
 from control.routes.keys import KeyRoutes
+from control.routes.policies import PolicyRoutes
 from control.routes.privacy import PrivacyRoutes
 from control.routes.settings import SettingsRoutes
 from control.routes.webhooks import WebhookRoutes
@@ -55,6 +56,7 @@ from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
 from limiter.outage.recorder import OutageRecorder
 from limiter.outage.replay import StreamReplay
+from limiter.policies.cache import PolicyCache
 from limiter.redis_client import connect, is_cluster, redis_from_url
 from limiter.settings import LimiterSettings
 from limiter.sinks import StreamSink
@@ -105,6 +107,7 @@ class LimiterApp:
         self._on_new_key = on_new_key
         self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
+        self.policies: PolicyCache | None = None  # once started
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
         }
@@ -250,6 +253,9 @@ class LimiterApp:
             await stream.start()  # never fails for Kafka's sake: it spools until Kafka answers
         else:
             sink = self._sink_factory()
+        # every tenant's policies, held here and reread every half second
+        policies = PolicyCache(redis, keyspace)
+        self.policies = policies
         checks = CheckHandler(
             auth,
             decider,
@@ -259,6 +265,7 @@ class LimiterApp:
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
             api_limits,
+            policies,
         )
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
@@ -281,6 +288,7 @@ class LimiterApp:
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),
             AllowlistRoutes(control, allowlist, audit, durable),
+            PolicyRoutes(control, policies, audit, durable),
             webhooks,
         ]
         health_routes = HealthRoutes(
@@ -315,9 +323,10 @@ class LimiterApp:
         mirror = asyncio.create_task(blocks_copy.run())
         flusher = asyncio.create_task(self.metrics.flush_every())
         restoring = asyncio.create_task(restorer.watch())
+        policy_copy = asyncio.create_task(policies.run())
         rls: RlsServer | None = None
         if settings.grpc_port is not None:
-            rls = await self._start_rls(auth, decider, sink, api_limits)
+            rls = await self._start_rls(auth, decider, sink, api_limits, policies)
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -328,7 +337,7 @@ class LimiterApp:
             self._checks = None
             if rls is not None:  # its calls in flight end before the sink is closed
                 await rls.stop()
-            for task in (watcher, mirror, flusher, restoring):
+            for task in (watcher, mirror, flusher, restoring, policy_copy):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -349,6 +358,7 @@ class LimiterApp:
         decider: FailoverDecider,
         sink: DecisionSink,
         api_limits: ApiLimiter,
+        policies: PolicyCache,
     ) -> RlsServer:
         """Envoy's rate limit service on ``--grpc-port``, beside the HTTP API; grpcio is
         imported here only, so a limiter without it never loads it."""
@@ -358,7 +368,7 @@ class LimiterApp:
         settings = self.settings
         assert settings.grpc_port is not None
         service = RateLimitService(
-            auth, decider, sink, self.metrics, Algorithm.SLIDING_WINDOW, api_limits
+            auth, decider, sink, self.metrics, Algorithm.SLIDING_WINDOW, policies, api_limits
         )
         server = RlsServer(
             service,

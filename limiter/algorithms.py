@@ -57,13 +57,16 @@ REASON_LABELS = tuple(reason.name.lower() for reason in Reason)
 
 
 class Outcome(NamedTuple):
-    """One decision in milliseconds; ``retry_ms`` is ``NO_RETRY`` when retrying cannot help."""
+    """One decision in milliseconds; ``retry_ms`` is ``NO_RETRY`` when retrying cannot help.
+    ``window``: for a check of several windows (a policy's), the index in ``Check.windows``
+    of the window the outcome describes."""
 
     allowed: bool
     remaining: int
     reset_ms: int
     retry_ms: int
     reason: Reason
+    window: int = 0
 
 
 def ceil_seconds(ms: int) -> int:
@@ -195,6 +198,27 @@ def fixed_window(
         count += cost
         return Outcome(True, limit - count, reset, NO_RETRY, Reason.OK), CounterState(cur, count, 0)
     return Outcome(False, max(0, limit - count), reset, reset, Reason.LIMIT), None
+
+
+def deciding_window(outcomes: list[Outcome]) -> int:
+    """Which of a multi-window check's outcomes describes it (the check script picks the
+    same): a denial's window with the longest wait (``NO_RETRY``, waiting cannot help, is
+    the longest), else the window with the least remaining; the first one on a tie."""
+    best = 0
+    denied = not outcomes[0].allowed
+    for index in range(1, len(outcomes)):
+        outcome = outcomes[index]
+        current = outcomes[best]
+        if not outcome.allowed:
+            if not denied:
+                best, denied = index, True
+            elif current.retry_ms != NO_RETRY and (
+                outcome.retry_ms == NO_RETRY or outcome.retry_ms > current.retry_ms
+            ):
+                best = index
+        elif not denied and outcome.remaining < current.remaining:
+            best = index
+    return best
 
 
 def state_ttl_ms(algorithm: Algorithm, outcome: Outcome, window: int) -> int:

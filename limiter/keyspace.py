@@ -23,6 +23,11 @@ Layout (``rw`` is the default prefix):
   acting on a subject (string token, PX), so concurrent actions make one block
 - ``rw:{rw:T}:throttle:<what>``                    once-per-period marker of a throttled
   alert (string, EX = the period)
+- ``rw:{rw:T}:policies``                           named policies (hash name -> JSON;
+  ``limiter/policies/store.py``)
+- ``rw:{rw:T}:policies:v``                         the tenant's policy version: incremented by
+  every policy or override write
+- ``rw:{rw:T}:ovr:<policy>``                       a policy's overrides (hash identifier -> JSON)
 - ``rw:{rw:T}:webhooks``                           webhook records (hash id -> JSON, with
   the signing secret; ``webhooks/registry.py``)
 - ``rw:{rw:T}:wh:<id>:health``                     a webhook's delivery health (hash)
@@ -33,6 +38,9 @@ Layout (``rw`` is the default prefix):
   that keep a revoked bootstrap key from being registered again
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
+- ``rw:policies:v``                                every tenant's policy writes (counter): one GET
+  tells a limiter's policy cache whether anything changed
+- ``rw:policies:tenants``                          tenants that have policies (set)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
 - ``rw:epoch``                                     the store's epoch: written once the
   control-plane records are in Redis; its absence means Redis lost its data
@@ -102,6 +110,23 @@ class Keyspace:
 
     def throttle(self, tenant: str, what: str) -> str:
         return f"{self.tenant_tag(tenant)}:throttle:{what}"
+
+    def policies(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:policies"
+
+    def policy_version(self, tenant: str) -> str:
+        return f"{self.tenant_tag(tenant)}:policies:v"
+
+    def policy_overrides(self, tenant: str, policy: str) -> str:
+        return f"{self.tenant_tag(tenant)}:ovr:{policy}"
+
+    @property
+    def policies_version(self) -> str:
+        return f"{self.prefix}:policies:v"
+
+    @property
+    def policy_tenants(self) -> str:
+        return f"{self.prefix}:policies:tenants"
 
     def webhooks(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:webhooks"

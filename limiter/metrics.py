@@ -80,6 +80,14 @@ class LimiterMetrics:
             ["result", "reason"],
             registry=self.registry,
         )
+        # shadow mode (``docs/policies.md``): checks answered allowed that the policy
+        # denied; ratewatch_decisions counts them as answered (allowed)
+        self.shadow_denials = Counter(
+            "ratewatch_policy_shadow_denials",
+            "Checks by a policy in shadow mode that it would have denied, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.check_latency = _Histogram(
             "ratewatch_check_duration_seconds",
             "Time to answer a check request, from body read to response",
@@ -193,10 +201,14 @@ class LimiterMetrics:
         """Count one decision (until the next flush, in a plain integer)."""
         self._decisions[reason * 2 + allowed] += 1
 
+    def count_shadow_denial(self, reason: Reason) -> None:
+        """A policy in shadow mode would have denied a check (rare: counted at once)."""
+        self.shadow_denials.labels(reason.label).inc()
+
     def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch's decisions."""
         decisions = self._decisions
-        for allowed, _, _, _, reason in outcomes:
+        for allowed, _, _, _, reason, _ in outcomes:
             decisions[reason * 2 + allowed] += 1
 
     def flush(self) -> None:

@@ -32,6 +32,10 @@ __all__ = [
     "CODEC",
     "KEY_CREATED",
     "KEY_REVOKED",
+    "OVERRIDE_DELETED",
+    "OVERRIDE_SAVED",
+    "POLICY_DELETED",
+    "POLICY_SAVED",
     "PRIVACY_DELETED",
     "PRIVACY_SUMMARY",
     "SETTINGS_UPDATED",
@@ -64,6 +68,10 @@ PRIVACY_SUMMARY = "privacy.summary"
 SETTINGS_UPDATED = "settings.updated"
 ALLOWLIST_ADDED = "allowlist.added"
 ALLOWLIST_REMOVED = "allowlist.removed"
+POLICY_SAVED = "policy.saved"
+POLICY_DELETED = "policy.deleted"
+OVERRIDE_SAVED = "policy_override.saved"
+OVERRIDE_DELETED = "policy_override.deleted"
 ACTIONS = frozenset(
     {
         KEY_CREATED,
@@ -79,6 +87,10 @@ ACTIONS = frozenset(
         SETTINGS_UPDATED,
         ALLOWLIST_ADDED,
         ALLOWLIST_REMOVED,
+        POLICY_SAVED,
+        POLICY_DELETED,
+        OVERRIDE_SAVED,
+        OVERRIDE_DELETED,
     }
 )
 

@@ -63,6 +63,12 @@ class DecisionEvent(msgspec.Struct, kw_only=True, frozen=True):
     latency_us: int = 0
     instance: str = ""
     segment: str | None = None
+    # the named policy the check named (``docs/policies.md``); then ``limit``/``window`` are
+    # those of the policy's window that decided
+    policy: str | None = None
+    # the policy is in shadow mode: the caller was answered allowed whatever ``allowed``
+    # says; ``allowed``/``reason`` are what the policy decided (a would-be denial)
+    shadow: bool = False
 
 
 # DecisionEvent is keyword-only (its version comes first, with a default), and a keyword
@@ -125,6 +131,8 @@ class EntryCheck(msgspec.Struct, array_like=True, frozen=True, gc=False):
     latency_us: int
     instance: str
     segment: str | None = None
+    policy: str | None = None
+    shadow: bool = False
 
 
 class EntryDecision(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -137,6 +145,10 @@ class EntryDecision(msgspec.Struct, array_like=True, frozen=True, gc=False):
     reset_ms: int
     retry_ms: int
     reason: str
+    # a policy's check of several windows: the limit and window (s) of the window that
+    # decided (``check`` has the first window's)
+    limit: int | None = None
+    window: int | None = None
 
 
 class EntryPayload(Protocol):
@@ -199,8 +211,8 @@ def decode_entry(entry: EntryPayload) -> list[DecisionEvent]:
                 tenant=check.tenant,
                 key=check.key,
                 algorithm=check.algorithm,
-                limit=check.limit,
-                window=check.window,
+                limit=check.limit if decision.limit is None else decision.limit,
+                window=check.window if decision.window is None else decision.window,
                 cost=check.cost,
                 allowed=decision.allowed,
                 remaining=decision.remaining,
@@ -213,6 +225,8 @@ def decode_entry(entry: EntryPayload) -> list[DecisionEvent]:
                 latency_us=check.latency_us,
                 instance=check.instance,
                 segment=check.segment,
+                policy=check.policy,
+                shadow=check.shadow,
             )
         )
     return events

@@ -22,7 +22,10 @@ TENANT = "tenant"  # a tenant's registry record and settings: id = the tenant's 
 BLOCK = "block"  # a manual block: id = the block's id
 ALLOW = "allow"  # an allowlist entry: id = "<scope>:<value>"
 WEBHOOK = "webhook"  # a webhook: id = the webhook's id (secrets sealed, ``webhooks/sealing.py``)
-KINDS = (TENANT, KEY, BLOCK, ALLOW, WEBHOOK)  # the order a restore writes them in
+POLICY = "policy"  # a named policy: id = its name
+OVERRIDE = "override"  # a policy's override: id = "<policy>/<identifier>"
+# the order a restore writes them in
+KINDS = (TENANT, KEY, BLOCK, ALLOW, WEBHOOK, POLICY, OVERRIDE)
 
 
 @dataclass(frozen=True, slots=True)

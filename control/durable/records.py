@@ -12,7 +12,19 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 
-from control.durable.journal import ALLOW, BLOCK, KEY, TENANT, WEBHOOK, Entry, Journal, entry
+from control.durable.journal import (
+    ALLOW,
+    BLOCK,
+    KEY,
+    OVERRIDE,
+    POLICY,
+    TENANT,
+    WEBHOOK,
+    Entry,
+    Journal,
+    entry,
+)
+from limiter.policies.model import Override, Policy, override_of, policy_of
 from limiter.state.allowlist import AllowEntry
 from limiter.state.apikeys import KeyRecord
 from limiter.state.blocks import Block
@@ -67,6 +79,24 @@ class DurableRecords:
     async def allow_removed(self, tenant: str, allowed: AllowEntry) -> None:
         await self.journal.put([allow_entry(tenant, allowed, deleted=True)])
 
+    async def policy_saved(self, tenant: str, policy: Policy) -> None:
+        await self.journal.put([policy_entry(tenant, policy)])
+
+    async def policy_deleted(self, tenant: str, policy: Policy, overrides: list[Override]) -> None:
+        """The policy and its overrides, as deletion marks (journaled before Redis)."""
+        await self.journal.put(
+            [
+                policy_entry(tenant, policy, deleted=True),
+                *(override_entry(tenant, o, deleted=True) for o in overrides),
+            ]
+        )
+
+    async def override_saved(self, tenant: str, override: Override) -> None:
+        await self.journal.put([override_entry(tenant, override)])
+
+    async def override_deleted(self, tenant: str, override: Override) -> None:
+        await self.journal.put([override_entry(tenant, override, deleted=True)])
+
     async def webhook_saved(self, hook: Webhook) -> None:
         await self.journal.put([webhook_entry(hook, self._sealer)])
 
@@ -92,6 +122,15 @@ def allow_entry(tenant: str, allowed: AllowEntry, *, deleted: bool = False) -> E
     return entry(ALLOW, tenant, f"{allowed.scope}:{allowed.value}", payload, deleted=deleted)
 
 
+def policy_entry(tenant: str, policy: Policy, *, deleted: bool = False) -> Entry:
+    return entry(POLICY, tenant, policy.name, json.dumps(policy.public()), deleted=deleted)
+
+
+def override_entry(tenant: str, override: Override, *, deleted: bool = False) -> Entry:
+    record_id = f"{override.policy}/{override.identifier}"  # no policy name holds a '/'
+    return entry(OVERRIDE, tenant, record_id, json.dumps(override.public()), deleted=deleted)
+
+
 def webhook_entry(hook: Webhook, sealer: SecretSealer, *, deleted: bool = False) -> Entry:
     """The webhook as Redis stores it: its signing secrets sealed (``webhooks/sealing.py``)."""
     record = sealed_record(hook, sealer)
@@ -113,6 +152,14 @@ def block_of(item: Entry) -> Block:
 
 def allow_of(item: Entry) -> AllowEntry:
     return AllowEntry(**json.loads(item.payload))
+
+
+def policy_record(item: Entry) -> Policy:
+    return policy_of(json.loads(item.payload))
+
+
+def override_record(item: Entry) -> Override:
+    return override_of(json.loads(item.payload))
 
 
 def webhook_of(item: Entry, sealer: SecretSealer) -> Webhook:

@@ -24,7 +24,18 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from control.durable.journal import ALLOW, BLOCK, KEY, KINDS, TENANT, WEBHOOK, Entry, Journal
+from control.durable.journal import (
+    ALLOW,
+    BLOCK,
+    KEY,
+    KINDS,
+    OVERRIDE,
+    POLICY,
+    TENANT,
+    WEBHOOK,
+    Entry,
+    Journal,
+)
 from control.durable.records import (
     allow_entry,
     allow_of,
@@ -32,12 +43,17 @@ from control.durable.records import (
     block_of,
     key_entry,
     key_of,
+    override_entry,
+    override_record,
+    policy_entry,
+    policy_record,
     settings_of,
     tenant_entry,
     webhook_entry,
 )
 from limiter.errors import ConfigError, NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.policies.store import PolicyStore
 from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyStore
 from limiter.state.blocks import BlockStore
@@ -66,6 +82,7 @@ class Restorer:
         allowlist: Allowlist,
         webhooks: WebhookStore,
         interval: float = 0.5,
+        policies: PolicyStore | None = None,
     ):
         self._redis = redis
         self._keyspace = keyspace
@@ -76,6 +93,7 @@ class Restorer:
         self._blocks = blocks
         self._allowlist = allowlist
         self._webhooks = webhooks
+        self._policies = policies or PolicyStore(redis, keyspace)
         self._interval = interval
         self._restored = asyncio.Event()
         self._restored.set()
@@ -201,6 +219,22 @@ class Restorer:
                         await self._webhooks.delete(item.tenant, item.id)
                 else:
                     await self._webhooks.restore(item.tenant, item.id, item.payload)
+            elif item.kind == POLICY:
+                policy = policy_record(item)
+                if item.deleted:
+                    with contextlib.suppress(NotFound):
+                        await self._policies.delete_policy(item.tenant, policy.name)
+                else:
+                    await self._policies.restore_policy(item.tenant, policy)
+            elif item.kind == OVERRIDE:
+                override = override_record(item)
+                if item.deleted:
+                    with contextlib.suppress(NotFound):
+                        await self._policies.delete_override(
+                            item.tenant, override.policy, override.identifier
+                        )
+                else:
+                    await self._policies.restore_override(item.tenant, override)
         except (ConfigError, ValueError, TypeError, KeyError) as exc:
             # one unreadable record must not keep every other one out of Redis
             log.error("control-plane record %s/%s/%s not restored: %s",
@@ -221,6 +255,13 @@ class Restorer:
             entries += [
                 webhook_entry(hook, self._sealer) for hook in await self._webhooks.webhooks(tenant)
             ]
+        for tenant in await self._policies.tenants():
+            for policy in await self._policies.policies(tenant):
+                entries.append(policy_entry(tenant, policy))
+                entries += [
+                    override_entry(tenant, o)
+                    for o in await self._policies.overrides(tenant, policy.name)
+                ]
         if entries:
             await self._journal.put(entries)
         return len(entries)

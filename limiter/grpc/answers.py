@@ -38,12 +38,14 @@ _UNITS = {
 
 class Verdict(NamedTuple):
     """A limited descriptor's decision: the limit and window (seconds) that decided it,
-    the outcome, and the name of the policy it named (None for its own limit)."""
+    what it was answered, the name of the policy it named (None for its own limit) and,
+    for a policy of several windows, every (limit, window)."""
 
     limit: int
     window: int
     outcome: Outcome
     policy: str | None = None
+    windows: tuple[tuple[int, int], ...] = ()
 
 
 def respond(verdicts: list[Verdict | None]) -> Any:
@@ -57,7 +59,7 @@ def respond(verdicts: list[Verdict | None]) -> Any:
             statuses.append(_Status(code=OK))
             continue
         decided.append((index, verdict))
-        limit, window, outcome, policy = verdict
+        limit, window, outcome, policy, _ = verdict
         unit = _UNITS.get(window)
         if unit is None:
             current = _RateLimit(name=policy or f"{limit} per {window}s", requests_per_unit=limit)
@@ -84,7 +86,15 @@ def _headers(decided: list[tuple[int, Verdict]]) -> list[Any]:
     single = len(decided) == 1
 
     def name(index: int, verdict: Verdict) -> str:
-        return verdict.policy or ("default" if single else f"descriptor{index}")
+        """The item of the window that decided (a policy of several windows names each
+        ``<policy>-<window>``, as ``POST /v1/check`` does)."""
+        base = verdict.policy or ("default" if single else f"descriptor{index}")
+        return f"{base}-{verdict.window}" if verdict.windows else base
+
+    def items(index: int, verdict: Verdict) -> str:
+        if not verdict.windows:
+            return f'"{name(index, verdict)}";q={verdict.limit};w={verdict.window}'
+        return ", ".join(f'"{verdict.policy}-{w}";q={q};w={w}' for q, w in verdict.windows)
 
     denied = [item for item in decided if not item[1].outcome.allowed]
     if denied:
@@ -95,7 +105,7 @@ def _headers(decided: list[tuple[int, Verdict]]) -> list[Any]:
     headers = [
         HeaderValue(
             key="ratelimit-policy",
-            value=", ".join(f'"{name(i, v)}";q={v.limit};w={v.window}' for i, v in decided),
+            value=", ".join(items(i, v) for i, v in decided),
         ),
         HeaderValue(
             key="ratelimit",

@@ -25,6 +25,9 @@ from limiter.failover import FailoverDecider
 from limiter.grpc.answers import Verdict, respond
 from limiter.grpc.descriptors import InvalidRequest, Planned, plan
 from limiter.metrics import LimiterMetrics
+from limiter.policies.cache import PolicyCache, UnknownPolicy
+from limiter.policies.checks import answered, decided_check, policy_check
+from limiter.policies.model import resolve
 from limiter.state.apikeys import MAX_KEY_LENGTH
 from limiter.store.base import Check
 
@@ -65,6 +68,7 @@ class RateLimitService:
         sink: DecisionSink,
         metrics: LimiterMetrics,
         default_algorithm: Algorithm,
+        policies: PolicyCache | None = None,
         api_limits: ApiLimiter | None = None,
     ):
         self._auth = auth
@@ -73,6 +77,7 @@ class RateLimitService:
         self._emits = not isinstance(sink, NullSink)
         self._metrics = metrics
         self._algorithm = default_algorithm
+        self._policies = policies
         self._api_limits = api_limits  # failed authentication per client address
 
     async def ShouldRateLimit(  # the protocol's name
@@ -83,56 +88,107 @@ class RateLimitService:
         principal = None if token is None else self._auth.cached(token)
         if principal is None:
             principal = await self._authenticate(token, context)
+        tenant = principal.tenant
         try:
-            planned = plan(request, principal.tenant, principal.segment, self._algorithm, started)
-            checks = self._checks(planned)
+            planned = plan(request, tenant, principal.segment, self._algorithm, started)
+            checks = [
+                await self._check(tenant, principal.segment, started, item, index)
+                for index, item in enumerate(planned)
+            ]
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UnknownPolicy as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreUnavailable:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the policy store is unreachable and this policy is not cached",
+            )
+        decided = [check for check in checks if check is not None]
         outcomes: list[Outcome] = (
-            await self._decider.decide(checks, principal.fail_mode) if checks else []
+            await self._decider.decide(decided, principal.fail_mode) if decided else []
         )
-        verdicts = self._verdicts(planned, outcomes)
+        verdicts, events, answers = self._verdicts(checks, outcomes)
         response = respond(verdicts)
         elapsed = time.perf_counter_ns() - started
-        if checks:
+        metrics = self._metrics
+        if decided:
             if self._emits:
                 ts_ms = time.time_ns() // 1_000_000
                 latency_us = elapsed // 1000
                 self._sink.emit(
                     [
                         Decision(ts_ms, check, outcome, latency_us)
-                        for check, outcome in zip(checks, outcomes, strict=True)
+                        for check, outcome in zip(events, outcomes, strict=True)
                     ]
                 )
-            self._metrics.count_decisions(outcomes)
-        metrics = self._metrics
+            metrics.count_decisions(answers)
         metrics.rls_seconds.observe(elapsed / 1e9)
         if metrics.shared:
             metrics.flush()
         return response
 
-    def _checks(self, planned: list[Planned]) -> list[Check]:
-        checks = []
-        for index, item in enumerate(planned):
-            if item.policy is not None:
-                raise InvalidRequest(
-                    f"descriptors[{index}] names policy {item.policy!r}: this limiter has "
-                    "no policies"
-                )
-            if item.check is not None:
-                checks.append(item.check)
-        return checks
+    async def _check(
+        self, tenant: str, segment: str | None, started_ns: int, item: Planned, index: int
+    ) -> Check | None:
+        """The check of a descriptor: its own limit's, its policy's (the windows of the
+        override of its key that applies, else the policy's own), or None."""
+        name = item.policy
+        if name is None:
+            return item.check
+        if self._policies is None:
+            raise InvalidRequest(f"descriptors[{index}] names a policy: this server has none")
+        found = self._policies.cached(tenant, name)
+        if found is None:
+            try:
+                found = await self._policies.get(tenant, name)
+            except UnknownPolicy as exc:
+                raise UnknownPolicy(f"{exc} - at descriptors[{index}]") from None
+        return policy_check(
+            tenant,
+            item.key,
+            resolve(*found, item.key),
+            self._algorithm,
+            item.cost,
+            item.ip,
+            None,
+            None,
+            None,
+            segment,
+            started_ns,
+        )
 
-    def _verdicts(self, planned: list[Planned], outcomes: list[Outcome]) -> list[Verdict | None]:
+    def _verdicts(
+        self, checks: list[Check | None], outcomes: list[Outcome]
+    ) -> tuple[list[Verdict | None], list[Check], list[Outcome]]:
+        """Each descriptor's verdict (None: no limit); the decided checks as their events
+        tell them (a policy's as the window that decided); what each was answered (in
+        shadow mode a policy's denial is answered allowed)."""
         found = iter(outcomes)
         verdicts: list[Verdict | None] = []
-        for item in planned:
-            check = item.check
+        events: list[Check] = []
+        answers: list[Outcome] = []
+        for check in checks:
             if check is None:
                 verdicts.append(None)
-            else:
-                verdicts.append(Verdict(check.limit, check.window_ms // 1000, next(found)))
-        return verdicts
+                continue
+            outcome = next(found)
+            if check.policy is None:
+                events.append(check)
+                answers.append(outcome)
+                verdicts.append(Verdict(check.limit, check.window_ms // 1000, outcome))
+                continue
+            decided = decided_check(check, outcome)
+            answer = answered(check, outcome)
+            if answer is not outcome:
+                self._metrics.count_shadow_denial(outcome.reason)
+            events.append(decided)
+            answers.append(answer)
+            windows = tuple((limit, window_ms // 1000) for limit, window_ms in check.windows)
+            verdicts.append(
+                Verdict(decided.limit, decided.window_ms // 1000, answer, check.policy, windows)
+            )
+        return verdicts, events, answers
 
     async def _authenticate(
         self, token: str | None, context: grpc.aio.ServicerContext[Any, Any]

@@ -13,7 +13,7 @@ import msgspec
 
 from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm
 from limiter.api_limits import ApiLimiter
-from limiter.auth import Authenticator
+from limiter.auth import Authenticator, Principal
 from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.errors import InvalidInput
 from limiter.failover import FailoverDecider
@@ -22,6 +22,9 @@ from limiter.http.bearer import authenticate, cached_principal, verify_signature
 from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
+from limiter.policies.cache import PolicyCache, UnknownPolicy
+from limiter.policies.checks import answered, decided_check, policy_check, policy_header
+from limiter.policies.model import Overrides, Policy, resolve
 from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
 from limiter.store.base import Check
@@ -58,6 +61,7 @@ class CheckHandler:
         max_body_bytes: int,
         max_batch_body_bytes: int,
         api_limits: ApiLimiter | None = None,
+        policies: PolicyCache | None = None,
     ):
         self._auth = auth
         self._api_limits = api_limits  # failed authentication per client address
@@ -69,6 +73,7 @@ class CheckHandler:
         self._default_algorithm = default_algorithm
         self._max_body = max_body_bytes
         self._max_batch_body = max_batch_body_bytes
+        self._policies = policies
 
     def to_check(
         self,
@@ -78,7 +83,14 @@ class CheckHandler:
         index: int | None = None,
         principal_segment: str | None = None,
     ) -> Check:
-        """The check of ``request``: the body itself, or its ``checks[index]``."""
+        """The check of ``request``: the body itself, or its ``checks[index]``; one that
+        names a policy needs ``policy_found`` (``find_policy``)."""
+        if request.limit is None or request.window is None:
+            raise Problem(
+                422,
+                "validation-error",
+                f"give `limit` and `window`, or a `policy` - at `{_where(index)}`",
+            )
         if request.limit * request.window > MAX_LIMIT_WINDOW:
             raise Problem(
                 422,
@@ -107,6 +119,60 @@ class CheckHandler:
             started_ns,
         )
 
+    async def find_policy(
+        self, tenant: str, request: CheckRequest, index: int | None = None
+    ) -> tuple[Policy, Overrides]:
+        """The policy ``request`` names, with its overrides; a 422 naming the field if the
+        request also gives ``limit``/``window`` or the tenant has no such policy."""
+        name = request.policy
+        assert name is not None
+        if request.limit is not None or request.window is not None:
+            raise Problem(
+                422,
+                "validation-error",
+                f"give `limit` and `window`, or a `policy`, not both - at `{_where(index)}`",
+            )
+        if self._policies is None:
+            raise Problem(422, "validation-error", "this server has no policies")
+        found = self._policies.cached(tenant, name)
+        if found is not None:
+            return found
+        try:
+            return await self._policies.get(tenant, name)
+        except UnknownPolicy as exc:
+            raise Problem(422, "unknown-policy", f"{exc} - at `{_where(index)}.policy`") from None
+
+    def to_policy_check(
+        self,
+        tenant: str,
+        request: CheckRequest,
+        found: tuple[Policy, Overrides],
+        started_ns: int,
+        index: int | None = None,
+        principal_segment: str | None = None,
+    ) -> Check:
+        """The check of a ``request`` that names the policy ``found``: the windows of the
+        override of ``request.key`` that applies, else the policy's own."""
+        ip = request.ip
+        if ip is not None:
+            try:
+                ip = normalize_ip(ip)
+            except InvalidInput as exc:
+                raise Problem(422, "validation-error", f"{exc} - at `{_where(index)}.ip`") from None
+        return policy_check(
+            tenant,
+            request.key,
+            resolve(*found, request.key),
+            request.algorithm or self._default_algorithm,
+            request.cost,
+            ip,
+            request.user_id,
+            request.route,
+            request.user_agent,
+            request.segment or principal_segment,
+            started_ns,
+        )
+
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         # most requests' keys are cached: answered without awaiting a coroutine
@@ -118,12 +184,15 @@ class CheckHandler:
         if signing_key is not None:  # a signed key: the only extra step
             await verify_signature(signing_key, scope, body, self._api_limits)
         request: CheckRequest = decode(_check_decoder, body)
+        if request.policy is not None:
+            await self._policy_check(principal, request, started, send)
+            return
         check = self.to_check(principal.tenant, request, started, None, principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
         result = to_result(outcome, check.limit)
         headers: Headers = [
             (b"content-type", JSON),
-            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (request.limit, request.window)),
+            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (check.limit, check.window_ms // 1000)),
             (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, result.reset_in)),
         ]
         if result.retry_after is not None:
@@ -147,6 +216,42 @@ class CheckHandler:
         if metrics.shared:
             metrics.flush()
 
+    async def _policy_check(
+        self, principal: Principal, request: CheckRequest, started: int, send: Any
+    ) -> None:
+        """``check`` for a request that names a policy: the answer and the headers
+        describe the window that decided, ``RateLimit-Policy`` lists every window."""
+        found = await self.find_policy(principal.tenant, request)
+        check = self.to_policy_check(
+            principal.tenant, request, found, started, None, principal.segment
+        )
+        outcome = (await self._decider.decide([check], principal.fail_mode))[0]
+        decided = decided_check(check, outcome)
+        answer = answered(check, outcome)
+        result = to_result(answer, decided.limit)
+        name = check.policy or "default"
+        item = name if not check.windows else f"{name}-{decided.window_ms // 1000}"
+        headers: Headers = [
+            (b"content-type", JSON),
+            (b"ratelimit-policy", policy_header(check, name)),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (item.encode(), result.remaining, result.reset_in)),
+        ]
+        if result.retry_after is not None:
+            headers.append((b"retry-after", b"%d" % result.retry_after))
+        await respond(send, 200, _encoder.encode(result), headers)
+        elapsed = time.perf_counter_ns() - started
+        if self._emits:
+            self._sink.emit(
+                [Decision(time.time_ns() // 1_000_000, decided, outcome, elapsed // 1000)]
+            )
+        metrics = self._metrics
+        metrics.count_decision(answer.allowed, answer.reason)
+        if answer is not outcome:
+            metrics.count_shadow_denial(outcome.reason)
+        metrics.check_seconds.observe(elapsed / 1e9)
+        if metrics.shared:
+            metrics.flush()
+
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         principal = cached_principal(self._auth, scope) or await authenticate(
@@ -157,14 +262,42 @@ class CheckHandler:
         if signing_key is not None:
             await verify_signature(signing_key, scope, body, self._api_limits)
         request: BatchRequest = decode(_batch_decoder, body)
+        tenant = principal.tenant
         checks = [
-            self.to_check(principal.tenant, item, started, index, principal.segment)
+            self.to_check(tenant, item, started, index, principal.segment)
+            if item.policy is None
+            else self.to_policy_check(
+                tenant,
+                item,
+                await self.find_policy(tenant, item, index),
+                started,
+                index,
+                principal.segment,
+            )
             for index, item in enumerate(request.checks)
         ]
         outcomes = await self._decider.decide(checks, principal.fail_mode)
-        results = [
-            to_result(outcome, check.limit) for check, outcome in zip(checks, outcomes, strict=True)
-        ]
+        if any(check.policy is not None for check in checks):
+            # as the windows that decided; shadow mode's denials answered allowed
+            decided = [decided_check(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            answers = [answered(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            for outcome, answer in zip(outcomes, answers, strict=True):
+                if answer is not outcome:
+                    self._metrics.count_shadow_denial(outcome.reason)
+            checks, results = (
+                decided,
+                [
+                    to_result(answer, check.limit)
+                    for check, answer in zip(decided, answers, strict=True)
+                ],
+            )
+            counted = answers
+        else:
+            results = [
+                to_result(outcome, check.limit)
+                for check, outcome in zip(checks, outcomes, strict=True)
+            ]
+            counted = outcomes
         await respond(
             send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)]
         )
@@ -179,7 +312,7 @@ class CheckHandler:
                 ]
             )
         metrics = self._metrics
-        metrics.count_decisions(outcomes)
+        metrics.count_decisions(counted)
         metrics.batch_seconds.observe(elapsed / 1e9)
         if metrics.shared:
             metrics.flush()

@@ -45,12 +45,24 @@ Segment = Annotated[
 ]
 
 
+PolicyName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="A named policy of the tenant (`PUT /v1/policies/{name}`), instead of "
+        "`limit` and `window`.",
+    ),
+]
+
+
 class CheckRequest(msgspec.Struct, kw_only=True):
-    """One rate-limit check. `limit` × `window` may be at most 2·10¹² (limit·seconds)."""
+    """One rate-limit check: `limit` and `window`, or a named `policy` (not both).
+    `limit` × `window` may be at most 2·10¹² (limit·seconds)."""
 
     key: Key
-    limit: Limit
-    window: Window
+    limit: Limit | None = None
+    window: Window | None = None
+    policy: PolicyName | None = None
     cost: Cost = 1
     algorithm: Algorithm | None = None
     ip: Annotated[str, Meta(max_length=64, description="Client IP; blocks by IP apply.")] | None = (

@@ -1,6 +1,7 @@
 -- Fixed window aligned to the epoch. State (string "window:count", with a TTL).
--- Mirrors limiter.algorithms.fixed_window; all values are integers.
-local function fixed_window(key, now, limit, window, cost)
+-- Mirrors limiter.algorithms.fixed_window; all values are integers.  `defer`: as in
+-- sliding_window.lua.
+local function fixed_window(key, now, limit, window, cost, defer)
   local cur = math.floor(now / window)
   local reset = window - (now - cur * window)
   local count = 0
@@ -17,6 +18,9 @@ local function fixed_window(key, now, limit, window, cost)
   if count + cost <= limit then
     if cost > 0 then
       count = count + cost
+      if defer then
+        return {1, limit - count, reset, -1, 0, int(cur) .. ':' .. int(count), int(reset + 1)}
+      end
       redis.call('SET', key, int(cur) .. ':' .. int(count), 'PX', int(reset + 1))
     end
     return {1, limit - count, reset, -1, 0}

@@ -1,6 +1,7 @@
 -- Weighted two-window counter. State (string "window:count:previous", with a TTL).
--- Mirrors limiter.algorithms.sliding_window; all values are integers.
-local function sliding_window(key, now, limit, window, cost)
+-- Mirrors limiter.algorithms.sliding_window; all values are integers.  With `defer`, an
+-- allowed use is not written: its SET's value and PX come back as the 6th and 7th values.
+local function sliding_window(key, now, limit, window, cost, defer)
   local cur = math.floor(now / window)
   local elapsed = now - cur * window
   local count, previous = 0, 0
@@ -25,8 +26,11 @@ local function sliding_window(key, now, limit, window, cost)
     if cost > 0 then
       count = count + cost
       used = used + cost * window
-      redis.call('SET', key, int(cur) .. ':' .. int(count) .. ':' .. int(previous),
-        'PX', int(window + reset + 1))
+      local value, px = int(cur) .. ':' .. int(count) .. ':' .. int(previous), int(window + reset + 1)
+      if defer then
+        return {1, math.floor((capacity - used) / window), reset, -1, 0, value, px}
+      end
+      redis.call('SET', key, value, 'PX', px)
     end
     return {1, math.floor((capacity - used) / window), reset, -1, 0}
   end

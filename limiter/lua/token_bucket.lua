@@ -1,7 +1,8 @@
 -- Token bucket of `limit` tokens refilled at `limit` per window. State (string
 -- "level:last", with a TTL): the level in tokens x window_ms and the last refill time (ms).
--- Mirrors limiter.algorithms.token_bucket; all values are integers.
-local function token_bucket(key, now, limit, window, cost)
+-- Mirrors limiter.algorithms.token_bucket; all values are integers.  `defer`: as in
+-- sliding_window.lua.
+local function token_bucket(key, now, limit, window, cost, defer)
   local capacity = limit * window
   local level, last = capacity, now
   local state = redis.call('GET', key)
@@ -23,6 +24,10 @@ local function token_bucket(key, now, limit, window, cost)
     if cost > 0 then
       level = level - need
       reset = ceil_div(capacity - level, limit)
+      if defer then
+        return {1, math.floor(level / window), reset, -1, 0, int(level) .. ':' .. int(last),
+          int(window + 1)}
+      end
       redis.call('SET', key, int(level) .. ':' .. int(last), 'PX', int(window + 1))
     end
     return {1, math.floor(level / window), reset, -1, 0}

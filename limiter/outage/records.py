@@ -55,8 +55,12 @@ def entry_decisions(
         entry_check = EntryCheck(
             check.tenant, check.key, _ALGORITHMS[check.algorithm], check.limit,
             check.window_ms // 1000, check.cost, check.ip, check.route, check.user_agent,
-            check.user_id, latency_us, instance, check.segment,
+            check.user_id, latency_us, instance, check.segment, check.policy, check.shadow,
         )  # fmt: skip
+        decided: tuple[int | None, int | None] = (None, None)
+        if len(check.windows) > 1:  # a policy's check: the window that decided
+            limit, window_ms = check.windows[outcome.window]
+            decided = (limit, window_ms // 1000)
         decisions.append(
             EntryDecision(
                 entry_check,
@@ -65,6 +69,7 @@ def entry_decisions(
                 outcome.reset_ms,
                 outcome.retry_ms,
                 _REASONS[outcome.reason],
+                *decided,
             )
         )
     return _encoder.encode(decisions)

@@ -78,6 +78,8 @@ def to_event(decision: Decision, event_id: str, instance: str) -> DecisionEvent:
         latency_us=decision.latency_us,
         instance=instance,
         segment=check.segment,
+        policy=check.policy,
+        shadow=check.shadow,
     )
 
 
@@ -96,6 +98,7 @@ def to_records(decisions: Iterable[Decision], ids: EventIds, instance: str) -> l
             check.window_ms // 1000, check.cost, outcome.allowed, outcome.remaining,
             ceil_seconds(outcome.reset_ms), reasons[outcome.reason], check.ip, check.route,
             check.user_agent, check.user_id, latency_us, instance, check.segment,
+            check.policy, check.shadow,
         )  # fmt: skip
         append(new(Record, (f"{tenant}:{key}".encode(), encode(event), ts)))
     return records

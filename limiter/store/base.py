@@ -27,6 +27,12 @@ class Check(NamedTuple):
     user_agent: str | None = None
     segment: str | None = None
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
+    # a policy's check: every window as (limit, window_ms), the first one being
+    # (limit, window_ms) above; decided atomically, denied if any denies
+    # (``Outcome.window`` says which decided).  Empty for a check of one window.
+    windows: tuple[tuple[int, int], ...] = ()
+    policy: str | None = None  # carried into decision events
+    shadow: bool = False  # the policy's mode is shadow: a denial is answered allowed
 
     def block_subjects(self) -> list[tuple[str, str]]:
         """The (scope, value) pairs a block may name to stop this check."""
@@ -41,7 +47,9 @@ class Check(NamedTuple):
 def payload_bytes(checks: Sequence[Check]) -> int:
     """About what ``checks`` add to a store call: their strings and a fixed share each."""
     total = len(checks) * CHECK_OVERHEAD_BYTES
-    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _ in checks:
+    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _, windows, _, _ in checks:
+        if windows:
+            total += 16 * len(windows)
         total += len(key)
         if ip:
             total += len(ip)

@@ -16,6 +16,7 @@ from limiter.algorithms import (
     CounterState,
     Outcome,
     Reason,
+    deciding_window,
     state_ttl_ms,
 )
 from limiter.store.base import Check
@@ -42,6 +43,8 @@ class MemoryStore:
         blocked = self._block_ttl(check, now)
         if blocked is not None:
             return Outcome(False, 0, max(blocked, 0), blocked, Reason.BLOCKED)
+        if check.windows:
+            return self._decide_windows(check, now)
         key: CounterKey = (check.tenant, check.algorithm, check.window_ms, check.key)
         stored = self._counters.get(key)
         state = stored[0] if stored is not None and stored[1] > now else None
@@ -49,11 +52,32 @@ class MemoryStore:
             state, now, check.limit, check.window_ms, check.cost
         )
         if new_state is not None:
-            if len(self._counters) >= self._max_counters:
-                self._prune(now)
-            expires = now + state_ttl_ms(check.algorithm, outcome, check.window_ms)
-            self._counters[key] = (new_state, expires)
+            self._store(key, new_state, now, state_ttl_ms(check.algorithm, outcome, key[2]))
         return outcome
+
+    def _decide_windows(self, check: Check, now: int) -> Outcome:
+        """A policy's windows at once: if any denies, none of them is used."""
+        step = STEP[check.algorithm]
+        outcomes: list[Outcome] = []
+        writes: list[tuple[CounterKey, CounterState, int]] = []
+        for limit, window_ms in check.windows:
+            key: CounterKey = (check.tenant, check.algorithm, window_ms, check.key)
+            stored = self._counters.get(key)
+            state = stored[0] if stored is not None and stored[1] > now else None
+            outcome, new_state = step(state, now, limit, window_ms, check.cost)
+            outcomes.append(outcome)
+            if new_state is not None:
+                writes.append((key, new_state, state_ttl_ms(check.algorithm, outcome, window_ms)))
+        deciding = deciding_window(outcomes)
+        if all(outcome.allowed for outcome in outcomes):
+            for key, new_state, ttl in writes:
+                self._store(key, new_state, now, ttl)
+        return outcomes[deciding]._replace(window=deciding)
+
+    def _store(self, key: CounterKey, state: CounterState, now: int, ttl_ms: int) -> None:
+        if len(self._counters) >= self._max_counters:
+            self._prune(now)
+        self._counters[key] = (state, now + ttl_ms)
 
     def block(self, tenant: str, scope: str, value: str, ttl_ms: int | None) -> None:
         """Enforce a block for ``ttl_ms`` (None: until removed)."""

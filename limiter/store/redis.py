@@ -120,28 +120,56 @@ class RedisStore:
         flushed_ns = time.perf_counter_ns()
         counter, block = keyspace.counter, keyspace.block
         instance, encode = self._instance, encode_entry_check
+        several = False
         for check in checks:
             tenant = check.tenant
+            windows = check.windows
             keys.append(counter(tenant, check.algorithm, check.window_ms, check.key))
+            if len(windows) > 1:
+                several = True
+                for _, window_ms in windows[1:]:
+                    keys.append(counter(tenant, check.algorithm, window_ms, check.key))
             subjects = check.block_subjects()
             for scope, value in subjects:
                 keys.append(block(tenant, scope, value))
-            args += (check.algorithm.code, check.limit, check.window_ms, check.cost, len(subjects))
+            code = check.algorithm.code if len(windows) < 2 else check.algorithm.code.upper()
+            args += (code, check.limit, check.window_ms, check.cost, len(subjects))
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
                 args.append(encode(EntryCheck(
                     tenant, check.key, check.algorithm.value, check.limit,
                     check.window_ms // 1000, check.cost, check.ip, check.route,
                     check.user_agent, check.user_id, latency_us, instance, check.segment,
+                    check.policy, check.shadow,
                 )))  # fmt: skip
+            if len(windows) > 1:
+                args.append(len(windows) - 1)
+                for limit, window_ms in windows[1:]:
+                    args += (limit, window_ms)
         if self._deadline is not None:
             args[3] = self._deadline.of_call_sent_now()
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
-        return [
-            Outcome(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]])
-            for i in range(0, len(flat), 5)
-        ]
+        if not several:
+            return [
+                Outcome(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]])
+                for i in range(0, len(flat), 5)
+            ]
+        outcomes = []
+        i = 0
+        for check in checks:
+            if len(check.windows) > 1:
+                outcomes.append(Outcome(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3],
+                                        reasons[flat[i + 4]], flat[i + 5]))  # fmt: skip
+                i += 6
+            else:
+                outcomes.append(
+                    Outcome(
+                        flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]
+                    )
+                )
+                i += 5
+        return outcomes
 
     async def _evalsha(self, keys: list[str], args: list[Any]) -> list[int]:
         try:
