@@ -20,6 +20,8 @@ from google.protobuf.wrappers_pb2 import UInt64Value
 from redis.asyncio import Redis
 
 from limiter.keyspace import Keyspace
+from limiter.policies.model import parse_rule
+from limiter.policies.store import PolicyStore
 from stream.events import DecisionEvent, decode_entry
 from stream.handlers import entry_record
 from tests.support.credentials import create_key, create_signed_key
@@ -99,6 +101,23 @@ async def ask(
     return await rls.ShouldRateLimit(request, metadata=bearer(api_key), timeout=10)
 
 
+async def tenant_events(redis: Redis, tenant: str, count: int) -> list[DecisionEvent]:
+    """The decision events of ``tenant`` in the module limiter's stream, once there are
+    ``count`` (or what there is after 10 s)."""
+    found: list[DecisionEvent] = []
+    deadline = time.monotonic() + 10
+    while len(found) < count and time.monotonic() < deadline:
+        entries = await redis.xrange(Keyspace(PREFIX).events)
+        found = [
+            event
+            for entry_id, fields in entries
+            for event in decode_entry(entry_record(entry_id, fields))
+            if event.tenant == tenant
+        ]
+        await asyncio.sleep(0.05)
+    return found
+
+
 def headers(response: Any) -> dict[str, str]:
     return {header.key: header.value for header in response.response_headers_to_add}
 
@@ -120,11 +139,12 @@ async def test_calls_within_the_limit_are_ok_then_over_limit_with_the_reset_and_
     assert "retry-after" not in sent
     status = denied.statuses[0]
     assert status.code == OVER_LIMIT
-    assert 0 < status.duration_until_reset.ToMilliseconds() <= 60_000
+    assert 0 < status.duration_until_reset.ToMilliseconds() <= 120_000
     denied_headers = headers(denied)
     assert denied_headers["ratelimit-policy"] == '"default";q=3;w=60'
     assert denied_headers["ratelimit"].startswith('"default";r=0;t=')
-    assert 1 <= int(denied_headers["retry-after"]) <= 60
+    # a sliding window frees a slot at most two windows on
+    assert 1 <= int(denied_headers["retry-after"]) <= 120
 
 
 async def test_each_descriptor_has_its_status_and_the_denying_one_sets_the_headers(
@@ -175,18 +195,7 @@ async def test_decisions_reach_the_stream_like_the_http_ones(
     client = descriptor(("remote_address", "::ffff:198.51.100.7"), ("path", "/pay"), limit=1)
     await ask(rls, key, client, descriptor(("path", "/free")))
     await ask(rls, key, client)
-    stream = Keyspace(PREFIX).events
-    found: list[DecisionEvent] = []
-    deadline = time.monotonic() + 10
-    while len(found) < 2 and time.monotonic() < deadline:
-        entries = await redis.xrange(stream)
-        found = [
-            event
-            for entry_id, fields in entries
-            for event in decode_entry(entry_record(entry_id, fields))
-            if event.tenant == tenant
-        ]
-        await asyncio.sleep(0.05)
+    found = await tenant_events(redis, tenant, 2)
     assert len(found) == 2  # the descriptor without a limit decided nothing
     first, second = found
     assert (first.key, first.limit, first.window, first.cost) == (
@@ -287,3 +296,79 @@ def test_a_limiter_without_the_grpc_port_never_loads_grpc(limiter: RatewatchProc
     assert limiter.process is not None
     maps = Path(f"/proc/{limiter.process.pid}/maps").read_text()
     assert "cygrpc" not in maps
+
+
+# policies: a descriptor's entry `policy` names one of the tenant's
+
+
+async def put_policy(redis: Redis, tenant: str, name: str, rule: dict[str, Any]) -> None:
+    await PolicyStore(redis, Keyspace(PREFIX)).put_policy(tenant, name, parse_rule(rule))
+
+
+async def test_a_policy_entry_names_the_policy_every_window_of_which_is_checked(
+    rls: RateLimitServiceStub, key: str, tenant: str, redis: Redis
+) -> None:
+    await put_policy(
+        redis,
+        tenant,
+        "free",
+        {"limits": [{"limit": 2, "window": 60}, {"limit": 3, "window": 3600}]},
+    )
+    user = descriptor(("policy", "free"), ("user", "u1"))
+    answers = [await ask(rls, key, user) for _ in range(3)]
+    assert [a.overall_code for a in answers] == [OK, OK, OVER_LIMIT]
+    first, denied = answers[0], answers[2]
+    assert first.statuses[0].current_limit.name == "free"
+    # the window that decided: the minute's (the fewest remaining, then the denial)
+    assert (
+        first.statuses[0].current_limit.requests_per_unit,
+        first.statuses[0].limit_remaining,
+    ) == (2, 1)
+    assert denied.statuses[0].current_limit.unit == MINUTE
+    sent = headers(denied)
+    assert sent["ratelimit-policy"] == '"free-60";q=2;w=60, "free-3600";q=3;w=3600'
+    assert sent["ratelimit"].startswith('"free-60";r=0;t=')
+    assert "retry-after" in sent
+    # the entry `policy` is not part of the key: the same user without it is another key
+    other = descriptor(("policy", "free"), ("user", "u2"))
+    assert (await ask(rls, key, other)).overall_code == OK
+
+
+async def test_an_override_of_the_descriptors_key_applies(
+    rls: RateLimitServiceStub, key: str, tenant: str, redis: Redis
+) -> None:
+    await put_policy(redis, tenant, "api", {"limits": [{"limit": 1, "window": 60}]})
+    await PolicyStore(redis, Keyspace(PREFIX)).put_override(
+        tenant,
+        "api",
+        "edge|account=enterprise-*",
+        parse_rule({"limits": [{"limit": 5, "window": 60}]}),
+    )
+    big = await ask(rls, key, descriptor(("policy", "api"), ("account", "enterprise-7")))
+    small = await ask(rls, key, descriptor(("policy", "api"), ("account", "free-7")))
+    assert big.statuses[0].current_limit.requests_per_unit == 5
+    assert small.statuses[0].current_limit.requests_per_unit == 1
+
+
+async def test_a_shadow_policy_answers_ok_and_its_event_keeps_the_denial(
+    rls: RateLimitServiceStub, key: str, tenant: str, redis: Redis
+) -> None:
+    await put_policy(
+        redis, tenant, "trial", {"limits": [{"limit": 1, "window": 60}], "mode": "shadow"}
+    )
+    user = descriptor(("policy", "trial"), ("user", "u9"))
+    assert [(await ask(rls, key, user)).overall_code for _ in range(2)] == [OK, OK]
+    events = await tenant_events(redis, tenant, 2)
+    assert [(e.allowed, e.reason, e.policy, e.shadow) for e in events] == [
+        (True, "ok", "trial", True),
+        (False, "limit", "trial", True),
+    ]
+
+
+async def test_an_unknown_policy_is_not_found(rls: RateLimitServiceStub, key: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ask(
+            rls, key, descriptor(("a", "b"), limit=5), descriptor(("policy", "nope"), ("a", "b"))
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "descriptors[1]" in (raised.value.details() or "")
