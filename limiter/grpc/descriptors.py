@@ -3,7 +3,7 @@
 Each descriptor is one of:
 
 * a *policy* descriptor: an entry ``policy`` names the tenant's policy, the other entries,
-  in order, form the key;
+  in order, form the key, which is also the identifier its overrides match;
 * a *limit* descriptor: no ``policy`` entry but Envoy's own ``limit`` override
   (``requests_per_unit`` per ``unit``): its entries form the key, the override is the limit;
 * an *unlimited* descriptor: neither.  As in Envoy's reference service, a descriptor no
