@@ -135,17 +135,11 @@ def _serve(
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         if grpc_port is not None:
-            # the workers bind it themselves (grpc must not be loaded before they fork):
-            # a port in use is refused here, once, with the HTTP port's kind of message
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                socket.create_server((host, grpc_port), family=family).close()
-            except OSError as exc:
+                check_grpc_port(host, grpc_port)
+            except click.ClickException:
                 sock.close()
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise click.ClickException(
-                    f"cannot listen on {host}:{grpc_port} (gRPC): {reason}"
-                ) from None
+                raise
         scheme = "https" if tls is not None else "http"
         click.echo(
             f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redact(redis_url)}, "
@@ -158,6 +152,17 @@ def _serve(
                 raise click.ClickException(f"the limiter did not start on {host}:{port}")
         else:
             run_workers(workers, serve, metrics_dir)
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """A one-line error now if the gRPC port cannot be bound: the workers bind it
+    themselves (grpcio must not be loaded before they fork), and would fail one by one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port} (gRPC): {reason}") from None
 
 
 def parse_api_limits(texts: dict[str, str]) -> ApiLimits:

@@ -106,7 +106,7 @@ def up(
         from limiter.redis_client import check_redis_url
         from limiter.settings import check_metrics_token
         from limiter.state.bootstrap import check_bootstrap_key
-        from ratewatch.cli.serve import parse_api_limits
+        from ratewatch.cli.serve import check_grpc_port, parse_api_limits
         from ratewatch.processes.private import make_private
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
@@ -122,6 +122,8 @@ def up(
         tls = tls_files(tls_cert, tls_key)
         parse_trusted_proxies(trusted_proxies)
         parse_api_limits(api_limits)
+        if grpc_port is not None:  # refused here rather than by every restart of the limiter
+            check_grpc_port(host, grpc_port)
         data_dir = data_dir.resolve()
         # before Valkey and the children start: they inherit the umask
         make_private(data_dir)

@@ -81,9 +81,11 @@ def test_workers_share_the_grpc_port_and_the_limits(
     assert listeners(grpc_port) == 0
 
 
-def serve(redis_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def serve(
+    redis_url: str, tmp_path: Path, *args: str, command: str = "serve"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ratewatch", "serve", "--redis-url", redis_url,
+        [sys.executable, "-m", "ratewatch", command, "--redis-url", redis_url,
          "--data-dir", str(tmp_path / "data"), *args],
         env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -109,3 +111,24 @@ def test_a_grpc_port_that_cannot_be_served_is_a_one_line_error(
         f"Error: cannot listen on 127.0.0.1:{busy} (gRPC): Address already in use"
     ]
     assert "Traceback" not in held.stderr + same.stderr
+
+
+def test_up_refuses_a_grpc_port_it_cannot_serve_before_starting_anything(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        held = serve(
+            redis_server.url, tmp_path, "--port", str(port), "--grpc-port", str(busy), command="up"
+        )
+    assert held.returncode == 1
+    assert held.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{busy} (gRPC): Address already in use"
+    ]
+    assert not (tmp_path / "data" / "run").exists()  # no child was started
+    same = serve(
+        redis_server.url, tmp_path, "--port", str(port), "--grpc-port", str(port), command="up"
+    )
+    assert same.returncode == 2  # a usage error, naming the option
+    assert f"Invalid value for '--grpc-port': {port} is the HTTP port" in same.stderr
