@@ -58,15 +58,40 @@ REASON_LABELS = tuple(reason.name.lower() for reason in Reason)
 
 class Outcome(NamedTuple):
     """One decision in milliseconds; ``retry_ms`` is ``NO_RETRY`` when retrying cannot help.
-    ``window``: for a check of several windows (a policy's), the index in ``Check.windows``
-    of the window the outcome describes."""
+    For a check of several windows (a policy's), ``window_of`` says which window it
+    describes."""
 
     allowed: bool
     remaining: int
     reset_ms: int
     retry_ms: int
     reason: Reason
-    window: int = 0
+
+
+class _WindowOutcome(Outcome):
+    """An outcome of a check of several windows that describes another window than the
+    first: a tuple equal to the plain ``Outcome`` (every comparison and unpacking of an
+    outcome stays as it is), carrying the index beside it."""
+
+    deciding: int
+
+    def _replace(self, **changes: object) -> Outcome:  # type: ignore[override]
+        return with_window(Outcome._replace(self, **changes), self.deciding)  # type: ignore[arg-type]
+
+
+def with_window(outcome: Outcome, window: int) -> Outcome:
+    """``outcome`` as the outcome of the window of index ``window`` of its check."""
+    if not window:
+        return outcome
+    marked = _WindowOutcome(*outcome)
+    marked.deciding = window
+    return marked
+
+
+def window_of(outcome: Outcome) -> int:
+    """The index in ``Check.windows`` of the window ``outcome`` describes (0: the first,
+    and the only one of a plain check)."""
+    return outcome.deciding if isinstance(outcome, _WindowOutcome) else 0
 
 
 def ceil_seconds(ms: int) -> int:

@@ -208,7 +208,7 @@ class LimiterMetrics:
     def count_decisions(self, outcomes: Sequence[Outcome]) -> None:
         """Count a batch's decisions."""
         decisions = self._decisions
-        for allowed, _, _, _, reason, _ in outcomes:
+        for allowed, _, _, _, reason in outcomes:
             decisions[reason * 2 + allowed] += 1
 
     def flush(self) -> None:

@@ -32,7 +32,7 @@ def to_result(outcome: Outcome, limit: int) -> CheckResult:
 
     Seconds are rounded up (``algorithms.ceil_seconds``, inlined: this runs for every
     check of a batch); ``retry_after`` is ``algorithms.retry_after_seconds``."""
-    allowed, remaining, reset_ms, retry_ms, reason, _ = outcome
+    allowed, remaining, reset_ms, retry_ms, reason = outcome
     return CheckResult(
         allowed=allowed,
         remaining=remaining,

@@ -49,11 +49,12 @@ log = logging.getLogger("ratewatch.client")
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One check of a batch; the fields of the request body of ``POST /v1/check``."""
+    """One check of a batch; the fields of the request body of ``POST /v1/check``: ``limit``
+    and ``window``, or the name of one of the tenant's ``policy``s (docs/policies.md)."""
 
     key: str
-    limit: int
-    window: int
+    limit: int | None = None
+    window: int | None = None
     cost: int = 1
     algorithm: str | None = None
     ip: str | None = None
@@ -61,6 +62,13 @@ class Check:
     user_agent: str | None = None
     user_id: str | None = None
     segment: str | None = None  # customer segment (tier); default: the API key's
+    policy: str | None = None  # a named policy instead of limit and window
+
+    def __post_init__(self) -> None:
+        if self.policy is None and (self.limit is None or self.window is None):
+            raise ValueError("a check needs limit and window, or a policy")
+        if self.policy is not None and (self.limit is not None or self.window is not None):
+            raise ValueError("a check takes limit and window, or a policy, not both")
 
     def to_json(self) -> dict[str, Any]:
         """The request body: every field that is set (``None`` fields are left out)."""
@@ -85,13 +93,16 @@ class CheckResult:
     @classmethod
     def failed_open(cls, check: Check) -> CheckResult:
         """The allowed result a fail-open client returns when the service cannot answer:
-        nothing was counted, so it looks like the first request of an empty window."""
+        nothing was counted, so it looks like the first request of an empty window (for a
+        check by policy, whose windows only the service knows: ``limit`` and ``remaining``
+        0)."""
+        limit = check.limit or 0
         return cls(
             allowed=True,
-            remaining=max(0, check.limit - check.cost),
-            reset_in=check.window,
+            remaining=max(0, limit - check.cost),
+            reset_in=check.window or 0,
             retry_after=None,
-            limit=check.limit,
+            limit=limit,
             reason=FAIL_OPEN_REASON,
         )
 
@@ -268,8 +279,8 @@ class RateWatch(_ClientBase):
         self,
         key: str,
         *,
-        limit: int,
-        window: int,
+        limit: int | None = None,
+        window: int | None = None,
         cost: int = 1,
         algorithm: str | None = None,
         ip: str | None = None,
@@ -277,9 +288,13 @@ class RateWatch(_ClientBase):
         user_agent: str | None = None,
         user_id: str | None = None,
         segment: str | None = None,
+        policy: str | None = None,
     ) -> CheckResult:
-        """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds) and decide."""
-        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment)
+        """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds, or the windows
+        of the named ``policy``) and decide."""
+        check = Check(
+            key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment, policy
+        )
         try:
             return _check_result(self._post("/v1/check", check.to_json()), check)
         except ServiceUnavailable as error:
@@ -348,8 +363,8 @@ class AsyncRateWatch(_ClientBase):
         self,
         key: str,
         *,
-        limit: int,
-        window: int,
+        limit: int | None = None,
+        window: int | None = None,
         cost: int = 1,
         algorithm: str | None = None,
         ip: str | None = None,
@@ -357,9 +372,13 @@ class AsyncRateWatch(_ClientBase):
         user_agent: str | None = None,
         user_id: str | None = None,
         segment: str | None = None,
+        policy: str | None = None,
     ) -> CheckResult:
-        """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds) and decide."""
-        check = Check(key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment)
+        """Count ``cost`` against ``key`` (``limit`` per ``window`` seconds, or the windows
+        of the named ``policy``) and decide."""
+        check = Check(
+            key, limit, window, cost, algorithm, ip, route, user_agent, user_id, segment, policy
+        )
         try:
             return _check_result(await self._post("/v1/check", check.to_json()), check)
         except ServiceUnavailable as error:

@@ -76,12 +76,17 @@ class RateLimitMiddleware:
         app: ASGIApp,
         *,
         client: AsyncRateWatch,
-        limit: int,
-        window: int,
+        limit: int | None = None,
+        window: int | None = None,
         key: KeyFunc | None = None,
         cost: int = 1,
         algorithm: str | None = None,
+        policy: str | None = None,
     ):
+        if (policy is None) == (limit is None or window is None) or (
+            policy is not None and (limit is not None or window is not None)
+        ):
+            raise ValueError("give limit and window, or a policy (docs/policies.md)")
         self.app = app
         self.client = client
         self.limit = limit
@@ -89,7 +94,15 @@ class RateLimitMiddleware:
         self.key: KeyFunc = key or client_ip_key
         self.cost = cost
         self.algorithm = algorithm
-        self._policy = b'"default";q=%d;w=%d' % (limit, window)
+        self.policy = policy
+        # a policy's windows are the service's: its header names the policy and the limit
+        # of the window that decided (the draft's `w` is optional)
+        self._name = b"default" if policy is None else policy.encode()
+        self._policy = (
+            b'"default";q=%d;w=%d' % (limit, window)
+            if limit is not None and window is not None
+            else b""
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
@@ -107,6 +120,7 @@ class RateLimitMiddleware:
                 window=self.window,
                 cost=self.cost,
                 algorithm=self.algorithm,
+                policy=self.policy,
                 ip=client_ip(scope),
                 route=str(scope.get("path", ""))[:_MAX_TEXT] or None,
                 user_agent=_user_agent(scope),
@@ -140,14 +154,19 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     def _ratelimit_headers(self, result: CheckResult) -> list[tuple[bytes, bytes]]:
+        policy = self._policy or b'"%s";q=%d' % (self._name, result.limit)
         return [
-            (b"ratelimit-policy", self._policy),
-            (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, result.reset_in)),
+            (b"ratelimit-policy", policy),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (self._name, result.remaining, result.reset_in)),
         ]
 
     async def _deny(self, send: Send, result: CheckResult) -> None:
         headers = self._ratelimit_headers(result)
-        detail = f"rate limit of {self.limit} per {self.window}s exceeded ({result.reason})"
+        detail = (
+            f"rate limit of {self.limit} per {self.window}s exceeded ({result.reason})"
+            if self.policy is None
+            else f"rate limit of policy {self.policy} exceeded ({result.reason})"
+        )
         extensions: dict[str, Any] = {"reason": result.reason}
         if result.retry_after is not None:
             headers.append((b"retry-after", b"%d" % result.retry_after))

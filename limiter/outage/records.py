@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from limiter.algorithms import Algorithm, Outcome, Reason
+from limiter.algorithms import Algorithm, Outcome, Reason, window_of
 from limiter.store.base import Check
 from stream.events import EntryCheck, EntryDecision
 
@@ -59,7 +59,7 @@ def entry_decisions(
         )  # fmt: skip
         decided: tuple[int | None, int | None] = (None, None)
         if len(check.windows) > 1:  # a policy's check: the window that decided
-            limit, window_ms = check.windows[outcome.window]
+            limit, window_ms = check.windows[window_of(outcome)]
             decided = (limit, window_ms // 1000)
         decisions.append(
             EntryDecision(

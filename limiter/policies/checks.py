@@ -2,7 +2,8 @@
 
 ``policy_check`` turns a ``Resolved`` policy into one ``Check`` carrying every window; the
 decider (``FailoverDecider``: Redis's check script, or the local store under the failure
-policy) decides its windows atomically and says which window decided (``Outcome.window``).
+policy) decides its windows atomically and says which window decided
+(``limiter.algorithms.window_of``).
 ``decided_check`` is that check as its deciding window (what the answer, the headers and
 the decision event describe), and ``answered`` is what the caller is told: in shadow mode a
 denial by the policy's limits is answered allowed.
@@ -10,7 +11,7 @@ denial by the policy's limits is answered allowed.
 
 from __future__ import annotations
 
-from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason
+from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason, window_of, with_window
 from limiter.policies.model import PolicyMode, Resolved
 from limiter.store.base import Check
 
@@ -58,9 +59,10 @@ def policy_check(
 def decided_check(check: Check, outcome: Outcome) -> Check:
     """``check`` as the window that decided it: its ``limit`` and ``window_ms`` are what
     the answer and the decision event report."""
-    if not outcome.window:
+    window = window_of(outcome)
+    if not window:
         return check
-    limit, window_ms = check.windows[outcome.window]
+    limit, window_ms = check.windows[window]
     return check._replace(limit=limit, window_ms=window_ms)
 
 
@@ -69,7 +71,7 @@ def answered(check: Check, outcome: Outcome) -> Outcome:
     allowed (nothing was used: the decision event keeps the would-be denial)."""
     if not check.shadow or outcome.allowed or outcome.reason not in SHADOWED:
         return outcome
-    return Outcome(True, 0, outcome.reset_ms, NO_RETRY, Reason.OK, outcome.window)
+    return with_window(Outcome(True, 0, outcome.reset_ms, NO_RETRY, Reason.OK), window_of(outcome))
 
 
 def policy_header(check: Check, name: str = "default") -> bytes:

@@ -29,7 +29,7 @@ class Check(NamedTuple):
     started_ns: int = 0  # time.perf_counter_ns() when the request arrived
     # a policy's check: every window as (limit, window_ms), the first one being
     # (limit, window_ms) above; decided atomically, denied if any denies
-    # (``Outcome.window`` says which decided).  Empty for a check of one window.
+    # (``limiter.algorithms.window_of`` says which decided).  Empty for a check of one window.
     windows: tuple[tuple[int, int], ...] = ()
     policy: str | None = None  # carried into decision events
     shadow: bool = False  # the policy's mode is shadow: a denial is answered allowed

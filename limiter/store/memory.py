@@ -18,6 +18,7 @@ from limiter.algorithms import (
     Reason,
     deciding_window,
     state_ttl_ms,
+    with_window,
 )
 from limiter.store.base import Check
 
@@ -72,7 +73,7 @@ class MemoryStore:
         if all(outcome.allowed for outcome in outcomes):
             for key, new_state, ttl in writes:
                 self._store(key, new_state, now, ttl)
-        return outcomes[deciding]._replace(window=deciding)
+        return with_window(outcomes[deciding], deciding)
 
     def _store(self, key: CounterKey, state: CounterState, now: int, ttl_ms: int) -> None:
         if len(self._counters) >= self._max_counters:

@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from limiter.algorithms import Outcome, Reason
+from limiter.algorithms import Outcome, Reason, with_window
 from limiter.deadline import PAST_DEADLINE, CallDeadline
 from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
@@ -159,8 +159,10 @@ class RedisStore:
         i = 0
         for check in checks:
             if len(check.windows) > 1:
-                outcomes.append(Outcome(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3],
-                                        reasons[flat[i + 4]], flat[i + 5]))  # fmt: skip
+                outcome = Outcome(
+                    flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]
+                )
+                outcomes.append(with_window(outcome, flat[i + 5]))
                 i += 6
             else:
                 outcomes.append(

@@ -18,6 +18,7 @@ import click
 COMMANDS = {
     "serve": "ratewatch.cli.serve",
     "keys": "ratewatch.cli.keys",
+    "policies": "ratewatch.cli.policies",
     "up": "ratewatch.cli.up",
     "pipeline": "ratewatch.cli.pipeline",
     "migrate": "ratewatch.cli.analytics",

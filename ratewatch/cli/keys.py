@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
 from ratewatch.cli.options import data_dir_option, key_secret, option, redis_url_option, run
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from control.durable.records import DurableRecords
+    from limiter.keyspace import Keyspace
     from limiter.state.apikeys import KeyRecord, KeyStore
     from stream.audit_outbox import AuditOutbox
 
@@ -20,10 +23,27 @@ if TYPE_CHECKING:
 CLI_ACTOR = "cli"
 
 
+class StoreSession(NamedTuple):
+    redis: Redis
+    keyspace: Keyspace
+    keys: KeyStore
+    audit: AuditOutbox
+    durable: DurableRecords
+
+
 @asynccontextmanager
 async def key_store(
     data_dir: Path, redis_url: str | None, key_prefix: str, clickhouse_url: str | None = None
 ) -> AsyncIterator[tuple[KeyStore, AuditOutbox, DurableRecords]]:
+    """``store_session``'s key store, audit outbox and durable copy."""
+    async with store_session(data_dir, redis_url, key_prefix, clickhouse_url) as session:
+        yield session.keys, session.audit, session.durable
+
+
+@asynccontextmanager
+async def store_session(
+    data_dir: Path, redis_url: str | None, key_prefix: str, clickhouse_url: str | None = None
+) -> AsyncIterator[StoreSession]:
     """A KeyStore on --redis-url, the running embedded Valkey, or one started for the
     call; the audit outbox of that store, where the CLI's changes are recorded; and the
     durable copy the limiters restore Redis from (``control/durable/``), which the CLI's
@@ -53,7 +73,7 @@ async def key_store(
         durable = DurableRecords(
             journal, SecretSealer(secret), TenantSettingsStore(redis, keyspace)
         )
-        yield store, AuditOutbox(redis, keyspace.audit), durable
+        yield StoreSession(redis, keyspace, store, AuditOutbox(redis, keyspace.audit), durable)
     finally:
         await journal.close()
         await redis.aclose()

@@ -55,9 +55,16 @@ class RateWatchFlask:
             self._owned.pop().close()
 
     def limit(
-        self, limit: int, window: int, *, key: KeyFunc | None = None, cost: int = 1
+        self,
+        limit: int | None = None,
+        window: int | None = None,
+        *,
+        key: KeyFunc | None = None,
+        cost: int = 1,
+        policy: str | None = None,
     ) -> Callable[[View[P]], Callable[P, ResponseReturnValue]]:
-        """Decorate a view: ``limit`` per ``window`` seconds for it alone, per ``key``
+        """Decorate a view: ``limit`` per ``window`` seconds (or the tenant's named
+        ``policy``) for it alone, per ``key``
         (default: the client IP), counted apart from the app-wide limit (the key gets the
         view's endpoint appended).  Its ``RateLimit`` headers win over the app-wide ones."""
 
@@ -76,6 +83,7 @@ class RateWatchFlask:
                     app_gate.client,
                     limit=limit,
                     window=window,
+                    policy=policy,
                     key=view_key,
                     cost=cost,
                     algorithm=app_gate.algorithm,

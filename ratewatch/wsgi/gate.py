@@ -18,8 +18,10 @@ from ratewatch.wsgi.keys import Environ, KeyFunc, client_ip, ip_key
 
 __all__ = ["Answer", "Decision", "LimitsFunc", "RateLimitGate"]
 
-LimitsFunc = Callable[[Environ], tuple[int, int] | None]
-"""``environ -> (limit, window)`` for requests with limits of their own, else ``None``."""
+LimitsFunc = Callable[[Environ], tuple[int, int] | str | None]
+"""``environ -> (limit, window)``, or the name of a policy, for requests with limits of
+their own, else ``None``."""
+Rate = tuple[int | None, int | None, str | None]  # limit, window, policy
 
 Headers = list[tuple[str, str]]
 
@@ -97,12 +99,13 @@ _UNAVAILABLE = _problem(
 
 
 class RateLimitGate:
-    """Limit requests to ``limit`` per ``window`` seconds per ``key(environ)``.
+    """Limit requests to ``limit`` per ``window`` seconds, or by the named ``policy`` of
+    the tenant (docs/policies.md), per ``key(environ)``.
 
     ``key`` returns a request's key, or ``None`` to let it through unchecked (default: the
     client IP, :func:`~ratewatch.wsgi.keys.ip_key`).  ``limits(environ)`` may give a
-    request ``(limit, window)`` of its own.  Paths in ``exclude`` (exact, or a prefix
-    ending in ``*``) are never checked.  When no decision can be had (the service is
+    request ``(limit, window)`` or a policy name of its own.  Paths in ``exclude`` (exact,
+    or a prefix ending in ``*``) are never checked.  When no decision can be had (the service is
     unreachable, slow or refuses the client's configuration) the request goes through
     with ``fail_open`` (the default), else it gets a 503; the app never sees the error.
     The ``client`` belongs to the caller, who closes it.
@@ -112,8 +115,8 @@ class RateLimitGate:
         self,
         client: RateWatch,
         *,
-        limit: int,
-        window: int,
+        limit: int | None = None,
+        window: int | None = None,
         key: KeyFunc | None = None,
         limits: LimitsFunc | None = None,
         cost: int = 1,
@@ -121,10 +124,19 @@ class RateLimitGate:
         exclude: Iterable[str] = (),
         trust_proxies: bool = False,
         fail_open: bool = True,
+        policy: str | None = None,
     ):
         self.client = client
-        self.limit = _positive("limit", limit)
-        self.window = _positive("window", window)
+        if policy is not None:
+            if limit is not None or window is not None:
+                raise ValueError("give limit and window, or a policy, not both")
+            if not isinstance(policy, str) or not policy:
+                raise ValueError(f"policy must be a policy's name, not {policy!r}")
+            self.limit, self.window = None, None
+        else:
+            self.limit = _positive("limit", limit)
+            self.window = _positive("window", window)
+        self.policy = policy
         self.cost = _positive("cost", cost, 0)
         if key is not None and not callable(key):
             raise ValueError(f"key must be a function of the environ, not {key!r}")
@@ -149,12 +161,13 @@ class RateLimitGate:
         key = self.key(environ)
         if key is None:
             return _PASS
-        limit, window = self._rate(environ)
+        limit, window, policy = self._rate(environ)
         try:
             result = self.client.check(
                 key,
                 limit=limit,
                 window=window,
+                policy=policy,
                 cost=self.cost,
                 algorithm=self.algorithm,
                 ip=client_ip(environ, self.trust_proxies),
@@ -168,17 +181,19 @@ class RateLimitGate:
             return self._undecided(error)
         if result.reason == FAIL_OPEN_REASON:  # made up by the client: nothing was counted
             return self._undecided(None)
-        headers = self._ratelimit_headers(result, limit, window)
+        headers = self._ratelimit_headers(result, window, policy)
         if result.allowed:
             return Decision(headers=headers)
-        return Decision(answer=self._denied(result, limit, window, headers))
+        return Decision(answer=self._denied(result, window, policy, headers))
 
-    def _rate(self, environ: Environ) -> tuple[int, int]:
+    def _rate(self, environ: Environ) -> Rate:
         rate = self.limits(environ) if self.limits is not None else None
         if rate is None:
-            return self.limit, self.window
+            return self.limit, self.window, self.policy
+        if isinstance(rate, str):
+            return None, None, rate
         limit, window = rate
-        return _positive("limit", limit), _positive("window", window)
+        return _positive("limit", limit), _positive("window", window), None
 
     def _undecided(self, error: RateWatchError | None) -> Decision:
         if self.fail_open:
@@ -188,15 +203,25 @@ class RateLimitGate:
         return Decision(answer=_UNAVAILABLE)
 
     @staticmethod
-    def _ratelimit_headers(result: CheckResult, limit: int, window: int) -> Headers:
+    def _ratelimit_headers(result: CheckResult, window: int | None, policy: str | None) -> Headers:
+        # a policy's windows are the service's: the header names the policy and the limit
+        # of the window that decided (the draft's `w` is optional)
+        name = policy or "default"
+        described = f'"{name}";q={result.limit}' + (f";w={window}" if window else "")
         return [
-            ("RateLimit-Policy", f'"default";q={limit};w={window}'),
-            ("RateLimit", f'"default";r={result.remaining};t={result.reset_in}'),
+            ("RateLimit-Policy", described),
+            ("RateLimit", f'"{name}";r={result.remaining};t={result.reset_in}'),
         ]
 
     @staticmethod
-    def _denied(result: CheckResult, limit: int, window: int, headers: Headers) -> Answer:
-        detail = f"rate limit of {limit} per {window}s exceeded ({result.reason})"
+    def _denied(
+        result: CheckResult, window: int | None, policy: str | None, headers: Headers
+    ) -> Answer:
+        detail = (
+            f"rate limit of {result.limit} per {window}s exceeded ({result.reason})"
+            if policy is None
+            else f"rate limit of policy {policy} exceeded ({result.reason})"
+        )
         extensions: dict[str, Any] = {"reason": result.reason}
         if result.retry_after is not None:
             headers = [*headers, ("Retry-After", str(result.retry_after))]

@@ -18,7 +18,7 @@ __all__ = ["CLIENT_OPTIONS", "GATE_OPTIONS", "build"]
 
 GATE_OPTIONS = frozenset(
     {"limit", "window", "key", "limits", "cost", "algorithm", "exclude", "trust_proxies",
-     "fail_open"}
+     "fail_open", "policy"}
 )  # fmt: skip
 CLIENT_OPTIONS = frozenset({"client", "api_key", "url", "timeout", "ca_file", "signing_secret"})
 
@@ -67,8 +67,8 @@ def build(mapping: object, source: str) -> tuple[RateLimitGate, RateWatch, bool]
         if isinstance(limits, str):
             gate_options["limits"] = _import(limits)
         for name in ("limit", "window"):
-            if name not in gate_options:
-                raise ValueError(f"{name} is required")
+            if name not in gate_options and "policy" not in gate_options:
+                raise ValueError(f"{name} is required (or a policy)")
         client = options.get("client")
         owned = client is None
         if client is None:

@@ -19,6 +19,8 @@ BAD_CHECKS: list[tuple[object, int]] = [
     ({"key": "x" * 10_000, "limit": 10, "window": 60}, 422),
     ({"key": 5, "limit": 10, "window": 60}, 422),
     ({"limit": 10, "window": 60}, 422),
+    ({"key": "k", "window": 60}, 422),  # neither limit and window nor a policy
+    ({"key": "k", "limit": 10, "window": 60, "policy": "free"}, 422),  # both
     ({"key": "k", "limit": 10, "window": 60, "algorithm": "leaky"}, 422),
     ({"key": "k", "limit": 10, "window": 60, "ip": "999.1.1.1"}, 422),
     ({"key": "k", "limit": 10, "window": 60, "user_id": "u" * 10_000}, 422),

@@ -29,6 +29,7 @@ function checkBody(check: Check): Record<string, unknown> {
     key: check.key,
     limit: check.limit,
     window: check.window,
+    policy: check.policy,
     cost: check.cost ?? 1,
     algorithm: check.algorithm,
     ip: check.ip,
@@ -39,6 +40,14 @@ function checkBody(check: Check): Record<string, unknown> {
   };
   for (const name of Object.keys(body)) if (body[name] === undefined) delete body[name];
   return body;
+}
+
+/** A check needs `limit` and `window`, or a `policy`: a mistake of the caller's, thrown. */
+function validate(check: Check): void {
+  const explicit = check.limit !== undefined || check.window !== undefined;
+  if (check.policy !== undefined ? explicit : check.limit === undefined || check.window === undefined) {
+    throw new TypeError('a check needs limit and window, or a policy (not both)');
+  }
 }
 
 function malformed(what: string): ServiceUnavailableError {
@@ -69,19 +78,23 @@ function toResult(data: unknown, check: Check): CheckResult {
     remaining: integer(record, 'remaining'),
     resetIn: integer(record, 'reset_in'),
     retryAfter: retryAfter === null || retryAfter === undefined ? null : integer(record, 'retry_after'),
-    limit: integer(record, 'limit', check.limit),
+    limit: integer(record, 'limit', check.limit ?? 0),
     reason,
   };
 }
 
-/** The allowed result of a check the service could not decide: nothing was counted. */
+/**
+ * The allowed result of a check the service could not decide: nothing was counted (a check
+ * by policy, whose windows only the service knows: `limit` and `remaining` 0).
+ */
 export function failedOpen(check: Check): CheckResult {
+  const limit = check.limit ?? 0;
   return {
     allowed: true,
-    remaining: Math.max(0, check.limit - (check.cost ?? 1)),
-    resetIn: check.window,
+    remaining: Math.max(0, limit - (check.cost ?? 1)),
+    resetIn: check.window ?? 0,
     retryAfter: null,
-    limit: check.limit,
+    limit,
     reason: FAIL_OPEN_REASON,
   };
 }
@@ -140,9 +153,13 @@ export class RateWatch {
         console.warn(`RateWatch unavailable, allowing ${checks.length} check(s) (fail open): ${error.message}`));
   }
 
-  /** Count `cost` (default 1) against `key` (`limit` per `window` seconds) and decide. */
+  /**
+   * Count `cost` (default 1) against `key` (`limit` per `window` seconds, or the windows of
+   * the named `policy`) and decide.
+   */
   async check(key: string, options: CheckOptions): Promise<CheckResult> {
     const check: Check = { ...options, key };
+    validate(check);
     try {
       return toResult(await this.#post('/v1/check', checkBody(check)), check);
     } catch (error) {
@@ -153,6 +170,7 @@ export class RateWatch {
   /** Decide several checks in one request; the results are in the same order. */
   async batch(checks: readonly Check[]): Promise<CheckResult[]> {
     if (checks.length === 0) return [];
+    checks.forEach(validate);
     try {
       const data = await this.#post('/v1/batch', { checks: checks.map(checkBody) });
       const results = (data as { results?: unknown } | null)?.results;

@@ -24,9 +24,12 @@ export type KeyFunction<Req = IncomingMessage> = (
 export interface RateLimitOptions<Req = IncomingMessage> {
   /** The client; it decides whether the middleware fails open (`failOpen`) or answers 503. */
   client: RateWatch;
-  limit: number;
+  /** With `window`: requests per window; or give a `policy` instead. */
+  limit?: number;
   /** Seconds. */
-  window: number;
+  window?: number;
+  /** A named policy of the tenant (docs/policies.md), instead of `limit` and `window`. */
+  policy?: string;
   /** Default: {@link byIp}. Also {@link byHeader}, or a function of your own. */
   key?: KeyFunction<Req>;
   cost?: number;
@@ -79,12 +82,20 @@ function pathOf(req: AnyRequest): string | undefined {
 export function rateLimiter<Req extends IncomingMessage = IncomingMessage>(
   options: RateLimitOptions<Req>,
 ): (req: Req) => Promise<Verdict> {
-  const { client, limit, window, cost, algorithm } = options;
+  const { client, limit, window, cost, algorithm, policy } = options;
+  const explicit = limit !== undefined || window !== undefined;
+  if (policy !== undefined ? explicit : limit === undefined || window === undefined) {
+    throw new TypeError('rateLimit needs limit and window, or a policy (not both)');
+  }
   const key = options.key ?? (byIp as unknown as KeyFunction<Req>);
-  const policy = `"default";q=${limit};w=${window}`;
+  // a policy's windows are the service's: the header names the policy and the limit of the
+  // window that decided (the draft's `w` is optional)
+  const name = policy ?? 'default';
+  const described = (result: CheckResult): string =>
+    policy === undefined ? `"default";q=${limit};w=${window}` : `"${name}";q=${result.limit}`;
   const rateLimitHeaders = (result: CheckResult): Record<string, string> => ({
-    'RateLimit-Policy': policy,
-    RateLimit: `"default";r=${result.remaining};t=${result.resetIn}`,
+    'RateLimit-Policy': described(result),
+    RateLimit: `"${name}";r=${result.remaining};t=${result.resetIn}`,
   });
 
   return async (req) => {
@@ -94,8 +105,7 @@ export function rateLimiter<Req extends IncomingMessage = IncomingMessage>(
     let result: CheckResult;
     try {
       result = await client.check(limited, {
-        limit,
-        window,
+        ...(policy === undefined ? { limit, window } : { policy }),
         ...(cost === undefined ? {} : { cost }),
         ...(algorithm === undefined ? {} : { algorithm }),
         ...(clientIp(req) === undefined ? {} : { ip: clientIp(req) as string }),
@@ -112,7 +122,10 @@ export function rateLimiter<Req extends IncomingMessage = IncomingMessage>(
       return { headers: result.reason === FAIL_OPEN_REASON ? {} : rateLimitHeaders(result) };
     }
     const headers = rateLimitHeaders(result);
-    let detail = `rate limit of ${limit} per ${window}s exceeded (${result.reason})`;
+    let detail =
+      policy === undefined
+        ? `rate limit of ${limit} per ${window}s exceeded (${result.reason})`
+        : `rate limit of policy ${policy} exceeded (${result.reason})`;
     const extra: Record<string, unknown> = { reason: result.reason };
     if (result.retryAfter !== null) {
       headers['Retry-After'] = String(result.retryAfter);

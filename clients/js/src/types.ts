@@ -1,11 +1,16 @@
 /** The shapes the client sends and returns. */
 
-/** What to count and against which limit: `limit` per `window` seconds. */
+/**
+ * What to count and against which limit: `limit` per `window` seconds, or the name of one
+ * of the tenant's `policy`s (docs/policies.md), not both.
+ */
 export interface CheckOptions {
   /** Requests (or units of `cost`) allowed per window. */
-  limit: number;
+  limit?: number;
   /** The window, in seconds. */
-  window: number;
+  window?: number;
+  /** A named policy of the tenant, instead of `limit` and `window`. */
+  policy?: string;
   /** Units this request counts for (default 1). */
   cost?: number;
   /** `sliding_window` (the service's default), `fixed_window`, `token_bucket`, ... */
