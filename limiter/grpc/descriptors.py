@@ -10,8 +10,10 @@ Each descriptor is one of:
   limit applies to is answered ``OK`` without a limit and decides nothing.
 
 The key is the request's domain and the entries, ``domain|key=value|key=value``, so two
-domains never share a counter.  An entry ``remote_address`` (Envoy's action of that name)
-is also the check's client IP, so blocks by IP apply and the detectors see it.
+domains never share a counter (a descriptor of a policy alone is keyed by its domain: one
+counter for every request, a global limit).  An entry ``remote_address`` (Envoy's action
+of that name) is also the check's client IP, so blocks by IP apply and the detectors see
+it.
 """
 
 from __future__ import annotations
@@ -112,8 +114,6 @@ def _plan_one(
             except InvalidInput as exc:
                 raise InvalidRequest(f"{where}.remote_address: {exc}") from None
         parts.append(f"{name}={value}")
-    if policy is not None and len(parts) == 1:
-        raise InvalidRequest(f"{where} has a policy but no other entry to form the key")
     key = "|".join(parts)
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidRequest(

@@ -372,3 +372,14 @@ async def test_an_unknown_policy_is_not_found(rls: RateLimitServiceStub, key: st
         )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "descriptors[1]" in (raised.value.details() or "")
+
+
+async def test_a_policy_alone_is_one_counter_of_the_domain(
+    rls: RateLimitServiceStub, key: str, tenant: str, redis: Redis
+) -> None:
+    await put_policy(redis, tenant, "global", {"limits": [{"limit": 2, "window": 60}]})
+    alone = descriptor(("policy", "global"))
+    codes = [(await ask(rls, key, alone)).overall_code for _ in range(3)]
+    assert codes == [OK, OK, OVER_LIMIT]
+    events = await tenant_events(redis, tenant, 3)
+    assert {event.key for event in events} == {"edge"}
