@@ -4,6 +4,7 @@ client built from the generated Envoy protos, as Envoy's ratelimit filter asks i
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
 from envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
@@ -383,3 +385,22 @@ async def test_a_policy_alone_is_one_counter_of_the_domain(
     assert codes == [OK, OK, OVER_LIMIT]
     events = await tenant_events(redis, tenant, 3)
     assert {event.key for event in events} == {"edge"}
+
+
+async def test_calls_are_timed_in_the_limiters_metrics(
+    rls: RateLimitServiceStub, key: str, grpc_limiter: GrpcLimiter
+) -> None:
+    await ask(rls, key, descriptor(("user", "timed"), limit=5))
+    pattern = re.compile(r'^ratewatch_check_duration_seconds_count\{endpoint="rls"\} (\S+)$', re.M)
+
+    async def timed() -> float:
+        async with httpx.AsyncClient(base_url=grpc_limiter.process.base_url) as client:
+            found = pattern.search((await client.get("/metrics", timeout=10)).text)
+        return float(found.group(1)) if found else 0.0
+
+    deadline = time.monotonic() + 10  # the metrics are flushed every second
+    count = await timed()
+    while count < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        count = await timed()
+    assert count >= 1
