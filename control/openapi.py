@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from control.schemas.policies import SCHEMAS as POLICY_SCHEMAS
+from control.schemas.policies import policy_paths
 from control.schemas.requests import (
     AllowlistAdd,
     BlockCreate,
@@ -114,6 +116,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             AllowlistAdd,
             WebhookCreate,
             WebhookUpdate,
+            *POLICY_SCHEMAS,
         ],
         ref_template=REF,
     )
@@ -304,6 +307,7 @@ def build_openapi(version: str) -> dict[str, Any]:
                 ),
             },
             "/v1/analytics/usage": {"get": usage},
+            **policy_paths(_operation),
             "/v1/allowlist": {
                 "get": _operation("Subjects the detectors never block", None),
                 "post": _operation(

@@ -23,8 +23,8 @@ from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
 from limiter.policies.cache import PolicyCache, UnknownPolicy
-from limiter.policies.checks import answered, decided_check, policy_check, policy_header
-from limiter.policies.model import Overrides, Policy, resolve
+from limiter.policies.checks import conclude
+from limiter.policies.model import Overrides, Policy, Resolved, compiled, resolve
 from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
 from limiter.store.base import Check
@@ -153,17 +153,35 @@ class CheckHandler:
     ) -> Check:
         """The check of a ``request`` that names the policy ``found``: the windows of the
         override of ``request.key`` that applies, else the policy's own."""
+        resolved = resolve(*found, request.key)
+        return self.resolved_check(tenant, request, resolved, started_ns, index, principal_segment)
+
+    def resolved_check(
+        self,
+        tenant: str,
+        request: CheckRequest,
+        resolved: Resolved,
+        started_ns: int,
+        index: int | None = None,
+        principal_segment: str | None = None,
+    ) -> Check:
+        """``to_policy_check`` once the policy is resolved for ``request.key``."""
         ip = request.ip
         if ip is not None:
             try:
                 ip = normalize_ip(ip)
             except InvalidInput as exc:
                 raise Problem(422, "validation-error", f"{exc} - at `{_where(index)}.ip`") from None
-        return policy_check(
+        if not resolved.items:  # made by hand, not by ``resolve``
+            resolved = compiled(resolved)
+        first = resolved.limits[0]
+        # ``policy_check``, inlined: this runs for every check by policy
+        return Check(
             tenant,
             request.key,
-            resolve(*found, request.key),
-            request.algorithm or self._default_algorithm,
+            resolved.algorithm or request.algorithm or self._default_algorithm,
+            first.limit,
+            first.window * 1000,
             request.cost,
             ip,
             request.user_id,
@@ -171,6 +189,9 @@ class CheckHandler:
             request.user_agent,
             request.segment or principal_segment,
             started_ns,
+            resolved.windows_ms,
+            resolved.policy,
+            resolved.shadow,
         )
 
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -222,19 +243,18 @@ class CheckHandler:
         """``check`` for a request that names a policy: the answer and the headers
         describe the window that decided, ``RateLimit-Policy`` lists every window."""
         found = await self.find_policy(principal.tenant, request)
-        check = self.to_policy_check(
-            principal.tenant, request, found, started, None, principal.segment
+        resolved = resolve(*found, request.key)
+        check = self.resolved_check(
+            principal.tenant, request, resolved, started, None, principal.segment
         )
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        decided = decided_check(check, outcome)
-        answer = answered(check, outcome)
+        decided, answer, window = conclude(check, outcome)
         result = to_result(answer, decided.limit)
-        name = check.policy or "default"
-        item = name if not check.windows else f"{name}-{decided.window_ms // 1000}"
+        item = resolved.items[window]
         headers: Headers = [
             (b"content-type", JSON),
-            (b"ratelimit-policy", policy_header(check, name)),
-            (b"ratelimit", b'"%s";r=%d;t=%d' % (item.encode(), result.remaining, result.reset_in)),
+            (b"ratelimit-policy", resolved.header),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (item, result.remaining, result.reset_in)),
         ]
         if result.retry_after is not None:
             headers.append((b"retry-after", b"%d" % result.retry_after))
@@ -279,8 +299,9 @@ class CheckHandler:
         outcomes = await self._decider.decide(checks, principal.fail_mode)
         if any(check.policy is not None for check in checks):
             # as the windows that decided; shadow mode's denials answered allowed
-            decided = [decided_check(c, o) for c, o in zip(checks, outcomes, strict=True)]
-            answers = [answered(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            concluded = [conclude(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            decided = [c for c, _, _ in concluded]
+            answers = [a for _, a, _ in concluded]
             for outcome, answer in zip(outcomes, answers, strict=True):
                 if answer is not outcome:
                     self._metrics.count_shadow_denial(outcome.reason)

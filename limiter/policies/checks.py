@@ -12,7 +12,7 @@ denial by the policy's limits is answered allowed.
 from __future__ import annotations
 
 from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason, window_of, with_window
-from limiter.policies.model import PolicyMode, Resolved
+from limiter.policies.model import Resolved, compiled
 from limiter.store.base import Check
 
 # what shadow mode turns into an allowed answer: the policy's own verdicts, not a block or
@@ -35,8 +35,9 @@ def policy_check(
 ) -> Check:
     """The check of ``key`` against ``resolved`` (``PolicyCache.resolve``); ``ip`` must be
     normalized already (``limiter.state.blocks.normalize_ip``)."""
-    limits = resolved.limits
-    first = limits[0]
+    if not resolved.items:  # made by hand, not by ``resolve``: derive what it lacks
+        resolved = compiled(resolved)
+    first = resolved.limits[0]
     return Check(
         tenant,
         key,
@@ -50,9 +51,9 @@ def policy_check(
         user_agent,
         segment,
         started_ns,
-        tuple((w.limit, w.window * 1000) for w in limits) if len(limits) > 1 else (),
+        resolved.windows_ms,
         resolved.policy,
-        resolved.mode is PolicyMode.SHADOW,
+        resolved.shadow,
     )
 
 
@@ -72,6 +73,14 @@ def answered(check: Check, outcome: Outcome) -> Outcome:
     if not check.shadow or outcome.allowed or outcome.reason not in SHADOWED:
         return outcome
     return with_window(Outcome(True, 0, outcome.reset_ms, NO_RETRY, Reason.OK), window_of(outcome))
+
+
+def conclude(check: Check, outcome: Outcome) -> tuple[Check, Outcome, int]:
+    """``decided_check``, ``answered`` and the deciding window's index at once (the check
+    path's form: a one-window check in enforce mode costs a test)."""
+    if not check.windows and not check.shadow:
+        return check, outcome, 0
+    return decided_check(check, outcome), answered(check, outcome), window_of(outcome)
 
 
 def policy_header(check: Check, name: str = "default") -> bytes:

@@ -89,13 +89,40 @@ class Override:
 
 
 class Resolved(NamedTuple):
-    """What applies to one identifier: the policy's windows, or an override's."""
+    """What applies to one identifier: the policy's windows, or an override's.  The fields
+    after ``override`` are derived (``compiled``), so that a check by policy builds nothing
+    but its ``Check``."""
 
     policy: str
     limits: tuple[PolicyWindow, ...]
     algorithm: Algorithm | None
     mode: PolicyMode
     override: str | None  # the identifier pattern of the override that matched
+    # every window as (limit, window_ms) when there are several, else ()
+    windows_ms: tuple[tuple[int, int], ...] = ()
+    shadow: bool = False
+    header: bytes = b""  # the RateLimit-Policy value: every window
+    items: tuple[bytes, ...] = ()  # each window's name in the RateLimit header
+
+
+def compiled(resolved: Resolved) -> Resolved:
+    """``resolved`` with its derived fields filled in."""
+    name, limits = resolved.policy.encode(), resolved.limits
+    if len(limits) == 1:
+        items: tuple[bytes, ...] = (name,)
+        header = b'"%s";q=%d;w=%d' % (name, limits[0].limit, limits[0].window)
+    else:
+        items = tuple(b"%s-%d" % (name, w.window) for w in limits)
+        header = b", ".join(
+            b'"%s";q=%d;w=%d' % (item, w.limit, w.window)
+            for item, w in zip(items, limits, strict=True)
+        )
+    return resolved._replace(
+        windows_ms=tuple((w.limit, w.window * 1000) for w in limits) if len(limits) > 1 else (),
+        shadow=resolved.mode is PolicyMode.SHADOW,
+        header=header,
+        items=items,
+    )
 
 
 def check_name(name: object) -> str:
@@ -189,9 +216,12 @@ class Overrides:
     """A policy's overrides, indexed for ``match``: a dict of the exact identifiers and the
     wildcard prefixes longest first (a policy has few wildcards; exact ones may be many)."""
 
-    __slots__ = ("exact", "prefixes")
+    __slots__ = ("_resolved", "exact", "prefixes")
 
     def __init__(self, overrides: list[Override]):
+        # what ``resolve`` made of each override (None: the policy itself), kept with the
+        # policy it was made for: checks build nothing per request
+        self._resolved: dict[str | None, tuple[Policy, Resolved]] = {}
         self.exact: dict[str, Override] = {}
         prefixes: list[tuple[str, Override]] = []
         for override in overrides:
@@ -204,35 +234,43 @@ class Overrides:
     def match(self, identifier: str) -> Override | None:
         """The most specific override of ``identifier``: exact, else the longest prefix."""
         found = self.exact.get(identifier)
-        if found is not None:
+        if found is not None or not self.prefixes:
             return found
         for prefix, override in self.prefixes:
             if identifier.startswith(prefix):
                 return override
         return None
 
+    def resolved(self, policy: Policy, override: Override | None) -> Resolved:
+        """What applies under ``policy`` when ``override`` (of this index, or None) matched."""
+        key = None if override is None else override.identifier
+        kept = self._resolved.get(key)
+        if kept is not None and kept[0] is policy:
+            return kept[1]
+        rule = policy.rule
+        if override is None:
+            made = Resolved(policy.name, rule.limits, rule.algorithm,
+                            rule.mode or PolicyMode.ENFORCE, None)  # fmt: skip
+        else:
+            own = override.rule
+            made = Resolved(
+                policy.name,
+                own.limits,
+                own.algorithm or rule.algorithm,
+                own.mode or rule.mode or PolicyMode.ENFORCE,
+                override.identifier,
+            )
+        made = compiled(made)
+        self._resolved[key] = (policy, made)
+        return made
+
     def all(self) -> list[Override]:
         items = [*self.exact.values(), *(override for _, override in self.prefixes)]
         return sorted(items, key=lambda o: o.identifier)
-
-
-NO_OVERRIDES = Overrides([])
 
 
 def resolve(policy: Policy, overrides: Overrides, identifier: str) -> Resolved:
     """What applies to ``identifier`` under ``policy``: its most specific override's
     windows (with the policy's algorithm and mode unless the override sets its own), else
     the policy's own."""
-    rule = policy.rule
-    override = overrides.match(identifier) if overrides is not NO_OVERRIDES else None
-    if override is None:
-        return Resolved(policy.name, rule.limits, rule.algorithm, rule.mode or PolicyMode.ENFORCE,
-                        None)  # fmt: skip
-    own = override.rule
-    return Resolved(
-        policy.name,
-        own.limits,
-        own.algorithm or rule.algorithm,
-        own.mode or rule.mode or PolicyMode.ENFORCE,
-        override.identifier,
-    )
+    return overrides.resolved(policy, overrides.match(identifier))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import jsonschema
 import pytest
 
+from tests.support.openapi import schema_of
 from tests.support.servers import RatewatchProcess
 
 
@@ -86,7 +88,8 @@ def test_batch_mixes_policies_and_explicit_checks(api: httpx.Client) -> None:
         ({"key": "k", "policy": "nope"}, 422, "unknown-policy"),
         ({"key": "k", "policy": "p", "limit": 1, "window": 1}, 422, "validation-error"),
         ({"key": "k"}, 422, "validation-error"),
-        ({"key": "k", "policy": "bad name"}, 422, "validation-error"),
+        ({"key": "k", "policy": "bad name"}, 422, "unknown-policy"),
+        ({"key": "k", "policy": "x" * 65}, 422, "validation-error"),
     ],
 )
 def test_bad_policy_checks_are_problems(
@@ -133,3 +136,18 @@ def test_changes_need_an_admin_key_and_reads_do_not(
     assert api.delete("/v1/policies/r").status_code == 200
     assert api.get("/v1/policies/r").status_code == 404
     assert check(api, key="k", policy="r").status_code == 422
+
+
+def test_the_openapi_document_describes_the_policy_routes(api: httpx.Client) -> None:
+    spec = api.get("/openapi.json").json()
+    schema = schema_of(spec, "PolicyBody")
+    body = {
+        "limits": [{"limit": 10, "window": 1}, {"limit": 1000, "window": 3600}],
+        "mode": "shadow",
+    }
+    jsonschema.validate(body, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"limits": [{"limit": 1, "window": 1, "x": 1}]}, schema)
+    assert put_policy(api, "documented", **body).status_code == 201
+    for path in ("/v1/policies/{name}", "/v1/policies/{name}/overrides/{identifier}"):
+        assert {"get", "put", "delete"} <= set(spec["paths"][path])
