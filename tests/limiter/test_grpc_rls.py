@@ -63,7 +63,7 @@ def grpc_limiter(
         env={"RATEWATCH_AUTH_FAILURE_LIMIT": f"{AUTH_FAILURES}/1m"},
     )
     yield GrpcLimiter(process, grpc_port)
-    process.stop()
+    assert process.stop() == 0  # the gRPC server stops with the limiter, cleanly
 
 
 @pytest.fixture

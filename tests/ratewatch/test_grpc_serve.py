@@ -63,8 +63,9 @@ def test_workers_share_the_grpc_port_and_the_limits(
     redis_server: RedisServer, standard_key: str, tmp_path: Path
 ) -> None:
     grpc_port = free_port()
+    # the port from the environment, as every option may come
     service = start_limiter(
-        redis_server.url, tmp_path, "--workers", "2", "--grpc-port", str(grpc_port)
+        redis_server.url, tmp_path, "--workers", "2", env={"RATEWATCH_GRPC_PORT": str(grpc_port)}
     )
     try:
         # each worker listens (the second may start a moment after the first answered)
