@@ -3,8 +3,10 @@ atomic call of the same decider the HTTP check uses, the decisions handed to the
 
 Errors are gRPC statuses, never a crash: UNAUTHENTICATED without a valid key (counted as
 a failed authentication of the peer's address, RESOURCE_EXHAUSTED with ``retry-after``
-past the limit on those), INVALID_ARGUMENT for a descriptor that cannot be decided,
-UNAVAILABLE when the key store is down and the key was never seen.
+past the limit on those), PERMISSION_DENIED for a signed key (a call carries no
+signature), INVALID_ARGUMENT for a descriptor that cannot be decided, NOT_FOUND for a
+policy the tenant does not have, UNAVAILABLE when Redis is down and the key (or the
+policy) was never seen.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ class RateLimitService:
         try:
             planned = plan(request, tenant, principal.segment, self._algorithm, started)
             checks = [
-                await self._check(tenant, principal.segment, started, item, index)
+                item.check  # a descriptor's own limit, or none: nothing to look up
+                if item.policy is None
+                else await self._policy_check(tenant, principal.segment, started, item, index)
                 for index, item in enumerate(planned)
             ]
         except InvalidRequest as exc:
@@ -128,14 +132,13 @@ class RateLimitService:
             metrics.flush()
         return response
 
-    async def _check(
+    async def _policy_check(
         self, tenant: str, segment: str | None, started_ns: int, item: Planned, index: int
-    ) -> Check | None:
-        """The check of a descriptor: its own limit's, its policy's (the windows of the
-        override of its key that applies, else the policy's own), or None."""
+    ) -> Check:
+        """The check of a descriptor that names a policy: the windows of the override of
+        its key that applies, else the policy's own."""
         name = item.policy
-        if name is None:
-            return item.check
+        assert name is not None
         if self._policies is None:
             raise InvalidRequest(f"descriptors[{index}] names a policy: this server has none")
         found = self._policies.cached(tenant, name)
