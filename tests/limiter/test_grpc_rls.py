@@ -404,3 +404,12 @@ async def test_calls_are_timed_in_the_limiters_metrics(
         await asyncio.sleep(0.1)
         count = await timed()
     assert count >= 1
+
+
+async def test_a_call_over_64_kib_is_refused_before_it_is_read(
+    rls: RateLimitServiceStub, key: str
+) -> None:
+    huge = descriptor(("user", "x" * (65 * 1024)), limit=1)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await ask(rls, key, huge)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
