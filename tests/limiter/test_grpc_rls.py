@@ -289,7 +289,7 @@ async def test_without_a_valid_key_unauthenticated_then_resource_exhausted(
     assert codes[:AUTH_FAILURES] == [grpc.StatusCode.UNAUTHENTICATED] * AUTH_FAILURES
     assert set(codes[AUTH_FAILURES:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     retry_after = dict(last.trailing_metadata() or ())["retry-after"]
-    assert 1 <= int(retry_after) <= 60
+    assert 1 <= int(retry_after) <= 120  # a sliding minute frees a slot within two
     # the limit is on failures: a valid key from the same address is still served
     assert (await ask(rls, key, descriptor(("a", "b"), limit=5))).overall_code == OK
 
