@@ -413,3 +413,13 @@ async def test_a_call_over_64_kib_is_refused_before_it_is_read(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await ask(rls, key, huge)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_descriptor_naming_a_policy_ignores_its_own_limit(
+    rls: RateLimitServiceStub, key: str, tenant: str, redis: Redis
+) -> None:
+    await put_policy(redis, tenant, "strict", {"limits": [{"limit": 1, "window": 60}]})
+    both = descriptor(("policy", "strict"), ("user", "u5"), limit=100)
+    answers = [await ask(rls, key, both) for _ in range(2)]
+    assert [a.overall_code for a in answers] == [OK, OVER_LIMIT]
+    assert answers[0].statuses[0].current_limit.requests_per_unit == 1
