@@ -153,6 +153,101 @@ def sanity(admin: Service) -> None:
         print(f"  {kind:<12} -> {response.text}")
 
 
+def python_work_us() -> dict[str, float]:
+    """The check handler's own work per check, in this process (no I/O): decoding the body
+    and building the store's check, then the answer's parts; microseconds, best of five."""
+    import timeit
+
+    from limiter.algorithms import Algorithm, Outcome, Reason
+    from limiter.emit import NullSink
+    from limiter.http.checks import CheckHandler, _check_decoder, decode
+    from limiter.policies.checks import conclude
+    from limiter.policies.model import Override, Overrides, Policy, parse_rule, resolve
+    from limiter.results import to_result
+
+    handler = CheckHandler(None, None, NullSink(), None, Algorithm.SLIDING_WINDOW, 1, 1)  # type: ignore[arg-type]
+    one = {"limits": [{"limit": LIMIT, "window": WINDOW}]}
+    two = {"limits": [*one["limits"], {"limit": HOURLY_LIMIT, "window": 3600}]}
+    found = {}
+    for name, rule in (("one", one), ("two", two)):
+        policy = Policy(name, parse_rule(rule))
+        overrides = Overrides([Override(name, i, parse_rule(one)) for i in ("acct:a-*", "vip:1")])
+        found[name] = (policy, overrides)
+    outcome = Outcome(True, 5, 100, -1, Reason.OK)
+
+    def explicit() -> None:
+        request = decode(_check_decoder, (BODIES["explicit"] % 17).encode())
+        check = handler.to_check("t", request, 0)
+        to_result(outcome, check.limit)
+
+    def by_policy(kind: str, name: str) -> None:
+        request = decode(_check_decoder, (BODIES[kind] % 17).encode())
+        resolved = resolve(*found[name], request.key)
+        check = handler.resolved_check("t", request, resolved, 0)
+        decided, answer, window = conclude(check, outcome)
+        to_result(answer, decided.limit)
+        resolved.items[window]
+
+    runs = {
+        "explicit": explicit,
+        "policy": lambda: by_policy("policy", "one"),
+        "two windows": lambda: by_policy("two windows", "two"),
+    }
+    number = 50_000
+    return {
+        kind: min(timeit.repeat(run, number=number, repeat=5)) / number * 1e6
+        for kind, run in runs.items()
+    }
+
+
+def script_us(redis_port: int) -> dict[str, float]:
+    """One call of the check script deciding 100 checks, by kind (one window, as an explicit
+    check or a one-window policy decides; two windows): microseconds, best of five runs of
+    100 calls, the kinds in turns."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from limiter.algorithms import Algorithm
+    from limiter.keyspace import Keyspace
+    from limiter.policies.checks import policy_check
+    from limiter.policies.model import Overrides, Policy, parse_rule, resolve
+    from limiter.store.redis import RedisStore
+
+    async def go() -> dict[str, float]:
+        redis = Redis(host="127.0.0.1", port=redis_port)
+        store = RedisStore(redis, Keyspace("bench"))
+        await store.load()
+        rules = {
+            "one window": {"limits": [{"limit": LIMIT, "window": WINDOW}]},
+            "two windows": {
+                "limits": [
+                    {"limit": LIMIT, "window": WINDOW},
+                    {"limit": HOURLY_LIMIT, "window": 3600},
+                ]
+            },
+        }
+        batches = {}
+        for kind, rule in rules.items():
+            resolved = resolve(Policy("p", parse_rule(rule)), Overrides([]), "k")
+            batches[kind] = [
+                policy_check("bench", f"k{i}", resolved, Algorithm.SLIDING_WINDOW)
+                for i in range(100)
+            ]
+        best = dict.fromkeys(rules, float("inf"))
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            for kind, checks in batches.items():
+                started = loop.time()
+                for _ in range(100):
+                    await store.decide(checks)
+                best[kind] = min(best[kind], (loop.time() - started) / 100 * 1e6)
+        await redis.aclose()
+        return best
+
+    return asyncio.run(go())
+
+
 class PolicyBench(Bench):
     def run(self) -> int:
         load_before = load_average()
@@ -174,6 +269,14 @@ class PolicyBench(Bench):
             for name, service in order:
                 self.measure(f"{name} latency", service, PATH, 1)
         self.report(conns)
+        work = python_work_us()
+        print("\nthe handler's own work per check, in process (best of 5), us:")
+        for kind, us in work.items():
+            print(f"  {kind:<12} {us:.2f}  ({us / work['explicit']:.2f}x explicit)")
+        calls = script_us(redis_port)
+        print("one check script call of 100 checks on this Redis (best of 5), us:")
+        for kind, us in calls.items():
+            print(f"  {kind:<12} {us:.0f}  ({us / calls['one window']:.2f}x one window)")
         print(
             f"\n1-min load average: {load_before} before start, {load_average()} at end "
             f"({os.cpu_count()} CPUs; load from other work skews these numbers)"

@@ -13,7 +13,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -86,6 +86,9 @@ from webhooks.registry import WebhookStore
 from webhooks.sealing import SecretSealer
 from webhooks.stats import DeliveryStats
 from webhooks.updates import WebhookUpdater
+
+if TYPE_CHECKING:
+    from limiter.grpc.server import RlsServer
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -363,6 +366,9 @@ class LimiterApp:
             api_limits,
             TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None,
         )
+        rls: RlsServer | None = None
+        if settings.grpc_port is not None:
+            rls = await self._start_rls(auth, decider, sink, api_limits, policies)
         self._checks = checks
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
@@ -372,6 +378,8 @@ class LimiterApp:
         finally:
             self._checks = None
             self._gate = None
+            if rls is not None:  # its calls in flight end before the sink is closed
+                await bounded_step("the gRPC server's stop", rls.stop())
             await cancel_tasks((watcher, mirror, flusher, restoring, policy_copy))
             self.metrics.flush()
             # not cut short: the sink bounds its own close and spools what it could not send
@@ -388,6 +396,36 @@ class LimiterApp:
             if prober is not redis:
                 await bounded_step("the health probe's close", prober.aclose())
             await bounded_step("the Redis client's close", redis.aclose())
+
+    async def _start_rls(
+        self,
+        auth: Authenticator,
+        decider: FailoverDecider,
+        sink: DecisionSink,
+        api_limits: ApiLimiter,
+        policies: PolicyCache,
+    ) -> RlsServer:
+        """Envoy's rate limit service on ``--grpc-port``, beside the HTTP API; grpcio is
+        imported here only, so a limiter without it never loads it."""
+        from limiter.grpc.server import RlsServer
+        from limiter.grpc.service import RateLimitService
+
+        settings = self.settings
+        assert settings.grpc_port is not None
+        service = RateLimitService(
+            auth, decider, sink, self.metrics, Algorithm.SLIDING_WINDOW, policies, api_limits
+        )
+        server = RlsServer(
+            service,
+            settings.host,
+            settings.grpc_port,
+            # several workers share the port; one process holds it alone
+            share_port=settings.workers > 1,
+            max_message_bytes=settings.max_body_bytes,
+            tls=settings.grpc_tls,
+        )
+        await server.start()
+        return server
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:
         problem = problem_for(exc)

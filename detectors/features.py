@@ -97,6 +97,8 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "remaining": pl.Int64(),
     "reason": pl.String(),
 }
+# the reasons a shadow policy answers allowed (limiter/policies/checks.py, SHADOWED)
+_SHADOWED = frozenset({"limit", "cost_exceeds_limit"})
 # an empty string names nobody: it must not make all anonymous callers one subject
 _OPTIONAL = ("key", "ip", "user_id", "route", "user_agent")
 
@@ -168,8 +170,19 @@ PRIOR_START_SCHEMA: dict[str, pl.DataType] = {"tenant": pl.String(), "prior_star
 
 
 def decisions_frame(events: Sequence[DecisionEvent]) -> pl.DataFrame:
-    """The events as a frame with ``FRAME_SCHEMA``; missing and empty strings are null."""
+    """The events as a frame with ``FRAME_SCHEMA``; missing and empty strings are null.
+    A shadow policy's would-be denial (docs/policies.md) is what the caller was answered,
+    allowed: a policy under evaluation must not make the detectors block anybody."""
     columns = {name: [getattr(event, name) for event in events] for name in FRAME_SCHEMA}
+    if any(event.shadow for event in events):
+        answered = [
+            event.allowed or (event.shadow and event.reason in _SHADOWED) for event in events
+        ]
+        columns["allowed"] = answered
+        columns["reason"] = [
+            "ok" if yes and not event.allowed else event.reason
+            for yes, event in zip(answered, events, strict=True)
+        ]
     return normalise(pl.DataFrame(columns, schema=FRAME_SCHEMA))
 
 

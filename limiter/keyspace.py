@@ -25,8 +25,8 @@ Layout (``rw`` is the default prefix):
   alert (string, EX = the period)
 - ``rw:{rw:T}:policies``                           named policies (hash name -> JSON;
   ``limiter/policies/store.py``)
-- ``rw:{rw:T}:policies:v``                         the tenant's policy version: incremented by
-  every policy or override write
+- ``rw:{rw:T}:policies:v``                         the tenant's policy version: a new unique
+  value at every policy or override write
 - ``rw:{rw:T}:ovr:<policy>``                       a policy's overrides (hash identifier -> JSON)
 - ``rw:{rw:T}:incidents``                          incident records (hash id -> JSON, expiring
   a week after the last update; ``detectors/incident_store.py``)
@@ -40,8 +40,8 @@ Layout (``rw`` is the default prefix):
   that keep a revoked bootstrap key from being registered again
 - ``rw:keyids``                                    key id -> tenant
 - ``rw:tenants``                                   tenant registry (hash name -> JSON config)
-- ``rw:policies:v``                                every tenant's policy writes (counter): one GET
-  tells a limiter's policy cache whether anything changed
+- ``rw:policies:v``                                the version of every tenant's policies (a new
+  unique value at each write): one GET tells a limiter's policy cache whether anything changed
 - ``rw:policies:tenants``                          tenants that have policies (set)
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
 - ``rw:epoch``                                     the store's epoch: written once the

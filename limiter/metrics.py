@@ -221,11 +221,13 @@ class LimiterMetrics:
         self._check_seconds = self.check_latency.labels("check")
         self._batch_seconds = self.check_latency.labels("batch")
         self._gate_seconds = self.check_latency.labels("gate")
+        self._rls_seconds = self.check_latency.labels("rls")  # gRPC ShouldRateLimit
         # what the check path counted since the last flush: decisions by reason * 2 + allowed
         self._decisions = [0] * len(self._decision_children)
         self.check_seconds = Latencies()
         self.batch_seconds = Latencies()
         self.gate_seconds = Latencies()
+        self.rls_seconds = Latencies()
 
     def count_decision(self, allowed: bool, reason: Reason) -> None:
         """Count one decision (until the next flush, in a plain integer)."""
@@ -276,6 +278,7 @@ class LimiterMetrics:
             (self._check_seconds, self.check_seconds),
             (self._batch_seconds, self.batch_seconds),
             (self._gate_seconds, self.gate_seconds),
+            (self._rls_seconds, self.rls_seconds),
         ):
             taken = latencies.take()
             if taken is not None:

@@ -80,6 +80,12 @@ class LimiterSettings:
     # the local denial cache (limiter/denial_cache.py): counters known to be over their
     # limit, denied in process until their retry time; 0 turns it off
     denial_cache_entries: int = 0
+    # Envoy's rate limit service over gRPC on this port (limiter/grpc/); None: not served.
+    # With a certificate and key (cert, key: the HTTPS ones) it is served over TLS.
+    grpc_port: int | None = None
+    # how many worker processes share the ports (with several, gRPC binds with SO_REUSEPORT)
+    workers: int = 1
+    grpc_tls: tuple[Path, Path] | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -160,6 +166,11 @@ class LimiterSettings:
                 f"denial cache entries {self.denial_cache_entries!r} is not within "
                 f"0-{MAX_DENIAL_ENTRIES}"
             )
+        if self.grpc_port is not None:
+            if not 0 < self.grpc_port < 65536:
+                raise ConfigError(f"gRPC port {self.grpc_port!r} is not a TCP port (1-65535)")
+            if self.grpc_port == self.port:
+                raise ConfigError(f"gRPC port {self.grpc_port} is the HTTP port: use another")
 
 
 MIN_METRICS_TOKEN = 16

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm, Outcome, window_of
+from limiter.algorithms import MAX_LIMIT_WINDOW, Algorithm, Outcome
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator, Principal
 from limiter.emit import Decision, DecisionSink, NullSink
@@ -23,8 +23,8 @@ from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
 from limiter.metrics import LimiterMetrics
 from limiter.policies.cache import PolicyCache, UnknownPolicy
-from limiter.policies.checks import answered, decided_check, policy_check
-from limiter.policies.model import Overrides, Policy, Resolved, resolve
+from limiter.policies.checks import conclude
+from limiter.policies.model import Overrides, Policy, Resolved, compiled, resolve
 from limiter.results import to_result
 from limiter.state.blocks import normalize_ip
 from limiter.state.tenants import FailMode
@@ -179,11 +179,16 @@ class CheckHandler:
                 ip = normalize_ip(ip)
             except InvalidInput as exc:
                 raise Problem(422, "validation-error", f"{exc} - at `{_where(index)}.ip`") from None
-        return policy_check(
+        if not resolved.items:  # made by hand, not by ``resolve``
+            resolved = compiled(resolved)
+        first = resolved.limits[0]
+        # ``policy_check``, inlined: this runs for every check by policy
+        return Check(
             tenant,
             request.key,
-            resolved,
-            request.algorithm or self._default_algorithm,
+            resolved.algorithm or request.algorithm or self._default_algorithm,
+            first.limit,
+            first.window * 1000,
             request.cost,
             ip,
             request.user_id,
@@ -191,6 +196,9 @@ class CheckHandler:
             request.user_agent,
             request.segment or principal_segment,
             started_ns,
+            resolved.windows_ms,
+            resolved.policy,
+            resolved.shadow,
         )
 
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -247,10 +255,9 @@ class CheckHandler:
             principal.tenant, request, resolved, started, None, principal.segment
         )
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        decided = decided_check(check, outcome)
-        answer = answered(check, outcome)
+        decided, answer, window = conclude(check, outcome)
         result = to_result(answer, decided.limit)
-        item = resolved.items[window_of(outcome)]
+        item = resolved.items[window]
         headers: Headers = [
             (b"content-type", JSON),
             (b"ratelimit-policy", resolved.header),
@@ -299,8 +306,9 @@ class CheckHandler:
         outcomes = await self._decider.decide(checks, principal.fail_mode)
         if any(check.policy is not None for check in checks):
             # as the windows that decided; shadow mode's denials answered allowed
-            decided = [decided_check(c, o) for c, o in zip(checks, outcomes, strict=True)]
-            answers = [answered(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            concluded = [conclude(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            decided = [c for c, _, _ in concluded]
+            answers = [a for _, a, _ in concluded]
             for outcome, answer in zip(outcomes, answers, strict=True):
                 if answer is not outcome:
                     self._metrics.count_shadow_denial(outcome.reason)

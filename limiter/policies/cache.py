@@ -7,9 +7,11 @@ it within the promised second): one GET of the global policy version per pass an
 moved, one GET per tenant with policies and the records of the tenants whose version moved.
 Every ``full_every`` passes every tenant is reread whatever the versions say.
 
-A policy the copy does not know is looked up in Redis at once (at most once per tenant per
-interval), so a policy created a moment ago on another instance already works here.  While
-Redis does not answer the copy stays as it was.
+A policy the copy does not know is looked up in Redis at once (its tenant reread at most
+every ``MISS_RELOAD_INTERVAL``), so a policy created a moment ago on another instance
+already works here.  While
+Redis does not answer, or while it is being restored after losing its data, the copy stays
+as it was.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from limiter.policies.store import PolicyStore, TenantPolicies
 log = logging.getLogger("ratewatch.limiter")
 
 DEFAULT_REFRESH_INTERVAL = 0.5
+# a check naming a policy the copy lacks rereads its tenant at most this often: a policy
+# made a moment ago elsewhere works at once, a flood of unknown names costs little
+MISS_RELOAD_INTERVAL = 0.05
 
 
 class UnknownPolicy(NotFound):
@@ -78,7 +83,7 @@ class PolicyCache:
         if found is not None:
             return found
         loaded = self._loaded_at.get(tenant)
-        if loaded is None or self._clock() - loaded >= self._interval:
+        if loaded is None or self._clock() - loaded >= MISS_RELOAD_INTERVAL:
             try:
                 policies = await self._load(tenant)
             except StoreUnavailable:
@@ -134,10 +139,14 @@ class PolicyCache:
         self._passes += 1
         ks = self._keyspace
         try:
-            version = await self._redis.get(ks.policies_version)
-            if version is None and self._global is not None:
-                # the counter is never deleted: Redis lost its data, and the restore
-                # (``control/durable/restore.py``) writes the policies back, moving it
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(ks.policies_version)
+                pipe.exists(ks.epoch)
+                version, epoch = await pipe.execute()
+            if (version is None or not epoch) and self._global is not None:
+                # Redis lost its data (the version is never deleted) or is being restored
+                # (``control/durable/restore.py`` writes the epoch once every record is
+                # back): the copy stays whole until then, rather than follow a partial one
                 self.refreshed_at = time.time()
                 return
             if version == self._global and not full:

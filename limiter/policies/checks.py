@@ -75,6 +75,14 @@ def answered(check: Check, outcome: Outcome) -> Outcome:
     return with_window(Outcome(True, 0, outcome.reset_ms, NO_RETRY, Reason.OK), window_of(outcome))
 
 
+def conclude(check: Check, outcome: Outcome) -> tuple[Check, Outcome, int]:
+    """``decided_check``, ``answered`` and the deciding window's index at once (the check
+    path's form: a one-window check in enforce mode costs a test)."""
+    if not check.windows and not check.shadow:
+        return check, outcome, 0
+    return decided_check(check, outcome), answered(check, outcome), window_of(outcome)
+
+
 def policy_header(check: Check, name: str = "default") -> bytes:
     """The ``RateLimit-Policy`` header value: every window of the check (the IETF draft
     lets a server list several policies), each item named after the policy and window."""

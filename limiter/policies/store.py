@@ -2,13 +2,17 @@
 
 Storage (``limiter.keyspace``): one hash of the tenant's policies (name -> JSON), one hash
 of overrides per policy (identifier -> JSON), the tenant's policy version and a global one,
-both incremented by every write: a limiter's cache (``limiter/policies/cache.py``) tells
-whether anything changed with one GET, and which tenants with one more per tenant.
+both set to a new unique value by every write: a limiter's cache
+(``limiter/policies/cache.py``) tells whether anything changed with one GET, and which
+tenants with one more per tenant.  Unique values rather than counters: a Redis that lost
+its data and had the policies written back would count from zero again, and could reach
+the very number a cache holds for other contents.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 
@@ -30,6 +34,11 @@ from limiter.policies.model import (
 )
 
 TenantPolicies = dict[str, tuple[Policy, Overrides]]
+
+
+def new_version() -> str:
+    """A version no other write has: the time and a random part."""
+    return f"{time.time_ns()}-{secrets.token_hex(4)}"
 
 
 def _text(value: bytes | str) -> str:
@@ -76,7 +85,7 @@ class PolicyStore:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, field, json.dumps(record))
-                pipe.incr(ks.policy_version(tenant))
+                pipe.set(ks.policy_version(tenant), new_version())
                 added, _ = await pipe.execute()
             await self._announce(tenant)
         except RedisError as exc:
@@ -87,7 +96,7 @@ class PolicyStore:
         # outside the tenant's transaction: on Redis Cluster these keys are in other slots
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd(self._keyspace.policy_tenants, tenant)
-            pipe.incr(self._keyspace.policies_version)
+            pipe.set(self._keyspace.policies_version, new_version())
             await pipe.execute()
 
     async def policy(self, tenant: str, name: str) -> Policy:
@@ -131,7 +140,7 @@ class PolicyStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(ks.policies(tenant), name)
                 pipe.delete(ks.policy_overrides(tenant, name))
-                pipe.incr(ks.policy_version(tenant))
+                pipe.set(ks.policy_version(tenant), new_version())
                 removed, _, _ = await pipe.execute()
             await self._announce(tenant)
         except RedisError as exc:
@@ -144,7 +153,7 @@ class PolicyStore:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(ks.policy_overrides(tenant, name), identifier)
-                pipe.incr(ks.policy_version(tenant))
+                pipe.set(ks.policy_version(tenant), new_version())
                 removed, _ = await pipe.execute()
             await self._announce(tenant)
         except RedisError as exc:

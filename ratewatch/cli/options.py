@@ -321,6 +321,17 @@ def tls_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def grpc_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Envoy's rate limit service over gRPC (``limiter/grpc/``), beside the HTTP API."""
+    return option(
+        "--grpc-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Also serve Envoy's rate limit service (envoy.service.ratelimit.v3, gRPC) on "
+        "this port, on --host; over TLS with --tls-cert (docs/gateways.md).",
+    )(f)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into a one-line message and exit status 1."""

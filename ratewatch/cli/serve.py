@@ -5,7 +5,9 @@ socket (``ratewatch/processes/serving.py``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from ratewatch.cli.options import (
     backlog_options,
     connection_options,
     denial_cache_option,
+    grpc_option,
     key_secret,
     service_options,
     tls_options,
@@ -54,6 +57,7 @@ def _serve(
     metrics_token: str | None = None,
     tracing: bool = False,
     denial_cache_entries: int = 0,
+    grpc_port: int | None = None,
 ) -> None:
     with user_errors():
         from ratewatch.processes.serving import (
@@ -112,6 +116,9 @@ def _serve(
                 tracing=tracing,
                 trusted_proxies=proxies,
                 denial_cache_entries=denial_cache_entries,
+                grpc_port=grpc_port,
+                workers=workers,
+                grpc_tls=(tls.cert, tls.key) if tls is not None else None,
             )
 
         def serve(worker: int) -> bool:
@@ -137,17 +144,41 @@ def _serve(
             sock = listen(host, port)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        if grpc_port is not None:
+            try:
+                check_grpc_port(host, grpc_port)
+            except click.ClickException:
+                sock.close()
+                raise
         scheme = "https" if tls is not None else "http"
         click.echo(
             f"RateWatch listening on {scheme}://{host}:{port} (Redis: {redact(redis_url)}, "
             f"{workers} worker{'s' if workers > 1 else ''})"
         )
         click.echo(f"Console: {console_url(scheme, host, port)}")
+        if grpc_port is not None:
+            click.echo(f"Envoy rate limit service (gRPC) on {host}:{grpc_port}")
         if workers == 1:
             if not serve(0):
                 raise click.ClickException(f"the limiter did not start on {host}:{port}")
         else:
             run_workers(workers, serve, metrics_dir)
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """A one-line error now if the gRPC port cannot be bound: the workers bind it
+    themselves (grpcio must not be loaded before they fork), and would fail one by one."""
+    # looked up, not imported: importing grpcio before the fork is what must not happen
+    if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
+        raise click.ClickException(
+            "--grpc-port needs the gRPC extra: pip install 'ratewatch[server,grpc]'"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port} (gRPC): {reason}") from None
 
 
 def parse_api_limits(texts: dict[str, str]) -> ApiLimits:
@@ -200,6 +231,7 @@ def _show_new_key(api_key: str) -> None:
 @connection_options
 @tracing_option
 @denial_cache_option
+@grpc_option
 def serve(
     host: str,
     port: int,
@@ -229,6 +261,7 @@ def serve(
     metrics_token: str | None,
     tracing: bool,
     denial_cache_entries: int,
+    grpc_port: int | None,
 ) -> None:
     """Run the limiter API alone (distributed deployment) against --redis-url."""
     if redis_url is None:
@@ -271,4 +304,5 @@ def serve(
         metrics_token=metrics_token,
         tracing=tracing,
         denial_cache_entries=denial_cache_entries,
+        grpc_port=grpc_port,
     )

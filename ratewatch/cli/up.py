@@ -23,6 +23,7 @@ from ratewatch.cli.options import (
     connection_args,
     connection_options,
     denial_cache_option,
+    grpc_option,
     option,
     service_options,
     tls_options,
@@ -50,6 +51,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 @connection_options
 @tracing_option
 @denial_cache_option
+@grpc_option
 def up(
     host: str,
     port: int,
@@ -83,6 +85,7 @@ def up(
     metrics_token: str | None,
     tracing: bool,
     denial_cache_entries: int,
+    grpc_port: int | None,
 ) -> None:
     """Run RateWatch on this machine: the limiter API, the decision pipeline into the
     analytics store, and an embedded Valkey (unless --redis-url). Ready when /health answers.
@@ -94,6 +97,8 @@ def up(
             "65535 leaves no port for the detector's metrics (it takes the next one)",
             param_hint="'--metrics-port'",
         )
+    if grpc_port is not None and grpc_port == port:
+        raise click.BadParameter(f"{grpc_port} is the HTTP port", param_hint="'--grpc-port'")
     if metrics_port is not None:
         check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
     api_limits = {
@@ -107,7 +112,7 @@ def up(
         from limiter.redis_client import check_redis_url
         from limiter.settings import check_metrics_token
         from limiter.state.bootstrap import check_bootstrap_key
-        from ratewatch.cli.serve import parse_api_limits
+        from ratewatch.cli.serve import check_grpc_port, parse_api_limits
         from ratewatch.processes.private import make_private
         from ratewatch.processes.serving import parse_trusted_proxies
         from ratewatch.processes.tls import tls_files
@@ -123,6 +128,8 @@ def up(
         tls = tls_files(tls_cert, tls_key)
         parse_trusted_proxies(trusted_proxies)
         parse_api_limits(api_limits)
+        if grpc_port is not None:  # refused here rather than by every restart of the limiter
+            check_grpc_port(host, grpc_port)
         data_dir = data_dir.resolve()
         # before Valkey and the children start: they inherit the umask
         make_private(data_dir)
@@ -157,6 +164,8 @@ def up(
         ]
         if tracing:  # the limiter's check path; the pipeline has no spans
             limiter.append("--tracing")
+        if grpc_port is not None:
+            limiter += ["--grpc-port", str(grpc_port)]
         if tls is not None:
             limiter += ["--tls-cert", str(tls.cert.resolve()), "--tls-key", str(tls.key.resolve())]
         run_dir = data_dir / "run"

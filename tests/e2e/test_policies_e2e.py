@@ -66,6 +66,11 @@ def _limit(api: httpx.Client, key: str, policy: str) -> int:
     return limit
 
 
+def _limit_or_none(api: httpx.Client, key: str, policy: str) -> int | None:
+    answer = api.post("/v1/check", json={"key": key, "policy": policy})
+    return answer.json()["limit"] if answer.status_code == 200 else None
+
+
 def test_a_change_on_one_instance_is_in_force_on_the_other_within_a_second(
     instances: tuple[RatewatchProcess, RatewatchProcess],
 ) -> None:
@@ -127,10 +132,16 @@ def test_policies_and_overrides_come_back_after_redis_lost_its_data(
         assert a.delete("/v1/policies/kept/overrides/acct:gone").is_success
         assert a.put("/v1/policies/dropped", json={"limits": [{"limit": 1, "window": 1}]})
         assert a.delete("/v1/policies/dropped").is_success
+        # the other instance holds `kept` with its override before the loss ...
+        assert _limit(b, "acct:big-1", "kept") == 30  # a policy b lacked is looked up at once
+        # ... and never saw `late`, made just before it
+        assert a.put("/v1/policies/late", json={"limits": [{"limit": 4, "window": 60}]})
         before = a.get("/v1/policies").json()
         kept = a.get("/v1/policies/kept").json()
         with redis.Redis.from_url(redis_alone.url) as plain:
             plain.flushall()
+        # Redis is empty: the policies the instance holds still decide its checks
+        assert _limit(b, "acct:big-2", "kept") == 30
 
         def restored() -> bool:
             try:
@@ -141,6 +152,9 @@ def test_policies_and_overrides_come_back_after_redis_lost_its_data(
         wait_until(restored, 15, "the policies back in Redis")
         assert a.get("/v1/policies/kept").json() == kept
         assert [o["identifier"] for o in kept["overrides"]] == ["acct:big-*"]
+        # what the other instance never saw, it has within a second of the restore
+        wait_until(lambda: b.post("/v1/check", json={"key": "x", "policy": "late"}).is_success,
+                   1.0, "late on the other instance")  # fmt: skip
         assert _limit(b, "acct:big-9", "kept") == 30
         assert _limit(b, "acct:small", "kept") == 3
         assert b.post("/v1/check", json={"key": "x", "policy": "dropped"}).status_code == 422

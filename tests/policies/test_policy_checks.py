@@ -88,7 +88,8 @@ def test_batch_mixes_policies_and_explicit_checks(api: httpx.Client) -> None:
         ({"key": "k", "policy": "nope"}, 422, "unknown-policy"),
         ({"key": "k", "policy": "p", "limit": 1, "window": 1}, 422, "validation-error"),
         ({"key": "k"}, 422, "validation-error"),
-        ({"key": "k", "policy": "bad name"}, 422, "validation-error"),
+        ({"key": "k", "policy": "bad name"}, 422, "unknown-policy"),
+        ({"key": "k", "policy": "x" * 65}, 422, "validation-error"),
     ],
 )
 def test_bad_policy_checks_are_problems(

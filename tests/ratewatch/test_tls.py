@@ -3,6 +3,7 @@ certificate made by the test, asked over TLS by httpx, the SDK and raw sockets."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -165,13 +166,13 @@ def test_bad_tls_files_stop_the_start_with_one_line(
 def test_up_serves_https_and_passes_its_limits_on(
     certificate: CertFiles, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log = tmp_path / "up.log"
     service = RatewatchProcess(
         ["up", "--port", str(port), "--redis-url", redis_server.url,
          "--key-prefix", "rwtls", "--data-dir", str(tmp_path / "data"),
          "--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key),
-         "--auth-failure-limit", "1/1m"],
+         "--auth-failure-limit", "1/1m", "--grpc-port", str(grpc_port)],
         port,
         env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
         log_path=log,
@@ -183,5 +184,27 @@ def test_up_serves_https_and_passes_its_limits_on(
         with httpx.Client(base_url=service.base_url, verify=service.verify, timeout=10) as client:
             assert client.get("/v1/keys").status_code == 401
             assert client.get("/v1/keys").status_code == 429
+        # Envoy's rate limit service, passed on to the limiter, over TLS with the same cert
+        api_key = create_key(redis_server.url, "tls-grpc", prefix="rwtls")
+        assert asyncio.run(rls_over_tls(grpc_port, certificate, api_key)) == "OK"
     finally:
         service.stop(timeout=60)
+
+
+async def rls_over_tls(port: int, certificate: CertFiles, api_key: str) -> str:
+    import grpc
+    from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
+    from envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
+    from envoy.service.ratelimit.v3.rls_pb2_grpc import RateLimitServiceStub
+
+    credentials = grpc.ssl_channel_credentials(certificate.cert.read_bytes())
+    request = RateLimitRequest(
+        domain="tls",
+        descriptors=[RateLimitDescriptor(entries=[RateLimitDescriptor.Entry(key="a", value="b")])],
+    )
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        response = await RateLimitServiceStub(channel).ShouldRateLimit(
+            request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=10
+        )
+    name: str = RateLimitResponse.Code.Name(response.overall_code)
+    return name
