@@ -57,12 +57,7 @@ _INPUT_SCHEMA: dict[str, Any] = {
     "shadow": pl.Boolean,
     "trace_id": pl.String,
 }
-# fields of the event the table does not store (yet): a named policy and its shadow flag
-# (docs/policies.md), carried on the stream for consumers that want them
-_NOT_STORED = frozenset({"policy", "shadow"})
-assert set(_INPUT_SCHEMA) | _NOT_STORED == set(DecisionEvent.__struct_fields__), (
-    "schema out of date"
-)
+assert set(_INPUT_SCHEMA) == set(DecisionEvent.__struct_fields__), "schema out of date"
 
 # (column, lowest, highest) for the integer columns narrower than the event's int
 _RANGES = (
