@@ -222,6 +222,7 @@ def test_the_engine_derives_exactly_the_grants_the_services_need(probe: dict[str
         "CREATE VIEW",
         "DROP VIEW",
         "ALTER ADD COLUMN",
+        "ALTER ADD INDEX",  # 0009: the trace ids' bloom filter
         "ALTER ORDER BY",
         "ALTER TTL",
         "TRUNCATE",
