@@ -34,20 +34,22 @@ def test_workers_share_limits_and_metrics_and_stop_together(
         workers = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
         assert len(workers.stdout.split()) == 2
 
-        def one(_: int) -> bool:
+        def one(_: int) -> str:
             with httpx.Client(
                 base_url=service.base_url,
                 timeout=10,
                 headers={"Authorization": f"Bearer {admin_key}"},
             ) as api:
-                return bool(
-                    api.post("/v1/check", json={"key": "w", "limit": 40, "window": 600}).json()[
-                        "allowed"
-                    ]
-                )
+                answer = api.post("/v1/check", json={"key": "w", "limit": 40, "window": 600})
+                return str(answer.json()["reason"])
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            assert sum(pool.map(one, range(200))) == 40
+            reasons = list(pool.map(one, range(200)))
+        # Redis admits exactly the limit across both workers; on a starved box a call may
+        # outlive the Redis timeout and be answered by the failure policy instead (fail open,
+        # never counted by Redis: the script refuses a call past its deadline)
+        assert reasons.count("ok") == 40, reasons
+        assert set(reasons) <= {"ok", "limit", "fail_open"}
         # whichever worker answers /metrics, it reports every worker's decisions
         assert {decisions_total(service.base_url) for _ in range(6)} == {200.0}
     finally:
