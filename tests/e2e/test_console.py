@@ -413,6 +413,13 @@ def test_an_admin_manages_a_policy_and_its_overrides(
     overrides.get_by_role("row", name="acct:vip-*").wait_for()
     assert "5 per 1 min" in overrides.get_by_role("row", name="acct:vip-*").inner_text()
     page.screenshot(path=shots / "policies-light-wide.png", full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size(NARROW)
+    page.screenshot(path=shots / "policies-dark-narrow.png", full_page=True)
+    # the forms fit a phone's screen too
+    assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size(WIDE)
 
     stored = admin.get(f"/v1/policies/{name}").json()
     assert stored["limits"] == [{"limit": 2, "window": 60}, {"limit": 100, "window": 3600}]
