@@ -1,14 +1,15 @@
 // The console's shell: sign-in (from the form or the address's #key= fragment), the page
-// router (#/overview, #/segments, #/security, #/webhooks) and sign-out.
+// router (#/overview, #/segments, #/policies, #/security, #/webhooks) and sign-out.
 
 import { ApiError, forgetKey, storedKey, storeKey, whoAmI } from "./api.js";
 import * as overview from "./pages/overview.js";
+import * as policies from "./pages/policies.js";
 import * as security from "./pages/security.js";
 import * as segments from "./pages/segments.js";
 import * as webhooks from "./pages/webhooks.js";
 import { h, notice } from "./ui.js";
 
-const PAGES = { overview, segments, security, webhooks };
+const PAGES = { overview, segments, policies, security, webhooks };
 const DEFAULT_PAGE = "overview";
 const $ = (id) => document.getElementById(id);
 
@@ -111,8 +112,9 @@ async function render({ focus }) {
     }
     content = notice(`Could not load this page: ${error.message}`, "error");
   }
-  if (ticket !== rendering) return; // a later render took over
   const current = container.querySelector(".page-body");
+  // a later render took over, or the reader signed out while this one was loading
+  if (ticket !== rendering || !current) return;
   current.replaceChildren(content);
   current.setAttribute("aria-busy", "false");
   container.querySelector(".updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;

@@ -7,6 +7,7 @@ folder the run prints."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Dialog, Page
 from redis.asyncio import Redis
 
 from limiter.keyspace import Keyspace
@@ -371,6 +372,142 @@ def test_incidents_section_answers_either_way(
         assert section.inner_text().endswith("Incidents are not available on this server.")
     else:
         assert section.get_by_role("table").count() + section.locator(".empty").count() == 1
+
+
+def test_an_admin_manages_a_policy_and_its_overrides(
+    tab: Tab, stack: RatewatchProcess, admin: httpx.Client, admin_key: str, shots: Path
+) -> None:
+    name = f"plan-{secrets.token_hex(3)}"
+    page = tab.page
+    dialogs: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.goto(f"/#key={admin_key}&page=policies")
+    page.wait_for_selector(".page-body[aria-busy=false]")
+    new = page.get_by_role("region", name="New policy")
+    new.get_by_label("Name").fill(name)
+    new.get_by_label("Limit (requests)").fill("2")
+    new.get_by_label("Window (seconds)").fill("60")
+    new.get_by_role("button", name="Add a window").click()
+    new.get_by_label("Limit (requests)").nth(1).fill("100")
+    new.get_by_label("Window (seconds)").nth(1).fill("3600")
+    new.get_by_label("Algorithm").select_option("fixed_window")
+    new.get_by_role("button", name="Create the policy").click()
+    overrides = page.locator("#overrides-card")
+    overrides.get_by_role("heading", name=f"Overrides of {name}").wait_for()
+    # the focus moves on to the new policy's overrides, and the change is announced
+    assert page.evaluate("document.activeElement.id") == "overrides-title"
+    assert page.get_by_role("status").filter(has_text=f"Created the policy {name}.").count() == 1
+    row = page.get_by_role("table", name="Named policies").get_by_role("row", name=name)
+    assert "2 per 1 min, 100 per 1 h" in row.inner_text()
+    assert "fixed window" in row.inner_text()
+    assert "Enforce" in row.inner_text()
+
+    overrides.get_by_label("Identifier").fill("acct:vip-*")
+    overrides.get_by_label("Limit (requests)").fill("5")
+    overrides.get_by_label("Window (seconds)").fill("60")
+    overrides.get_by_role("button", name="Add the override").click()
+    overrides.get_by_role("row", name="acct:vip-*").wait_for()
+    assert "5 per 1 min" in overrides.get_by_role("row", name="acct:vip-*").inner_text()
+    page.screenshot(path=shots / "policies-light-wide.png", full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size(NARROW)
+    page.screenshot(path=shots / "policies-dark-narrow.png", full_page=True)
+    # the forms fit a phone's screen too
+    assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size(WIDE)
+
+    stored = admin.get(f"/v1/policies/{name}").json()
+    assert stored["limits"] == [{"limit": 2, "window": 60}, {"limit": 100, "window": 3600}]
+    assert (stored["algorithm"], stored["mode"]) == ("fixed_window", "enforce")
+    listed = admin.get(f"/v1/policies/{name}/overrides").json()["overrides"]
+    assert [(o["identifier"], o["limits"]) for o in listed] == [
+        ("acct:vip-*", [{"limit": 5, "window": 60}])
+    ]
+    assert "mode" not in listed[0]  # left to the policy
+    assert stored["overrides"] == listed
+
+    # checks by the policy are decided by it: two a minute, five under the override
+    basic = [admin.post("/v1/check", json={"key": "acct:basic-1", "policy": name}).json()
+             for _ in range(3)]  # fmt: skip
+    assert [d["allowed"] for d in basic] == [True, True, False]
+    assert basic[2]["limit"] == 2
+    vip = [admin.post("/v1/check", json={"key": "acct:vip-9", "policy": name}).json()
+           for _ in range(3)]  # fmt: skip
+    assert [(d["allowed"], d["limit"]) for d in vip] == [(True, 5)] * 3
+
+    # an invalid window is refused by the API, whose detail names the field
+    row.get_by_role("button", name=f"Edit the policy {name}").click()
+    edit = page.get_by_role("region", name=f"Edit the policy {name}")
+    assert edit.get_by_label("Name").input_value() == name
+    edit.get_by_label("Window (seconds)").first.fill("0")
+    edit.get_by_role("button", name="Save the policy").click()
+    alert = edit.get_by_role("alert")
+    alert.filter(has_text="out of range").wait_for()
+    assert "`$.limits[0].window` = 0 is out of range" in alert.inner_text()
+    window = edit.get_by_label("Window (seconds)").first
+    assert window.get_attribute("aria-invalid") == "true"
+    assert window.evaluate("input => input === document.activeElement")
+    assert admin.get(f"/v1/policies/{name}").json()["limits"][0] == {"limit": 2, "window": 60}
+    edit.get_by_role("button", name="Cancel").click()
+    page.get_by_role("region", name="New policy").wait_for()
+
+    page.on("dialog", accept)
+    overrides.get_by_role("button", name="Delete the override acct:vip-*").click()
+    overrides.get_by_text("none: every identifier gets the policy's own windows.").wait_for()
+    assert admin.get(f"/v1/policies/{name}/overrides").json()["overrides"] == []
+    row.get_by_role("button", name=f"Delete the policy {name}").click()
+    row.wait_for(state="detached")
+    assert dialogs[0].startswith("Delete the override acct:vip-* of ")
+    assert dialogs[1].startswith(f"Delete the policy {name}?")
+    assert admin.get(f"/v1/policies/{name}").status_code == 404
+    refused = admin.post("/v1/check", json={"key": "acct:basic-1", "policy": name})
+    assert refused.status_code == 422
+
+
+def test_a_read_only_key_sees_policies_without_edit_controls(
+    browser: Browser,
+    stack: RatewatchProcess,
+    redis_server: RedisServer,
+    tenant: str,
+    admin: httpx.Client,
+    shots: Path,
+) -> None:
+    name = "free"
+    rule = {"limits": [{"limit": 10, "window": 1}, {"limit": 1000, "window": 3600}]}
+    admin.put(f"/v1/policies/{name}", json={**rule, "mode": "shadow"}).raise_for_status()
+    override = {"limits": [{"limit": 50, "window": 1}]}
+    admin.put(f"/v1/policies/{name}/overrides/acct:42", json=override).raise_for_status()
+    key = new_key(redis_server.url, tenant)
+    # reading policies takes any key of the tenant; changing them an admin key
+    reader = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{stack.base_url}/v1/policies", headers=reader).status_code == 200
+    refused = httpx.put(f"{stack.base_url}/v1/policies/{name}", headers=reader, json=rule)
+    assert refused.status_code == 403
+
+    tab = Tab(browser, stack.base_url, "dark", NARROW)
+    page = tab.page
+    page.goto(f"/#key={key}&page=policies")
+    page.wait_for_selector(".page-body[aria-busy=false]")
+    body = page.locator(".page-body")
+    assert "Changing policies needs an admin key." in body.inner_text()
+    row = page.get_by_role("table", name="Named policies").get_by_role("row", name=name)
+    assert row.inner_text().split("\t")[1:4] == ["10 per 1 s, 1,000 per 1 h", "server default",
+                                                 "Shadow"]  # fmt: skip
+    row.get_by_role("button", name=f"Show the overrides of {name}").click()
+    overrides = page.get_by_role("table", name=f"Overrides of {name}")
+    assert "50 per 1 s" in overrides.get_by_role("row", name="acct:42").inner_text()
+    assert page.evaluate("document.activeElement.id") == "overrides-title"
+    assert body.locator("form").count() == 0
+    assert body.get_by_role("button", name=re.compile("Edit|Delete|Create|Add")).count() == 0
+    page.screenshot(path=shots / "policies-dark-narrow-read-only.png", full_page=True)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], width
+    tab.close()
 
 
 def test_a_missing_chromium_fails_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
