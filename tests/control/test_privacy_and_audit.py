@@ -145,19 +145,17 @@ def seed_two_users(stack: RatewatchProcess, client: httpx.Client, tenant: str) -
         *[{"key": "user:1234", "limit": 100, "window": 60}] * 2,
     ]
     send(client, checks)
-    wait_until(
-        lambda: (
-            int(
-                rows(
-                    stack, f"SELECT count() AS n FROM ratewatch.decisions WHERE tenant = '{tenant}'"
-                )[0]["n"]
-            )
-            >= len(checks)
-        ),
-        60,
-        "the seeded decisions in chDB",
-        0.2,
-    )
+
+    def stored_everywhere() -> bool:
+        # the raw table and every rollup: a rollup's rows may land after the raw table's
+        for table in TABLES:
+            column = "count()" if table == "ratewatch.decisions" else "sum(requests)"
+            sql = f"SELECT toUInt64({column}) AS n FROM {table} WHERE tenant = '{tenant}'"
+            if int(rows(stack, sql)[0]["n"]) < len(checks):
+                return False
+        return True
+
+    wait_until(stored_everywhere, 60, "the seeded decisions in chDB and its rollups", 0.2)
     return len(checks)
 
 

@@ -100,7 +100,7 @@ def test_envoy_s_form_any_method_under_the_gate_path(gate: httpx.Client) -> None
         ("?limit=5&window=60&deny_status=500", {}, 422, "validation-error"),
         ("?limit=5&window=60&key=secret", {}, 422, "validation-error"),
         ("?policy=nope", {"X-RateWatch-Identifier": "k"}, 422, "unknown-policy"),
-        ("?policy=bad%20name", {"X-RateWatch-Identifier": "k"}, 422, "validation-error"),
+        ("?policy=bad%20name", {"X-RateWatch-Identifier": "k"}, 422, "unknown-policy"),
     ],
 )
 def test_bad_options_are_a_problem_naming_the_option(
