@@ -66,6 +66,13 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     the larger of distinct keys and distinct user ids, per decision: a person or a NAT's
     crowd repeats its identities (0.1-0.3), a credential stuffer or key guesser brings a new
     one with almost every check (near 1).
+``fresh_identities``, ``fresh_share``
+    for an address: the keys and user ids it used in the short window that the tenant had
+    not seen in the long window before it (the larger of the two counts), and that count
+    over its distinct keys or user ids (the larger).  A person or a NAT's crowd comes back
+    with the identities it used minutes ago; a credential stuffer or an id guesser brings
+    identities nobody used before, almost all of them new.  0 for keys and user ids, and
+    until the tenant has ``FRESH_MIN_PRIOR_MINUTES`` of earlier decisions.
 ``tenant_median_<feature>``
     the median of each feature above over the tenant's active subjects of the same scope.
 """
@@ -84,6 +91,9 @@ MINUTE_MS = 60_000
 CV_MIN_CHECKS = 8  # fewer gaps than this and a human's CV ranges over [0, 1.5] by chance
 # a crawler fetches a page once (twice with a retry); an application calls its endpoints often
 NOVEL_ROUTE_HITS = 2
+# minutes of a tenant's earlier decisions before an identity can count as new: in its
+# first minutes every identity is, for every source
+FRESH_MIN_PRIOR_MINUTES = 0.5
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Int64(),
@@ -122,6 +132,8 @@ SUBJECT_FEATURES = (
     "rate_per_key",
     "rate_per_identity",
     "identity_churn",
+    "fresh_identities",
+    "fresh_share",
 )
 TENANT_FEATURES = tuple(f"tenant_median_{name}" for name in SUBJECT_FEATURES)
 FEATURE_COLUMNS = SUBJECT_FEATURES + TENANT_FEATURES
@@ -156,7 +168,10 @@ TALLY_SCHEMA: dict[str, pl.DataType] = {
     "prior_checks": pl.Int64(),  # decisions in the long window before the short one
     "prior_distinct_ips": pl.Int64(),
     "distinct_ips_long": pl.Int64(),
+    "fresh_identities": pl.Int64(),  # see ``fresh_identities`` (addresses only)
 }
+# the identities whose novelty an address's ``fresh_identities`` counts
+IDENTITIES: tuple[Scope, ...] = ("key", "user_id")
 
 # the long-window summary of a scope: decisions per (subject, ip), both hashed (below)
 PRIOR_SCHEMA: dict[str, pl.DataType] = {
@@ -254,12 +269,13 @@ def subject_features(
         "tenant", pl.max_horizontal("first_ms", pl.lit(start)).alias("prior_start_ms")
     )
     novel = novel_routes(recent)
+    seen = seen_identities(older)
     tallies = {}
     for scope in SCOPES:
         rows = recent
         if blamed is not None and scope != "ip":
             rows = spare_victims(recent, scope, blamed)
-        tallies[scope] = tally_rows(rows, subject_ips(older, scope), scope, novel)
+        tallies[scope] = tally_rows(rows, subject_ips(older, scope), scope, novel, seen)
     return features_of(tallies, prior_start, now_ms, short_ms)
 
 
@@ -271,6 +287,17 @@ def subject_ips(frame: pl.DataFrame, scope: Scope) -> pl.DataFrame:
     )
     summary = keyed.group_by("subject_hash", "ip_hash").agg(pl.len().alias("checks"))
     return conform(summary, PRIOR_SCHEMA)
+
+
+def seen_identities(frame: pl.DataFrame) -> dict[Scope, pl.DataFrame]:
+    """Per identity scope, the ``subject_hash`` of its subjects with decisions in ``frame``
+    (the long window before the short one): what ``fresh_identities`` is not."""
+    return {
+        scope: frame.filter(pl.col(scope).is_not_null())
+        .select(subject_hash(scope).alias("subject_hash"))
+        .unique()
+        for scope in IDENTITIES
+    }
 
 
 def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
@@ -293,11 +320,16 @@ def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
 
 
 def tally_rows(
-    recent: pl.DataFrame, prior: pl.DataFrame, scope: Scope, novel: pl.DataFrame
+    recent: pl.DataFrame,
+    prior: pl.DataFrame,
+    scope: Scope,
+    novel: pl.DataFrame,
+    seen: Mapping[Scope, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """The tallies (``TALLY_SCHEMA``) of ``scope``'s subjects in ``recent`` (short-window rows
     ``with_hashes``), from scratch.  ``prior`` is ``subject_ips`` of the decisions earlier in
-    the long window, ``novel`` the ``novel_routes`` of the whole short window."""
+    the long window, ``novel`` the ``novel_routes`` of the whole short window, ``seen`` the
+    ``seen_identities`` of the earlier decisions (needed for addresses only)."""
     key = "subject_hash"
     needed = ["tenant", scope, "ts", "allowed", "remaining", *(f"{c}_hash" for c in HASHED)]
     flags = novel.select("tenant", "route_hash", pl.lit(True).alias("_novel"))
@@ -349,8 +381,35 @@ def tally_rows(
         .join(before, on=key, how="left")
         .join(spread, on=key, how="left")
     )
-    filled = ["routed", "route_plogp", "prior_checks", "prior_distinct_ips"]
+    if scope == "ip" and seen is not None:
+        tallies = tallies.join(_fresh(recent, seen), on=key, how="left")
+    else:
+        tallies = tallies.with_columns(pl.lit(0).alias("fresh_identities"))
+    filled = ["routed", "route_plogp", "prior_checks", "prior_distinct_ips", "fresh_identities"]
     return conform(tallies.with_columns(pl.col(filled).fill_null(0)), TALLY_SCHEMA)
+
+
+def _fresh(recent: pl.DataFrame, seen: Mapping[Scope, pl.DataFrame]) -> pl.DataFrame:
+    """Per address of ``recent``: the larger of its new keys and its new user ids."""
+    counts = []
+    for scope in IDENTITIES:
+        pairs = (
+            recent.filter(pl.col("ip").is_not_null() & pl.col(scope).is_not_null())
+            .select(
+                subject_hash("ip").alias("subject_hash"),
+                subject_hash(scope).alias("identity"),
+            )
+            .unique()
+            .join(seen[scope], left_on="identity", right_on="subject_hash", how="anti")
+        )
+        counts.append(pairs.group_by("subject_hash").agg(pl.len().alias(f"fresh_{scope}")))
+    both = counts[0].join(counts[1], on="subject_hash", how="full", coalesce=True)
+    return both.select(
+        "subject_hash",
+        pl.max_horizontal(pl.col("fresh_key").fill_null(0), pl.col("fresh_user_id").fill_null(0))
+        .cast(pl.Int64)
+        .alias("fresh_identities"),
+    )
 
 
 def features_of(
@@ -397,6 +456,11 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
     # H = log2(N) - sum(n log2 n) / N for route counts n summing to N
     entropy = pl.when(routed > 0).then(routed.log(2) - pl.col("route_plogp") / routed)
     distinct_keys = pl.max_horizontal(pl.col("distinct_keys"), pl.lit(1)).cast(pl.Float64)
+    fresh = (
+        pl.when(prior_minutes >= FRESH_MIN_PRIOR_MINUTES)
+        .then(pl.col("fresh_identities").cast(pl.Float64))
+        .otherwise(0.0)
+    )
     return [
         checks.alias("checks"),
         rate_short.alias("rate_short"),
@@ -420,6 +484,10 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
             "rate_per_identity"
         ),
         (pl.max_horizontal("distinct_keys", "distinct_user_ids") / checks).alias("identity_churn"),
+        fresh.alias("fresh_identities"),
+        (fresh / pl.max_horizontal("distinct_keys", "distinct_user_ids", pl.lit(1))).alias(
+            "fresh_share"
+        ),
     ]
 
 

@@ -23,6 +23,11 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 on one route (a botnet IP that lives seconds on the login
                                 route, trying accounts past their login limit; a NAT's
                                 users signing in at once are not denied)
+``fresh_identities``     ip     >= 8 keys or user ids new to the tenant in a minute
+                                (none of its earlier 10 minutes used them), >= 80% of
+                                its identities, and >= 4 times the 90th percentile of
+                                the tenant's addresses: judged against the population,
+                                not the shape, and never hidden by the volume guard
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -37,7 +42,7 @@ import polars as pl
 from detectors.model_features import describe
 from detectors.verdict import Signal
 
-RULES_VERSION = "rules-2"
+RULES_VERSION = "rules-3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +61,18 @@ class RuleThresholds:
     # a stuffer's accounts are tried a few times each, so only 10-40% of an IP's attempts
     # meet the login limit; people signing in at once behind a NAT are hardly ever denied
     stuffing_deny_ratio: float = 0.05
+    # identities nobody used before: the population's own level, or this floor, whichever
+    # is higher (a NAT's users come back with the keys they used minutes ago)
+    fresh_min: int = 8
+    fresh_share: float = 0.8
+    fresh_factor: float = 4.0
+    fresh_quantile: float = 0.9
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
     def __post_init__(self) -> None:
         shares = ("burst_deny_ratio", "many_subjects_deny_ratio", "stuffing_deny_ratio")
-        for name in (*shares, "enumeration_churn", "enumeration_identified"):
+        for name in (*shares, "enumeration_churn", "enumeration_identified", "fresh_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
@@ -81,6 +92,7 @@ RULE_SCORES = {
     "burst": 0.99,
     "key_enumeration": 0.97,
     "credential_stuffing": 0.97,
+    "fresh_identities": 0.95,
     "key_spread": 0.95,
 }
 
@@ -98,6 +110,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         "burst": ip & (pl.col("rate_short") > t.burst_rate) & (denied > t.burst_deny_ratio),
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
+        "fresh_identities": ip & _fresh(t),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -105,6 +118,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     }
     flagged = (
         features.with_row_index("row")
+        .with_columns(_fresh_bar(t).alias("fresh_bar"))
         .with_columns(
             own_ips.alias("own_ips"), *(cond.alias(name) for name, cond in conditions.items())
         )
@@ -115,6 +129,19 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         rule = next(name for name in RULE_SCORES if row[name])  # strongest first
         hits.append(_hit(rule, row, t))
     return hits
+
+
+def _fresh_bar(t: RuleThresholds) -> pl.Expr:
+    """The new identities an address must bring: the floor, or ``fresh_factor`` times the
+    ``fresh_quantile`` of the tenant's addresses, whichever is higher."""
+    population = pl.col("fresh_identities").quantile(t.fresh_quantile).over("tenant", "scope")
+    return pl.max_horizontal(pl.lit(float(t.fresh_min)), t.fresh_factor * population.fill_null(0))
+
+
+def _fresh(t: RuleThresholds) -> pl.Expr:
+    return (pl.col("fresh_identities") >= pl.col("fresh_bar")) & (
+        pl.col("fresh_share") >= t.fresh_share
+    )
 
 
 def _denied_keys(t: RuleThresholds) -> pl.Expr:
@@ -186,6 +213,19 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
             f"{many.baseline:.0f})"
         )
         signals = (many, deny)
+    elif rule == "fresh_identities":
+        fresh = Signal(
+            "fresh_identities", float(row["fresh_identities"]), float(row["fresh_bar"]), 1.0
+        )
+        share = signal("fresh_share", "tenant_median_fresh_share")
+        reason = (
+            f"one IP brought {fresh.value:.0f} keys or user ids in a minute that the tenant "
+            f"had not seen in the 10 minutes before, {share.value:.0%} of its identities, in "
+            f"{float(row['checks']):.0f} checks (rule: >= {fresh.baseline:.0f}, the larger of "
+            f"{t.fresh_min} and {t.fresh_factor:g} times the tenant's addresses' "
+            f"{t.fresh_quantile:.0%} quantile, and >= {t.fresh_share:.0%} of its identities)"
+        )
+        signals = (fresh, share)
     else:
         spread = Signal(
             "distinct_ips_long", float(row["distinct_ips_long"]), float(row["own_ips"]), 1.0

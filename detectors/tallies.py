@@ -18,13 +18,14 @@ recomputed from the subject's decisions in the window.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from detectors.features import DISTINCT, HASHED, PRIOR_SCHEMA, TALLY_SCHEMA, plogp
+from detectors.features import DISTINCT, HASHED, IDENTITIES, PRIOR_SCHEMA, TALLY_SCHEMA, plogp
 from detectors.recent import RecentRows
 from detectors.slots import Ints, Keys, Mask, SlotTable
 from detectors.verdict import Scope
@@ -89,6 +90,8 @@ class ScopeTally:
                 pair_columns |= {"prior": np.int64, "value": np.uint64}
             if kind == "route":
                 pair_columns["pop"] = np.int64
+            if scope == "ip" and kind in IDENTITIES:  # the identity, for its novelty
+                pair_columns["ident"] = np.uint64
             self.pairs[kind] = SlotTable(pair_columns)
 
     # -- arrivals -------------------------------------------------------------------------
@@ -143,6 +146,8 @@ class ScopeTally:
                 table["value"][slots[new]] = batch.values["ip"][where[first[new]]]
             if kind == "route":
                 table["pop"][slots[new]] = batch.pops[where[first[new]]]
+            if "ident" in table.columns:
+                table["ident"][slots[new]] = batch.subjects[kind][where[first[new]]]
         old = table["count"][slots]
         table["count"][slots] = old + counts
         appeared = slots[old == 0]
@@ -275,10 +280,16 @@ class ScopeTally:
 
     # -- reading --------------------------------------------------------------------------
 
-    def frame(self, novel: Mask, tenants: pl.Series) -> pl.DataFrame:
+    def frame(
+        self,
+        novel: Mask,
+        tenants: pl.Series,
+        identities: Mapping[str, ScopeTally] | None = None,
+    ) -> pl.DataFrame:
         """``TALLY_SCHEMA`` rows of the subjects with decisions in the short window.
         ``novel`` flags the route slots of ``RouteTally`` that are novel; ``tenants`` names
-        the window's tenant numbers."""
+        the window's tenant numbers; ``identities`` are the tallies of the key and user id
+        scopes, which say which identities of an address are new."""
         subjects = self.subjects
         size = subjects.size
         active = np.flatnonzero(subjects["checks"][:size] > 0)
@@ -307,13 +318,31 @@ class ScopeTally:
             "gap_sq": column("gap_sq"),
             "prior_checks": prior,
         }
+        data["fresh_identities"] = np.zeros(active.size, np.int64)
         if self.scope == "ip":  # an address is its own single IP
             data["prior_distinct_ips"] = (prior > 0).astype(np.int64)
             data["distinct_ips_long"] = ones
+            if identities is not None:
+                data["fresh_identities"] = self._fresh(identities, size)[active]
         else:
             data["prior_distinct_ips"] = column("prior_ips")
             data["distinct_ips_long"] = column("long_ips")
         return pl.DataFrame(data, schema=TALLY_SCHEMA)
+
+    def _fresh(self, identities: Mapping[str, ScopeTally], size: int) -> Ints:
+        """Per address slot: the larger of its keys and its user ids in the short window
+        that had no decision earlier in the long window."""
+        fresh = np.zeros(size, np.int64)
+        for kind in IDENTITIES:
+            table = self.pairs[kind]
+            live = np.flatnonzero(table["count"][: table.size] > 0)
+            own = identities[kind].subjects
+            slots = own.find(table["ident"][live])
+            new = np.ones(live.size, dtype=bool)
+            known = slots >= 0
+            new[known] = own["prior_checks"][slots[known]] == 0
+            fresh = np.maximum(fresh, np.bincount(table["owner"][live[new]], minlength=size))
+        return fresh
 
     def _route_sums(self, novel: Mask, size: int) -> tuple[Ints, Floats, Ints]:
         """Per subject slot: decisions with a route, the sum of n log2 n over its route

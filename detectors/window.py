@@ -150,7 +150,7 @@ class RollingWindow:
         novel = self._routes.novel(NOVEL_ROUTE_HITS)
         tallies = {}
         for scope in scopes:
-            tally = self._scopes[scope].frame(novel, tenants)
+            tally = self._scopes[scope].frame(novel, tenants, self._scopes)
             if blamed is not None and blamed.height and scope != "ip":
                 tally = self._spare(scope, tally, blamed, tenants)
             tallies[scope] = tally
