@@ -18,12 +18,13 @@ For each (tenant, scope), every subject active in the last minute is judged once
    an app key those users share are volume-benign: they can only be blocked for being
    denied, machine-regular or on routes nobody else uses, never for how many they are.
    A subject *held by its limit* is spared the same way, and its ``denial`` features
-   too: one or two identities (``held_identities``) denied at most ``held_deny_ratio``
-   (75%) of the time, with some checks denied or at ``remaining == 0``.  That is a
-   client asking for up to four times what it may, retries after each 429 included: the
-   limiter already stops what is over the limit, and what it allows is the tenant's
-   contract.  A source pressing harder (a burst, a password tried on one account at
-   ten times the login limit) or through many identities is not held, it is judged.
+   too: one or two identities (``held_identities``) and user agents (``held_agents``),
+   denied at most ``held_deny_ratio`` (80%) of the time, with some checks denied or at
+   ``remaining == 0``.  That is a client asking for up to five times what it may,
+   retries after each 429 included: the limiter already stops what is over the limit,
+   and what it allows is the tenant's contract.  A source pressing harder (a burst, a password tried on one account at
+   ten times the login limit), through many identities or rotating its user agent is
+   not held, it is judged.
 4. **Agreement or one sure layer.**  With ``b`` the baseline score and ``i`` the
    isolation score (both in [0, 1]) the score is the largest of
 
@@ -88,7 +89,8 @@ class PolicySettings:
     guard_rate_z: float = 3.0
     guard_rate_factor: float = 3.0
     held_identities: int = 2
-    held_deny_ratio: float = 0.75
+    held_deny_ratio: float = 0.8
+    held_agents: int = 2
     behaviour_z: float = 3.0
     learn_below: float = 0.5
     top_signals: int = 4
@@ -204,7 +206,8 @@ class DetectionPolicy:
             features["distinct_keys"].to_numpy(), features["distinct_user_ids"].to_numpy()
         )
         pressed = (deny > 0) | (features["zero_remaining_share"].to_numpy() > 0)
-        held = (identities <= s.held_identities) & (deny <= s.held_deny_ratio) & pressed
+        steady = features["distinct_user_agents"].to_numpy() <= s.held_agents
+        held = (identities <= s.held_identities) & (deny <= s.held_deny_ratio) & pressed & steady
         # the forest may decide alone only on a subject unusual in more than volume
         behaves_oddly = np.zeros(n, dtype=bool)
         if baseline is not None:
