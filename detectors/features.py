@@ -23,6 +23,11 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     decisions in the short window (the evidence a verdict rests on).
 ``rate_short``, ``rate_long``
     decisions per minute in the short window and over the covered part of the long window.
+``rate_active``
+    decisions per minute over the span of the subject's decisions in the short window
+    (from its first to its last there), from ``CV_MIN_CHECKS`` decisions on; before,
+    ``rate_short``.  A source that started ten seconds ago at ten a second shows 600/min
+    at once, not after a minute.
 ``growth``
     short-window rate over the subject's own rate earlier in the long window, both shrunk
     toward the tenant's median rate (``(rate_short + m) / (rate_prior + m)``) so that a
@@ -45,6 +50,12 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     for people browsing the same application (also the users behind one NAT address, who
     are many callers) and for an integration calling its own endpoints over and over, near
     1 for a crawler walking ``/products/1``, ``/products/2``, …
+``route_divergence``
+    how far the subject's mix of routes is from its tenant's over the short window: the
+    Kullback-Leibler divergence in bits, ``sum p log2(p / q)`` over the subject's routes,
+    ``p`` its share of them and ``q`` the tenant's.  Near 0 for people using the
+    application as everybody does (the crowd behind one NAT address too), several bits
+    for a source that only calls the sign-in route when one check in twenty does.
 ``interarrival_cv``
     standard deviation over mean of the gaps between decisions: about 1 for human
     (Poisson-like) traffic, near 0 for a timer.  Set to 1.0 below ``CV_MIN_CHECKS``
@@ -115,6 +126,7 @@ SUBJECT_FEATURES = (
     "checks",
     "rate_short",
     "rate_long",
+    "rate_active",
     "growth",
     "deny_ratio",
     "zero_remaining_share",
@@ -127,6 +139,7 @@ SUBJECT_FEATURES = (
     "distinct_routes",
     "route_entropy",
     "route_novelty",
+    "route_divergence",
     "interarrival_cv",
     "regularity",
     "rate_per_key",
@@ -163,6 +176,8 @@ TALLY_SCHEMA: dict[str, pl.DataType] = {
     "novel": pl.Int64(),  # decisions on novel routes (see ``route_novelty``)
     "routed": pl.Int64(),  # decisions with a route
     "route_plogp": pl.Float64(),  # sum of n log2 n over the subject's route counts n
+    # sum of n * -log2 q over its routes, q each route's share of the tenant's decisions
+    "route_surprise": pl.Float64(),
     "gap_sum": pl.Int64(),
     "gap_sq": pl.Int64(),
     "prior_checks": pl.Int64(),  # decisions in the long window before the short one
@@ -178,6 +193,13 @@ PRIOR_SCHEMA: dict[str, pl.DataType] = {
     "subject_hash": pl.UInt64(),
     "ip_hash": pl.UInt64(),
     "checks": pl.UInt32(),
+}
+# what the tallies need to know of each route of a tenant's short window
+ROUTE_SCHEMA: dict[str, pl.DataType] = {
+    "tenant": pl.String(),
+    "route_hash": pl.UInt64(),
+    "novel": pl.Boolean(),
+    "surprise": pl.Float64(),
 }
 PRIOR_START_SCHEMA: dict[str, pl.DataType] = {"tenant": pl.String(), "prior_start_ms": pl.Int64()}
 
@@ -268,7 +290,7 @@ def subject_features(
     prior_start = starts.select(
         "tenant", pl.max_horizontal("first_ms", pl.lit(start)).alias("prior_start_ms")
     )
-    novel = novel_routes(recent)
+    novel = route_stats(recent)
     seen = seen_identities(older)
     tallies = {}
     for scope in SCOPES:
@@ -300,9 +322,10 @@ def seen_identities(frame: pl.DataFrame) -> dict[Scope, pl.DataFrame]:
     }
 
 
-def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
-    """``tenant`` and ``route_hash`` of the routes of ``recent`` (rows ``with_hashes``) that
-    are novel: used by one caller, at most ``NOVEL_ROUTE_HITS`` times."""
+def route_stats(recent: pl.DataFrame) -> pl.DataFrame:
+    """``ROUTE_SCHEMA`` rows of the routes of ``recent`` (rows ``with_hashes``): whether each
+    is novel (used by one caller, at most ``NOVEL_ROUTE_HITS`` times) and its surprise,
+    ``-log2`` of its share of the tenant's decisions with a route."""
     popularity = (
         recent.filter(pl.col("route_hash").is_not_null())
         .group_by("tenant", "route_hash")
@@ -316,7 +339,11 @@ def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
         )
     )
     novel = (pl.col("callers") <= 1) & (pl.col("hits") <= NOVEL_ROUTE_HITS)
-    return popularity.filter(novel).select("tenant", "route_hash")
+    share = pl.col("hits") / pl.col("hits").sum().over("tenant")
+    return conform(
+        popularity.with_columns(novel.alias("novel"), (-share.log(2)).alias("surprise")),
+        ROUTE_SCHEMA,
+    )
 
 
 def tally_rows(
@@ -328,11 +355,13 @@ def tally_rows(
 ) -> pl.DataFrame:
     """The tallies (``TALLY_SCHEMA``) of ``scope``'s subjects in ``recent`` (short-window rows
     ``with_hashes``), from scratch.  ``prior`` is ``subject_ips`` of the decisions earlier in
-    the long window, ``novel`` the ``novel_routes`` of the whole short window, ``seen`` the
+    the long window, ``novel`` the ``route_stats`` of the whole short window, ``seen`` the
     ``seen_identities`` of the earlier decisions (needed for addresses only)."""
     key = "subject_hash"
     needed = ["tenant", scope, "ts", "allowed", "remaining", *(f"{c}_hash" for c in HASHED)]
-    flags = novel.select("tenant", "route_hash", pl.lit(True).alias("_novel"))
+    flags = novel.select(
+        "tenant", "route_hash", pl.col("novel").alias("_novel"), pl.col("surprise").alias("_sur")
+    )
     rows = (
         recent.filter(pl.col(scope).is_not_null())
         .select(subject_hash(scope).alias(key), *needed)
@@ -358,12 +387,16 @@ def tally_rows(
     per_route = (
         rows.filter(pl.col("route_hash").is_not_null())
         .group_by(key, "route_hash")
-        .agg(pl.len().alias("n"))
+        .agg(pl.len().alias("n"), pl.col("_sur").first().alias("sur"))
     )
     routes = (
         per_route.with_columns(plogp(per_route["n"]).alias("p"))
         .group_by(key)
-        .agg(pl.col("n").sum().alias("routed"), pl.col("p").sum().alias("route_plogp"))
+        .agg(
+            pl.col("n").sum().alias("routed"),
+            pl.col("p").sum().alias("route_plogp"),
+            (pl.col("n").cast(pl.Float64) * pl.col("sur")).sum().alias("route_surprise"),
+        )
     )
     before = prior.group_by(key).agg(
         pl.col("checks").sum().alias("prior_checks"),
@@ -385,7 +418,8 @@ def tally_rows(
         tallies = tallies.join(_fresh(recent, seen), on=key, how="left")
     else:
         tallies = tallies.with_columns(pl.lit(0).alias("fresh_identities"))
-    filled = ["routed", "route_plogp", "prior_checks", "prior_distinct_ips", "fresh_identities"]
+    filled = ["routed", "route_plogp", "route_surprise", "prior_checks", "prior_distinct_ips"]
+    filled.append("fresh_identities")
     return conform(tallies.with_columns(pl.col(filled).fill_null(0)), TALLY_SCHEMA)
 
 
@@ -465,6 +499,10 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         checks.alias("checks"),
         rate_short.alias("rate_short"),
         ((checks + prior_checks) / (short_minutes + prior_minutes)).alias("rate_long"),
+        pl.when((checks >= CV_MIN_CHECKS) & (gap_sum > 0))
+        .then(pl.max_horizontal(rate_short, gaps * MINUTE_MS / gap_sum))
+        .otherwise(rate_short)
+        .alias("rate_active"),
         # no earlier decisions: no own baseline to grow from (new users are not growth)
         pl.when((prior_minutes >= 1.0) & (prior_checks > 0))
         .then((rate_short + typical) / (prior_rate + typical))
@@ -477,6 +515,11 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         pl.col("prior_distinct_ips").cast(pl.Float64),
         entropy.fill_null(0.0).clip(lower_bound=0.0).alias("route_entropy"),
         (pl.col("novel").cast(pl.Float64) / checks).alias("route_novelty"),
+        pl.when(routed > 0)
+        .then(pl.col("route_surprise") / routed - entropy)
+        .fill_null(0.0)
+        .clip(lower_bound=0.0)
+        .alias("route_divergence"),
         measured_cv.alias("interarrival_cv"),
         ((1.0 - measured_cv) * (checks - 1.0).clip(lower_bound=0.0).sqrt()).alias("regularity"),
         (rate_short / distinct_keys).alias("rate_per_key"),

@@ -19,12 +19,13 @@ For each (tenant, scope), every subject active in the last minute is judged once
    denied, machine-regular or on routes nobody else uses, never for how many they are.
    A subject *held by its limit* is spared the same way, and its ``denial`` features
    too: one or two identities (``held_identities``) and user agents (``held_agents``),
-   denied at most ``held_deny_ratio`` (80%) of the time, with some checks denied or at
-   ``remaining == 0``.  That is a client asking for up to five times what it may,
+   denied at least ``held_min_deny_ratio`` (10%) and at most ``held_deny_ratio`` (80%)
+   of the time.  That is a client asking for up to five times what it may,
    retries after each 429 included: the limiter already stops what is over the limit,
-   and what it allows is the tenant's contract.  A source pressing harder (a burst, a password tried on one account at
-   ten times the login limit), through many identities or rotating its user agent is
-   not held, it is judged.
+   and what it allows is the tenant's contract.  A source pressing harder (a burst, a
+   password tried on one account at ten times the login limit), through many
+   identities or rotating its user agent is not held, it is judged; so is a source the
+   limiter allows, however close to its limit (a timer at ``remaining == 0``).
 4. **Agreement or one sure layer.**  With ``b`` the baseline score and ``i`` the
    isolation score (both in [0, 1]) the score is the largest of
 
@@ -90,6 +91,7 @@ class PolicySettings:
     guard_rate_factor: float = 3.0
     held_identities: int = 2
     held_deny_ratio: float = 0.8
+    held_min_deny_ratio: float = 0.1
     held_agents: int = 2
     behaviour_z: float = 3.0
     learn_below: float = 0.5
@@ -99,9 +101,10 @@ class PolicySettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
-        if not 0.0 <= self.held_deny_ratio <= 1.0:
-            held = self.held_deny_ratio
-            raise ValueError(f"held_deny_ratio must be a share in [0, 1], got {held!r}")
+        for name in ("held_deny_ratio", "held_min_deny_ratio"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1], got {share!r}")
         for name in ("baseline_margin", "isolation_margin"):
             margin = getattr(self, name)
             if not 0.0 <= margin < self.threshold:
@@ -205,7 +208,7 @@ class DetectionPolicy:
         identities = np.maximum(
             features["distinct_keys"].to_numpy(), features["distinct_user_ids"].to_numpy()
         )
-        pressed = (deny > 0) | (features["zero_remaining_share"].to_numpy() > 0)
+        pressed = deny >= s.held_min_deny_ratio
         steady = features["distinct_user_agents"].to_numpy() <= s.held_agents
         held = (identities <= s.held_identities) & (deny <= s.held_deny_ratio) & pressed & steady
         # the forest may decide alone only on a subject unusual in more than volume

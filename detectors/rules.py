@@ -11,7 +11,9 @@ only logs in); a launch crowd brings one user per IP.  A rule that fires decides
 =======================  =====  ========================================================
 rule                     scope  fires when (defaults in ``RuleThresholds``)
 =======================  =====  ========================================================
-``burst``                ip     > 600 checks/min and > 50% of them denied
+``burst``                ip     > 600 checks/min while active (over the span of its
+                                checks in the window, so a burst shows in seconds) and
+                                > 50% of them denied
 ``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied, or
                                 >= 60 distinct keys in a minute that are > 80% of its
                                 checks and mostly come without a user id (each key tried
@@ -23,11 +25,13 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 on one route (a botnet IP that lives seconds on the login
                                 route, trying accounts past their login limit; a NAT's
                                 users signing in at once are not denied)
-``fresh_identities``     ip     >= 8 keys or user ids new to the tenant in a minute
+``new_identities``       ip     >= 8 keys or user ids new to the tenant in a minute
                                 (none of its earlier 10 minutes used them), >= 80% of
-                                its identities, and >= 4 times the 90th percentile of
-                                the tenant's addresses: judged against the population,
-                                not the shape, and never hidden by the volume guard
+                                its identities, and >= 4 times the median of the
+                                tenant's addresses, on routes >= 1.5 bits away from the
+                                tenant's route mix: judged against the population, not
+                                the shape, and never hidden by the volume guard (a NAT's
+                                crowd, even new, browses as everybody does)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -66,7 +70,10 @@ class RuleThresholds:
     fresh_min: int = 8
     fresh_share: float = 0.8
     fresh_factor: float = 4.0
-    fresh_quantile: float = 0.9
+    fresh_quantile: float = 0.5  # robust to attackers up to half the tenant's addresses
+    # ... and used unlike the tenant's own mix of routes: a crowd of people behind one
+    # address, even all new at once, uses the application as everybody does
+    fresh_divergence: float = 1.5  # bits
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
@@ -92,7 +99,7 @@ RULE_SCORES = {
     "burst": 0.99,
     "key_enumeration": 0.97,
     "credential_stuffing": 0.97,
-    "fresh_identities": 0.95,
+    "new_identities": 0.95,
     "key_spread": 0.95,
 }
 
@@ -107,10 +114,10 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     # none, and is left to the models, which compare it with the tenant's keys
     own_ips = pl.col("prior_distinct_ips")
     conditions = {
-        "burst": ip & (pl.col("rate_short") > t.burst_rate) & (denied > t.burst_deny_ratio),
+        "burst": ip & (pl.col("rate_active") > t.burst_rate) & (denied > t.burst_deny_ratio),
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
-        "fresh_identities": ip & _fresh(t),
+        "new_identities": ip & _fresh(t),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -139,8 +146,10 @@ def _fresh_bar(t: RuleThresholds) -> pl.Expr:
 
 
 def _fresh(t: RuleThresholds) -> pl.Expr:
-    return (pl.col("fresh_identities") >= pl.col("fresh_bar")) & (
-        pl.col("fresh_share") >= t.fresh_share
+    return (
+        (pl.col("fresh_identities") >= pl.col("fresh_bar"))
+        & (pl.col("fresh_share") >= t.fresh_share)
+        & (pl.col("route_divergence") >= t.fresh_divergence)
     )
 
 
@@ -182,9 +191,10 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
 
     deny = signal("deny_ratio", "tenant_median_deny_ratio")
     if rule == "burst":
-        rate = signal("rate_short", "tenant_median_rate_short")
+        rate = signal("rate_active", "tenant_median_rate_active")
         reason = (
-            f"{describe('rate_short', rate.value)} from one IP with {deny.value:.0%} denied "
+            f"{describe('rate_short', rate.value)} while active from one IP with "
+            f"{deny.value:.0%} denied "
             f"(rule: > {t.burst_rate:,.0f}/min and > {t.burst_deny_ratio:.0%} denied; "
             f"tenant median {rate.baseline:.1f}/min)"
         )
@@ -213,19 +223,22 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
             f"{many.baseline:.0f})"
         )
         signals = (many, deny)
-    elif rule == "fresh_identities":
+    elif rule == "new_identities":
         fresh = Signal(
             "fresh_identities", float(row["fresh_identities"]), float(row["fresh_bar"]), 1.0
         )
         share = signal("fresh_share", "tenant_median_fresh_share")
+        routes = signal("route_divergence", "tenant_median_route_divergence")
         reason = (
             f"one IP brought {fresh.value:.0f} keys or user ids in a minute that the tenant "
             f"had not seen in the 10 minutes before, {share.value:.0%} of its identities, in "
-            f"{float(row['checks']):.0f} checks (rule: >= {fresh.baseline:.0f}, the larger of "
+            f"{float(row['checks']):.0f} checks, on routes {routes.value:.1f} bits away from "
+            f"the tenant's mix (rule: >= {fresh.baseline:.0f} new, the larger of "
             f"{t.fresh_min} and {t.fresh_factor:g} times the tenant's addresses' "
-            f"{t.fresh_quantile:.0%} quantile, and >= {t.fresh_share:.0%} of its identities)"
+            f"{t.fresh_quantile:.0%} quantile; >= {t.fresh_share:.0%} of its identities; "
+            f">= {t.fresh_divergence:g} bits)"
         )
-        signals = (fresh, share)
+        signals = (fresh, share, routes)
     else:
         spread = Signal(
             "distinct_ips_long", float(row["distinct_ips_long"]), float(row["own_ips"]), 1.0

@@ -25,7 +25,15 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from detectors.features import DISTINCT, HASHED, IDENTITIES, PRIOR_SCHEMA, TALLY_SCHEMA, plogp
+from detectors.features import (
+    DISTINCT,
+    HASHED,
+    IDENTITIES,
+    PRIOR_SCHEMA,
+    ROUTE_SCHEMA,
+    TALLY_SCHEMA,
+    plogp,
+)
 from detectors.recent import RecentRows
 from detectors.slots import Ints, Keys, Mask, SlotTable
 from detectors.verdict import Scope
@@ -146,8 +154,9 @@ class ScopeTally:
                 table["value"][slots[new]] = batch.values["ip"][where[first[new]]]
             if kind == "route":
                 table["pop"][slots[new]] = batch.pops[where[first[new]]]
-            if "ident" in table.columns:
-                table["ident"][slots[new]] = batch.subjects[kind][where[first[new]]]
+            identity = _identity_scope(kind)
+            if identity is not None and "ident" in table.columns:
+                table["ident"][slots[new]] = batch.subjects[identity][where[first[new]]]
         old = table["count"][slots]
         table["count"][slots] = old + counts
         appeared = slots[old == 0]
@@ -284,16 +293,20 @@ class ScopeTally:
         self,
         novel: Mask,
         tenants: pl.Series,
-        identities: Mapping[str, ScopeTally] | None = None,
+        identities: Mapping[Scope, ScopeTally] | None = None,
+        surprise: Floats | None = None,
     ) -> pl.DataFrame:
         """``TALLY_SCHEMA`` rows of the subjects with decisions in the short window.
-        ``novel`` flags the route slots of ``RouteTally`` that are novel; ``tenants`` names
+        ``novel`` flags the route slots of ``RouteTally`` that are novel and ``surprise``
+        gives their ``RouteTally.surprise`` (zero without); ``tenants`` names
         the window's tenant numbers; ``identities`` are the tallies of the key and user id
         scopes, which say which identities of an address are new."""
         subjects = self.subjects
         size = subjects.size
         active = np.flatnonzero(subjects["checks"][:size] > 0)
-        routed, plogps, novels = self._route_sums(novel, size)
+        if surprise is None:
+            surprise = np.zeros(novel.size, np.float64)
+        routed, plogps, novels, surprises = self._route_sums(novel, surprise, size)
 
         def column(name: str) -> Ints:
             return subjects[name][active]
@@ -314,6 +327,7 @@ class ScopeTally:
             "novel": novels[active],
             "routed": routed[active],
             "route_plogp": plogps[active],
+            "route_surprise": surprises[active],
             "gap_sum": column("gap_sum"),
             "gap_sq": column("gap_sq"),
             "prior_checks": prior,
@@ -329,7 +343,7 @@ class ScopeTally:
             data["distinct_ips_long"] = column("long_ips")
         return pl.DataFrame(data, schema=TALLY_SCHEMA)
 
-    def _fresh(self, identities: Mapping[str, ScopeTally], size: int) -> Ints:
+    def _fresh(self, identities: Mapping[Scope, ScopeTally], size: int) -> Ints:
         """Per address slot: the larger of its keys and its user ids in the short window
         that had no decision earlier in the long window."""
         fresh = np.zeros(size, np.int64)
@@ -337,16 +351,19 @@ class ScopeTally:
             table = self.pairs[kind]
             live = np.flatnonzero(table["count"][: table.size] > 0)
             own = identities[kind].subjects
-            slots = own.find(table["ident"][live])
+            idents: Keys = table.columns["ident"][live]  # type: ignore[assignment]
+            slots = own.find(idents)
             new = np.ones(live.size, dtype=bool)
             known = slots >= 0
             new[known] = own["prior_checks"][slots[known]] == 0
             fresh = np.maximum(fresh, np.bincount(table["owner"][live[new]], minlength=size))
         return fresh
 
-    def _route_sums(self, novel: Mask, size: int) -> tuple[Ints, Floats, Ints]:
+    def _route_sums(
+        self, novel: Mask, surprise: Floats, size: int
+    ) -> tuple[Ints, Floats, Ints, Floats]:
         """Per subject slot: decisions with a route, the sum of n log2 n over its route
-        counts, decisions on novel routes."""
+        counts, decisions on novel routes, the sum of n times each route's surprise."""
         table = self.pairs["route"]
         live = np.flatnonzero(table["count"][: table.size] > 0)
         owner, counts = table["owner"][live], table["count"][live]
@@ -355,7 +372,9 @@ class ScopeTally:
         plogps = np.bincount(owner, weights=terms, minlength=size).astype(np.float64)
         on_novel = counts * novel[table["pop"][live]]
         novels = np.bincount(owner, weights=on_novel, minlength=size).astype(np.int64)
-        return routed, plogps, novels
+        weighted = counts * surprise[table["pop"][live]]
+        surprises = np.bincount(owner, weights=weighted, minlength=size).astype(np.float64)
+        return routed, plogps, novels, surprises
 
     def prior_of(self, slots: Ints) -> pl.DataFrame:
         """``PRIOR_SCHEMA`` rows of the long window's earlier part for subjects ``slots``
@@ -378,6 +397,11 @@ class ScopeTally:
             }
         )
         return frame.cast(PRIOR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _identity_scope(kind: str) -> Scope | None:
+    """``kind`` as the identity scope it names, if it is one (``IDENTITIES``)."""
+    return next((scope for scope in IDENTITIES if scope == kind), None)
 
 
 def _summed(parts: list[Prior]) -> Prior:
@@ -444,12 +468,27 @@ class RouteTally:
         novel: Mask = (hits > 0) & (hits <= most_hits) & (self.routes["callers"][:size] <= 1)
         return novel
 
-    def novel_frame(self, most_hits: int, tenants: pl.Series) -> pl.DataFrame:
-        """``tenant`` and ``route_hash`` of the novel routes."""
-        slots = np.flatnonzero(self.novel(most_hits))
+    def surprise(self) -> Floats:
+        """Per route slot: ``-log2`` of its share of its tenant's decisions with a route
+        (zero for a free slot)."""
+        size = self.routes.size
+        hits = self.routes["hits"][:size]
+        tenant = self.routes["tenant"][:size]
+        totals = np.bincount(tenant, weights=hits)
+        used = hits > 0
+        out = np.zeros(size, np.float64)
+        out[used] = -np.log2(hits[used] / totals[tenant[used]])
+        return out
+
+    def stats_frame(self, most_hits: int, tenants: pl.Series) -> pl.DataFrame:
+        """``detectors.features.ROUTE_SCHEMA`` rows of the routes in the short window."""
+        slots = np.flatnonzero(self.routes["hits"][: self.routes.size] > 0)
         return pl.DataFrame(
             {
                 "tenant": tenants.gather(self.routes["tenant"][slots]),
                 "route_hash": pl.Series(self.routes.columns["route"][slots], dtype=pl.UInt64),
-            }
+                "novel": self.novel(most_hits)[slots],
+                "surprise": self.surprise()[slots],
+            },
+            schema=ROUTE_SCHEMA,
         )

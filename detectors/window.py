@@ -148,9 +148,10 @@ class RollingWindow:
         now = self.advance(now_ms)
         tenants = pl.Series(self._tenant_names, dtype=pl.String)
         novel = self._routes.novel(NOVEL_ROUTE_HITS)
+        surprise = self._routes.surprise()
         tallies = {}
         for scope in scopes:
-            tally = self._scopes[scope].frame(novel, tenants, self._scopes)
+            tally = self._scopes[scope].frame(novel, tenants, self._scopes, surprise)
             if blamed is not None and blamed.height and scope != "ip":
                 tally = self._spare(scope, tally, blamed, tenants)
             tallies[scope] = tally
@@ -290,7 +291,7 @@ class RollingWindow:
             return tally
         own = self._scopes[scope]
         rows = spare_victims(self._recent.raw(self._rows_of(scope, touched)), scope, blamed)
-        novel = self._routes.novel_frame(NOVEL_ROUTE_HITS, tenants)
+        novel = self._routes.stats_frame(NOVEL_ROUTE_HITS, tenants)
         again = tally_rows(with_hashes(rows), own.prior_of(touched), scope, novel)
         redone = pl.DataFrame({"subject_hash": own.subjects.keys[touched]})
         return pl.concat([tally.join(redone, on="subject_hash", how="anti"), again])
