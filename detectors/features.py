@@ -28,6 +28,10 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     (from its first to its last there), from ``CV_MIN_CHECKS`` decisions on; before,
     ``rate_short``.  A source that started ten seconds ago at ten a second shows 600/min
     at once, not after a minute.
+``known_before``
+    1.0 for a subject the tenant saw earlier in the long window (or while the tenant has
+    less than ``FRESH_MIN_PRIOR_MINUTES`` of earlier decisions, when nothing is known to
+    be new), 0.0 for a newcomer.
 ``growth``
     short-window rate over the subject's own rate earlier in the long window, both shrunk
     toward the tenant's median rate (``(rate_short + m) / (rate_prior + m)``) so that a
@@ -127,6 +131,7 @@ SUBJECT_FEATURES = (
     "rate_short",
     "rate_long",
     "rate_active",
+    "known_before",
     "growth",
     "deny_ratio",
     "zero_remaining_share",
@@ -503,6 +508,10 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         .then(pl.max_horizontal(rate_short, gaps * MINUTE_MS / gap_sum))
         .otherwise(rate_short)
         .alias("rate_active"),
+        pl.when((prior_checks > 0) | (prior_minutes < FRESH_MIN_PRIOR_MINUTES))
+        .then(1.0)
+        .otherwise(0.0)
+        .alias("known_before"),
         # no earlier decisions: no own baseline to grow from (new users are not growth)
         pl.when((prior_minutes >= 1.0) & (prior_checks > 0))
         .then((rate_short + typical) / (prior_rate + typical))

@@ -19,11 +19,12 @@ For each (tenant, scope), every subject active in the last minute is judged once
    denied, machine-regular or on routes nobody else uses, never for how many they are.
    A subject *held by its limit* is spared the same way, and its ``denial`` features
    too: one or two identities (``held_identities``) and user agents (``held_agents``),
-   denied at least ``held_min_deny_ratio`` (10%) and at most ``held_deny_ratio`` (80%)
-   of the time.  That is a client asking for up to five times what it may,
-   retries after each 429 included: the limiter already stops what is over the limit,
-   and what it allows is the tenant's contract.  A source pressing harder (a burst, a
-   password tried on one account at ten times the login limit), through many
+   denied at least ``held_min_deny_ratio`` (10%) of the time, and either known to the
+   tenant before (``known_before``: a client retrying after each 429, a sync job
+   running over its limit) or denied at most ``held_deny_ratio`` (80%), asking for up
+   to five times what it may.  The limiter already stops what is over the limit, and
+   what it allows is the tenant's contract.  A newcomer pressing harder (a burst, a
+   password tried on one account at ten times the login limit), a source with many
    identities or rotating its user agent is not held, it is judged; so is a source the
    limiter allows, however close to its limit (a timer at ``remaining == 0``).
 4. **Agreement or one sure layer.**  With ``b`` the baseline score and ``i`` the
@@ -210,7 +211,9 @@ class DetectionPolicy:
         )
         pressed = deny >= s.held_min_deny_ratio
         steady = features["distinct_user_agents"].to_numpy() <= s.held_agents
-        held = (identities <= s.held_identities) & (deny <= s.held_deny_ratio) & pressed & steady
+        known = features["known_before"].to_numpy() > 0
+        moderate = known | (deny <= s.held_deny_ratio)
+        held = (identities <= s.held_identities) & moderate & pressed & steady
         # the forest may decide alone only on a subject unusual in more than volume
         behaves_oddly = np.zeros(n, dtype=bool)
         if baseline is not None:

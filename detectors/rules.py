@@ -12,8 +12,10 @@ only logs in); a launch crowd brings one user per IP.  A rule that fires decides
 rule                     scope  fires when (defaults in ``RuleThresholds``)
 =======================  =====  ========================================================
 ``burst``                ip     > 600 checks/min while active (over the span of its
-                                checks in the window, so a burst shows in seconds) and
-                                > 50% of them denied
+                                checks in the window, so a burst shows in seconds),
+                                > 50% of them denied, from an address new to the
+                                tenant (a known client over its limit, a sync job, is
+                                the limiter's to stop)
 ``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied, or
                                 >= 60 distinct keys in a minute that are > 80% of its
                                 checks and mostly come without a user id (each key tried
@@ -32,6 +34,11 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 tenant's route mix: judged against the population, not
                                 the shape, and never hidden by the volume guard (a NAT's
                                 crowd, even new, browses as everybody does)
+``unique_paths``         ip     >= 20 checks in a minute, >= 80% of them on routes no
+                                other caller used and it hit at most twice (a crawl),
+                                and >= 4 times the tenant's median share (a tenant
+                                whose every address opens pages of its own is not
+                                judged by it)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -74,12 +81,22 @@ class RuleThresholds:
     # ... and used unlike the tenant's own mix of routes: a crowd of people behind one
     # address, even all new at once, uses the application as everybody does
     fresh_divergence: float = 1.5  # bits
+    # a crawl: nearly every check on a page nobody else fetched
+    unique_checks: int = 20
+    unique_share: float = 0.8
+    unique_factor: float = 4.0
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
     def __post_init__(self) -> None:
         shares = ("burst_deny_ratio", "many_subjects_deny_ratio", "stuffing_deny_ratio")
-        for name in (*shares, "enumeration_churn", "enumeration_identified", "fresh_share"):
+        for name in (
+            *shares,
+            "enumeration_churn",
+            "enumeration_identified",
+            "fresh_share",
+            "unique_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
@@ -100,6 +117,7 @@ RULE_SCORES = {
     "key_enumeration": 0.97,
     "credential_stuffing": 0.97,
     "new_identities": 0.95,
+    "unique_paths": 0.95,
     "key_spread": 0.95,
 }
 
@@ -114,10 +132,17 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     # none, and is left to the models, which compare it with the tenant's keys
     own_ips = pl.col("prior_distinct_ips")
     conditions = {
-        "burst": ip & (pl.col("rate_active") > t.burst_rate) & (denied > t.burst_deny_ratio),
+        "burst": ip
+        & (pl.col("rate_active") > t.burst_rate)
+        & (denied > t.burst_deny_ratio)
+        & (pl.col("known_before") == 0),
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
         "new_identities": ip & _fresh(t),
+        "unique_paths": ip
+        & (pl.col("checks") >= t.unique_checks)
+        & (pl.col("route_novelty") >= t.unique_share)
+        & (pl.col("route_novelty") >= t.unique_factor * pl.col("tenant_median_route_novelty")),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -195,7 +220,8 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
         reason = (
             f"{describe('rate_short', rate.value)} while active from one IP with "
             f"{deny.value:.0%} denied "
-            f"(rule: > {t.burst_rate:,.0f}/min and > {t.burst_deny_ratio:.0%} denied; "
+            f"(rule: > {t.burst_rate:,.0f}/min and > {t.burst_deny_ratio:.0%} denied from "
+            "an address new to the tenant; "
             f"tenant median {rate.baseline:.1f}/min)"
         )
         signals: tuple[Signal, ...] = (rate, deny)
@@ -223,6 +249,15 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
             f"{many.baseline:.0f})"
         )
         signals = (many, deny)
+    elif rule == "unique_paths":
+        unique = signal("route_novelty", "tenant_median_route_novelty")
+        reason = (
+            f"one IP made {float(row['checks']):.0f} checks in a minute, {unique.value:.0%} "
+            "of them on routes no other caller used, each hit at most twice (rule: >= "
+            f"{t.unique_checks} checks, >= {t.unique_share:.0%} and >= {t.unique_factor:g} "
+            f"times the tenant's median of {unique.baseline:.0%})"
+        )
+        signals = (unique, signal("checks", "tenant_median_checks"))
     elif rule == "new_identities":
         fresh = Signal(
             "fresh_identities", float(row["fresh_identities"]), float(row["fresh_bar"]), 1.0
