@@ -34,11 +34,13 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 tenant's route mix: judged against the population, not
                                 the shape, and never hidden by the volume guard (a NAT's
                                 crowd, even new, browses as everybody does)
-``unique_paths``         ip     >= 20 checks in a minute, >= 80% of them on routes no
-                                other caller used and it hit at most twice (a crawl),
-                                and >= 4 times the tenant's median share (a tenant
-                                whose every address opens pages of its own is not
-                                judged by it)
+``unique_paths``         ip     >= 20 checks in a minute, and >= 80% of them on routes
+                                no other caller used and it hit at most twice, or >= 90%
+                                of them on a route of their own (distinct routes per
+                                check, a walk through pages another crawler may fetch
+                                too); each also >= 4 times the tenant's median (a
+                                tenant whose every address opens pages of its own is
+                                not judged by it)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -85,6 +87,7 @@ class RuleThresholds:
     unique_checks: int = 20
     unique_share: float = 0.8
     unique_factor: float = 4.0
+    walk_share: float = 0.9  # distinct routes per check
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
@@ -96,6 +99,7 @@ class RuleThresholds:
             "enumeration_identified",
             "fresh_share",
             "unique_share",
+            "walk_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -139,10 +143,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
         "new_identities": ip & _fresh(t),
-        "unique_paths": ip
-        & (pl.col("checks") >= t.unique_checks)
-        & (pl.col("route_novelty") >= t.unique_share)
-        & (pl.col("route_novelty") >= t.unique_factor * pl.col("tenant_median_route_novelty")),
+        "unique_paths": ip & (pl.col("checks") >= t.unique_checks) & (_novel(t) | _walk(t)),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -161,6 +162,22 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         rule = next(name for name in RULE_SCORES if row[name])  # strongest first
         hits.append(_hit(rule, row, t))
     return hits
+
+
+def _novel(t: RuleThresholds) -> pl.Expr:
+    novelty = pl.col("route_novelty")
+    return (novelty >= t.unique_share) & (
+        novelty >= t.unique_factor * pl.col("tenant_median_route_novelty")
+    )
+
+
+def _walk(t: RuleThresholds) -> pl.Expr:
+    # pages fetched once each, nearly every check a new one, far more of them than the
+    # tenant's callers use: a crawl, even when another crawler fetches the same pages
+    routes = pl.col("distinct_routes")
+    return (routes >= t.walk_share * pl.col("checks")) & (
+        routes >= t.unique_factor * pl.col("tenant_median_distinct_routes")
+    )
 
 
 def _fresh_bar(t: RuleThresholds) -> pl.Expr:
@@ -251,13 +268,17 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
         signals = (many, deny)
     elif rule == "unique_paths":
         unique = signal("route_novelty", "tenant_median_route_novelty")
+        paths = signal("distinct_routes", "tenant_median_distinct_routes")
+        checks = float(row["checks"])
         reason = (
-            f"one IP made {float(row['checks']):.0f} checks in a minute, {unique.value:.0%} "
-            "of them on routes no other caller used, each hit at most twice (rule: >= "
-            f"{t.unique_checks} checks, >= {t.unique_share:.0%} and >= {t.unique_factor:g} "
-            f"times the tenant's median of {unique.baseline:.0%})"
+            f"one IP made {checks:.0f} checks in a minute on {paths.value:.0f} distinct "
+            f"routes (the tenant's median caller: {paths.baseline:.0f}), {unique.value:.0%} "
+            "of them on routes no other caller used (rule: >= "
+            f"{t.unique_checks} checks, and >= {t.unique_share:.0%} on such routes or a "
+            f"new route in >= {t.walk_share:.0%} of the checks, >= {t.unique_factor:g} times "
+            "the tenant's median)"
         )
-        signals = (unique, signal("checks", "tenant_median_checks"))
+        signals = (paths, unique, signal("checks", "tenant_median_checks"))
     elif rule == "new_identities":
         fresh = Signal(
             "fresh_identities", float(row["fresh_identities"]), float(row["fresh_bar"]), 1.0
