@@ -57,7 +57,8 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
 ``route_divergence``
     how far the subject's mix of routes is from its tenant's over the short window: the
     Kullback-Leibler divergence in bits, ``sum p log2(p / q)`` over the subject's routes,
-    ``p`` its share of them and ``q`` the tenant's.  Near 0 for people using the
+    ``p`` its share of them and ``q`` the tenant's (half by address, half by check:
+    ``ROUTE_MIX_BY_ADDRESS``).  Near 0 for people using the
     application as everybody does (the crowd behind one NAT address too), several bits
     for a source that only calls the sign-in route when one check in twenty does.
 ``interarrival_cv``
@@ -109,6 +110,11 @@ NOVEL_ROUTE_HITS = 2
 # minutes of a tenant's earlier decisions before an identity can count as new: in its
 # first minutes every identity is, for every source
 FRESH_MIN_PRIOR_MINUTES = 0.5
+# The tenant's route mix that ``route_divergence`` compares a subject with: this share of
+# it weighs every address alike (each address's own mix, averaged), the rest every check
+# alike.  A few heavy sources (five stuffers at 20 checks/s on the sign-in route) would
+# make their route the tenant's usual one if checks alone counted.
+ROUTE_MIX_BY_ADDRESS = 0.5
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Int64(),
@@ -330,10 +336,10 @@ def seen_identities(frame: pl.DataFrame) -> dict[Scope, pl.DataFrame]:
 def route_stats(recent: pl.DataFrame) -> pl.DataFrame:
     """``ROUTE_SCHEMA`` rows of the routes of ``recent`` (rows ``with_hashes``): whether each
     is novel (used by one caller, at most ``NOVEL_ROUTE_HITS`` times) and its surprise,
-    ``-log2`` of its share of the tenant's decisions with a route."""
+    ``-log2`` of its share of the tenant's traffic (``ROUTE_MIX_BY_ADDRESS``)."""
+    routed = recent.filter(pl.col("route_hash").is_not_null())
     popularity = (
-        recent.filter(pl.col("route_hash").is_not_null())
-        .group_by("tenant", "route_hash")
+        routed.group_by("tenant", "route_hash")
         # a caller is an address with a key: the people behind one NAT address are many
         # callers, and the routes only they use are their application's, not a crawl;
         # a route its one caller keeps calling is that caller's own endpoint (a partner's
@@ -343,10 +349,33 @@ def route_stats(recent: pl.DataFrame) -> pl.DataFrame:
             pl.len().alias("hits"),
         )
     )
+    per_address = (
+        routed.filter(pl.col("ip_hash").is_not_null())
+        .group_by("tenant", "ip_hash", "route_hash")
+        .agg(pl.len().alias("n"))
+    )
+    by_address = (
+        per_address.with_columns(
+            (pl.col("n") / pl.col("n").sum().over("tenant", "ip_hash")).alias("share"),
+            pl.col("ip_hash").n_unique().over("tenant").alias("addresses"),
+        )
+        .group_by("tenant", "route_hash")
+        .agg((pl.col("share").sum() / pl.col("addresses").first()).alias("by_address"))
+    )
     novel = (pl.col("callers") <= 1) & (pl.col("hits") <= NOVEL_ROUTE_HITS)
-    share = pl.col("hits") / pl.col("hits").sum().over("tenant")
+    by_checks = pl.col("hits") / pl.col("hits").sum().over("tenant")
+    any_address = pl.col("by_address").is_not_null().any().over("tenant")
+    share = (
+        pl.when(any_address)
+        .then(
+            (1 - ROUTE_MIX_BY_ADDRESS) * by_checks
+            + ROUTE_MIX_BY_ADDRESS * pl.col("by_address").fill_null(0.0)
+        )
+        .otherwise(by_checks)
+    )
+    stats = popularity.join(by_address, on=["tenant", "route_hash"], how="left")
     return conform(
-        popularity.with_columns(novel.alias("novel"), (-share.log(2)).alias("surprise")),
+        stats.with_columns(novel.alias("novel"), (-share.log(2)).alias("surprise")),
         ROUTE_SCHEMA,
     )
 

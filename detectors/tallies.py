@@ -30,6 +30,7 @@ from detectors.features import (
     HASHED,
     IDENTITIES,
     PRIOR_SCHEMA,
+    ROUTE_MIX_BY_ADDRESS,
     ROUTE_SCHEMA,
     TALLY_SCHEMA,
     plogp,
@@ -468,27 +469,46 @@ class RouteTally:
         novel: Mask = (hits > 0) & (hits <= most_hits) & (self.routes["callers"][:size] <= 1)
         return novel
 
-    def surprise(self) -> Floats:
-        """Per route slot: ``-log2`` of its share of its tenant's decisions with a route
-        (zero for a free slot)."""
+    def surprise(self, addresses: ScopeTally, tenants: int) -> Floats:
+        """Per route slot: ``-log2`` of its share of its tenant's traffic, weighing
+        addresses (``addresses``, the ``ip`` tally) and checks as ``ROUTE_MIX_BY_ADDRESS``
+        says; zero for a free slot.  ``tenants``: how many tenant numbers there are."""
         size = self.routes.size
         hits = self.routes["hits"][:size]
         tenant = self.routes["tenant"][:size]
-        totals = np.bincount(tenant, weights=hits)
         used = hits > 0
+        totals = np.bincount(tenant[used], weights=hits[used], minlength=tenants)
+        by_checks = np.zeros(size, np.float64)
+        by_checks[used] = hits[used] / totals[tenant[used]]
+        pairs = addresses.pairs["route"]
+        live = np.flatnonzero(pairs["count"][: pairs.size] > 0)
+        owner, pop = pairs["owner"][live], pairs["pop"][live]
+        counts = pairs["count"][live].astype(np.float64)
+        routed = np.bincount(owner, weights=counts, minlength=addresses.subjects.size)
+        weighted = np.bincount(pop, weights=counts / routed[owner], minlength=size)
+        routed_owners = np.unique(owner)
+        per_tenant = np.bincount(
+            addresses.subjects["tenant"][routed_owners], minlength=tenants
+        ).astype(np.float64)
+        mixed = by_checks.copy()
+        has = used & (per_tenant[tenant] > 0)
+        mixed[has] = (1 - ROUTE_MIX_BY_ADDRESS) * by_checks[has] + ROUTE_MIX_BY_ADDRESS * (
+            weighted[has] / per_tenant[tenant[has]]
+        )
         out = np.zeros(size, np.float64)
-        out[used] = -np.log2(hits[used] / totals[tenant[used]])
+        out[used] = -np.log2(mixed[used])
         return out
 
-    def stats_frame(self, most_hits: int, tenants: pl.Series) -> pl.DataFrame:
-        """``detectors.features.ROUTE_SCHEMA`` rows of the routes in the short window."""
+    def stats_frame(self, most_hits: int, tenants: pl.Series, surprise: Floats) -> pl.DataFrame:
+        """``detectors.features.ROUTE_SCHEMA`` rows of the routes in the short window, with
+        their ``surprise``."""
         slots = np.flatnonzero(self.routes["hits"][: self.routes.size] > 0)
         return pl.DataFrame(
             {
                 "tenant": tenants.gather(self.routes["tenant"][slots]),
                 "route_hash": pl.Series(self.routes.columns["route"][slots], dtype=pl.UInt64),
                 "novel": self.novel(most_hits)[slots],
-                "surprise": self.surprise()[slots],
+                "surprise": surprise[slots],
             },
             schema=ROUTE_SCHEMA,
         )
