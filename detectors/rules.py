@@ -139,7 +139,8 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         "burst": ip
         & (pl.col("rate_active") > t.burst_rate)
         & (denied > t.burst_deny_ratio)
-        & (pl.col("known_before") == 0),
+        # an address with no earlier decision, even in the tenant's first minutes
+        & (pl.col("prior_distinct_ips") == 0),
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
         "new_identities": ip & _fresh(t),
