@@ -54,6 +54,7 @@ class _Learner:
     """What one (tenant, scope) has learned, and rows waiting to be learned."""
 
     baseline: RobustBaseline | None = None
+    learned_ms: int | None = None  # when it last learned
     pending: list[Matrix] = field(default_factory=list)
     pending_rows: int = 0
 
@@ -80,6 +81,11 @@ class AbuseDetector:
         tenants coming due together (at start, every ten minutes) spread their fits over
         a few rounds and each fit takes the history as it is when it is queued, not as
         it was long before.
+    learn_every_ms : int, default=5,000
+        How often a (tenant, scope) learns from what it judged.  Evaluations may come
+        every second or two; each sees nearly the same minute of traffic, so learning at
+        every one would weigh a subject's minute many times over and move the baseline
+        and the forest's history faster the more often the detector judges.
     inbox_limit : int, default=1,000,000
         Decisions queued by ``observe`` beyond which it folds them into the window itself
         (the window then summarises what is older than a minute), so memory stays bounded
@@ -98,6 +104,7 @@ class AbuseDetector:
         history_per_evaluation: int = 100,
         idle_ms: int = 3_600_000,
         retrains_per_evaluation: int = 4,
+        learn_every_ms: int = 5_000,
         inbox_limit: int = 1_000_000,
         seed: int = 0,
     ) -> None:
@@ -112,6 +119,7 @@ class AbuseDetector:
         self._retrains_per_evaluation = retrains_per_evaluation
         self._retrain_budget = retrains_per_evaluation
         self._inbox_limit = inbox_limit
+        self._learn_every_ms = learn_every_ms
         self._rng = np.random.default_rng(seed)
         self._learners: dict[tuple[str, Scope], _Learner] = {}
         self._active: dict[str, int] = {}  # tenant → last evaluation that saw it
@@ -223,7 +231,10 @@ class AbuseDetector:
                 long_window_seconds=self.window.long_ms // 1000,
             )
             verdicts.extend(judgement.verdicts)
-            self._learn(tenant, scope, learner, judgement)
+            due = learner.learned_ms is None or now_ms - learner.learned_ms >= self._learn_every_ms
+            if due:
+                learner.learned_ms = now_ms
+                self._learn(tenant, scope, learner, judgement)
             self._active[tenant] = now_ms
         return verdicts
 

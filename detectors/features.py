@@ -23,6 +23,15 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     decisions in the short window (the evidence a verdict rests on).
 ``rate_short``, ``rate_long``
     decisions per minute in the short window and over the covered part of the long window.
+``rate_active``
+    decisions per minute over the span of the subject's decisions in the short window
+    (from its first to its last there), from ``CV_MIN_CHECKS`` decisions on; before,
+    ``rate_short``.  A source that started ten seconds ago at ten a second shows 600/min
+    at once, not after a minute.
+``known_before``
+    1.0 for a subject the tenant saw earlier in the long window (or while the tenant has
+    less than ``FRESH_MIN_PRIOR_MINUTES`` of earlier decisions, when nothing is known to
+    be new), 0.0 for a newcomer.
 ``growth``
     short-window rate over the subject's own rate earlier in the long window, both shrunk
     toward the tenant's median rate (``(rate_short + m) / (rate_prior + m)``) so that a
@@ -45,6 +54,13 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     for people browsing the same application (also the users behind one NAT address, who
     are many callers) and for an integration calling its own endpoints over and over, near
     1 for a crawler walking ``/products/1``, ``/products/2``, …
+``route_divergence``
+    how far the subject's mix of routes is from its tenant's over the short window: the
+    Kullback-Leibler divergence in bits, ``sum p log2(p / q)`` over the subject's routes,
+    ``p`` its share of them and ``q`` the tenant's (half by address, half by check:
+    ``ROUTE_MIX_BY_ADDRESS``).  Near 0 for people using the
+    application as everybody does (the crowd behind one NAT address too), several bits
+    for a source that only calls the sign-in route when one check in twenty does.
 ``interarrival_cv``
     standard deviation over mean of the gaps between decisions: about 1 for human
     (Poisson-like) traffic, near 0 for a timer.  Set to 1.0 below ``CV_MIN_CHECKS``
@@ -66,6 +82,13 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
     the larger of distinct keys and distinct user ids, per decision: a person or a NAT's
     crowd repeats its identities (0.1-0.3), a credential stuffer or key guesser brings a new
     one with almost every check (near 1).
+``fresh_identities``, ``fresh_share``
+    for an address: the keys and user ids it used in the short window that the tenant had
+    not seen in the long window before it (the larger of the two counts), and that count
+    over its distinct keys or user ids (the larger).  A person or a NAT's crowd comes back
+    with the identities it used minutes ago; a credential stuffer or an id guesser brings
+    identities nobody used before, almost all of them new.  0 for keys and user ids, and
+    until the tenant has ``FRESH_MIN_PRIOR_MINUTES`` of earlier decisions.
 ``tenant_median_<feature>``
     the median of each feature above over the tenant's active subjects of the same scope.
 """
@@ -84,6 +107,14 @@ MINUTE_MS = 60_000
 CV_MIN_CHECKS = 8  # fewer gaps than this and a human's CV ranges over [0, 1.5] by chance
 # a crawler fetches a page once (twice with a retry); an application calls its endpoints often
 NOVEL_ROUTE_HITS = 2
+# minutes of a tenant's earlier decisions before an identity can count as new: in its
+# first minutes every identity is, for every source
+FRESH_MIN_PRIOR_MINUTES = 0.5
+# The tenant's route mix that ``route_divergence`` compares a subject with: this share of
+# it weighs every address alike (each address's own mix, averaged), the rest every check
+# alike.  A few heavy sources (five stuffers at 20 checks/s on the sign-in route) would
+# make their route the tenant's usual one if checks alone counted.
+ROUTE_MIX_BY_ADDRESS = 0.5
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Int64(),
@@ -107,6 +138,8 @@ SUBJECT_FEATURES = (
     "checks",
     "rate_short",
     "rate_long",
+    "rate_active",
+    "known_before",
     "growth",
     "deny_ratio",
     "zero_remaining_share",
@@ -119,11 +152,14 @@ SUBJECT_FEATURES = (
     "distinct_routes",
     "route_entropy",
     "route_novelty",
+    "route_divergence",
     "interarrival_cv",
     "regularity",
     "rate_per_key",
     "rate_per_identity",
     "identity_churn",
+    "fresh_identities",
+    "fresh_share",
 )
 TENANT_FEATURES = tuple(f"tenant_median_{name}" for name in SUBJECT_FEATURES)
 FEATURE_COLUMNS = SUBJECT_FEATURES + TENANT_FEATURES
@@ -153,18 +189,30 @@ TALLY_SCHEMA: dict[str, pl.DataType] = {
     "novel": pl.Int64(),  # decisions on novel routes (see ``route_novelty``)
     "routed": pl.Int64(),  # decisions with a route
     "route_plogp": pl.Float64(),  # sum of n log2 n over the subject's route counts n
+    # sum of n * -log2 q over its routes, q each route's share of the tenant's decisions
+    "route_surprise": pl.Float64(),
     "gap_sum": pl.Int64(),
     "gap_sq": pl.Int64(),
     "prior_checks": pl.Int64(),  # decisions in the long window before the short one
     "prior_distinct_ips": pl.Int64(),
     "distinct_ips_long": pl.Int64(),
+    "fresh_identities": pl.Int64(),  # see ``fresh_identities`` (addresses only)
 }
+# the identities whose novelty an address's ``fresh_identities`` counts
+IDENTITIES: tuple[Scope, ...] = ("key", "user_id")
 
 # the long-window summary of a scope: decisions per (subject, ip), both hashed (below)
 PRIOR_SCHEMA: dict[str, pl.DataType] = {
     "subject_hash": pl.UInt64(),
     "ip_hash": pl.UInt64(),
     "checks": pl.UInt32(),
+}
+# what the tallies need to know of each route of a tenant's short window
+ROUTE_SCHEMA: dict[str, pl.DataType] = {
+    "tenant": pl.String(),
+    "route_hash": pl.UInt64(),
+    "novel": pl.Boolean(),
+    "surprise": pl.Float64(),
 }
 PRIOR_START_SCHEMA: dict[str, pl.DataType] = {"tenant": pl.String(), "prior_start_ms": pl.Int64()}
 
@@ -266,13 +314,14 @@ def subject_features(
     prior_start = starts.select(
         "tenant", pl.max_horizontal("first_ms", pl.lit(start)).alias("prior_start_ms")
     )
-    novel = novel_routes(recent)
+    novel = route_stats(recent)
+    seen = seen_identities(older)
     tallies = {}
     for scope in SCOPES:
         rows = recent
         if blamed is not None and scope != "ip":
             rows = spare_victims(recent, scope, blamed)
-        tallies[scope] = tally_rows(rows, subject_ips(older, scope), scope, novel)
+        tallies[scope] = tally_rows(rows, subject_ips(older, scope), scope, novel, seen)
     return features_of(tallies, prior_start, now_ms, short_ms)
 
 
@@ -286,12 +335,24 @@ def subject_ips(frame: pl.DataFrame, scope: Scope) -> pl.DataFrame:
     return conform(summary, PRIOR_SCHEMA)
 
 
-def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
-    """``tenant`` and ``route_hash`` of the routes of ``recent`` (rows ``with_hashes``) that
-    are novel: used by one caller, at most ``NOVEL_ROUTE_HITS`` times."""
+def seen_identities(frame: pl.DataFrame) -> dict[Scope, pl.DataFrame]:
+    """Per identity scope, the ``subject_hash`` of its subjects with decisions in ``frame``
+    (the long window before the short one): what ``fresh_identities`` is not."""
+    return {
+        scope: frame.filter(pl.col(scope).is_not_null())
+        .select(subject_hash(scope).alias("subject_hash"))
+        .unique()
+        for scope in IDENTITIES
+    }
+
+
+def route_stats(recent: pl.DataFrame) -> pl.DataFrame:
+    """``ROUTE_SCHEMA`` rows of the routes of ``recent`` (rows ``with_hashes``): whether each
+    is novel (used by one caller, at most ``NOVEL_ROUTE_HITS`` times) and its surprise,
+    ``-log2`` of its share of the tenant's traffic (``ROUTE_MIX_BY_ADDRESS``)."""
+    routed = recent.filter(pl.col("route_hash").is_not_null())
     popularity = (
-        recent.filter(pl.col("route_hash").is_not_null())
-        .group_by("tenant", "route_hash")
+        routed.group_by("tenant", "route_hash")
         # a caller is an address with a key: the people behind one NAT address are many
         # callers, and the routes only they use are their application's, not a crawl;
         # a route its one caller keeps calling is that caller's own endpoint (a partner's
@@ -301,19 +362,53 @@ def novel_routes(recent: pl.DataFrame) -> pl.DataFrame:
             pl.len().alias("hits"),
         )
     )
+    per_address = (
+        routed.filter(pl.col("ip_hash").is_not_null())
+        .group_by("tenant", "ip_hash", "route_hash")
+        .agg(pl.len().alias("n"))
+    )
+    by_address = (
+        per_address.with_columns(
+            (pl.col("n") / pl.col("n").sum().over("tenant", "ip_hash")).alias("share"),
+            pl.col("ip_hash").n_unique().over("tenant").alias("addresses"),
+        )
+        .group_by("tenant", "route_hash")
+        .agg((pl.col("share").sum() / pl.col("addresses").first()).alias("by_address"))
+    )
     novel = (pl.col("callers") <= 1) & (pl.col("hits") <= NOVEL_ROUTE_HITS)
-    return popularity.filter(novel).select("tenant", "route_hash")
+    by_checks = pl.col("hits") / pl.col("hits").sum().over("tenant")
+    any_address = pl.col("by_address").is_not_null().any().over("tenant")
+    share = (
+        pl.when(any_address)
+        .then(
+            (1 - ROUTE_MIX_BY_ADDRESS) * by_checks
+            + ROUTE_MIX_BY_ADDRESS * pl.col("by_address").fill_null(0.0)
+        )
+        .otherwise(by_checks)
+    )
+    stats = popularity.join(by_address, on=["tenant", "route_hash"], how="left")
+    return conform(
+        stats.with_columns(novel.alias("novel"), (-share.log(2)).alias("surprise")),
+        ROUTE_SCHEMA,
+    )
 
 
 def tally_rows(
-    recent: pl.DataFrame, prior: pl.DataFrame, scope: Scope, novel: pl.DataFrame
+    recent: pl.DataFrame,
+    prior: pl.DataFrame,
+    scope: Scope,
+    novel: pl.DataFrame,
+    seen: Mapping[Scope, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """The tallies (``TALLY_SCHEMA``) of ``scope``'s subjects in ``recent`` (short-window rows
     ``with_hashes``), from scratch.  ``prior`` is ``subject_ips`` of the decisions earlier in
-    the long window, ``novel`` the ``novel_routes`` of the whole short window."""
+    the long window, ``novel`` the ``route_stats`` of the whole short window, ``seen`` the
+    ``seen_identities`` of the earlier decisions (needed for addresses only)."""
     key = "subject_hash"
     needed = ["tenant", scope, "ts", "allowed", "remaining", *(f"{c}_hash" for c in HASHED)]
-    flags = novel.select("tenant", "route_hash", pl.lit(True).alias("_novel"))
+    flags = novel.select(
+        "tenant", "route_hash", pl.col("novel").alias("_novel"), pl.col("surprise").alias("_sur")
+    )
     rows = (
         recent.filter(pl.col(scope).is_not_null())
         .select(subject_hash(scope).alias(key), *needed)
@@ -339,12 +434,16 @@ def tally_rows(
     per_route = (
         rows.filter(pl.col("route_hash").is_not_null())
         .group_by(key, "route_hash")
-        .agg(pl.len().alias("n"))
+        .agg(pl.len().alias("n"), pl.col("_sur").first().alias("sur"))
     )
     routes = (
         per_route.with_columns(plogp(per_route["n"]).alias("p"))
         .group_by(key)
-        .agg(pl.col("n").sum().alias("routed"), pl.col("p").sum().alias("route_plogp"))
+        .agg(
+            pl.col("n").sum().alias("routed"),
+            pl.col("p").sum().alias("route_plogp"),
+            (pl.col("n").cast(pl.Float64) * pl.col("sur")).sum().alias("route_surprise"),
+        )
     )
     before = prior.group_by(key).agg(
         pl.col("checks").sum().alias("prior_checks"),
@@ -362,8 +461,36 @@ def tally_rows(
         .join(before, on=key, how="left")
         .join(spread, on=key, how="left")
     )
-    filled = ["routed", "route_plogp", "prior_checks", "prior_distinct_ips"]
+    if scope == "ip" and seen is not None:
+        tallies = tallies.join(_fresh(recent, seen), on=key, how="left")
+    else:
+        tallies = tallies.with_columns(pl.lit(0).alias("fresh_identities"))
+    filled = ["routed", "route_plogp", "route_surprise", "prior_checks", "prior_distinct_ips"]
+    filled.append("fresh_identities")
     return conform(tallies.with_columns(pl.col(filled).fill_null(0)), TALLY_SCHEMA)
+
+
+def _fresh(recent: pl.DataFrame, seen: Mapping[Scope, pl.DataFrame]) -> pl.DataFrame:
+    """Per address of ``recent``: the larger of its new keys and its new user ids."""
+    counts = []
+    for scope in IDENTITIES:
+        pairs = (
+            recent.filter(pl.col("ip").is_not_null() & pl.col(scope).is_not_null())
+            .select(
+                subject_hash("ip").alias("subject_hash"),
+                subject_hash(scope).alias("identity"),
+            )
+            .unique()
+            .join(seen[scope], left_on="identity", right_on="subject_hash", how="anti")
+        )
+        counts.append(pairs.group_by("subject_hash").agg(pl.len().alias(f"fresh_{scope}")))
+    both = counts[0].join(counts[1], on="subject_hash", how="full", coalesce=True)
+    return both.select(
+        "subject_hash",
+        pl.max_horizontal(pl.col("fresh_key").fill_null(0), pl.col("fresh_user_id").fill_null(0))
+        .cast(pl.Int64)
+        .alias("fresh_identities"),
+    )
 
 
 def features_of(
@@ -410,10 +537,23 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
     # H = log2(N) - sum(n log2 n) / N for route counts n summing to N
     entropy = pl.when(routed > 0).then(routed.log(2) - pl.col("route_plogp") / routed)
     distinct_keys = pl.max_horizontal(pl.col("distinct_keys"), pl.lit(1)).cast(pl.Float64)
+    fresh = (
+        pl.when(prior_minutes >= FRESH_MIN_PRIOR_MINUTES)
+        .then(pl.col("fresh_identities").cast(pl.Float64))
+        .otherwise(0.0)
+    )
     return [
         checks.alias("checks"),
         rate_short.alias("rate_short"),
         ((checks + prior_checks) / (short_minutes + prior_minutes)).alias("rate_long"),
+        pl.when((checks >= CV_MIN_CHECKS) & (gap_sum > 0))
+        .then(pl.max_horizontal(rate_short, gaps * MINUTE_MS / gap_sum))
+        .otherwise(rate_short)
+        .alias("rate_active"),
+        pl.when((prior_checks > 0) | (prior_minutes < FRESH_MIN_PRIOR_MINUTES))
+        .then(1.0)
+        .otherwise(0.0)
+        .alias("known_before"),
         # no earlier decisions: no own baseline to grow from (new users are not growth)
         pl.when((prior_minutes >= 1.0) & (prior_checks > 0))
         .then((rate_short + typical) / (prior_rate + typical))
@@ -426,6 +566,11 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         pl.col("prior_distinct_ips").cast(pl.Float64),
         entropy.fill_null(0.0).clip(lower_bound=0.0).alias("route_entropy"),
         (pl.col("novel").cast(pl.Float64) / checks).alias("route_novelty"),
+        pl.when(routed > 0)
+        .then(pl.col("route_surprise") / routed - entropy)
+        .fill_null(0.0)
+        .clip(lower_bound=0.0)
+        .alias("route_divergence"),
         measured_cv.alias("interarrival_cv"),
         ((1.0 - measured_cv) * (checks - 1.0).clip(lower_bound=0.0).sqrt()).alias("regularity"),
         (rate_short / distinct_keys).alias("rate_per_key"),
@@ -433,6 +578,10 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
             "rate_per_identity"
         ),
         (pl.max_horizontal("distinct_keys", "distinct_user_ids") / checks).alias("identity_churn"),
+        fresh.alias("fresh_identities"),
+        (fresh / pl.max_horizontal("distinct_keys", "distinct_user_ids", pl.lit(1))).alias(
+            "fresh_share"
+        ),
     ]
 
 

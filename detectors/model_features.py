@@ -97,6 +97,9 @@ GROUPS = tuple(FAMILIES.index(spec.family) for spec in MODEL_SPECS)
 MIN_MADS = tuple(spec.min_mad for spec in MODEL_SPECS)
 Z_CAPS = tuple(FAMILY_CAPS.get(spec.family, DEFAULT_CAP) for spec in MODEL_SPECS)
 GUARDED_COLUMNS = np.array([spec.family in GUARDED_FAMILIES for spec in MODEL_SPECS])
+# what the limiter already answers: a client held at its limit is denied and much at
+# ``remaining == 0`` because it asks for more than it may, which the limiter stops
+HELD_COLUMNS = np.array([spec.family in (*GUARDED_FAMILIES, "denial") for spec in MODEL_SPECS])
 # everything but volume: how a subject behaves rather than how much
 BEHAVIOUR_COLUMNS = np.array([spec.family != "volume" for spec in MODEL_SPECS])
 _LOG_COLUMNS = np.array([spec.log_scale for spec in MODEL_SPECS])

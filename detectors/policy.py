@@ -17,6 +17,16 @@ For each (tenant, scope), every subject active in the last minute is judged once
    keys, each at a person's pace, nothing denied), a launch-day crowd of new users, and
    an app key those users share are volume-benign: they can only be blocked for being
    denied, machine-regular or on routes nobody else uses, never for how many they are.
+   A subject *held by its limit* is spared the same way, and its ``denial`` features
+   too: one or two identities (``held_identities``) and user agents (``held_agents``),
+   denied at least ``held_min_deny_ratio`` (10%) of the time, and either known to the
+   tenant before (``known_before``: a client retrying after each 429, a sync job
+   running over its limit) or denied at most ``held_deny_ratio`` (80%), asking for up
+   to five times what it may.  The limiter already stops what is over the limit, and
+   what it allows is the tenant's contract.  A newcomer pressing harder (a burst, a
+   password tried on one account at ten times the login limit), a source with many
+   identities or rotating its user agent is not held, it is judged; so is a source the
+   limiter allows, however close to its limit (a timer at ``remaining == 0``).
 4. **Agreement or one sure layer.**  With ``b`` the baseline score and ``i`` the
    isolation score (both in [0, 1]) the score is the largest of
 
@@ -55,6 +65,7 @@ from detectors.isolation import IsolationDetector
 from detectors.model_features import (
     BEHAVIOUR_COLUMNS,
     GUARDED_COLUMNS,
+    HELD_COLUMNS,
     MODEL_FEATURES,
     MODEL_SPECS,
     describe,
@@ -79,6 +90,10 @@ class PolicySettings:
     guard_deny_ratio: float = 0.25
     guard_rate_z: float = 3.0
     guard_rate_factor: float = 3.0
+    held_identities: int = 2
+    held_deny_ratio: float = 0.8
+    held_min_deny_ratio: float = 0.1
+    held_agents: int = 2
     behaviour_z: float = 3.0
     learn_below: float = 0.5
     top_signals: int = 4
@@ -87,6 +102,10 @@ class PolicySettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
+        for name in ("held_deny_ratio", "held_min_deny_ratio"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1], got {share!r}")
         for name in ("baseline_margin", "isolation_margin"):
             margin = getattr(self, name)
             if not 0.0 <= margin < self.threshold:
@@ -185,14 +204,22 @@ class DetectionPolicy:
         else:
             median = features["tenant_median_rate_per_identity"].to_numpy()
             usual = s.guard_rate_factor * np.maximum(median, 1.0)
-        guarded = (features["deny_ratio"].to_numpy() <= s.guard_deny_ratio) & (
-            matrix[:, _PACE] <= usual
+        deny = features["deny_ratio"].to_numpy()
+        guarded = (deny <= s.guard_deny_ratio) & (matrix[:, _PACE] <= usual)
+        identities = np.maximum(
+            features["distinct_keys"].to_numpy(), features["distinct_user_ids"].to_numpy()
         )
+        pressed = deny >= s.held_min_deny_ratio
+        steady = features["distinct_user_agents"].to_numpy() <= s.held_agents
+        known = features["known_before"].to_numpy() > 0
+        moderate = known | (deny <= s.held_deny_ratio)
+        held = (identities <= s.held_identities) & moderate & pressed & steady
         # the forest may decide alone only on a subject unusual in more than volume
         behaves_oddly = np.zeros(n, dtype=bool)
         if baseline is not None:
             masked = matrix.copy()
             masked[np.ix_(guarded, GUARDED_COLUMNS)] = baseline.median_[GUARDED_COLUMNS]
+            masked[np.ix_(held, HELD_COLUMNS)] = baseline.median_[HELD_COLUMNS]
             contributions = baseline.contributions(masked)
             b = np.where(evidence, baseline.score_contributions(contributions), np.nan)
             behaves_oddly = contributions[:, BEHAVIOUR_COLUMNS].max(axis=1) >= s.behaviour_z
@@ -205,7 +232,7 @@ class DetectionPolicy:
             [
                 np.sqrt(b * i),
                 b - s.baseline_margin,
-                np.where(behaves_oddly & ~guarded, i - s.isolation_margin, np.nan),
+                np.where(behaves_oddly & ~guarded & ~held, i - s.isolation_margin, np.nan),
             ]
         )
         names = np.array(["baseline+isolation_forest", "baseline", "isolation_forest"])

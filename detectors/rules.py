@@ -11,7 +11,11 @@ only logs in); a launch crowd brings one user per IP.  A rule that fires decides
 =======================  =====  ========================================================
 rule                     scope  fires when (defaults in ``RuleThresholds``)
 =======================  =====  ========================================================
-``burst``                ip     > 600 checks/min and > 50% of them denied
+``burst``                ip     > 600 checks/min while active (over the span of its
+                                checks in the window, so a burst shows in seconds),
+                                > 60% of them denied, from an address new to the
+                                tenant (a known client over its limit, a sync job, is
+                                the limiter's to stop)
 ``key_enumeration``      ip     >= 10 distinct keys in a minute and > 60% denied, or
                                 >= 60 distinct keys in a minute that are > 80% of its
                                 checks and mostly come without a user id (each key tried
@@ -23,6 +27,20 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 on one route (a botnet IP that lives seconds on the login
                                 route, trying accounts past their login limit; a NAT's
                                 users signing in at once are not denied)
+``new_identities``       ip     >= 8 keys or user ids new to the tenant in a minute
+                                (none of its earlier 10 minutes used them), >= 80% of
+                                its identities, and >= 4 times the median of the
+                                tenant's addresses, on routes >= 1.5 bits away from the
+                                tenant's route mix: judged against the population, not
+                                the shape, and never hidden by the volume guard (a NAT's
+                                crowd, even new, browses as everybody does)
+``unique_paths``         ip     >= 20 checks in a minute, and >= 80% of them on routes
+                                no other caller used and it hit at most twice, or >= 90%
+                                of them on a route of their own (distinct routes per
+                                check, a walk through pages another crawler may fetch
+                                too); each also >= 4 times the tenant's median (a
+                                tenant whose every address opens pages of its own is
+                                not judged by it)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
 =======================  =====  ========================================================
@@ -37,13 +55,14 @@ import polars as pl
 from detectors.model_features import describe
 from detectors.verdict import Signal
 
-RULES_VERSION = "rules-2"
+RULES_VERSION = "rules-3"
 
 
 @dataclass(frozen=True, slots=True)
 class RuleThresholds:
     burst_rate: float = 600.0  # checks/min from one IP; a browser makes a few dozen
-    burst_deny_ratio: float = 0.5
+    # a sync job's first burst, over its (large) limit, was half denied in a training seed
+    burst_deny_ratio: float = 0.6
     many_subjects: int = 10  # distinct keys or user ids behind one IP within a minute
     many_subjects_deny_ratio: float = 0.6  # a NAT's users mostly succeed
     # allowed enumeration: each key used about once (a NAT's keys repeat: churn 0.1-0.3)
@@ -56,12 +75,33 @@ class RuleThresholds:
     # a stuffer's accounts are tried a few times each, so only 10-40% of an IP's attempts
     # meet the login limit; people signing in at once behind a NAT are hardly ever denied
     stuffing_deny_ratio: float = 0.05
+    # identities nobody used before: the population's own level, or this floor, whichever
+    # is higher (a NAT's users come back with the keys they used minutes ago)
+    fresh_min: int = 8
+    fresh_share: float = 0.8
+    fresh_factor: float = 4.0
+    fresh_quantile: float = 0.5  # robust to attackers up to half the tenant's addresses
+    # ... and used unlike the tenant's own mix of routes: a crowd of people behind one
+    # address, even all new at once, uses the application as everybody does
+    fresh_divergence: float = 1.5  # bits
+    # a crawl: nearly every check on a page nobody else fetched
+    unique_checks: int = 20
+    unique_share: float = 0.8
+    unique_factor: float = 4.0
+    walk_share: float = 0.9  # distinct routes per check
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
 
     def __post_init__(self) -> None:
         shares = ("burst_deny_ratio", "many_subjects_deny_ratio", "stuffing_deny_ratio")
-        for name in (*shares, "enumeration_churn", "enumeration_identified"):
+        for name in (
+            *shares,
+            "enumeration_churn",
+            "enumeration_identified",
+            "fresh_share",
+            "unique_share",
+            "walk_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
@@ -81,6 +121,8 @@ RULE_SCORES = {
     "burst": 0.99,
     "key_enumeration": 0.97,
     "credential_stuffing": 0.97,
+    "new_identities": 0.95,
+    "unique_paths": 0.95,
     "key_spread": 0.95,
 }
 
@@ -95,9 +137,15 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     # none, and is left to the models, which compare it with the tenant's keys
     own_ips = pl.col("prior_distinct_ips")
     conditions = {
-        "burst": ip & (pl.col("rate_short") > t.burst_rate) & (denied > t.burst_deny_ratio),
+        "burst": ip
+        & (pl.col("rate_active") > t.burst_rate)
+        & (denied > t.burst_deny_ratio)
+        # an address with no earlier decision, even in the tenant's first minutes
+        & (pl.col("prior_distinct_ips") == 0),
         "key_enumeration": ip & (_denied_keys(t) | _walked_keys(t)),
         "credential_stuffing": ip & (_denied_users(t) | _rotating_stuffer(t)),
+        "new_identities": ip & _fresh(t),
+        "unique_paths": ip & (pl.col("checks") >= t.unique_checks) & (_novel(t) | _walk(t)),
         "key_spread": (pl.col("scope") == "key")
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
@@ -105,6 +153,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
     }
     flagged = (
         features.with_row_index("row")
+        .with_columns(_fresh_bar(t).alias("fresh_bar"))
         .with_columns(
             own_ips.alias("own_ips"), *(cond.alias(name) for name, cond in conditions.items())
         )
@@ -115,6 +164,37 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         rule = next(name for name in RULE_SCORES if row[name])  # strongest first
         hits.append(_hit(rule, row, t))
     return hits
+
+
+def _novel(t: RuleThresholds) -> pl.Expr:
+    novelty = pl.col("route_novelty")
+    return (novelty >= t.unique_share) & (
+        novelty >= t.unique_factor * pl.col("tenant_median_route_novelty")
+    )
+
+
+def _walk(t: RuleThresholds) -> pl.Expr:
+    # pages fetched once each, nearly every check a new one, far more of them than the
+    # tenant's callers use: a crawl, even when another crawler fetches the same pages
+    routes = pl.col("distinct_routes")
+    return (routes >= t.walk_share * pl.col("checks")) & (
+        routes >= t.unique_factor * pl.col("tenant_median_distinct_routes")
+    )
+
+
+def _fresh_bar(t: RuleThresholds) -> pl.Expr:
+    """The new identities an address must bring: the floor, or ``fresh_factor`` times the
+    ``fresh_quantile`` of the tenant's addresses, whichever is higher."""
+    population = pl.col("fresh_identities").quantile(t.fresh_quantile).over("tenant", "scope")
+    return pl.max_horizontal(pl.lit(float(t.fresh_min)), t.fresh_factor * population.fill_null(0))
+
+
+def _fresh(t: RuleThresholds) -> pl.Expr:
+    return (
+        (pl.col("fresh_identities") >= pl.col("fresh_bar"))
+        & (pl.col("fresh_share") >= t.fresh_share)
+        & (pl.col("route_divergence") >= t.fresh_divergence)
+    )
 
 
 def _denied_keys(t: RuleThresholds) -> pl.Expr:
@@ -155,10 +235,12 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
 
     deny = signal("deny_ratio", "tenant_median_deny_ratio")
     if rule == "burst":
-        rate = signal("rate_short", "tenant_median_rate_short")
+        rate = signal("rate_active", "tenant_median_rate_active")
         reason = (
-            f"{describe('rate_short', rate.value)} from one IP with {deny.value:.0%} denied "
-            f"(rule: > {t.burst_rate:,.0f}/min and > {t.burst_deny_ratio:.0%} denied; "
+            f"{describe('rate_short', rate.value)} while active from one IP with "
+            f"{deny.value:.0%} denied "
+            f"(rule: > {t.burst_rate:,.0f}/min and > {t.burst_deny_ratio:.0%} denied from "
+            "an address new to the tenant; "
             f"tenant median {rate.baseline:.1f}/min)"
         )
         signals: tuple[Signal, ...] = (rate, deny)
@@ -186,6 +268,35 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
             f"{many.baseline:.0f})"
         )
         signals = (many, deny)
+    elif rule == "unique_paths":
+        unique = signal("route_novelty", "tenant_median_route_novelty")
+        paths = signal("distinct_routes", "tenant_median_distinct_routes")
+        checks = float(row["checks"])
+        reason = (
+            f"one IP made {checks:.0f} checks in a minute on {paths.value:.0f} distinct "
+            f"routes (the tenant's median caller: {paths.baseline:.0f}), {unique.value:.0%} "
+            "of them on routes no other caller used (rule: >= "
+            f"{t.unique_checks} checks, and >= {t.unique_share:.0%} on such routes or a "
+            f"new route in >= {t.walk_share:.0%} of the checks, >= {t.unique_factor:g} times "
+            "the tenant's median)"
+        )
+        signals = (paths, unique, signal("checks", "tenant_median_checks"))
+    elif rule == "new_identities":
+        fresh = Signal(
+            "fresh_identities", float(row["fresh_identities"]), float(row["fresh_bar"]), 1.0
+        )
+        share = signal("fresh_share", "tenant_median_fresh_share")
+        routes = signal("route_divergence", "tenant_median_route_divergence")
+        reason = (
+            f"one IP brought {fresh.value:.0f} keys or user ids in a minute that the tenant "
+            f"had not seen in the 10 minutes before, {share.value:.0%} of its identities, in "
+            f"{float(row['checks']):.0f} checks, on routes {routes.value:.1f} bits away from "
+            f"the tenant's mix (rule: >= {fresh.baseline:.0f} new, the larger of "
+            f"{t.fresh_min} and {t.fresh_factor:g} times the tenant's addresses' "
+            f"{t.fresh_quantile:.0%} quantile; >= {t.fresh_share:.0%} of its identities; "
+            f">= {t.fresh_divergence:g} bits)"
+        )
+        signals = (fresh, share, routes)
     else:
         spread = Signal(
             "distinct_ips_long", float(row["distinct_ips_long"]), float(row["own_ips"]), 1.0

@@ -37,6 +37,9 @@ from stream.events import DecisionEvent
 log = logging.getLogger("ratewatch.detect")
 
 QUIET_INTERVAL = 60.0  # seconds between the rounds of a detector with nothing to judge
+# a source sending a check a second shows its behaviour within seconds: judged that often,
+# it is blocked within a few seconds of it (a round costs tens of milliseconds)
+EVALUATION_INTERVAL = 2.0
 
 
 class Detector(Protocol):
@@ -69,7 +72,7 @@ class DetectionLoop:
         self,
         detector: Detector,
         actions: Actions,
-        interval: float = 5.0,
+        interval: float = EVALUATION_INTERVAL,
         metrics: DetectionMetrics | None = None,
         *,
         quiet_ms: int | None = None,

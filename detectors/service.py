@@ -24,7 +24,7 @@ from detectors.metrics import DetectionMetrics
 from detectors.offenders import OffenderHistory
 from detectors.redis_source import RedisDecisionSource
 from detectors.registry import ModelRegistry
-from detectors.runner import DetectionLoop
+from detectors.runner import EVALUATION_INTERVAL, DetectionLoop
 from limiter.keyspace import Keyspace
 from limiter.state.allowlist import Allowlist
 from limiter.state.blocks import BlockStore
@@ -68,7 +68,7 @@ async def run_embedded_detection(
 ) -> None:
     """Detect on the Valkey event stream until ``stop`` is set (in the pipeline worker)."""
 
-    loop = build_detection(redis, keyspace, model_dir, 5.0, metrics)
+    loop = build_detection(redis, keyspace, model_dir, EVALUATION_INTERVAL, metrics)
     source = RedisDecisionSource(redis, keyspace.events)
     await source.ensure_group()
     evaluator = asyncio.create_task(loop.run(stop), name="ratewatch-detect")

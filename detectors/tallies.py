@@ -18,13 +18,23 @@ recomputed from the subject's decisions in the window.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from detectors.features import DISTINCT, HASHED, PRIOR_SCHEMA, TALLY_SCHEMA, plogp
+from detectors.features import (
+    DISTINCT,
+    HASHED,
+    IDENTITIES,
+    PRIOR_SCHEMA,
+    ROUTE_MIX_BY_ADDRESS,
+    ROUTE_SCHEMA,
+    TALLY_SCHEMA,
+    plogp,
+)
 from detectors.recent import RecentRows
 from detectors.slots import Ints, Keys, Mask, SlotTable
 from detectors.verdict import Scope
@@ -89,6 +99,8 @@ class ScopeTally:
                 pair_columns |= {"prior": np.int64, "value": np.uint64}
             if kind == "route":
                 pair_columns["pop"] = np.int64
+            if scope == "ip" and kind in IDENTITIES:  # the identity, for its novelty
+                pair_columns["ident"] = np.uint64
             self.pairs[kind] = SlotTable(pair_columns)
 
     # -- arrivals -------------------------------------------------------------------------
@@ -143,6 +155,9 @@ class ScopeTally:
                 table["value"][slots[new]] = batch.values["ip"][where[first[new]]]
             if kind == "route":
                 table["pop"][slots[new]] = batch.pops[where[first[new]]]
+            identity = _identity_scope(kind)
+            if identity is not None and "ident" in table.columns:
+                table["ident"][slots[new]] = batch.subjects[identity][where[first[new]]]
         old = table["count"][slots]
         table["count"][slots] = old + counts
         appeared = slots[old == 0]
@@ -275,14 +290,24 @@ class ScopeTally:
 
     # -- reading --------------------------------------------------------------------------
 
-    def frame(self, novel: Mask, tenants: pl.Series) -> pl.DataFrame:
+    def frame(
+        self,
+        novel: Mask,
+        tenants: pl.Series,
+        identities: Mapping[Scope, ScopeTally] | None = None,
+        surprise: Floats | None = None,
+    ) -> pl.DataFrame:
         """``TALLY_SCHEMA`` rows of the subjects with decisions in the short window.
-        ``novel`` flags the route slots of ``RouteTally`` that are novel; ``tenants`` names
-        the window's tenant numbers."""
+        ``novel`` flags the route slots of ``RouteTally`` that are novel and ``surprise``
+        gives their ``RouteTally.surprise`` (zero without); ``tenants`` names
+        the window's tenant numbers; ``identities`` are the tallies of the key and user id
+        scopes, which say which identities of an address are new."""
         subjects = self.subjects
         size = subjects.size
         active = np.flatnonzero(subjects["checks"][:size] > 0)
-        routed, plogps, novels = self._route_sums(novel, size)
+        if surprise is None:
+            surprise = np.zeros(novel.size, np.float64)
+        routed, plogps, novels, surprises = self._route_sums(novel, surprise, size)
 
         def column(name: str) -> Ints:
             return subjects[name][active]
@@ -303,21 +328,43 @@ class ScopeTally:
             "novel": novels[active],
             "routed": routed[active],
             "route_plogp": plogps[active],
+            "route_surprise": surprises[active],
             "gap_sum": column("gap_sum"),
             "gap_sq": column("gap_sq"),
             "prior_checks": prior,
         }
+        data["fresh_identities"] = np.zeros(active.size, np.int64)
         if self.scope == "ip":  # an address is its own single IP
             data["prior_distinct_ips"] = (prior > 0).astype(np.int64)
             data["distinct_ips_long"] = ones
+            if identities is not None:
+                data["fresh_identities"] = self._fresh(identities, size)[active]
         else:
             data["prior_distinct_ips"] = column("prior_ips")
             data["distinct_ips_long"] = column("long_ips")
         return pl.DataFrame(data, schema=TALLY_SCHEMA)
 
-    def _route_sums(self, novel: Mask, size: int) -> tuple[Ints, Floats, Ints]:
+    def _fresh(self, identities: Mapping[Scope, ScopeTally], size: int) -> Ints:
+        """Per address slot: the larger of its keys and its user ids in the short window
+        that had no decision earlier in the long window."""
+        fresh = np.zeros(size, np.int64)
+        for kind in IDENTITIES:
+            table = self.pairs[kind]
+            live = np.flatnonzero(table["count"][: table.size] > 0)
+            own = identities[kind].subjects
+            idents: Keys = table.columns["ident"][live]  # type: ignore[assignment]
+            slots = own.find(idents)
+            new = np.ones(live.size, dtype=bool)
+            known = slots >= 0
+            new[known] = own["prior_checks"][slots[known]] == 0
+            fresh = np.maximum(fresh, np.bincount(table["owner"][live[new]], minlength=size))
+        return fresh
+
+    def _route_sums(
+        self, novel: Mask, surprise: Floats, size: int
+    ) -> tuple[Ints, Floats, Ints, Floats]:
         """Per subject slot: decisions with a route, the sum of n log2 n over its route
-        counts, decisions on novel routes."""
+        counts, decisions on novel routes, the sum of n times each route's surprise."""
         table = self.pairs["route"]
         live = np.flatnonzero(table["count"][: table.size] > 0)
         owner, counts = table["owner"][live], table["count"][live]
@@ -326,7 +373,9 @@ class ScopeTally:
         plogps = np.bincount(owner, weights=terms, minlength=size).astype(np.float64)
         on_novel = counts * novel[table["pop"][live]]
         novels = np.bincount(owner, weights=on_novel, minlength=size).astype(np.int64)
-        return routed, plogps, novels
+        weighted = counts * surprise[table["pop"][live]]
+        surprises = np.bincount(owner, weights=weighted, minlength=size).astype(np.float64)
+        return routed, plogps, novels, surprises
 
     def prior_of(self, slots: Ints) -> pl.DataFrame:
         """``PRIOR_SCHEMA`` rows of the long window's earlier part for subjects ``slots``
@@ -349,6 +398,11 @@ class ScopeTally:
             }
         )
         return frame.cast(PRIOR_SCHEMA)  # type: ignore[arg-type]
+
+
+def _identity_scope(kind: str) -> Scope | None:
+    """``kind`` as the identity scope it names, if it is one (``IDENTITIES``)."""
+    return next((scope for scope in IDENTITIES if scope == kind), None)
 
 
 def _summed(parts: list[Prior]) -> Prior:
@@ -415,12 +469,46 @@ class RouteTally:
         novel: Mask = (hits > 0) & (hits <= most_hits) & (self.routes["callers"][:size] <= 1)
         return novel
 
-    def novel_frame(self, most_hits: int, tenants: pl.Series) -> pl.DataFrame:
-        """``tenant`` and ``route_hash`` of the novel routes."""
-        slots = np.flatnonzero(self.novel(most_hits))
+    def surprise(self, addresses: ScopeTally, tenants: int) -> Floats:
+        """Per route slot: ``-log2`` of its share of its tenant's traffic, weighing
+        addresses (``addresses``, the ``ip`` tally) and checks as ``ROUTE_MIX_BY_ADDRESS``
+        says; zero for a free slot.  ``tenants``: how many tenant numbers there are."""
+        size = self.routes.size
+        hits = self.routes["hits"][:size]
+        tenant = self.routes["tenant"][:size]
+        used = hits > 0
+        totals = np.bincount(tenant[used], weights=hits[used], minlength=tenants)
+        by_checks = np.zeros(size, np.float64)
+        by_checks[used] = hits[used] / totals[tenant[used]]
+        pairs = addresses.pairs["route"]
+        live = np.flatnonzero(pairs["count"][: pairs.size] > 0)
+        owner, pop = pairs["owner"][live], pairs["pop"][live]
+        counts = pairs["count"][live].astype(np.float64)
+        routed = np.bincount(owner, weights=counts, minlength=addresses.subjects.size)
+        weighted = np.bincount(pop, weights=counts / routed[owner], minlength=size)
+        routed_owners = np.unique(owner)
+        per_tenant = np.bincount(
+            addresses.subjects["tenant"][routed_owners], minlength=tenants
+        ).astype(np.float64)
+        mixed = by_checks.copy()
+        has = used & (per_tenant[tenant] > 0)
+        mixed[has] = (1 - ROUTE_MIX_BY_ADDRESS) * by_checks[has] + ROUTE_MIX_BY_ADDRESS * (
+            weighted[has] / per_tenant[tenant[has]]
+        )
+        out = np.zeros(size, np.float64)
+        out[used] = -np.log2(mixed[used])
+        return out
+
+    def stats_frame(self, most_hits: int, tenants: pl.Series, surprise: Floats) -> pl.DataFrame:
+        """``detectors.features.ROUTE_SCHEMA`` rows of the routes in the short window, with
+        their ``surprise``."""
+        slots = np.flatnonzero(self.routes["hits"][: self.routes.size] > 0)
         return pl.DataFrame(
             {
                 "tenant": tenants.gather(self.routes["tenant"][slots]),
                 "route_hash": pl.Series(self.routes.columns["route"][slots], dtype=pl.UInt64),
-            }
+                "novel": self.novel(most_hits)[slots],
+                "surprise": surprise[slots],
+            },
+            schema=ROUTE_SCHEMA,
         )

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from detectors.attribution import spare_victims, subject_origins
@@ -148,11 +149,12 @@ class RollingWindow:
         now = self.advance(now_ms)
         tenants = pl.Series(self._tenant_names, dtype=pl.String)
         novel = self._routes.novel(NOVEL_ROUTE_HITS)
+        surprise = self._routes.surprise(self._scopes["ip"], len(self._tenant_names))
         tallies = {}
         for scope in scopes:
-            tally = self._scopes[scope].frame(novel, tenants)
+            tally = self._scopes[scope].frame(novel, tenants, self._scopes, surprise)
             if blamed is not None and blamed.height and scope != "ip":
-                tally = self._spare(scope, tally, blamed, tenants)
+                tally = self._spare(scope, tally, blamed, tenants, surprise)
             tallies[scope] = tally
         return features_of(tallies, self._prior_start(now), now, self.short_ms)
 
@@ -277,7 +279,12 @@ class RollingWindow:
         return live[np.isin(self._recent.get(f"{scope}.slot", live), slots)]
 
     def _spare(
-        self, scope: Scope, tally: pl.DataFrame, blamed: pl.DataFrame, tenants: pl.Series
+        self,
+        scope: Scope,
+        tally: pl.DataFrame,
+        blamed: pl.DataFrame,
+        tenants: pl.Series,
+        surprise: npt.NDArray[np.float64],
     ) -> pl.DataFrame:
         """``tally`` with the subjects blamed addresses touched tallied again without the
         decisions ``spare_victims`` spares them."""
@@ -290,7 +297,7 @@ class RollingWindow:
             return tally
         own = self._scopes[scope]
         rows = spare_victims(self._recent.raw(self._rows_of(scope, touched)), scope, blamed)
-        novel = self._routes.novel_frame(NOVEL_ROUTE_HITS, tenants)
+        novel = self._routes.stats_frame(NOVEL_ROUTE_HITS, tenants, surprise)
         again = tally_rows(with_hashes(rows), own.prior_of(touched), scope, novel)
         redone = pl.DataFrame({"subject_hash": own.subjects.keys[touched]})
         return pl.concat([tally.join(redone, on="subject_hash", how="anti"), again])

@@ -30,7 +30,7 @@ DEFAULT_GROUP = "ratewatch-detect"
 @option(
     "--interval",
     type=click.FloatRange(min=0.5, max=60),
-    default=5.0,
+    default=2.0,  # detectors.runner.EVALUATION_INTERVAL (not imported: it loads polars)
     show_default=True,
     help="Seconds between evaluations.",
 )

@@ -492,7 +492,8 @@ def feature_rows(*rows: dict[str, Any]) -> pl.DataFrame:
 
 def test_rules_fire_for_the_unmistakable_and_spare_the_nat() -> None:
     features = feature_rows(
-        {"rate_short": 3000.0, "checks": 3000.0, "deny_ratio": 0.8},
+        # a new address firing as fast as it can, mostly denied
+        {"rate_active": 3000.0, "checks": 3000.0, "deny_ratio": 0.8, "prior_distinct_ips": 0.0},
         {"distinct_keys": 40.0, "checks": 50.0, "deny_ratio": 0.95},
         {"distinct_user_ids": 12.0, "checks": 14.0, "deny_ratio": 0.9},
         {"scope": "key", "distinct_ips_long": 35.0, "prior_distinct_ips": 1.0},
