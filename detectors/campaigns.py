@@ -108,6 +108,7 @@ class Campaign:
     id: str
     signature: Signature
     opened_ms: int
+    onset_ms: int = 0  # when its earliest founding source began
     members: dict[str, int] = field(default_factory=dict)
     first_seen_ms: int = 0
     last_seen_ms: int = 0
@@ -197,13 +198,20 @@ class CampaignDetector:
             if campaign is None:
                 # founded by sure sources only; then the whole partition joins, as it would
                 # one round later
-                if not self._cluster(sure.get(signature, []), now_ms):
+                founders = self._cluster(sure.get(signature, []), now_ms)
+                if not founders:
                     continue
-                campaign = self._open[signature] = Campaign(new_incident_id(), signature, now_ms)
+                campaign = self._open[signature] = Campaign(
+                    new_incident_id(), signature, now_ms, onset_ms=min(s.first_ms for s in founders)
+                )
                 kind = "opened"
             else:
                 kind = "updated"
-            joined = [s for s in sources if s.ip not in campaign.members]
+            # a campaign's members started with it or after it: a source of the same shape
+            # that was there well before (someone browsing item pages all along) did not
+            # start together with it, whatever it shows now
+            since = campaign.onset_ms - settings.onset_scale_ms
+            joined = [s for s in sources if s.ip not in campaign.members and s.first_ms >= since]
             for source in joined:
                 campaign.members[source.ip] = now_ms
             self._describe(campaign, now_ms)

@@ -197,6 +197,26 @@ def test_sources_that_join_later_join_the_same_campaign() -> None:
     assert next(c.kind for c in changes) == "opened"
 
 
+def browsers(count: int, *, until_ms: int) -> list[Row]:
+    """Anonymous people reading catalogue pages since long before anything happened: one
+    new page a minute each, the shape a crawler has too."""
+    rows, page = [], 10_000
+    for n in range(count):
+        ip = f"198.51.100.{200 + n}"
+        for ms in range(n * 1_000, until_ms, 60_000):
+            page += 1
+            rows.append(row(T0 + ms, ip, route=f"/catalogue/{page}", key=f"ip:{ip}"))
+    return rows
+
+
+def test_a_source_there_long_before_the_campaign_does_not_join_it() -> None:
+    detector = CampaignDetector()
+    crawl = [{**r, "ts": r["ts"] + 240_000} for r in scrapers(12, until_ms=60_000)]
+    verdicts, _ = run(detector, browsers(3, until_ms=300_000) + crawl, 300_000)
+    blocked = {v.subject for v in verdicts}
+    assert blocked == {f"192.0.2.{n}" for n in range(1, 13)}
+
+
 def test_a_campaign_closes_once_its_members_went_quiet() -> None:
     settings = CampaignSettings(close_after_ms=60_000)
     detector = CampaignDetector(settings)
