@@ -343,6 +343,7 @@ class LimiterApp:
             ),
             token=settings.metrics_token,
             blocks_copy=blocks_copy.status,
+            policies_copy=policies.status,
         )
         openapi = build_openapi(VERSION)
         app.router.routes.extend(

@@ -36,6 +36,7 @@ class HealthRoutes:
         instance: str,
         version: str,
         blocks_copy: Callable[[], dict[str, object]] | None = None,
+        policies_copy: Callable[[], dict[str, object]] | None = None,
         decision_stream: Callable[[], dict[str, object]] | None = None,
         webhook_metrics: WebhookMetrics | None = None,
         stream_backlog: BacklogReport | None = None,
@@ -54,6 +55,7 @@ class HealthRoutes:
         self._instance = instance
         self._version = version
         self._blocks_copy = blocks_copy  # the failure policy's local copy of the blocks
+        self._policies_copy = policies_copy  # the policies a check by policy reads
 
     def routes(self) -> list[Route]:
         return [
@@ -89,6 +91,8 @@ class HealthRoutes:
             redis.update(error=self._health.last_error, down_since=self._health.down_since)
         if self._blocks_copy is not None:
             redis["blocks_copy"] = self._blocks_copy()
+        if self._policies_copy is not None:
+            redis["policies_copy"] = self._policies_copy()
         degraded = redis["status"] != "up"
         dependencies: dict[str, object] = {"redis": redis}
         if self._decision_stream is not None:  # status "spooling" while Kafka is away

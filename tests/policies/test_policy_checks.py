@@ -7,6 +7,7 @@ import jsonschema
 import pytest
 
 from tests.support.openapi import schema_of
+from tests.support.polling import wait_until
 from tests.support.servers import RatewatchProcess
 
 
@@ -33,6 +34,26 @@ def test_a_policy_is_created_listed_read_and_checked_by_name(api: httpx.Client) 
     # the policy's counter is the explicit check's with the same numbers
     same = check(api, key="user:1", limit=3, window=60).json()
     assert same["allowed"] is False
+
+
+def test_the_detailed_health_reports_the_policies_copy(api: httpx.Client) -> None:
+    assert put_policy(api, "health-copy", limits=[{"limit": 5, "window": 60}]).status_code in (
+        200,
+        201,
+    )
+    # the copy is reread every half second; a minute is the test's patience, not the bound
+    copy: dict[str, object] = {}
+
+    def holds_it() -> bool:
+        detailed = api.get("/health/detailed").json()
+        copy.update(detailed["dependencies"]["redis"]["policies_copy"])
+        return isinstance(copy.get("policies"), int) and int(copy["policies"]) >= 1
+
+    wait_until(holds_it, 60, "the policy in the limiter's copy", 0.1)
+    tenants = copy["tenants"]
+    assert isinstance(tenants, int)
+    assert tenants >= 1
+    assert copy["refreshed_at"] is not None
 
 
 def test_two_windows_are_decided_at_once_and_the_answer_names_the_deciding_one(
