@@ -362,7 +362,6 @@ class LimiterApp:
             checks,
             auth,
             decider,
-            sink,
             self.metrics,
             api_limits,
             TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None,

@@ -21,7 +21,7 @@ from limiter.http.asgi import JSON, Headers, Scope, read_body, respond
 from limiter.http.bearer import authenticate, cached_principal, verify_signature
 from limiter.http.problems import Problem
 from limiter.http.schemas import BatchRequest, BatchResult, CheckRequest
-from limiter.metrics import LimiterMetrics
+from limiter.metrics import Latencies, LimiterMetrics
 from limiter.policies.cache import PolicyCache, UnknownPolicy
 from limiter.policies.checks import conclude
 from limiter.policies.model import Overrides, Policy, Resolved, compiled, resolve
@@ -226,23 +226,7 @@ class CheckHandler:
         if result.retry_after is not None:
             headers.append((b"retry-after", b"%d" % result.retry_after))
         await respond(send, 200, _encoder.encode(result), headers)
-        elapsed = time.perf_counter_ns() - started
-        if self._emits:
-            self._sink.emit(
-                [
-                    Decision(
-                        time.time_ns() // 1_000_000,
-                        check,
-                        outcome,
-                        elapsed // 1000,
-                    )
-                ]
-            )
-        metrics = self._metrics
-        metrics.count_decision(outcome.allowed, outcome.reason)
-        metrics.check_seconds.observe(elapsed / 1e9)
-        if metrics.shared:
-            metrics.flush()
+        self.record(started, check, outcome, outcome, self._metrics.check_seconds)
 
     async def _policy_check(
         self, principal: Principal, request: CheckRequest, started: int, send: Any
@@ -266,6 +250,18 @@ class CheckHandler:
         if result.retry_after is not None:
             headers.append((b"retry-after", b"%d" % result.retry_after))
         await respond(send, 200, _encoder.encode(result), headers)
+        self.record(started, decided, outcome, answer, self._metrics.check_seconds)
+
+    def record(
+        self,
+        started: int,
+        decided: Check,
+        outcome: Outcome,
+        answer: Outcome,
+        latencies: Latencies,
+    ) -> None:
+        """What follows one answered check: its decision emitted (as the store decided it,
+        for the window that decided), counted as answered, and its time observed."""
         elapsed = time.perf_counter_ns() - started
         if self._emits:
             self._sink.emit(
@@ -273,9 +269,9 @@ class CheckHandler:
             )
         metrics = self._metrics
         metrics.count_decision(answer.allowed, answer.reason)
-        if answer is not outcome:
+        if answer is not outcome:  # a shadow policy's would-be denial
             metrics.count_shadow_denial(outcome.reason)
-        metrics.check_seconds.observe(elapsed / 1e9)
+        latencies.observe(elapsed / 1e9)
         if metrics.shared:
             metrics.flush()
 

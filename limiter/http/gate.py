@@ -17,7 +17,6 @@ import msgspec
 
 from limiter.api_limits import ApiLimiter
 from limiter.auth import Authenticator
-from limiter.emit import Decision, DecisionSink, NullSink
 from limiter.failover import FailoverDecider
 from limiter.http.asgi import JSON, Headers, Scope, bearer_token, header, respond
 from limiter.http.bearer import authenticate
@@ -26,7 +25,7 @@ from limiter.http.forwarded import OPTIONS, GateRequest, TrustedProxies, gate_re
 from limiter.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from limiter.http.schemas import CheckRequest
 from limiter.metrics import LimiterMetrics
-from limiter.policies.checks import answered, decided_check, policy_header
+from limiter.policies.checks import conclude, policy_header
 from limiter.results import CheckResult, to_result
 from limiter.store.base import Check
 
@@ -43,7 +42,6 @@ class GateHandler:
         checks: CheckHandler,
         auth: Authenticator,
         decider: FailoverDecider,
-        sink: DecisionSink,
         metrics: LimiterMetrics,
         api_limits: ApiLimiter | None = None,
         trusted_proxies: TrustedProxies | None = None,
@@ -51,8 +49,6 @@ class GateHandler:
         self._checks = checks  # turns a request into its check, as POST /v1/check does
         self._auth = auth
         self._decider = decider
-        self._sink = sink
-        self._emits = not isinstance(sink, NullSink)
         self._metrics = metrics
         self._api_limits = api_limits
         self._trusted = trusted_proxies
@@ -82,24 +78,11 @@ class GateHandler:
         else:
             check = self._checks.to_check(tenant, request, started, None, principal.segment)
         outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        # a plain check is its own deciding window, never in shadow mode
-        decided = decided_check(check, outcome)
-        answer = answered(check, outcome)
+        decided, answer, _ = conclude(check, outcome)
         result = to_result(answer, decided.limit)
         status, body, headers = _answer(gate, check, decided, result)
         await respond(send, status, body, headers)
-        elapsed = time.perf_counter_ns() - started
-        if self._emits:
-            self._sink.emit(
-                [Decision(time.time_ns() // 1_000_000, decided, outcome, elapsed // 1000)]
-            )
-        metrics = self._metrics
-        metrics.count_decision(answer.allowed, answer.reason)
-        if answer is not outcome:
-            metrics.count_shadow_denial(outcome.reason)
-        metrics.gate_seconds.observe(elapsed / 1e9)
-        if metrics.shared:
-            metrics.flush()
+        self._checks.record(started, decided, outcome, answer, self._metrics.gate_seconds)
 
     @staticmethod
     def _request(gate: GateRequest) -> CheckRequest:
