@@ -108,7 +108,12 @@ function request()
   idx = idx % nkeys + 1
   return reqs[idx]
 end
+""")
 
+
+# how every wrk script of the benches ends: its summary as one JSON line after RESULT_MARK,
+# which parse_wrk reads
+WRK_REPORT = Template(r"""
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -119,7 +124,7 @@ function done(summary, latency, requests)
     e.timeout, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9), latency.mean, latency.max))
 end
-""")
+""").substitute(mark=RESULT_MARK)
 
 
 class BenchError(RuntimeError):
@@ -296,8 +301,8 @@ class Wrk:
                 nkeys=NUM_KEYS,
                 limit=LIMIT,
                 window=WINDOW,
-                mark=RESULT_MARK,
             )
+            + WRK_REPORT
         )
         return script
 

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 from check_throughput import (
     HOST,
-    RESULT_MARK,
+    WRK_REPORT,
     BenchError,
     Processes,
     Service,
@@ -107,17 +107,6 @@ end
 function request()
   idx = idx % nreqs + 1
   return reqs[idx]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '$mark{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
-    '"p999_us":%d,"mean_us":%.1f,"max_us":%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status,
-    e.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9), latency.mean, latency.max))
 end
 """)
 
@@ -258,8 +247,8 @@ class DenialBench:
         path.write_text(
             SCRIPT.substitute(
                 token=service.token, nreqs=REQUESTS, free=FREE_KEYS, over=OVER_KEYS,
-                path=PATH, mark=RESULT_MARK,
-            )
+                path=PATH,
+            ) + WRK_REPORT
         )  # fmt: skip
         return path
 

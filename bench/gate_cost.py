@@ -34,8 +34,8 @@ import httpx
 from check_throughput import (
     LIMIT,
     NUM_KEYS,
-    RESULT_MARK,
     WINDOW,
+    WRK_REPORT,
     Bench,
     BenchError,
     Processes,
@@ -79,17 +79,6 @@ function request()
   idx = idx % nkeys + 1
   return reqs[idx]
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '$mark{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
-    '"p999_us":%d,"mean_us":%.1f,"max_us":%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status,
-    e.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9), latency.mean, latency.max))
-end
 """)
 
 
@@ -109,8 +98,8 @@ class RouteWrk(Wrk):
                 check_path=CHECK,
                 limit=LIMIT,
                 window=WINDOW,
-                mark=RESULT_MARK,
             )
+            + WRK_REPORT
         )
         argv = [self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s"]
         argv += ["--timeout", "5s", "-s", str(script), service.base_url + path]
