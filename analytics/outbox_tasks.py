@@ -1,4 +1,4 @@
-"""The outbox drains (audit entries, alerts) as tasks of the process that owns the
+"""The outbox drains (audit entries, alerts, incident changes) as tasks of the process that owns the
 analytics store: ``ratewatch pipeline`` (embedded) and ``ratewatch stream`` (distributed,
 which also publishes them to Kafka).
 
@@ -83,22 +83,24 @@ async def open_outbox_tasks(
     redis: Redis,
     audit_stream: str,
     alert_stream: str,
+    incident_stream: str,
     in_store: InStore,
     *,
     consumer: str,
     bootstrap: str | None = None,
     metrics: OutboxMetrics | None = None,
 ) -> list[OutboxTask]:
-    """The drains of the audit and the alert outbox (the streams ``audit_stream`` and
-    ``alert_stream`` of ``redis``) into their tables at
-    ``url`` and, given a Kafka ``bootstrap``, onto their topics.  ``consumer`` names the
-    drains in their groups: one name per host, so a restarted process resumes its own
-    unacknowledged entries.  ``metrics`` counts what both drains do, per outbox."""
+    """The drains of the audit, the alert and the incident outbox (the streams
+    ``audit_stream``, ``alert_stream`` and ``incident_stream`` of ``redis``) into their
+    tables at ``url`` and, given a Kafka ``bootstrap``, onto their topics.  ``consumer``
+    names the drains in their groups: one name per host, so a restarted process resumes its
+    own unacknowledged entries.  ``metrics`` counts what the drains do, per outbox."""
     from analytics.alert_store import AlertLogWriter
     from analytics.audit_store import AuditLogWriter
     from analytics.clickhouse import connect
-    from stream import alerts, audit
-    from stream.outbox_drain import ALERT_GROUP, AUDIT_GROUP, OutboxDrain
+    from analytics.incident_log import IncidentLogWriter
+    from stream import alerts, audit, incidents
+    from stream.outbox_drain import ALERT_GROUP, AUDIT_GROUP, INCIDENT_GROUP, OutboxDrain
     from stream.publisher import EventPublisher
 
     async def task(
@@ -148,5 +150,13 @@ async def open_outbox_tasks(
             alerts,
             AlertLogWriter(await in_store(connect, url), reconnect=reconnect),
             alerts.ALERTS_TOPIC,
+        ),
+        await task(
+            "incident",
+            incident_stream,
+            INCIDENT_GROUP,
+            incidents,
+            IncidentLogWriter(await in_store(connect, url), reconnect=reconnect),
+            incidents.INCIDENTS_TOPIC,
         ),
     ]

@@ -20,4 +20,5 @@ TENANT_ROLLUP_TABLES = {
     "day": f"{DATABASE}.tenant_decisions_per_day",
 }
 ALERTS_TABLE = f"{DATABASE}.alerts"
+INCIDENTS_TABLE = f"{DATABASE}.incidents"
 CONTROL_RECORDS_TABLE = f"{DATABASE}.control_records"

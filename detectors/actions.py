@@ -4,7 +4,8 @@ an alert, within what the tenant allows.
 ``BlockActions.apply`` decides, in this order:
 
 1. ``not_warranted`` — the score is below the threshold: nothing.
-2. ``detection_off`` — the tenant turned detection off: nothing.  ``not_warranted`` too
+2. ``detection_off`` — the tenant turned detection off (or, for a campaign's verdict,
+   campaign detection: ``campaign_detection`` false): nothing.  ``not_warranted`` too
    when the score is below the tenant's own ``detection_threshold`` (a tenant may ask for
    more evidence than the detectors' threshold, never for less); a block made above it
    records the tenant's threshold in its explanation.
@@ -27,7 +28,9 @@ an alert, within what the tenant allows.
 5. ``cap_reached`` — the tenant has ``max_dynamic_blocks`` active detector blocks of this
    mode: no block, and an alert ``block.skipped_cap``, at most one per tenant per minute.
 6. ``shadowed`` (shadow mode) or ``blocked`` (enforce): the offence is counted and the
-   block made with the escalated TTL (``detectors.offenders.escalated_ttl``), audited as
+   block made with the escalated TTL (``detectors.offenders.escalated_ttl``; a campaign
+   member's from the tenant's ``campaign_block_ttl`` when set, and in shadow mode when the
+   tenant's ``campaign_mode`` is ``shadow``: ``limiter.state.tenants``), audited as
    ``block.created`` by ``detector:<name>`` and alerted (``block.shadowed``, or
    ``block.created`` / ``block.escalated`` for a first / repeat offence).  A shadow block is
    a record without an enforcement key: listed, audited, alerted, never enforced.  Shadow
@@ -141,7 +144,16 @@ class BlockActions:
         tenant, scope = verdict.tenant, verdict.scope
         subject = normalize_subject(scope, verdict.subject)
         detection = await self._settings.detection(tenant)
-        if detection.mode is DetectionMode.OFF:
+        mode = detection.mode
+        base_ttl = self._base_ttl
+        if verdict.campaign is not None:
+            # the tenant's campaign settings, read with the rest at each verdict
+            if not detection.campaigns.enabled:
+                return ActionResult("detection_off")
+            mode = detection.campaigns.mode_within(mode)
+            if detection.campaigns.block_ttl is not None:
+                base_ttl = min(detection.campaigns.block_ttl, self._max_ttl)
+        if mode is DetectionMode.OFF:
             return ActionResult("detection_off")
         if detection.threshold is not None and detection.threshold > verdict.threshold:
             # the tenant asks for more evidence: what follows records this threshold
@@ -159,7 +171,7 @@ class BlockActions:
             return ActionResult("already_blocked")
         try:
             result, alert = await self._act(
-                verdict, subject, detection.mode.value, detection.max_dynamic_blocks
+                verdict, subject, mode.value, detection.max_dynamic_blocks, base_ttl
             )
         finally:
             with contextlib.suppress(StoreUnavailable):  # the claim then expires by itself
@@ -179,7 +191,7 @@ class BlockActions:
         return await self._allowlist.holds_all(verdict.tenant, verdict.ips)
 
     async def _act(
-        self, verdict: Verdict, subject: str, mode: str, cap: int
+        self, verdict: Verdict, subject: str, mode: str, cap: int, base_ttl: int
     ) -> tuple[ActionResult, AlertEvent | None]:
         tenant, scope = verdict.tenant, verdict.scope
         active = await self._blocks.active(tenant)
@@ -197,7 +209,7 @@ class BlockActions:
             return ActionResult("cap_reached"), alert
 
         offence = await self._offenders.offences(tenant, scope, subject) + 1
-        ttl = escalated_ttl(self._base_ttl, offence, self._max_ttl)
+        ttl = escalated_ttl(base_ttl, offence, self._max_ttl)
         block = await self._block(verdict, subject, mode, offence, ttl)
         try:
             await self._offenders.record_offence(tenant, scope, subject, blocked_for=ttl)

@@ -22,9 +22,15 @@ people does not:
 
 A campaign lives on: a later source of the same partition joins it at once (the stragglers
 of a staggered start), and it ends when none of its members has been seen for
-``close_after_ms``.  Every member gets one verdict, warranted at ``SCORE``, sharing the
-campaign's explanation and naming it (``Verdict.campaign``).  The settings were chosen on
-the training seeds of ``bench/detection_families.py`` only.
+``close_after_ms``.  A restarted detector carries on the campaigns of the incidents still
+open (``resume``), so that the same campaign keeps its incident.  Every member gets one
+verdict, warranted at ``SCORE``, sharing the campaign's explanation and naming it
+(``Verdict.campaign``).  The settings were chosen on the training seeds of
+``bench/detection_families.py`` only.
+
+A tenant may tune campaign detection (``limiter.state.tenants.CampaignTuning``, handed in as
+``tenant_settings`` before each round): with it off, its sources found no campaign and its
+open ones end; its ``min_members`` replaces the founding size of its partitions.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from sklearn.cluster import DBSCAN
 
 from detectors.sources import Source, SourceBook
 from detectors.verdict import CampaignRef, Signal, Verdict
+from limiter.state.tenants import DEFAULT_CAMPAIGN_TUNING, CampaignTuning
 
 Shape = Literal["rotating", "walking"]
 DETECTOR = "campaign"
@@ -170,11 +177,30 @@ class CampaignDetector:
         self.settings = settings or CampaignSettings()
         self.book = book if book is not None else SourceBook()
         self._open: dict[Signature, Campaign] = {}
+        # tenant -> its own settings; a tenant missing has the detectors' own
+        self.tenant_settings: dict[str, CampaignTuning] = {}
 
     @property
     def campaigns(self) -> list[Campaign]:
         """The open campaigns."""
         return list(self._open.values())
+
+    def tuning(self, tenant: str) -> CampaignTuning:
+        return self.tenant_settings.get(tenant, DEFAULT_CAMPAIGN_TUNING)
+
+    def tenants(self) -> set[str]:
+        """The tenants the detector knows sources or open campaigns of: those whose
+        settings the next round needs."""
+        return self.book.tenants() | {signature.tenant for signature in self._open}
+
+    def resume(self, campaign: Campaign) -> bool:
+        """Carry on ``campaign`` (one a previous detector found, still open): sources of its
+        signature join it rather than found another.  False, and nothing changed, if a
+        campaign of that signature is open already."""
+        if campaign.signature in self._open:
+            return False
+        self._open[campaign.signature] = campaign
+        return True
 
     def evaluate(self, now_ms: int) -> tuple[list[Verdict], list[CampaignChange]]:
         """Verdicts for the sources that joined a campaign in this round, and what changed."""
@@ -182,7 +208,7 @@ class CampaignDetector:
         partitions: dict[Signature, list[Source]] = {}
         sure: dict[Signature, list[Source]] = {}
         for source in self.book.active(now_ms - settings.active_ms):
-            if source.checks < settings.min_checks:
+            if source.checks < settings.min_checks or not self.tuning(source.tenant).enabled:
                 continue
             found = _shape(source, settings)
             if found is not None:
@@ -198,7 +224,8 @@ class CampaignDetector:
             if campaign is None:
                 # founded by sure sources only; then the whole partition joins, as it would
                 # one round later
-                founders = self._cluster(sure.get(signature, []), now_ms)
+                least = self.tuning(signature.tenant).min_members or settings.min_members
+                founders = self._cluster(sure.get(signature, []), now_ms, least)
                 if not founders:
                     continue
                 campaign = self._open[signature] = Campaign(
@@ -228,18 +255,19 @@ class CampaignDetector:
                 default=campaign.last_seen_ms,
             )
             campaign.last_seen_ms = max(campaign.last_seen_ms, last)
-            if now_ms - campaign.last_seen_ms >= settings.close_after_ms:
+            quiet = now_ms - campaign.last_seen_ms >= settings.close_after_ms
+            if quiet or not self.tuning(signature.tenant).enabled:
                 campaign.closed_ms = now_ms
                 del self._open[signature]
                 changes.append(CampaignChange("closed", campaign))
         self.book.forget(now_ms)
         return verdicts, changes
 
-    def _cluster(self, sources: Sequence[Source], now_ms: int) -> list[Source]:
+    def _cluster(self, sources: Sequence[Source], now_ms: int, least: int) -> list[Source]:
         """The largest group of ``sources`` that started together at a similar pace, if it
-        has at least ``min_members`` sources."""
+        has at least ``least`` sources."""
         settings = self.settings
-        if len(sources) < settings.min_members:
+        if len(sources) < least:
             return []
         vectors = np.array(
             [
@@ -251,7 +279,7 @@ class CampaignDetector:
                 for s in sources
             ]
         )
-        labels = DBSCAN(eps=settings.eps, min_samples=settings.min_members).fit_predict(vectors)
+        labels = DBSCAN(eps=settings.eps, min_samples=least).fit_predict(vectors)
         clusters = [label for label in set(labels.tolist()) if label >= 0]
         if not clusters:
             return []

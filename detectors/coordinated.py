@@ -15,7 +15,7 @@ import threading
 
 import polars as pl
 
-from detectors.campaigns import CampaignChange, CampaignDetector
+from detectors.campaigns import Campaign, CampaignChange, CampaignDetector
 from detectors.detector import AbuseDetector
 from detectors.registry import ModelRegistry
 from detectors.verdict import Verdict
@@ -69,6 +69,10 @@ class CoordinatedDetector:
             if verdict.scope != "ip" or (verdict.tenant, verdict.subject) not in members
         ]
         return verdicts
+
+    def resume(self, campaign: Campaign) -> bool:
+        """Carry on a campaign a previous detector found (``CampaignDetector.resume``)."""
+        return self.campaigns.resume(campaign)
 
     def take_changes(self) -> list[CampaignChange]:
         """What the rounds since the last call changed about campaigns, oldest first."""

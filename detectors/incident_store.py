@@ -9,7 +9,9 @@ at most ``MAX_MEMBERS`` members (``counts.members`` counts them all), so a botne
 thousands cannot grow a record without bound.
 
 The detectors write incidents (``detectors/incidents.py``); the control plane reads them
-(``GET /v1/incidents``).
+(``GET /v1/incidents``).  The tenants that have incident records are kept in a set
+(``Keyspace.incident_tenants``), so that a restarted detector finds the open incidents of
+every tenant (``open_incidents``) and carries them on.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class IncidentStore:
                 pipe.expire(key, self._ttl)
                 pipe.hlen(key)
                 *_, count = await pipe.execute()
+            # a key of its own, not in the transaction: on Redis Cluster it lives elsewhere
+            await self._redis.sadd(self._keyspace.incident_tenants, tenant)
             if count > MAX_INCIDENTS:
                 incidents = await self._all(tenant)
                 oldest = sorted(incidents, key=lambda found: found.updated_at)
@@ -120,6 +124,22 @@ class IncidentStore:
         if state is not None:
             found = [incident for incident in found if incident.state == state]
         return sorted(found, key=lambda incident: (-incident.last_seen, incident.id))
+
+    async def open_incidents(self) -> list[tuple[str, Incident]]:
+        """Every tenant's open incidents, as (tenant, incident); a tenant whose records have
+        all expired is dropped from the set of tenants with incidents."""
+        found: list[tuple[str, Incident]] = []
+        try:
+            names = await self._redis.smembers(self._keyspace.incident_tenants)
+            for name in sorted(names):
+                tenant = name.decode() if isinstance(name, bytes) else str(name)
+                incidents = await self._all(tenant)
+                if not incidents:
+                    await self._redis.srem(self._keyspace.incident_tenants, tenant)
+                found += [(tenant, i) for i in incidents if i.state == OPEN]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        return found
 
     async def get(self, tenant: str, incident_id: str) -> Incident:
         try:

@@ -32,6 +32,7 @@ import polars as pl
 
 from detectors.metrics import DetectionMetrics
 from detectors.verdict import Verdict
+from limiter.errors import StoreUnavailable
 from stream.events import DecisionEvent
 
 log = logging.getLogger("ratewatch.detect")
@@ -116,6 +117,18 @@ class DetectionLoop:
             return False
         judged_nobody = self._newest_ms is None or last - self._quiet_ms > self._newest_ms
         return judged_nobody and now_ms - last < self._quiet_interval_ms
+
+    async def resume(self) -> None:
+        """Before the first round: let the actions carry on what a previous detector left
+        open (incidents, ``detectors.incidents``).  Redis away at start costs only that:
+        campaigns still going on then open new incidents."""
+        resume = getattr(self._actions, "resume", None)
+        if resume is None:
+            return
+        try:
+            await resume()
+        except StoreUnavailable:
+            log.warning("open incidents not carried on: Redis did not answer", exc_info=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate every ``interval`` seconds until ``stop`` is set (skipping the rounds

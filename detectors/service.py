@@ -1,6 +1,6 @@
 """Abuse detection as a running service: one ``DetectionLoop`` wired on the limiter's Redis
 (the per-source and campaign detectors over the decisions; the actions writing blocks,
-audit entries, incidents and alerts),
+audit entries, incidents, their history and alerts),
 fed from the Valkey event stream in ``ratewatch up``'s pipeline worker.  The Kafka source of
 the distributed deployment is ``detectors/kafka_source.py``.  The loop owns its models,
 kept in ``model_dir``.
@@ -16,6 +16,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from detectors.actions import BlockActions
+from detectors.campaign_tuning import CampaignTuningReader
 from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
 from detectors.incident_store import IncidentStore
@@ -31,6 +32,7 @@ from limiter.state.blocks import BlockStore
 from limiter.state.tenants import TenantSettingsStore
 from stream.alerts import AlertOutbox
 from stream.audit_outbox import AuditOutbox
+from stream.incidents import IncidentOutbox
 
 log = logging.getLogger("ratewatch.detect")
 
@@ -46,15 +48,23 @@ def build_detection(
         AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
     )
     alerts = AlertOutbox(redis, keyspace.alerts)
+    settings = TenantSettingsStore(redis, keyspace)
     blocks = BlockActions(
         BlockStore(redis, keyspace),
         Allowlist(redis, keyspace),
-        TenantSettingsStore(redis, keyspace),
+        settings,
         OffenderHistory(redis, keyspace),
         AuditOutbox(redis, keyspace.audit),
         alerts,
     )
-    actions = IncidentActions(blocks, detector, IncidentStore(redis, keyspace), alerts)
+    actions = IncidentActions(
+        blocks,
+        detector,
+        IncidentStore(redis, keyspace),
+        alerts,
+        IncidentOutbox(redis, keyspace.incident_log),
+        CampaignTuningReader(settings, detector.campaigns),
+    )
     # a decision older than the short window is judged no more: rounds after that skip
     return DetectionLoop(detector, actions, interval, metrics, quiet_ms=detector.window.short_ms)
 
@@ -71,6 +81,7 @@ async def run_embedded_detection(
     loop = build_detection(redis, keyspace, model_dir, EVALUATION_INTERVAL, metrics)
     source = RedisDecisionSource(redis, keyspace.events)
     await source.ensure_group()
+    await loop.resume()
     evaluator = asyncio.create_task(loop.run(stop), name="ratewatch-detect")
     log.info("detecting abuse in %s", keyspace.events)
     try:

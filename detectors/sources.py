@@ -125,6 +125,9 @@ class SourceBook:
     def get(self, tenant: str, ip: str) -> Source | None:
         return self._sources.get((tenant, ip))
 
+    def tenants(self) -> set[str]:
+        return {tenant for tenant, _ in self._sources}
+
     def active(self, since_ms: int) -> Iterator[Source]:
         """The sources with a decision at or after ``since_ms``."""
         return (source for source in self._sources.values() if source.last_ms >= since_ms)

@@ -43,6 +43,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:policies:v``                                the version of every tenant's policies (a new
   unique value at each write): one GET tells a limiter's policy cache whether anything changed
 - ``rw:policies:tenants``                          tenants that have policies (set)
+- ``rw:incidents:tenants``                         tenants that have incident records (set),
+  for a restarted detector to find the open ones
 - ``rw:meta``                                      store metadata (secret fingerprint, …)
 - ``rw:epoch``                                     the store's epoch: written once the
   control-plane records are in Redis; its absence means Redis lost its data
@@ -55,6 +57,8 @@ Layout (``rw`` is the default prefix):
 - ``rw:audit:dlq``                                 outbox entries that are not audit events
 - ``rw:alerts``                                    alert outbox (stream, approximately capped;
   ``stream/alerts.py`` says why)
+- ``rw:incident-log``                              incident outbox (stream, never capped: the
+  incident drain trims what it stored; ``stream/incidents.py``)
 - ``rw:{rw:.webhooks}:due``                        webhook deliveries by due time (sorted
   set of delivery ids; ``webhooks/queue.py``)
 - ``rw:{rw:.webhooks}:pending``                    the deliveries themselves (hash id -> JSON)
@@ -133,6 +137,10 @@ class Keyspace:
     def incidents(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:incidents"
 
+    @property
+    def incident_tenants(self) -> str:
+        return f"{self.prefix}:incidents:tenants"
+
     def webhooks(self, tenant: str) -> str:
         return f"{self.tenant_tag(tenant)}:webhooks"
 
@@ -180,6 +188,10 @@ class Keyspace:
     @property
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"
+
+    @property
+    def incident_log(self) -> str:
+        return f"{self.prefix}:incident-log"
 
     @property
     def webhook_due(self) -> str:

@@ -1,11 +1,12 @@
 """The outbox drain: entries of a Redis outbox stream into their ClickHouse table (and onto
 their Kafka topic), each acknowledged only after it was stored.
 
-Two outboxes are drained so: the audit outbox (``stream.audit_outbox``, into
-``ratewatch.audit_log`` and ``ratewatch.audit.v1``) and the alert outbox (``stream.alerts``,
-into ``ratewatch.alerts`` and ``ratewatch.alerts.v1``).  ``decode`` is the outbox's
-contract decoder, which raises ``stream.events.MalformedEvent`` for an entry that is not
-its event.
+Three outboxes are drained so: the audit outbox (``stream.audit_outbox``, into
+``ratewatch.audit_log`` and ``ratewatch.audit.v1``), the alert outbox (``stream.alerts``,
+into ``ratewatch.alerts`` and ``ratewatch.alerts.v1``) and the incident outbox
+(``stream.incidents``, into ``ratewatch.incidents`` and ``ratewatch.incidents.v1``).
+``decode`` is the outbox's contract decoder, which raises ``stream.events.MalformedEvent``
+for an entry that is not its event.
 
 - A consumer group (``stream.consumer_group``) reads the outbox from its first entry on.
   A batch is decoded; the events are written (``write``: the insert, run on the store's
@@ -20,7 +21,7 @@ its event.
 - A drain first reads again what its consumer read and never acknowledged (a previous run
   of it, killed or stopped mid-batch), and from time to time claims entries another
   consumer has left pending for a minute (a drain that died).  Such an entry may be stored
-  twice: the tables fold repeats (migrations 0005, 0006) and readers of the topic
+  twice: the tables fold repeats (migrations 0005, 0006, 0012) and readers of the topic
   deduplicate by ``event_id``.
 - Acknowledged entries are trimmed as the decision stream's are
   (``stream.consumer_group.trim_acknowledged``); the outbox itself never caps the stream.
@@ -51,6 +52,7 @@ log = logging.getLogger("ratewatch.outbox")
 
 AUDIT_GROUP = "ratewatch-audit"
 ALERT_GROUP = "ratewatch-alerts"
+INCIDENT_GROUP = "ratewatch-incidents"
 DEAD_LETTER_MAX_LENGTH = 100_000
 
 E = TypeVar("E")

@@ -1,5 +1,7 @@
-"""``/v1/settings``: the tenant's settings (admin keys only): its fail mode, and how the
-abuse detection may act on its subjects.  Each changed setting is audited on its own."""
+"""``/v1/settings``: the tenant's settings (admin keys only): its fail mode, how the abuse
+detection may act on its subjects, and how coordinated campaigns are detected
+(``campaign_*``, read by the detectors within a round or two).  Each changed setting is
+audited on its own."""
 
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ from limiter.state.tenants import TenantSettingsStore, detection_of
 from stream.audit import SETTINGS_UPDATED
 
 _settings_update = msgspec.json.Decoder(SettingsUpdate)
+CAMPAIGN_FIELDS = (
+    "campaign_detection",
+    "campaign_min_members",
+    "campaign_mode",
+    "campaign_block_ttl",
+)
 
 
 class SettingsRoutes:
@@ -59,6 +67,10 @@ class SettingsRoutes:
             wanted["max_dynamic_blocks"] = body.max_dynamic_blocks
         if body.detection_threshold is not UNSET:
             wanted["detection_threshold"] = body.detection_threshold
+        for name in CAMPAIGN_FIELDS:
+            value = getattr(body, name)
+            if value is not UNSET:
+                wanted[name] = value
         if wanted:
             await self._durable.settled()
         stored = await store.get(tenant)
@@ -86,4 +98,8 @@ def _settings_view(tenant: str, stored: Mapping[str, object]) -> dict[str, objec
         "detection_mode": detection.mode.value,
         "max_dynamic_blocks": detection.max_dynamic_blocks,
         "detection_threshold": detection.threshold,
+        "campaign_detection": detection.campaigns.enabled,
+        "campaign_min_members": detection.campaigns.min_members,
+        "campaign_mode": detection.campaigns.mode.value if detection.campaigns.mode else None,
+        "campaign_block_ttl": detection.campaigns.block_ttl,
     }

@@ -16,7 +16,11 @@ from limiter.state.allowlist import MAX_NOTE_LENGTH
 from limiter.state.apikeys import MAX_NAME_LENGTH, MAX_SEGMENT_LENGTH
 from limiter.state.blocks import MAX_BLOCK_SECONDS, MAX_REASON_LENGTH, MAX_VALUE_LENGTH
 from limiter.state.tenants import (
+    MAX_CAMPAIGN_BLOCK_TTL,
+    MAX_CAMPAIGN_MEMBERS,
     MAX_DYNAMIC_BLOCKS_LIMIT,
+    MIN_CAMPAIGN_BLOCK_TTL,
+    MIN_CAMPAIGN_MEMBERS,
     MIN_DETECTION_THRESHOLD,
     DetectionMode,
     FailMode,
@@ -82,6 +86,49 @@ class SettingsUpdate(msgspec.Struct, kw_only=True):
                 le=1,
                 description="Score a verdict needs to block this tenant's subjects, when "
                 "higher than the detectors' own (0.8); null returns to theirs.",
+            ),
+        ]
+        | UnsetType
+        | None
+    ) = UNSET
+    # coordinated campaigns (detectors/campaigns.py); null returns one to the detectors' own
+    campaign_detection: (
+        Annotated[bool, Meta(description="Campaign detection on (the default) or off.")]
+        | UnsetType
+        | None
+    ) = UNSET
+    campaign_min_members: (
+        Annotated[
+            int,
+            Meta(
+                ge=MIN_CAMPAIGN_MEMBERS,
+                le=MAX_CAMPAIGN_MEMBERS,
+                description="Sources that started together it takes to found a campaign "
+                "(the detectors' own: 5).",
+            ),
+        ]
+        | UnsetType
+        | None
+    ) = UNSET
+    campaign_mode: (
+        Annotated[
+            Literal["enforce", "shadow"],
+            Meta(
+                description="shadow: a campaign's blocks are recorded, not enforced, while "
+                "the rest of detection enforces; enforce: as detection_mode."
+            ),
+        ]
+        | UnsetType
+        | None
+    ) = UNSET
+    campaign_block_ttl: (
+        Annotated[
+            int,
+            Meta(
+                ge=MIN_CAMPAIGN_BLOCK_TTL,
+                le=MAX_CAMPAIGN_BLOCK_TTL,
+                description="Seconds a campaign member's first block lasts (repeat offences "
+                "escalate from it; the detectors' own: 900).",
             ),
         ]
         | UnsetType

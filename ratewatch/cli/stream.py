@@ -2,8 +2,9 @@
 
 Reads decision events from Kafka and writes them to ClickHouse (chDB in
 ``<data-dir>/clickhouse`` unless ``--clickhouse-url``).  With ``--redis-url`` it also drains
-the audit and the alert outbox of that Redis into their tables and onto their topics,
-``ratewatch.audit.v1`` and ``ratewatch.alerts.v1`` (``stream/outbox_drain.py``), and
+the audit, the alert and the incident outbox of that Redis into their tables and onto their
+topics, ``ratewatch.audit.v1``, ``ratewatch.alerts.v1`` and ``ratewatch.incidents.v1``
+(``stream/outbox_drain.py``), and
 announces the alerts to the tenants' webhooks (``webhooks/worker.py``).  With
 ``--metrics-port`` it serves what it does as Prometheus metrics (``stream/consumer_metrics.py``,
 ``stream/dead_letters.py``, ``stream/outbox_metrics.py``).  It
@@ -58,8 +59,8 @@ from ratewatch.cli.options import (
 @option(
     "--redis-url",
     default=None,
-    help="The limiter's Redis: drain its audit and alert outboxes into ClickHouse and Kafka, "
-    "and deliver the alerts to webhooks.",
+    help="The limiter's Redis: drain its audit, alert and incident outboxes into ClickHouse "
+    "and Kafka, and deliver the alerts to webhooks.",
 )
 @option("--key-prefix", default="rw", show_default=True, help="The limiter's Redis key prefix.")
 @webhooks_allow_private_option

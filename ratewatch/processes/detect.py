@@ -35,6 +35,7 @@ async def run_detect(
     metrics = DetectionMetrics(registry)
     loop = build_detection(redis, Keyspace(key_prefix), data_dir / "models", interval, metrics)
     try:
+        await loop.resume()
         await detect_on_kafka(loop, kafka, group, stop)
     finally:
         await redis.aclose()

@@ -88,6 +88,7 @@ async def run_pipeline(
         redis,
         keyspace.audit,
         keyspace.alerts,
+        keyspace.incident_log,
         in_store,
         consumer=CONSUMER,
         metrics=OutboxMetrics(metrics),

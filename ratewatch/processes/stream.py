@@ -1,6 +1,6 @@
 """``ratewatch stream``'s process: decision events from Kafka into ClickHouse, exactly once;
-with the limiter's Redis, also its audit and alert outboxes (into their tables and onto
-their topics) and the alerts' webhook deliveries; for chDB, the query socket."""
+with the limiter's Redis, also its audit, alert and incident outboxes (into their tables
+and onto their topics) and the alerts' webhook deliveries; for chDB, the query socket."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ async def _open_outboxes(
     executor: Executor,
     metrics: OutboxMetrics,
 ) -> list[OutboxTask]:
-    """The drains of the limiter's audit and alert outboxes into their tables (inserted on
+    """The drains of the limiter's audit, alert and incident outboxes into their tables (inserted on
     the store's thread) and onto their topics."""
     from analytics.outbox_tasks import open_outbox_tasks
     from limiter.keyspace import Keyspace
@@ -171,6 +171,7 @@ async def _open_outboxes(
         redis,
         Keyspace(key_prefix).audit,
         Keyspace(key_prefix).alerts,
+        Keyspace(key_prefix).incident_log,
         in_store,
         consumer=socket.gethostname(),
         bootstrap=bootstrap,

@@ -4,6 +4,7 @@ enforces, shadow mode, the allowlist, escalation, the cap, audit entries and ale
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import time
@@ -16,13 +17,19 @@ from redis.asyncio import Redis
 
 from detectors.actions import BlockActions
 from detectors.offenders import OffenderHistory, escalated_ttl
-from detectors.verdict import Scope, Signal, Verdict
+from detectors.verdict import CampaignRef, Scope, Signal, Verdict
 from limiter.algorithms import Algorithm, Reason
 from limiter.errors import ConfigError, InvalidInput, NotFound
 from limiter.keyspace import Keyspace
 from limiter.state.allowlist import Allowlist
 from limiter.state.blocks import BlockStore
-from limiter.state.tenants import DetectionMode, DetectionSettings, FailMode, TenantSettingsStore
+from limiter.state.tenants import (
+    CampaignTuning,
+    DetectionMode,
+    DetectionSettings,
+    FailMode,
+    TenantSettingsStore,
+)
 from limiter.store.base import Check
 from limiter.store.redis import RedisStore
 from stream import alerts as alert_contract
@@ -502,6 +509,81 @@ async def test_a_tenant_threshold_asks_for_more_evidence_and_is_recorded(rig: Ri
             await rig.settings.set_detection_threshold(rig.tenant, bad)  # type: ignore[arg-type]
     await rig.settings.set_detection_threshold(rig.tenant, None)
     assert (await rig.settings.detection(rig.tenant)).threshold is None
+
+
+def campaign_verdict(tenant: str, subject: str) -> Verdict:
+    return dataclasses.replace(
+        verdict(tenant, subject),
+        detector="campaign",
+        campaign=CampaignRef("inc_0123456789abcdef", "credential-stuffing", 12),
+    )
+
+
+async def test_campaign_settings_are_validated_naming_the_bad_value(rig: Rig) -> None:
+    settings, tenant = rig.settings, rig.tenant
+    assert (await settings.detection(tenant)).campaigns == CampaignTuning()
+    stored = await settings.set_campaigns(
+        tenant,
+        {
+            "campaign_detection": False,
+            "campaign_min_members": 8,
+            "campaign_mode": "shadow",
+            "campaign_block_ttl": 120,
+        },
+    )
+    assert stored["campaign_min_members"] == 8
+    assert (await settings.detection(tenant)).campaigns == CampaignTuning(
+        False, 8, DetectionMode.SHADOW, 120
+    )
+    for bad, named in (
+        ({"campaign_detection": "no"}, "campaign_detection 'no'"),
+        ({"campaign_min_members": 1}, "campaign_min_members 1 is out of range: 2..1000"),
+        ({"campaign_min_members": 2.5}, "campaign_min_members 2.5 is not a whole number"),
+        ({"campaign_mode": "off"}, "campaign_mode 'off'"),
+        ({"campaign_block_ttl": 59}, "campaign_block_ttl 59 is out of range"),
+        ({"campaign_block_ttl": 86_401}, "campaign_block_ttl 86401 is out of range"),
+        ({"detection_mode": "off"}, "'detection_mode' is not a campaign setting"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(named)):
+            await settings.set_campaigns(tenant, bad)
+    # None returns a setting to the detectors' own
+    await settings.set_campaigns(tenant, dict.fromkeys(stored, None))
+    assert (await settings.detection(tenant)).campaigns == CampaignTuning()
+    await rig.redis.hset(KS.tenants, tenant, '{"campaign_min_members": 0}')
+    with pytest.raises(ConfigError, match="campaign_min_members 0"):
+        await settings.detection(tenant)
+
+
+async def test_a_tenants_campaign_settings_shape_what_campaign_verdicts_do(rig: Rig) -> None:
+    """Off: nothing for campaign verdicts, per-source verdicts as before; shadow: recorded,
+    not enforced, while the rest enforces; the TTL: the members' first block."""
+    actions, tenant = rig.actions(), rig.tenant
+    await rig.settings.set_campaigns(tenant, {"campaign_detection": False})
+    assert (await actions.apply(campaign_verdict(tenant, "203.0.113.1"))).outcome == (
+        "detection_off"
+    )
+    assert (await actions.apply(verdict(tenant, "203.0.113.2"))).outcome == "blocked"
+
+    await rig.settings.set_campaigns(
+        tenant, {"campaign_detection": True, "campaign_mode": "shadow", "campaign_block_ttl": 300}
+    )
+    shadowed = await actions.apply(campaign_verdict(tenant, "203.0.113.3"))
+    assert (shadowed.outcome, shadowed.ttl_seconds) == ("shadowed", 300)
+    assert await rig.check("203.0.113.3") is Reason.OK
+    assert (await actions.apply(verdict(tenant, "203.0.113.4"))).outcome == "blocked"
+
+    # a tenant in shadow stays in shadow whatever its campaign_mode says
+    await rig.settings.set_campaigns(tenant, {"campaign_mode": "enforce"})
+    blocked = await actions.apply(campaign_verdict(tenant, "203.0.113.5"))
+    assert (blocked.outcome, blocked.ttl_seconds) == ("blocked", 300)
+    assert await rig.check("203.0.113.5") is Reason.BLOCKED
+    await rig.settings.set_detection_mode(tenant, "shadow")
+    assert (await actions.apply(campaign_verdict(tenant, "203.0.113.6"))).outcome == "shadowed"
+    # the TTL escalates from the tenant's for a repeat offence, within the detectors' cap
+    await rig.settings.set_detection_mode(tenant, "enforce")
+    await rig.settings.set_campaigns(tenant, {"campaign_block_ttl": 86_400})
+    capped = await rig.actions(max_ttl=3600).apply(campaign_verdict(tenant, "203.0.113.7"))
+    assert capped.ttl_seconds == 3600
 
 
 async def test_concurrent_changes_of_different_settings_all_take_effect(rig: Rig) -> None:

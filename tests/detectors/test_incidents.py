@@ -1,8 +1,10 @@
 """Incidents against the session's real Redis: a campaign's verdicts become blocks that
-carry the incident, one incident record, and one alert per change of the incident."""
+carry the incident, one incident record, one alert and one history event per change of the
+incident; a restarted detector carries on the incidents left open."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import cast
 
@@ -10,8 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from detectors.actions import BlockActions
-from detectors.campaigns import CampaignChange, CampaignDetector, CampaignSettings
-from detectors.incident_store import MAX_INCIDENTS, Incident, IncidentStore
+from detectors.campaign_tuning import CampaignTuningReader
+from detectors.campaigns import Campaign, CampaignChange, CampaignDetector, CampaignSettings
+from detectors.incident_store import MAX_INCIDENTS, Incident, IncidentStore, Member
 from detectors.incidents import IncidentActions
 from detectors.offenders import OffenderHistory
 from limiter.errors import NotFound
@@ -22,7 +25,9 @@ from limiter.state.tenants import DetectionMode, TenantSettingsStore
 from stream import alerts as alert_contract
 from stream.alerts import AlertEvent, AlertOutbox
 from stream.audit_outbox import AuditOutbox
-from tests.detectors.test_campaigns import T0, frame, run, stuffers
+from stream.incidents import IncidentEvent, IncidentOutbox
+from stream.incidents import decode as decode_incident
+from tests.detectors.test_campaigns import T0, frame, row, run, stuffers
 
 pytestmark = pytest.mark.timeout(60)
 KS = Keyspace()
@@ -31,12 +36,16 @@ KS = Keyspace()
 class Changes:
     """The campaign detector's changes, handed over as ``CoordinatedDetector`` does."""
 
-    def __init__(self) -> None:
+    def __init__(self, detector: CampaignDetector | None = None) -> None:
         self.pending: list[CampaignChange] = []
+        self.detector = detector if detector is not None else CampaignDetector()
 
     def take_changes(self) -> list[CampaignChange]:
         changes, self.pending = self.pending, []
         return changes
+
+    def resume(self, campaign: Campaign) -> bool:
+        return self.detector.resume(campaign)
 
 
 async def alerts_of(redis: Redis, stream: str) -> list[AlertEvent]:
@@ -44,32 +53,50 @@ async def alerts_of(redis: Redis, stream: str) -> list[AlertEvent]:
     return [alert_contract.decode(fields[b"e"]) for _, fields in found]
 
 
-def rig(redis: Redis, tenant: str) -> tuple[IncidentActions, Changes, IncidentStore, str]:
+async def history_of(redis: Redis, tenant: str) -> list[IncidentEvent]:
+    found = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(history(tenant)))
+    return [decode_incident(fields[b"e"]) for _, fields in found]
+
+
+def history(tenant: str) -> str:
+    return f"test:incident-log:{tenant}"
+
+
+def rig(
+    redis: Redis, tenant: str, detector: CampaignDetector | None = None, ks: Keyspace = KS
+) -> tuple[IncidentActions, Changes, IncidentStore, str]:
+    """The actions of a detector (a fresh one each call: a restart) on the shared Redis;
+    tests that restart one give it a keyspace of their own, as a restarted detector carries
+    on the open incidents of every tenant in its keyspace."""
     alerts = AlertOutbox(redis, f"test:alerts:{tenant}")
+    settings = TenantSettingsStore(redis, ks)
     blocks = BlockActions(
-        BlockStore(redis, KS),
-        Allowlist(redis, KS),
-        TenantSettingsStore(redis, KS),
-        OffenderHistory(redis, KS),
+        BlockStore(redis, ks),
+        Allowlist(redis, ks),
+        settings,
+        OffenderHistory(redis, ks),
         AuditOutbox(redis, f"test:audit:{tenant}"),
         alerts,
     )
-    changes, store = Changes(), IncidentStore(redis, KS)
-    return IncidentActions(blocks, changes, store, alerts), changes, store, alerts.stream
+    changes, store = Changes(detector), IncidentStore(redis, ks)
+    actions = IncidentActions(
+        blocks,
+        changes,
+        store,
+        alerts,
+        IncidentOutbox(redis, history(tenant)),
+        CampaignTuningReader(settings, changes.detector),
+    )
+    return actions, changes, store, alerts.stream
 
 
-def campaign_rows(tenant: str, count: int = 12) -> list[dict[str, object]]:
-    return [{**row, "tenant": tenant} for row in stuffers(count)]
-
-
-async def test_a_campaign_is_one_incident_with_one_alert_per_change(
-    redis: Redis, tenant: str
-) -> None:
-    actions, changes, store, stream = rig(redis, tenant)
-    detector = CampaignDetector(CampaignSettings(close_after_ms=30_000))
-    data = frame(campaign_rows(tenant))
-    rounds = 0
-    for now in range(5_000, 60_001, 5_000):
+async def play(
+    actions: IncidentActions, changes: Changes, rows: list[dict[str, object]], start: int, end: int
+) -> int:
+    """Feed ``rows`` of (start, end] in 5 s rounds, as the detection loop does; the number of
+    rounds that changed a campaign."""
+    detector, data, rounds = changes.detector, frame(rows), 0
+    for now in range(start + 5_000, end + 1, 5_000):
         detector.book.observe(
             data.filter((data["ts"] > T0 + now - 5_000) & (data["ts"] <= T0 + now))
         )
@@ -79,6 +106,19 @@ async def test_a_campaign_is_one_incident_with_one_alert_per_change(
             await actions.apply(verdict)
         await actions.round_ended()
         rounds += bool(changed)
+    return rounds
+
+
+def campaign_rows(tenant: str, count: int = 12) -> list[dict[str, object]]:
+    return [{**row, "tenant": tenant} for row in stuffers(count)]
+
+
+async def test_a_campaign_is_one_incident_with_one_alert_per_change(
+    redis: Redis, tenant: str
+) -> None:
+    detector = CampaignDetector(CampaignSettings(close_after_ms=30_000))
+    actions, changes, store, stream = rig(redis, tenant, detector)
+    rounds = await play(actions, changes, campaign_rows(tenant), 0, 60_000)
 
     [incident] = await store.incidents(tenant)
     assert incident.state == "open"
@@ -120,6 +160,18 @@ async def test_a_campaign_is_one_incident_with_one_alert_per_change(
     assert kinds.count("incident.closed") == 1
     assert kinds[-1] == "incident.closed"
 
+    # the history: one event per change, each the incident as it was after it
+    events = await history_of(redis, tenant)
+    assert [e.kind for e in events] == [a.kind for a in told] + ["incident.closed"]
+    assert {e.incident_id for e in events} == {incident.id}
+    assert [e.counts["members"] for e in events] == sorted(e.counts["members"] for e in events)
+    last = events[-1]
+    assert (last.state, last.family, last.counts["blocked"]) == ("closed", incident.family, 12)
+    assert {m.ip for m in last.members} == {m.ip for m in incident.members}
+    assert sum(len(e.joined) for e in events) == 12
+    assert last.closed_at == round(closed.closed_at * 1000)
+    assert last.evidence["route_template"] == "/auth/sign-in"
+
 
 async def test_no_incident_while_detection_is_off(redis: Redis, tenant: str) -> None:
     await TenantSettingsStore(redis, KS).set_detection_mode(tenant, DetectionMode.OFF)
@@ -147,3 +199,111 @@ async def test_the_store_is_bounded_and_tenant_scoped(redis: Redis, tenant: str)
     assert await redis.ttl(KS.incidents(tenant)) > 0
     with pytest.raises(NotFound):
         await store.get(tenant + "-other", kept[0].id)
+
+
+async def test_a_restarted_detector_carries_on_the_open_incident(redis: Redis, tenant: str) -> None:
+    """Half the campaign before the restart, the other half after it, from new addresses
+    and the old ones: the same incident, updated once more, never opened again."""
+    early = campaign_rows(tenant, 12)
+    late = [
+        {**row, "tenant": tenant}
+        for row in stuffers(10, onset_ms=70_000, until_ms=130_000, prefix="198.51.100")
+    ]
+    ks = Keyspace(prefix="rwi" + secrets.token_hex(5))
+    before, changes, store, _ = rig(redis, tenant, ks=ks)
+    await play(before, changes, early, 0, 60_000)
+    [opened] = await store.incidents(tenant)
+    told = len(await history_of(redis, tenant))
+
+    after, changes, store, stream = rig(redis, tenant, ks=ks)  # a new detector, same Redis
+    assert await after.resume() == 1
+    [carried] = changes.detector.campaigns
+    assert (carried.id, set(carried.members)) == (opened.id, {m.ip for m in opened.members})
+    alerts_before = len(await alerts_of(redis, stream))
+    late_rows = late + [row for row in early if int(str(row["ts"])) > T0 + 60_000]
+    rounds = await play(after, changes, late_rows, 60_000, 130_000)
+    assert rounds >= 1
+
+    [incident] = await store.incidents(tenant)
+    assert incident.id == opened.id
+    assert incident.state == "open"
+    assert incident.counts["members"] == 22
+    assert {m.ip for m in incident.members} >= {m.ip for m in opened.members}
+    assert incident.opened_at == opened.opened_at
+    told_after = [
+        a.kind for a in (await alerts_of(redis, stream))[alerts_before:] if a.scope == "incident"
+    ]
+    assert told_after == ["incident.updated"] * rounds
+    assert "incident.opened" not in told_after
+    events = (await history_of(redis, tenant))[told:]
+    assert [e.kind for e in events] == ["incident.updated"] * rounds
+    assert {e.incident_id for e in events} == {opened.id}
+
+
+async def test_a_restarted_detector_closes_the_incidents_whose_members_are_gone(
+    redis: Redis, tenant: str
+) -> None:
+    ks = Keyspace(prefix="rwi" + secrets.token_hex(5))
+    store = IncidentStore(redis, ks)
+    now = time.time()
+    evidence = {"route_template": "/auth/sign-in", "behaviour": "rotating"}
+    quiet = Incident(
+        "inc_quiet", "credential-stuffing", "open", "enforce", now - 900, now - 600,
+        now - 900, now - 600, evidence={**evidence, "user_agent_kind": "tool"},
+        members=[Member("203.0.113.9", "blocked", now - 900, "blk_1")],
+    )  # fmt: skip
+    unknown = Incident(
+        "inc_unknown", "scraping", "open", "enforce", now, now, now, now, evidence={}
+    )
+    for incident in (quiet, unknown):
+        await store.save(tenant, incident)
+
+    actions, changes, store, stream = rig(
+        redis, tenant, CampaignDetector(CampaignSettings(close_after_ms=300_000)), ks
+    )
+    assert await actions.resume() == 1
+    # one with nothing to carry it on is closed at once; the quiet one by the first round
+    assert (await store.get(tenant, "inc_unknown")).state == "closed"
+    changes.pending += changes.detector.evaluate(int(now * 1000))[1]
+    await actions.round_ended()
+    closed = await store.get(tenant, "inc_quiet")
+    assert closed.state == "closed"
+    assert closed.closed_at is not None
+    assert [(e.incident_id, e.kind) for e in await history_of(redis, tenant)] == [
+        ("inc_unknown", "incident.closed"),
+        ("inc_quiet", "incident.closed"),
+    ]
+    told = [(a.subject, a.kind) for a in await alerts_of(redis, stream)]
+    assert told == [("inc_unknown", "incident.closed"), ("inc_quiet", "incident.closed")]
+    # nothing is left to carry on
+    assert await rig(redis, tenant, ks=ks)[0].resume() == 0
+    assert await redis.smembers(ks.incident_tenants) == {tenant.encode()}
+
+
+async def test_a_tenants_campaign_settings_reach_the_detector_within_a_round(
+    redis: Redis, tenant: str
+) -> None:
+    """Stored as the API stores them, read at the end of a round, used in the next."""
+    settings = TenantSettingsStore(redis, KS)
+    actions, changes, store, _ = rig(redis, tenant)
+    await settings.set_campaigns(tenant, {"campaign_min_members": 20})
+    seen = {**row(T0 + 1_000, "192.0.2.200", route="/home", key="k"), "tenant": tenant}
+    await play(actions, changes, [seen], 0, 5_000)  # the tenant is seen: its settings read
+    assert changes.detector.tuning(tenant).min_members == 20
+    rows = campaign_rows(tenant, 12)
+    await play(actions, changes, rows, 0, 60_000)
+    assert await store.incidents(tenant) == []  # 12 < 20: no campaign
+
+    await settings.set_campaigns(tenant, {"campaign_min_members": None})
+    await play(actions, changes, rows, 60_000, 65_000)
+    assert changes.detector.tuning(tenant).min_members is None
+    shifted = [{**row, "ts": int(str(row["ts"])) + 65_000} for row in rows]
+    await play(actions, changes, shifted, 65_000, 125_000)
+    [incident] = await store.incidents(tenant)
+    assert incident.state == "open"
+
+    # off: the open campaign ends at the next round, its incident closes
+    await settings.set_campaigns(tenant, {"campaign_detection": False})
+    await play(actions, changes, [], 125_000, 135_000)
+    assert (await store.get(tenant, incident.id)).state == "closed"
+    assert changes.detector.campaigns == []
