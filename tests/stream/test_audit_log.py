@@ -31,7 +31,7 @@ from analytics.clickhouse import AUDIT_TABLE, chdb_url, connect
 from analytics.errors import AnalyticsError
 from analytics.migrate import migrate
 from analytics.query_client import answers, query
-from analytics.tables import ALERTS_TABLE
+from analytics.tables import ALERTS_TABLE, INCIDENTS_TABLE
 from limiter.keyspace import Keyspace
 from stream.alerts import (
     ALERTS_TOPIC,
@@ -56,9 +56,11 @@ from stream.audit import (
     new_audit_event,
 )
 from stream.audit_outbox import FIELD, AuditOutbox, AuditUnavailable
+from stream.incidents import INCIDENTS_TOPIC, IncidentEvent
+from stream.incidents import encode as encode_incident
 from stream.outbox_drain import ALERT_GROUP, AUDIT_GROUP, OutboxDrain, Publish
 from stream.publisher import EventPublisher
-from tests.support.events import audit_events
+from tests.support.events import audit_events, incident_story
 from tests.support.kafka import KafkaBroker, create_topic, ensure_topic, read_messages, unique_topic
 from tests.support.outboxes import fill_outboxes, record_audit
 from tests.support.polling import eventually, wait_until
@@ -553,6 +555,18 @@ def ratewatch(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[byte
     assert "Traceback" not in log_path.read_text()
 
 
+def incident_rows(socket: Path, tenant: str) -> list[tuple[str, str, str, int]]:
+    """(event_id, kind, incident id, members) of ``tenant``'s incident changes."""
+    if not answers(socket):
+        return []
+    rows = query(
+        socket,
+        f"SELECT toString(event_id) AS event_id, kind, incident_id, members_count"
+        f" FROM {INCIDENTS_TABLE} FINAL WHERE tenant = '{tenant}' ORDER BY event_id",
+    )
+    return [(r["event_id"], r["kind"], r["incident_id"], r["members_count"]) for r in rows]
+
+
 def assert_stored(
     process: subprocess.Popen[bytes],
     log_path: Path,
@@ -560,20 +574,26 @@ def assert_stored(
     tenant: str,
     events: Sequence[AuditEvent],
     alerts: Sequence[AlertEvent],
+    incidents: Sequence[IncidentEvent] = (),
 ) -> None:
-    """Wait until the process that owns chDB at ``socket`` stored ``tenant``'s audit events
-    and alerts, then check them."""
+    """Wait until the process that owns chDB at ``socket`` stored ``tenant``'s audit events,
+    alerts and incident changes, then check them."""
 
     def stored_all() -> bool:
         assert process.poll() is None, log_path.read_text()
-        return (len(audit_rows(socket, tenant)), len(alert_rows(socket, tenant))) == (
+        found = (audit_rows(socket, tenant), alert_rows(socket, tenant))
+        return (len(found[0]), len(found[1]), len(incident_rows(socket, tenant))) == (
             len(events),
             len(alerts),
+            len(incidents),
         )
 
-    wait_until(stored_all, 60, "the audit and alert rows", 0.2)
+    wait_until(stored_all, 60, "the audit, alert and incident rows", 0.2)
     assert audit_rows(socket, tenant) == sorted((e.event_id, e.action) for e in events)
     assert alert_rows(socket, tenant) == expected_alert_rows(alerts)
+    assert incident_rows(socket, tenant) == sorted(
+        (e.event_id, e.kind, e.incident_id, e.counts["members"]) for e in incidents
+    )
 
 
 @pytest.mark.timeout(120)
@@ -584,10 +604,12 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_t
     asyncio.run(create_topic(kafka_broker.bootstrap, decisions))
     asyncio.run(ensure_topic(kafka_broker.bootstrap, AUDIT_TOPIC))
     asyncio.run(ensure_topic(kafka_broker.bootstrap, ALERTS_TOPIC))
+    asyncio.run(ensure_topic(kafka_broker.bootstrap, INCIDENTS_TOPIC))
     tenant = "dist" + secrets.token_hex(4)
     events = audit_events(tenant, 5)
     alerts = some_alerts(tenant, 3)
-    fill_outboxes(redis_server.url, keyspace, events, alerts)
+    incidents = incident_story(tenant)
+    fill_outboxes(redis_server.url, keyspace, events, alerts, incidents)
     data_dir = tmp_path / "d"
     log_path = tmp_path / "stream.log"
     args = ["stream", "--kafka", kafka_broker.bootstrap, "--topic", decisions]
@@ -595,7 +617,7 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_t
     args += ["--key-prefix", keyspace.prefix]
     with ratewatch(args, log_path) as process:
         socket = data_dir / "clickhouse" / "query.sock"
-        assert_stored(process, log_path, socket, tenant, events, alerts)
+        assert_stored(process, log_path, socket, tenant, events, alerts, incidents)
         messages = asyncio.run(
             read_messages(kafka_broker.bootstrap, AUDIT_TOPIC, len(events), tenant.encode())
         )
@@ -604,6 +626,10 @@ def test_ratewatch_stream_with_a_redis_url_drains_the_outboxes_into_tables_and_t
             read_messages(kafka_broker.bootstrap, ALERTS_TOPIC, len(alerts), tenant.encode())
         )
         assert sorted(value for _, value in published) == sorted(encode_alert(a) for a in alerts)
+        told = asyncio.run(
+            read_messages(kafka_broker.bootstrap, INCIDENTS_TOPIC, len(incidents), tenant.encode())
+        )
+        assert [value for _, value in told] == [encode_incident(e) for e in incidents]
 
 
 def test_the_embedded_pipeline_worker_drains_the_outboxes_into_their_tables(
@@ -613,11 +639,12 @@ def test_the_embedded_pipeline_worker_drains_the_outboxes_into_their_tables(
     tenant = "emb" + secrets.token_hex(4)
     events = audit_events(tenant, 4)
     alerts = some_alerts(tenant, 2)
-    fill_outboxes(redis_server.url, keyspace, events, alerts)
+    incidents = incident_story(tenant)
+    fill_outboxes(redis_server.url, keyspace, events, alerts, incidents)
     data_dir = tmp_path / "d"
     log_path = tmp_path / "pipeline.log"
     args = ["pipeline", "--data-dir", str(data_dir), "--redis-url", redis_server.url]
     args += ["--key-prefix", keyspace.prefix]
     with ratewatch(args, log_path) as process:
         socket = data_dir / "clickhouse" / "query.sock"
-        assert_stored(process, log_path, socket, tenant, events, alerts)
+        assert_stored(process, log_path, socket, tenant, events, alerts, incidents)

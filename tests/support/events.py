@@ -1,6 +1,6 @@
 """Events as the producers make them, for tests that feed a store, a stream or a topic
 directly: decisions (two factories, for the two kinds of test that need them), audit
-entries and detector alerts."""
+entries, detector alerts and incident changes."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import time
 import uuid
 from typing import Any
 
+from detectors.incident_store import Incident, Member
+from detectors.incidents import incident_event
 from stream.alerts import BLOCK_CREATED, BLOCK_SHADOWED, AlertEvent, new_alert_event
 from stream.audit import BLOCK_CREATED as AUDIT_BLOCK_CREATED
 from stream.audit import KEY_CREATED, KEY_REVOKED, AuditEvent, new_audit_event
 from stream.events import DecisionEvent
+from stream.incidents import INCIDENT_CLOSED, INCIDENT_OPENED, INCIDENT_UPDATED, IncidentEvent
 
 # yesterday's midnight (UTC), in ms: every row is well inside every table's TTL, and a day
 # of rows after it still lies in the past
@@ -114,3 +117,35 @@ def block_alert(tenant: str, kind: str = BLOCK_CREATED, subject: str = "203.0.11
         ttl_seconds=900,
         offence=1,
     )
+
+
+def incident_story(tenant: str, incident_id: str = "inc_0123456789abcdef") -> list[IncidentEvent]:
+    """An incident opened with three members, joined by two, then closed: its three
+    changes as the detectors record them."""
+    now = time.time()
+    incident = Incident(
+        id=incident_id,
+        family="credential-stuffing",
+        state="open",
+        mode="enforce",
+        opened_at=now - 120,
+        updated_at=now - 120,
+        first_seen=now - 150,
+        last_seen=now - 120,
+        detector="campaign",
+        detector_version="campaign-1",
+        reasons=["coordinated credential-stuffing campaign: 3 addresses …"],
+        evidence={"route_template": "/auth/sign-in", "behaviour": "rotating", "checks": 40},
+        members=[Member(f"203.0.113.{n}", "blocked", now - 120, f"blk_{n}") for n in (1, 2, 3)],
+    )
+    incident.counts = {"members": 3, "blocked": 3}
+    events = [incident_event(tenant, INCIDENT_OPENED, incident, incident.members)]
+    joined = [Member("203.0.113.4", "blocked", now - 60, "blk_4")]
+    joined.append(Member("203.0.113.5", "already_blocked", now - 60))
+    incident.members += joined
+    incident.counts = {"members": 5, "blocked": 4, "already_blocked": 1}
+    incident.last_seen = now - 60
+    events.append(incident_event(tenant, INCIDENT_UPDATED, incident, joined))
+    incident.state, incident.closed_at = "closed", now
+    events.append(incident_event(tenant, INCIDENT_CLOSED, incident, ()))
+    return events

@@ -12,6 +12,7 @@ from limiter.keyspace import Keyspace
 from stream.alerts import AlertEvent, AlertOutbox
 from stream.audit import AuditEvent
 from stream.audit_outbox import AuditOutbox
+from stream.incidents import IncidentEvent, IncidentOutbox
 
 
 async def record_audit(outbox: AuditOutbox, events: Sequence[AuditEvent]) -> None:
@@ -32,15 +33,20 @@ def fill_outboxes(
     keyspace: Keyspace,
     events: Sequence[AuditEvent],
     alerts: Sequence[AlertEvent] = (),
+    incidents: Sequence[IncidentEvent] = (),
 ) -> None:
-    """``events`` into the audit outbox, ``alerts`` into the alert outbox, from a test that
-    runs no event loop of its own (one that drives real processes)."""
+    """``events`` into the audit outbox, ``alerts`` into the alert outbox, ``incidents`` into
+    the incident outbox, from a test that runs no event loop of its own (one that drives
+    real processes)."""
 
     async def go() -> None:
         client = Redis.from_url(url)
         try:
             await record_audit(AuditOutbox(client, keyspace.audit), events)
             await record_alerts(client, keyspace, *alerts)
+            outbox = IncidentOutbox(client, keyspace.incident_log)
+            for incident in incidents:
+                await outbox.record(incident)
         finally:
             await client.aclose()
 
