@@ -167,13 +167,14 @@ def test_an_event_round_trips_and_bad_input_is_named() -> None:
         "first_seen": 1,
         "last_seen": 2,
     }
-    for change, reason in [
+    changes: list[tuple[dict[str, Any], str]] = [
         ({"state": "ajar"}, "incident state 'ajar'"),
         ({"incident_id": ""}, "non-empty incident_id"),
         ({"last_seen": -5}, "incident last_seen -5 is not epoch ms"),
         ({"counts": {"members": -1}}, "incident count members=-1"),
         ({"evidence": {"raw": object()}}, "incident evidence is not JSON"),
-    ]:
+    ]
+    for change, reason in changes:
         with pytest.raises(ValueError, match=reason):
             new_incident_event("acme", INCIDENT_OPENED, **{**base, **change})
     with pytest.raises(ValueError, match=r"incident kind 'incident\.paused'"):
