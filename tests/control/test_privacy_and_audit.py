@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ import pytest
 from redis.asyncio import Redis
 
 from analytics.query_client import query
+from detectors.campaign_tuning import CampaignTuningReader
+from detectors.campaigns import CampaignDetector
+from detectors.features import decisions_frame
 from limiter.keyspace import Keyspace
+from limiter.state.tenants import CampaignTuning, DetectionMode, TenantSettingsStore
 from stream.alerts import (
     BLOCK_CREATED,
     BLOCK_ESCALATED,
@@ -23,6 +28,7 @@ from stream.alerts import (
     new_alert_event,
 )
 from tests.support.credentials import STACK_PREFIX, create_key
+from tests.support.events import decision
 from tests.support.openapi import assert_published_shape
 from tests.support.outboxes import fill_outboxes
 from tests.support.polling import wait_until
@@ -350,6 +356,10 @@ def test_allowlist_and_detection_settings_are_managed_and_audited(
         "detection_mode": "enforce",
         "max_dynamic_blocks": 1000,
         "detection_threshold": None,
+        "campaign_detection": True,
+        "campaign_min_members": None,
+        "campaign_mode": None,
+        "campaign_block_ttl": None,
     }
     changed = admin.patch("/v1/settings", json={"detection_mode": "shadow"}).json()
     assert changed["detection_mode"] == "shadow"
@@ -408,6 +418,71 @@ def test_allowlist_and_detection_settings_are_managed_and_audited(
             ("max_dynamic_blocks", {"from": 1000, "to": 5}),
             ("detection_threshold", {"from": None, "to": 0.9}),
             ("detection_threshold", {"from": 0.9, "to": None}),
+        ],
+        key=repr,
+    )
+
+
+def test_campaign_settings_are_validated_audited_and_read_by_the_detector(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
+) -> None:
+    """Through the API of `ratewatch up`, read by a campaign detector on the same Redis as
+    the stack's own reads it: at the end of a round, within seconds of the change."""
+    wanted = {
+        "campaign_detection": False,
+        "campaign_min_members": 8,
+        "campaign_mode": "shadow",
+        "campaign_block_ttl": 600,
+    }
+    changed = admin.patch("/v1/settings", json=wanted)
+    assert changed.status_code == 200, changed.text
+    assert {name: changed.json()[name] for name in wanted} == wanted
+    assert changed.json()["detection_mode"] == "enforce"  # the rest left alone
+
+    detector = CampaignDetector()
+    # a decision of the tenant: the detector knows it and reads its settings
+    detector.book.observe(
+        decisions_frame([decision(tenant=tenant, ip="192.0.2.44", ts=int(time.time() * 1000))])
+    )
+
+    async def read() -> CampaignTuning:
+        redis = Redis.from_url(redis_server.url)
+        try:
+            await CampaignTuningReader(TenantSettingsStore(redis, KEYSPACE), detector).refresh()
+        finally:
+            await redis.aclose()
+        return detector.tuning(tenant)
+
+    assert asyncio.run(read()) == CampaignTuning(False, 8, DetectionMode.SHADOW, 600)
+    reset = admin.patch("/v1/settings", json={"campaign_detection": None, "campaign_mode": None})
+    assert (reset.json()["campaign_detection"], reset.json()["campaign_mode"]) == (True, None)
+    assert asyncio.run(read()) == CampaignTuning(True, 8, None, 600)
+
+    for body, field in (
+        ({"campaign_detection": "no"}, "campaign_detection"),
+        ({"campaign_min_members": 1}, "campaign_min_members"),
+        ({"campaign_min_members": 1001}, "campaign_min_members"),
+        ({"campaign_mode": "off"}, "campaign_mode"),
+        ({"campaign_block_ttl": 30}, "campaign_block_ttl"),
+        ({"campaign_block_ttl": "1h"}, "campaign_block_ttl"),
+    ):
+        response = admin.patch("/v1/settings", json=body)
+        assert response.status_code == 422, body
+        assert response.headers["content-type"] == "application/problem+json"
+        assert f"$.{field}" in response.json()["detail"], response.json()
+    assert admin.get("/v1/settings").json()["campaign_min_members"] == 8  # nothing changed
+
+    entries = wait_for_audit(admin, "settings.updated", 6)
+    # entries of one millisecond have no order: compare as a multiset
+    changes = [(e["target"], e["details"]["from"], e["details"]["to"]) for e in entries]
+    assert sorted(changes, key=repr) == sorted(
+        [
+            ("campaign_block_ttl", None, 600),
+            ("campaign_detection", False, True),
+            ("campaign_detection", True, False),
+            ("campaign_min_members", None, 8),
+            ("campaign_mode", None, "shadow"),
+            ("campaign_mode", "shadow", None),
         ],
         key=repr,
     )
