@@ -25,6 +25,7 @@ from clickhouse_connect.driver.client import Client
 from analytics.alert_store import AlertLogWriter
 from analytics.audit_store import AuditLogWriter
 from analytics.clickhouse import chdb_url, connect
+from analytics.incident_log import IncidentLogWriter
 from analytics.migrate import migrate
 from analytics.readonly import ReadOnlyQueries
 from analytics.sqltext import check_read_only
@@ -39,6 +40,7 @@ from stream.alerts import (
 )
 from stream.audit import ACTIONS, AuditEvent
 from stream.events import DecisionEvent
+from tests.support.events import incident_story
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,6 +55,9 @@ NOW_MS = int(time.time() * 1000)
 # what the examples look for
 IP = "203.0.113.7"
 USER = "user:42"
+# the incident the history example names, and one still open
+INCIDENT = "inc_0123456789abcdef"
+OPEN_INCIDENT = "inc_fedcba9876543210"
 # the trace of the request that asked for user:42's decisions on /search (the docs' example)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -244,6 +249,10 @@ def docs_tenant(clickhouse: Client) -> str:
         AlertLogWriter(clickhouse).write(alerts, f"docs-alerts/{name}")
         # delivered twice (at least once through the outbox): FINAL must fold the copies
         AlertLogWriter(clickhouse).write(alerts[2:3], f"docs-alerts-again/{name}")
+        # the docs' incident, closed, and another still open; one change delivered twice
+        incidents = incident_story(name, INCIDENT) + incident_story(name, OPEN_INCIDENT)[:2]
+        IncidentLogWriter(clickhouse).write(incidents, f"docs-incidents/{name}")
+        IncidentLogWriter(clickhouse).write(incidents[1:2], f"docs-incidents-again/{name}")
     return tenant
 
 
@@ -280,6 +289,8 @@ def test_the_doc_has_an_example_for_every_common_question() -> None:
         "privacy request",
         "per detector and kind",
         "repeat offenders",
+        "campaigns per family",
+        "one incident's history",
     ):
         assert topic in headings, topic
 
@@ -416,3 +427,32 @@ def test_repeat_offenders_and_why(analyst: ReadOnlyQueries, docs_tenant: str) ->
     assert latest["latest_score"] == pytest.approx(0.86)
     assert latest["latest_threshold"] == pytest.approx(THRESHOLD)
     assert latest["latest_reason"] == MODEL_REASON
+
+
+def test_incidents_per_family_count_each_incident_once_at_its_latest_state(
+    analyst: ReadOnlyQueries, docs_tenant: str
+) -> None:
+    [row] = run(analyst, docs_tenant, by_heading("campaigns per family"))
+    # two incidents of 5 members (4 blocked) each, one closed; a change delivered twice
+    # counts once
+    assert (row["family"], int(row["incidents"]), int(row["still_open"])) == (
+        "credential-stuffing",
+        2,
+        1,
+    )
+    assert (int(row["members"]), int(row["blocked"]), int(row["shadowed"])) == (10, 8, 0)
+
+
+def test_one_incidents_history_is_its_changes_in_order(
+    analyst: ReadOnlyQueries, docs_tenant: str
+) -> None:
+    rows = run(analyst, docs_tenant, by_heading("one incident's history"))
+    assert [
+        (r["kind"], r["state"], int(r["members_count"]), int(r["joined_now"])) for r in rows
+    ] == [
+        ("incident.opened", "open", 3, 3),
+        ("incident.updated", "open", 5, 2),
+        ("incident.closed", "closed", 5, 0),
+    ]
+    assert {(r["route_template"], r["behaviour"]) for r in rows} == {("/auth/sign-in", "rotating")}
+    assert rows[0]["reason"].startswith("coordinated credential-stuffing campaign")

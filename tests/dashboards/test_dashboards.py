@@ -874,7 +874,7 @@ def test_grafana_reads_every_panel_of_every_tenant_read_only(grafana_probe: dict
         "tenant_decisions_per_day",
     }
     assert {tuple(g) for g in grafana_probe["grants"]} == {
-        ("SELECT", "ratewatch", table) for table in (*tables, "audit_log", "alerts")
+        ("SELECT", "ratewatch", table) for table in (*tables, "audit_log", "alerts", "incidents")
     }
     # the analyst's filters leave other users a filter that passes every row
     assert {filter for _, filter in grafana_probe["policies"]} <= {"1"}

@@ -177,6 +177,7 @@ def test_every_table_with_tenant_data_is_filtered_to_one_tenant_for_the_analyst(
         "tenant_decisions_per_day",
         "audit_log",
         "alerts",
+        "incidents",
     }
     filters = analyst_filters()
     grants = analyst_grants()
@@ -219,10 +220,11 @@ def probe_analyst(workdir: str, output: str) -> None:
     writes what the engine said as JSON to ``output``."""
     from analytics.alert_store import AlertLogWriter
     from analytics.audit_store import AuditLogWriter
+    from analytics.incident_log import IncidentLogWriter
     from analytics.writer import DecisionWriter
     from stream.alerts import BLOCK_CREATED, new_alert_event
     from stream.audit import new_audit_event
-    from tests.support.events import decision
+    from tests.support.events import decision, incident_story
 
     work = Path(workdir)
     data = work / "data"
@@ -252,6 +254,7 @@ def probe_analyst(workdir: str, output: str) -> None:
                 for i in range(count - 1)
             ]
             AlertLogWriter(client).write(alerts, f"probe-alerts/{tenant}")
+            IncidentLogWriter(client).write(incident_story(tenant), f"probe-incidents/{tenant}")
         result["policies"] = client.query(
             "SELECT table, select_filter FROM system.row_policies"
             " WHERE has(apply_to_list, {user:String}) AND database = {db:String}",
@@ -307,7 +310,7 @@ def probe_analyst(workdir: str, output: str) -> None:
         # the tables the doc says to read with FINAL, read so
         result["final"] = {
             table: attempt(f"SELECT tenant, count() FROM {DATABASE}.{table} FINAL GROUP BY tenant")
-            for table in ("audit_log", "alerts")
+            for table in ("audit_log", "alerts", "incidents")
         }
         result["merge"] = attempt(
             f"SELECT DISTINCT tenant FROM merge('{DATABASE}', '^(decisions|audit_log|alerts)')"
@@ -359,10 +362,12 @@ def test_the_analyst_sees_only_acme_rows_and_cannot_write(probe: dict[str, Any])
         "tenant_decisions_per_day": {TENANT: 1},
         "audit_log": {TENANT: 1},
         "alerts": {TENANT: 2},
+        "incidents": {TENANT: 3},
     }
     assert probe["final"] == {
         "audit_log": ["ok", [[TENANT, 1]]],
         "alerts": ["ok", [[TENANT, 2]]],
+        "incidents": ["ok", [[TENANT, 3]]],
     }
     assert set(probe["as_analyst"]) - set(readable) >= LEDGER_TABLES | CONTROL_TABLES
     for name, (outcome, answer) in probe["writes"].items():

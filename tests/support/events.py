@@ -9,6 +9,8 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
+
 from detectors.incident_store import Incident, Member
 from detectors.incidents import incident_event
 from stream.alerts import BLOCK_CREATED, BLOCK_SHADOWED, AlertEvent, new_alert_event
@@ -120,8 +122,9 @@ def block_alert(tenant: str, kind: str = BLOCK_CREATED, subject: str = "203.0.11
 
 
 def incident_story(tenant: str, incident_id: str = "inc_0123456789abcdef") -> list[IncidentEvent]:
-    """An incident opened with three members, joined by two, then closed: its three
-    changes as the detectors record them."""
+    """An incident opened with three members two minutes ago, joined by two a minute ago,
+    closed now: its three changes as the detectors record them, stamped when they
+    happened."""
     now = time.time()
     incident = Incident(
         id=incident_id,
@@ -148,4 +151,5 @@ def incident_story(tenant: str, incident_id: str = "inc_0123456789abcdef") -> li
     events.append(incident_event(tenant, INCIDENT_UPDATED, incident, joined))
     incident.state, incident.closed_at = "closed", now
     events.append(incident_event(tenant, INCIDENT_CLOSED, incident, ()))
-    return events
+    stamps = [int((now - ago) * 1000) for ago in (120, 60, 0)]
+    return [msgspec.structs.replace(e, ts=ts) for e, ts in zip(events, stamps, strict=True)]
