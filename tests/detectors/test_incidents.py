@@ -17,6 +17,8 @@ from detectors.campaigns import Campaign, CampaignChange, CampaignDetector, Camp
 from detectors.incident_store import MAX_INCIDENTS, Incident, IncidentStore, Member
 from detectors.incidents import IncidentActions
 from detectors.offenders import OffenderHistory
+from detectors.runner import DetectionLoop
+from detectors.service import build_detection
 from limiter.errors import NotFound
 from limiter.keyspace import Keyspace
 from limiter.state.allowlist import Allowlist
@@ -28,6 +30,7 @@ from stream.audit_outbox import AuditOutbox
 from stream.incidents import IncidentEvent, IncidentOutbox
 from stream.incidents import decode as decode_incident
 from tests.detectors.test_campaigns import T0, frame, row, run, stuffers
+from tests.support.events import decision
 
 pytestmark = pytest.mark.timeout(60)
 KS = Keyspace()
@@ -307,3 +310,55 @@ async def test_a_tenants_campaign_settings_reach_the_detector_within_a_round(
     await play(actions, changes, [], 125_000, 135_000)
     assert (await store.get(tenant, incident.id)).state == "closed"
     assert changes.detector.campaigns == []
+
+
+async def test_the_detection_service_restarted_on_the_same_redis_updates_the_same_incident(
+    redis: Redis, tenant: str
+) -> None:
+    """``build_detection`` as the pipeline worker and ``ratewatch detect`` wire it (both
+    detectors, the actions, the outboxes), fed decision events; then a second one, as after
+    a restart, resumed before its first round."""
+    ks = Keyspace(prefix="rwi" + secrets.token_hex(5))
+    early = campaign_rows(tenant, 12)
+    late = [
+        {**row, "tenant": tenant}
+        for row in stuffers(10, onset_ms=70_000, until_ms=130_000, prefix="198.51.100")
+    ]
+
+    async def feed(
+        loop: DetectionLoop, rows: list[dict[str, object]], start: int, end: int
+    ) -> None:
+        for now in range(start + 5_000, end + 1, 5_000):
+            loop.observe(
+                [
+                    decision(**row)
+                    for row in rows
+                    if T0 + now - 5_000 < int(str(row["ts"])) <= T0 + now
+                ]
+            )
+            await loop.evaluate_once(T0 + now)
+
+    first = build_detection(redis, ks, None, 2.0)
+    await first.resume()
+    await feed(first, early, 0, 60_000)
+    await first.close()
+    [opened] = await IncidentStore(redis, ks).incidents(tenant)
+
+    second = build_detection(redis, ks, None, 2.0)  # the restart
+    await second.resume()
+    await feed(
+        second, late + [r for r in early if int(str(r["ts"])) > T0 + 60_000], 60_000, 130_000
+    )
+    await second.close()
+
+    [incident] = await IncidentStore(redis, ks).incidents(tenant)
+    assert (incident.id, incident.state) == (opened.id, "open")
+    assert incident.counts["members"] == 22
+    told = [a.kind for a in await alerts_of(redis, ks.alerts) if a.scope == "incident"]
+    assert told[0] == "incident.opened"
+    assert told.count("incident.opened") == 1
+    assert "incident.updated" in told
+    found = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(ks.incident_log))
+    history = [decode_incident(fields[b"e"]) for _, fields in found]
+    assert [e.kind for e in history] == told
+    assert {e.incident_id for e in history} == {opened.id}
