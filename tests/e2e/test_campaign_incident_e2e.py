@@ -2,7 +2,8 @@
 stuffing (one family seed of ``ratewatch simulate --families``, tens of addresses at about
 0.1 check/s each, beside a launch crowd) is blocked as one campaign, explained, enforced,
 grouped as one incident, and a real webhook receiver hears of it once per incident change
-rather than once per blocked address."""
+rather than once per blocked address.  The tenant's campaign settings (set through the API
+first) shape the blocks, and the incident's history reaches ``ratewatch.incidents``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from analytics.query_client import query
 from tests.support.credentials import STACK_PREFIX, create_key
 from tests.support.openapi import assert_published_shape
 from tests.support.polling import wait_until
@@ -67,6 +69,9 @@ def test_a_distributed_stuffing_campaign_is_one_incident_and_one_message_per_cha
     secret = created.json()["secret"]
     assert "incident.opened" in created.json()["events"]
 
+    tuned = admin.patch("/v1/settings", json={"campaign_block_ttl": 1200})
+    assert tuned.status_code == 200, tuned.text
+
     key = create_key(redis_server.url, tenant, prefix=STACK_PREFIX)
     run = subprocess.run(
         [sys.executable, "-m", "ratewatch", "simulate", "--url", stack.base_url,
@@ -90,6 +95,8 @@ def test_a_distributed_stuffing_campaign_is_one_incident_and_one_message_per_cha
         assert block["explanation"]["incident_id"] == incident_id
         assert block["explanation"]["campaign"]["behaviour"] == "rotating"
         assert block["reason"].startswith("coordinated credential-stuffing campaign")
+        # the tenant's campaign block TTL, a first offence each
+        assert block["expires_at"] - block["created_at"] == pytest.approx(1200, abs=2)
     # enforced by the check script
     assert check_from(admin, blocks[0]["value"])["reason"] == "blocked"
 
@@ -140,4 +147,25 @@ def test_a_distributed_stuffing_campaign_is_one_incident_and_one_message_per_cha
     ]
     assert per_block == []
     assert all(verified(secret, r.headers, r.body) for r in receiver.requests)
+
+    # the incident's history in ClickHouse: one row per change, as ratewatch sql reads it
+    assert stack.data_dir is not None
+    socket = stack.data_dir / "clickhouse" / "query.sock"
+    sql = (
+        "SELECT kind, incident_id, members_count, counts['blocked'] AS blocked"
+        " FROM ratewatch.incidents FINAL"
+        f" WHERE tenant = '{tenant}' ORDER BY ts, event_id"
+    )
+    rows: list[dict[str, Any]] = []
+
+    def recorded() -> bool:
+        rows[:] = query(socket, sql)
+        return len(rows) >= len(told)
+
+    wait_until(recorded, 60, "the incident's changes in ratewatch.incidents", 0.5)
+    assert rows[0]["kind"] == "incident.opened"
+    assert [r["kind"] for r in rows].count("incident.opened") == 1
+    assert {r["incident_id"] for r in rows} == {incident_id}
+    assert [r["members_count"] for r in rows] == sorted(r["members_count"] for r in rows)
+    assert rows[-1]["members_count"] == incident["counts"]["members"]
     admin.close()
