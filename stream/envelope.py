@@ -1,15 +1,15 @@
-"""The envelope of the outbox events (audit, alert) and the codec they share.
+"""The envelope of the outbox events (audit, alert, incident) and the codec they share.
 
-Both events start with the same four fields (``v``, ``event_id``, ``ts``, ``tenant``), are
+The events start with the same four fields (``v``, ``event_id``, ``ts``, ``tenant``), are
 made where a change or a detector's action happens, travel as JSON through a Redis outbox
 and a Kafka topic, and are stored in ClickHouse.  What can go wrong with the envelope is
-the same for both, so it is checked here once: a name left empty where the event is made,
+the same for all, so it is checked here once: a name left empty where the event is made,
 and, where it is read, bytes that are no such event or an envelope a table could not hold
 (a newer schema version, an id that is no UUID, a time out of range) — the last would hold
 up every event stored in the same batch.
 
 Each event's own fields, kinds or actions, topic and schema version stay in its contract
-module (``stream.audit``, ``stream.alerts``).
+module (``stream.audit``, ``stream.alerts``, ``stream.incidents``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Prometheus metrics of the outbox drains (``stream.outbox_drain``), one series per outbox
-(``audit``, ``alert``), on the registry they are given."""
+(``audit``, ``alert``, ``incident``), on the registry they are given."""
 
 from __future__ import annotations
 
