@@ -18,6 +18,9 @@ Everything runs in this process tree and is torn down at the end:
   httptools): what the server stack allows on this box in this run; and the same
   app through ``serve``'s own protocol (``ratewatch/processes/http_protocol.py``:
   its bounds, its keep-alive timer), the ceiling of the stack as ``serve`` runs it;
+* with ``--bare-ceiling``, ``bench/bare_ceiling.py`` too: the same constant answer from
+  a bare httptools protocol with no ASGI server (a task per request), the floor of
+  what uvloop and httptools allow: what a leaner server stack could save at best;
 * the baseline ``bench/baseline_app.py`` (FastAPI + ``limits``) under the same
   uvicorn settings (``--no-baseline`` skips it);
 * ``wrk`` (1 thread: the box has 2 cores shared by load generator, Redis and
@@ -484,6 +487,7 @@ def spread(values: Sequence[float], fmt: str) -> str:
 
 
 PROTOCOL_CEILING = "ceiling check, serve's protocol"
+BARE_CEILING = "bare httptools, constant"
 
 
 def build_rows(
@@ -552,6 +556,16 @@ def build_rows(
                 f">= {TARGET_RATIO:g}",
                 median(base_ratio) >= TARGET_RATIO,
             ),
+        ]
+    if BARE_CEILING in runs:
+        rows += [
+            Row(
+                f"bare httptools req/s ({conns} conns)",
+                spread(rps[BARE_CEILING], ",.0f"),
+                "",
+                None,
+            ),
+            Row("CPU per request, bare httptools", f"{median(cpu[BARE_CEILING]):.1f} us", "", None),
         ]
     ceiling_lat = runs["ceiling check latency"]
     rows += [
@@ -660,6 +674,14 @@ class Bench:
         self.procs.start(name, argv, {**os.environ, "PYTHONPATH": str(REPO)})
         return self._await_http(Service(name, f"http://{HOST}:{port}", ""))
 
+    def start_bare_ceiling(self) -> Service:
+        """``bench/bare_ceiling.py --task``: the constant answer without an ASGI server."""
+        name, port = "bare-ceiling", free_port()
+        argv = [sys.executable, str(BENCH_DIR / "bare_ceiling.py"), "--host", HOST]
+        argv += ["--port", str(port), "--task"]
+        self.procs.start(name, argv, dict(os.environ))
+        return self._await_http(Service(name, f"http://{HOST}:{port}", ""))
+
     def _await_http(self, service: Service) -> Service:
         wait_until(
             lambda: http_ok(service.base_url + "/health"),
@@ -696,6 +718,7 @@ class Bench:
         started_rss = measure_rss(self.procs.pid("ratewatch"))
         ceiling = self.start_uvicorn("ceiling", "ceiling_app", {})
         protocol_ceiling = self.start_protocol_ceiling()
+        bare = self.start_bare_ceiling() if self.args.bare_ceiling else None
         base = None
         if not self.args.no_baseline:
             base = self.start_uvicorn(
@@ -716,6 +739,8 @@ class Bench:
             self.measure("ratewatch check", rw, "/v1/check", conns)
             self.measure("ceiling check", ceiling, "/v1/check", conns)
             self.measure(PROTOCOL_CEILING, protocol_ceiling, "/v1/check", conns)
+            if bare is not None:
+                self.measure(BARE_CEILING, bare, "/v1/check", conns)
             if base is not None:
                 self.measure("baseline check", base, "/v1/check", conns)
             self.measure("ratewatch check latency", rw, "/v1/check", 1)
@@ -757,6 +782,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--redis-events",
         action="store_true",
         help="serve as ratewatch up does: the check script streams every decision",
+    )
+    parser.add_argument(
+        "--bare-ceiling",
+        action="store_true",
+        help="also measure a constant answer from a bare httptools protocol (no ASGI server)",
     )
     parser.add_argument(
         "--startup-timeout", type=float, default=30, help="seconds to wait for servers"
