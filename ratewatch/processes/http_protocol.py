@@ -158,7 +158,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:  # a request pipelined behind this one starts now
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
-        else:
+        elif not self._reading_body:  # answered before its body ended: the body timeout
             self._idle = True
             self._expect(self.timeout_keep_alive)
 
