@@ -15,7 +15,12 @@ Everything runs in this process tree and is torn down at the end:
   time from its start to that answer is printed;
 * the ceiling ``bench/ceiling_app.py``: a raw ASGI app that reads the body and
   answers a constant check, under uvicorn as ``serve`` runs (1 worker, uvloop,
-  httptools): what the server stack allows on this box in this run;
+  httptools): what the server stack allows on this box in this run; and the same
+  app through ``serve``'s own protocol (``ratewatch/processes/http_protocol.py``:
+  its bounds, its keep-alive timer), the ceiling of the stack as ``serve`` runs it;
+* with ``--bare-ceiling``, ``bench/bare_ceiling.py`` too: the same constant answer from
+  a bare httptools protocol with no ASGI server (a task per request), the floor of
+  what uvloop and httptools allow: what a leaner server stack could save at best;
 * the baseline ``bench/baseline_app.py`` (FastAPI + ``limits``) under the same
   uvicorn settings (``--no-baseline`` skips it);
 * ``wrk`` (1 thread: the box has 2 cores shared by load generator, Redis and
@@ -25,12 +30,16 @@ Everything runs in this process tree and is torn down at the end:
 Each round measures, each run preceded by a warm-up run whose numbers are discarded:
 
 1. RateWatch ``POST /v1/check``, ``--connections`` connections;
-2. the ceiling, same load, right after: the round's ratio is 1 / 2;
+2. the ceiling, same load, right after: the round's ratio is 1 / 2; then the
+   ceiling on ``serve``'s protocol;
 3. the baseline, same load;
 4. RateWatch ``POST /v1/check``, 1 connection: p50 / p99 latency; and the ceiling's;
 5. RateWatch ``POST /v1/batch`` with 100 checks per request: checks/s.
 
-The table shows the medians over ``--rounds`` rounds with their range.  The
+The table shows the medians over ``--rounds`` rounds with their range.  Each run
+also prints the server's CPU time per request (user + system time of its processes
+from ``/proc``, over the run's requests): on a box shared with other work it is
+steadier than requests per second, which follow the CPU the server is given.  The
 RateWatch server's RSS (plus any child processes) is read from ``/proc`` once it
 is healthy and after the last round.  Results go to stdout as a table with
 targets and PASS/MISS; progress goes to stderr. This is a measurement, not a
@@ -388,6 +397,21 @@ class Rss:
     largest_mb: float  # the largest single process: one limiter worker
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far, in seconds."""
+    ticks = 0
+    for each in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLOCK_TICKS
+
+
 def measure_rss(pid: int) -> Rss:
     """RSS of ``pid`` alone and summed with all its descendants."""
     kids = descendants(pid)
@@ -433,14 +457,15 @@ def print_table(rows: Sequence[Row]) -> None:
         print(line(r.metric, r.measured, r.target, status(r.passed)))
 
 
-def print_runs(runs: dict[str, list[WrkResult]]) -> None:
+def print_runs(runs: dict[str, list[WrkResult]], cpu: dict[str, list[float]]) -> None:
     """Per-run details, including the error counts that must be zero."""
-    print("\nwrk runs (1 thread), in round order:")
+    print("\nwrk runs (1 thread), in round order (cpu: the server's CPU per request):")
     for name, rounds in runs.items():
         for index, r in enumerate(rounds, 1):
             print(
-                f"  {name:<26} #{index} {r.requests:>9,} req in {r.duration_s:5.1f}s"
-                f" = {r.rps:>9,.0f} req/s  p50 {r.p50_us:>6} us  p99 {r.p99_us:>6} us"
+                f"  {name:<30} #{index} {r.requests:>9,} req in {r.duration_s:5.1f}s"
+                f" = {r.rps:>9,.0f} req/s  cpu {cpu[name][index - 1]:6.1f} us"
+                f"  p50 {r.p50_us:>6} us  p99 {r.p99_us:>6} us"
                 f"  non-2xx/3xx {r.bad_status}  socket errors {r.socket_errors}"
             )
 
@@ -461,8 +486,16 @@ def spread(values: Sequence[float], fmt: str) -> str:
     return text
 
 
+PROTOCOL_CEILING = "ceiling check, serve's protocol"
+BARE_CEILING = "bare httptools, constant"
+
+
 def build_rows(
-    runs: dict[str, list[WrkResult]], conns: int, memory: Memory, startup_s: float
+    runs: dict[str, list[WrkResult]],
+    cpu: dict[str, list[float]],
+    conns: int,
+    memory: Memory,
+    startup_s: float,
 ) -> list[Row]:
     """Turn measurements into table rows with targets: medians over the rounds."""
     rps = {name: [r.rps for r in rounds] for name, rounds in runs.items()}
@@ -485,6 +518,28 @@ def build_rows(
             f">= {TARGET_CEILING_RATIO:g}",
             median(ceiling_ratio) >= TARGET_CEILING_RATIO,
         ),
+        Row(
+            f"ceiling on serve's protocol req/s ({conns} conns)",
+            spread(rps[PROTOCOL_CEILING], ",.0f"),
+            "",
+            None,
+        ),
+        Row(
+            "ratio vs ceiling on serve's protocol",
+            spread(ratios(runs, "ratewatch check", PROTOCOL_CEILING), ".2f"),
+            "",
+            None,
+        ),
+        Row(
+            "CPU per request: ratewatch / ceiling / on serve's protocol",
+            " / ".join(
+                f"{median(cpu[name]):.1f}"
+                for name in ("ratewatch check", "ceiling check", PROTOCOL_CEILING)
+            )
+            + " us",
+            "",
+            None,
+        ),
     ]
     if "baseline check" in runs:
         base_ratio = ratios(runs, "ratewatch check", "baseline check")
@@ -501,6 +556,16 @@ def build_rows(
                 f">= {TARGET_RATIO:g}",
                 median(base_ratio) >= TARGET_RATIO,
             ),
+        ]
+    if BARE_CEILING in runs:
+        rows += [
+            Row(
+                f"bare httptools req/s ({conns} conns)",
+                spread(rps[BARE_CEILING], ",.0f"),
+                "",
+                None,
+            ),
+            Row("CPU per request, bare httptools", f"{median(cpu[BARE_CEILING]):.1f} us", "", None),
         ]
     ceiling_lat = runs["ceiling check latency"]
     rows += [
@@ -555,6 +620,7 @@ class Bench:
     procs: Processes
     wrk: Wrk
     runs: dict[str, list[WrkResult]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # us per request, per run
     startup_s: float = 0.0
 
     def start_redis(self) -> int:
@@ -600,6 +666,22 @@ class Bench:
         self.procs.start(name, argv, {**os.environ, **env, "BASELINE_TOKEN": token})
         return self._await_http(Service(name, f"http://{HOST}:{port}", token))
 
+    def start_protocol_ceiling(self) -> Service:
+        """``bench/ceiling_app.py`` served through ``serve``'s own protocol."""
+        name, port = "ceiling-protocol", free_port()
+        argv = [sys.executable, str(BENCH_DIR / "ceiling_app.py"), "--host", HOST]
+        argv += ["--port", str(port)]
+        self.procs.start(name, argv, {**os.environ, "PYTHONPATH": str(REPO)})
+        return self._await_http(Service(name, f"http://{HOST}:{port}", ""))
+
+    def start_bare_ceiling(self) -> Service:
+        """``bench/bare_ceiling.py --task``: the constant answer without an ASGI server."""
+        name, port = "bare-ceiling", free_port()
+        argv = [sys.executable, str(BENCH_DIR / "bare_ceiling.py"), "--host", HOST]
+        argv += ["--port", str(port), "--task"]
+        self.procs.start(name, argv, dict(os.environ))
+        return self._await_http(Service(name, f"http://{HOST}:{port}", ""))
+
     def _await_http(self, service: Service) -> Service:
         wait_until(
             lambda: http_ok(service.base_url + "/health"),
@@ -616,9 +698,13 @@ class Bench:
         log(f"{name}: warm-up {self.args.warmup:g}s, {conns} conns")
         self.wrk.run(service, path, conns, self.args.warmup, batch)
         log(f"{name}: measuring {self.args.duration:g}s, {conns} conns")
+        pid = self.procs.pid(service.name)
+        before = cpu_seconds(pid)
         result = self.wrk.run(service, path, conns, self.args.duration, batch)
+        used = cpu_seconds(pid) - before
         self.procs.ensure_alive(service.name)
         self.runs.setdefault(name, []).append(result)
+        self.cpu.setdefault(name, []).append(used * 1e6 / max(result.requests, 1))
         log(
             f"{name}: {result.rps:,.0f} req/s, p50 {result.p50_us} us, p99 {result.p99_us} us, "
             f"non-2xx {result.bad_status}, socket errors {result.socket_errors}"
@@ -631,6 +717,8 @@ class Bench:
         rw = self.start_ratewatch(redis_port)
         started_rss = measure_rss(self.procs.pid("ratewatch"))
         ceiling = self.start_uvicorn("ceiling", "ceiling_app", {})
+        protocol_ceiling = self.start_protocol_ceiling()
+        bare = self.start_bare_ceiling() if self.args.bare_ceiling else None
         base = None
         if not self.args.no_baseline:
             base = self.start_uvicorn(
@@ -650,20 +738,23 @@ class Bench:
             # the limiter and its ceiling back to back: each round's ratio is one pair
             self.measure("ratewatch check", rw, "/v1/check", conns)
             self.measure("ceiling check", ceiling, "/v1/check", conns)
+            self.measure(PROTOCOL_CEILING, protocol_ceiling, "/v1/check", conns)
+            if bare is not None:
+                self.measure(BARE_CEILING, bare, "/v1/check", conns)
             if base is not None:
                 self.measure("baseline check", base, "/v1/check", conns)
             self.measure("ratewatch check latency", rw, "/v1/check", 1)
             self.measure("ceiling check latency", ceiling, "/v1/check", 1)
             self.measure("ratewatch batch", rw, "/v1/batch", conns, batch=BATCH_SIZE)
         memory = Memory(started_rss, measure_rss(self.procs.pid("ratewatch")))
-        print_runs(self.runs)
+        print_runs(self.runs, self.cpu)
         print(
             f"\nRateWatch RSS: {memory.started.main_mb:.1f} MB once healthy; after the load "
             f"{memory.loaded.main_mb:.1f} MB server process, {memory.loaded.total_mb:.1f} MB "
             f"with children ({memory.loaded.nprocs} process(es))\n"
         )
         print(f"medians of {self.args.rounds} round(s), range in brackets:")
-        print_table(build_rows(self.runs, conns, memory, self.startup_s))
+        print_table(build_rows(self.runs, self.cpu, conns, memory, self.startup_s))
         print(
             f"\n1-min load average: {load_before} before start, {load_average()} at end "
             f"({os.cpu_count()} CPUs; load from other work skews these numbers)"
@@ -691,6 +782,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--redis-events",
         action="store_true",
         help="serve as ratewatch up does: the check script streams every decision",
+    )
+    parser.add_argument(
+        "--bare-ceiling",
+        action="store_true",
+        help="also measure a constant answer from a bare httptools protocol (no ASGI server)",
     )
     parser.add_argument(
         "--startup-timeout", type=float, default=30, help="seconds to wait for servers"

@@ -86,7 +86,7 @@ class Coalescer:
             queue.append(_Request(checks, future))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            task = asyncio.ensure_future(self._flush())
+            task = loop.create_task(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return future

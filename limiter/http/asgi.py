@@ -40,7 +40,7 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
             f"request body of {int(length)} bytes exceeds the limit of {limit} bytes",
             max_bytes=limit,
         )
-    chunks: list[bytes] = []
+    chunks: list[bytes] | None = None  # only for a body that came in several messages
     size = 0
     while True:
         message = await receive()
@@ -56,10 +56,14 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
                 f"request body exceeds the limit of {limit} bytes",
                 max_bytes=limit,
             )
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if chunks is None:  # the whole body in one message, as a check's always is
+                return chunk  # type: ignore[no-any-return]
+            chunks.append(chunk)
+            return b"".join(chunks)
+        if chunks is None:
+            chunks = []
+        chunks.append(chunk)
 
 
 async def respond(send: Any, status: int, body: bytes, headers: Headers) -> None:

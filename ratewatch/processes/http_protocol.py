@@ -18,7 +18,10 @@ per connection:
 
 The answers are RFC 9457 problem details.  One timer per connection, armed at its first
 deadline and moved only when it fires (a deadline is a float set per phase), so a request
-costs no timer of its own (only a deadline earlier than the armed timer moves it).
+costs no timer of its own (only a deadline earlier than the armed timer moves it).  The
+keep-alive timeout (``--keep-alive-timeout``: an answered connection closed once idle that
+long) is one more phase on the same timer: uvicorn arms a timer of its own after every
+response and cancels it at the next request's first bytes, a timer per request.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when the armed timer fires
         self._reading_body = False
+        self._idle = False  # answered, waiting for the next request (the keep-alive phase)
         self._header_bytes = 0  # received since the last request's headers ended
 
     @classmethod
@@ -123,6 +127,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._idle = False
         self._expect(self.limits.header_timeout)
 
     def on_headers_complete(self) -> None:
@@ -142,6 +147,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._reading_body = False
         self._deadline = None  # the keep-alive timeout takes over once it is answered
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive timeout on the connection's timer instead of a
+        # timer of its own armed here and cancelled by the next request
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # a request pipelined behind this one starts now
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif not self._reading_body:  # answered before its body ended: the body timeout
+            self._idle = True
+            self._expect(self.timeout_keep_alive)
 
     # the deadlines
 
@@ -164,6 +183,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.loop.time() < deadline:  # the phase changed since: wait for its deadline
             self._arm(deadline)
+            return
+        if self._idle:  # kept alive long enough without a request: closed, as uvicorn does
+            self._deadline = None
+            self.transport.close()
             return
         phase = "body" if self._reading_body else "headers"
         seconds = self.limits.body_timeout if self._reading_body else self.limits.header_timeout

@@ -197,6 +197,26 @@ def test_requests_within_the_timeouts_are_answered_and_an_idle_connection_is_clo
         assert time.monotonic() - started < 1 + SLACK  # the keep-alive timeout
 
 
+def test_a_connection_busy_longer_than_the_keep_alive_timeout_stays_open(
+    strict: RatewatchProcess, admin: str
+) -> None:
+    # the keep-alive timeout runs on the connection's one timer, which fires once per
+    # timeout: a request in each gap shorter than it keeps the connection open
+    body = json.dumps({"key": "busy", "limit": 50, "window": 60}).encode()
+    request = (
+        f"POST /v1/check HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {admin}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with connect(strict) as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:  # 2.5 keep-alive timeouts
+            sock.sendall(request)
+            assert read_reply(sock).status == 200
+            time.sleep(0.4)
+        assert closed(sock), "an idle connection was answered instead of closed"
+
+
 def test_headers_past_the_bound_are_refused_with_431(strict: RatewatchProcess) -> None:
     with connect(strict) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Padding: " + b"a" * 20000)
