@@ -42,12 +42,17 @@ from sklearn.cluster import DBSCAN
 from detectors.sources import Source, SourceBook
 from detectors.verdict import CampaignRef, Signal, Verdict
 
-Shape = Literal["rotating", "walking"]
+# "pressing": many addresses on one account (``detectors.targets``)
+Shape = Literal["rotating", "walking", "pressing"]
 DETECTOR = "campaign"
 DETECTOR_VERSION = "campaign-1"
 SCORE = 0.9  # what a campaign verdict scores: above the detectors' 0.8, below the rules'
 THRESHOLD = 0.8
-FAMILIES: dict[Shape, str] = {"rotating": "credential-stuffing", "walking": "scraping"}
+FAMILIES: dict[Shape, str] = {
+    "rotating": "credential-stuffing",
+    "walking": "scraping",
+    "pressing": "brute-force",
+}
 MAX_EVIDENCE_AGENTS = 5
 
 
@@ -99,6 +104,7 @@ class Signature:
     template: str
     shape: Shape
     agents: str  # "browser" | "tool"
+    target: str = ""  # the account its members press ("pressing" campaigns)
 
 
 @dataclass
@@ -116,6 +122,7 @@ class Campaign:
     evidence: dict[str, object] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     signals: tuple[Signal, ...] = ()
+    version: str = DETECTOR_VERSION  # the version of the detector that found it
 
     @property
     def family(self) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from detectors.actions import ActionResult
-from detectors.campaigns import DETECTOR, DETECTOR_VERSION, Campaign, CampaignChange
+from detectors.campaigns import DETECTOR, Campaign, CampaignChange
 from detectors.incident_store import CLOSED, OPEN, Incident, IncidentStore, Member
 from detectors.verdict import Verdict
 from limiter.errors import StoreUnavailable
@@ -114,7 +114,7 @@ class IncidentActions:
                 first_seen=campaign.first_seen_ms / 1000,
                 last_seen=campaign.last_seen_ms / 1000,
                 detector=DETECTOR,
-                detector_version=DETECTOR_VERSION,
+                detector_version=campaign.version,
             )
             self._open[campaign.id] = incident
             kind = INCIDENT_OPENED

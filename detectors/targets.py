@@ -1,0 +1,422 @@
+"""Many addresses pressing one account: a brute force spread over addresses, grouped by
+the account it targets and blocked together with one explanation.
+
+Each address of a brute force on one account may look like a client retrying past its
+limit: one identity, one route, partly denied.  What gives it away is shared: the same
+account (a user id, or the key that carries the credential) is suddenly checked from
+several addresses it never came from, each of them there for that account only.
+``TargetBook`` keeps, per (tenant, identity), which addresses used it, since when, how
+often and how often they were denied; ``TargetDetector`` judges each identity against its
+own history and against the tenant's identities:
+
+- **members**: addresses that used the identity in the last minute, at least
+  ``min_checks`` times, first used it within ``new_ms`` (new to it) and after the book had
+  watched the tenant for ``history_ms`` (in a detector's first minute every address is new
+  to every identity), and use no more than ``max_identities`` identities in all
+  (``detectors.sources``): an address dedicated to the account.  A NAT office's or a
+  carrier's address carries many accounts, so a person hopping between a carrier's
+  addresses brings none;
+- **many of them**: at least ``min_addresses``, at least ``address_factor`` times the
+  addresses the identity used before (its own history: an account used from one place
+  every day), and at least ``population_factor`` times the ``population_quantile`` of the
+  tenant's active identities' address counts (a tenant whose people each use three
+  devices needs more);
+- **pressing**: their checks on the identity are at least ``min_denied`` denied, or
+  together at least ``rate_factor`` times the tenant's median pace of an identity.  A
+  person on three devices is neither.
+
+A pressed identity is a campaign (``detectors.campaigns.Campaign`` with the shape
+``pressing``): its members get one verdict each, with one explanation and one incident;
+later addresses pressing it join at once; it closes when no member was seen for
+``close_after_ms``.  The identity itself is the victim and is never blocked here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from detectors.campaigns import DETECTOR, SCORE, THRESHOLD, Campaign, CampaignChange, Signature
+from detectors.campaigns import new_incident_id as _new_id
+from detectors.sources import Source, SourceBook
+from detectors.verdict import Signal, Verdict
+
+DETECTOR_VERSION = "campaign-target-1"
+MAX_ADDRESSES = 1024  # addresses remembered per identity (a popular app key has more)
+MAX_EVIDENCE_AGENTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSettings:
+    """The thresholds of pressed-identity detection (chosen on training seeds only)."""
+
+    min_addresses: int = 3
+    address_factor: float = 2.0
+    population_factor: float = 3.0
+    population_quantile: float = 0.5  # robust to attacks on up to half the active accounts
+    min_checks: int = 2
+    max_identities: int = 2
+    min_denied: float = 0.5
+    rate_factor: float = 10.0
+    new_ms: int = 120_000
+    history_ms: int = 60_000
+    active_ms: int = 60_000
+    join_before_ms: int = 30_000  # a member began at most this long before the campaign
+    close_after_ms: int = 300_000
+    forget_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        for name, least in (
+            ("min_addresses", 2),
+            ("min_checks", 1),
+            ("max_identities", 1),
+            ("new_ms", 1),
+            ("history_ms", 0),
+            ("active_ms", 1),
+            ("join_before_ms", 0),
+            ("close_after_ms", 1),
+            ("forget_ms", 1),
+        ):
+            if getattr(self, name) < least:
+                raise ValueError(f"target setting {name}={getattr(self, name)!r} is below {least}")
+        for name in ("min_denied", "population_quantile"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"target setting {name}={getattr(self, name)!r} is not in 0-1")
+        for name in ("address_factor", "population_factor", "rate_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"target setting {name}={getattr(self, name)!r} must be > 0")
+
+
+@dataclass(slots=True)
+class Use:
+    """One address's use of one identity.  Times are epoch milliseconds."""
+
+    first_ms: int
+    last_ms: int
+    checks: int = 0
+    denied: int = 0
+
+    def pace(self, now_ms: int) -> float:
+        """Checks per minute since it began (at least ten seconds' worth)."""
+        return self.checks * 60_000 / max(10_000, now_ms - self.first_ms)
+
+
+@dataclass(slots=True)
+class Target:
+    """One identity (a user id, else the key) and the addresses that used it."""
+
+    tenant: str
+    scope: str  # "user_id" | "key"
+    value: str
+    last_ms: int = 0
+    uses: dict[str, Use] = field(default_factory=dict)
+
+
+class TargetBook:
+    """Per-identity addresses of every tenant, updated from decision frames."""
+
+    def __init__(self, *, forget_ms: int = 600_000) -> None:
+        if forget_ms <= 0:
+            raise ValueError(f"forget_ms {forget_ms!r} must be positive")
+        self._forget_ms = forget_ms
+        self._targets: dict[tuple[str, str], Target] = {}
+        self._tenant_start: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def get(self, tenant: str, identity: str) -> Target | None:
+        return self._targets.get((tenant, identity))
+
+    def watched_since(self, tenant: str) -> int | None:
+        """The tenant's first decision this book saw."""
+        return self._tenant_start.get(tenant)
+
+    def active(self, since_ms: int) -> Iterable[Target]:
+        return (t for t in self._targets.values() if t.last_ms >= since_ms)
+
+    def forget(self, now_ms: int) -> None:
+        horizon = now_ms - self._forget_ms
+        for pair in [pair for pair, t in self._targets.items() if t.last_ms < horizon]:
+            del self._targets[pair]
+        for target in self._targets.values():
+            if len(target.uses) > 1:
+                for ip in [ip for ip, use in target.uses.items() if use.last_ms < horizon]:
+                    del target.uses[ip]
+
+    def observe(self, frame: pl.DataFrame) -> None:
+        """Count decisions in (a ``detectors.features.FRAME_SCHEMA`` frame; rows without an
+        address or an identity are nobody's)."""
+        rows = frame.filter(
+            pl.col("ip").is_not_null()
+            & (pl.col("user_id").is_not_null() | pl.col("key").is_not_null())
+        )
+        if rows.is_empty():
+            return
+        for tenant, first in rows.group_by("tenant").agg(pl.col("ts").min()).iter_rows():
+            if tenant not in self._tenant_start or first < self._tenant_start[tenant]:
+                self._tenant_start[tenant] = first
+        pairs = rows.group_by("tenant", pl.coalesce("user_id", "key").alias("identity"), "ip").agg(
+            pl.col("user_id").is_not_null().any().alias("signed_in"),
+            pl.len().alias("checks"),
+            pl.col("allowed").not_().fill_null(False).sum().alias("denied"),
+            pl.col("ts").min().alias("first"),
+            pl.col("ts").max().alias("last"),
+        )
+        targets = self._targets
+        for tenant, identity, ip, signed_in, checks, denied, first, last in pairs.iter_rows():
+            target = targets.get((tenant, identity))
+            if target is None:
+                scope = "user_id" if signed_in else "key"
+                target = targets[(tenant, identity)] = Target(tenant, scope, identity)
+            target.last_ms = max(target.last_ms, last)
+            use = target.uses.get(ip)
+            if use is None:
+                if len(target.uses) >= MAX_ADDRESSES:
+                    continue  # a key of thousands of addresses: it has shown what it is
+                use = target.uses[ip] = Use(first, last)
+            use.first_ms = min(use.first_ms, first)
+            use.last_ms = max(use.last_ms, last)
+            use.checks += checks
+            use.denied += denied
+
+
+@dataclass(frozen=True, slots=True)
+class _Population:
+    """What a tenant's active identities are like: how many addresses each comes from (the
+    ``population_quantile``) and how fast each is used (the median checks per minute)."""
+
+    addresses: float
+    pace: float
+
+
+class TargetDetector:
+    """Finds identities pressed from many new addresses; keeps each as a campaign while it
+    lasts.  ``sources``: the per-address behaviour (how many identities each uses)."""
+
+    def __init__(
+        self,
+        settings: TargetSettings | None = None,
+        *,
+        sources: SourceBook,
+        book: TargetBook | None = None,
+    ) -> None:
+        self.settings = settings or TargetSettings()
+        self.sources = sources
+        self.book = book if book is not None else TargetBook(forget_ms=self.settings.forget_ms)
+        self._open: dict[tuple[str, str], Campaign] = {}
+
+    @property
+    def campaigns(self) -> list[Campaign]:
+        return list(self._open.values())
+
+    def evaluate(self, now_ms: int) -> tuple[list[Verdict], list[CampaignChange]]:
+        """Verdicts for the addresses that joined a campaign in this round, and what changed."""
+        settings = self.settings
+        since = now_ms - settings.active_ms
+        active = list(self.book.active(since))
+        populations = self._populations(active, since, now_ms)
+        verdicts: list[Verdict] = []
+        changes: list[CampaignChange] = []
+        kind: Literal["opened", "updated"]
+        for target in active:
+            if len(target.uses) < 2:  # nearly every identity: nothing to look at
+                continue
+            members, usual = self._members(target, since, now_ms)
+            pair = (target.tenant, target.value)
+            campaign = self._open.get(pair)
+            if campaign is None:
+                population = populations[target.tenant]
+                if not self._pressed(target, members, usual, population, now_ms):
+                    continue
+                onset = min(target.uses[s.ip].first_ms for s in members)
+                campaign = self._open[pair] = Campaign(
+                    _new_id(),
+                    Signature(
+                        target.tenant,
+                        _template(members),
+                        "pressing",
+                        _agents(members),
+                        target=target.value,
+                    ),
+                    now_ms,
+                    onset_ms=onset,
+                    version=DETECTOR_VERSION,
+                )
+                kind = "opened"
+            else:
+                kind = "updated"
+            earliest = campaign.onset_ms - settings.join_before_ms
+            joined = [
+                s
+                for s in members
+                if s.ip not in campaign.members and target.uses[s.ip].first_ms >= earliest
+            ]
+            for source in joined:
+                campaign.members[source.ip] = now_ms
+            self._describe(campaign, target, usual, populations[target.tenant], now_ms)
+            if joined:
+                changes.append(CampaignChange(kind, campaign, tuple(s.ip for s in joined)))
+                verdicts += [self._verdict(campaign, s.ip, now_ms) for s in joined]
+        for pair, campaign in list(self._open.items()):
+            pressed = self.book.get(*pair)
+            if pressed is not None:
+                last = max(
+                    (u.last_ms for ip in campaign.members if (u := pressed.uses.get(ip))),
+                    default=campaign.last_seen_ms,
+                )
+                campaign.last_seen_ms = max(campaign.last_seen_ms, last)
+            if now_ms - campaign.last_seen_ms >= settings.close_after_ms:
+                campaign.closed_ms = now_ms
+                del self._open[pair]
+                changes.append(CampaignChange("closed", campaign))
+        self.book.forget(now_ms)
+        return verdicts, changes
+
+    def _populations(self, active: list[Target], since: int, now_ms: int) -> dict[str, _Population]:
+        counts: dict[str, list[int]] = {}
+        paces: dict[str, list[float]] = {}
+        for target in active:
+            uses = [u for u in target.uses.values() if u.last_ms >= since]
+            counts.setdefault(target.tenant, []).append(len(uses))
+            paces.setdefault(target.tenant, []).append(sum(u.pace(now_ms) for u in uses))
+        q = self.settings.population_quantile
+        return {
+            tenant: _Population(
+                float(np.quantile(np.array(counts[tenant]), q)),
+                float(np.median(np.array(paces[tenant]))),
+            )
+            for tenant in counts
+        }
+
+    def _members(self, target: Target, since: int, now_ms: int) -> tuple[list[Source], int]:
+        """The addresses new to ``target`` and dedicated to it that used it lately, and how
+        many addresses it came from before them."""
+        settings = self.settings
+        watched = self.book.watched_since(target.tenant)
+        if watched is None:
+            return [], 0
+        newer = max(now_ms - settings.new_ms, watched + settings.history_ms)
+        members, usual = [], 0
+        for ip, use in target.uses.items():
+            if use.first_ms < newer:
+                usual += 1
+                continue
+            if use.last_ms < since or use.checks < settings.min_checks:
+                continue
+            source = self.sources.get(target.tenant, ip)
+            if source is not None and len(source.identities) <= settings.max_identities:
+                members.append(source)
+        return members, usual
+
+    def _pressed(
+        self,
+        target: Target,
+        members: list[Source],
+        usual: int,
+        population: _Population,
+        now_ms: int,
+    ) -> bool:
+        settings = self.settings
+        needed = max(
+            settings.min_addresses,
+            settings.address_factor * usual,
+            settings.population_factor * population.addresses,
+        )
+        if len(members) < needed:
+            return False
+        uses = [target.uses[s.ip] for s in members]
+        checks = sum(u.checks for u in uses)
+        denied = sum(u.denied for u in uses) / checks
+        pace = sum(u.pace(now_ms) for u in uses)
+        return denied >= settings.min_denied or pace >= settings.rate_factor * population.pace
+
+    def _describe(
+        self, campaign: Campaign, target: Target, usual: int, population: _Population, now_ms: int
+    ) -> None:
+        members = [
+            (s, u)
+            for ip in campaign.members
+            if (s := self.sources.get(target.tenant, ip)) and (u := target.uses.get(ip))
+        ]
+        if not members:
+            return
+        uses = [u for _, u in members]
+        onsets = [u.first_ms for u in uses]
+        paces = [u.pace(now_ms) for u in uses]
+        checks = sum(u.checks for u in uses)
+        denied = sum(u.denied for u in uses) / checks if checks else 0.0
+        agents = sorted(set(itertools.chain.from_iterable(s.agents for s, _ in members)))
+        spread = (max(onsets) - min(onsets)) / 1000
+        campaign.first_seen_ms = campaign.first_seen_ms or min(onsets)
+        campaign.last_seen_ms = max(campaign.last_seen_ms, max(u.last_ms for u in uses))
+        who = "user id" if target.scope == "user_id" else "key"
+        campaign.reasons = (
+            f"coordinated brute force on one account: {len(members)} addresses new to "
+            f"{who} {target.value!r} pressed it within {spread:.0f} s, each using no other "
+            f"account, {checks} checks, {denied:.0%} denied, {sum(paces):.0f} checks/min "
+            f"together (it came from {usual} other address{'es' if usual != 1 else ''} "
+            f"in the 10 minutes before; the tenant's accounts: {population.addresses:.0f} "
+            f"address{'es' if population.addresses != 1 else ''} at the "
+            f"{self.settings.population_quantile:.0%} quantile, {population.pace:.1f} "
+            "checks/min at the median)",
+        )
+        campaign.signals = (
+            Signal("members", float(len(members)), float(usual), 0.4),
+            Signal("denied_share", round(denied, 3), 0.0, 0.2),
+            Signal("rate_per_minute", round(sum(paces), 1), round(population.pace, 2), 0.2),
+            Signal("onset_spread_seconds", round(spread, 1), 0.0, 0.2),
+        )
+        campaign.evidence = {
+            "target": {"scope": target.scope, "value": target.value},
+            "behaviour": "pressing",
+            "route_template": campaign.signature.template,
+            "new_addresses": len(members),
+            "usual_addresses": usual,
+            "tenant_addresses_per_account": round(population.addresses, 2),
+            "tenant_median_rate_per_account": round(population.pace, 2),
+            "onset_spread_seconds": round(spread, 1),
+            "rate_per_minute": round(sum(paces), 1),
+            "rate_per_source": {
+                "min": round(min(paces) / 60, 3),
+                "median": round(statistics.median(paces) / 60, 3),
+                "max": round(max(paces) / 60, 3),
+            },
+            "denied_share": round(denied, 3),
+            "user_agent_kind": campaign.signature.agents,
+            "user_agents": len(agents),
+            "user_agent_examples": agents[:MAX_EVIDENCE_AGENTS],
+            "checks": checks,
+        }
+
+    def _verdict(self, campaign: Campaign, ip: str, now_ms: int) -> Verdict:
+        return Verdict(
+            tenant=campaign.signature.tenant,
+            scope="ip",
+            subject=ip,
+            score=SCORE,
+            threshold=THRESHOLD,
+            detector=DETECTOR,
+            detector_version=DETECTOR_VERSION,
+            window_seconds=self.settings.active_ms // 1000,
+            observed_at_ms=now_ms,
+            reasons=campaign.reasons,
+            signals=campaign.signals,
+            campaign=campaign.ref(),
+        )
+
+
+def _template(members: list[Source]) -> str:
+    templates = [s.top_template[0] for s in members]
+    return max(set(templates), key=templates.count) if templates else ""
+
+
+def _agents(members: list[Source]) -> str:
+    tools = sum(1 for s in members if s.tool_share() > 0.5)
+    return "tool" if tools * 2 > len(members) else "browser"
