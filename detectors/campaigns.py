@@ -42,8 +42,9 @@ from sklearn.cluster import DBSCAN
 from detectors.sources import Source, SourceBook
 from detectors.verdict import CampaignRef, Signal, Verdict
 
-# "pressing": many addresses on one account (``detectors.targets``)
-Shape = Literal["rotating", "walking", "pressing"]
+# "pressing": many addresses on one account; "sharing": on one key that its old addresses
+# go on using (``detectors.targets``)
+Shape = Literal["rotating", "walking", "pressing", "sharing"]
 DETECTOR = "campaign"
 DETECTOR_VERSION = "campaign-1"
 SCORE = 0.9  # what a campaign verdict scores: above the detectors' 0.8, below the rules'
@@ -52,6 +53,7 @@ FAMILIES: dict[Shape, str] = {
     "rotating": "credential-stuffing",
     "walking": "scraping",
     "pressing": "brute-force",
+    "sharing": "leaked-key",
 }
 MAX_EVIDENCE_AGENTS = 5
 

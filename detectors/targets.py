@@ -42,13 +42,23 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from detectors.campaigns import DETECTOR, SCORE, THRESHOLD, Campaign, CampaignChange, Signature
+from detectors.campaigns import (
+    DETECTOR,
+    SCORE,
+    THRESHOLD,
+    Campaign,
+    CampaignChange,
+    Shape,
+    Signature,
+)
 from detectors.campaigns import new_incident_id as _new_id
 from detectors.sources import Source, SourceBook
 from detectors.verdict import Signal, Verdict
 
 DETECTOR_VERSION = "campaign-target-1"
 MAX_ADDRESSES = 1024  # addresses remembered per identity (a popular app key has more)
+FORGET_EVERY_MS = 10_000
+POPULATION_EVERY_MS = 10_000  # how long a tenant's population summary is reused
 MAX_EVIDENCE_AGENTS = 5
 
 
@@ -126,7 +136,9 @@ class TargetBook:
             raise ValueError(f"forget_ms {forget_ms!r} must be positive")
         self._forget_ms = forget_ms
         self._targets: dict[tuple[str, str], Target] = {}
+        self._shared: set[tuple[str, str]] = set()  # identities used from 2+ addresses
         self._tenant_start: dict[str, int] = {}
+        self._forgot_ms = 0
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -141,14 +153,28 @@ class TargetBook:
     def active(self, since_ms: int) -> Iterable[Target]:
         return (t for t in self._targets.values() if t.last_ms >= since_ms)
 
+    def shared(self, since_ms: int) -> list[Target]:
+        """The identities used from more than one address, active since ``since_ms``: the
+        few a pressed account can be among."""
+        found = (self._targets.get(pair) for pair in self._shared)
+        return [t for t in found if t is not None and t.last_ms >= since_ms]
+
     def forget(self, now_ms: int) -> None:
+        """Drop what was silent for ``forget_ms`` (at most every ``FORGET_EVERY_MS``: a few
+        seconds more of memory cost nothing, a pass over every identity each round does)."""
+        if now_ms - self._forgot_ms < FORGET_EVERY_MS:
+            return
+        self._forgot_ms = now_ms
         horizon = now_ms - self._forget_ms
         for pair in [pair for pair, t in self._targets.items() if t.last_ms < horizon]:
             del self._targets[pair]
-        for target in self._targets.values():
-            if len(target.uses) > 1:
-                for ip in [ip for ip, use in target.uses.items() if use.last_ms < horizon]:
-                    del target.uses[ip]
+            self._shared.discard(pair)
+        for pair in list(self._shared):
+            uses = self._targets[pair].uses
+            for ip in [ip for ip, use in uses.items() if use.last_ms < horizon]:
+                del uses[ip]
+            if len(uses) < 2:
+                self._shared.discard(pair)
 
     def observe(self, frame: pl.DataFrame) -> None:
         """Count decisions in (a ``detectors.features.FRAME_SCHEMA`` frame; rows without an
@@ -181,6 +207,8 @@ class TargetBook:
                 if len(target.uses) >= MAX_ADDRESSES:
                     continue  # a key of thousands of addresses: it has shown what it is
                 use = target.uses[ip] = Use(first, last)
+                if len(target.uses) == 2:
+                    self._shared.add((tenant, identity))
             use.first_ms = min(use.first_ms, first)
             use.last_ms = max(use.last_ms, last)
             use.checks += checks
@@ -211,6 +239,9 @@ class TargetDetector:
         self.sources = sources
         self.book = book if book is not None else TargetBook(forget_ms=self.settings.forget_ms)
         self._open: dict[tuple[str, str], Campaign] = {}
+        self._populations: dict[str, tuple[int, _Population]] = {}
+        # the addresses each pressed identity came from before its campaign began
+        self._usual: dict[tuple[str, str], int] = {}
 
     @property
     def campaigns(self) -> list[Campaign]:
@@ -220,35 +251,36 @@ class TargetDetector:
         """Verdicts for the addresses that joined a campaign in this round, and what changed."""
         settings = self.settings
         since = now_ms - settings.active_ms
-        active = list(self.book.active(since))
-        populations = self._populations(active, since, now_ms)
         verdicts: list[Verdict] = []
         changes: list[CampaignChange] = []
         kind: Literal["opened", "updated"]
-        for target in active:
-            if len(target.uses) < 2:  # nearly every identity: nothing to look at
-                continue
-            members, usual = self._members(target, since, now_ms)
+        for target in self.book.shared(since):
+            members, usual, carrying_on = self._members(target, since, now_ms)
             pair = (target.tenant, target.value)
             campaign = self._open.get(pair)
             if campaign is None:
-                population = populations[target.tenant]
+                if len(members) < settings.min_addresses:  # nearly always: no need to look on
+                    continue
+                population = self._population(target.tenant, since, now_ms)
                 if not self._pressed(target, members, usual, population, now_ms):
                     continue
-                onset = min(target.uses[s.ip].first_ms for s in members)
+                # a key used before from elsewhere, whose old addresses go on while new ones
+                # flock to it, is shared (leaked) rather than guessed at
+                shape: Shape = "sharing" if target.scope == "key" and carrying_on else "pressing"
                 campaign = self._open[pair] = Campaign(
                     _new_id(),
                     Signature(
                         target.tenant,
                         _template(members),
-                        "pressing",
+                        shape,
                         _agents(members),
                         target=target.value,
                     ),
                     now_ms,
-                    onset_ms=onset,
+                    onset_ms=min(target.uses[s.ip].first_ms for s in members),
                     version=DETECTOR_VERSION,
                 )
+                self._usual[pair] = usual
                 kind = "opened"
             else:
                 kind = "updated"
@@ -260,8 +292,9 @@ class TargetDetector:
             ]
             for source in joined:
                 campaign.members[source.ip] = now_ms
-            self._describe(campaign, target, usual, populations[target.tenant], now_ms)
             if joined:
+                population = self._population(target.tenant, since, now_ms)
+                self._describe(campaign, target, self._usual[pair], population, now_ms)
                 changes.append(CampaignChange(kind, campaign, tuple(s.ip for s in joined)))
                 verdicts += [self._verdict(campaign, s.ip, now_ms) for s in joined]
         for pair, campaign in list(self._open.items()):
@@ -275,45 +308,52 @@ class TargetDetector:
             if now_ms - campaign.last_seen_ms >= settings.close_after_ms:
                 campaign.closed_ms = now_ms
                 del self._open[pair]
+                self._usual.pop(pair, None)
                 changes.append(CampaignChange("closed", campaign))
         self.book.forget(now_ms)
         return verdicts, changes
 
-    def _populations(self, active: list[Target], since: int, now_ms: int) -> dict[str, _Population]:
-        counts: dict[str, list[int]] = {}
-        paces: dict[str, list[float]] = {}
-        for target in active:
+    def _population(self, tenant: str, since: int, now_ms: int) -> _Population:
+        """The tenant's active identities summed up, computed at most every
+        ``POPULATION_EVERY_MS`` (it moves slowly; a pass over every identity does not)."""
+        cached = self._populations.get(tenant)
+        if cached is not None and now_ms - cached[0] < POPULATION_EVERY_MS:
+            return cached[1]
+        counts: list[int] = []
+        paces: list[float] = []
+        for target in self.book.active(since):
+            if target.tenant != tenant:
+                continue
             uses = [u for u in target.uses.values() if u.last_ms >= since]
-            counts.setdefault(target.tenant, []).append(len(uses))
-            paces.setdefault(target.tenant, []).append(sum(u.pace(now_ms) for u in uses))
-        q = self.settings.population_quantile
-        return {
-            tenant: _Population(
-                float(np.quantile(np.array(counts[tenant]), q)),
-                float(np.median(np.array(paces[tenant]))),
-            )
-            for tenant in counts
-        }
+            counts.append(len(uses))
+            paces.append(sum(u.pace(now_ms) for u in uses))
+        population = _Population(
+            float(np.quantile(np.array(counts), self.settings.population_quantile)),
+            float(np.median(np.array(paces))),
+        )
+        self._populations[tenant] = (now_ms, population)
+        return population
 
-    def _members(self, target: Target, since: int, now_ms: int) -> tuple[list[Source], int]:
-        """The addresses new to ``target`` and dedicated to it that used it lately, and how
-        many addresses it came from before them."""
+    def _members(self, target: Target, since: int, now_ms: int) -> tuple[list[Source], int, bool]:
+        """The addresses new to ``target`` and dedicated to it that used it lately, how many
+        addresses it came from before them, and whether one of those goes on using it."""
         settings = self.settings
         watched = self.book.watched_since(target.tenant)
         if watched is None:
-            return [], 0
+            return [], 0, False
         newer = max(now_ms - settings.new_ms, watched + settings.history_ms)
-        members, usual = [], 0
+        members, usual, carrying_on = [], 0, False
         for ip, use in target.uses.items():
             if use.first_ms < newer:
                 usual += 1
+                carrying_on = carrying_on or use.last_ms >= since
                 continue
             if use.last_ms < since or use.checks < settings.min_checks:
                 continue
             source = self.sources.get(target.tenant, ip)
             if source is not None and len(source.identities) <= settings.max_identities:
                 members.append(source)
-        return members, usual
+        return members, usual, carrying_on
 
     def _pressed(
         self,
@@ -357,8 +397,13 @@ class TargetDetector:
         campaign.first_seen_ms = campaign.first_seen_ms or min(onsets)
         campaign.last_seen_ms = max(campaign.last_seen_ms, max(u.last_ms for u in uses))
         who = "user id" if target.scope == "user_id" else "key"
+        what = (
+            "a key shared beyond its owners: its earlier addresses go on, and"
+            if campaign.signature.shape == "sharing"
+            else "coordinated brute force on one account:"
+        )
         campaign.reasons = (
-            f"coordinated brute force on one account: {len(members)} addresses new to "
+            f"{what} {len(members)} addresses new to "
             f"{who} {target.value!r} pressed it within {spread:.0f} s, each using no other "
             f"account, {checks} checks, {denied:.0%} denied, {sum(paces):.0f} checks/min "
             f"together (it came from {usual} other address{'es' if usual != 1 else ''} "
@@ -375,7 +420,7 @@ class TargetDetector:
         )
         campaign.evidence = {
             "target": {"scope": target.scope, "value": target.value},
-            "behaviour": "pressing",
+            "behaviour": campaign.signature.shape,
             "route_template": campaign.signature.template,
             "new_addresses": len(members),
             "usual_addresses": usual,

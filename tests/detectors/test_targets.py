@@ -367,3 +367,18 @@ def test_a_key_used_from_new_addresses_while_its_owner_goes_on_grows() -> None:
 )
 def test_keys_that_only_look_like_growth(rows: list[Row]) -> None:
     assert growth(rows) == []
+
+
+def test_new_addresses_flocking_to_a_key_its_owner_goes_on_using_are_a_leaked_key() -> None:
+    owner = partner(1, prefix="198.18.7")
+    leak = [
+        r
+        for n in range(4)
+        for r in partner(1, from_ms=WARM_MS + n * 1_000, first=n + 1, prefix="203.0.113")
+    ]
+    verdicts, changes = run(detector(), owner + leak + people(40), 150_000)
+    assert {v.subject for v in verdicts} == {f"203.0.113.{n}" for n in range(1, 5)}
+    opened = [c.campaign for c in changes if c.kind == "opened"]
+    assert [c.family for c in opened] == ["leaked-key"]
+    assert opened[0].evidence["usual_addresses"] == 1
+    assert opened[0].reasons[0].startswith("a key shared beyond its owners")
