@@ -26,7 +26,8 @@ own history and against the tenant's identities:
   person on three devices is neither.
 
 A pressed identity is a campaign (``detectors.campaigns.Campaign`` with the shape
-``pressing``): its members get one verdict each, with one explanation and one incident;
+``pressing``, family ``brute-force``; ``sharing``, family ``leaked-key``, for a key whose
+earlier addresses go on using it): its members get one verdict each, with one explanation and one incident;
 later addresses pressing it join at once; it closes when no member was seen for
 ``close_after_ms``.  The identity itself is the victim and is never blocked here.
 """
