@@ -5,9 +5,9 @@ Each address of a brute force on one account may look like a client retrying pas
 limit: one identity, one route, partly denied.  What gives it away is shared: the same
 account (a user id, or the key that carries the credential) is suddenly checked from
 several addresses it never came from, each of them there for that account only.
-``TargetBook`` keeps, per (tenant, identity), which addresses used it, since when, how
-often and how often they were denied; ``TargetDetector`` judges each identity against its
-own history and against the tenant's identities:
+``TargetBook`` (``detectors.identities``) keeps, per (tenant, identity), which addresses
+used it, since when, how often and how often they were denied; ``TargetDetector`` judges
+each identity against its own history and against the tenant's identities:
 
 - **members**: addresses that used the identity in the last minute, at least
   ``min_checks`` times, first used it within ``new_ms`` (new to it) and after the book had
@@ -27,8 +27,8 @@ own history and against the tenant's identities:
 
 A pressed identity is a campaign (``detectors.campaigns.Campaign`` with the shape
 ``pressing``, family ``brute-force``; ``sharing``, family ``leaked-key``, for a key whose
-earlier addresses go on using it): its members get one verdict each, with one explanation and one incident;
-later addresses pressing it join at once; it closes when no member was seen for
+earlier addresses go on using it): its members get one verdict each, with one explanation
+and one incident; later addresses pressing it join at once; it closes when no member was seen for
 ``close_after_ms``.  The identity itself is the victim and is never blocked here.
 """
 
@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import polars as pl
 
 from detectors.campaigns import (
     DETECTOR,
@@ -53,12 +51,11 @@ from detectors.campaigns import (
     Signature,
 )
 from detectors.campaigns import new_incident_id as _new_id
+from detectors.identities import Target, TargetBook
 from detectors.sources import Source, SourceBook
 from detectors.verdict import Signal, Verdict
 
 DETECTOR_VERSION = "campaign-target-1"
-MAX_ADDRESSES = 1024  # addresses remembered per identity (a popular app key has more)
-FORGET_EVERY_MS = 10_000
 POPULATION_EVERY_MS = 10_000  # how long a tenant's population summary is reused
 MAX_EVIDENCE_AGENTS = 5
 
@@ -102,118 +99,6 @@ class TargetSettings:
         for name in ("address_factor", "population_factor", "rate_factor"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"target setting {name}={getattr(self, name)!r} must be > 0")
-
-
-@dataclass(slots=True)
-class Use:
-    """One address's use of one identity.  Times are epoch milliseconds."""
-
-    first_ms: int
-    last_ms: int
-    checks: int = 0
-    denied: int = 0
-
-    def pace(self, now_ms: int) -> float:
-        """Checks per minute since it began (at least ten seconds' worth)."""
-        return self.checks * 60_000 / max(10_000, now_ms - self.first_ms)
-
-
-@dataclass(slots=True)
-class Target:
-    """One identity (a user id, else the key) and the addresses that used it."""
-
-    tenant: str
-    scope: str  # "user_id" | "key"
-    value: str
-    last_ms: int = 0
-    uses: dict[str, Use] = field(default_factory=dict)
-
-
-class TargetBook:
-    """Per-identity addresses of every tenant, updated from decision frames."""
-
-    def __init__(self, *, forget_ms: int = 600_000) -> None:
-        if forget_ms <= 0:
-            raise ValueError(f"forget_ms {forget_ms!r} must be positive")
-        self._forget_ms = forget_ms
-        self._targets: dict[tuple[str, str], Target] = {}
-        self._shared: set[tuple[str, str]] = set()  # identities used from 2+ addresses
-        self._tenant_start: dict[str, int] = {}
-        self._forgot_ms = 0
-
-    def __len__(self) -> int:
-        return len(self._targets)
-
-    def get(self, tenant: str, identity: str) -> Target | None:
-        return self._targets.get((tenant, identity))
-
-    def watched_since(self, tenant: str) -> int | None:
-        """The tenant's first decision this book saw."""
-        return self._tenant_start.get(tenant)
-
-    def active(self, since_ms: int) -> Iterable[Target]:
-        return (t for t in self._targets.values() if t.last_ms >= since_ms)
-
-    def shared(self, since_ms: int) -> list[Target]:
-        """The identities used from more than one address, active since ``since_ms``: the
-        few a pressed account can be among."""
-        found = (self._targets.get(pair) for pair in self._shared)
-        return [t for t in found if t is not None and t.last_ms >= since_ms]
-
-    def forget(self, now_ms: int) -> None:
-        """Drop what was silent for ``forget_ms`` (at most every ``FORGET_EVERY_MS``: a few
-        seconds more of memory cost nothing, a pass over every identity each round does)."""
-        if now_ms - self._forgot_ms < FORGET_EVERY_MS:
-            return
-        self._forgot_ms = now_ms
-        horizon = now_ms - self._forget_ms
-        for pair in [pair for pair, t in self._targets.items() if t.last_ms < horizon]:
-            del self._targets[pair]
-            self._shared.discard(pair)
-        for pair in list(self._shared):
-            uses = self._targets[pair].uses
-            for ip in [ip for ip, use in uses.items() if use.last_ms < horizon]:
-                del uses[ip]
-            if len(uses) < 2:
-                self._shared.discard(pair)
-
-    def observe(self, frame: pl.DataFrame) -> None:
-        """Count decisions in (a ``detectors.features.FRAME_SCHEMA`` frame; rows without an
-        address or an identity are nobody's)."""
-        rows = frame.filter(
-            pl.col("ip").is_not_null()
-            & (pl.col("user_id").is_not_null() | pl.col("key").is_not_null())
-        )
-        if rows.is_empty():
-            return
-        for tenant, first in rows.group_by("tenant").agg(pl.col("ts").min()).iter_rows():
-            if tenant not in self._tenant_start or first < self._tenant_start[tenant]:
-                self._tenant_start[tenant] = first
-        pairs = rows.group_by("tenant", pl.coalesce("user_id", "key").alias("identity"), "ip").agg(
-            pl.col("user_id").is_not_null().any().alias("signed_in"),
-            pl.len().alias("checks"),
-            pl.col("allowed").not_().fill_null(False).sum().alias("denied"),
-            pl.col("ts").min().alias("first"),
-            pl.col("ts").max().alias("last"),
-        )
-        targets = self._targets
-        for tenant, identity, ip, signed_in, checks, denied, first, last in pairs.iter_rows():
-            target = targets.get((tenant, identity))
-            if target is None:
-                scope = "user_id" if signed_in else "key"
-                target = targets[(tenant, identity)] = Target(tenant, scope, identity)
-            target.last_ms = max(target.last_ms, last)
-            use = target.uses.get(ip)
-            if use is None:
-                if len(target.uses) >= MAX_ADDRESSES:
-                    continue  # a key of thousands of addresses: it has shown what it is
-                use = target.uses[ip] = Use(first, last)
-                if len(target.uses) == 2:
-                    self._shared.add((tenant, identity))
-            use.first_ms = min(use.first_ms, first)
-            use.last_ms = max(use.last_ms, last)
-            use.checks += checks
-            use.denied += denied
 
 
 @dataclass(frozen=True, slots=True)
