@@ -8,12 +8,13 @@ Usage::
 Generates ``--minutes`` of mixed traffic at ``--rate`` decisions/s with the generator of
 ``bench/detector_throughput.py`` (steady users over ``--tenants`` tenants, then a flash
 crowd, a NAT customer and one of each attack, distributed scraping included) and replays
-it twice, as the detection loop does (frames of one second, a round every ``--interval``
-seconds): through the per-source ``AbuseDetector`` (the baseline) and through the campaign
-part of ``CoordinatedDetector`` (``detectors/sources.py`` and ``detectors/campaigns.py``),
-which runs beside it in each round.  Prints the CPU seconds of each per second of traffic,
-the decisions/s each could sustain on one core at that cost, and their ratio; plus the
-campaigns found.  A measurement, not a test; the box
+it three times, as the detection loop does (frames of one second, a round every
+``--interval`` seconds): through the per-source ``AbuseDetector`` (the baseline), through the
+campaign part of ``CoordinatedDetector`` without pressed accounts (``detectors/sources.py``
+and ``detectors/campaigns.py``: what it was before ``detectors/targets.py``) and with them,
+as it runs beside the per-source detector in each round.  Prints the CPU seconds of each
+per second of traffic, the decisions/s each could sustain on one core at that cost, and
+their ratios; plus the campaigns found.  A measurement, not a test; the box
 is shared, so read it with the load average it prints.
 """
 
@@ -32,16 +33,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.detector_throughput import MINUTE_MS, T0, generate  # noqa: E402
-from detectors.campaigns import CampaignDetector  # noqa: E402
+from detectors.campaigns import Campaign, CampaignDetector  # noqa: E402
 from detectors.detector import AbuseDetector  # noqa: E402
+from detectors.targets import TargetDetector  # noqa: E402
 from tests.support import scenarios  # noqa: E402
 
 
 class _CampaignsOnly:
     """The campaign part of ``CoordinatedDetector`` alone, for timing it apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, targets: bool = True) -> None:
         self.campaigns = CampaignDetector()
+        self.targets = TargetDetector(sources=self.campaigns.book) if targets else None
         self._frames: list[pl.DataFrame] = []
 
     def observe(self, frame: pl.DataFrame) -> None:
@@ -50,8 +53,18 @@ class _CampaignsOnly:
     def evaluate(self, now_ms: int) -> None:
         frames, self._frames = self._frames, []
         if frames:  # as CoordinatedDetector: the round's frames in one pass
-            self.campaigns.book.observe(pl.concat(frames, how="vertical_relaxed"))
+            decisions = pl.concat(frames, how="vertical_relaxed")
+            self.campaigns.book.observe(decisions)
+            if self.targets is not None:
+                self.targets.book.observe(decisions)
+        if self.targets is not None:
+            self.targets.evaluate(now_ms)
         self.campaigns.evaluate(now_ms)
+
+    @property
+    def found(self) -> list[Campaign]:
+        pressed = self.targets.campaigns if self.targets is not None else []
+        return [*pressed, *self.campaigns.campaigns]
 
 
 def replay(
@@ -96,16 +109,22 @@ def main() -> int:
     print(f"load average before: {_load()}")
     print(f"{frame.height:,} decisions over {seconds} s ({frame.height / seconds:,.0f}/s)")
     baseline = replay(AbuseDetector(), frame, args.minutes, interval_ms)
+    before = replay(_CampaignsOnly(targets=False), frame, args.minutes, interval_ms)
     only = _CampaignsOnly()
     campaigns = replay(only, frame, args.minutes, interval_ms)
-    found = only.campaigns.campaigns
-    for name, spent in (("per-source", baseline), ("campaigns", campaigns)):
+    found = only.found
+    for name, spent in (
+        ("per-source", baseline),
+        ("campaigns without pressed accounts", before),
+        ("campaigns", campaigns),
+    ):
         per_second = spent / seconds
         print(
-            f"{name:11} {per_second * 1000:7.1f} ms CPU per second of traffic, "
+            f"{name:34} {per_second * 1000:7.1f} ms CPU per second of traffic, "
             f"sustains ~{frame.height / seconds / per_second:,.0f} decisions/s on one core"
         )
     print(f"campaigns / per-source CPU: {campaigns / baseline:.2f}")
+    print(f"campaigns with / without pressed accounts: {campaigns / before:.2f}")
     print(
         f"campaigns open at the end: {len(found)} "
         + ", ".join(f"{c.family} ({len(c.members)} addresses)" for c in found)

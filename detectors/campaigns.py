@@ -49,12 +49,19 @@ from detectors.sources import Source, SourceBook
 from detectors.verdict import CampaignRef, Signal, Verdict
 from limiter.state.tenants import DEFAULT_CAMPAIGN_TUNING, CampaignTuning
 
-Shape = Literal["rotating", "walking"]
+# "pressing": many addresses on one account; "sharing": on one key that its old addresses
+# go on using (``detectors.targets``)
+Shape = Literal["rotating", "walking", "pressing", "sharing"]
 DETECTOR = "campaign"
 DETECTOR_VERSION = "campaign-1"
 SCORE = 0.9  # what a campaign verdict scores: above the detectors' 0.8, below the rules'
 THRESHOLD = 0.8
-FAMILIES: dict[Shape, str] = {"rotating": "credential-stuffing", "walking": "scraping"}
+FAMILIES: dict[Shape, str] = {
+    "rotating": "credential-stuffing",
+    "walking": "scraping",
+    "pressing": "brute-force",
+    "sharing": "leaked-key",
+}
 MAX_EVIDENCE_AGENTS = 5
 
 
@@ -106,6 +113,7 @@ class Signature:
     template: str
     shape: Shape
     agents: str  # "browser" | "tool"
+    target: str = ""  # the account its members press ("pressing" campaigns)
 
 
 @dataclass
@@ -123,6 +131,7 @@ class Campaign:
     evidence: dict[str, object] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     signals: tuple[Signal, ...] = ()
+    version: str = DETECTOR_VERSION  # the version of the detector that found it
 
     @property
     def family(self) -> str:

@@ -1,8 +1,9 @@
 """The per-source detector and campaign detection as one detector for the detection loop.
 
-``CoordinatedDetector`` hands every decision frame to both: the ``AbuseDetector`` judges
-each subject on its own evidence, the ``CampaignDetector`` groups sources that are only
-suspicious together.  A round's verdicts are the campaign's first (so that an address both
+``CoordinatedDetector`` hands every decision frame to all three: the ``AbuseDetector``
+judges each subject on its own evidence, the ``CampaignDetector`` groups sources that are
+only suspicious together by what they do, the ``TargetDetector`` by the account they all
+press.  A round's verdicts are the campaign's first (so that an address both
 would block is blocked as a member of its campaign, with the incident's id and shared
 explanation), then the per-source ones for everyone else: an open campaign's members get
 no per-source verdict of their address.  What the round changed about
@@ -18,14 +19,23 @@ import polars as pl
 from detectors.campaigns import Campaign, CampaignChange, CampaignDetector
 from detectors.detector import AbuseDetector
 from detectors.registry import ModelRegistry
+from detectors.targets import TargetDetector
 from detectors.verdict import Verdict
 from detectors.window import RollingWindow
 
 
 class CoordinatedDetector:
-    def __init__(self, detector: AbuseDetector, campaigns: CampaignDetector | None = None):
+    def __init__(
+        self,
+        detector: AbuseDetector,
+        campaigns: CampaignDetector | None = None,
+        targets: TargetDetector | None = None,
+    ):
         self.detector = detector
         self.campaigns = campaigns if campaigns is not None else CampaignDetector()
+        self.targets = (
+            targets if targets is not None else TargetDetector(sources=self.campaigns.book)
+        )
         self._inbox: list[pl.DataFrame] = []
         self._lock = threading.Lock()
         self._changes: list[CampaignChange] = []
@@ -53,14 +63,22 @@ class CoordinatedDetector:
         with self._lock:
             frames, self._inbox = self._inbox, []
         if frames:  # one pass over the round's decisions: fewer, larger groups
-            self.campaigns.book.observe(pl.concat(frames, how="vertical_relaxed"))
-        verdicts, changes = self.campaigns.evaluate(now_ms)
+            decisions = pl.concat(frames, how="vertical_relaxed")
+            self.campaigns.book.observe(decisions)
+            self.targets.book.observe(decisions)
+        # pressed accounts first: the sources' book forgets the long-silent at the end of
+        # the campaigns' round
+        verdicts, changes = self.targets.evaluate(now_ms)
+        found, more = self.campaigns.evaluate(now_ms)
+        taken = {(v.tenant, v.subject) for v in verdicts}
+        verdicts += [v for v in found if (v.tenant, v.subject) not in taken]
+        changes += more
         with self._lock:
             self._changes.extend(changes)
         # a campaign's members are its to block, in this round and the next ones
         members = {
             (campaign.signature.tenant, ip)
-            for campaign in self.campaigns.campaigns
+            for campaign in (*self.targets.campaigns, *self.campaigns.campaigns)
             for ip in campaign.members
         }
         verdicts += [

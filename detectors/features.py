@@ -46,6 +46,10 @@ Feature columns (``FEATURE_COLUMNS``), all Float64:
 ``distinct_ips_long``, ``prior_distinct_ips``
     distinct IPs over the whole long window, and before the short window (the subject's own
     IP baseline; 0 when it was not seen earlier).
+``prior_checks``
+    decisions in the long window before the short one: how well the subject's own history
+    (``prior_distinct_ips``) is known (a key seen 40 times from one address has one; a key
+    seen twice may simply not have shown its other servers yet).
 ``route_entropy``
     Shannon entropy of the routes in bits (0 for one route).
 ``route_novelty``
@@ -147,6 +151,7 @@ SUBJECT_FEATURES = (
     "distinct_ips",
     "distinct_ips_long",
     "prior_distinct_ips",
+    "prior_checks",
     "distinct_user_ids",
     "distinct_user_agents",
     "distinct_routes",
@@ -564,6 +569,7 @@ def _derived(now_ms: int, short_ms: int) -> list[pl.Expr]:
         *(pl.col(name).cast(pl.Float64) for name in DISTINCT.values()),
         pl.col("distinct_ips_long").cast(pl.Float64),
         pl.col("prior_distinct_ips").cast(pl.Float64),
+        prior_checks.alias("prior_checks"),
         entropy.fill_null(0.0).clip(lower_bound=0.0).alias("route_entropy"),
         (pl.col("novel").cast(pl.Float64) / checks).alias("route_novelty"),
         pl.when(routed > 0)

@@ -45,7 +45,6 @@ from detectors.actions import ActionResult
 from detectors.campaign_tuning import CampaignTuningReader
 from detectors.campaigns import (
     DETECTOR,
-    DETECTOR_VERSION,
     FAMILIES,
     Campaign,
     CampaignChange,
@@ -187,7 +186,7 @@ class IncidentActions:
                 first_seen=campaign.first_seen_ms / 1000,
                 last_seen=campaign.last_seen_ms / 1000,
                 detector=DETECTOR,
-                detector_version=DETECTOR_VERSION,
+                detector_version=campaign.version,
             )
             self._open[campaign.id] = incident
             kind = INCIDENT_OPENED
@@ -279,6 +278,7 @@ def campaign_of(tenant: str, incident: Incident) -> Campaign | None:
         last_seen_ms=last,
         evidence=dict(evidence),
         reasons=tuple(incident.reasons),
+        version=incident.detector_version,
     )
 
 

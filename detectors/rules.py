@@ -43,6 +43,14 @@ rule                     scope  fires when (defaults in ``RuleThresholds``)
                                 not judged by it)
 ``key_spread``           key    >= 20 distinct IPs over 10 minutes, where before the
                                 last minute the same key came from 1 or 2 IPs
+``key_growth``           key    its addresses grew beyond its own history: in the last
+                                minute >= 2 addresses new to it (none of its earlier
+                                decisions in the 10 minutes came from them), at least as
+                                many as it had before (its set at least doubled), while
+                                one of its old addresses goes on using it (a move to new
+                                servers stops the old ones), and a history that shows its
+                                addresses (>= 8 earlier checks per earlier address: a
+                                key seen twice may not have shown its second server yet)
 =======================  =====  ========================================================
 """
 
@@ -55,7 +63,7 @@ import polars as pl
 from detectors.model_features import describe
 from detectors.verdict import Signal
 
-RULES_VERSION = "rules-3"
+RULES_VERSION = "rules-4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,11 @@ class RuleThresholds:
     walk_share: float = 0.9  # distinct routes per check
     spread_ips: int = 20  # distinct IPs of one key over the long window
     spread_baseline_max: float = 2.0  # the key's usual number of IPs
+    # a key's addresses growing beyond its own history (a leaked key used from a few
+    # addresses while its owner goes on): new addresses, and their count over its earlier one
+    growth_new_ips: int = 2
+    growth_factor: float = 1.0
+    growth_history: float = 8.0  # earlier checks per earlier address: a history that shows
 
     def __post_init__(self) -> None:
         shares = ("burst_deny_ratio", "many_subjects_deny_ratio", "stuffing_deny_ratio")
@@ -105,6 +118,11 @@ class RuleThresholds:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
+        if self.growth_new_ips < 1:
+            raise ValueError(f"growth_new_ips must be >= 1, got {self.growth_new_ips!r}")
+        for name in ("growth_factor", "growth_history"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +142,7 @@ RULE_SCORES = {
     "new_identities": 0.95,
     "unique_paths": 0.95,
     "key_spread": 0.95,
+    "key_growth": 0.95,
 }
 
 
@@ -150,6 +169,7 @@ def apply_rules(features: pl.DataFrame, thresholds: RuleThresholds) -> list[Rule
         & (pl.col("distinct_ips_long") >= t.spread_ips)
         & (own_ips >= 1)
         & (own_ips <= t.spread_baseline_max),
+        "key_growth": (pl.col("scope") == "key") & _grown(t),
     }
     flagged = (
         features.with_row_index("row")
@@ -194,6 +214,23 @@ def _fresh(t: RuleThresholds) -> pl.Expr:
         (pl.col("fresh_identities") >= pl.col("fresh_bar"))
         & (pl.col("fresh_share") >= t.fresh_share)
         & (pl.col("route_divergence") >= t.fresh_divergence)
+    )
+
+
+def _new_ips() -> pl.Expr:
+    """Addresses of the last minute that none of the subject's earlier decisions came from."""
+    return pl.col("distinct_ips_long") - pl.col("prior_distinct_ips")
+
+
+def _grown(t: RuleThresholds) -> pl.Expr:
+    own, new = pl.col("prior_distinct_ips"), _new_ips()
+    return (
+        (own >= 1)
+        & (new >= t.growth_new_ips)
+        & (new >= t.growth_factor * own)
+        # its old addresses go on: in the last minute it came from more than the new ones
+        & (pl.col("distinct_ips") > new)
+        & (pl.col("prior_checks") >= t.growth_history * own)
     )
 
 
@@ -297,6 +334,21 @@ def _hit(rule: str, row: dict[str, float], t: RuleThresholds) -> RuleHit:
             f">= {t.fresh_divergence:g} bits)"
         )
         signals = (fresh, share, routes)
+    elif rule == "key_growth":
+        own = float(row["prior_distinct_ips"])
+        new = float(row["distinct_ips_long"]) - own
+        old = float(row["distinct_ips"]) - new
+        reason = (
+            f"key used from {new:.0f} addresses new to it in the last minute, against "
+            f"{own:.0f} in its {float(row['prior_checks']):.0f} earlier checks of the 10 "
+            f"minutes, {old:.0f} of which go on using it (rule: >= {t.growth_new_ips} new "
+            f"addresses, >= {t.growth_factor:g} times its earlier ones, which continue; "
+            f">= {t.growth_history:g} earlier checks per earlier address)"
+        )
+        signals = (
+            Signal("new_ips", new, own, 1.0),
+            Signal("prior_checks", float(row["prior_checks"]), 0.0, 0.0),
+        )
     else:
         spread = Signal(
             "distinct_ips_long", float(row["distinct_ips_long"]), float(row["own_ips"]), 1.0
