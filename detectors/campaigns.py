@@ -62,6 +62,7 @@ FAMILIES: dict[Shape, str] = {
     "pressing": "brute-force",
     "sharing": "leaked-key",
 }
+PRESSED: tuple[Shape, ...] = ("pressing", "sharing")  # a pressed account's (``Signature.target``)
 MAX_EVIDENCE_AGENTS = 5
 
 

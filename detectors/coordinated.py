@@ -16,7 +16,7 @@ import threading
 
 import polars as pl
 
-from detectors.campaigns import Campaign, CampaignChange, CampaignDetector
+from detectors.campaigns import PRESSED, Campaign, CampaignChange, CampaignDetector
 from detectors.detector import AbuseDetector
 from detectors.registry import ModelRegistry
 from detectors.targets import TargetDetector
@@ -89,7 +89,11 @@ class CoordinatedDetector:
         return verdicts
 
     def resume(self, campaign: Campaign) -> bool:
-        """Carry on a campaign a previous detector found (``CampaignDetector.resume``)."""
+        """Carry on a campaign a previous detector found: a pressed account's with the
+        ``TargetDetector`` (``TargetDetector.resume``), any other with the
+        ``CampaignDetector`` (``CampaignDetector.resume``)."""
+        if campaign.signature.shape in PRESSED:
+            return self.targets.resume(campaign)
         return self.campaigns.resume(campaign)
 
     def take_changes(self) -> list[CampaignChange]:

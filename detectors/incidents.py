@@ -46,6 +46,7 @@ from detectors.campaign_tuning import CampaignTuningReader
 from detectors.campaigns import (
     DETECTOR,
     FAMILIES,
+    PRESSED,
     Campaign,
     CampaignChange,
     Shape,
@@ -74,6 +75,7 @@ log = logging.getLogger("ratewatch.detect")
 
 ACTED = ("blocked", "shadowed")
 MAX_ALERT_MEMBERS = 100  # members an alert names (the incident lists more)
+SCOPES = ("user_id", "key")  # what a pressed account is named by (``detectors.identities``)
 MAX_UNRECORDED = 1000  # incident changes kept for the outbox while it does not take them
 
 
@@ -254,7 +256,8 @@ class IncidentActions:
 
 def campaign_of(tenant: str, incident: Incident) -> Campaign | None:
     """The campaign ``incident`` groups, as the campaign detector knew it when the incident
-    was last stored; None if its evidence does not name the campaign's signature."""
+    was last stored; None if its evidence does not name the campaign's signature (for a
+    pressed account's, the account too)."""
     evidence = incident.evidence
     template, behaviour, agents = (
         evidence.get("route_template"),
@@ -267,10 +270,19 @@ def campaign_of(tenant: str, incident: Incident) -> Campaign | None:
     shape = shapes.get(behaviour)
     if shape is None:
         return None
+    target = ""
+    if shape in PRESSED:  # a pressed account's: the account is what its members share
+        named = evidence.get("target")
+        if not isinstance(named, dict) or named.get("scope") not in SCOPES:
+            return None
+        value = named.get("value")
+        if not isinstance(value, str) or not value:
+            return None
+        target = value
     first, last = int(incident.first_seen * 1000), int(incident.last_seen * 1000)
     return Campaign(
         incident.id,
-        Signature(tenant, template, shape, str(agents)),
+        Signature(tenant, template, shape, str(agents), target=target),
         opened_ms=int(incident.opened_at * 1000),
         onset_ms=first,
         members={m.ip: int(m.joined_at * 1000) for m in incident.members},

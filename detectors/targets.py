@@ -43,6 +43,7 @@ import numpy as np
 
 from detectors.campaigns import (
     DETECTOR,
+    PRESSED,
     SCORE,
     THRESHOLD,
     Campaign,
@@ -132,6 +133,21 @@ class TargetDetector:
     @property
     def campaigns(self) -> list[Campaign]:
         return list(self._open.values())
+
+    def resume(self, campaign: Campaign) -> bool:
+        """Carry on ``campaign`` (a pressed account a previous detector found, still open,
+        as ``detectors.incidents.campaign_of`` rebuilds it): later addresses pressing its
+        account join it rather than found another, judged against the addresses its
+        evidence says the account usually came from.  False, and nothing changed, if it
+        names no account or that (tenant, account) has an open campaign already."""
+        signature = campaign.signature
+        pair = (signature.tenant, signature.target)
+        if signature.shape not in PRESSED or not signature.target or pair in self._open:
+            return False
+        usual = campaign.evidence.get("usual_addresses")
+        self._open[pair] = campaign
+        self._usual[pair] = usual if isinstance(usual, int) and usual >= 0 else 0
+        return True
 
     def evaluate(self, now_ms: int) -> tuple[list[Verdict], list[CampaignChange]]:
         """Verdicts for the addresses that joined a campaign in this round, and what changed."""

@@ -30,6 +30,7 @@ from stream.audit_outbox import AuditOutbox
 from stream.incidents import IncidentEvent, IncidentOutbox
 from stream.incidents import decode as decode_incident
 from tests.detectors.test_campaigns import T0, frame, row, run, stuffers
+from tests.detectors.test_targets import brute_force, people
 from tests.support.events import decision
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,8 +57,11 @@ async def alerts_of(redis: Redis, stream: str) -> list[AlertEvent]:
     return [alert_contract.decode(fields[b"e"]) for _, fields in found]
 
 
-async def history_of(redis: Redis, tenant: str) -> list[IncidentEvent]:
-    found = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(history(tenant)))
+async def history_of(redis: Redis, tenant: str, stream: str = "") -> list[IncidentEvent]:
+    """The tenant's incident history (the test outbox's, or ``stream``: a service's)."""
+    found = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(stream or history(tenant))
+    )
     return [decode_incident(fields[b"e"]) for _, fields in found]
 
 
@@ -362,3 +366,54 @@ async def test_the_detection_service_restarted_on_the_same_redis_updates_the_sam
     history = [decode_incident(fields[b"e"]) for _, fields in found]
     assert [e.kind for e in history] == told
     assert {e.incident_id for e in history} == {opened.id}
+
+
+async def test_a_restarted_detector_carries_on_a_pressed_accounts_incident(
+    redis: Redis, tenant: str
+) -> None:
+    """A brute force on one account (``detectors.targets``) going on through a restart of
+    the detection service, and twice as many new addresses joining it after: the same
+    incident, updated, never opened again (without its account the restarted detector
+    would judge the newcomers against the attack's own addresses, and found another)."""
+    ks = Keyspace(prefix="rwi" + secrets.token_hex(5))
+    attack = brute_force(6, until_ms=300_000) + people(40, until_ms=300_000)
+    wave = []  # from addresses of their own, 192.0.2.1-14
+    for r in brute_force(14, onset_ms=230_000, until_ms=300_000):
+        ip = "192.0.2." + str(r["ip"]).rsplit(".", 1)[1]
+        wave.append(r | {"ip": ip, "key": f"ip:{ip}"})
+    rows = [{**r, "tenant": tenant} for r in attack + wave]
+
+    async def feed(loop: DetectionLoop, start: int, end: int) -> None:
+        for now in range(start + 5_000, end + 1, 5_000):
+            loop.observe(
+                [decision(**r) for r in rows if T0 + now - 5_000 < int(str(r["ts"])) <= T0 + now]
+            )
+            await loop.evaluate_once(T0 + now)
+
+    first = build_detection(redis, ks, None, 2.0)
+    await first.resume()
+    await feed(first, 0, 150_000)
+    await first.close()
+    [opened] = await IncidentStore(redis, ks).incidents(tenant)
+    assert (opened.family, opened.state) == ("brute-force", "open")
+    assert opened.evidence["target"] == {"scope": "user_id", "value": "alice"}
+    assert {m.ip for m in opened.members} == {f"203.0.113.{n}" for n in range(1, 7)}
+    told = len(await history_of(redis, tenant, ks.incident_log))
+
+    second = build_detection(redis, ks, None, 2.0)  # the restart
+    await second.resume()
+    await feed(second, 150_000, 300_000)
+    await second.close()
+
+    [incident] = await IncidentStore(redis, ks).incidents(tenant)
+    assert (incident.id, incident.state, incident.family) == (opened.id, "open", "brute-force")
+    assert {m.ip for m in incident.members} == {m.ip for m in opened.members} | {
+        f"192.0.2.{n}" for n in range(1, 15)
+    }
+    assert incident.opened_at == opened.opened_at
+    assert incident.evidence["target"] == {"scope": "user_id", "value": "alice"}
+    kinds = [a.kind for a in await alerts_of(redis, ks.alerts) if a.scope == "incident"]
+    assert kinds.count("incident.opened") == 1
+    events = (await history_of(redis, tenant, ks.incident_log))[told:]
+    assert events
+    assert {(e.incident_id, e.kind) for e in events} == {(opened.id, "incident.updated")}

@@ -6,6 +6,7 @@ clients, people on several devices, partners and servers that move are not."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -14,11 +15,13 @@ from detectors.campaigns import DETECTOR, SCORE, CampaignChange
 from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
 from detectors.features import subject_features
+from detectors.incident_store import Incident, Member
+from detectors.incidents import campaign_of
 from detectors.rules import RuleThresholds, apply_rules
 from detectors.sources import SourceBook
 from detectors.targets import DETECTOR_VERSION, TargetDetector, TargetSettings
 from detectors.verdict import Verdict
-from tests.detectors.test_campaigns import T0, Row, crowd, frame, office, row
+from tests.detectors.test_campaigns import T0, TENANT, Row, crowd, frame, office, row
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -293,6 +296,44 @@ def test_the_coordinated_detector_blocks_the_pressing_addresses_as_members() -> 
     assert all(v.scope == "ip" for v in pressed)
     kinds = [c.kind for c in coordinated.take_changes()]
     assert kinds.count("opened") == 1
+
+
+def test_a_pressed_accounts_campaign_is_rebuilt_from_its_incident_and_carried_on() -> None:
+    """What a restart does (``IncidentActions.resume``): the stored incident's evidence
+    names the account, the campaign goes back to the pressed-account detector, once."""
+    owner = partner(1, prefix="198.18.7")
+    leak = [r for n in range(4) for r in partner(1, from_ms=WARM_MS + n * 1_000, first=n + 1)]
+    _, changes = run(detector(), owner + leak + people(40), 150_000)
+    [found] = [c.campaign for c in changes if c.kind == "opened"]
+    stored = Incident(
+        found.id, found.family, "open", "enforce", found.opened_ms / 1000, 0.0,
+        found.first_seen_ms / 1000, found.last_seen_ms / 1000, evidence=dict(found.evidence),
+        members=[Member(ip, "blocked", at / 1000) for ip, at in found.members.items()],
+    )  # fmt: skip
+    campaign = campaign_of(TENANT, stored)
+    assert campaign is not None
+    assert campaign.signature == found.signature
+    assert campaign.signature.target == "key:partner"
+    assert set(campaign.members) == set(found.members)
+
+    coordinated = CoordinatedDetector(AbuseDetector())
+    try:
+        assert coordinated.resume(campaign)
+        assert [c.id for c in coordinated.targets.campaigns] == [found.id]
+        assert coordinated.campaigns.campaigns == []
+        # that account has an open campaign now: a second is refused, nothing changed
+        again = campaign_of(TENANT, replace(stored, id="inc_other"))
+        assert again is not None
+        assert not coordinated.resume(again)
+        assert [c.id for c in coordinated.targets.campaigns] == [found.id]
+    finally:
+        coordinated.close()
+    # evidence that does not name the account carries nothing on: closed at once
+    for target in (None, {"scope": "ip", "value": "key:partner"}, {"scope": "key"}):
+        evidence = {**stored.evidence, "target": target}
+        assert campaign_of(TENANT, replace(stored, evidence=evidence)) is None
+    rotating = replace(found, signature=replace(found.signature, shape="rotating"))
+    assert not detector().resume(rotating)
 
 
 @pytest.mark.parametrize(
