@@ -23,7 +23,8 @@ end of the next round, so a moment without Redis loses no history.
 
 Incidents an instance opened are remembered in memory until they close.  A restarted
 detector carries on the ones left open (``resume``, before its first round): each open
-incident's campaign is handed back to the campaign detector with its id, members and
+incident's campaign is handed back to the detector that found it (``campaign_of``; a
+pressed account's names its account) with its id, members and
 evidence, so that the campaign, still going on, updates the same incident; one whose
 campaign has been quiet for its closing time is closed by the first round, and one that
 cannot be carried on (no campaign signature in its evidence) is closed at once.

@@ -28,8 +28,9 @@ each identity against its own history and against the tenant's identities:
 A pressed identity is a campaign (``detectors.campaigns.Campaign`` with the shape
 ``pressing``, family ``brute-force``; ``sharing``, family ``leaked-key``, for a key whose
 earlier addresses go on using it): its members get one verdict each, with one explanation
-and one incident; later addresses pressing it join at once; it closes when no member was seen for
-``close_after_ms``.  The identity itself is the victim and is never blocked here.
+and one incident; later addresses pressing it join at once; it closes when no member was
+seen for ``close_after_ms``; a restarted detector carries it on (``resume``).  The identity
+itself is the victim and is never blocked here.
 """
 
 from __future__ import annotations
