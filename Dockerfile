@@ -1,4 +1,5 @@
-# The RateWatch service image: the limiter (`ratewatch serve`), the consumer
+# The RateWatch service image: the limiter (`ratewatch serve`, also Envoy's gRPC rate limit
+# service and OpenTelemetry tracing when asked), the consumer
 # (`ratewatch stream`), the detector (`ratewatch detect`) and the schema tool
 # (`ratewatch migrate`) are the same image.  It runs as the unprivileged user `ratewatch`
 # (uid 10001); its code is root's and read-only to the service.
@@ -24,7 +25,13 @@ COPY stream stream
 COPY detectors detectors
 COPY analytics analytics
 COPY dashboards dashboards
-RUN pip install '.[server]'
+# with Envoy's rate limit service (`serve --grpc-port`) and tracing (`serve --tracing`).
+# xds-protos (grpc) ships a stale copy of opentelemetry-proto's modules (grpc/grpc#42926):
+# whichever pip installed last owns them, so the real ones are installed again, last, as
+# .ci/run does
+RUN pip install '.[server,grpc,otel]' \
+    && pip install --force-reinstall --no-deps \
+        "opentelemetry-proto==$(python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')"
 
 # Inside a container the loopback is the container's own: the API and the metrics ports
 # listen on every interface, and what reaches them is decided by the ports compose (or

@@ -52,7 +52,20 @@ _BUCKETS = {
     "day": "toStartOfDay(ts)",
 }
 _GROUP = "tenant, key, route, reason, segment"
-_COUNTERS = ("requests", "allowed_requests", "denied_requests", "total_cost")
+_COUNTERS = (
+    "requests",
+    "allowed_requests",
+    "denied_requests",
+    "shadow_denied_requests",
+    "total_cost",
+)
+# the views' counts (migration 0011): what the caller was answered, a shadow policy's
+# would-be denial (limiter/policies/checks.py SHADOWED) as allowed and counted apart too
+_SHADOW_DENIED = "NOT allowed AND shadow AND reason IN ('limit', 'cost_exceeds_limit')"
+_COUNTS = (
+    f"count(), countIf(allowed OR ({_SHADOW_DENIED})), "
+    f"countIf(NOT allowed AND NOT ({_SHADOW_DENIED})), countIf({_SHADOW_DENIED}), sum(cost)"
+)
 _RETENTION = r"TTL ts \+ toIntervalDay\((\d+)\)"
 # DELETEs return only once the rows are gone everywhere (every replica on a server), and a
 # delete that falls back to a mutation waits for it too
@@ -204,7 +217,7 @@ def _correct_rollups(client: Client, tenant: str, user_id: str) -> None:
         # as bytes, so a key that is not valid UTF-8 comes back into the very same row.
         groups = client.query(
             f"""SELECT toUnixTimestamp({_BUCKETS[granularity]}) AS bucket, {_GROUP},
-                count(), countIf(allowed), countIf(NOT allowed), sum(cost)
+                {_COUNTS}
             FROM {DECISIONS_TABLE} WHERE {where}
             GROUP BY bucket, {_GROUP}
             ORDER BY bucket, {_GROUP}""",

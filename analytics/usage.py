@@ -162,7 +162,8 @@ class UsageQuery:
 
 _SUMS = (
     "toUInt64(sum(requests)) AS requests, toUInt64(sum(allowed_requests)) AS allowed, "
-    "toUInt64(sum(denied_requests)) AS denied, toUInt64(sum(total_cost)) AS cost"
+    "toUInt64(sum(denied_requests)) AS denied, "
+    "toUInt64(sum(shadow_denied_requests)) AS shadow_denied, toUInt64(sum(total_cost)) AS cost"
 )
 
 
@@ -173,6 +174,8 @@ def _counts(row: dict[str, Any]) -> dict[str, Any]:
         "requests": requests,
         "allowed": int(row.get("allowed") or 0),
         "denied": denied,
+        # allowed answers a shadow policy would have denied (docs/policies.md): in allowed
+        "shadow_denied": int(row.get("shadow_denied") or 0),
         "cost": int(row.get("cost") or 0),
         "deny_rate": round(denied / requests, 6) if requests else 0.0,
     }

@@ -83,7 +83,8 @@ def with_window(outcome: Outcome, window: int) -> Outcome:
     """``outcome`` as the outcome of the window of index ``window`` of its check."""
     if not window:
         return outcome
-    marked = _WindowOutcome(*outcome)
+    # the tuple copied as is: a NamedTuple's __new__ takes its fields one by one
+    marked = tuple.__new__(_WindowOutcome, outcome)
     marked.deciding = window
     return marked
 

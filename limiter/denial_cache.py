@@ -153,6 +153,9 @@ class DenialCache:
                 check.tenant, check.key, check.algorithm, check.limit, check.window_ms,
                 check.cost, now,
             )  # fmt: skip
+        if not self._entries:  # nothing known: a miss per window, as the lookups count
+            self.misses += len(check.windows)
+            return None
         # a policy's windows are decided together: one window Redis would deny denies all
         for index, (limit, window_ms) in enumerate(check.windows):
             hit = self.lookup(
@@ -170,11 +173,12 @@ class DenialCache:
             )  # fmt: skip
             return
         if outcome.allowed:  # every window allowed it: each window's counter learns that
-            for limit, window_ms in check.windows:
-                self.store(
-                    check.tenant, check.key, check.algorithm, limit, window_ms, check.cost,
-                    outcome, sent,
-                )  # fmt: skip
+            if self._entries:  # (an allow only forgets a denial of another limit: none here)
+                for limit, window_ms in check.windows:
+                    self.store(
+                        check.tenant, check.key, check.algorithm, limit, window_ms,
+                        check.cost, outcome, sent,
+                    )  # fmt: skip
             return
         # a denial is the deciding window's; the other windows' counters are unknown
         limit, window_ms = check.windows[window_of(outcome)]

@@ -40,6 +40,7 @@ class UsageCounts(msgspec.Struct, kw_only=True):
     requests: int
     allowed: int
     denied: int
+    shadow_denied: int  # among ``allowed``: what a shadow policy would have denied
     cost: int
     deny_rate: float
 

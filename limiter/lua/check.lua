@@ -105,8 +105,9 @@ for c = 1, checks do
     end
     if not denied then
       for j = 1, n + 1 do
-        if rs[j][6] then
-          redis.call('SET', KEYS[k + j - 1], rs[j][6], 'PX', rs[j][7])
+        local w = rs[j]
+        if w[6] then
+          put(KEYS[k + j - 1], w[6], w[7])
         end
       end
     end

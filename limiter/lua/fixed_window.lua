@@ -5,11 +5,13 @@ local function fixed_window(key, now, limit, window, cost, defer)
   local cur = math.floor(now / window)
   local reset = window - (now - cur * window)
   local count = 0
+  local current = false  -- the stored state is of this window: its expiry stands
   local state = redis.call('GET', key)
   if state then
     local w, c = string.match(state, '^(%d+):(%d+)$')
     if tonumber(w) == cur then
       count = tonumber(c)
+      current = true
     end
   end
   if cost > limit then
@@ -18,10 +20,12 @@ local function fixed_window(key, now, limit, window, cost, defer)
   if count + cost <= limit then
     if cost > 0 then
       count = count + cost
+      -- expires when the window ends, whichever write of the window sets it
+      local value, px = string.format('%d:%d', cur, count), not current and int(reset + 1)
       if defer then
-        return {1, limit - count, reset, -1, 0, int(cur) .. ':' .. int(count), int(reset + 1)}
+        return {1, limit - count, reset, -1, 0, value, px}
       end
-      redis.call('SET', key, int(cur) .. ':' .. int(count), 'PX', int(reset + 1))
+      put(key, value, px)
     end
     return {1, limit - count, reset, -1, 0}
   end

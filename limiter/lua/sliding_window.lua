@@ -1,16 +1,19 @@
 -- Weighted two-window counter. State (string "window:count:previous", with a TTL).
 -- Mirrors limiter.algorithms.sliding_window; all values are integers.  With `defer`, an
--- allowed use is not written: its SET's value and PX come back as the 6th and 7th values.
+-- allowed use is not written: its value and time to live (`put`) come back as the 6th and 7th
+-- values.
 local function sliding_window(key, now, limit, window, cost, defer)
   local cur = math.floor(now / window)
   local elapsed = now - cur * window
   local count, previous = 0, 0
+  local current = false  -- the stored state is of this window: its expiry stands
   local state = redis.call('GET', key)
   if state then
     local w, c, p = string.match(state, '^(%d+):(%d+):(%d+)$')
     w = tonumber(w)
     if w == cur then
       count, previous = tonumber(c), tonumber(p)
+      current = true
     elseif w == cur - 1 then
       previous = tonumber(c)
     end
@@ -26,11 +29,13 @@ local function sliding_window(key, now, limit, window, cost, defer)
     if cost > 0 then
       count = count + cost
       used = used + cost * window
-      local value, px = int(cur) .. ':' .. int(count) .. ':' .. int(previous), int(window + reset + 1)
+      -- expires one window after this one ends, whichever write of the window sets it
+      local value = string.format('%d:%d:%d', cur, count, previous)
+      local px = not current and int(window + reset + 1)
       if defer then
         return {1, math.floor((capacity - used) / window), reset, -1, 0, value, px}
       end
-      redis.call('SET', key, value, 'PX', px)
+      put(key, value, px)
     end
     return {1, math.floor((capacity - used) / window), reset, -1, 0}
   end

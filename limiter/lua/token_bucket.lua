@@ -24,11 +24,12 @@ local function token_bucket(key, now, limit, window, cost, defer)
     if cost > 0 then
       level = level - need
       reset = ceil_div(capacity - level, limit)
+      -- the bucket is full again within a window of `last`: its expiry moves with it
+      local value = string.format('%d:%d', level, last)
       if defer then
-        return {1, math.floor(level / window), reset, -1, 0, int(level) .. ':' .. int(last),
-          int(window + 1)}
+        return {1, math.floor(level / window), reset, -1, 0, value, int(window + 1)}
       end
-      redis.call('SET', key, int(level) .. ':' .. int(last), 'PX', int(window + 1))
+      put(key, value, int(window + 1))
     end
     return {1, math.floor(level / window), reset, -1, 0}
   end

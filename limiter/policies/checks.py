@@ -64,7 +64,9 @@ def decided_check(check: Check, outcome: Outcome) -> Check:
     if not window:
         return check
     limit, window_ms = check.windows[window]
-    return check._replace(limit=limit, window_ms=window_ms)
+    # what ``check._replace(limit=limit, window_ms=window_ms)`` makes, built directly: a
+    # NamedTuple's _replace maps over every field, a few times slower
+    return tuple.__new__(Check, (*check[:3], limit, window_ms, *check[5:]))
 
 
 def answered(check: Check, outcome: Outcome) -> Outcome:

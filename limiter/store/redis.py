@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from limiter.algorithms import Outcome, Reason, with_window
+from limiter.algorithms import Algorithm, Outcome, Reason, with_window
 from limiter.deadline import PAST_DEADLINE, CallDeadline
 from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
@@ -37,6 +37,9 @@ _LUA_FILES = (
     "check.lua",
 )
 _REASONS = list(Reason)
+# the script's algorithm codes: a policy's check of several windows has it in upper case
+_CODES = {algorithm: algorithm.code for algorithm in Algorithm}
+_POLICY_CODES = {algorithm: algorithm.code.upper() for algorithm in Algorithm}
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -122,17 +125,17 @@ class RedisStore:
         instance, encode = self._instance, encode_entry_check
         several = False
         for check in checks:
-            tenant = check.tenant
+            tenant, algorithm, key = check.tenant, check.algorithm, check.key
             windows = check.windows
-            keys.append(counter(tenant, check.algorithm, check.window_ms, check.key))
-            if len(windows) > 1:
+            keys.append(counter(tenant, algorithm, check.window_ms, key))
+            multi = len(windows) > 1
+            if multi:
                 several = True
-                for _, window_ms in windows[1:]:
-                    keys.append(counter(tenant, check.algorithm, window_ms, check.key))
+                keys += [counter(tenant, algorithm, window_ms, key) for _, window_ms in windows[1:]]
             subjects = check.block_subjects()
             for scope, value in subjects:
                 keys.append(block(tenant, scope, value))
-            code = check.algorithm.code if len(windows) < 2 else check.algorithm.code.upper()
+            code = _POLICY_CODES[algorithm] if multi else _CODES[algorithm]
             args += (code, check.limit, check.window_ms, check.cost, len(subjects))
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
@@ -142,7 +145,7 @@ class RedisStore:
                     check.user_agent, check.user_id, latency_us, instance, check.segment,
                     check.policy, check.shadow, check.trace_id,
                 )))  # fmt: skip
-            if len(windows) > 1:
+            if multi:
                 args.append(len(windows) - 1)
                 for limit, window_ms in windows[1:]:
                     args += (limit, window_ms)
@@ -162,7 +165,8 @@ class RedisStore:
                 outcome = Outcome(
                     flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]
                 )
-                outcomes.append(with_window(outcome, flat[i + 5]))
+                window = flat[i + 5]
+                outcomes.append(with_window(outcome, window) if window else outcome)
                 i += 6
             else:
                 outcomes.append(

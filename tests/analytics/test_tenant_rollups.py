@@ -214,6 +214,12 @@ def test_the_migration_backfills_the_history_once_however_often_it_runs(
     history = traffic(1, 3000, T0, 86_400_000)
     history += [decision(key="ip:10.0.0.1", user_id="user:5"), decision(key="user:5")]
     write(bare, history, "history")
+    # this version's erasure also corrects the column 0011 adds to the per-key rollups
+    for table in ROLLUP_TABLES.values():
+        bare.command(
+            f"ALTER TABLE {table} ADD COLUMN shadow_denied_requests "
+            "SimpleAggregateFunction(sum, UInt64) AFTER denied_requests"
+        )
     erase_user(bare, "acme", "user:5")
 
     through = [m for m in everything if m.version <= TENANT_ROLLUPS]

@@ -340,3 +340,41 @@ def test_the_image_listens_on_every_interface_and_checks_its_health_without_curl
     assert "urllib" in command[2]
     assert "curl" not in command[2]
     assert ("ENTRYPOINT", '["ratewatch"]') in dockerfile()
+
+
+def test_the_image_serves_grpc_and_tracing_with_opentelemetrys_own_proto_modules() -> None:
+    import os
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    installs = [args for keyword, args in dockerfile() if keyword == "RUN" and "pip " in args]
+    assert len(installs) == 1, installs
+    first, *rest = [command.strip() for command in installs[0].split("&&")]
+    # the service, Envoy's rate limit service (--grpc-port) and tracing (--tracing)
+    assert first == "pip install '.[server,grpc,otel]'"
+    assert {"server", "grpc", "otel"} <= set(extras["optional-dependencies"])
+    # then, last, opentelemetry-proto again over xds-protos' stale copy of its modules
+    # (grpc/grpc#42926), without its dependencies, at the version the first install chose
+    [again] = rest
+    assert again.startswith("pip install --force-reinstall --no-deps ")
+    shown = subprocess.run(
+        ["sh", "-c", 'pip() { echo "$@"; }; ' + again],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[-1] == f"opentelemetry-proto=={version('opentelemetry-proto')}"
+
+
+def test_grpc_and_tracing_are_off_unless_the_operator_sets_their_variables() -> None:
+    limiter = services()["limiter"]["environment"]
+    for variable in ("RATEWATCH_GRPC_PORT", "RATEWATCH_TRACING"):
+        assert variables(str(limiter[variable])) == [(variable, ":-", "")]
+        assert interpolate(str(limiter[variable]), {}) == ""  # unset: the option is not given
+        assert variable in option_variables("serve")
+    # and the gRPC port is not published: an Envoy on the compose network reaches it
+    assert services()["limiter"]["ports"] == [f"{PUBLISH}:8080:8080"]

@@ -26,6 +26,7 @@ import redis
 
 from tests.support.compose import environment, healthcheck, image_env, interpolate, services
 from tests.support.kafka import KafkaBroker
+from tests.support.otlp import OtlpReceiver
 from tests.support.polling import wait_until
 from tests.support.servers import RatewatchProcess, free_port, redis_binary
 
@@ -90,10 +91,13 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
         server.stop()
 
 
-def service_env(name: str, replacements: Mapping[str, str]) -> dict[str, str]:
+def service_env(
+    name: str, replacements: Mapping[str, str], exported: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """What the service's container has in its environment, with ``replacements`` made in
-    every value: the image's ENV, then the service's environment."""
-    env = {**image_env(), **environment(services()[name], SECRETS)}
+    every value: the image's ENV, then the service's environment, interpolated with the test
+    secrets and what the operator ``exported`` besides."""
+    env = {**image_env(), **environment(services()[name], {**SECRETS, **(exported or {})})}
     for old in replacements:
         # a replacement that matches nothing would leave a container name in place
         assert any(old in value for value in env.values()), (name, old)
@@ -195,6 +199,77 @@ def test_the_limiter_starts_with_the_compose_environment(
     failed = health(env)
     assert failed.returncode != 0
     assert "Connection refused" in failed.stderr
+
+
+def test_the_limiter_serves_grpc_and_traces_when_the_operator_asks(
+    valkey: Valkey, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """RATEWATCH_GRPC_PORT and RATEWATCH_TRACING exported, and the OTEL_* variables of the
+    override file the README shows: Envoy's rate limit service answers on the port, and the
+    check path's spans reach the collector."""
+    import grpc
+    from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
+    from envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
+    from envoy.service.ratelimit.v3.rls_pb2_grpc import RateLimitServiceStub
+    from envoy.type.v3.ratelimit_unit_pb2 import RateLimitUnit
+
+    port, grpc_port = free_port(), free_port()
+    receiver = OtlpReceiver().start()
+    env = service_env(
+        "limiter",
+        {
+            **container_world(valkey, tmp_path / "data"),
+            "kafka:9092": kafka_broker.bootstrap,
+            WRITER_URL: f"chdb://{tmp_path / 'clickhouse'}",
+        },
+        {"RATEWATCH_GRPC_PORT": str(grpc_port), "RATEWATCH_TRACING": "1"},
+    )
+    assert (env["RATEWATCH_GRPC_PORT"], env["RATEWATCH_TRACING"]) == (str(grpc_port), "1")
+    env["RATEWATCH_PORT"] = str(port)
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+    env["OTEL_SERVICE_NAME"] = "ratewatch-limiter"
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    limiter = RatewatchProcess(
+        services()["limiter"]["command"], port, env=local(env), log_path=tmp_path / "serve.log"
+    )
+    try:
+        limiter.start(timeout=60)
+        descriptor = RateLimitDescriptor(
+            entries=[RateLimitDescriptor.Entry(key="user", value="1")],
+            limit=RateLimitDescriptor.RateLimitOverride(
+                requests_per_unit=1, unit=RateLimitUnit.MINUTE
+            ),
+        )
+        request = RateLimitRequest(domain="edge", descriptors=[descriptor])
+        bearer = (("authorization", f"Bearer {SECRETS['RATEWATCH_BOOTSTRAP_KEY']}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = RateLimitServiceStub(channel)
+            codes = [
+                stub.ShouldRateLimit(request, metadata=bearer, timeout=10).overall_code
+                for _ in range(2)
+            ]
+        assert codes == [RateLimitResponse.OK, RateLimitResponse.OVER_LIMIT]
+
+        trace_id = secrets.token_hex(16)
+        response = httpx.post(
+            limiter.base_url + "/v1/check",
+            json={"key": "user:2", "limit": 5, "window": 60},
+            headers={
+                "Authorization": f"Bearer {SECRETS['RATEWATCH_BOOTSTRAP_KEY']}",
+                "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+            },
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+
+        def traced() -> bool:
+            return any(span.name == "POST /v1/check" for span in receiver.of_trace(trace_id))
+
+        wait_until(traced, 30, f"the check's span of trace {trace_id}", 0.1)
+        assert {span.service for span in receiver.of_trace(trace_id)} == {"ratewatch-limiter"}
+    finally:
+        limiter.stop()
+        receiver.stop()
 
 
 def test_the_consumer_and_the_detector_start_with_the_compose_environment(

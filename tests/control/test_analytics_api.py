@@ -12,6 +12,8 @@ import httpx
 import jsonschema
 import pytest
 
+from analytics.query_client import query
+from analytics.tables import ROLLUP_TABLES, TENANT_ROLLUP_TABLES
 from tests.support.credentials import STACK_PREFIX, create_key
 from tests.support.polling import wait_until
 from tests.support.servers import RatewatchProcess, RedisServer
@@ -190,3 +192,51 @@ def test_a_bad_segment_on_a_check_is_refused(admin: httpx.Client) -> None:
     assert "segment" in response.json()["detail"]
     response = admin.post("/v1/keys", json={"segment": "y" * 65})
     assert response.status_code == 422
+
+
+def test_a_shadow_policys_would_be_denials_count_as_allowed_and_apart(
+    stack: RatewatchProcess, tenant: str, admin: httpx.Client
+) -> None:
+    """Shadow mode answers allowed; the usage API and every rollup count that answer, and
+    the would-be denials as ``shadow_denied`` (migration 0011), while the raw rows keep the
+    policy's verdict."""
+    trial = {"limits": [{"limit": 2, "window": 60}], "mode": "shadow"}
+    assert admin.put("/v1/policies/trial", json=trial).status_code == 201
+    paid = {"limits": [{"limit": 2, "window": 60}]}
+    assert admin.put("/v1/policies/paid", json=paid).status_code == 201
+    shadowed = send(admin, [{"key": "user:s", "policy": "trial", "route": "/a"}] * 5)
+    enforced = send(admin, [{"key": "user:p", "policy": "paid", "route": "/a"}] * 3)
+    assert [r["allowed"] for r in shadowed] == [True] * 5
+    assert [r["allowed"] for r in enforced] == [True, True, False]
+
+    wait_for_requests(admin, 8)
+    counts = ("requests", "allowed", "denied", "shadow_denied")
+    for window in WINDOWS:
+        totals = usage(admin, window=window)["totals"]
+        assert tuple(totals[c] for c in counts) == (8, 7, 1, 3), window
+        assert totals["deny_rate"] == 0.125
+        groups = usage(admin, window=window, group_by="key")["groups"]
+        assert {g["value"]: tuple(g[c] for c in counts) for g in groups} == {
+            "user:s": (5, 5, 0, 3),
+            "user:p": (3, 2, 1, 0),
+        }
+
+    assert stack.data_dir is not None
+    socket = stack.data_dir / "clickhouse" / "query.sock"
+    raw = query(
+        socket,
+        "SELECT key, countIf(NOT allowed) AS denied, countIf(shadow) AS shadow "
+        f"FROM ratewatch.decisions WHERE tenant = '{tenant}' GROUP BY key ORDER BY key",
+    )
+    assert raw == [
+        {"key": "user:p", "denied": 1, "shadow": 0},
+        {"key": "user:s", "denied": 3, "shadow": 5},
+    ]
+    for table in (*ROLLUP_TABLES.values(), *TENANT_ROLLUP_TABLES.values()):
+        sums = query(
+            socket,
+            "SELECT sum(requests) AS requests, sum(allowed_requests) AS allowed, "
+            "sum(denied_requests) AS denied, sum(shadow_denied_requests) AS shadow_denied "
+            f"FROM {table} WHERE tenant = '{tenant}'",
+        )
+        assert sums == [{"requests": 8, "allowed": 7, "denied": 1, "shadow_denied": 3}], table

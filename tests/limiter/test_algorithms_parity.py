@@ -6,7 +6,8 @@ expires keys in *real* time, which the controlled clock does not follow: a count
 a TTL of a few milliseconds could vanish between two steps that the controlled clock puts
 at the same instant, and one with a long TTL outlives a jump of the controlled clock.  So the
 property tests run each script call in a MULTI that reads the TTL the script gave each
-counter key (checked against ``state_ttl_ms``) and then PERSISTs it, and the harness expires
+counter key (checked against ``state_ttl_ms``; a write that kept the key's expiry must keep
+the very instant ``state_ttl_ms`` gives) and then PERSISTs it, and the harness expires
 the key itself when the controlled clock reaches that TTL: Redis's expiry, on the clock the
 decisions use, as on a live server whose scripts read Redis's own clock.  (Redis 7.0 may
 delete a key at once on a PEXPIRE of 1 ms, when its clock ticks during the command; where
@@ -196,7 +197,14 @@ class StorePair:
         )
         earliest, latest = self.client.script_time
         for key, expire_time in self.client.expire_times.items():
-            if key in ttls:  # exact whenever the script ran within one millisecond
+            if key in ttls and expire_time == -1 and key in self.expiry:
+                # kept the key's expiry (SET ... KEEPTTL: a write in the window of the
+                # stored state): the instant the stored state's write set, to the ms
+                assert self.expiry[key] == now + ttls[key], (
+                    f"{key}: written at {now} keeping an expiry at {self.expiry[key]}, "
+                    f"expected {now + ttls[key]}"
+                )
+            elif key in ttls:  # exact whenever the script ran within one millisecond
                 assert earliest <= expire_time - ttls[key] <= latest, (
                     f"{key}: the script set a TTL of {expire_time - earliest} ms (or down to "
                     f"{expire_time - latest} ms), expected {ttls[key]} ms"

@@ -9,7 +9,7 @@ import time
 import msgspec
 from redis.asyncio import Redis
 
-from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason, window_of
+from limiter.algorithms import NO_RETRY, Algorithm, Outcome, Reason, window_of, with_window
 from limiter.emit import Decision
 from limiter.keyspace import Keyspace
 from limiter.policies.checks import answered, decided_check, policy_check
@@ -73,6 +73,18 @@ async def test_a_denial_uses_no_window_and_names_the_one_that_denied(
     assert window_of(later[1]) == 1  # 0 left of 5 against 1 of 3
     assert window_of(later[2]) == 1
     assert decided_check(check, later[2]).window_ms == 60_000
+
+
+def test_the_deciding_windows_check_differs_only_in_its_limit_and_window() -> None:
+    check = Check(
+        "t", "k", Algorithm.SLIDING_WINDOW, 3, 1000, 2, "203.0.113.9", "u", "/r", "ua", "pro",
+        17, ((3, 1000), (5, 60_000)), "free", True, "ab" * 16,
+    )  # fmt: skip
+    assert set(check) >= {"203.0.113.9", "ua", "pro", 17, "free", "ab" * 16}  # all given
+    decided = decided_check(check, with_window(Outcome(False, 0, 9, 9, Reason.LIMIT), 1))
+    assert type(decided) is Check
+    assert decided == check._replace(limit=5, window_ms=60_000)
+    assert decided_check(check, Outcome(True, 1, 9, NO_RETRY, Reason.OK)) is check
 
 
 async def test_the_stream_entry_and_the_kafka_record_describe_the_deciding_window(

@@ -53,6 +53,8 @@ export async function render({ state, refresh }) {
         stat("Requests", count(totals.requests), "requests"),
         stat("Allowed", count(totals.allowed), "allowed"),
         stat("Denied", count(totals.denied), "denied"),
+        // allowed by a shadow-mode policy that would have denied them (counted in Allowed)
+        stat("Shadow denials", count(totals.shadow_denied), "shadow_denied"),
         stat("Deny rate", percent(totals.deny_rate), "deny_rate"),
         stat("Latency p50", micros(latency.p50), "p50"),
         stat("Latency p90", micros(latency.p90), "p90"),
