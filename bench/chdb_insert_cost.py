@@ -45,13 +45,21 @@ sys.path.insert(0, str(REPO))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # name -> (engine settings, merge tree settings, session settings) laid over the committed ones
-VARIANTS: dict[str, tuple[dict[str, int], dict[str, int], dict[str, int]]] = {
+Settings = dict[str, int | str]
+VARIANTS: dict[str, tuple[Settings, Settings, Settings]] = {
     "baseline": ({}, {}, {}),
     "one-thread": ({}, {}, {"max_threads": 1}),
     "pool1": ({"background_pool_size": 1}, {}, {}),
     "no-optimize": ({}, {}, {"optimize_on_insert": 0}),
     "merge-late": ({}, {"merge_selector_base": 8}, {}),
     "lean": ({}, {}, {"optimize_on_insert": 0, "max_threads": 1}),
+    "no-stats": ({}, {"auto_statistics_types": ""}, {}),
+    "plain-marks": ({}, {"compress_marks": 0, "compress_primary_key": 0}, {}),
+    "no-stats-marks": (
+        {},
+        {"auto_statistics_types": "", "compress_marks": 0, "compress_primary_key": 0},
+        {},
+    ),
     # not an option: what the rollups' six materialized views cost (detached after migrating)
     "no-views": ({}, {}, {}),
 }
@@ -83,9 +91,9 @@ def child(variant: str, rate: int, seconds: float, interval: float, warmup: floa
     from analytics import chdb_config
 
     engine, tree, session = VARIANTS[variant]
-    chdb_config.ENGINE_SETTINGS.update(engine)
-    chdb_config.MERGE_TREE_SETTINGS.update(tree)
-    chdb_config.SESSION_SETTINGS.update(session)
+    chdb_config.ENGINE_SETTINGS.update(engine)  # type: ignore[arg-type]
+    chdb_config.MERGE_TREE_SETTINGS.update(tree)  # type: ignore[arg-type]
+    chdb_config.SESSION_SETTINGS.update(session)  # type: ignore[arg-type]
 
     from analytics.clickhouse import chdb_url, connect
     from analytics.event_store import ClickHouseEventStore
