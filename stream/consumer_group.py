@@ -97,13 +97,17 @@ class ConsumerGroup:
                 raise
         self._exists = True
 
-    async def read_new(self, block_ms: int | None = None, count: int | None = None) -> list[Entry]:
+    async def read_new(
+        self, block_ms: int | None = None, count: int | None = None, *, noack: bool = False
+    ) -> list[Entry]:
         """Entries never delivered to the group, now pending under this consumer; waits up
-        to ``block_ms`` for some (None: answers at once)."""
+        to ``block_ms`` for some (None: answers at once).  With ``noack`` they are
+        acknowledged as they are read (``XREADGROUP NOACK``): never pending, for a reader
+        that tolerates losing what it read."""
         if block_ms is not None and block_ms < 1:
             # BLOCK 0 would wait forever, past any stop
             raise ValueError(f"block_ms {block_ms} must be positive (or None)")
-        return await self._read(">", block_ms, count)
+        return await self._read(">", block_ms, count, noack)
 
     async def read_pending(self, after: bytes | str = "0", count: int | None = None) -> list[Entry]:
         """This consumer's entries delivered but never acknowledged (a previous run's, of
@@ -138,7 +142,9 @@ class ConsumerGroup:
         if ids:
             await self._grouped(lambda: self.redis.xack(self.stream, self.group, *ids))
 
-    async def _read(self, start: str, block_ms: int | None, count: int | None) -> list[Entry]:
+    async def _read(
+        self, start: str, block_ms: int | None, count: int | None, noack: bool = False
+    ) -> list[Entry]:
         reply: _Reply = await self._grouped(
             lambda: self.redis.xreadgroup(
                 self.group,
@@ -146,6 +152,7 @@ class ConsumerGroup:
                 {self.stream: start},
                 count=count or self._count,
                 block=block_ms,
+                noack=noack,
             )
         )
         return [entry for _, entries in reply or [] for entry in entries]
