@@ -5,7 +5,7 @@ Some libraries import an optional dependency at their own import whenever it can
 for features the service never uses, and each costs every process that loads the library
 for as long as it runs:
 
-- scikit-learn imports pandas (about 37 MB of the pipeline worker's anonymous memory) to
+- scikit-learn imports pandas (about 24 MB of the pipeline worker's anonymous memory) to
   accept data frames; the detectors give it numpy arrays, and pandas is installed only as
   chDB's dependency (its data-frame results, which RateWatch does not ask for);
 - redis-py imports OpenTelemetry's metrics SDK, when installed (``ratewatch[otel]`` for the
