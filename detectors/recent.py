@@ -21,6 +21,7 @@ import polars as pl
 from detectors.features import empty_frame
 
 Ints = npt.NDArray[np.int64]
+_MIN_ROWS = 1024
 
 
 @dataclass
@@ -38,17 +39,22 @@ class RecentRows:
         self._dtypes = {"ts": np.dtype(np.int64), **{k: np.dtype(v) for k, v in columns.items()}}
         self._base = 0  # sequence number stored at index 0
         self._end = 0  # the next sequence number
-        self._columns = {name: np.zeros(1024, dtype) for name, dtype in self._dtypes.items()}
+        self._columns = {name: np.zeros(_MIN_ROWS, dtype) for name, dtype in self._dtypes.items()}
         self._batches: deque[_Batch] = deque()
         self._live = 0
 
     def __len__(self) -> int:
         return self._live
 
+    @property
+    def capacity(self) -> int:
+        """Decisions the columns have room for (what their storage holds)."""
+        return int(self._columns["ts"].size)
+
     def append(self, raw: pl.DataFrame, ts: Ints) -> Ints:
         """Number the decisions ``raw`` (sorted by ``ts``, their times); return the numbers.
         Their other columns are filled in with ``set``."""
-        self._compact()
+        self.compact()
         count = ts.size
         first = self._end
         self._reserve(first + count)
@@ -68,7 +74,7 @@ class RecentRows:
 
     def expire(self, cutoff_ms: int) -> Ints:
         """Take the decisions at or before ``cutoff_ms`` out of the window; return their
-        numbers.  Their columns stay readable until the next ``append``."""
+        numbers.  Their columns stay readable until the next ``append`` or ``compact``."""
         gone: list[Ints] = []
         ts = self._columns["ts"]
         for batch in self._batches:
@@ -108,12 +114,23 @@ class RecentRows:
             grown[: column.size] = column
             self._columns[name] = grown
 
-    def _compact(self) -> None:
-        """Drop the columns of decisions that left, once they are half the storage."""
+    def compact(self) -> None:
+        """Drop the columns of decisions that left, once they are half the storage; and
+        once the window holds less than a quarter of it (after a burst), shrink it to
+        twice what it holds: a minute of 2,000 decisions a second is some 30 MB."""
         start = self._batches[0].cursor if self._batches else self._end
         dead = start - self._base
-        if dead and dead * 2 >= self._columns["ts"].size:
+        capacity = self._columns["ts"].size
+        if dead and dead * 2 >= capacity:
             used = self._end - start
-            for column in self._columns.values():
-                column[:used] = column[dead : dead + used]
+            shrunk = capacity
+            while shrunk > _MIN_ROWS and used * 4 <= shrunk:
+                shrunk //= 2
+            for name, column in self._columns.items():
+                if shrunk < capacity:
+                    kept = np.zeros(shrunk, column.dtype)
+                    kept[:used] = column[dead : dead + used]
+                    self._columns[name] = kept
+                else:
+                    column[:used] = column[dead : dead + used]
             self._base = start

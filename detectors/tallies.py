@@ -69,6 +69,16 @@ class PriorShare:
     subjects: list[Prior] = field(default_factory=list)
     addresses: list[Prior] = field(default_factory=list)  # (subject, ip) pairs
 
+    def absorb(self, other: PriorShare) -> None:
+        """Add what ``other`` added, kept summed: a bucket gathers the expirations of every
+        evaluation during its minute, mostly of the same subjects, and holds one (slots,
+        decisions) pair per kind instead of one per expiration (``expire_prior`` sums them
+        anyway)."""
+        if other.subjects:
+            self.subjects = [_summed(self.subjects + other.subjects)]
+        if other.addresses:
+            self.addresses = [_summed(self.addresses + other.addresses)]
+
 
 def row_columns(scopes: tuple[Scope, ...]) -> dict[str, npt.DTypeLike]:
     """The per-decision columns of ``RecentRows`` the tallies of ``scopes`` use."""

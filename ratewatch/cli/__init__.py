@@ -49,9 +49,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="ratewatch")
 def main() -> None:
     """RateWatch: rate limiting with analytics and abuse detection."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from ratewatch.processes.supervisor import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 if __name__ == "__main__":  # pragma: no cover

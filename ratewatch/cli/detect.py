@@ -46,6 +46,9 @@ def detect(
     metrics_host: str,
 ) -> None:
     """Detect abuse in the decision stream and block it (distributed deployment)."""
+    from ratewatch.processes.optional_imports import REDIS_EXTRAS, SKLEARN_EXTRAS, keep_out
+
+    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))  # before scikit-learn and redis-py load
     with user_errors():
         from limiter.redis_client import check_redis_url
         from limiter.settings import check_bootstrap

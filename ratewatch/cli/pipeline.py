@@ -47,6 +47,9 @@ def pipeline(
     metrics_host: str,
 ) -> None:
     """Consume the embedded event stream into the analytics store."""
+    from ratewatch.processes.optional_imports import REDIS_EXTRAS, SKLEARN_EXTRAS, keep_out
+
+    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))  # before scikit-learn and redis-py load
     from analytics.clickhouse import chdb_url
     from ratewatch.cli.analytics import analytics_errors
     from ratewatch.processes.pipeline import run_pipeline

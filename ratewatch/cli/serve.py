@@ -59,6 +59,9 @@ def _serve(
     denial_cache_entries: int = 0,
     grpc_port: int | None = None,
 ) -> None:
+    from ratewatch.processes.optional_imports import REDIS_EXTRAS, UVICORN_EXTRAS, keep_out
+
+    keep_out(UVICORN_EXTRAS if tracing else (*UVICORN_EXTRAS, *REDIS_EXTRAS))
     with user_errors():
         from ratewatch.processes.serving import (
             listen,

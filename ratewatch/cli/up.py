@@ -30,6 +30,7 @@ from ratewatch.cli.options import (
     tracing_option,
     user_errors,
 )
+from ratewatch.processes.handover import HeldServer, hand_over
 from ratewatch.processes.supervisor import Child, Supervisor
 
 
@@ -207,20 +208,30 @@ def up(
             worker = ["pipeline", *common, *webhooks]
             worker += metrics(0)
         worker += batch_args(batch_max_decisions, batch_max_age)
-        Supervisor(
-            [
-                Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=limiter_env),
-                # the checks come first: the worker catches up when they leave it the time
-                Child(
-                    "pipeline",
-                    worker,
-                    pid_file=run_dir / "pipeline.pid",
-                    env={**env, **analytics},
-                    nice=pipeline_nice,
-                ),
-                *others,
-            ]
-        ).run()
+        children = [
+            Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=limiter_env),
+            # the checks come first: the worker catches up when they leave it the time
+            Child(
+                "pipeline",
+                worker,
+                pid_file=run_dir / "pipeline.pid",
+                env={**env, **analytics},
+                nice=pipeline_nice,
+            ),
+            *others,
+        ]
+        released = valkey.release() if valkey is not None else None
+        if valkey is None or released is not None:
+            # what checking the options imported would stay behind: a lean supervisor takes
+            # over this process (ratewatch/processes/handover.py)
+            server = None if released is None else HeldServer(*released)
+            try:
+                hand_over(children, server)
+            except OSError as exc:
+                if server is not None:
+                    server.stop()
+                raise click.ClickException(f"cannot start the supervisor: {exc}") from None
+        Supervisor(children).run()  # the Valkey's pid is not known: supervised from here
     finally:
         if valkey is not None:
             valkey.stop()

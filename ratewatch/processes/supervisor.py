@@ -28,6 +28,8 @@ from types import FrameType
 
 log = logging.getLogger("ratewatch.up")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -86,9 +88,13 @@ class Supervisor:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        # blocked across the exec of a hand-over (handover.py): a signal that came meanwhile
+        # is delivered now, to the handler
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, previous)
         try:
             for child in self._children:
-                child.start()
+                if not self._stopping:
+                    child.start()
             while not self._stopping:
                 time.sleep(self._poll)
                 for child in self._children:

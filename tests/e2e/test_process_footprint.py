@@ -25,6 +25,12 @@ HEAVY = {
     "polars": "/polars/",
     "pyarrow": "/pyarrow/",
     "scikit-learn": "/sklearn/",
+    # installed, imported by no process of the tree: pandas (chDB's dependency, which
+    # scikit-learn would import), cryptography (loaded at a process's first sealed secret),
+    # watchfiles (uvicorn's --reload)
+    "pandas": "/pandas/",
+    "cryptography": "/cryptography/",
+    "watchfiles": "/watchfiles/",
 }
 
 
@@ -49,6 +55,13 @@ def test_the_limiter_of_up_loads_no_analytics_engine_or_models(stack: RatewatchP
 def test_the_pipeline_worker_of_up_holds_them(stack: RatewatchProcess) -> None:
     # the same reading finds them where they are: the check above can fail
     assert {"chdb", "scikit-learn"} <= mapped_packages(child_pid(stack, "pipeline"))
+
+
+def test_the_pipeline_worker_leaves_out_what_its_libraries_would_import_unasked(
+    stack: RatewatchProcess,
+) -> None:
+    loaded = mapped_packages(child_pid(stack, "pipeline"))
+    assert not {"pandas", "cryptography", "watchfiles"} & loaded
 
 
 def test_the_pipeline_worker_runs_at_a_lower_priority_than_the_limiter(
