@@ -187,7 +187,12 @@ def with_history(
     # the old views counted a would-be denial as denied
     old = rows(client, f"SELECT sum(denied_requests) FROM {ROLLUP_TABLES['hour']}")
     assert old == [(sum(not e.allowed for e in history),)]
-    monkeypatch.setattr(migrate_module, "load_migrations", lambda: everything)
+    # the migrations up to this one: later ones are not what these tests look at
+    monkeypatch.setattr(
+        migrate_module,
+        "load_migrations",
+        lambda: [m for m in everything if m.version <= SHADOW_ROLLUPS],
+    )
     return history, untouched(client)
 
 

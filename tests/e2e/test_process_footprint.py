@@ -6,6 +6,8 @@ at a lower CPU priority than the limiter."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +28,8 @@ HEAVY = {
     "pyarrow": "/pyarrow/",
     "scikit-learn": "/sklearn/",
     # installed, imported by no process of the tree: pandas (chDB's dependency, which
-    # scikit-learn would import), cryptography (loaded at a process's first sealed secret),
-    # watchfiles (uvicorn's --reload)
+    # scikit-learn would import), watchfiles (uvicorn's --reload)
     "pandas": "/pandas/",
-    "cryptography": "/cryptography/",
     "watchfiles": "/watchfiles/",
 }
 
@@ -61,7 +61,29 @@ def test_the_pipeline_worker_leaves_out_what_its_libraries_would_import_unasked(
     stack: RatewatchProcess,
 ) -> None:
     loaded = mapped_packages(child_pid(stack, "pipeline"))
-    assert not {"pandas", "cryptography", "watchfiles"} & loaded
+    assert not {"pandas", "watchfiles"} & loaded
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        ("control.app", "ratewatch.processes.serving"),  # the limiter
+        ("ratewatch.processes.pipeline", "webhooks.worker"),  # the pipeline worker
+    ],
+    ids=["limiter", "pipeline"],
+)
+def test_cryptography_waits_for_the_first_sealed_secret(process: tuple[str, ...]) -> None:
+    # a fresh interpreter: the session's stack may have sealed a webhook's secret already,
+    # which loads it there, as it should
+    imports = "; ".join(f"import {module}" for module in process)
+    probe = (
+        f"import sys; {imports}; "
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_pipeline_worker_runs_at_a_lower_priority_than_the_limiter(
