@@ -8,6 +8,13 @@ version moved; every ``full_every`` passes it rereads them all, whatever their v
 that a write that did not move a version is seen too.  When Redis does not answer, the copy
 stays as it was: its blocks expire locally at their own time.
 
+Nor does it follow a Redis that lost its data.  A Redis restarted empty answers at once,
+with no tenants and no blocks, while the control plane's records (blocks included) are put
+back from their durable copy (``control.durable.restore``), and the failure policy answers
+meanwhile: a copy that followed would allow every blocked subject until then.  So once the
+mirror has seen the store's epoch (written once the records are in place), a pass that
+finds none leaves the copy as it is, until the epoch is back.
+
 The copy is written into the fallback store (``MemoryStore.block_until``); the check path
 never reads it while Redis answers.
 """
@@ -71,6 +78,8 @@ class BlockMirror:
         self._versions: dict[str, object] = {}
         self._blocks: dict[str, dict[Subject, int]] = {}
         self._passes = 0
+        self._epoch_seen = False  # the store has one: its loss is a loss of data
+        self._holding = False  # the copy is kept through such a loss
         self.refreshed_at: float | None = None  # when the copy was last complete
 
     @property
@@ -87,10 +96,19 @@ class BlockMirror:
         full = self._passes % self._full_every == 0
         self._passes += 1
         ks = self._keyspace
-        tenants = [
-            name.decode() if isinstance(name, bytes) else name
-            for name in await self._redis.hkeys(ks.tenants)
-        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(ks.epoch)
+            pipe.hkeys(ks.tenants)
+            has_epoch, names = await pipe.execute()
+        if not has_epoch and self._epoch_seen:
+            self._passes -= 1  # this pass read nothing: the next one is still due
+            if not self._holding:
+                log.warning("Redis lost its data: the copy of blocks stays until it is restored")
+            self._holding = True
+            return
+        self._epoch_seen = self._epoch_seen or bool(has_epoch)
+        self._holding = False
+        tenants = [name.decode() if isinstance(name, bytes) else name for name in names]
         async with self._redis.pipeline(transaction=False) as pipe:
             for tenant in tenants:
                 pipe.get(ks.block_version(tenant))

@@ -153,6 +153,34 @@ async def test_the_block_copy_follows_the_block_records(redis: Redis, tenant: st
     assert mirror.status()["subjects"] == 0
 
 
+async def test_the_block_copy_outlasts_a_redis_that_lost_its_data(
+    redis: Redis, tenant: str
+) -> None:
+    keyspace = Keyspace("mirror" + secrets.token_hex(4))
+    await redis.set(keyspace.epoch, "1")
+    await redis.hsetnx(keyspace.tenants, tenant, "{}")
+    blocks = BlockStore(redis, keyspace)
+    fallback = MemoryStore()
+    mirror = BlockMirror(redis, keyspace, fallback, full_every=1)
+    await blocks.create(tenant, "ip", BLOCKED_IP, 60, "abuse")
+    await mirror.refresh()
+    assert fallback.decide_one(ip_check(tenant, BLOCKED_IP)).reason is Reason.BLOCKED
+
+    # Redis comes back empty: the failure policy answers while the records are restored,
+    # and the copy it reads keeps the block
+    await redis.delete(*await redis.keys(f"{keyspace.prefix}:*"))
+    await mirror.refresh()
+    assert fallback.decide_one(ip_check(tenant, BLOCKED_IP)).reason is Reason.BLOCKED
+    assert mirror.status()["subjects"] == 1
+
+    # restored (the epoch written last), and the block lifted since: the copy follows again
+    await redis.hsetnx(keyspace.tenants, tenant, "{}")
+    await redis.set(keyspace.epoch, "2")
+    await mirror.refresh()
+    assert fallback.decide_one(ip_check(tenant, BLOCKED_IP)).reason is Reason.OK
+    assert mirror.status()["subjects"] == 0
+
+
 async def test_blocks_stay_enforced_while_redis_is_frozen_and_decisions_return_after(
     own_redis: RedisServer, limiter_on: Limiter
 ) -> None:
