@@ -21,9 +21,17 @@ counting U's decisions in the tenant's totals, anonymously.
 
 Alerts (``ratewatch.alerts``) name the subject they blocked: U's are those of scope
 ``user_id`` with subject U, and those of scope ``key`` whose subject is one of U's keys.
-They are deleted with the rest.  The audit log is not touched: it records who changed what
-(a block of U was created, U's data was erased) and is kept as the operator's compliance
-record.
+They are deleted with the rest.
+
+Incidents (``ratewatch.incidents``) found by the targeted-account detector
+(``detectors/targets.py``) name the account their members pressed, in the evidence's
+``target`` (``{"scope": "user_id" | "key", "value": ...}``) and in the ``reasons`` text: U's
+are those whose target is U (scope ``user_id``) or one of U's keys (scope ``key``).  Every
+row of such an incident's history names U, so those rows are deleted with the rest; the
+other detectors' incidents (no target) are never a user's.
+
+The audit log is not touched: it records who changed what (a block of U was created, U's
+data was erased) and is kept as the operator's compliance record.
 
 This module builds SQL from names and quoted literals only and imports no ClickHouse client
 at import time, so the limiter can use ``summary_sql`` without loading one.
@@ -37,7 +45,13 @@ from typing import TYPE_CHECKING
 from analytics.clickhouse import describe
 from analytics.errors import QueryError
 from analytics.sqltext import quote
-from analytics.tables import ALERTS_TABLE, DATABASE, DECISIONS_TABLE, ROLLUP_TABLES
+from analytics.tables import (
+    ALERTS_TABLE,
+    DATABASE,
+    DECISIONS_TABLE,
+    INCIDENTS_TABLE,
+    ROLLUP_TABLES,
+)
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -116,9 +130,20 @@ def alerts_condition(tenant: str, user_id: str) -> str:
     )
 
 
+def incidents_condition(tenant: str, user_id: str) -> str:
+    """The incident rows that are ``user_id``'s data in ``tenant``: those whose evidence
+    names U, or one of U's keys, as the account their members pressed."""
+    scope = "JSONExtractString(evidence, 'target', 'scope')"
+    value = "JSONExtractString(evidence, 'target', 'value')"
+    return (
+        f"tenant = {quote(tenant)} AND (({scope} = 'user_id' AND {value} = {quote(user_id)})"
+        f" OR ({scope} = 'key' AND {key_condition(user_id, value)}))"
+    )
+
+
 # every table that holds a user's data, raw table first: what a summary counts and an erasure
 # deletes, by the short names the API reports
-_ERASED = (DECISIONS_TABLE, *ROLLUP_TABLES.values(), ALERTS_TABLE)
+_ERASED = (DECISIONS_TABLE, *ROLLUP_TABLES.values(), ALERTS_TABLE, INCIDENTS_TABLE)
 
 
 def _conditions(tenant: str, user_id: str) -> dict[str, str]:
@@ -127,13 +152,15 @@ def _conditions(tenant: str, user_id: str) -> dict[str, str]:
     own = {
         DECISIONS_TABLE: decisions_condition(tenant, user_id),
         ALERTS_TABLE: alerts_condition(tenant, user_id),
+        INCIDENTS_TABLE: incidents_condition(tenant, user_id),
     }
     return {table: own.get(table, rollups) for table in _ERASED}
 
 
 def summary_sql(tenant: str, user_id: str) -> str:
     """One read-only SELECT answering one row: ``total_keys``, ``total_requests``,
-    ``decisions_rows``, ``decisions_per_{minute,hour,day}_rows``, ``alerts_rows`` and
+    ``decisions_rows``, ``decisions_per_{minute,hour,day}_rows``, ``alerts_rows``,
+    ``incidents_rows`` and
     ``data_retention_days`` (the raw table's TTL; 0 if it has none)."""
     check_subject(tenant, user_id)
     rollups = "".join(
@@ -157,9 +184,10 @@ FROM (
 
 
 def erase_user(client: Client, tenant: str, user_id: str) -> dict[str, int]:
-    """Delete ``user_id``'s data in ``tenant`` from the raw table, every rollup and the
-    alerts, keeping the other keys' rollup totals equal to the raw rows that remain; return
-    the rows removed per table (``decisions``, ``decisions_per_minute``, …, ``alerts``).
+    """Delete ``user_id``'s data in ``tenant`` from the raw table, every rollup, the alerts
+    and the incidents, keeping the other keys' rollup totals equal to the raw rows that
+    remain; return the rows removed per table (``decisions``, ``decisions_per_minute``, …,
+    ``alerts``, ``incidents``).
 
     Idempotent: with no new decisions of U, a repeated call writes nothing and returns
     zeros.  QueryError if a statement fails; the client should then be discarded (chDB

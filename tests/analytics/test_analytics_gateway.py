@@ -26,18 +26,20 @@ from analytics.gateway import ClientAnalytics, SocketAnalytics, open_analytics
 from analytics.migrate import migrate
 from analytics.query_server import QueryServer
 from analytics.sqltext import quote
-from tests.support.personal_data import USER, seed
+from tests.support.personal_data import INCIDENT_ROWS, USER, seed
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
-# tests.support.personal_data.seed: 9 decisions of USER, in 5 rows of each rollup, and 3 alerts
+# tests.support.personal_data.seed: 9 decisions of USER, in 5 rows of each rollup, 3 alerts
+# and INCIDENT_ROWS rows of incident history
 ERASED = {
     "decisions": 9,
     "decisions_per_minute": 5,
     "decisions_per_hour": 5,
     "decisions_per_day": 5,
     "alerts": 3,
+    "incidents": INCIDENT_ROWS,
 }
 NOTHING = dict.fromkeys(ERASED, 0)
 

@@ -6,6 +6,7 @@ closed before the next module opens another directory); tests are isolated by te
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,14 +17,34 @@ from analytics import erasure
 from analytics.clickhouse import chdb_url, connect
 from analytics.erasure import erase_user, summary_sql
 from analytics.errors import QueryError
+from analytics.incident_log import IncidentLogWriter
 from analytics.migrate import migrate
 from analytics.sqltext import check_read_only, quote
-from analytics.tables import ALERTS_TABLE, DECISIONS_TABLE, ROLLUP_TABLES, TENANT_ROLLUP_TABLES
-from tests.support.personal_data import SHARED, USER, insert_decisions, seed
+from analytics.tables import (
+    ALERTS_TABLE,
+    DECISIONS_TABLE,
+    INCIDENTS_TABLE,
+    ROLLUP_TABLES,
+    TENANT_ROLLUP_TABLES,
+)
+from limiter.state.privacy import owns_key
+from tests.support.personal_data import (
+    INCIDENT_ROWS,
+    SHARED,
+    USER,
+    incident_event,
+    insert_decisions,
+    seed,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-TABLES = ["decisions", *(table.rpartition(".")[2] for table in ROLLUP_TABLES.values()), "alerts"]
+TABLES = [
+    "decisions",
+    *(table.rpartition(".")[2] for table in ROLLUP_TABLES.values()),
+    "alerts",
+    "incidents",
+]
 HOSTILE = [
     "x' OR 1=1 --",
     "x\\' OR 1=1 --",
@@ -114,7 +135,17 @@ def snapshot(client: Client, tenant: str) -> dict[str, Any]:
         client,
         f"SELECT scope, subject FROM {ALERTS_TABLE} WHERE tenant = {quote(tenant)} ORDER BY ALL",
     )
+    state[INCIDENTS_TABLE] = incident_targets(client, tenant)
     return state
+
+
+def incident_targets(client: Client, tenant: str) -> list[tuple[Any, ...]]:
+    """Each incident history row's id and target, read independently of the module."""
+    return rows_of(
+        client,
+        f"SELECT incident_id, JSONExtractRaw(evidence, 'target') FROM {INCIDENTS_TABLE}"
+        f" WHERE tenant = {quote(tenant)} ORDER BY ALL",
+    )
 
 
 def last_writes(client: Client) -> list[tuple[Any, ...]]:
@@ -157,6 +188,13 @@ def matching(client: Client, tenant: str, user_id: str) -> dict[str, int]:
         f" AND (subject = {quote(user_id)}"
         f" OR substring(subject, 1, {len(user_id.encode()) + 1}) = {quote(user_id + ':')})))",
     )[0][0]
+    targets = [json.loads(raw) for _, raw in incident_targets(client, tenant) if raw]
+    counts["incidents"] = sum(
+        1
+        for target in targets
+        if target == {"scope": "user_id", "value": user_id}
+        or (target["scope"] == "key" and owns_key(user_id, target["value"]))
+    )
     return counts
 
 
@@ -172,6 +210,7 @@ def test_summary_counts_what_the_store_holds_about_a_user(clickhouse: Client, te
         "decisions_per_hour_rows": before["decisions_per_hour"],
         "decisions_per_day_rows": before["decisions_per_day"],
         "alerts_rows": 3,  # as user_id, by its key, by its search key
+        "incidents_rows": INCIDENT_ROWS,  # the same three targets, one with two rows
         "data_retention_days": 30,
     }
     assert before["decisions_per_minute"] == 5  # a row per minute, route, reason, segment
@@ -201,6 +240,7 @@ def test_erasing_a_user_leaves_nothing_of_theirs_and_everyone_elses_totals(
         "decisions_per_hour_rows": 0,
         "decisions_per_day_rows": 0,
         "alerts_rows": 0,
+        "incidents_rows": 0,
         "data_retention_days": 30,
     }
     # the shared key lost USER's decisions in the raw table and in every rollup alike
@@ -233,6 +273,14 @@ def test_erasing_a_user_leaves_nothing_of_theirs_and_everyone_elses_totals(
         clickhouse,
         f"SELECT scope, subject FROM {ALERTS_TABLE} WHERE tenant = {quote(tenant)} ORDER BY ALL",
     ) == [("ip", USER), ("key", SHARED), ("key", "user:1-x"), ("user_id", "user:12")]
+    # the incidents of look-alikes, of others and of no account stay, whole
+    assert incident_targets(clickhouse, tenant) == [
+        ("inc-3", '{"scope":"user_id","value":"user:12"}'),
+        ("inc-4", '{"scope":"key","value":"user:1-x"}'),
+        ("inc-5", '{"scope":"user_id","value":"user:1:search"}'),
+        ("inc-6", '{"scope":"key","value":"ip:10.0.0.1"}'),
+        ("inc-7", ""),
+    ]
     assert snapshot(clickhouse, other) == others
     assert summary(clickhouse, other, USER)["total_requests"] == 9
 
@@ -316,9 +364,22 @@ def test_hostile_user_ids_match_only_themselves(
             {"key": "x"},
         ],
     )
-    assert summary(clickhouse, tenant, hostile)["total_requests"] == 3
+    named = [
+        {"scope": "user_id", "value": hostile},
+        {"scope": "key", "value": hostile + ":sub"},
+        {"scope": "user_id", "value": "bystander"},
+        {"scope": "key", "value": "x"},
+    ]
+    IncidentLogWriter(clickhouse).write(
+        [incident_event(tenant, f"inc-{n}", target) for n, target in enumerate(named)],
+        f"hostile/{tenant}",
+    )
+    found = summary(clickhouse, tenant, hostile)
+    assert (found["total_requests"], found["incidents_rows"]) == (3, 2)
 
-    assert erase_user(clickhouse, tenant, hostile)["decisions"] == 3
+    removed = erase_user(clickhouse, tenant, hostile)
+    assert (removed["decisions"], removed["incidents"]) == (3, 2)
+    assert [row[0] for row in incident_targets(clickhouse, tenant)] == ["inc-2", "inc-3"]
 
     assert rows_of(
         clickhouse,

@@ -1,4 +1,5 @@
-"""A user's analytics data as erasure finds it: one tenant's decisions and alerts in chDB,
+"""A user's analytics data as erasure finds it: one tenant's decisions, alerts and incidents
+in chDB,
 under the user's own keys, under a key the user shares with another, and under keys that
 only look like the user's, which an erasure must spare.  ``seed`` writes them the way the
 consumers do, through the raw table, so the views fill the rollups."""
@@ -11,9 +12,11 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from analytics.alert_store import AlertLogWriter
+from analytics.incident_log import IncidentLogWriter
 from analytics.sqltext import quote
 from analytics.tables import DECISIONS_TABLE
 from stream.alerts import BLOCK_CREATED, new_alert_event
+from stream.incidents import IncidentEvent, IncidentMember, new_incident_event
 from tests.support.events import HOUR, MINUTE, T0
 
 USER = "user:1"
@@ -88,3 +91,53 @@ def seed(client: Client, tenant: str) -> None:
         for scope, subject in subjects
     ]
     AlertLogWriter(client).write(alerts, f"erasure-seed/{tenant}/{uuid.uuid4()}")
+    # incidents whose evidence names USER (as a user id, by its keys; one twice, as its
+    # history has a row per change), and incidents naming look-alikes, someone else or no
+    # account at all
+    targets: list[dict[str, str] | None] = [
+        {"scope": "user_id", "value": USER},
+        {"scope": "key", "value": USER},
+        {"scope": "key", "value": f"{USER}:search"},
+        {"scope": "user_id", "value": "user:12"},
+        {"scope": "key", "value": "user:1-x"},
+        {"scope": "user_id", "value": f"{USER}:search"},  # a user id, not a key: not USER's
+        {"scope": "key", "value": SHARED},
+        None,  # a campaign incident: addresses only
+    ]
+    incidents = [
+        incident_event(tenant, f"inc-{n}", target, kind)
+        for n, target in enumerate(targets)
+        for kind in (["incident.opened", "incident.updated"] if n == 0 else ["incident.opened"])
+    ]
+    IncidentLogWriter(client).write(incidents, f"erasure-seed/{tenant}/{uuid.uuid4()}")
+
+
+INCIDENT_ROWS = 4
+"""The rows of incident history ``seed`` writes that name USER (3 incidents, one twice)."""
+
+
+def incident_event(
+    tenant: str, incident_id: str, target: dict[str, str] | None, kind: str = "incident.opened"
+) -> IncidentEvent:
+    """An incident of the targeted-account detector (``detectors/targets.py``) pressing
+    ``target``, or a campaign incident without one."""
+    evidence: dict[str, Any] = {"route": "/v1/login", "pace": 2.5}
+    reasons = ["many addresses sharing one route"]
+    if target is not None:
+        evidence["target"] = target
+        reasons = [f"{target['scope']} {target['value']!r} pressed it within 30 s"]
+    return new_incident_event(
+        tenant,
+        kind,
+        incident_id=incident_id,
+        family="brute-force" if target else "campaign",
+        state="open",
+        mode="enforce",
+        opened_at=T0,
+        first_seen=T0,
+        last_seen=T0 + MINUTE,
+        reasons=reasons,
+        evidence=evidence,
+        counts={"members": 1, "blocked": 1},
+        members=[IncidentMember(ip="203.0.113.7", outcome="blocked", joined_at=T0)],
+    )
