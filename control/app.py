@@ -300,7 +300,8 @@ class LimiterApp:
         audit = AuditTrail(AuditOutbox(redis, keyspace.audit))
         analytics = open_analytics(settings.clickhouse_url) if settings.clickhouse_url else None
         control = ControlAuth(auth, api_limits)
-        privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), analytics)
+        incidents = IncidentStore(redis, keyspace)
+        privacy = PrivacyRequests(UserDataStore(redis, keyspace, blocks), incidents, analytics)
         # webhook secrets are sealed under a key of their own, derived from the key secret
         webhooks = WebhookRoutes(
             control,
@@ -314,7 +315,7 @@ class LimiterApp:
         route_groups: list[RouteGroup] = [
             KeyRoutes(control, keys, audit, durable),
             BlockRoutes(control, blocks, audit, durable),
-            IncidentRoutes(control, IncidentStore(redis, keyspace)),
+            IncidentRoutes(control, incidents),
             SettingsRoutes(control, tenant_settings, audit, durable),
             PrivacyRoutes(control, privacy, audit),
             AnalyticsRoutes(control, analytics),

@@ -1,11 +1,13 @@
 """Privacy requests across every store: what RateWatch holds about one user of a tenant
-(Redis counters, blocks and detection records; the raw analytics table, every rollup and
-the alerts), reported or erased.
+(Redis counters, blocks, detection records and the incidents naming the user; the raw
+analytics table, every rollup, the alerts and the incidents' history), reported or erased.
 
-Which data is a user's is defined in ``limiter/state/privacy.py`` and
-``analytics/erasure.py``.  An erasure removes the analytics rows first and Redis second: if
-the analytics store is down, nothing is erased and the caller is told to retry (both steps
-are idempotent).
+Which data is a user's is defined in ``limiter/state/privacy.py``,
+``analytics/erasure.py`` and, for incidents, ``detectors/incident_store.py``.  An erasure
+removes the analytics rows first and Redis second: if the analytics store is down, nothing
+is erased and the caller is told to retry (every step is idempotent).  In Redis an incident
+naming the user is redacted rather than deleted: its addresses and counts name nobody's
+account.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ from analytics.erasure import ERASED_TABLES, check_subject, summary_sql
 from analytics.errors import AnalyticsError, QueryError
 from analytics.gateway import Analytics
 from control.analytics_store import run_query
+from detectors.incident_store import IncidentStore
 from limiter.http.problems import Problem
 from limiter.state.privacy import UserDataStore
 
 
 @dataclass(frozen=True)
 class Erasure:
-    """What one erasure removed; ``analytics`` rows per table, None without that store."""
+    """What one erasure removed; ``analytics`` rows per table, None without that store;
+    ``incidents`` the Redis incidents redacted (kept, no longer naming the user)."""
 
     counters: int
     blocks: int
     detection_records: int
     analytics: dict[str, int] | None
+    incidents: int = 0
 
     @property
     def redis_keys(self) -> int:
@@ -36,8 +41,11 @@ class Erasure:
 
 
 class PrivacyRequests:
-    def __init__(self, user_data: UserDataStore, analytics: Analytics | None):
+    def __init__(
+        self, user_data: UserDataStore, incidents: IncidentStore, analytics: Analytics | None
+    ):
         self._user_data = user_data
+        self._incidents = incidents
         self._analytics = analytics
 
     async def erase(self, tenant: str, user_id: str) -> Erasure:
@@ -55,12 +63,14 @@ class PrivacyRequests:
                     f"nothing was erased: the analytics store failed ({exc}); retry",
                 ) from exc
         counters, blocks, records = await self._user_data.erase(tenant, user_id)
-        return Erasure(counters, blocks, records, analytics)
+        incidents = await self._incidents.redact_user(tenant, user_id)
+        return Erasure(counters, blocks, records, analytics, incidents)
 
     async def summary(self, tenant: str, user_id: str) -> dict[str, Any]:
         """The brief's summary of ``user_id``'s data, with the rows and keys per store."""
         _check_user_id(tenant, user_id)
         held = await self._user_data.find(tenant, user_id)
+        incidents = await self._incidents.naming(tenant, user_id)
         stored: dict[str, Any] | None = None
         if self._analytics is not None:
             rows = await run_query(self._analytics, summary_sql(tenant, user_id))
@@ -77,6 +87,7 @@ class PrivacyRequests:
                     "counters": len(held.counters),
                     "blocks": len(held.blocks),
                     "detection_records": len(held.detection_records),
+                    "incidents": len(incidents),
                 },
                 "clickhouse": None
                 if stored is None

@@ -12,13 +12,20 @@ The detectors write incidents (``detectors/incidents.py``); the control plane re
 (``GET /v1/incidents``).  The tenants that have incident records are kept in a set
 (``Keyspace.incident_tenants``), so that a restarted detector finds the open incidents of
 every tenant (``open_incidents``) and carries them on.
+
+An incident of the targeted-account detector (``detectors/targets.py``) names the account
+its members pressed, in ``evidence["target"]`` and in its reasons: a privacy erasure of that
+user (``control/privacy.py``) redacts both (``redact_user``) and keeps the incident, whose
+addresses and counts name nobody's account.  Each record is rewritten only if it is still
+the one read (a compare-and-set in one script), so a detector's save in between is not
+overwritten; it is read again on the next pass.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,11 +33,29 @@ from redis.exceptions import RedisError
 
 from limiter.errors import NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
+from limiter.state.privacy import owns_key
 
 INCIDENT_TTL_SECONDS = 7 * 24 * 3600
 MAX_INCIDENTS = 200
 MAX_MEMBERS = 1000
 OPEN, CLOSED = "open", "closed"
+ERASED = "[erased]"
+"""What stands for an erased account in the reasons of an incident that named it."""
+ERASED_REASON = "[erased: this explanation named an erased account]"
+_REDACT_PASSES = 5
+
+# ARGV: (incident id, record as read, redacted record)...; a record changed since it was read
+# is left for the next pass.  One key: a Redis Cluster runs it where the hash lives.
+_COMPARE_AND_SET = """
+local written = 0
+for i = 1, #ARGV, 3 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+        written = written + 1
+    end
+end
+return written
+"""
 
 
 @dataclass(slots=True)
@@ -75,6 +100,30 @@ class Incident:
         record = self.public()
         del record["members"]
         return record
+
+    def names_user(self, user_id: str) -> bool:
+        """Whether the evidence's target is ``user_id`` or one of its keys."""
+        target = self.evidence.get("target")
+        if not isinstance(target, dict) or not isinstance(target.get("value"), str):
+            return False
+        scope, value = target.get("scope"), target["value"]
+        return (scope == "user_id" and value == user_id) or (
+            scope == "key" and owns_key(user_id, value)
+        )
+
+    def redacted(self) -> Incident:
+        """This incident without its target: the evidence's ``target`` removed and the
+        account's name in the reasons replaced by ``ERASED`` (a reason that still holds it
+        afterwards by ``ERASED_REASON``)."""
+        target = self.evidence["target"]
+        value = str(target["value"])
+        reasons = [reason.replace(repr(value), ERASED) for reason in self.reasons]
+        evidence = {name: item for name, item in self.evidence.items() if name != "target"}
+        return replace(
+            self,
+            reasons=[ERASED_REASON if value in reason else reason for reason in reasons],
+            evidence=evidence,
+        )
 
     @classmethod
     def from_record(cls, raw: bytes | str) -> Incident:
@@ -149,6 +198,32 @@ class IncidentStore:
         if raw is None:
             raise NotFound(f"no incident with id {incident_id[:100]!r}")
         return Incident.from_record(raw)
+
+    async def naming(self, tenant: str, user_id: str) -> list[Incident]:
+        """The tenant's incidents whose target is ``user_id`` or one of its keys."""
+        return [i for i in await self.incidents(tenant) if i.names_user(user_id)]
+
+    async def redact_user(self, tenant: str, user_id: str) -> int:
+        """Redact every incident of ``tenant`` naming ``user_id`` (``Incident.redacted``);
+        return how many were rewritten.  Idempotent: a redacted incident names nobody."""
+        key = self._keyspace.incidents(tenant)
+        redacted = 0
+        try:
+            for _ in range(_REDACT_PASSES):
+                raw = await self._redis.hgetall(key)
+                changes: list[bytes | str] = []
+                for incident_id, record in raw.items():
+                    incident = Incident.from_record(record)
+                    if incident.names_user(user_id):
+                        changes += [incident_id, record, json.dumps(incident.redacted().public())]
+                if not changes:
+                    return redacted
+                redacted += int(await self._redis.eval(_COMPARE_AND_SET, 1, key, *changes))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        raise StoreUnavailable(
+            f"the incidents of {tenant!r} kept changing while they were redacted; retry"
+        )
 
     async def _all(self, tenant: str) -> list[Incident]:
         key = self._keyspace.incidents(tenant)

@@ -130,6 +130,9 @@ class RedisCounts(msgspec.Struct, kw_only=True):
     counters: int
     blocks: int
     detection_records: int  # the detectors' offence history and markers about the user
+    # incidents whose target is the user or one of its keys; an erasure redacts them (keeps
+    # them without the target), so under "deleted" this counts the incidents redacted
+    incidents: int
 
 
 class PrivacyDeleted(msgspec.Struct, kw_only=True):

@@ -19,6 +19,7 @@ from analytics.query_client import query
 from detectors.campaign_tuning import CampaignTuningReader
 from detectors.campaigns import CampaignDetector
 from detectors.features import decisions_frame
+from detectors.incident_store import Incident, IncidentStore
 from limiter.keyspace import Keyspace
 from limiter.state.tenants import CampaignTuning, DetectionMode, TenantSettingsStore
 from stream.alerts import (
@@ -117,6 +118,26 @@ def set_keys(redis_url: str, names: list[str]) -> None:
     asyncio.run(go())
 
 
+def save_incidents(redis_url: str, tenant: str, targets: dict[str, tuple[str, str]]) -> None:
+    """Targeted-account incidents (id -> the target's scope and value) in the tenant's store."""
+
+    async def go() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            store, now = IncidentStore(client, KEYSPACE), time.time()
+            for incident_id, (scope, value) in targets.items():
+                incident = Incident(
+                    incident_id, "brute-force", "open", "enforce", now, now, now, now
+                )
+                incident.reasons = [f"3 addresses new to {scope} {value!r} pressed it"]
+                incident.evidence = {"target": {"scope": scope, "value": value}, "checks": 40}
+                await store.save(tenant, incident)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
 def send(client: httpx.Client, checks: list[dict[str, Any]]) -> None:
     response = client.post("/v1/batch", json={"checks": checks})
     assert response.status_code == 200, response.text
@@ -181,8 +202,15 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
         KEYSPACE.offences(tenant, "key", "user:1234"): False,
     }
     set_keys(redis_server.url, list(records))
+    incidents = {
+        "inc_user": ("user_id", "user:123"),
+        "inc_key": ("key", "user:123:search"),
+        "inc_other": ("key", "user:1234"),
+    }
+    save_incidents(redis_server.url, tenant, incidents)
     before = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
     assert before["stores"]["redis"]["detection_records"] == 3
+    assert before["stores"]["redis"]["incidents"] == 2
     assert before["total_requests"] == 9  # 3 + 2 by key, 4 by user_id
     assert before["total_keys"] == 3  # user:123, user:123:search, api:search
     assert before["active_windows"] == 2
@@ -199,7 +227,12 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert_published_shape(admin, body, "PrivacyDeleteResult")
     assert body["success"] is True
     assert body["message"] == "Successfully deleted data for user user:123"
-    assert body["deleted"]["redis"] == {"counters": 2, "blocks": 2, "detection_records": 3}
+    assert body["deleted"]["redis"] == {
+        "counters": 2,
+        "blocks": 2,
+        "detection_records": 3,
+        "incidents": 2,
+    }
     assert body["deleted_keys"] == 7
     assert body["deleted"]["clickhouse"]["decisions"] == 9
 
@@ -223,7 +256,19 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert_published_shape(admin, after, "PrivacySummaryResult")
     assert (after["total_keys"], after["total_requests"], after["active_windows"]) == (0, 0, 0)
     assert set(after["stores"]["clickhouse"].values()) == {0}
-    assert after["stores"]["redis"] == {"counters": 0, "blocks": 0, "detection_records": 0}
+    assert after["stores"]["redis"] == {
+        "counters": 0,
+        "blocks": 0,
+        "detection_records": 0,
+        "incidents": 0,
+    }
+    # the user's incidents are kept, naming nobody; the look-alike's is untouched
+    listed = {i["id"]: i for i in admin.get("/v1/incidents").json()["incidents"]}
+    assert set(listed) == set(incidents)
+    for incident_id in ("inc_user", "inc_key"):
+        assert listed[incident_id]["evidence"] == {"checks": 40}
+        assert "user:123" not in str(listed[incident_id])
+    assert listed["inc_other"]["evidence"]["target"] == {"scope": "key", "value": "user:1234"}
 
     # everyone else untouched; the shared key keeps the other user's requests, consistently
     assert user_rows(stack, tenant, "user:456") == other_before
@@ -242,11 +287,17 @@ def test_privacy_delete_erases_a_user_everywhere_and_nothing_else(
     assert entry["details"]["reason"] == "user_request"
     assert entry["details"]["counters"] == 2
     assert entry["details"]["decisions_rows"] == 9
+    assert entry["details"]["incidents_redacted"] == 2
 
     # a second request finds nothing more
     again = admin.post("/v1/privacy/delete", json={"user_id": "user:123"}).json()
     # the check just made
-    assert again["deleted"]["redis"] == {"counters": 1, "blocks": 0, "detection_records": 0}
+    assert again["deleted"]["redis"] == {
+        "counters": 1,
+        "blocks": 0,
+        "detection_records": 0,
+        "incidents": 0,
+    }
     assert set(user_rows(stack, tenant, "user:456").values()) == set(other_before.values())
 
 

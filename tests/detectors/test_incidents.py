@@ -4,6 +4,7 @@ incident; a restarted detector carries on the incidents left open."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import cast
@@ -14,7 +15,13 @@ from redis.asyncio import Redis
 from detectors.actions import BlockActions
 from detectors.campaign_tuning import CampaignTuningReader
 from detectors.campaigns import Campaign, CampaignChange, CampaignDetector, CampaignSettings
-from detectors.incident_store import MAX_INCIDENTS, Incident, IncidentStore, Member
+from detectors.incident_store import (
+    ERASED_REASON,
+    MAX_INCIDENTS,
+    Incident,
+    IncidentStore,
+    Member,
+)
 from detectors.incidents import IncidentActions
 from detectors.offenders import OffenderHistory
 from detectors.runner import DetectionLoop
@@ -417,3 +424,72 @@ async def test_a_restarted_detector_carries_on_a_pressed_accounts_incident(
     events = (await history_of(redis, tenant, ks.incident_log))[told:]
     assert events
     assert {(e.incident_id, e.kind) for e in events} == {(opened.id, "incident.updated")}
+
+
+def pressing(incident_id: str, scope: str, value: str, now: float) -> Incident:
+    """A targeted-account incident as ``detectors/targets.py`` describes one."""
+    return Incident(
+        incident_id,
+        "brute-force",
+        "open",
+        "enforce",
+        now,
+        now,
+        now,
+        now,
+        detector="target",
+        reasons=[f"coordinated brute force on one account: 3 addresses new to {scope} {value!r}"],
+        evidence={"target": {"scope": scope, "value": value}, "route_template": "/v1/login"},
+        counts={"members": 1, "blocked": 1},
+        members=[Member("203.0.113.7", "blocked", now, "blk_1")],
+    )
+
+
+async def test_an_erased_users_incidents_are_kept_without_naming_them(
+    redis: Redis, tenant: str
+) -> None:
+    store = IncidentStore(redis, KS)
+    now = time.time()
+    named = [
+        pressing("inc_a", "user_id", "user:1", now),
+        pressing("inc_b", "key", "user:1:login", now),
+    ]
+    spared = [
+        pressing("inc_c", "key", "user:12", now),  # only looks like user:1's
+        pressing("inc_d", "user_id", "user:1:login", now),  # a user id, not user:1's key
+        Incident("inc_e", "scraping", "open", "enforce", now, now, now, now),  # no account
+    ]
+    for incident in named + spared:
+        await store.save(tenant, incident)
+    await store.save(tenant + "-other", named[0])
+    assert [i.id for i in await store.naming(tenant, "user:1")] == ["inc_a", "inc_b"]
+
+    assert await store.redact_user(tenant, "user:1") == 2
+
+    for before in named:
+        after = await store.get(tenant, before.id)
+        assert "target" not in after.evidence
+        assert after.evidence["route_template"] == "/v1/login"
+        assert after.reasons == [
+            before.reasons[0].replace(repr(before.evidence["target"]["value"]), "[erased]")
+        ]
+        assert "user:1" not in json.dumps(after.public())
+        assert (after.members, after.counts, after.state) == (before.members, before.counts, "open")
+    for before in spared:
+        assert await store.get(tenant, before.id) == before
+    assert await store.get(tenant + "-other", "inc_a") == named[0]
+    assert await store.naming(tenant, "user:1") == []
+    assert await store.redact_user(tenant, "user:1") == 0
+
+
+async def test_a_reason_that_names_the_user_otherwise_is_replaced_whole(
+    redis: Redis, tenant: str
+) -> None:
+    store = IncidentStore(redis, KS)
+    incident = pressing("inc_a", "user_id", "u", time.time())
+    incident.reasons = ["account u, pressed", "3 addresses"]
+    await store.save(tenant, incident)
+
+    assert await store.redact_user(tenant, "u") == 1
+
+    assert (await store.get(tenant, "inc_a")).reasons == [ERASED_REASON, "3 addresses"]
