@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 TENANT_ROLLUPS = 7  # the migration's version
 DECISION_COLUMNS = (9, 10)  # trace_id; policy and shadow
+INCIDENTS = 12  # a table of its own, which this version's erasure reads
 NOW = int(time.time())
 GROUP = "bucket, tenant, route, reason, segment"
 
@@ -207,7 +208,11 @@ def test_the_migration_backfills_the_history_once_however_often_it_runs(
 ) -> None:
     everything = load_migrations()
     # the columns later migrations add to the decisions are written by this version's writer
-    before = [m for m in everything if m.version < TENANT_ROLLUPS or m.version in DECISION_COLUMNS]
+    before = [
+        m
+        for m in everything
+        if m.version < TENANT_ROLLUPS or m.version in (*DECISION_COLUMNS, INCIDENTS)
+    ]
     monkeypatch.setattr(migrate_module, "load_migrations", lambda: before)
     migrate(bare)
     # a day of history in the per-key rollups, some of it erased (correction rows included)
