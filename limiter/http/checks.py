@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -49,6 +49,30 @@ def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 def _where(index: int | None) -> str:
     """Where in the body a bad check is, as a JSON path (built only for an error)."""
     return "$" if index is None else f"$.checks[{index}]"
+
+
+class Prepared(NamedTuple):
+    """A request's check, and the policy it names resolved for its key (None: none)."""
+
+    check: Check
+    resolved: Resolved | None
+
+
+class Reply(NamedTuple):
+    """A decided check: what its caller is answered, and what is recorded of it."""
+
+    headers: Headers
+    body: bytes
+    decided: Check  # the check as the window that decided (a policy's) describes it
+    outcome: Outcome  # as the store decided it
+    answer: Outcome  # as the caller is told (a shadow policy's denial is allowed)
+
+
+class BatchReply(NamedTuple):
+    body: bytes
+    checks: list[Check]  # as decided (a policy's: its deciding window)
+    outcomes: list[Outcome]
+    answers: list[Outcome]
 
 
 class Decider(Protocol):
@@ -131,19 +155,12 @@ class CheckHandler:
     ) -> tuple[Policy, Overrides]:
         """The policy ``request`` names, with its overrides; a 422 naming the field if the
         request also gives ``limit``/``window`` or the tenant has no such policy."""
-        name = request.policy
-        assert name is not None
-        if request.limit is not None or request.window is not None:
-            raise Problem(
-                422,
-                "validation-error",
-                f"give `limit` and `window`, or a `policy`, not both - at `{_where(index)}`",
-            )
-        if self._policies is None:
-            raise Problem(422, "validation-error", "this server has no policies")
-        found = self._policies.cached(tenant, name)
+        found = self.cached_policy(tenant, request, index)
         if found is not None:
             return found
+        name = request.policy
+        assert name is not None
+        assert self._policies is not None
         try:
             return await self._policies.get(tenant, name)
         except UnknownPolicy as exc:
@@ -201,6 +218,81 @@ class CheckHandler:
             resolved.shadow,
         )
 
+    def cached_policy(
+        self, tenant: str, request: CheckRequest, index: int | None = None
+    ) -> tuple[Policy, Overrides] | None:
+        """``find_policy`` without I/O: its 422s, else the policy if the copy holds it (None:
+        ask ``find_policy``)."""
+        if request.limit is not None or request.window is not None:
+            raise Problem(
+                422,
+                "validation-error",
+                f"give `limit` and `window`, or a `policy`, not both - at `{_where(index)}`",
+            )
+        if self._policies is None:
+            raise Problem(422, "validation-error", "this server has no policies")
+        assert request.policy is not None
+        return self._policies.cached(tenant, request.policy)
+
+    def prepare(
+        self,
+        principal: Principal,
+        request: CheckRequest,
+        started: int,
+        found: tuple[Policy, Overrides] | None = None,
+        index: int | None = None,
+    ) -> Prepared:
+        """The check of ``request``; one that names a policy needs the policy ``found``."""
+        if request.policy is None:
+            check = self.to_check(principal.tenant, request, started, index, principal.segment)
+            return Prepared(check, None)
+        assert found is not None
+        resolved = resolve(*found, request.key)
+        return Prepared(
+            self.resolved_check(
+                principal.tenant, request, resolved, started, index, principal.segment
+            ),
+            resolved,
+        )
+
+    def answer(self, prepared: Prepared, outcome: Outcome) -> Reply:
+        """The answer to a checked request: for a policy, the answer and the headers
+        describe the window that decided, ``RateLimit-Policy`` lists every window."""
+        check, resolved = prepared
+        if resolved is None:
+            result = to_result(outcome, check.limit)
+            headers: Headers = [
+                (b"content-type", JSON),
+                (
+                    b"ratelimit-policy",
+                    b'"default";q=%d;w=%d' % (check.limit, check.window_ms // 1000),
+                ),
+                (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, result.reset_in)),
+            ]
+            decided, answer = check, outcome
+        else:
+            decided, answer, window = conclude(check, outcome)
+            result = to_result(answer, decided.limit)
+            item = resolved.items[window]
+            headers = [
+                (b"content-type", JSON),
+                (b"ratelimit-policy", resolved.header),
+                (b"ratelimit", b'"%s";r=%d;t=%d' % (item, result.remaining, result.reset_in)),
+            ]
+        if result.retry_after is not None:
+            headers.append((b"retry-after", b"%d" % result.retry_after))
+        return Reply(headers, _encoder.encode(result), decided, outcome, answer)
+
+    async def answer_check(self, principal: Principal, body: bytes, started: int) -> Reply:
+        """Decide the check ``body`` asks for (the key's signature already verified)."""
+        request: CheckRequest = decode(_check_decoder, body)
+        found = None
+        if request.policy is not None:
+            found = await self.find_policy(principal.tenant, request)
+        prepared = self.prepare(principal, request, started, found)
+        outcome = (await self._decider.decide([prepared.check], principal.fail_mode))[0]
+        return self.answer(prepared, outcome)
+
     async def check(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         # most requests' keys are cached: answered without awaiting a coroutine
@@ -211,46 +303,14 @@ class CheckHandler:
         signing_key = principal.signing_key
         if signing_key is not None:  # a signed key: the only extra step
             await verify_signature(signing_key, scope, body, self._api_limits)
-        request: CheckRequest = decode(_check_decoder, body)
-        if request.policy is not None:
-            await self._policy_check(principal, request, started, send)
-            return
-        check = self.to_check(principal.tenant, request, started, None, principal.segment)
-        outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        result = to_result(outcome, check.limit)
-        headers: Headers = [
-            (b"content-type", JSON),
-            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (check.limit, check.window_ms // 1000)),
-            (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, result.reset_in)),
-        ]
-        if result.retry_after is not None:
-            headers.append((b"retry-after", b"%d" % result.retry_after))
-        await respond(send, 200, _encoder.encode(result), headers)
-        self.record(started, check, outcome, outcome, self._metrics.check_seconds)
+        reply = await self.answer_check(principal, body, started)
+        await respond(send, 200, reply.body, reply.headers)
+        self.record_reply(started, reply)
 
-    async def _policy_check(
-        self, principal: Principal, request: CheckRequest, started: int, send: Any
-    ) -> None:
-        """``check`` for a request that names a policy: the answer and the headers
-        describe the window that decided, ``RateLimit-Policy`` lists every window."""
-        found = await self.find_policy(principal.tenant, request)
-        resolved = resolve(*found, request.key)
-        check = self.resolved_check(
-            principal.tenant, request, resolved, started, None, principal.segment
+    def record_reply(self, started: int, reply: Reply) -> None:
+        self.record(
+            started, reply.decided, reply.outcome, reply.answer, self._metrics.check_seconds
         )
-        outcome = (await self._decider.decide([check], principal.fail_mode))[0]
-        decided, answer, window = conclude(check, outcome)
-        result = to_result(answer, decided.limit)
-        item = resolved.items[window]
-        headers: Headers = [
-            (b"content-type", JSON),
-            (b"ratelimit-policy", resolved.header),
-            (b"ratelimit", b'"%s";r=%d;t=%d' % (item, result.remaining, result.reset_in)),
-        ]
-        if result.retry_after is not None:
-            headers.append((b"retry-after", b"%d" % result.retry_after))
-        await respond(send, 200, _encoder.encode(result), headers)
-        self.record(started, decided, outcome, answer, self._metrics.check_seconds)
 
     def record(
         self,
@@ -275,6 +335,72 @@ class CheckHandler:
         if metrics.shared:
             metrics.flush()
 
+    def cached_policies(
+        self, tenant: str, request: BatchRequest
+    ) -> list[tuple[Policy, Overrides] | None] | None:
+        """The policy each check of ``request`` names (None for one that names none), from
+        the copy; None if one of them must be fetched (``find_policies``)."""
+        founds: list[tuple[Policy, Overrides] | None] = []
+        for index, item in enumerate(request.checks):
+            if item.policy is None:
+                founds.append(None)
+                continue
+            found = self.cached_policy(tenant, item, index)
+            if found is None:
+                return None
+            founds.append(found)
+        return founds
+
+    async def find_policies(
+        self, tenant: str, request: BatchRequest
+    ) -> list[tuple[Policy, Overrides] | None]:
+        return [
+            None if item.policy is None else await self.find_policy(tenant, item, index)
+            for index, item in enumerate(request.checks)
+        ]
+
+    def prepare_batch(
+        self,
+        principal: Principal,
+        request: BatchRequest,
+        started: int,
+        founds: Sequence[tuple[Policy, Overrides] | None],
+    ) -> list[Check]:
+        tenant, segment = principal.tenant, principal.segment
+        return [
+            self.to_check(tenant, item, started, index, segment)
+            if found is None
+            else self.to_policy_check(tenant, item, found, started, index, segment)
+            for index, (item, found) in enumerate(zip(request.checks, founds, strict=True))
+        ]
+
+    def batch_answer(self, checks: list[Check], outcomes: list[Outcome]) -> BatchReply:
+        """The answer to a batch: each check's result in order, a policy's as the window
+        that decided (a shadow policy's denial answered allowed)."""
+        if any(check.policy is not None for check in checks):
+            concluded = [conclude(c, o) for c, o in zip(checks, outcomes, strict=True)]
+            decided = [c for c, _, _ in concluded]
+            answers = [a for _, a, _ in concluded]
+            results = [
+                to_result(answer, check.limit)
+                for check, answer in zip(decided, answers, strict=True)
+            ]
+            return BatchReply(
+                _encoder.encode(BatchResult(results=results)), decided, outcomes, answers
+            )
+        results = [
+            to_result(outcome, check.limit) for check, outcome in zip(checks, outcomes, strict=True)
+        ]
+        return BatchReply(_encoder.encode(BatchResult(results=results)), checks, outcomes, outcomes)
+
+    async def answer_batch(self, principal: Principal, body: bytes, started: int) -> BatchReply:
+        """Decide the checks ``body`` asks for (the key's signature already verified)."""
+        request: BatchRequest = decode(_batch_decoder, body)
+        founds = await self.find_policies(principal.tenant, request)
+        checks = self.prepare_batch(principal, request, started, founds)
+        outcomes = await self._decider.decide(checks, principal.fail_mode)
+        return self.batch_answer(checks, outcomes)
+
     async def batch(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter_ns()
         principal = cached_principal(self._auth, scope) or await authenticate(
@@ -284,47 +410,12 @@ class CheckHandler:
         signing_key = principal.signing_key
         if signing_key is not None:
             await verify_signature(signing_key, scope, body, self._api_limits)
-        request: BatchRequest = decode(_batch_decoder, body)
-        tenant = principal.tenant
-        checks = [
-            self.to_check(tenant, item, started, index, principal.segment)
-            if item.policy is None
-            else self.to_policy_check(
-                tenant,
-                item,
-                await self.find_policy(tenant, item, index),
-                started,
-                index,
-                principal.segment,
-            )
-            for index, item in enumerate(request.checks)
-        ]
-        outcomes = await self._decider.decide(checks, principal.fail_mode)
-        if any(check.policy is not None for check in checks):
-            # as the windows that decided; shadow mode's denials answered allowed
-            concluded = [conclude(c, o) for c, o in zip(checks, outcomes, strict=True)]
-            decided = [c for c, _, _ in concluded]
-            answers = [a for _, a, _ in concluded]
-            for outcome, answer in zip(outcomes, answers, strict=True):
-                if answer is not outcome:
-                    self._metrics.count_shadow_denial(outcome.reason)
-            checks, results = (
-                decided,
-                [
-                    to_result(answer, check.limit)
-                    for check, answer in zip(decided, answers, strict=True)
-                ],
-            )
-            counted = answers
-        else:
-            results = [
-                to_result(outcome, check.limit)
-                for check, outcome in zip(checks, outcomes, strict=True)
-            ]
-            counted = outcomes
-        await respond(
-            send, 200, _encoder.encode(BatchResult(results=results)), [(b"content-type", JSON)]
-        )
+        reply = await self.answer_batch(principal, body, started)
+        await respond(send, 200, reply.body, [(b"content-type", JSON)])
+        self.record_batch(started, reply)
+
+    def record_batch(self, started: int, reply: BatchReply) -> None:
+        """What follows an answered batch: its decisions emitted, counted, timed."""
         elapsed = time.perf_counter_ns() - started
         if self._emits:
             ts_ms = time.time_ns() // 1_000_000
@@ -332,11 +423,14 @@ class CheckHandler:
             self._sink.emit(
                 [
                     Decision(ts_ms, check, outcome, latency_us)
-                    for check, outcome in zip(checks, outcomes, strict=True)
+                    for check, outcome in zip(reply.checks, reply.outcomes, strict=True)
                 ]
             )
         metrics = self._metrics
-        metrics.count_decisions(counted)
+        for outcome, answer in zip(reply.outcomes, reply.answers, strict=True):
+            if answer is not outcome:  # a shadow policy's would-be denial
+                metrics.count_shadow_denial(outcome.reason)
+        metrics.count_decisions(reply.answers)
         metrics.batch_seconds.observe(elapsed / 1e9)
         if metrics.shared:
             metrics.flush()
