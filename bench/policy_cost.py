@@ -167,7 +167,7 @@ def python_work_us() -> dict[str, float]:
 
     from limiter.algorithms import Algorithm, Outcome, Reason
     from limiter.emit import NullSink
-    from limiter.http.checks import CheckHandler, _check_decoder, decode
+    from limiter.http.checks import CheckHandler, check_decoder, decode
     from limiter.policies.checks import conclude
     from limiter.policies.model import Override, Overrides, Policy, parse_rule, resolve
     from limiter.results import to_result
@@ -183,12 +183,12 @@ def python_work_us() -> dict[str, float]:
     outcome = Outcome(True, 5, 100, -1, Reason.OK)
 
     def explicit() -> None:
-        request = decode(_check_decoder, (BODIES["explicit"] % 17).encode())
+        request = decode(check_decoder, (BODIES["explicit"] % 17).encode())
         check = handler.to_check("t", request, 0)
         to_result(outcome, check.limit)
 
     def by_policy(kind: str, name: str) -> None:
-        request = decode(_check_decoder, (BODIES[kind] % 17).encode())
+        request = decode(check_decoder, (BODIES[kind] % 17).encode())
         resolved = resolve(*found[name], request.key)
         check = handler.resolved_check("t", request, resolved, 0)
         decided, answer, window = conclude(check, outcome)

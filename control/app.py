@@ -59,6 +59,7 @@ from limiter.http.asgi import Scope, respond
 from limiter.http.checks import CheckHandler
 from limiter.http.forwarded import TrustedProxies, is_gate_path
 from limiter.http.gate import GateHandler
+from limiter.http.lane import CheckLane
 from limiter.http.problems import Problem
 from limiter.keyspace import Keyspace
 from limiter.metrics import LimiterMetrics
@@ -117,6 +118,8 @@ class LimiterApp:
         self.metrics = LimiterMetrics(multiprocess_dir=settings.metrics_dir)
         self._checks: CheckHandler | None = None
         self._gate: GateHandler | None = None
+        # the requests serve's protocol answers without a task (limiter/http/lane.py)
+        self.check_lane: CheckLane | None = None
         self.policies: PolicyCache | None = None  # once started
         handlers = {
             kind: self._on_error for kind in (Problem, LimiterError, HTTPException, Exception)
@@ -143,14 +146,20 @@ class LimiterApp:
                 try:
                     await handler(scope, receive, send)
                 except Exception as exc:
-                    problem = problem_for(exc)
-                    if problem is None:
-                        log.exception("check request failed")
-                        problem = Problem(500, "internal-error", "the server failed; see its log")
-                    self.metrics.http_errors.labels(str(problem.status)).inc()
+                    problem = self._problem_of(exc)
                     await respond(send, problem.status, problem.body(path), problem.headers())
                 return
         await self._starlette(scope, receive, send)
+
+    def _problem_of(self, exc: Exception) -> Problem:
+        """The answer to a check request that raised ``exc``, counted (and logged if it is
+        not a problem of the request's)."""
+        problem = problem_for(exc)
+        if problem is None:
+            log.exception("check request failed", exc_info=exc)
+            problem = Problem(500, "internal-error", "the server failed; see its log")
+        self.metrics.http_errors.labels(str(problem.status)).inc()
+        return problem
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -371,12 +380,22 @@ class LimiterApp:
         if settings.grpc_port is not None:
             rls = await self._start_rls(auth, decider, sink, api_limits, policies)
         self._checks = checks
+        if tracing is None:  # a traced check's spans are made around the ASGI handler
+            self.check_lane = CheckLane(
+                checks,
+                decider,
+                auth,
+                self._problem_of,
+                settings.max_body_bytes,
+                settings.max_batch_body_bytes,
+            )
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap
         gc.freeze()
         try:
             yield
         finally:
+            self.check_lane = None
             self._checks = None
             self._gate = None
             if rls is not None:  # its calls in flight end before the sink is closed

@@ -30,8 +30,8 @@ from limiter.state.blocks import normalize_ip
 from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 
-_check_decoder = msgspec.json.Decoder(CheckRequest)
-_batch_decoder = msgspec.json.Decoder(BatchRequest)
+check_decoder = msgspec.json.Decoder(CheckRequest)
+batch_decoder = msgspec.json.Decoder(BatchRequest)
 _encoder = msgspec.json.Encoder()
 
 
@@ -285,7 +285,7 @@ class CheckHandler:
 
     async def answer_check(self, principal: Principal, body: bytes, started: int) -> Reply:
         """Decide the check ``body`` asks for (the key's signature already verified)."""
-        request: CheckRequest = decode(_check_decoder, body)
+        request: CheckRequest = decode(check_decoder, body)
         found = None
         if request.policy is not None:
             found = await self.find_policy(principal.tenant, request)
@@ -395,7 +395,7 @@ class CheckHandler:
 
     async def answer_batch(self, principal: Principal, body: bytes, started: int) -> BatchReply:
         """Decide the checks ``body`` asks for (the key's signature already verified)."""
-        request: BatchRequest = decode(_batch_decoder, body)
+        request: BatchRequest = decode(batch_decoder, body)
         founds = await self.find_policies(principal.tenant, request)
         checks = self.prepare_batch(principal, request, started, founds)
         outcomes = await self._decider.decide(checks, principal.fail_mode)

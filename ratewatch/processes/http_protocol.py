@@ -16,6 +16,11 @@ per connection:
 - a connection bound: a request on a connection beyond ``max_connections`` open ones is
   answered 503 (``Retry-After``) and its connection closed.
 
+A request the check lane can answer (``lane_cycle.py``: ``POST /v1/check`` or ``/v1/batch``
+with a cached key and a body of known length) gets a ``LaneCycle`` instead of uvicorn's
+request cycle, and no task; every other request goes through uvicorn as before.  The
+request's ASGI scope is built only for a request that goes through uvicorn.
+
 The answers are RFC 9457 problem details.  One timer per connection, armed at its first
 deadline and moved only when it fires (a deadline is a float set per phase), so a request
 costs no timer of its own (only a deadline earlier than the armed timer moves it).  The
@@ -27,14 +32,17 @@ response and cancels it at the next request's first bytes, a timer per request.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from limiter.http.lane import CheckLane
 from limiter.http.problems import Problem
+from ratewatch.processes.lane_cycle import LaneCycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +75,15 @@ async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class LaneSource(Protocol):
+    """The application's check lane, once it has started (``control.app.LimiterApp``)."""
+
+    check_lane: CheckLane | None
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
+    lanes: ClassVar[LaneSource | None] = None
 
     def __init__(
         self,
@@ -86,9 +101,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # received since the last request's headers ended
 
     @classmethod
-    def bounded(cls, limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
-        """This protocol with ``limits`` (uvicorn instantiates the class itself)."""
-        return type(cls.__name__, (cls,), {"limits": limits})
+    def bounded(
+        cls, limits: ConnectionLimits, lanes: LaneSource | None = None
+    ) -> type[BoundedHttpToolsProtocol]:
+        """This protocol with ``limits``, handing what it can to the check lane of
+        ``lanes`` (uvicorn instantiates the class itself)."""
+        return type(cls.__name__, (cls,), {"limits": limits, "lanes": lanes})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -126,27 +144,113 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # parser callbacks
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn builds the request's scope here; it is built once the request is known
+        # to go through uvicorn (``_begin_scope``): one on the check lane needs none
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._idle = False
         self._expect(self.limits.header_timeout)
+
+    def _begin_scope(self) -> None:
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # the scope, with a list of headers of its own
+        self.url, self.expect_100_continue = url, expect_100_continue
+        self.headers.extend(headers)
 
     def on_headers_complete(self) -> None:
         self._reading_body = True
         self._header_bytes = 0
         self._expect(self.limits.body_timeout)
         if len(self.connections) <= self.limits.max_connections:
+            cycle = self._lane_cycle()
+            if cycle is not None:
+                self._queue(cycle)
+                return
+            self._begin_scope()
             super().on_headers_complete()
             return
+        self._begin_scope()
         app, self.app = self.app, _overloaded
         try:
             super().on_headers_complete()
         finally:
             self.app = app
 
+    def on_body(self, body: bytes) -> None:
+        cycle: Any = self.cycle  # uvicorn's cycle, or the lane's
+        if cycle.__class__ is LaneCycle:
+            cycle.body += body  # no more than its content-length, which the lane's bound allows
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        cycle: Any = self.cycle
+        if cycle.__class__ is LaneCycle:
+            cycle.complete = True
+            if cycle.may_start:
+                cycle.start(time.perf_counter_ns())
+        else:
+            super().on_message_complete()
         self._reading_body = False
         self._deadline = None  # the keep-alive timeout takes over once it is answered
+
+    # the check lane
+
+    def _lane_cycle(self) -> LaneCycle | None:
+        """The lane's cycle for this request if the lane can answer it: ``POST`` to one of
+        its routes with a body of known length within the route's bound, and a key the
+        cache holds that is not a signed one.  Anything else (and a request to refuse)
+        goes through uvicorn and the application."""
+        lanes = self.lanes
+        lane = lanes.check_lane if lanes is not None else None
+        if lane is None or self.expect_100_continue:
+            return None
+        route = self.url
+        limit = lane.body_limits.get(route)
+        parser = self.parser
+        if limit is None or parser.get_method() != b"POST" or parser.should_upgrade():
+            return None
+        authorization = length = None
+        for name, value in self.headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return None
+        if length is None or not length.isdigit() or int(length) > limit:
+            return None
+        principal = lane.principal(authorization)
+        if principal is None:
+            return None
+        return LaneCycle(
+            lane,
+            route,
+            principal,
+            self.transport,
+            self.server_state.default_headers,
+            parser.get_http_version() != "1.0" and parser.should_keep_alive(),
+            self.on_response_complete,
+        )
+
+    def _queue(self, cycle: LaneCycle) -> None:
+        """Make ``cycle`` the current request; it starts once the one before is answered."""
+        existing = self.cycle
+        self.cycle = cycle  # type: ignore[assignment]  # uvicorn's attributes, not its class
+        if existing is None or existing.response_complete:
+            cycle.may_start = True
+        else:  # pipelined behind a request still unanswered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, _overloaded))  # type: ignore[arg-type]
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if cycle.__class__ is LaneCycle:  # its turn, once pipelined
+            cycle.may_start = True
+            if cycle.complete:
+                cycle.start(time.perf_counter_ns())
+            return
+        super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
         # uvicorn's, with the keep-alive timeout on the connection's timer instead of a
@@ -203,13 +307,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``problem`` unless a response is under way or sent for this request, and
         close the connection."""
         self._deadline = None
-        cycle = self.cycle
+        cycle: Any = self.cycle
         if not self._reading_body:
             # the cycle, if any, is the previous request's: answer once it is answered
             if cycle is None or cycle.response_complete:
                 self.transport.write(problem_response(problem))
         elif not cycle.response_started:
-            self.transport.write(problem_response(problem, self.scope["path"]))
+            path = cycle.path if cycle.__class__ is LaneCycle else self.scope["path"]
+            self.transport.write(problem_response(problem, path))
             # the application's next receive() is a disconnect; what it sends is dropped
             cycle.disconnected = True
             cycle.message_event.set()

@@ -95,7 +95,7 @@ def run_server(
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=BoundedHttpToolsProtocol.bounded(limits),
+        http=BoundedHttpToolsProtocol.bounded(limits, app if hasattr(app, "check_lane") else None),
         timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
         ws="none",  # no WebSocket route: the protocol and its library stay unloaded
         lifespan="on",
