@@ -99,6 +99,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_body = False
         self._idle = False  # answered, waiting for the next request (the keep-alive phase)
         self._header_bytes = 0  # received since the last request's headers ended
+        self._read_when_writable = False  # reading paused until the client reads again
 
     @classmethod
     def bounded(
@@ -258,13 +259,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self.flow.resume_reading()
+        flow = self.flow
+        if flow.write_paused:
+            # the client is not reading its answers (the lane writes without awaiting the
+            # transport): nothing more is read from it until it does
+            flow.pause_reading()
+            self._read_when_writable = True
+        else:
+            flow.resume_reading()
         if self.pipeline:  # a request pipelined behind this one starts now
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
         elif not self._reading_body:  # answered before its body ended: the body timeout
             self._idle = True
             self._expect(self.timeout_keep_alive)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._read_when_writable:
+            self._read_when_writable = False
+            self.flow.resume_reading()
 
     # the deadlines
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 
 import httpx
 import pytest
@@ -202,3 +203,36 @@ def test_lane_decisions_are_counted_in_metrics(limiter: RatewatchProcess, key: s
         assert all(replies.next()[0] == 200 for _ in range(25))
     # the counts reach Prometheus once a second
     wait_until(lambda: allowed_total() >= before + 25, 10, "the lane's decisions counted")
+
+
+def test_a_client_that_does_not_read_its_answers_holds_up_no_one_else(
+    limiter: RatewatchProcess, key: str
+) -> None:
+    """The lane writes answers without awaiting the client; one that sends checks and never
+    reads their answers fills its own buffers (the limiter stops reading from it once its
+    answers back up), while others are answered."""
+    with connect(limiter) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(2)
+        sent = 0
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, f"{sent} unread answers and still reading"
+            chunk = b"".join(
+                post("/v1/check", key, check_body(f"unread{sent + i}", limit=10**6))
+                for i in range(200)
+            )
+            try:
+                sock.sendall(chunk)
+            except TimeoutError:
+                break  # the sockets' buffers are full
+            sent += 200
+        for other in range(3):
+            answer = httpx.post(
+                limiter.base_url + "/v1/check",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"key": f"other{other}", "limit": 10, "window": 60},
+                timeout=5,
+            )
+            assert answer.status_code == 200
+            assert answer.json()["remaining"] == 9
