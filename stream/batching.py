@@ -4,16 +4,25 @@ Every insert into ``ratewatch.decisions`` fans out into the rollups' materialize
 makes a new part in each of their tables, which background merges fold together later; the
 statements around it (the batch's recorded cut, the ledger of stored offsets) make parts
 too.  Written as it is read, a trickle of traffic would become several tiny inserts a
-second.  So both consumers (``stream.redis_consumer`` on the Valkey stream,
+second, and each insert costs chDB about the same whether it holds one decision or
+thousands.  So both consumers (``stream.redis_consumer`` on the Valkey stream,
 ``stream.kafka_consumer`` on Kafka) keep what they read in a ``Pending`` and write it once
-``BatchBounds.max_decisions`` decisions are in hand, or ``BatchBounds.max_age`` seconds
-after the first of them was read, whichever comes first: about one insert a second at low
-rates, inserts of ``max_decisions`` decisions at high ones.
+it is due (``BatchBounds``), whichever comes first:
 
-Nothing is acknowledged or committed before it is stored, as before: a consumer that dies
-holding decisions leaves them pending (Valkey) or uncommitted (Kafka), and they are read
-again.  The age bound adds to the time an answered decision takes to reach ClickHouse, so it
-stays well under the 2 s that analytics may lag.
+- it holds ``max_decisions`` decisions: an insert of that many (a larger batch is cut);
+- it holds ``min_decisions`` (1,000: what ClickHouse's guidance calls a batch worth an
+  insert) and its first decision was read ``min_age`` seconds ago (1 s): at busy times about
+  one insert a second;
+- its first decision was read ``max_age`` seconds ago (5 s): a trickle is inserted that
+  often, never later.
+
+At 2,000 checks/s a batch is due after a second; at 200/s every five seconds, a fifth of the
+inserts (and of the merges behind them) that one a second would make.  Nothing is
+acknowledged or committed before it is stored, as before: a consumer that dies holding
+decisions leaves them pending (Valkey) or uncommitted (Kafka), and they are read again.
+The bounds add to the time an answered decision takes to reach ClickHouse: under 2 s at
+busy times, up to ``max_age`` for a trickle (detection, blocks and alerts read the stream
+itself and never wait for them).
 
 Only the standard library is imported here: the command line takes its defaults from it.
 """
@@ -30,7 +39,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 DEFAULT_MAX_DECISIONS = 50_000
-DEFAULT_MAX_AGE = 1.0
+DEFAULT_MIN_DECISIONS = 1_000
+DEFAULT_MIN_AGE = 1.0
+DEFAULT_MAX_AGE = 5.0
 MAX_DECISIONS_LIMIT = 1_000_000  # an insert of more holds too much in memory for no gain
 MAX_AGE_LIMIT = 60.0
 
@@ -38,30 +49,47 @@ MAX_AGE_LIMIT = 60.0
 @dataclass(frozen=True)
 class BatchBounds:
     """A batch is written once it holds ``max_decisions`` decisions (a larger one is cut
-    there), or ``max_age`` seconds after its first decision was read (0: at every read)."""
+    there), once it holds ``min_decisions`` and its first decision was read ``min_age``
+    seconds ago, or ``max_age`` seconds after its first decision was read (0: at every
+    read), whichever comes first.  A ``min_age`` at or above ``max_age`` leaves
+    ``max_age`` alone to decide."""
 
     max_decisions: int = DEFAULT_MAX_DECISIONS
     max_age: float = DEFAULT_MAX_AGE
+    min_decisions: int = DEFAULT_MIN_DECISIONS
+    min_age: float = DEFAULT_MIN_AGE
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.max_decisions, bool)
-            or not isinstance(self.max_decisions, int)
-            or not 1 <= self.max_decisions <= MAX_DECISIONS_LIMIT
-        ):
-            raise ValueError(
-                f"the batch size must be 1 to {MAX_DECISIONS_LIMIT} decisions, "
-                f"not {self.max_decisions!r}"
-            )
-        if (
-            isinstance(self.max_age, bool)
-            or not isinstance(self.max_age, (int, float))
-            or not math.isfinite(self.max_age)
-            or not 0 <= self.max_age <= MAX_AGE_LIMIT
-        ):
-            raise ValueError(
-                f"the batch age must be 0 to {MAX_AGE_LIMIT:g} seconds, not {self.max_age!r}"
-            )
+        for name in ("max_decisions", "min_decisions"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= MAX_DECISIONS_LIMIT
+            ):
+                raise ValueError(
+                    f"the batch {name.replace('_', ' ')} must be 1 to {MAX_DECISIONS_LIMIT} "
+                    f"decisions, not {value!r}"
+                )
+        for name in ("max_age", "min_age"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0 <= value <= MAX_AGE_LIMIT
+            ):
+                raise ValueError(
+                    f"the batch {name.replace('_', ' ')} must be 0 to {MAX_AGE_LIMIT:g} "
+                    f"seconds, not {value!r}"
+                )
+
+    def due_at(self, first_read_at: float, decisions: int) -> float:
+        """When a batch whose first item was read at ``first_read_at`` and that holds
+        ``decisions`` is due by age."""
+        if decisions >= self.min_decisions and self.min_age < self.max_age:
+            return first_read_at + self.min_age
+        return first_read_at + self.max_age
 
 
 class Pending(Generic[T]):
@@ -90,15 +118,32 @@ class Pending(Generic[T]):
         self.decisions += sum(counts)
 
     def deadline(self) -> float | None:
-        """When the oldest item must be written by; None when nothing is pending."""
-        return self._read_at[0] + self.bounds.max_age if self._items else None
+        """When what is held is due by age, as it stands (more decisions may bring it
+        forward); None when nothing is pending."""
+        if not self._items:
+            return None
+        return self.bounds.due_at(self._read_at[0], self.decisions)
+
+    def next_look(self, now: float) -> float | None:
+        """When a consumer waiting for more should look again: the deadline, or sooner
+        while the batch is small: every ``min_age`` from ``min_age`` after its first item
+        on, since what arrived meanwhile may make it due early; None when nothing is
+        pending."""
+        if not self._items:
+            return None
+        bounds = self.bounds
+        first = self._read_at[0]
+        deadline = bounds.due_at(first, self.decisions)
+        if self.decisions >= bounds.min_decisions:
+            return deadline
+        return min(deadline, max(first, now) + bounds.min_age)
 
     def due(self, now: float) -> bool:
-        """Whether a batch is to be written now: it is full, or its first item is old."""
+        """Whether a batch is to be written now: it is full, or old enough for its size."""
         if not self._items:
             return False
-        return self.decisions >= self.bounds.max_decisions or now >= (
-            self._read_at[0] + self.bounds.max_age
+        return self.decisions >= self.bounds.max_decisions or now >= self.bounds.due_at(
+            self._read_at[0], self.decisions
         )
 
     def take(self) -> list[T]:

@@ -4,9 +4,10 @@ batches, each written once however often it is delivered.
 FastStream's batch subscriber fetches up to ``max_records`` records; the broker holds a fetch
 until ``fetch_min_bytes`` arrived or ``max_wait_ms`` passed.  Fetched records are held
 (``stream.batching``) until they make a batch: ``batch.max_decisions`` records (a backlog is
-drained some 60% faster in inserts of 10,000 or more than of fewer), or ``batch.max_age``
-seconds after the first of them was fetched, whichever comes first, so that a trickle of
-traffic is about one insert a second.  One batch is written at a time, and the next one is
+drained some 60% faster in inserts of 10,000 or more than of fewer), ``batch.min_decisions``
+a ``batch.min_age`` after the first of them was fetched, or ``batch.max_age`` after it,
+whichever comes first, so that a busy stream is about one insert a second and a trickle one
+every ``batch.max_age``.  One batch is written at a time, and the next one is
 fetched meanwhile (up to a whole batch; then the fetches wait for the store).  A batch is
 split by partition and each partition's share is one insert; the cuts of all of them are
 recorded in one statement before, and their ledger rows in one statement after.  A fetch
@@ -339,12 +340,14 @@ class DecisionConsumer:
             return None
 
     async def _write_loop(self) -> None:
-        """Write each batch once it is due: full, or its first record ``batch.max_age`` old,
-        also when nothing more is fetched; once stopping, stop() writes what is left."""
+        """Write each batch once it is due: full, or old enough for its size
+        (``stream.batching``), also when nothing more is fetched; once stopping, stop()
+        writes what is left."""
         while not self._stopping:
-            if not self._pending.due(time.monotonic()):
-                deadline = self._pending.deadline()
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            now = time.monotonic()
+            if not self._pending.due(now):
+                look = self._pending.next_look(now)
+                wait = None if look is None else max(0.0, look - now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), wait)
                 self._kick.clear()

@@ -1,13 +1,14 @@
 """The embedded pipeline's transport: the Valkey event stream read by a consumer group
 (``stream.consumer_group``) with acknowledgements, and recovery that writes nothing twice.
 
-- Entries are read and held (``stream.batching``) until the batch holds the size bound's
-  decisions or its first entry was read the age bound ago; then the batch is written in
-  three statements (its cut, the insert, the ledger) and acknowledged.  One batch is
-  written at a time, and the next one is read meanwhile (up to the size bound).  A worker
+- Entries are read and held (``stream.batching``) until the batch is due: it holds the size
+  bound's decisions, or its first entry was read long enough ago for its size; then the
+  batch is written in three statements (its cut, the insert, the ledger) and acknowledged.
+  One batch is written at a time, and the next one is read meanwhile (up to the size
+  bound).  A worker
   that has caught up with the stream reads a batch's first entry as it arrives and the
-  rest in one read once the batch is due, so a trickle of entries costs a read or two per
-  batch, not one per entry.
+  rest in one read a second once the batch may be due, so a trickle of entries costs a
+  read a second while a batch is held, not one per entry.
 - A batch's cut (first and last offset) is recorded before it is written.  A failed write
   is retried with the same batch until it succeeds (or the worker stops, leaving the batch
   pending); only then is the batch acknowledged.
@@ -154,12 +155,14 @@ class StreamPipeline:
         if self._writing is not None and self._pending.decisions >= self.bounds.max_decisions:
             await asyncio.wait([self._writing])  # the next batch is full: the store first
             return
-        deadline = self._pending.deadline()
-        if self._caught_up and deadline is not None and not self._pending.due(time.monotonic()):
+        now = time.monotonic()
+        look = self._pending.next_look(now)
+        if self._caught_up and look is not None and not self._pending.due(now):
             # caught up, with a batch in hand that is not due yet: what arrives until it is
-            # due joins it in one read, rather than one read (and wake-up) per entry
+            # due (or may be, by its size) joins it in one read, rather than one read (and
+            # wake-up) per entry
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self._stopping.wait(), look - now)
             if self._stopping.is_set():
                 return
             entries = await self._group.read_new(None, self._read_count)
@@ -179,9 +182,10 @@ class StreamPipeline:
         if self._writing is not None:
             wait = min(wait, WRITING_POLL_MS)
         else:
-            deadline = self._pending.deadline()
-            if deadline is not None:
-                wait = min(wait, int((deadline - time.monotonic()) * 1000) + 1)
+            now = time.monotonic()
+            look = self._pending.next_look(now)
+            if look is not None:
+                wait = min(wait, int((look - now) * 1000) + 1)
         return max(1, wait)
 
     async def _store_batch(self, batch: Sequence[tuple[bytes, Record | None]]) -> None:

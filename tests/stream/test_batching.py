@@ -55,6 +55,25 @@ def test_a_batch_is_due_once_full_or_once_its_first_item_is_old() -> None:
     assert (len(pending), pending.decisions, pending.deadline()) == (0, 0, None)
 
 
+def test_a_batch_of_min_decisions_is_due_at_min_age_a_smaller_one_at_max_age() -> None:
+    bounds = BatchBounds(max_decisions=100, min_decisions=10, min_age=1.0, max_age=5.0)
+    pending: Pending[str] = Pending(bounds)
+    pending.add(["a"], read_at=0.0, sizes=[4])
+    assert (pending.due(1.0), pending.deadline()) == (False, 5.0)
+    # a small batch is looked at again from min_age on, every min_age, up to its deadline
+    assert [pending.next_look(now) for now in (0.0, 2.5, 4.5)] == [1.0, 3.5, 5.0]
+    assert pending.due(5.0)
+    pending.add(["b"], read_at=0.5, sizes=[6])  # 10 decisions: due at min_age
+    assert (pending.deadline(), pending.next_look(0.5)) == (1.0, 1.0)
+    assert (pending.due(0.9), pending.due(1.0)) == (False, True)
+
+
+def test_a_min_age_at_or_above_max_age_leaves_max_age_to_decide() -> None:
+    pending: Pending[str] = Pending(BatchBounds(max_age=0.2))  # min_age 1 s by default
+    pending.add(["a"], read_at=0.0, sizes=[5_000])
+    assert (pending.deadline(), pending.next_look(0.0), pending.due(0.2)) == (0.2, 0.2, True)
+
+
 def test_an_item_larger_than_the_size_bound_is_a_batch_of_its_own() -> None:
     pending: Pending[str] = Pending(BatchBounds(max_decisions=3))
     pending.add(["big", "small", "more"], read_at=0.0, sizes=[5, 1, 2])
@@ -77,6 +96,8 @@ def test_items_of_a_source_given_up_are_discarded() -> None:
         ({"max_age": -0.5}, "not -0.5"),
         ({"max_age": 61}, "not 61"),
         ({"max_age": math.nan}, "not nan"),
+        ({"min_decisions": 0}, "min decisions must be 1 to 1000000 decisions, not 0"),
+        ({"min_age": -1}, "min age must be 0 to 60 seconds, not -1"),
     ],
 )
 def test_bad_bounds_are_refused_naming_the_value(bounds: dict[str, Any], named: str) -> None:
@@ -167,6 +188,24 @@ async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_
         await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
     # raw rows, ledger rows (one per entry), rollups
     assert store_totals(store.store) == [10, 5, 10, 10, 10]
+
+
+async def test_a_busy_batch_is_inserted_at_min_age_a_trickle_only_at_max_age(
+    redis: Redis, store: CountingStore, tenant: str
+) -> None:
+    bounds = BatchBounds(min_decisions=6, min_age=0.3, max_age=4.0)
+    embedded = Embedded(redis, store, bounds)
+    handler = embedded.handler
+    async with embedded.running():
+        started = time.monotonic()
+        await decide(embedded.limiter, tenant, 1, "small")  # 2 decisions: fewer than 6
+        await eventually(lambda: handler.stats.written == 2, 20, "the trickle's 2 rows")
+        assert time.monotonic() - started >= 4.0  # held for max_age
+        started = time.monotonic()
+        await decide(embedded.limiter, tenant, 4, "busy")  # 8 decisions
+        await eventually(lambda: handler.stats.written == 10, 20, "the busy batch's 8 rows")
+        assert time.monotonic() - started < 4.0  # due at min_age, long before max_age
+        assert store.writes == [2, 8]
 
 
 async def test_a_caught_up_worker_reads_a_trickle_once_per_batch_not_once_per_entry(
