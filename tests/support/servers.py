@@ -136,6 +136,15 @@ class RatewatchProcess:
             return True
         return ssl.create_default_context(cafile=str(self.ca_file))
 
+    def client(self, key: str, timeout: float = 30) -> httpx.Client:
+        """An HTTP client of this process, authenticated with ``key``."""
+        return httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {key}"},
+            verify=self.verify,
+        )
+
     def start(self, timeout: float = 30) -> RatewatchProcess:
         """Launch, then wait until /health answers 200."""
         self.launch()
