@@ -31,7 +31,7 @@ from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyp
 
 from stream.events import DecisionEvent, decode
 from tests.support.polling import wait_until
-from tests.support.servers import free_port
+from tests.support.servers import free_port, terminate
 
 
 def tansu_binary() -> str:
@@ -89,12 +89,7 @@ class KafkaBroker:
         if self.process is not None:
             if self.frozen:
                 self.thaw()
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            terminate(self.process)
             self.process = None
 
 

@@ -13,11 +13,22 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.support.credentials import KEY_SECRET
 from tests.support.polling import wait_until
+
+
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def free_port() -> int:
@@ -85,12 +96,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            terminate(self.process)
             self.process = None
 
     def kill(self) -> None:
