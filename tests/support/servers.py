@@ -1,5 +1,6 @@
-"""The real servers the tests start: Redis, and ``python -m ratewatch`` processes, each on a
-free port and stopped by PID.  The session's own (in ``tests/conftest.py``) start once;
+"""The real servers the tests start: Redis, and ``python -m ratewatch`` processes (a
+``serve``: ``start_limiter``; an ``up``: ``start_stack``), each on a free port and stopped
+by PID.  The session's own (in ``tests/conftest.py``) start once;
 tests that must crash, freeze or reconfigure one start their own."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from analytics.query_client import answers
 from tests.support.credentials import KEY_SECRET
 from tests.support.polling import wait_until
 
@@ -249,3 +251,31 @@ def start_limiter(
     except BaseException:
         process.stop()
         raise
+
+
+def start_stack(
+    workdir: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 90
+) -> RatewatchProcess:
+    """A `ratewatch up` of the test's own (limiter, pipeline, chDB), ready for analytics:
+    its data in ``workdir/data``, its log in ``workdir/up.log``, keys hashed with
+    ``KEY_SECRET``, ``args`` added to the command line and ``env`` to the environment.
+    Ready once /health answers and then the pipeline worker, which owns chDB, answers on
+    ``<data dir>/clickhouse/query.sock``, each within ``timeout``; if either does not come,
+    it is stopped before the error is raised."""
+    data_dir = workdir / "data"
+    port = free_port()
+    process = RatewatchProcess(
+        ["up", "--port", str(port), "--data-dir", str(data_dir), *args],
+        port,
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), **(env or {})},
+        log_path=workdir / "up.log",
+        data_dir=data_dir,
+    )
+    socket = data_dir / "clickhouse" / "query.sock"
+    try:
+        process.start(timeout)
+        wait_until(lambda: answers(socket), timeout, f"the pipeline's query socket {socket}", 0.2)
+    except BaseException:
+        process.stop(timeout=60)
+        raise
+    return process
