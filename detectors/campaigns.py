@@ -141,6 +141,30 @@ class Campaign:
     def ref(self) -> CampaignRef:
         return CampaignRef(self.id, self.family, len(self.members), dict(self.evidence))
 
+    def seen(self, first_ms: int, last_ms: int) -> None:
+        """Its members were seen from ``first_ms`` (kept once known) to ``last_ms``."""
+        self.first_seen_ms = self.first_seen_ms or first_ms
+        self.last_seen_ms = max(self.last_seen_ms, last_ms)
+
+    def verdict(self, ip: str, now_ms: int, window_seconds: int, detector_version: str) -> Verdict:
+        """The verdict on a member that joined it: warranted at ``SCORE``, with the campaign's
+        explanation, naming it.  ``detector_version``: that of the detector judging now (a campaign
+        carried on from an earlier detector keeps its own ``version``)."""
+        return Verdict(
+            tenant=self.signature.tenant,
+            scope="ip",
+            subject=ip,
+            score=SCORE,
+            threshold=THRESHOLD,
+            detector=DETECTOR,
+            detector_version=detector_version,
+            window_seconds=window_seconds,
+            observed_at_ms=now_ms,
+            reasons=self.reasons,
+            signals=self.signals,
+            campaign=self.ref(),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CampaignChange:
@@ -154,6 +178,26 @@ class CampaignChange:
 
 def new_incident_id() -> str:
     return "inc_" + secrets.token_hex(8)
+
+
+def agent_evidence(kind: str, agents: Sequence[str]) -> dict[str, object]:
+    """What a campaign's evidence says of its members' user agents (``agents``: the
+    distinct ones, sorted)."""
+    return {
+        "user_agent_kind": kind,
+        "user_agents": len(agents),
+        "user_agent_examples": list(agents[:MAX_EVIDENCE_AGENTS]),
+    }
+
+
+def rate_summary(rates: Sequence[float], per_seconds: float = 1) -> dict[str, float]:
+    """The least, median and greatest of the members' rates (each over ``per_seconds``),
+    per second, as a campaign's evidence gives them."""
+    return {
+        "min": round(min(rates) / per_seconds, 3),
+        "median": round(statistics.median(rates) / per_seconds, 3),
+        "max": round(max(rates) / per_seconds, 3),
+    }
 
 
 def _shape(source: Source, settings: CampaignSettings) -> tuple[Shape, bool] | None:
@@ -253,8 +297,10 @@ class CampaignDetector:
                 campaign.members[source.ip] = now_ms
             self._describe(campaign, now_ms)
             if joined:
-                changes.append(CampaignChange(kind, campaign, tuple(s.ip for s in joined)))
-                verdicts += [self._verdict(campaign, s.ip, now_ms) for s in joined]
+                ips = tuple(s.ip for s in joined)
+                changes.append(CampaignChange(kind, campaign, ips))
+                window = settings.active_ms // 1000
+                verdicts += [campaign.verdict(ip, now_ms, window, DETECTOR_VERSION) for ip in ips]
         for signature, campaign in list(self._open.items()):
             last = max(
                 (
@@ -311,10 +357,7 @@ class CampaignDetector:
         ]
         denied = [s.deny_share() for s in members]
         agents = sorted(set(itertools.chain.from_iterable(s.agents for s in members)))
-        campaign.first_seen_ms = (
-            min(onsets) if not campaign.first_seen_ms else campaign.first_seen_ms
-        )
-        campaign.last_seen_ms = max(campaign.last_seen_ms, max(s.last_ms for s in members))
+        campaign.seen(min(onsets), max(s.last_ms for s in members))
         spread = (max(onsets) - min(onsets)) / 1000
         what = (
             f"a new identity on {statistics.median(churn):.0%} of its checks"
@@ -338,32 +381,10 @@ class CampaignDetector:
         campaign.evidence = {
             "route_template": sig.template,
             "behaviour": sig.shape,
-            "user_agent_kind": sig.agents,
-            "user_agents": len(agents),
-            "user_agent_examples": agents[:MAX_EVIDENCE_AGENTS],
+            **agent_evidence(sig.agents, agents),
             "onset_spread_seconds": round(spread, 1),
-            "rate_per_source": {
-                "min": round(min(rates), 3),
-                "median": round(statistics.median(rates), 3),
-                "max": round(max(rates), 3),
-            },
+            "rate_per_source": rate_summary(rates),
             f"{sig.shape}_share_median": round(statistics.median(churn), 3),
             "denied_share_median": round(statistics.median(denied), 3),
             "checks": sum(s.checks for s in members),
         }
-
-    def _verdict(self, campaign: Campaign, ip: str, now_ms: int) -> Verdict:
-        return Verdict(
-            tenant=campaign.signature.tenant,
-            scope="ip",
-            subject=ip,
-            score=SCORE,
-            threshold=THRESHOLD,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            window_seconds=self.settings.active_ms // 1000,
-            observed_at_ms=now_ms,
-            reasons=campaign.reasons,
-            signals=campaign.signals,
-            campaign=campaign.ref(),
-        )

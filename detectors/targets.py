@@ -36,21 +36,19 @@ itself is the victim and is never blocked here.
 from __future__ import annotations
 
 import itertools
-import statistics
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from detectors.campaigns import (
-    DETECTOR,
     PRESSED,
-    SCORE,
-    THRESHOLD,
     Campaign,
     CampaignChange,
     Shape,
     Signature,
+    agent_evidence,
+    rate_summary,
 )
 from detectors.campaigns import new_incident_id as _new_id
 from detectors.identities import Target, TargetBook
@@ -59,7 +57,6 @@ from detectors.verdict import Signal, Verdict
 
 DETECTOR_VERSION = "campaign-target-1"
 POPULATION_EVERY_MS = 10_000  # how long a tenant's population summary is reused
-MAX_EVIDENCE_AGENTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +195,10 @@ class TargetDetector:
             if joined:
                 population = self._population(target.tenant, since, now_ms)
                 self._describe(campaign, target, self._usual[pair], population, now_ms)
-                changes.append(CampaignChange(kind, campaign, tuple(s.ip for s in joined)))
-                verdicts += [self._verdict(campaign, s.ip, now_ms) for s in joined]
+                ips = tuple(s.ip for s in joined)
+                changes.append(CampaignChange(kind, campaign, ips))
+                window = settings.active_ms // 1000
+                verdicts += [campaign.verdict(ip, now_ms, window, DETECTOR_VERSION) for ip in ips]
         for pair, campaign in list(self._open.items()):
             pressed = self.book.get(*pair)
             if pressed is not None:
@@ -297,8 +296,7 @@ class TargetDetector:
         denied = sum(u.denied for u in uses) / checks if checks else 0.0
         agents = sorted(set(itertools.chain.from_iterable(s.agents for s, _ in members)))
         spread = (max(onsets) - min(onsets)) / 1000
-        campaign.first_seen_ms = campaign.first_seen_ms or min(onsets)
-        campaign.last_seen_ms = max(campaign.last_seen_ms, max(u.last_ms for u in uses))
+        campaign.seen(min(onsets), max(u.last_ms for u in uses))
         who = "user id" if target.scope == "user_id" else "key"
         what = (
             "a key shared beyond its owners: its earlier addresses go on, and"
@@ -331,33 +329,11 @@ class TargetDetector:
             "tenant_median_rate_per_account": round(population.pace, 2),
             "onset_spread_seconds": round(spread, 1),
             "rate_per_minute": round(sum(paces), 1),
-            "rate_per_source": {
-                "min": round(min(paces) / 60, 3),
-                "median": round(statistics.median(paces) / 60, 3),
-                "max": round(max(paces) / 60, 3),
-            },
+            "rate_per_source": rate_summary(paces, per_seconds=60),
             "denied_share": round(denied, 3),
-            "user_agent_kind": campaign.signature.agents,
-            "user_agents": len(agents),
-            "user_agent_examples": agents[:MAX_EVIDENCE_AGENTS],
+            **agent_evidence(campaign.signature.agents, agents),
             "checks": checks,
         }
-
-    def _verdict(self, campaign: Campaign, ip: str, now_ms: int) -> Verdict:
-        return Verdict(
-            tenant=campaign.signature.tenant,
-            scope="ip",
-            subject=ip,
-            score=SCORE,
-            threshold=THRESHOLD,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            window_seconds=self.settings.active_ms // 1000,
-            observed_at_ms=now_ms,
-            reasons=campaign.reasons,
-            signals=campaign.signals,
-            campaign=campaign.ref(),
-        )
 
 
 def _template(members: list[Source]) -> str:

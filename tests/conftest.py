@@ -14,16 +14,15 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from analytics.query_client import answers
-from tests.support.credentials import BOOTSTRAP_KEY, KEY_SECRET, STACK_PREFIX, create_key
+from tests.support.credentials import BOOTSTRAP_KEY, STACK_PREFIX, create_key
 from tests.support.kafka import KafkaBroker
-from tests.support.polling import wait_until
 from tests.support.servers import (
     NO_AUTH_FAILURE_LIMIT,
     RatewatchProcess,
     RedisServer,
     free_port,
     start_limiter,
+    start_stack,
 )
 
 
@@ -61,37 +60,19 @@ def stack(
     """One `ratewatch up` for the session (limiter, pipeline, chDB) on the session's Redis,
     under its own key prefix; tests isolate by tenant.  Its chDB answers on
     ``<data dir>/clickhouse/query.sock``."""
-    workdir = tmp_path_factory.mktemp("stack")
-    port = free_port()
-    process = RatewatchProcess(
-        [
-            "up",
-            "--port",
-            str(port),
-            "--redis-url",
-            redis_server.url,
-            "--key-prefix",
-            STACK_PREFIX,
-            "--data-dir",
-            str(workdir / "data"),
-            "--metrics-port",
-            str(stack_metrics_port),
-            # tests wait for their decisions' rows: a short age bound keeps them quick
-            "--batch-max-age",
-            "0.2",
-        ],
-        port,
-        env={
-            "RATEWATCH_KEY_SECRET": KEY_SECRET.hex(),
-            "RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1",
-            **NO_AUTH_FAILURE_LIMIT,
-        },
-        log_path=workdir / "up.log",
-        data_dir=workdir / "data",
-    ).start(timeout=90)
-    # ready for analytics once the pipeline worker, which owns chDB, answers queries
-    socket = workdir / "data" / "clickhouse" / "query.sock"
-    wait_until(lambda: answers(socket), 90, f"the pipeline's query socket {socket}", 0.2)
+    process = start_stack(
+        tmp_path_factory.mktemp("stack"),
+        "--redis-url",
+        redis_server.url,
+        "--key-prefix",
+        STACK_PREFIX,
+        "--metrics-port",
+        str(stack_metrics_port),
+        # tests wait for their decisions' rows: a short age bound keeps them quick
+        "--batch-max-age",
+        "0.2",
+        env={"RATEWATCH_WEBHOOKS_ALLOW_PRIVATE": "1", **NO_AUTH_FAILURE_LIMIT},
+    )
     yield process
     process.stop(timeout=60)
 

@@ -135,18 +135,7 @@ def slack_message(delivery: Delivery) -> dict[str, Any]:
         ("Score", f"{score:.2f}" if isinstance(score, int | float) else "–"),
         ("Detector", _escape(explanation.get("detector", "–"))),
     ]
-    reason = _escape(reasons[0]) if reasons else ""
-    text = f"RateWatch {headline}" + (f": {reason}" if reason else "")
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*RateWatch* {headline}"}},
-        {
-            "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{value}"} for name, value in facts],
-        },
-    ]
-    if reason:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": reason[:2000]}]})
-    return {"text": text[:3000], "blocks": blocks}
+    return _message(headline, facts, reasons)
 
 
 def _incident_message(kind: str, data: dict[str, Any], incident: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +151,6 @@ def _incident_message(kind: str, data: dict[str, Any], incident: dict[str, Any])
         "incident.closed": f"closed incident {ident}: the {family} campaign went quiet",
     }.get(kind, f"{kind} {ident}")
     reasons = incident.get("reasons") or []
-    reason = _escape(reasons[0]) if reasons else ""
     facts = [
         ("Kind", kind),
         ("Tenant", _escape(data.get("tenant", ""))),
@@ -171,6 +159,13 @@ def _incident_message(kind: str, data: dict[str, Any], incident: dict[str, Any])
         ("Blocked", str(blocked)),
         ("Family", family),
     ]
+    return _message(headline, facts, reasons)
+
+
+def _message(headline: str, facts: list[tuple[str, str]], reasons: list[str]) -> dict[str, Any]:
+    """The Slack message of an alert or an incident: the headline and its facts (escaped
+    already) side by side, the top reason beneath; within Slack's lengths."""
+    reason = _escape(reasons[0]) if reasons else ""
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*RateWatch* {headline}"}},
         {

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from analytics.clickhouse import DECISIONS_TABLE, chdb_url, connect, query_socket_path
+from analytics.clickhouse import DECISIONS_TABLE, chdb_url, query_socket_path
 from analytics.erasure import summary_sql
 from analytics.errors import AnalyticsError, ConfigError, QueryError
 from analytics.gateway import ClientAnalytics, SocketAnalytics, open_analytics
-from analytics.migrate import migrate
 from analytics.query_server import QueryServer
 from analytics.sqltext import quote
+from tests.support.chdb_directory import chdb_client
 from tests.support.personal_data import INCIDENT_ROWS, USER, seed
 from tests.support.servers import free_port
 
@@ -52,10 +52,8 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def owner(chdb_dir: Path) -> Iterator[Client]:
     """The owning process's writer client, on a migrated store."""
-    client = connect(chdb_url(chdb_dir))
-    migrate(client)
-    yield client
-    client.close()
+    with chdb_client(chdb_dir) as client:
+        yield client
 
 
 @pytest.fixture

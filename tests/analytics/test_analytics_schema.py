@@ -8,7 +8,6 @@ directory and closes its clients.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,6 @@ from tests.support.events import MINUTE, T0, decision
 pytestmark = pytest.mark.timeout(120)
 
 QS = (0.5, 0.9, 0.99)
-
-
-@pytest.fixture
-def bare(tmp_path: Path) -> Iterator[Client]:
-    """A client of an empty chDB directory of this test's own."""
-    client = connect(chdb_url(tmp_path / "clickhouse"))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clickhouse(bare: Client) -> Client:
-    migrate(bare)
-    return bare
 
 
 def scalar(client: Client, sql: str) -> Any:

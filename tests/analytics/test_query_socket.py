@@ -19,14 +19,14 @@ import anyio.to_thread
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from analytics.clickhouse import DECISIONS_TABLE, chdb_url, connect, query_socket_path
+from analytics.clickhouse import DECISIONS_TABLE, chdb_url, query_socket_path
 from analytics.errors import AnalyticsError, ConfigError, QueryError
-from analytics.migrate import migrate
 from analytics.query_client import answers, query, query_result
 from analytics.query_server import QueryServer
 from analytics.sqltext import check_read_only, split_statements
 from analytics.writer import DecisionWriter
 from stream.events import DecisionEvent
+from tests.support.chdb_directory import chdb_client
 from tests.support.events import decision
 
 # anyio marked at collection: parametrized async tests lose their parameters otherwise
@@ -41,14 +41,12 @@ def chdb_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def owner(chdb_dir: Path) -> Iterator[Client]:
     """The owning process's writer client, with three decisions written."""
-    client = connect(chdb_url(chdb_dir))
-    migrate(client)
-    DecisionWriter(client).write(
-        [decision(key="user:1"), decision(key="user:1"), decision(key="user:2", allowed=False)],
-        "seed",
-    )
-    yield client
-    client.close()
+    with chdb_client(chdb_dir) as client:
+        DecisionWriter(client).write(
+            [decision(key="user:1"), decision(key="user:1"), decision(key="user:2", allowed=False)],
+            "seed",
+        )
+        yield client
 
 
 @pytest.fixture

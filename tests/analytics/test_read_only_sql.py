@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 
 from analytics.clickhouse import DECISIONS_TABLE, chdb_url, connect, query_socket_path
 from analytics.errors import QueryError
-from analytics.migrate import migrate
 from analytics.query_client import query
 from analytics.query_server import QueryServer
 from analytics.readonly import connect_read_only, session_settings
 from analytics.sqllexer import Kind, tokenize
 from analytics.sqltext import OUTSIDE_FUNCTIONS, PURE_TABLE_FUNCTIONS, check_read_only, quote
 from analytics.writer import DecisionWriter
+from tests.support.chdb_directory import chdb_client
 from tests.support.events import decision
 from tests.support.paths import REPO
 
@@ -97,11 +97,9 @@ def chdb_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def owner(chdb_dir: Path) -> Iterator[Client]:
-    client = connect(chdb_url(chdb_dir))
-    migrate(client)
-    DecisionWriter(client).write([decision(key="user:1")], "seed")
-    yield client
-    client.close()
+    with chdb_client(chdb_dir) as client:
+        DecisionWriter(client).write([decision(key="user:1")], "seed")
+        yield client
 
 
 @pytest.fixture

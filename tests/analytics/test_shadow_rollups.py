@@ -3,29 +3,27 @@ caller was answered, a shadow policy's would-be denial as allowed and apart in
 ``shadow_denied_requests``; the migration corrects the rows the old views wrote, once however
 often it runs; an erasure's corrections follow the same rule.
 
-Each test has a chDB directory of its own and closes its clients, as in
-test_analytics_schema.py.
+Each test has a chDB directory of its own and closes its clients (``bare`` and
+``clickhouse`` of conftest.py).
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 import analytics.migrate as migrate_module
-from analytics.clickhouse import MIGRATIONS_TABLE, chdb_url, connect
+from analytics.clickhouse import MIGRATIONS_TABLE
 from analytics.erasure import erase_user
 from analytics.migrate import load_migrations, migrate, render, retention_params
 from analytics.sqltext import split_statements
 from analytics.tables import ROLLUP_TABLES, TENANT_ROLLUP_TABLES
-from analytics.writer import DecisionWriter
 from stream.events import DecisionEvent
+from tests.support.chdb_directory import rows, write_in_batches
 from tests.support.events import HOUR, T0, decision
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,23 +33,6 @@ ROLLUPS = (*ROLLUP_TABLES.values(), *TENANT_ROLLUP_TABLES.values())
 GROUP = "bucket, tenant, route, reason, segment"
 # the limiter's rule (limiter/policies/checks.py SHADOWED): what shadow mode answers allowed
 SHADOWED = ("limit", "cost_exceeds_limit")
-
-
-@pytest.fixture
-def bare(tmp_path: Path) -> Iterator[Client]:
-    client = connect(chdb_url(tmp_path / "clickhouse"))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clickhouse(bare: Client) -> Client:
-    migrate(bare)
-    return bare
-
-
-def rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in client.query(sql).result_rows]
 
 
 def counters(client: Client, table: str) -> list[tuple[Any, ...]]:
@@ -123,10 +104,8 @@ def traffic(seed: int, count: int, start_ms: int, span_ms: int) -> list[Decision
     return events
 
 
-def write(client: Client, events: list[DecisionEvent], name: str, batch: int = 300) -> None:
-    writer = DecisionWriter(client)
-    for start in range(0, len(events), batch):
-        writer.write(events[start : start + batch], f"{name}/{start}")
+def write(client: Client, events: list[DecisionEvent], name: str) -> None:
+    write_in_batches(client, events, name, batch=300)
 
 
 def test_the_rollups_count_a_shadow_denial_as_the_allowed_answer_it_was(

@@ -3,8 +3,8 @@ key, fed once per batch however often it is replayed, backfilled once from the p
 history however often the migration runs, and giving the usage API the same answers as the
 per-key rollups.
 
-Each test has a chDB directory of its own and closes its clients, as in
-test_analytics_schema.py.
+Each test has a chDB directory of its own and closes its clients (``bare`` and
+``clickhouse`` of conftest.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from analytics.tables import ROLLUP_TABLES, TENANT_ROLLUP_TABLES
 from analytics.usage import WINDOWS, UsageQuery
 from analytics.writer import DecisionWriter, dedup_token
 from stream.events import DecisionEvent
+from tests.support.chdb_directory import rows, write_in_batches
 from tests.support.events import MINUTE, T0, decision
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,23 +37,6 @@ DECISION_COLUMNS = (9, 10)  # trace_id; policy and shadow
 INCIDENTS = 12  # a table of its own, which this version's erasure reads
 NOW = int(time.time())
 GROUP = "bucket, tenant, route, reason, segment"
-
-
-@pytest.fixture
-def bare(tmp_path: Path) -> Iterator[Client]:
-    client = connect(chdb_url(tmp_path / "clickhouse"))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clickhouse(bare: Client) -> Client:
-    migrate(bare)
-    return bare
-
-
-def rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in client.query(sql).result_rows]
 
 
 def sums(client: Client, table: str) -> list[tuple[Any, ...]]:
@@ -98,11 +81,8 @@ def traffic(seed: int, count: int, start_ms: int, span_ms: int) -> list[Decision
     return events
 
 
-def write(client: Client, events: list[DecisionEvent], name: str, batch: int = 500) -> None:
-    """``events`` in several inserts, as consumers write them: rollup rows stay unmerged."""
-    writer = DecisionWriter(client)
-    for start in range(0, len(events), batch):
-        writer.write(events[start : start + batch], f"{name}/{start}")
+def write(client: Client, events: list[DecisionEvent], name: str) -> None:
+    write_in_batches(client, events, name, batch=500)
 
 
 def test_each_tenant_rollup_and_view_is_its_per_key_one_less_the_key(clickhouse: Client) -> None:

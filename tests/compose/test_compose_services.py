@@ -28,7 +28,7 @@ from tests.support.compose import environment, healthcheck, image_env, interpola
 from tests.support.kafka import KafkaBroker
 from tests.support.otlp import OtlpReceiver
 from tests.support.polling import wait_until
-from tests.support.servers import RatewatchProcess, free_port, redis_binary
+from tests.support.servers import RatewatchProcess, free_port, redis_binary, terminate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,12 +73,7 @@ class Valkey:
             return False
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        terminate(self.process)
 
 
 @pytest.fixture(scope="module")

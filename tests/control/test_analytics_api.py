@@ -23,17 +23,11 @@ pytestmark = pytest.mark.timeout(180)
 WINDOWS = ("1h", "24h", "7d", "30d")
 
 
-def http(stack: RatewatchProcess, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
-    )
-
-
 @pytest.fixture
 def admin(
     stack: RatewatchProcess, redis_server: RedisServer, tenant: str
 ) -> Iterator[httpx.Client]:
-    with http(stack, create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
+    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
         yield c
 
 
@@ -86,7 +80,7 @@ def test_usage_totals_equal_decisions_sent_per_key_route_segment_and_window(
         for _ in range(count)
     ]
     results = send(admin, checks)
-    with http(stack, enterprise) as client:
+    with stack.client(enterprise) as client:
         for _ in range(5):
             response = client.post(
                 "/v1/check", json={"key": "user:4", "limit": 100, "window": 60, "route": "/orders"}
@@ -148,7 +142,7 @@ def test_a_tenant_sees_only_its_own_usage(
     send(admin, [{"key": "shared-name", "limit": 100, "window": 60}] * 4)
     wait_for_requests(admin, 4)
     other = "t" + secrets.token_hex(6)
-    with http(stack, create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
+    with stack.client(create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
         assert usage(b, key="shared-name")["totals"]["requests"] == 0
         assert usage(b, group_by="key")["groups"] == []
         assert usage(b)["tenant"] == other

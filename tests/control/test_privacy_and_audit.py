@@ -46,17 +46,11 @@ TABLES = (
 KEYSPACE = Keyspace(STACK_PREFIX)
 
 
-def http(stack: RatewatchProcess, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
-    )
-
-
 @pytest.fixture
 def admin(
     stack: RatewatchProcess, redis_server: RedisServer, tenant: str
 ) -> Iterator[httpx.Client]:
-    with http(stack, create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
+    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
         yield c
 
 
@@ -307,7 +301,7 @@ def test_a_tenant_cannot_read_or_erase_another_tenants_users(
     seed_two_users(stack, admin, tenant)
     before = user_rows(stack, tenant, "user:123")
     other = "t" + secrets.token_hex(6)
-    with http(stack, create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
+    with stack.client(create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
         summary = b.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
         assert (summary["total_requests"], summary["total_keys"], summary["active_windows"]) == (
             0,
@@ -321,7 +315,7 @@ def test_a_tenant_cannot_read_or_erase_another_tenants_users(
     mine = admin.post("/v1/privacy/summary", json={"user_id": "user:123"}).json()
     assert mine["total_requests"] == 9
     # B's request is in B's audit log, not in A's; A's key cannot read B's log
-    with http(stack, create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
+    with stack.client(create_key(redis_server.url, other, admin=True, prefix=STACK_PREFIX)) as b:
         wait_for_audit(b, "privacy.deleted")
         assert all(entry["action"].startswith("privacy.") for entry in audit_entries(b))
     assert audit_entries(admin, action="privacy.deleted") == []
@@ -331,7 +325,7 @@ def test_a_tenant_cannot_read_or_erase_another_tenants_users(
 def test_privacy_delete_needs_an_admin_key_and_valid_input(
     stack: RatewatchProcess, redis_server: RedisServer, tenant: str, admin: httpx.Client
 ) -> None:
-    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+    with stack.client(create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
         response = standard.post("/v1/privacy/delete", json={"user_id": "user:1"})
         assert response.status_code == 403
         assert response.json()["type"] == "urn:ratewatch:problem:forbidden"
@@ -452,7 +446,7 @@ def test_allowlist_and_detection_settings_are_managed_and_audited(
         == 404
     )
     assert admin.delete("/v1/allowlist").status_code == 422
-    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+    with stack.client(create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
         assert len(standard.get("/v1/allowlist").json()["entries"]) == 1
         denied = standard.post("/v1/allowlist", json={"scope": "key", "value": "k"})
         assert denied.status_code == 403
@@ -583,7 +577,7 @@ def test_alerts_are_listed_per_tenant_filtered_and_erased_with_their_user(
     wait_until(lambda: len(listed_alerts(admin)) == 4, 60, "the alerts in the store", 0.2)
 
     # any key of the tenant reads them, newest first, in the published shape
-    with http(stack, create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
+    with stack.client(create_key(redis_server.url, tenant, prefix=STACK_PREFIX)) as standard:
         body = standard.get("/v1/alerts").json()
     assert_published_shape(admin, body, "AlertList")
     assert [a["id"] for a in body["alerts"]] == [a.event_id for a in reversed(alerts)]
@@ -601,7 +595,7 @@ def test_alerts_are_listed_per_tenant_filtered_and_erased_with_their_user(
     assert len(listed_alerts(admin, since=alerts[2].ts)) == 2
     assert listed_alerts(admin, limit=1)[0]["id"] == alerts[3].event_id
     # another tenant's key sees only its own
-    with http(stack, create_key(redis_server.url, other, prefix=STACK_PREFIX)) as b:
+    with stack.client(create_key(redis_server.url, other, prefix=STACK_PREFIX)) as b:
         wait_until(lambda: len(listed_alerts(b)) == 1, 60, "the other tenant's alert", 0.2)
         assert listed_alerts(b)[0]["subject"] == "10.0.0.1"
     for params in ({"limit": "0"}, {"limit": "many"}, {"scope": ""}, {"colour": "red"}):

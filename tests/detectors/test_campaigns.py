@@ -4,10 +4,7 @@ start together and behave alike are one campaign; crowds, offices and partners a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
-from typing import Any
 
-import polars as pl
 import pytest
 
 from detectors.campaigns import (
@@ -19,23 +16,10 @@ from detectors.campaigns import (
 )
 from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
-from detectors.features import FRAME_SCHEMA
 from detectors.verdict import Verdict
+from tests.support.decision_frames import T0, Row, coordinated_verdicts, rounds, row
 
 pytestmark = pytest.mark.timeout(60)
-
-T0 = 1_790_000_000_000
-TENANT = "acme"
-Row = dict[str, Any]
-
-
-def row(ms: int, ip: str, *, route: str, key: str, user_id: str | None = None,
-        agent: str = "Mozilla/5.0 (X11) Gecko/1", allowed: bool = True) -> Row:  # fmt: skip
-    return {
-        "ts": ms, "tenant": TENANT, "key": key, "ip": ip, "user_id": user_id, "route": route,
-        "user_agent": agent, "allowed": allowed, "remaining": 3, "reason": "ok" if allowed
-        else "limit",
-    }  # fmt: skip
 
 
 def stuffers(count: int, *, onset_ms: int = 0, every_ms: int = 8_000, until_ms: int = 60_000,
@@ -116,21 +100,15 @@ def households(count: int, *, until_ms: int = 60_000) -> list[Row]:
     return rows
 
 
-def frame(rows: Iterable[Row]) -> pl.DataFrame:
-    return pl.DataFrame(list(rows), schema=FRAME_SCHEMA).sort("ts")
-
-
 def run(
     detector: CampaignDetector, rows: list[Row], until_ms: int, step_ms: int = 5_000
 ) -> tuple[list[Verdict], list[CampaignChange]]:
     """Feed ``rows`` in and evaluate every ``step_ms``, as the detection loop does."""
-    data = frame(rows)
     verdicts: list[Verdict] = []
     changes: list[CampaignChange] = []
-    for now in range(step_ms, until_ms + 1, step_ms):
-        chunk = data.filter((pl.col("ts") > T0 + now - step_ms) & (pl.col("ts") <= T0 + now))
+    for now, chunk in rounds(rows, until_ms, step_ms):
         detector.book.observe(chunk)
-        found, changed = detector.evaluate(T0 + now)
+        found, changed = detector.evaluate(now)
         verdicts += found
         changes += changed
     return verdicts, changes
@@ -236,15 +214,12 @@ def test_groups_that_started_apart_are_not_merged_by_timing() -> None:
     detector = CampaignDetector(CampaignSettings(close_after_ms=30_000))
     first, _ = run(detector, stuffers(8), 60_000)
     shifted = [{**r, "ts": r["ts"] + 600_000} for r in stuffers(8, prefix="233.252.0")]
-    later = frame(shifted)
     for now in range(65_000, 600_000, 5_000):
         detector.evaluate(T0 + now)  # the first campaign closes meanwhile
     second: list[Verdict] = []
-    for now in range(605_000, 660_001, 5_000):
-        detector.book.observe(
-            later.filter((pl.col("ts") > T0 + now - 5_000) & (pl.col("ts") <= T0 + now))
-        )
-        second += detector.evaluate(T0 + now)[0]
+    for now, chunk in rounds(shifted, 660_000, 5_000, start_ms=600_000):
+        detector.book.observe(chunk)
+        second += detector.evaluate(now)[0]
     first_ids = {v.campaign.incident_id for v in first if v.campaign}
     second_ids = {v.campaign.incident_id for v in second if v.campaign}
     assert len(first_ids) == len(second_ids) == 1
@@ -253,16 +228,7 @@ def test_groups_that_started_apart_are_not_merged_by_timing() -> None:
 
 def test_the_coordinated_detector_blocks_members_as_campaign_members() -> None:
     detector = CoordinatedDetector(AbuseDetector())
-    data = frame(stuffers(12) + crowd(30))
-    verdicts: list[Verdict] = []
-    try:
-        for now in range(5_000, 60_001, 5_000):
-            detector.observe(
-                data.filter((pl.col("ts") > T0 + now - 5_000) & (pl.col("ts") <= T0 + now))
-            )
-            verdicts += detector.evaluate(T0 + now)
-    finally:
-        detector.close()
+    verdicts = coordinated_verdicts(detector, stuffers(12) + crowd(30), 60_000, 5_000)
     campaign = [v for v in verdicts if v.detector == DETECTOR]
     assert {v.subject for v in campaign} == {f"203.0.113.{n}" for n in range(1, 13)}
     # no address gets a second verdict of its own beside its campaign's

@@ -36,8 +36,9 @@ from stream.alerts import AlertEvent, AlertOutbox
 from stream.audit_outbox import AuditOutbox
 from stream.incidents import IncidentEvent, IncidentOutbox
 from stream.incidents import decode as decode_incident
-from tests.detectors.test_campaigns import T0, frame, row, run, stuffers
+from tests.detectors.test_campaigns import run, stuffers
 from tests.detectors.test_targets import brute_force, people
+from tests.support.decision_frames import T0, rounds, row
 from tests.support.events import decision
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,18 +110,16 @@ async def play(
 ) -> int:
     """Feed ``rows`` of (start, end] in 5 s rounds, as the detection loop does; the number of
     rounds that changed a campaign."""
-    detector, data, rounds = changes.detector, frame(rows), 0
-    for now in range(start + 5_000, end + 1, 5_000):
-        detector.book.observe(
-            data.filter((data["ts"] > T0 + now - 5_000) & (data["ts"] <= T0 + now))
-        )
-        verdicts, changed = detector.evaluate(T0 + now)
+    detector, changing_rounds = changes.detector, 0
+    for now, chunk in rounds(rows, end, 5_000, start_ms=start):
+        detector.book.observe(chunk)
+        verdicts, changed = detector.evaluate(now)
         changes.pending += changed
         for verdict in verdicts:
             await actions.apply(verdict)
         await actions.round_ended()
-        rounds += bool(changed)
-    return rounds
+        changing_rounds += bool(changed)
+    return changing_rounds
 
 
 def campaign_rows(tenant: str, count: int = 12) -> list[dict[str, object]]:

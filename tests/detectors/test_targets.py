@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-import polars as pl
 import pytest
 
 from detectors.campaigns import DETECTOR, SCORE, CampaignChange
@@ -21,7 +20,16 @@ from detectors.rules import RuleThresholds, apply_rules
 from detectors.sources import SourceBook
 from detectors.targets import DETECTOR_VERSION, TargetDetector, TargetSettings
 from detectors.verdict import Verdict
-from tests.detectors.test_campaigns import T0, TENANT, Row, crowd, frame, office, row
+from tests.detectors.test_campaigns import crowd, office
+from tests.support.decision_frames import (
+    T0,
+    TENANT,
+    Row,
+    coordinated_verdicts,
+    frame,
+    rounds,
+    row,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,15 +174,13 @@ def run(
     detector: TargetDetector, rows: list[Row], until_ms: int, step_ms: int = 2_000
 ) -> tuple[list[Verdict], list[CampaignChange]]:
     """Feed ``rows`` in and evaluate every ``step_ms``, as the detection loop does."""
-    data = frame(rows)
     verdicts: list[Verdict] = []
     changes: list[CampaignChange] = []
-    for now in range(step_ms, until_ms + 1, step_ms):
-        chunk = data.filter((pl.col("ts") > T0 + now - step_ms) & (pl.col("ts") <= T0 + now))
+    for now, chunk in rounds(rows, until_ms, step_ms):
         detector.sources.observe(chunk)
         detector.book.observe(chunk)
-        found, changed = detector.evaluate(T0 + now)
-        detector.sources.forget(T0 + now)
+        found, changed = detector.evaluate(now)
+        detector.sources.forget(now)
         verdicts += found
         changes += changed
     return verdicts, changes
@@ -278,16 +284,7 @@ def test_nothing_is_new_before_the_detector_watched_the_tenant() -> None:
 
 def test_the_coordinated_detector_blocks_the_pressing_addresses_as_members() -> None:
     coordinated = CoordinatedDetector(AbuseDetector())
-    data = frame(brute_force(6) + people(40))
-    verdicts: list[Verdict] = []
-    try:
-        for now in range(2_000, 150_001, 2_000):
-            coordinated.observe(
-                data.filter((pl.col("ts") > T0 + now - 2_000) & (pl.col("ts") <= T0 + now))
-            )
-            verdicts += coordinated.evaluate(T0 + now)
-    finally:
-        coordinated.close()
+    verdicts = coordinated_verdicts(coordinated, brute_force(6) + people(40), 150_000, 2_000)
     pressed = [v for v in verdicts if v.detector_version == DETECTOR_VERSION]
     assert {v.subject for v in pressed} == {f"203.0.113.{n}" for n in range(1, 7)}
     ips = [v.subject for v in verdicts if v.scope == "ip"]

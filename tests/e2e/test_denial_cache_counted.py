@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from analytics.query_client import answers, query
-from tests.support.credentials import KEY_SECRET
 from tests.support.polling import wait_until
-from tests.support.servers import RatewatchProcess, RedisServer, free_port
+from tests.support.servers import RatewatchProcess, RedisServer, start_stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,19 +23,11 @@ BOOTSTRAP = "denial-cache-counted-key-0123456789abcdef"
 
 @pytest.fixture
 def service(redis_server: RedisServer, tmp_path: Path) -> Iterator[RatewatchProcess]:
-    port = free_port()
-    data_dir = tmp_path / "data"
-    process = RatewatchProcess(
-        ["up", "--port", str(port), "--redis-url", redis_server.url, "--data-dir",
-         str(data_dir), "--key-prefix", "rwd" + secrets.token_hex(4), "--batch-max-age", "0.2",
-         "--denial-cache-entries", "1000"],
-        port,
-        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP, "RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
-        log_path=tmp_path / "up.log",
-        data_dir=data_dir,
-    ).start(timeout=90)  # fmt: skip
-    socket = data_dir / "clickhouse" / "query.sock"
-    wait_until(lambda: answers(socket), 90, "the pipeline's query socket", 0.2)
+    process = start_stack(
+        tmp_path, "--redis-url", redis_server.url, "--key-prefix", "rwd" + secrets.token_hex(4),
+        "--batch-max-age", "0.2", "--denial-cache-entries", "1000",
+        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP},
+    )  # fmt: skip
     yield process
     process.stop(timeout=60)
 

@@ -25,17 +25,11 @@ pytestmark = pytest.mark.timeout(240)
 DETECTION_DEADLINE = 90  # the target is 60 s from onset; the test allows for a busy box
 
 
-def http(stack: RatewatchProcess, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
-    )
-
-
 @pytest.fixture
 def admin(
     stack: RatewatchProcess, redis_server: RedisServer, tenant: str
 ) -> Iterator[httpx.Client]:
-    with http(stack, create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
+    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
         yield c
 
 

@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from analytics.query_client import answers, query
-from tests.support.credentials import KEY_SECRET, create_key
+from tests.support.credentials import create_key
 from tests.support.polling import wait_until
 from tests.support.processes import child_pid
-from tests.support.servers import RatewatchProcess, RedisServer, free_port
+from tests.support.servers import RatewatchProcess, RedisServer, start_stack
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,18 +39,10 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def service(own_redis: RedisServer, tmp_path: Path) -> Iterator[RatewatchProcess]:
-    port = free_port()
-    data_dir = tmp_path / "data"
-    process = RatewatchProcess(
-        ["up", "--port", str(port), "--redis-url", own_redis.url, "--data-dir", str(data_dir),
-         "--batch-max-age", "0.2"],
-        port,
-        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP, "RATEWATCH_KEY_SECRET": KEY_SECRET.hex()},
-        log_path=tmp_path / "up.log",
-        data_dir=data_dir,
-    ).start(timeout=90)  # fmt: skip
-    socket = data_dir / "clickhouse" / "query.sock"
-    wait_until(lambda: answers(socket), 90, "the pipeline's query socket", 0.2)
+    process = start_stack(
+        tmp_path, "--redis-url", own_redis.url, "--batch-max-age", "0.2",
+        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP},
+    )  # fmt: skip
     yield process
     process.stop(timeout=60)
 

@@ -15,12 +15,11 @@ import httpx
 import pytest
 import redis
 
-from analytics.query_client import answers
 from limiter.embedded import EmbeddedValkey, running_url
 from limiter.keyspace import Keyspace
-from tests.support.credentials import BOOTSTRAP_KEY, KEY_SECRET, SEALER
+from tests.support.credentials import BOOTSTRAP_KEY, SEALER
 from tests.support.polling import wait_until
-from tests.support.servers import RatewatchProcess, free_port
+from tests.support.servers import RatewatchProcess, start_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,20 +32,11 @@ def up(tmp_path: Path) -> Iterator[RatewatchProcess]:
     left = data_dir / "left-by-an-older-version"
     left.write_text("x")
     left.chmod(0o644)
-    port = free_port()
-    process = RatewatchProcess(
-        ["up", "--port", str(port), "--data-dir", str(data_dir), "--batch-max-age", "0.2"],
-        port,
-        env={
-            "RATEWATCH_KEY_SECRET": KEY_SECRET.hex(),
-            "RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY,
-        },
-        log_path=tmp_path / "up.log",
-        data_dir=data_dir,
-    ).start(timeout=120)
-    socket = data_dir / "clickhouse" / "query.sock"
+    process = start_stack(
+        tmp_path, "--batch-max-age", "0.2", env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP_KEY},
+        timeout=120,
+    )  # fmt: skip
     try:
-        wait_until(lambda: answers(socket), 120, "the pipeline's query socket", 0.2)
         yield process
     finally:
         process.stop(timeout=60)

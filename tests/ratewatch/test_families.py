@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +21,7 @@ from ratewatch.simulate.families.base import RATE, SOURCES, Count, Span
 from ratewatch.simulate.families.vocabulary import Vocabulary
 from ratewatch.simulate.model import Request, Timeline
 from tests.support.servers import RatewatchProcess
+from tests.support.simulate_runs import simulating
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -246,37 +245,11 @@ def test_family_options_are_checked() -> None:
 
 @pytest.fixture
 def families_process(limiter: RatewatchProcess, admin_key: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ratewatch",
-            "simulate",
-            "--url",
-            limiter.base_url,
-            "--families",
-            "--duration",
-            "6",
-            "--attack-at",
-            "2",
-            "--scale",
-            "0.05",
-            "--seed",
-            "9",
-            "--json",
-        ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("RATEWATCH_")},
-            "RATEWATCH_API_KEY": admin_key,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait(5)
+    with simulating(
+        limiter, admin_key, "--families", "--duration", "6", "--attack-at", "2",
+        "--scale", "0.05", "--seed", "9",
+    ) as process:  # fmt: skip
+        yield process
 
 
 def test_families_are_played_against_the_limiter(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ from ratewatch import (
     RateWatchError,
     ServiceUnavailable,
 )
-from tests.support.servers import RatewatchProcess, free_port
+from tests.support.servers import RatewatchProcess
 
 RESULT_FIELDS = {"allowed", "remaining", "reset_in", "retry_after", "limit", "reason"}
 
@@ -35,21 +34,6 @@ RESULT_FIELDS = {"allowed", "remaining", "reset_in", "retry_after", "limit", "re
 def client(limiter: RatewatchProcess, standard_key: str) -> Iterator[RateWatch]:
     with RateWatch(standard_key, limiter.base_url, fail_open=False) as rw:
         yield rw
-
-
-@pytest.fixture
-def closed_url() -> str:
-    """A URL nobody listens on: connections are refused at once."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """A URL whose server accepts connections and never answers: requests time out."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def peek(api: httpx.Client, key: str, limit: int, window: int) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from ratewatch.simulate.model import Identity
 from ratewatch.simulate.scorer import Targets, percentile, score
 from tests.support.polling import wait_until
 from tests.support.servers import RatewatchProcess, free_port
+from tests.support.simulate_runs import simulating
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -506,34 +505,10 @@ def test_a_refused_key_is_one_line(limiter: RatewatchProcess) -> None:
 
 @pytest.fixture
 def simulate_process(limiter: RatewatchProcess, admin_key: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ratewatch",
-            "simulate",
-            "--url",
-            limiter.base_url,
-            "--duration",
-            "8",
-            "--attack-at",
-            "3",
-            "--scale",
-            "0.05",
-            "--json",
-        ],
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("RATEWATCH_")},
-            "RATEWATCH_API_KEY": admin_key,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait(5)
+    with simulating(
+        limiter, admin_key, "--duration", "8", "--attack-at", "3", "--scale", "0.05"
+    ) as process:
+        yield process
 
 
 def test_a_run_against_the_limiter_measures_blocks(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from flask import Flask
 from ratewatch import RateWatch
 from ratewatch.wsgi import RateLimitWSGIMiddleware, header_key
 from ratewatch.wsgi.flask import RateWatchFlask
-from tests.support.servers import RatewatchProcess, free_port
+from tests.support.servers import RatewatchProcess
 
 if not settings.configured:
     settings.configure(
@@ -66,21 +65,6 @@ urlpatterns = [path("hello", django_hello), path("health", django_hello)]
 def rw(limiter: RatewatchProcess, standard_key: str) -> Iterator[RateWatch]:
     with RateWatch(standard_key, limiter.base_url, fail_open=False) as client:
         yield client
-
-
-@pytest.fixture
-def closed_url() -> str:
-    """A URL nobody listens on: connections are refused at once."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """A URL whose server accepts connections and never answers: requests time out."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def flask_app(**options: Any) -> Flask:

@@ -27,9 +27,8 @@ from redis.asyncio import Redis
 
 from analytics.alert_store import AlertLogWriter
 from analytics.audit_store import AuditLogWriter
-from analytics.clickhouse import AUDIT_TABLE, chdb_url, connect
+from analytics.clickhouse import AUDIT_TABLE
 from analytics.errors import AnalyticsError
-from analytics.migrate import migrate
 from analytics.query_client import answers, query
 from analytics.tables import ALERTS_TABLE, INCIDENTS_TABLE
 from limiter.keyspace import Keyspace
@@ -62,8 +61,16 @@ from stream.outbox_drain import ALERT_GROUP, AUDIT_GROUP, OutboxDrain, Publish
 from stream.publisher import EventPublisher
 from tests.support.events import audit_events, incident_story
 from tests.support.kafka import KafkaBroker, create_topic, ensure_topic, read_messages, unique_topic
+from tests.support.outbox_drains import (
+    drain_until,
+    in_stored_order,
+    pending_count,
+    stream_fields,
+    tenant_rows,
+    written_by,
+)
 from tests.support.outboxes import fill_outboxes, record_audit
-from tests.support.polling import eventually, wait_until
+from tests.support.polling import eventually, until_equal, wait_until
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,32 +101,17 @@ def outbox(redis: Redis, keyspace: Keyspace) -> AuditOutbox:
 
 
 @pytest.fixture
-def clickhouse(tmp_path: Path) -> Iterator[Client]:
-    client = connect(chdb_url(tmp_path / "ch"))
-    migrate(client)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def write(clickhouse: Client) -> Write:
     """The audit log writer, run on the test's thread (which owns its chDB client)."""
-    writer = AuditLogWriter(clickhouse)
-
-    async def insert(events: Sequence[AuditEvent], token: str) -> None:
-        writer.write(events, token)
-
-    return insert
+    return written_by(AuditLogWriter(clickhouse))
 
 
 def stored(client: Client, tenant: str, final: bool = True) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT toUnixTimestamp64Milli(ts) AS ts, toString(event_id) AS event_id, v, tenant,"
+    columns = (
+        "toUnixTimestamp64Milli(ts) AS ts, toString(event_id) AS event_id, v, tenant,"
         " actor, action, target, details, source_ip"
-        f" FROM {AUDIT_TABLE} {'FINAL' if final else ''} WHERE tenant = {{tenant:String}}"
-        " ORDER BY ts, event_id"
     )
-    return list(client.query(sql, parameters={"tenant": tenant}).named_results())
+    return tenant_rows(client, AUDIT_TABLE, columns, tenant, final)
 
 
 def as_row(event: AuditEvent) -> dict[str, Any]:
@@ -141,40 +133,11 @@ def rows_as_events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def by_id(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
-    return sorted((as_row(e) for e in events), key=lambda row: (row["ts"], row["event_id"]))
+    return in_stored_order(as_row(e) for e in events)
 
 
-async def pending(redis: Redis, keyspace: Keyspace, group: str = "ratewatch-audit") -> int:
-    summary = await redis.xpending(keyspace.audit, group)
-    return int(summary["pending"])
-
-
-async def stream_fields(redis: Redis, key: str) -> list[dict[bytes, bytes]]:
-    entries: list[tuple[bytes, dict[bytes, bytes]]]
-    entries = await redis.xrange(key)  # type: ignore[assignment]
-    return [fields for _, fields in entries]
-
-
-async def until(
-    probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
-) -> None:
-    """Poll the async ``probe`` until it returns ``expected``."""
-    deadline = time.monotonic() + within
-    while (found := await probe()) != expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {found})")
-        await asyncio.sleep(0.02)
-
-
-async def drain_until(
-    drain: OutboxDrain[Any], done: Callable[[], bool], within: float = 20
-) -> None:
-    """Step ``drain`` batch by batch until ``done`` holds."""
-    deadline = time.monotonic() + within
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s draining ({drain.stats})")
-        await drain.drain_once()
+async def pending(redis: Redis, keyspace: Keyspace) -> int:
+    return await pending_count(redis, keyspace.audit, AUDIT_GROUP)
 
 
 # -- the contract --------------------------------------------------------------------------
@@ -229,7 +192,7 @@ async def test_recorded_events_reach_the_audit_log_with_every_field_and_are_trim
     try:
         await eventually(lambda: drain.stats.written == len(events), 20, "the events written")
         # every reader acknowledged them, so the trimmer empties the outbox
-        await until(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
+        await until_equal(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
@@ -364,11 +327,7 @@ async def test_the_alert_outbox_drains_into_the_alerts_table_and_bad_alerts_are_
         await redis.xadd(keyspace.alerts, {FIELD: value})
     await outbox.record(alerts[2])
     await outbox.record(shadowed)
-    writer = AlertLogWriter(clickhouse)
-
-    async def write(events: Sequence[AlertEvent], token: str) -> None:
-        writer.write(events, token)
-
+    write = written_by(AlertLogWriter(clickhouse))
     drain = OutboxDrain(
         redis, keyspace.alerts, decode_alert, write, name="alert", group=ALERT_GROUP, block_ms=50
     )

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -21,9 +20,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from redis.asyncio import Redis
 
-from analytics.clickhouse import chdb_url, connect
 from analytics.incident_log import IncidentLogWriter
-from analytics.migrate import migrate
 from analytics.tables import INCIDENTS_TABLE
 from limiter.keyspace import Keyspace
 from stream.incidents import (
@@ -40,9 +37,16 @@ from stream.incidents import (
 )
 from stream.outbox_drain import INCIDENT_GROUP, OutboxDrain, Publish
 from stream.publisher import EventPublisher
-from tests.stream.test_audit_log import drain_until, stream_fields
 from tests.support.events import incident_story
 from tests.support.kafka import KafkaBroker, create_topic, read_messages, unique_topic
+from tests.support.outbox_drains import (
+    drain_until,
+    in_stored_order,
+    pending_count,
+    stream_fields,
+    tenant_rows,
+    written_by,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,17 +56,9 @@ def keyspace() -> Keyspace:
     return Keyspace(prefix="rwn" + secrets.token_hex(5))
 
 
-@pytest.fixture
-def clickhouse(tmp_path: Path) -> Iterator[Client]:
-    client = connect(chdb_url(tmp_path / "ch"))
-    migrate(client)
-    yield client
-    client.close()
-
-
 def stored(client: Client, tenant: str, final: bool = True) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT toUnixTimestamp64Milli(ts) AS ts, toString(event_id) AS event_id, v, kind,"
+    columns = (
+        "toUnixTimestamp64Milli(ts) AS ts, toString(event_id) AS event_id, v, kind,"
         " incident_id, family, state, mode, detector, detector_version,"
         " toUnixTimestamp64Milli(opened_at) AS opened_at,"
         " toUnixTimestamp64Milli(first_seen) AS first_seen,"
@@ -70,10 +66,8 @@ def stored(client: Client, tenant: str, final: bool = True) -> list[dict[str, An
         " if(isNull(closed_at), NULL, toUnixTimestamp64Milli(assumeNotNull(closed_at)))"
         " AS closed_at, members_count, counts, members, member_outcomes, member_blocks, joined,"
         " reasons, evidence"
-        f" FROM {INCIDENTS_TABLE} {'FINAL' if final else ''} WHERE tenant = {{tenant:String}}"
-        " ORDER BY ts, event_id"
     )
-    return list(client.query(sql, parameters={"tenant": tenant}).named_results())
+    return tenant_rows(client, INCIDENTS_TABLE, columns, tenant, final)
 
 
 def as_row(event: IncidentEvent) -> dict[str, Any]:
@@ -104,7 +98,7 @@ def as_row(event: IncidentEvent) -> dict[str, Any]:
 
 
 def by_time(events: Sequence[IncidentEvent]) -> list[dict[str, Any]]:
-    return sorted((as_row(e) for e in events), key=lambda row: (row["ts"], row["event_id"]))
+    return in_stored_order(as_row(e) for e in events)
 
 
 async def record(outbox: IncidentOutbox, events: Sequence[IncidentEvent]) -> None:
@@ -119,16 +113,11 @@ def incident_drain(
     publish: Publish[IncidentEvent] | None = None,
     **options: Any,
 ) -> OutboxDrain[IncidentEvent]:
-    writer = IncidentLogWriter(clickhouse)
-
-    async def write(events: Sequence[IncidentEvent], token: str) -> None:
-        writer.write(events, token)
-
     return OutboxDrain(
         redis,
         keyspace.incident_log,
         decode,
-        write,
+        written_by(IncidentLogWriter(clickhouse)),
         publish,
         name="incident",
         group=INCIDENT_GROUP,
@@ -138,8 +127,7 @@ def incident_drain(
 
 
 async def pending(redis: Redis, keyspace: Keyspace) -> int:
-    summary = await redis.xpending(keyspace.incident_log, INCIDENT_GROUP)
-    return int(summary["pending"])
+    return await pending_count(redis, keyspace.incident_log, INCIDENT_GROUP)
 
 
 # -- the contract --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
@@ -31,7 +31,7 @@ from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyp
 
 from stream.events import DecisionEvent, decode
 from tests.support.polling import wait_until
-from tests.support.servers import free_port
+from tests.support.servers import free_port, terminate
 
 
 def tansu_binary() -> str:
@@ -89,12 +89,7 @@ class KafkaBroker:
         if self.process is not None:
             if self.frozen:
                 self.thaw()
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            terminate(self.process)
             self.process = None
 
 
@@ -158,6 +153,24 @@ class Received(NamedTuple):
     event: DecisionEvent
 
 
+@contextlib.asynccontextmanager
+async def from_the_start(
+    bootstrap: str, topic: str, **options: Any
+) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer of every partition of ``topic`` from its beginning (``options`` added to
+    its settings), and those partitions; stopped on the way out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        partitions = sorted(await consumer._client._wait_on_metadata(topic))
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        yield consumer, assigned
+    finally:
+        await consumer.stop()
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
@@ -167,15 +180,8 @@ async def read_topic(
 ) -> list[Received]:
     """Every message of ``topic`` (``where`` it matches), once at least ``at_least`` match
     and everything up to the end offsets is read, so duplicates already written count."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        partitions = sorted(await consumer._client._wait_on_metadata(topic))
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+    reading = from_the_start(bootstrap, topic, auto_offset_reset="earliest")
+    async with reading as (consumer, assigned):
         received: list[Received] = []
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -190,8 +196,6 @@ async def read_topic(
                 if all([await consumer.position(tp) >= ends[tp] for tp in assigned]):
                     return sorted(received, key=lambda r: (r.partition, r.offset))
         raise TimeoutError(f"{len(received)} of at least {at_least} events on {topic}")
-    finally:
-        await consumer.stop()
 
 
 async def read_messages(
@@ -199,13 +203,7 @@ async def read_messages(
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of ``count`` messages of ``topic`` (with ``key``, if given), read from
     the start of every partition: for topics that carry other contracts than decisions."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = sorted(await consumer._client._wait_on_metadata(topic))
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+    async with from_the_start(bootstrap, topic) as (consumer, _):
         received: list[tuple[bytes, bytes]] = []
         deadline = time.monotonic() + within
         while len(received) < count:
@@ -219,5 +217,3 @@ async def read_messages(
                 if key is None or m.key == key
             ]
         return received
-    finally:
-        await consumer.stop()

@@ -15,7 +15,7 @@ import httpx
 
 from tests.support.paths import REPO
 from tests.support.polling import wait_until
-from tests.support.servers import free_port
+from tests.support.servers import free_port, terminate
 
 GATEWAYS_DOC = REPO / "docs" / "gateways.md"
 # what the documented configuration names, replaced by the test's own addresses and key
@@ -106,12 +106,7 @@ http {{
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            terminate(self.process)
             self.process = None
 
 

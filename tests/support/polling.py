@@ -2,15 +2,16 @@
 
 Tests watch real processes and servers, so they poll a condition rather than sleep a
 guessed time: ``wait_until`` blocks (plain tests, fixtures, threads), ``eventually`` polls
-without blocking the event loop, ``until`` lets the loop run at its finest grain (unit tests
-of async code), and ``turns`` hands every runnable task a few turns.
+without blocking the event loop, ``until_equal`` polls an async probe (a server's answer),
+``until`` lets the loop run at its finest grain (unit tests of async code), and ``turns``
+hands every runnable task a few turns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 def wait_until(
@@ -33,6 +34,18 @@ async def eventually(condition: Callable[[], bool], within: float, what: str) ->
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
+
+
+async def until_equal(
+    probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
+) -> None:
+    """Poll the async ``probe`` until it returns ``expected``; fail naming ``what`` and its
+    last answer after ``within`` s."""
+    deadline = time.monotonic() + within
+    while (found := await probe()) != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {found})")
+        await asyncio.sleep(0.02)
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:

@@ -1,5 +1,6 @@
-"""The real servers the tests start: Redis, and ``python -m ratewatch`` processes, each on a
-free port and stopped by PID.  The session's own (in ``tests/conftest.py``) start once;
+"""The real servers the tests start: Redis, and ``python -m ratewatch`` processes (a
+``serve``: ``start_limiter``; an ``up``: ``start_stack``), each on a free port and stopped
+by PID.  The session's own (in ``tests/conftest.py``) start once;
 tests that must crash, freeze or reconfigure one start their own."""
 
 from __future__ import annotations
@@ -13,11 +14,23 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from analytics.query_client import answers
 from tests.support.credentials import KEY_SECRET
 from tests.support.polling import wait_until
+
+
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def free_port() -> int:
@@ -85,12 +98,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            terminate(self.process)
             self.process = None
 
     def kill(self) -> None:
@@ -135,6 +143,15 @@ class RatewatchProcess:
         if self.ca_file is None:
             return True
         return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self, key: str, timeout: float = 30) -> httpx.Client:
+        """An HTTP client of this process, authenticated with ``key``."""
+        return httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {key}"},
+            verify=self.verify,
+        )
 
     def start(self, timeout: float = 30) -> RatewatchProcess:
         """Launch, then wait until /health answers 200."""
@@ -234,3 +251,31 @@ def start_limiter(
     except BaseException:
         process.stop()
         raise
+
+
+def start_stack(
+    workdir: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 90
+) -> RatewatchProcess:
+    """A `ratewatch up` of the test's own (limiter, pipeline, chDB), ready for analytics:
+    its data in ``workdir/data``, its log in ``workdir/up.log``, keys hashed with
+    ``KEY_SECRET``, ``args`` added to the command line and ``env`` to the environment.
+    Ready once /health answers and then the pipeline worker, which owns chDB, answers on
+    ``<data dir>/clickhouse/query.sock``, each within ``timeout``; if either does not come,
+    it is stopped before the error is raised."""
+    data_dir = workdir / "data"
+    port = free_port()
+    process = RatewatchProcess(
+        ["up", "--port", str(port), "--data-dir", str(data_dir), *args],
+        port,
+        env={"RATEWATCH_KEY_SECRET": KEY_SECRET.hex(), **(env or {})},
+        log_path=workdir / "up.log",
+        data_dir=data_dir,
+    )
+    socket = data_dir / "clickhouse" / "query.sock"
+    try:
+        process.start(timeout)
+        wait_until(lambda: answers(socket), timeout, f"the pipeline's query socket {socket}", 0.2)
+    except BaseException:
+        process.stop(timeout=60)
+        raise
+    return process

@@ -12,7 +12,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from tests.support.credentials import SEALER, create_key
 from tests.support.events import block_alert
 from tests.support.openapi import values
 from tests.support.outboxes import record_alerts
-from tests.support.polling import eventually
+from tests.support.polling import eventually, until_equal
 from tests.support.servers import RatewatchProcess, RedisServer, start_limiter
 from tests.support.webhook_receiver import Received, Receiver
 from tests.support.webhook_worker import Running, start_worker
@@ -72,12 +72,16 @@ def verifies(secret: str, request: Received) -> bool:
     return True
 
 
-async def poll_async(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
+async def delivered(redis: Redis, keyspace: Keyspace, receiver: Receiver) -> Received:
+    """What ``receiver`` gets when a worker delivers one block alert of acme's."""
+    running = start_worker(redis, keyspace)
+    try:
+        await record_alerts(redis, keyspace, block_alert("acme"))
+        await eventually(lambda: len(receiver.requests) == 1, 20, "the delivery")
+    finally:
+        await running.halt()
+    [request] = receiver.requests
+    return request
 
 
 def audited(redis_url: str, tenant: str, action: str) -> list[audit.AuditEvent]:
@@ -204,7 +208,7 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
                 attempts = await store.attempts("acme", paused.id)
                 return bool(attempts) and attempts[0].outcome == "skipped"
 
-            await poll_async(skipped, 20, "the queued retry dropped as skipped")
+            await until_equal(skipped, True, 20, "the queued retry dropped as skipped")
             assert await running.worker.queue.scheduled(paused.id) == []
             [dropped, failed] = await store.attempts("acme", paused.id)
             assert (dropped.outcome, dropped.attempt, dropped.status) == ("skipped", 2, None)
@@ -249,13 +253,7 @@ async def test_during_the_grace_period_old_and_new_secret_both_verify(
     expires = rotated.after.previous_secret_expires_at
     assert expires is not None
     assert before + SECRET_GRACE_SECONDS - 0.001 <= expires <= time.time() + SECRET_GRACE_SECONDS
-    running = start_worker(worker_redis, keyspace)
-    try:
-        await record_alerts(worker_redis, keyspace, block_alert("acme"))
-        await eventually(lambda: len(receiver.requests) == 1, 20, "the delivery")
-    finally:
-        await running.halt()
-    [request] = receiver.requests
+    request = await delivered(worker_redis, keyspace, receiver)
     assert len(signatures(request)) == 2
     assert verifies(hook.secret, request)  # a receiver that has not switched yet
     assert verifies(new, request)  # and one that has
@@ -278,13 +276,7 @@ async def test_after_the_grace_period_only_the_new_secret_verifies(
     else:
         updater = WebhookUpdater(worker_redis, keyspace, SEALER, secret_grace=0)
     new = (await updater.rotate_secret("acme", hook.id)).after.secret
-    running = start_worker(worker_redis, keyspace)
-    try:
-        await record_alerts(worker_redis, keyspace, block_alert("acme"))
-        await eventually(lambda: len(receiver.requests) == 1, 20, "the delivery")
-    finally:
-        await running.halt()
-    [request] = receiver.requests
+    request = await delivered(worker_redis, keyspace, receiver)
     assert len(signatures(request)) == 1
     assert verifies(new, request)
     assert not verifies(hook.secret, request)
@@ -685,7 +677,7 @@ async def test_metrics_count_real_deliveries_by_outcome_once_across_workers(
                     text = (await client.get("/metrics")).text
                 return parse_webhook_metrics(text) == expected
 
-            await poll_async(reached, 30, f"the metrics to reach {expected}")
+            await until_equal(reached, True, 30, f"the metrics to reach {expected}")
         finally:
             await running.halt()
     finally:
