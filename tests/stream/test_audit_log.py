@@ -63,7 +63,7 @@ from stream.publisher import EventPublisher
 from tests.support.events import audit_events, incident_story
 from tests.support.kafka import KafkaBroker, create_topic, ensure_topic, read_messages, unique_topic
 from tests.support.outboxes import fill_outboxes, record_audit
-from tests.support.polling import eventually, wait_until
+from tests.support.polling import eventually, eventually_equal, wait_until
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,17 +155,6 @@ async def stream_fields(redis: Redis, key: str) -> list[dict[bytes, bytes]]:
     return [fields for _, fields in entries]
 
 
-async def until(
-    probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
-) -> None:
-    """Poll the async ``probe`` until it returns ``expected``."""
-    deadline = time.monotonic() + within
-    while (found := await probe()) != expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {found})")
-        await asyncio.sleep(0.02)
-
-
 async def drain_until(
     drain: OutboxDrain[Any], done: Callable[[], bool], within: float = 20
 ) -> None:
@@ -229,7 +218,7 @@ async def test_recorded_events_reach_the_audit_log_with_every_field_and_are_trim
     try:
         await eventually(lambda: drain.stats.written == len(events), 20, "the events written")
         # every reader acknowledged them, so the trimmer empties the outbox
-        await until(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
+        await eventually_equal(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
@@ -24,6 +24,7 @@ from stream.consumer_group import (
     trim_acknowledged,
     trim_once,
 )
+from tests.support.polling import eventually_equal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -56,16 +57,6 @@ async def pending_of(redis: Redis, stream: str, group: str) -> dict[bytes, list[
 async def remaining(redis: Redis, stream: str) -> list[bytes]:
     entries: list[tuple[bytes, object]] = await redis.xrange(stream)  # type: ignore[assignment]
     return [entry_id for entry_id, _ in entries]
-
-
-async def until(
-    probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
-) -> None:
-    deadline = time.monotonic() + within
-    while (found := await probe()) != expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {found})")
-        await asyncio.sleep(0.02)
 
 
 async def test_read_entries_stay_pending_until_acknowledged(redis: Redis, stream: str) -> None:
@@ -178,7 +169,9 @@ async def test_the_trimmer_keeps_trimming_as_groups_acknowledge(redis: Redis, st
     try:
         await append(redis, stream, 4)
         await reader.ack(ids_of(await reader.read_new()))
-        await until(lambda: redis.xlen(stream), 0, 10, "the acknowledged entries trimmed")
+        await eventually_equal(
+            lambda: redis.xlen(stream), 0, 10, "the acknowledged entries trimmed"
+        )
     finally:
         trimmer.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from limiter.store.redis import RedisStore
 from stream.events import decode_entry
 from stream.handlers import BatchHandler, Record, entry_record
 from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, cut, ensure_group
+from tests.support.polling import eventually_awaited
 
 ROLLUPS = ("decisions_per_minute", "decisions_per_hour", "decisions_per_day")
 
@@ -104,14 +104,6 @@ async def pending(redis: Redis, stream: str) -> int:
     return int((await redis.xpending(stream, GROUP))["pending"])
 
 
-async def until(probe: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_the_running_pipeline_writes_and_acknowledges_new_entries_until_stopped(
     redis: Redis, store: ClickHouseEventStore, tenant: str
 ) -> None:
@@ -129,7 +121,7 @@ async def test_the_running_pipeline_writes_and_acknowledges_new_entries_until_st
     running = asyncio.create_task(pipeline.run())
     try:
         await decide(limiter, tenant, 5, "after")
-        await until(stored_and_acknowledged, 20, "20 rows, every entry acknowledged")
+        await eventually_awaited(stored_and_acknowledged, 20, "20 rows, every entry acknowledged")
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)

@@ -2,15 +2,17 @@
 
 Tests watch real processes and servers, so they poll a condition rather than sleep a
 guessed time: ``wait_until`` blocks (plain tests, fixtures, threads), ``eventually`` polls
-without blocking the event loop, ``until`` lets the loop run at its finest grain (unit tests
-of async code), and ``turns`` hands every runnable task a few turns.
+without blocking the event loop, ``eventually_awaited`` and ``eventually_equal`` poll what
+must itself be awaited (a query to Redis or to the store), ``until`` lets the loop run at
+its finest grain (unit tests of async code), and ``turns`` hands every runnable task a few
+turns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 def wait_until(
@@ -33,6 +35,29 @@ async def eventually(condition: Callable[[], bool], within: float, what: str) ->
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
+
+
+async def eventually_awaited(
+    condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.02
+) -> None:
+    """``eventually`` for a condition that is awaited, every ``interval`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually_equal(
+    probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
+) -> None:
+    """Poll the awaited ``probe`` until it returns ``expected``; fail naming ``what`` and
+    what it returned last."""
+    deadline = time.monotonic() + within
+    while (found := await probe()) != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {found})")
+        await asyncio.sleep(0.02)
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:

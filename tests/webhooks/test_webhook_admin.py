@@ -12,7 +12,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from tests.support.credentials import SEALER, create_key
 from tests.support.events import block_alert
 from tests.support.openapi import values
 from tests.support.outboxes import record_alerts
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_awaited
 from tests.support.servers import RatewatchProcess, RedisServer, start_limiter
 from tests.support.webhook_receiver import Received, Receiver
 from tests.support.webhook_worker import Running, start_worker
@@ -70,14 +70,6 @@ def verifies(secret: str, request: Received) -> bool:
     except WebhookVerificationError:
         return False
     return True
-
-
-async def poll_async(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def audited(redis_url: str, tenant: str, action: str) -> list[audit.AuditEvent]:
@@ -204,7 +196,7 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
                 attempts = await store.attempts("acme", paused.id)
                 return bool(attempts) and attempts[0].outcome == "skipped"
 
-            await poll_async(skipped, 20, "the queued retry dropped as skipped")
+            await eventually_awaited(skipped, 20, "the queued retry dropped as skipped")
             assert await running.worker.queue.scheduled(paused.id) == []
             [dropped, failed] = await store.attempts("acme", paused.id)
             assert (dropped.outcome, dropped.attempt, dropped.status) == ("skipped", 2, None)
@@ -685,7 +677,7 @@ async def test_metrics_count_real_deliveries_by_outcome_once_across_workers(
                     text = (await client.get("/metrics")).text
                 return parse_webhook_metrics(text) == expected
 
-            await poll_async(reached, 30, f"the metrics to reach {expected}")
+            await eventually_awaited(reached, 30, f"the metrics to reach {expected}")
         finally:
             await running.halt()
     finally:
