@@ -298,6 +298,22 @@ def api_limit_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def api_limit_values(
+    control_rate_limit: str,
+    test_ping_rate_limit: str,
+    privacy_rate_limit: str,
+    auth_failure_limit: str,
+) -> dict[str, str]:
+    """The API limit options' values by option name, as ``parse_api_limits`` and
+    ``api_limit_args`` take them."""
+    return {
+        "--control-rate-limit": control_rate_limit,
+        "--test-ping-rate-limit": test_ping_rate_limit,
+        "--privacy-rate-limit": privacy_rate_limit,
+        "--auth-failure-limit": auth_failure_limit,
+    }
+
+
 def api_limit_args(limits: dict[str, str], trusted_proxies: str | None) -> list[str]:
     """The API limit options as a child's command line (``up`` to its limiter)."""
     args = [arg for name, value in limits.items() for arg in (name, value)]
@@ -330,6 +346,23 @@ def grpc_option(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Also serve Envoy's rate limit service (envoy.service.ratelimit.v3, gRPC) on "
         "this port, on --host; over TLS with --tls-cert (docs/gateways.md).",
     )(f)
+
+
+def limiter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The limiter's own options, declared once for the two commands that take them:
+    ``serve`` builds its settings of them, ``up`` passes them on to its limiter."""
+    for decorate in reversed(
+        [
+            api_limit_options,
+            tls_options,
+            connection_options,
+            tracing_option,
+            denial_cache_option,
+            grpc_option,
+        ]
+    ):
+        f = decorate(f)
+    return f
 
 
 @contextmanager

@@ -14,15 +14,11 @@ from typing import TYPE_CHECKING
 import click
 
 from ratewatch.cli.options import (
-    api_limit_options,
+    api_limit_values,
     backlog_options,
-    connection_options,
-    denial_cache_option,
-    grpc_option,
     key_secret,
+    limiter_options,
     service_options,
-    tls_options,
-    tracing_option,
     user_errors,
 )
 
@@ -229,12 +225,7 @@ def _show_new_key(api_key: str) -> None:
     help="Append decisions to the Redis event stream (the embedded pipeline).",
 )
 @backlog_options(hidden=True)
-@api_limit_options
-@tls_options
-@connection_options
-@tracing_option
-@denial_cache_option
-@grpc_option
+@limiter_options
 def serve(
     host: str,
     port: int,
@@ -290,12 +281,9 @@ def serve(
         webhooks_allow_private,
         backlog_max_mb,
         backlog_max_age,
-        {
-            "--control-rate-limit": control_rate_limit,
-            "--test-ping-rate-limit": test_ping_rate_limit,
-            "--privacy-rate-limit": privacy_rate_limit,
-            "--auth-failure-limit": auth_failure_limit,
-        },
+        api_limit_values(
+            control_rate_limit, test_ping_rate_limit, privacy_rate_limit, auth_failure_limit
+        ),
         trusted_proxies,
         tls_cert,
         tls_key,

@@ -16,18 +16,14 @@ import click
 from ratewatch.cli.metrics import METRICS_VARIABLES, check_bindable, metrics_options
 from ratewatch.cli.options import (
     api_limit_args,
-    api_limit_options,
+    api_limit_values,
     backlog_options,
     batch_args,
     batch_options,
     connection_args,
-    connection_options,
-    denial_cache_option,
-    grpc_option,
+    limiter_options,
     option,
     service_options,
-    tls_options,
-    tracing_option,
     user_errors,
 )
 from ratewatch.processes.handover import HeldServer, hand_over
@@ -47,12 +43,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
     "consumer and the detector) is than the limiter's; 0: the same.",
 )
 @backlog_options()
-@api_limit_options
-@tls_options
-@connection_options
-@tracing_option
-@denial_cache_option
-@grpc_option
+@limiter_options
 def up(
     host: str,
     port: int,
@@ -102,12 +93,9 @@ def up(
         raise click.BadParameter(f"{grpc_port} is the HTTP port", param_hint="'--grpc-port'")
     if metrics_port is not None:
         check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
-    api_limits = {
-        "--control-rate-limit": control_rate_limit,
-        "--test-ping-rate-limit": test_ping_rate_limit,
-        "--privacy-rate-limit": privacy_rate_limit,
-        "--auth-failure-limit": auth_failure_limit,
-    }
+    api_limits = api_limit_values(
+        control_rate_limit, test_ping_rate_limit, privacy_rate_limit, auth_failure_limit
+    )
     with user_errors():
         from limiter.embedded import EmbeddedValkey
         from limiter.redis_client import check_redis_url

@@ -1,7 +1,8 @@
 """``ratewatch simulate``: labelled synthetic traffic against the HTTP API, and a score of
 the blocks it drew.
 
-- ``model``, ``agents``, ``legit``, ``attacks``, ``scenarios``: the traffic model;
+- ``model``, ``agents``, ``legit``, ``attacks``, ``scenarios``: the traffic model
+  (``attack_checks``: what the attacks and the attack families both send);
 - ``driver``: sends each tick's checks as ``/v1/batch`` requests in real time and watches
   for blocks;
 - ``scorer``: labels against observed blocks; ``report``: text and JSON.

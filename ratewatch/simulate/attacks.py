@@ -13,10 +13,16 @@ from collections.abc import Iterator
 
 from ratewatch.client import Check
 from ratewatch.simulate.agents import BROWSERS, HEADLESS, TOOLS, browser
+from ratewatch.simulate.attack_checks import (
+    anonymous_check,
+    catalogue_walk,
+    key_owner,
+    limited_check,
+    partner_key_calls,
+    stuffing_list,
+)
 from ratewatch.simulate.model import (
-    ANONYMOUS_LIMIT,
     LOGIN_LIMIT,
-    PARTNER_KEY_LIMIT,
     USER_LIMIT,
     Actor,
     Behaviour,
@@ -47,37 +53,21 @@ LOW_AND_SLOW_PER_MINUTE = 95  # just under the per-user limit of 100
 _API_ROUTES = ("/api/v1/orders", "/api/v1/products", "/api/v1/customers", "/api/v1/inventory")
 
 
-def _ip_check(ip: str, route: str, user_agent: str) -> Check:
-    """An anonymous request, limited per IP as an app limits traffic without an account."""
-    limit, window = ANONYMOUS_LIMIT
-    return Check(
-        key=f"ip:{ip}", limit=limit, window=window, ip=ip, route=route, user_agent=user_agent
-    )
-
-
-def _victims(ctx: Context) -> Iterator[str]:
-    """The accounts a stuffing list holds, each tried STUFFING_TRIES times in a row."""
-    while True:
-        yield from itertools.repeat(ctx.addresses.user_id(), STUFFING_TRIES)
-
-
 def credential_stuffing(ctx: Context) -> Scenario:
     """Login attempts on many accounts from rotating IPs: each IP is used for a few seconds,
     all with the same user agent; most accounts are tried past their login limit."""
     rng, timeline = ctx.rng, ctx.timeline
     pool = [ctx.addresses.ip() for _ in range(ctx.count(STUFFING_POOL))]
     concurrent = min(ctx.count(STUFFING_CONCURRENT), len(pool))
-    victims = _victims(ctx)
+    victims = stuffing_list(ctx.addresses, STUFFING_TRIES)
     user_agent = BROWSERS[0]
-    limit, window = LOGIN_LIMIT
 
     def stuffer(ip: str) -> Behaviour:
         def attempt(rng: random.Random, t: float) -> Check:
             account = next(victims)
-            return Check(
-                key=f"login:{account}",
-                limit=limit,
-                window=window,
+            return limited_check(
+                f"login:{account}",
+                LOGIN_LIMIT,
                 ip=ip,
                 route="/login",
                 user_agent=user_agent,
@@ -115,41 +105,16 @@ def leaked_key(ctx: Context) -> Scenario:
     rng, timeline = ctx.rng, ctx.timeline
     key = "key:pk_live_" + "".join(rng.choices("0123456789abcdef", k=24))
     subject = Subject("key", key, "attack", "leaked-key", timeline.attack_at)
-    limit, window = PARTNER_KEY_LIMIT
-
-    def caller(ip: str, user_agent: str) -> Behaviour:
-        def call(rng: random.Random, t: float) -> Check:
-            return Check(
-                key=key,
-                limit=limit,
-                window=window,
-                ip=ip,
-                route=rng.choice(_API_ROUTES),
-                user_agent=user_agent,
-            )
-
-        return call
-
     owner_ip = ctx.addresses.ip()
-    owner = caller(owner_ip, "acme-sync/2.3 python-httpx/0.27.0")
-    # the owner is a legitimate caller of its own key until the leak: a block of the key
-    # or of its server before then is a false positive
-    owner_subject = Subject(
-        "ip",
-        owner_ip,
-        "legit",
-        "leaked-key",
-        0.0,
-        aliases=(("key", key),),
-        until=timeline.attack_at,
-    )
+    owner = partner_key_calls(key, owner_ip, "acme-sync/2.3 python-httpx/0.27.0", _API_ROUTES)
+    owner_subject = key_owner(key, owner_ip, "leaked-key", timeline.attack_at)
     actors = [Actor(owner_subject, Poisson(LEAK_OWNER_RATE), owner)]
     for _ in range(ctx.count(LEAK_IPS)):
         actors.append(
             Actor(
                 subject,
                 Poisson(LEAK_RATE),
-                caller(ctx.addresses.ip(), rng.choice(TOOLS)),
+                partner_key_calls(key, ctx.addresses.ip(), rng.choice(TOOLS), _API_ROUTES),
                 start=timeline.attack_at + rng.uniform(0, 5),
             )
         )
@@ -160,11 +125,11 @@ def scraping(ctx: Context) -> Scenario:
     """Dozens of IPs, each just under the anonymous limit at a regular pace, together
     walking the catalogue /items/1, 2, 3, … with one headless-browser user agent."""
     rng, timeline = ctx.rng, ctx.timeline
-    items = itertools.count(1)
+    pages = catalogue_walk("/items")
 
     def scrape(ip: str) -> Behaviour:
         def fetch(rng: random.Random, t: float) -> Check:
-            return _ip_check(ip, f"/items/{next(items)}", HEADLESS)
+            return anonymous_check(ip, next(pages), HEADLESS)
 
         return fetch
 
@@ -190,7 +155,7 @@ def burst(ctx: Context) -> Scenario:
     routes = ("/search", "/", "/items/1", "/api/notifications")
 
     def hit(rng: random.Random, t: float) -> Check:
-        return _ip_check(ip, rng.choice(routes), "Go-http-client/1.1")
+        return anonymous_check(ip, rng.choice(routes), "Go-http-client/1.1")
 
     actor = Actor(
         Subject("ip", ip, "attack", "burst", timeline.attack_at),
@@ -207,13 +172,11 @@ def key_enumeration(ctx: Context) -> Scenario:
     rng, timeline = ctx.rng, ctx.timeline
     ip = ctx.addresses.ip()
     numbers = itertools.count(rng.randrange(10**7, 9 * 10**7))
-    limit, window = USER_LIMIT
 
     def probe(rng: random.Random, t: float) -> Check:
-        return Check(
-            key=f"user:{next(numbers)}",
-            limit=limit,
-            window=window,
+        return limited_check(
+            f"user:{next(numbers)}",
+            USER_LIMIT,
             ip=ip,
             route="/api/account",
             user_agent="python-requests/2.31.0",
@@ -232,7 +195,6 @@ def low_and_slow(ctx: Context) -> Scenario:
     """A few bots, each with its own IP and account, harvest prices at 95 requests a minute
     (the limit is 100) like clockwork, until the end of the run."""
     rng, timeline = ctx.rng, ctx.timeline
-    limit, window = USER_LIMIT
     actors = []
     for _ in range(ctx.count(LOW_AND_SLOW_BOTS)):
         ip, account, user_agent = ctx.addresses.ip(), ctx.addresses.user_id(), browser(rng, 0)
@@ -246,10 +208,9 @@ def low_and_slow(ctx: Context) -> Scenario:
             user_agent: str = user_agent,
             pages: Iterator[int] = pages,
         ) -> Check:
-            return Check(
-                key=f"user:{account}",
-                limit=limit,
-                window=window,
+            return limited_check(
+                f"user:{account}",
+                USER_LIMIT,
                 ip=ip,
                 route=f"/api/prices?page={next(pages)}",
                 user_agent=user_agent,

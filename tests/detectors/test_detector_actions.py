@@ -7,8 +7,6 @@ import asyncio
 import dataclasses
 import re
 import secrets
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -37,6 +35,7 @@ from stream import audit as audit_contract
 from stream.alerts import AlertEvent, AlertOutbox, AlertUnavailable, MalformedAlertEvent
 from stream.audit import AuditEvent
 from stream.audit_outbox import AuditOutbox, AuditUnavailable
+from tests.support.polling import eventually_awaited
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -134,15 +133,6 @@ def verdict(
         ips_truncated=ips_truncated,
         ipless=ipless,
     )
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_warranted_verdict_blocks_and_the_check_script_denies(rig: Rig) -> None:
@@ -369,7 +359,7 @@ async def test_escalation_after_a_block_expired(rig: Rig) -> None:
     async def expired() -> bool:
         return await rig.blocks.active(rig.tenant) == [] and await rig.check() is Reason.OK
 
-    await eventually(expired)
+    await eventually_awaited(expired, 5, "the block to expire", 0.05)
     second = await actions.apply(verdict(rig.tenant))
     assert (second.outcome, second.ttl_seconds, second.offence) == ("blocked", 2, 2)
     assert await rig.check() is Reason.BLOCKED
@@ -622,7 +612,7 @@ async def test_offences_count_and_decay(rig: Rig) -> None:
     async def decayed() -> bool:
         return await quick.offences(tenant, "key", "k") == 0
 
-    await eventually(decayed)
+    await eventually_awaited(decayed, 5, "the offence history to decay", 0.05)
     assert await quick.record_offence(tenant, "key", "k") == 1
 
 

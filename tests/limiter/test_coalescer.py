@@ -49,7 +49,7 @@ class HeldStore:
                     release.set_result(None)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out answering calls; calls so far: {self.calls}")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a turn for the answered callers to make their next call
 
     async def wait_for_calls(self, count: int) -> None:
         await until(lambda: len(self.calls) >= count, f"{count} store calls")

@@ -244,7 +244,7 @@ async def test_the_watcher_stops_when_cancelled_whenever_the_cancel_lands() -> N
     for attempt in range(300):
         watcher = asyncio.create_task(health.watch())
         for _ in range(attempt % 7):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the cancel lands after a different number of turns each time
         watcher.cancel()
         done, _ = await asyncio.wait([watcher], timeout=1)
         assert done, f"the watcher ignored its cancellation (attempt {attempt})"

@@ -84,7 +84,7 @@ class Limiter:
             if was_up and not self.health.up:
                 self.downs += 1
             was_up = self.health.up
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # sampled every millisecond: no outage slips between
 
     async def decide(self, check: Check, mode: FailMode = FailMode.OPEN) -> tuple[bool, Reason]:
         [outcome] = await self.decider.decide([check], mode)

@@ -3,10 +3,8 @@ client built from the generated Envoy protos, as Envoy's ratelimit filter asks i
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from limiter.policies.store import PolicyStore
 from stream.events import DecisionEvent, decode_entry
 from stream.handlers import entry_record
 from tests.support.credentials import create_key, create_signed_key
+from tests.support.polling import eventually_awaited
 from tests.support.servers import RatewatchProcess, RedisServer, free_port, start_limiter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -105,18 +104,20 @@ async def ask(
 
 async def tenant_events(redis: Redis, tenant: str, count: int) -> list[DecisionEvent]:
     """The decision events of ``tenant`` in the module limiter's stream, once there are
-    ``count`` (or what there is after 10 s)."""
+    ``count``."""
     found: list[DecisionEvent] = []
-    deadline = time.monotonic() + 10
-    while len(found) < count and time.monotonic() < deadline:
+
+    async def enough() -> bool:
         entries = await redis.xrange(Keyspace(PREFIX).events)
-        found = [
+        found[:] = [
             event
             for entry_id, fields in entries
             for event in decode_entry(entry_record(entry_id, fields))
             if event.tenant == tenant
         ]
-        await asyncio.sleep(0.05)
+        return len(found) >= count
+
+    await eventually_awaited(enough, 10, f"{count} decision events of {tenant}", 0.05)
     return found
 
 
@@ -398,12 +399,11 @@ async def test_calls_are_timed_in_the_limiters_metrics(
             found = pattern.search((await client.get("/metrics", timeout=10)).text)
         return float(found.group(1)) if found else 0.0
 
-    deadline = time.monotonic() + 10  # the metrics are flushed every second
-    count = await timed()
-    while count < 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        count = await timed()
-    assert count >= 1
+    async def counted() -> bool:
+        return await timed() >= 1
+
+    # the metrics are flushed every second
+    await eventually_awaited(counted, 10, "the call counted in the metrics", 0.1)
 
 
 async def test_a_call_over_64_kib_is_refused_before_it_is_read(

@@ -213,7 +213,7 @@ def test_a_connection_busy_longer_than_the_keep_alive_timeout_stays_open(
         while time.monotonic() - started < 2.5:  # 2.5 keep-alive timeouts
             sock.sendall(request)
             assert read_reply(sock).status == 200
-            time.sleep(0.4)
+            time.sleep(0.4)  # a gap shorter than the keep-alive timeout (1 s)
         assert closed(sock), "an idle connection was answered instead of closed"
 
 

@@ -70,7 +70,7 @@ from tests.support.outbox_drains import (
     written_by,
 )
 from tests.support.outboxes import fill_outboxes, record_audit
-from tests.support.polling import eventually, until_equal, wait_until
+from tests.support.polling import eventually, eventually_equal, wait_until
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -192,7 +192,7 @@ async def test_recorded_events_reach_the_audit_log_with_every_field_and_are_trim
     try:
         await eventually(lambda: drain.stats.written == len(events), 20, "the events written")
         # every reader acknowledged them, so the trimmer empties the outbox
-        await until_equal(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
+        await eventually_equal(lambda: redis.xlen(keyspace.audit), 0, 20, "the outbox trimmed")
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)

@@ -34,7 +34,7 @@ from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, ensure_group
 from tests.support.event_store import CountingStore, Letters, open_store, store_totals
 from tests.support.events import numbered_decision
 from tests.support.kafka import KafkaBroker, create_topic, produce, unique_topic
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_equal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,7 +185,9 @@ async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_
         assert store.calls["insert"] == store.calls["add_to_ledger"] == 2
         assert store.calls["last_written_offset"] == 1
         assert store.calls["written_offsets"] == handler.stats.lookups == 0
-        await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
+        await eventually_equal(
+            lambda: pending(redis, embedded.stream), 0, 20, "the acknowledgements"
+        )
     # raw rows, ledger rows (one per entry), rollups
     assert store_totals(store.store) == [10, 5, 10, 10, 10]
 
@@ -234,16 +236,6 @@ async def test_a_caught_up_worker_reads_a_trickle_once_per_batch_not_once_per_en
         assert [n for n in reads if n] == [1, 4]
 
 
-async def eventually_async(
-    probe: Callable[[], Any], expected: int, what: str, within: float = 20
-) -> None:
-    deadline = time.monotonic() + within
-    while (value := await probe()) != expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what} (have {value})")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_flood_is_cut_at_the_size_bound(
     redis: Redis, store: CountingStore, tenant: str
 ) -> None:
@@ -251,7 +243,9 @@ async def test_a_flood_is_cut_at_the_size_bound(
     await decide(embedded.limiter, tenant, 125, "f")  # 250 decisions waiting for the worker
     async with embedded.running():
         await eventually(lambda: embedded.handler.stats.written == 250, 30, "250 rows")
-        await eventually_async(lambda: pending(redis, embedded.stream), 0, "the acknowledgements")
+        await eventually_equal(
+            lambda: pending(redis, embedded.stream), 0, 20, "the acknowledgements"
+        )
     assert store.writes == [100, 100, 50]
     assert embedded.handler.stats.batches == math.ceil(250 / 100)
     assert store.calls["plan_batches"] == 3
@@ -265,7 +259,7 @@ async def test_a_stopping_pipeline_writes_what_it_holds_at_once(
     embedded = Embedded(redis, store, BatchBounds(max_age=60))
     async with embedded.running() as task:
         await decide(embedded.limiter, tenant, 2, "s")
-        await eventually_async(lambda: pending(redis, embedded.stream), 2, "the entries read")
+        await eventually_equal(lambda: pending(redis, embedded.stream), 2, 20, "the entries read")
         assert store.writes == []  # held: the batch is due in a minute
         embedded.stop.set()
         await asyncio.wait_for(task, 10)
@@ -292,7 +286,7 @@ async def test_the_next_batch_is_read_while_one_is_written(
             await eventually(lambda: store.calls["insert"] == 1, 20, "the first batch's write")
             await decide(embedded.limiter, tenant, 3, "next")
             # read (delivered, not yet acknowledged) while the first batch is being written
-            await eventually_async(lambda: pending(redis, embedded.stream), 5, "the next read")
+            await eventually_equal(lambda: pending(redis, embedded.stream), 5, 20, "the next read")
             assert store.writes == []
             gate.set()
             await eventually(lambda: embedded.handler.stats.written == 10, 20, "10 rows")

@@ -24,7 +24,7 @@ from stream.consumer_group import (
     trim_acknowledged,
     trim_once,
 )
-from tests.support.polling import until_equal
+from tests.support.polling import eventually_equal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -169,7 +169,9 @@ async def test_the_trimmer_keeps_trimming_as_groups_acknowledge(redis: Redis, st
     try:
         await append(redis, stream, 4)
         await reader.ack(ids_of(await reader.read_new()))
-        await until_equal(lambda: redis.xlen(stream), 0, 10, "the acknowledged entries trimmed")
+        await eventually_equal(
+            lambda: redis.xlen(stream), 0, 10, "the acknowledged entries trimmed"
+        )
     finally:
         trimmer.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -39,7 +39,7 @@ from tests.support.credentials import BOOTSTRAP_KEY, create_key
 from tests.support.event_store import ROLLUPS, Letters, open_store, store_scalar, store_totals
 from tests.support.events import numbered_decision
 from tests.support.kafka import KafkaBroker, create_topic, produce, unique_topic
-from tests.support.polling import wait_until
+from tests.support.polling import eventually_awaited, wait_until
 from tests.support.servers import RatewatchProcess, RedisServer, free_port, start_limiter
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,6 +213,7 @@ async def produce_steadily(bootstrap: str, topic: str, messages: list[bytes], ra
     step = max(1, rate // 10)
     start = time.monotonic()
     for i, first in enumerate(range(0, len(messages), step)):
+        # paced on purpose: traffic that keeps arriving while the consumer reads
         await asyncio.sleep(max(0.0, start + i / 10 - time.monotonic()))
         await produce(bootstrap, topic, messages[first : first + step])
 
@@ -345,27 +346,23 @@ async def test_a_rebalance_between_two_members_loses_and_doubles_nothing(
         sql = f"SELECT count() FROM {DECISIONS_TABLE}"
         return await loop.run_in_executor(executor, store_scalar, store, sql)
 
-    async def until(what: str, condition: Any, within: float = 40) -> None:
-        deadline = time.monotonic() + within
-        while not await condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
-
     total = 0
     try:
         total += len(await produce(kafka_broker.bootstrap, topic, batch_of(0, 20_000)))
         await first.start()
-        await until("progress", lambda: _above(written, 0))
+        await eventually_awaited(lambda: _above(written, 0), 40, "progress", 0.05)
         await second.start()  # the group rebalances while the first writes
         total += len(await produce(kafka_broker.bootstrap, topic, batch_of(20_000, 10_000)))
-        await until("both members' progress", lambda: _above(written, 20_000))
+        await eventually_awaited(
+            lambda: _above(written, 20_000), 40, "both members' progress", 0.05
+        )
         await first.stop()  # and again: the second takes every partition
         total += len(await produce(kafka_broker.bootstrap, topic, batch_of(30_000, 5_000)))
 
         async def done() -> bool:
             return await _lag(kafka_broker.bootstrap, topic, group) == 0
 
-        await until("the topic", done)
+        await eventually_awaited(done, 40, "the topic", 0.05)
         await second.stop()
         assert await loop.run_in_executor(executor, store_totals, store) == [total] * 5
         unique = f"SELECT uniqExact(event_id) FROM {DECISIONS_TABLE}"
@@ -425,10 +422,11 @@ async def test_a_failing_store_is_retried_with_the_same_batch_before_anything_go
     try:
         total = len(await produce(kafka_broker.bootstrap, topic, batch_of(0, 3000)))
         await member.start()
-        deadline = time.monotonic() + 30
-        while await _lag(kafka_broker.bootstrap, topic, group):
-            assert time.monotonic() < deadline, "timed out waiting for the topic"
-            await asyncio.sleep(0.1)
+
+        async def drained() -> bool:
+            return await _lag(kafka_broker.bootstrap, topic, group) == 0
+
+        await eventually_awaited(drained, 30, "the topic", 0.1)
         await member.stop()
         assert member.store_failures == 3
         assert flaky.tokens[:4] == [flaky.tokens[0]] * 4  # the same cut, again and again

@@ -23,7 +23,7 @@ from limiter.store.redis import RedisStore
 from stream.events import decode_entry
 from stream.handlers import BatchHandler, Record, entry_record
 from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, cut, ensure_group
-from tests.support.polling import until_equal
+from tests.support.polling import eventually_awaited
 
 ROLLUPS = ("decisions_per_minute", "decisions_per_hour", "decisions_per_day")
 
@@ -121,7 +121,7 @@ async def test_the_running_pipeline_writes_and_acknowledges_new_entries_until_st
     running = asyncio.create_task(pipeline.run())
     try:
         await decide(limiter, tenant, 5, "after")
-        await until_equal(stored_and_acknowledged, True, 20, "20 rows, every entry acknowledged")
+        await eventually_awaited(stored_and_acknowledged, 20, "20 rows, every entry acknowledged")
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)

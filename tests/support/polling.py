@@ -2,9 +2,10 @@
 
 Tests watch real processes and servers, so they poll a condition rather than sleep a
 guessed time: ``wait_until`` blocks (plain tests, fixtures, threads), ``eventually`` polls
-without blocking the event loop, ``until_equal`` polls an async probe (a server's answer),
-``until`` lets the loop run at its finest grain (unit tests of async code), and ``turns``
-hands every runnable task a few turns.
+without blocking the event loop, ``eventually_awaited`` and ``eventually_equal`` poll what
+must itself be awaited (a query to Redis or to the store), ``until`` lets the loop run at
+its finest grain (unit tests of async code), and ``turns`` hands every runnable task a few
+turns.
 """
 
 from __future__ import annotations
@@ -36,11 +37,22 @@ async def eventually(condition: Callable[[], bool], within: float, what: str) ->
     raise TimeoutError(f"timed out after {within}s waiting for {what}")
 
 
-async def until_equal(
+async def eventually_awaited(
+    condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.02
+) -> None:
+    """``eventually`` for a condition that is awaited, every ``interval`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually_equal(
     probe: Callable[[], Awaitable[object]], expected: object, within: float, what: str
 ) -> None:
-    """Poll the async ``probe`` until it returns ``expected``; fail naming ``what`` and its
-    last answer after ``within`` s."""
+    """Poll the awaited ``probe`` until it returns ``expected``; fail naming ``what`` and
+    what it returned last."""
     deadline = time.monotonic() + within
     while (found := await probe()) != expected:
         if time.monotonic() > deadline:

@@ -48,7 +48,7 @@ class Receiver:
                 )
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 if receiver.delay:
-                    time.sleep(receiver.delay)
+                    time.sleep(receiver.delay)  # a slow receiver, as a test asks for
                 self.send_response(status)
                 self.send_header("content-length", "2")
                 self.end_headers()

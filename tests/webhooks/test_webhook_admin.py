@@ -36,7 +36,7 @@ from tests.support.credentials import SEALER, create_key
 from tests.support.events import block_alert
 from tests.support.openapi import values
 from tests.support.outboxes import record_alerts
-from tests.support.polling import eventually, until_equal
+from tests.support.polling import eventually, eventually_awaited
 from tests.support.servers import RatewatchProcess, RedisServer, start_limiter
 from tests.support.webhook_receiver import Received, Receiver
 from tests.support.webhook_worker import Running, start_worker
@@ -208,7 +208,7 @@ async def test_a_disabled_webhook_is_sent_nothing_while_an_enabled_one_is(
                 attempts = await store.attempts("acme", paused.id)
                 return bool(attempts) and attempts[0].outcome == "skipped"
 
-            await until_equal(skipped, True, 20, "the queued retry dropped as skipped")
+            await eventually_awaited(skipped, 20, "the queued retry dropped as skipped")
             assert await running.worker.queue.scheduled(paused.id) == []
             [dropped, failed] = await store.attempts("acme", paused.id)
             assert (dropped.outcome, dropped.attempt, dropped.status) == ("skipped", 2, None)
@@ -677,7 +677,7 @@ async def test_metrics_count_real_deliveries_by_outcome_once_across_workers(
                     text = (await client.get("/metrics")).text
                 return parse_webhook_metrics(text) == expected
 
-            await until_equal(reached, True, 30, f"the metrics to reach {expected}")
+            await eventually_awaited(reached, 30, f"the metrics to reach {expected}")
         finally:
             await running.halt()
     finally:

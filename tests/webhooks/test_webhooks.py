@@ -28,7 +28,7 @@ from stream.alerts import (
 from tests.support.credentials import SEALER, STACK_PREFIX, create_key
 from tests.support.events import ALERT_EXPLANATION, block_alert
 from tests.support.outboxes import record_alerts
-from tests.support.polling import eventually, wait_until
+from tests.support.polling import eventually, eventually_awaited, wait_until
 from tests.support.servers import RatewatchProcess, RedisServer
 from tests.support.webhook_receiver import Received, Receiver
 from tests.support.webhook_worker import start_worker
@@ -285,10 +285,7 @@ async def test_a_deleted_webhooks_pending_retries_are_dropped(
         async def empty() -> bool:
             return await running.worker.queue.scheduled() == []
 
-        deadline = time.monotonic() + 10
-        while not await empty():
-            assert time.monotonic() < deadline, "the retry of a deleted webhook was not dropped"
-            await asyncio.sleep(0.05)
+        await eventually_awaited(empty, 10, "the retry of a deleted webhook dropped", 0.05)
     finally:
         await running.halt()
     assert len(receiver.requests) == 1

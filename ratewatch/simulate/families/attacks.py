@@ -10,10 +10,18 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ratewatch.client import Check
+from ratewatch.simulate.attack_checks import (
+    anonymous_check,
+    catalogue_walk,
+    key_owner,
+    limited_check,
+    partner_key_calls,
+    stuffing_list,
+)
 from ratewatch.simulate.families.base import (
     Choice,
     Count,
@@ -26,12 +34,9 @@ from ratewatch.simulate.families.base import (
     text,
 )
 from ratewatch.simulate.model import (
-    ANONYMOUS_LIMIT,
     LOGIN_LIMIT,
-    PARTNER_KEY_LIMIT,
     USER_LIMIT,
     Actor,
-    Behaviour,
     Poisson,
     Regular,
     Subject,
@@ -56,23 +61,8 @@ def _credential_check(
     """A check carrying a tried credential: in the key (``<route>:<account>``, limited per
     account) or in ``user_id`` with the address's own key."""
     if where == "key":
-        return Check(
-            key=f"{route}:{account}",
-            limit=limit[0],
-            window=limit[1],
-            ip=ip,
-            route=route,
-            user_agent=agent,
-        )
-    return Check(
-        key=f"ip:{ip}",
-        limit=ANONYMOUS_LIMIT[0],
-        window=ANONYMOUS_LIMIT[1],
-        ip=ip,
-        route=route,
-        user_agent=agent,
-        user_id=account,
-    )
+        return limited_check(f"{route}:{account}", limit, ip=ip, route=route, user_agent=agent)
+    return anonymous_check(ip, route, agent, user_id=account)
 
 
 @dataclass(frozen=True)
@@ -126,11 +116,6 @@ class _Sources(Family):
         raise NotImplementedError
 
 
-def _accounts(stage: Stage, tries: int) -> Iterator[str]:
-    while True:
-        yield from itertools.repeat(stage.addresses.user_id(), tries)
-
-
 @dataclass(frozen=True)
 class CredentialStuffing(_Sources):
     """Login attempts over a list of accounts from a few fast addresses, each account tried
@@ -146,7 +131,7 @@ class CredentialStuffing(_Sources):
     def requests(
         self, params: Mapping[str, Param], stage: Stage
     ) -> Callable[[random.Random, str, str], Check]:
-        accounts = _accounts(stage, integer(params, "tries"))
+        accounts = stuffing_list(stage.addresses, integer(params, "tries"))
         where, route = text(params, "credential_in"), stage.vocabulary.login
 
         def attempt(rng: random.Random, ip: str, agent: str) -> Check:
@@ -179,17 +164,11 @@ class CredentialChecking(_Sources):
         self, params: Mapping[str, Param], stage: Stage
     ) -> Callable[[random.Random, str, str], Check]:
         route = stage.vocabulary.account
-        limit, window = USER_LIMIT
 
         def check(rng: random.Random, ip: str, agent: str) -> Check:
             account = stage.addresses.user_id()
-            return Check(
-                key=f"user:{account}",
-                limit=limit,
-                window=window,
-                ip=ip,
-                route=route,
-                user_agent=agent,
+            return limited_check(
+                f"user:{account}", USER_LIMIT, ip=ip, route=route, user_agent=agent
             )
 
         return check
@@ -233,19 +212,10 @@ class FastScraping(_Sources):
     def requests(
         self, params: Mapping[str, Param], stage: Stage
     ) -> Callable[[random.Random, str, str], Check]:
-        items = itertools.count(1)
-        catalogue = stage.vocabulary.catalogue
-        limit, window = ANONYMOUS_LIMIT
+        pages = catalogue_walk(stage.vocabulary.catalogue)
 
         def fetch(rng: random.Random, ip: str, agent: str) -> Check:
-            return Check(
-                key=f"ip:{ip}",
-                limit=limit,
-                window=window,
-                ip=ip,
-                route=f"{catalogue}/{next(items)}",
-                user_agent=agent,
-            )
+            return anonymous_check(ip, next(pages), agent)
 
         return fetch
 
@@ -277,10 +247,9 @@ class Carding(_Sources):
 
         def pay(rng: random.Random, ip: str, agent: str) -> Check:
             account = rng.choice(accounts)
-            return Check(
-                key=f"{route}:{account}",
-                limit=LOGIN_LIMIT[0],
-                window=LOGIN_LIMIT[1],
+            return limited_check(
+                f"{route}:{account}",
+                LOGIN_LIMIT,
                 ip=ip,
                 route=route,
                 user_agent=agent,
@@ -326,17 +295,9 @@ class Burst(_Sources):
         self, params: Mapping[str, Param], stage: Stage
     ) -> Callable[[random.Random, str, str], Check]:
         pages = stage.vocabulary.pages + stage.vocabulary.api
-        limit, window = ANONYMOUS_LIMIT
 
         def hit(rng: random.Random, ip: str, agent: str) -> Check:
-            return Check(
-                key=f"ip:{ip}",
-                limit=limit,
-                window=window,
-                ip=ip,
-                route=rng.choice(pages),
-                user_agent=agent,
-            )
+            return anonymous_check(ip, rng.choice(pages), agent)
 
         return hit
 
@@ -358,29 +319,13 @@ class LeakedKey(Family):
         rng, vocabulary = stage.rng, stage.vocabulary
         key = "key:" + "".join(rng.choices("0123456789abcdef", k=24))
         onset = stage.onset(real(params, "onset"))
-        limit, window = PARTNER_KEY_LIMIT
         routes = vocabulary.api
-
-        def caller(ip: str, agent: str) -> Behaviour:
-            def call(rng: random.Random, t: float) -> Check:
-                return Check(
-                    key=key,
-                    limit=limit,
-                    window=window,
-                    ip=ip,
-                    route=rng.choice(routes),
-                    user_agent=agent,
-                )
-
-            return call
-
         owner_ip = stage.addresses.ip()
-        owner = Subject(
-            "ip", owner_ip, "legit", self.name, 0.0, aliases=(("key", key),), until=onset
-        )
         actors = [
             Actor(
-                owner, Poisson(real(params, "owner_rate")), caller(owner_ip, vocabulary.tool(rng))
+                key_owner(key, owner_ip, self.name, onset),
+                Poisson(real(params, "owner_rate")),
+                partner_key_calls(key, owner_ip, vocabulary.tool(rng), routes),
             )
         ]
         subject = Subject("key", key, "attack", self.name, onset)
@@ -391,7 +336,7 @@ class LeakedKey(Family):
                 Actor(
                     subject,
                     Poisson(real(params, "rate")),
-                    caller(stage.addresses.ip(), agent),
+                    partner_key_calls(key, stage.addresses.ip(), agent, routes),
                     start=onset + rng.uniform(0, 10),
                 )
             )
