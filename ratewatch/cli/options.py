@@ -16,8 +16,11 @@ import click
 from stream.batching import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_DECISIONS,
+    DEFAULT_MIN_AGE,
+    DEFAULT_MIN_DECISIONS,
     MAX_AGE_LIMIT,
     MAX_DECISIONS_LIMIT,
+    BatchBounds,
 )
 
 T = TypeVar("T")
@@ -182,7 +185,8 @@ def connection_args(
 
 def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """When the decision consumer inserts what it read (``stream.batching``): ``up`` passes
-    them on to its worker, ``stream`` and ``pipeline`` build ``BatchBounds`` of them."""
+    them on to its worker, ``stream`` and ``pipeline`` build ``BatchBounds`` of them
+    (``batch_bounds``)."""
     for decorate in reversed(
         [
             option(
@@ -202,10 +206,37 @@ def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Seconds from the first decision read to its insert, at most: at low "
                 "rates, about one insert per this time (0: one per read).",
             ),
+            option(
+                "--batch-min-decisions",
+                type=click.IntRange(1, MAX_DECISIONS_LIMIT),
+                default=DEFAULT_MIN_DECISIONS,
+                show_default=True,
+                help="A batch of at least this many decisions is inserted --batch-min-age "
+                "after its first decision was read, sooner than --batch-max-age.",
+            ),
+            option(
+                "--batch-min-age",
+                type=click.FloatRange(0, MAX_AGE_LIMIT),
+                default=DEFAULT_MIN_AGE,
+                show_default=True,
+                callback=_finite,
+                help="Seconds from the first decision read to the insert of a batch of "
+                "--batch-min-decisions or more: at busy times, about one insert per this time.",
+            ),
         ]
     ):
         f = decorate(f)
     return f
+
+
+def batch_bounds(
+    batch_max_decisions: int, batch_max_age: float, batch_min_decisions: int, batch_min_age: float
+) -> BatchBounds:
+    """The batch options as bounds; a usage error naming a value they refuse."""
+    try:
+        return BatchBounds(batch_max_decisions, batch_max_age, batch_min_decisions, batch_min_age)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _finite(context: click.Context, parameter: click.Parameter, value: float) -> float:
@@ -214,13 +245,17 @@ def _finite(context: click.Context, parameter: click.Parameter, value: float) ->
     return value
 
 
-def batch_args(batch_max_decisions: int, batch_max_age: float) -> list[str]:
+def batch_args(bounds: BatchBounds) -> list[str]:
     """The batch options as a child's command line."""
     return [
         "--batch-max-decisions",
-        str(batch_max_decisions),
+        str(bounds.max_decisions),
         "--batch-max-age",
-        repr(float(batch_max_age)),
+        repr(float(bounds.max_age)),
+        "--batch-min-decisions",
+        str(bounds.min_decisions),
+        "--batch-min-age",
+        repr(float(bounds.min_age)),
     ]
 
 

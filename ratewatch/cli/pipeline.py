@@ -17,6 +17,7 @@ import click
 
 from ratewatch.cli.metrics import metrics_endpoint, metrics_options
 from ratewatch.cli.options import (
+    batch_bounds,
     batch_options,
     data_dir_option,
     key_secret,
@@ -43,6 +44,8 @@ def pipeline(
     webhooks_allow_private: bool,
     batch_max_decisions: int,
     batch_max_age: float,
+    batch_min_decisions: int,
+    batch_min_age: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -53,12 +56,8 @@ def pipeline(
     from analytics.clickhouse import chdb_url
     from ratewatch.cli.analytics import analytics_errors
     from ratewatch.processes.pipeline import run_pipeline
-    from stream.batching import BatchBounds
 
-    try:
-        batch = BatchBounds(batch_max_decisions, batch_max_age)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    batch = batch_bounds(batch_max_decisions, batch_max_age, batch_min_decisions, batch_min_age)
 
     url = clickhouse_url or chdb_url(data_dir.resolve() / "clickhouse")
     with user_errors():

@@ -27,6 +27,7 @@ import click
 from ratewatch.cli.analytics import analytics_errors, clickhouse_url_option, resolve_url
 from ratewatch.cli.metrics import metrics_endpoint, metrics_options
 from ratewatch.cli.options import (
+    batch_bounds,
     batch_options,
     data_dir_option,
     key_secret,
@@ -79,22 +80,24 @@ def stream(
     webhooks_allow_private: bool,
     batch_max_decisions: int,
     batch_max_age: float,
+    batch_min_decisions: int,
+    batch_min_age: float,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     """Consume decision events from Kafka into ClickHouse, each stored exactly once."""
     with analytics_errors():
-        from stream.batching import BatchBounds
         from stream.events import DECISIONS_TOPIC
         from stream.kafka_consumer import DEFAULT_GROUP, ConsumerSettings
 
+        batch = batch_bounds(batch_max_decisions, batch_max_age, batch_min_decisions, batch_min_age)
         try:
             settings = ConsumerSettings(
                 bootstrap=kafka,
                 topic=topic or DECISIONS_TOPIC,
                 group=group or DEFAULT_GROUP,
                 session_timeout_ms=int(session_timeout * 1000),
-                batch=BatchBounds(batch_max_decisions, batch_max_age),
+                batch=batch,
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

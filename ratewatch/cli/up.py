@@ -19,6 +19,7 @@ from ratewatch.cli.options import (
     api_limit_values,
     backlog_options,
     batch_args,
+    batch_bounds,
     batch_options,
     connection_args,
     limiter_options,
@@ -57,6 +58,8 @@ def up(
     webhooks_allow_private: bool,
     batch_max_decisions: int,
     batch_max_age: float,
+    batch_min_decisions: int,
+    batch_min_age: float,
     metrics_port: int | None,
     metrics_host: str,
     pipeline_nice: int,
@@ -96,6 +99,7 @@ def up(
     api_limits = api_limit_values(
         control_rate_limit, test_ping_rate_limit, privacy_rate_limit, auth_failure_limit
     )
+    bounds = batch_bounds(batch_max_decisions, batch_max_age, batch_min_decisions, batch_min_age)
     with user_errors():
         from limiter.embedded import EmbeddedValkey
         from limiter.redis_client import check_redis_url
@@ -195,7 +199,7 @@ def up(
             limiter += ["--backlog-max-age", str(backlog_max_age)]
             worker = ["pipeline", *common, *webhooks]
             worker += metrics(0)
-        worker += batch_args(batch_max_decisions, batch_max_age)
+        worker += batch_args(bounds)
         children = [
             Child("limiter", limiter, pid_file=run_dir / "limiter.pid", env=limiter_env),
             # the checks come first: the worker catches up when they leave it the time

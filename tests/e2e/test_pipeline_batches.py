@@ -24,7 +24,11 @@ def test_up_passes_the_bounds_on_and_a_trickle_is_one_batch(tmp_path: Path) -> N
     service = RatewatchProcess(
         ["up", "--port", str(port), "--data-dir", str(data_dir), "--batch-max-decisions", "500"],
         port,
-        env={"RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP, "RATEWATCH_BATCH_MAX_AGE": "1.5"},
+        env={
+            "RATEWATCH_BOOTSTRAP_KEY": BOOTSTRAP,
+            "RATEWATCH_BATCH_MAX_AGE": "1.5",
+            "RATEWATCH_BATCH_MIN_DECISIONS": "700",
+        },
         log_path=tmp_path / "up.log",
     ).start(timeout=90)
     socket = data_dir / "clickhouse" / "query.sock"
@@ -35,6 +39,8 @@ def test_up_passes_the_bounds_on_and_a_trickle_is_one_batch(tmp_path: Path) -> N
         assert b"--batch-max-decisions" in argv
         assert argv[argv.index(b"--batch-max-decisions") + 1] == b"500"
         assert argv[argv.index(b"--batch-max-age") + 1] == b"1.5"
+        assert argv[argv.index(b"--batch-min-decisions") + 1] == b"700"
+        assert argv[argv.index(b"--batch-min-age") + 1] == b"1.0"
 
         def rows() -> int:
             return int(query(socket, "SELECT count() AS n FROM ratewatch.decisions")[0]["n"])

@@ -23,6 +23,8 @@ BAD = [
     ("--batch-max-age", "61"),
     ("--batch-max-age", "-1"),
     ("--batch-max-age", "nan"),
+    ("--batch-min-decisions", "0"),
+    ("--batch-min-age", "nan"),
 ]
 
 
