@@ -81,6 +81,7 @@ class Authenticator:
         self._tenant_settings = tenant_settings
         self._default_fail_mode = default_fail_mode
         self._ttl = ttl
+        self._refresh_ahead = ttl / 5
         self._max_entries = max_entries
         self._max_unknown = max_unknown
         # key -> (principal, expiry on the monotonic clock): valid keys only
@@ -96,11 +97,22 @@ class Authenticator:
 
     def cached(self, token: str) -> Principal | None:
         """The principal of ``token`` if the cache holds a fresh one, else None: then
-        ``authenticate`` decides (a cached unknown key, an expired or a missing entry)."""
+        ``authenticate`` decides (a cached unknown key, an expired or a missing entry).
+
+        An entry in the last fifth of its time to live is looked up again in the background
+        while it still answers: a key in use is refreshed before it expires, so its
+        requests do not all wait on its lookup once a ``ttl`` (a revoked key still stops
+        working within ``ttl`` of its revocation, plus one lookup's time)."""
         entry = self._cache.get(token)
-        if entry is not None and entry[1] > time.monotonic():
-            return entry[0]
-        return None
+        if entry is None:
+            return None
+        principal, expiry = entry
+        left = expiry - time.monotonic()
+        if left <= 0:
+            return None
+        if left < self._refresh_ahead and token not in self._lookups:
+            self._start_lookup(token, entry, False)
+        return principal
 
     async def authenticate(self, token: str) -> Principal | None:
         """The principal of ``token``, None if it is not a valid key.
@@ -119,15 +131,25 @@ class Authenticator:
         # that finds it expired waits on the first one's lookup instead of making its own
         lookup = self._lookups.get(token)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._lookup(token, entry, unknown is not None))
-            self._lookups[token] = lookup
-            lookup.add_done_callback(partial(self._looked_up, token))
+            lookup = self._start_lookup(token, entry, unknown is not None)
         # shielded: a waiter that is cancelled does not cancel the others' lookup
         return await asyncio.shield(lookup)
+
+    def _start_lookup(
+        self, token: str, entry: tuple[Principal, float] | None, was_unknown: bool
+    ) -> asyncio.Future[Principal | None]:
+        lookup = asyncio.ensure_future(self._lookup(token, entry, was_unknown))
+        self._lookups[token] = lookup
+        lookup.add_done_callback(partial(self._looked_up, token))
+        return lookup
 
     def _looked_up(self, token: str, lookup: asyncio.Future[Principal | None]) -> None:
         if self._lookups.get(token) is lookup:  # not one that started after a forget()
             del self._lookups[token]
+        if not lookup.cancelled() and lookup.exception() is not None:
+            # a refresh nobody awaits fails quietly: the entry expires, and the next
+            # request's own lookup meets the failure
+            log.debug("key lookup failed: %s", lookup.exception())
 
     async def _lookup(
         self, token: str, entry: tuple[Principal, float] | None, was_unknown: bool

@@ -16,6 +16,7 @@ from limiter.keyspace import Keyspace
 from limiter.redis_client import redis_from_url
 from limiter.state.apikeys import MAX_KEY_LENGTH, KeyHasher, KeyRecord, KeyStore
 from limiter.state.tenants import FailMode, TenantSettingsStore
+from tests.support.polling import turns, until
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -163,6 +164,31 @@ async def test_within_the_ttl_a_key_costs_no_lookup_and_a_revocation_is_seen_aft
     clock.advance(0.02)
     assert await auth.authenticate(api_key) is None
     assert env.keys.lookups == 2
+
+
+async def test_a_key_in_use_is_looked_up_again_before_its_entry_expires(
+    env: Env, tenant: str, clock: Clock
+) -> None:
+    api_key, record = await env.keys.create(tenant)
+    auth = env.authenticator(ttl=TTL)
+    assert await auth.authenticate(api_key) is not None
+    clock.advance(TTL * 0.7)
+    assert auth.cached(api_key) is not None
+    await turns()
+    assert env.keys.lookups == 1  # fresh: no lookup
+    clock.advance(TTL * 0.15)  # in the last fifth of its life
+    assert auth.cached(api_key) is not None  # it answers while it is looked up again
+    await until(lambda: env.keys.lookups == 2, "the lookup ahead of the expiry")
+    clock.advance(TTL * 0.5)  # past the first entry's expiry: the refreshed one answers
+    await until(lambda: auth.cached(api_key) is not None, "the refreshed entry")
+    assert env.keys.lookups == 2
+
+    await env.keys.revoke(record.id, tenant)
+    clock.advance(TTL * 0.4)  # the refreshed entry's last fifth
+    assert auth.cached(api_key) is not None
+    await until(lambda: auth.cached(api_key) is None, "the revocation seen ahead of the expiry")
+    assert env.keys.lookups == 3
+    assert await auth.authenticate(api_key) is None
 
 
 async def test_an_unknown_key_is_cached_as_unknown_for_the_ttl(
