@@ -16,6 +16,9 @@ it is due (``BatchBounds``), whichever comes first:
 - its first decision was read ``max_age`` seconds ago (5 s): a trickle is inserted that
   often, never later.
 
+The batch that follows one of ``min_decisions`` or more goes by ``min_age`` however small it
+is, so that when a busy stream falls quiet its last decisions are not held for ``max_age``.
+
 At 2,000 checks/s a batch is due after a second; at 200/s every five seconds, a fifth of the
 inserts (and of the merges behind them) that one a second would make.  Nothing is
 acknowledged or committed before it is stored, as before: a consumer that dies holding
@@ -95,7 +98,11 @@ class BatchBounds:
 class Pending(Generic[T]):
     """What a consumer has read and not written yet, oldest first: each item with its
     number of decisions (a Valkey stream entry holds those of one check-script call, a Kafka
-    record one) and the time it was read (``time.monotonic()``)."""
+    record one) and the time it was read (``time.monotonic()``).
+
+    The batch after one of ``min_decisions`` or more is due at ``min_age`` too, however
+    small: when a busy stream falls quiet, its last decisions are not held for ``max_age``;
+    once a small batch has been written, small ones wait for ``max_age`` again."""
 
     def __init__(self, bounds: BatchBounds) -> None:
         self.bounds = bounds
@@ -103,6 +110,14 @@ class Pending(Generic[T]):
         self._sizes: list[int] = []
         self._read_at: list[float] = []
         self.decisions = 0
+        self._after_busy = False  # the last batch taken held min_decisions or more
+
+    @property
+    def _weight(self) -> int:
+        """The decisions the age bounds go by: a batch after a busy one counts as busy."""
+        if self._after_busy:
+            return max(self.decisions, self.bounds.min_decisions)
+        return self.decisions
 
     def __len__(self) -> int:
         return len(self._items)
@@ -122,7 +137,7 @@ class Pending(Generic[T]):
         forward); None when nothing is pending."""
         if not self._items:
             return None
-        return self.bounds.due_at(self._read_at[0], self.decisions)
+        return self.bounds.due_at(self._read_at[0], self._weight)
 
     def next_look(self, now: float) -> float | None:
         """When a consumer waiting for more should look again: the deadline, or sooner
@@ -133,8 +148,9 @@ class Pending(Generic[T]):
             return None
         bounds = self.bounds
         first = self._read_at[0]
-        deadline = bounds.due_at(first, self.decisions)
-        if self.decisions >= bounds.min_decisions:
+        weight = self._weight
+        deadline = bounds.due_at(first, weight)
+        if weight >= bounds.min_decisions:
             return deadline
         return min(deadline, max(first, now) + bounds.min_age)
 
@@ -143,7 +159,7 @@ class Pending(Generic[T]):
         if not self._items:
             return False
         return self.decisions >= self.bounds.max_decisions or now >= self.bounds.due_at(
-            self._read_at[0], self.decisions
+            self._read_at[0], self._weight
         )
 
     def take(self) -> list[T]:
@@ -170,6 +186,8 @@ class Pending(Generic[T]):
 
     def _cut(self, end: int) -> list[T]:
         batch = self._items[:end]
-        self.decisions -= sum(self._sizes[:end])
+        taken = sum(self._sizes[:end])
+        self.decisions -= taken
+        self._after_busy = taken >= self.bounds.min_decisions
         del self._items[:end], self._sizes[:end], self._read_at[:end]
         return batch

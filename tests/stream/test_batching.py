@@ -68,6 +68,19 @@ def test_a_batch_of_min_decisions_is_due_at_min_age_a_smaller_one_at_max_age() -
     assert (pending.due(0.9), pending.due(1.0)) == (False, True)
 
 
+def test_the_batch_after_a_busy_one_is_due_at_min_age_then_small_ones_wait() -> None:
+    bounds = BatchBounds(max_decisions=100, min_decisions=10, min_age=1.0, max_age=5.0)
+    pending: Pending[str] = Pending(bounds)
+    pending.add(["busy"], read_at=0.0, sizes=[12])
+    assert pending.due(1.0)
+    assert pending.take() == ["busy"]
+    pending.add(["tail"], read_at=1.5, sizes=[2])  # the stream fell quiet
+    assert (pending.deadline(), pending.due(2.5)) == (2.5, True)
+    assert pending.take() == ["tail"]
+    pending.add(["quiet"], read_at=3.0, sizes=[2])  # after a small batch: max_age again
+    assert (pending.deadline(), pending.due(4.0), pending.due(8.0)) == (8.0, False, True)
+
+
 def test_a_min_age_at_or_above_max_age_leaves_max_age_to_decide() -> None:
     pending: Pending[str] = Pending(BatchBounds(max_age=0.2))  # min_age 1 s by default
     pending.add(["a"], read_at=0.0, sizes=[5_000])
