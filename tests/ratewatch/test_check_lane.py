@@ -13,13 +13,10 @@ import httpx
 import pytest
 
 from tests.support.polling import wait_until
+from tests.support.raw_http import Replies, connect
 from tests.support.servers import RatewatchProcess
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def connect(server: RatewatchProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
 
 
 def post(path: str, key: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
@@ -30,41 +27,6 @@ def post(path: str, key: str, body: bytes, *extra: str, version: str = "1.1") ->
 
 def check_body(key: str, limit: int = 3, **fields: object) -> bytes:
     return json.dumps({"key": key, "limit": limit, "window": 60, **fields}).encode()
-
-
-class Replies:
-    """The responses read off one connection, in order (each with a content-length)."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self._data = b""
-
-    def next(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self._data:
-            self._receive()
-        head, _, self._data = self._data.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        while len(self._data) < length:
-            self._receive()
-        body, self._data = self._data[:length], self._data[length:]
-        return int(status_line.split()[1]), headers, body
-
-    def closed(self) -> bool:
-        try:
-            return self._data == b"" and self._sock.recv(65536) == b""
-        except ConnectionResetError:
-            return True
-
-    def _receive(self) -> None:
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed with {self._data!r} unread")
-        self._data += chunk
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from redis import Redis
 
 from tests.support.credentials import create_key
 from tests.support.polling import wait_until
+from tests.support.raw_http import closed, connect, read_reply
 from tests.support.servers import RatewatchProcess, RedisServer, start_limiter
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,53 +25,6 @@ METRICS_TOKEN = "metrics-" + secrets.token_hex(16)
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
 SLACK = 2.0  # how much later than its timeout a cut may come on a busy machine
-
-
-class Reply:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def problem(self) -> dict[str, object]:
-        assert self.headers["content-type"] == "application/problem+json"
-        document: dict[str, object] = json.loads(self.body)
-        return document
-
-
-def read_reply(sock: socket.socket) -> Reply:
-    """One HTTP/1.1 response with a content-length, read from ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response's head; got {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the response's body ended")
-        body += chunk
-    return Reply(int(status_line.split()[1]), headers, body[:length])
-
-
-def closed(sock: socket.socket) -> bool:
-    """Whether the server closed ``sock`` (EOF or reset, nothing more to read)."""
-    try:
-        return sock.recv(65536) == b""
-    except ConnectionResetError:
-        return True
-
-
-def connect(server: RatewatchProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
 
 
 def health_request() -> bytes:
