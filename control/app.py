@@ -388,6 +388,7 @@ class LimiterApp:
                 self._problem_of,
                 settings.max_body_bytes,
                 settings.max_batch_body_bytes,
+                decider.cached,
             )
         # what start-up allocated lives as long as the process: keeping it out of the
         # collector's generations makes the collections under load cheap

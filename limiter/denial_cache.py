@@ -205,6 +205,19 @@ class CachedSubmit:
         self._submit = submit
         self._log = log
 
+    def cached(self, check: Check, now: int | None = None) -> Outcome | None:
+        """The cache's answer to ``check`` (recorded, as a cached answer of ``submit`` is),
+        or None: then ``submit`` asks the store.  A miss here is not counted: the
+        ``submit`` that follows looks the check up again and counts it, once."""
+        cache = self._cache
+        misses = cache.misses
+        hit = cache.answer(check, cache.clock() if now is None else now)
+        if hit is None:
+            cache.misses = misses
+        elif self._log is not None:
+            self._log.record([check], [hit])
+        return hit
+
     async def submit(self, checks: Sequence[Check]) -> list[Outcome]:
         cache = self._cache
         sent = cache.clock()

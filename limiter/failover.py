@@ -26,6 +26,7 @@ from typing import Protocol
 
 from limiter.algorithms import Outcome, Reason
 from limiter.coalescer import Decide
+from limiter.denial_cache import CachedSubmit
 from limiter.errors import StoreUnavailable
 from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode
@@ -166,6 +167,15 @@ class FailoverDecider:
         self._fallback = fallback
         self._health = health
         self._outage_log = outage_log
+        self._cached = primary.cached if isinstance(primary, CachedSubmit) else None
+
+    def cached(self, check: Check) -> Outcome | None:
+        """The answer to ``check`` the local denial cache gives without a store call, while
+        Redis answers (the failure policy's time asks no cache); None: ``decide`` it."""
+        cached = self._cached
+        if cached is None or not self._health.up:
+            return None
+        return cached(check)
 
     async def decide(self, checks: Sequence[Check], fail_mode: FailMode) -> list[Outcome]:
         if self._health.up:

@@ -7,8 +7,9 @@ lane the requests it can answer at once (a key the cache holds, not a signed one
 whole body in, its policy if it names one in the copy); the lane gathers those parsed in
 one loop iteration and, in the next, decides them with one call of the decider per tenant
 and failure mode (the coalescer joins those into one script call), then answers each
-through its request.  Anything else, a policy not in the copy for one, is decided as a
-task of its own with the handler's own steps.
+through its request.  A check the local denial cache denies is answered in the flush
+itself, without waiting for the others' store call.  Anything else, a policy not in the copy
+for one, is decided as a task of its own with the handler's own steps.
 
 The answers, the headers, the decision events and the metrics are the handler's
 (``CheckHandler.prepare``/``answer``, ``prepare_batch``/``batch_answer``): what the lane
@@ -21,6 +22,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
+from limiter.algorithms import Outcome
 from limiter.auth import Authenticator, Principal
 from limiter.http.asgi import JSON, Headers
 from limiter.http.checks import (
@@ -68,9 +70,12 @@ class CheckLane:
         problem_of: Callable[[Exception], Problem],
         max_body_bytes: int,
         max_batch_body_bytes: int,
+        cached: Callable[[Check], Outcome | None] | None = None,
     ):
         self._handler = handler
         self._decider = decider
+        # the local denial cache's answer, if it has one (FailoverDecider.cached)
+        self._cached = cached
         self._auth = auth
         self._problem_of = problem_of  # an exception's answer, logged and counted as the app's
         self.body_limits = {CHECK_PATH: max_body_bytes, BATCH_PATH: max_batch_body_bytes}
@@ -119,6 +124,10 @@ class CheckLane:
                             self._spawn(self._check_alone(principal, body, started, request))
                             continue
                     prepared = handler.prepare(principal, check_request, started, found)
+                    hit = None if self._cached is None else self._cached(prepared.check)
+                    if hit is not None:  # denied in process: answered now, no store call
+                        self._answer_check(request, started, handler.answer(prepared, hit))
+                        continue
                     decided = _Decided(request, started, prepared, [])
                 else:
                     batch_request = decode(batch_decoder, body)
