@@ -85,21 +85,23 @@ class DenialCache:
         window_ms: int,
         cost: int,
         now: int,
+        count_miss: bool = True,
     ) -> Outcome | None:
         """The denial of this check if one is known at ``now``, else None.  A check of
-        several windows asks per window: any window denied denies the check."""
+        several windows asks per window: any window denied denies the check.  A miss is
+        counted unless ``count_miss`` is false (a lookup the store call's own follows)."""
         counter = (tenant, key, algorithm, window_ms)
         denial = self._entries.get(counter)
         if denial is None:
-            self.misses += 1
+            self.misses += count_miss
             return None
         until = denial.until
         if now >= until:
             del self._entries[counter]
-            self.misses += 1
+            self.misses += count_miss
             return None
         if cost < denial.cost or cost > limit or limit != denial.limit:
-            self.misses += 1
+            self.misses += count_miss
             return None
         self._entries.move_to_end(counter)
         self.hits += 1
@@ -146,21 +148,22 @@ class DenialCache:
             entries.popitem(last=False)
             self.evictions += 1
 
-    def answer(self, check: Check, now: int) -> Outcome | None:
+    def answer(self, check: Check, now: int, count_miss: bool = True) -> Outcome | None:
         """The cached denial of ``check``, if one of its windows is known to deny it."""
         if len(check.windows) < 2:
             return self.lookup(
                 check.tenant, check.key, check.algorithm, check.limit, check.window_ms,
-                check.cost, now,
+                check.cost, now, count_miss,
             )  # fmt: skip
         if not self._entries:  # nothing known: a miss per window, as the lookups count
-            self.misses += len(check.windows)
+            self.misses += len(check.windows) * count_miss
             return None
         # a policy's windows are decided together: one window Redis would deny denies all
         for index, (limit, window_ms) in enumerate(check.windows):
             hit = self.lookup(
-                check.tenant, check.key, check.algorithm, limit, window_ms, check.cost, now
-            )
+                check.tenant, check.key, check.algorithm, limit, window_ms, check.cost, now,
+                count_miss,
+            )  # fmt: skip
             if hit is not None:
                 return with_window(hit, index)
         return None
@@ -210,11 +213,8 @@ class CachedSubmit:
         or None: then ``submit`` asks the store.  A miss here is not counted: the
         ``submit`` that follows looks the check up again and counts it, once."""
         cache = self._cache
-        misses = cache.misses
-        hit = cache.answer(check, cache.clock() if now is None else now)
-        if hit is None:
-            cache.misses = misses
-        elif self._log is not None:
+        hit = cache.answer(check, cache.clock() if now is None else now, count_miss=False)
+        if hit is not None and self._log is not None:
             self._log.record([check], [hit])
         return hit
 

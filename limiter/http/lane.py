@@ -19,8 +19,8 @@ saves is the per-request machinery, never a step of the check.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from limiter.algorithms import Outcome
 from limiter.auth import Authenticator, Principal
@@ -39,6 +39,8 @@ from limiter.http.problems import Problem
 from limiter.state.apikeys import MAX_KEY_LENGTH
 from limiter.state.tenants import FailMode
 from limiter.store.base import Check
+
+R = TypeVar("R", Reply, BatchReply)
 
 CHECK_PATH = b"/v1/check"
 BATCH_PATH = b"/v1/batch"
@@ -121,7 +123,10 @@ class CheckLane:
                     if check_request.policy is not None:
                         found = handler.cached_policy(principal.tenant, check_request)
                         if found is None:
-                            self._spawn(self._check_alone(principal, body, started, request))
+                            answering = handler.answer_check(principal, body, started)
+                            self._spawn(
+                                self._alone(request, started, answering, self._answer_check)
+                            )
                             continue
                     prepared = handler.prepare(principal, check_request, started, found)
                     hit = None if self._cached is None else self._cached(prepared.check)
@@ -133,7 +138,8 @@ class CheckLane:
                     batch_request = decode(batch_decoder, body)
                     founds = handler.cached_policies(principal.tenant, batch_request)
                     if founds is None:
-                        self._spawn(self._batch_alone(principal, body, started, request))
+                        answered = handler.answer_batch(principal, body, started)
+                        self._spawn(self._alone(request, started, answered, self._answer_batch))
                         continue
                     checks = handler.prepare_batch(principal, batch_request, started, founds)
                     decided = _Decided(request, started, None, checks)
@@ -175,25 +181,20 @@ class CheckLane:
                 self._fail(request, exc)
             at += count
 
-    async def _check_alone(
-        self, principal: Principal, body: bytes, started: int, request: LaneRequest
+    async def _alone(
+        self,
+        request: LaneRequest,
+        started: int,
+        decided: Awaitable[R],
+        answered: Callable[[LaneRequest, int, R], None],
     ) -> None:
+        """A request decided on a task of its own (its policy must be fetched first)."""
         try:
-            reply = await self._handler.answer_check(principal, body, started)
+            reply = await decided
         except Exception as exc:
             self._fail(request, exc)
             return
-        self._answer_check(request, started, reply)
-
-    async def _batch_alone(
-        self, principal: Principal, body: bytes, started: int, request: LaneRequest
-    ) -> None:
-        try:
-            reply = await self._handler.answer_batch(principal, body, started)
-        except Exception as exc:
-            self._fail(request, exc)
-            return
-        self._answer_batch(request, started, reply)
+        answered(request, started, reply)
 
     def _answer_check(self, request: LaneRequest, started: int, reply: Reply) -> None:
         request.respond(200, reply.headers, reply.body)

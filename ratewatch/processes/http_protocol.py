@@ -243,7 +243,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.may_start = True
         else:  # pipelined behind a request still unanswered
             self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, _overloaded))  # type: ignore[arg-type]
+            self.pipeline.appendleft((cycle, None))  # type: ignore[arg-type]  # no app: the lane
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if cycle.__class__ is LaneCycle:  # its turn, once pipelined

@@ -47,7 +47,6 @@ class LaneCycle:
         "path",
         "response_complete",
         "response_started",
-        "started",
     )
     message_event = _NO_WAITER
 
@@ -72,14 +71,12 @@ class LaneCycle:
         self.body = bytearray()
         self.complete = False  # its body has ended
         self.may_start = False  # no request before it on its connection is still unanswered
-        self.started = 0
         self.disconnected = False
         self.response_started = False
         self.response_complete = False
 
     def start(self, started_ns: int) -> None:
         """Its turn has come (``may_start``) and its body has ended: to the lane."""
-        self.started = started_ns
         self._lane.submit(self._route, self._principal, bytes(self.body), started_ns, self)
 
     def respond(self, status: int, headers: Headers, body: bytes) -> None:
