@@ -29,6 +29,7 @@ from limiter.outage import records
 from limiter.outage.records import SpooledEntry
 from limiter.outage.replay import StreamReplay
 from limiter.store.base import Check
+from stream.cancellation import pause
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -136,7 +137,7 @@ class DenialStream:
                             log.warning("cached denials not appended yet, retrying: %s", exc)
                         else:
                             log.exception("cached denials not appended, retrying")
-                        await asyncio.sleep(delay)
+                        await pause(delay)
                         delay = min(delay * 2, RETRY_MAX)
                 delay = self._interval
                 del self._pending[: len(chunk)]  # only ever appended to meanwhile

@@ -32,6 +32,7 @@ from limiter.metrics import LimiterMetrics
 from limiter.state.tenants import FailMode
 from limiter.store.base import Check
 from limiter.store.memory import MemoryStore
+from stream.cancellation import raise_if_cancelled
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -131,6 +132,7 @@ class StoreHealth:
         down (first after one interval when failed calls declared it down, so that a store
         failing calls is spared them that long); runs for the life of the process."""
         while True:
+            raise_if_cancelled()  # a probe may have swallowed the stop
             if self.up:
                 await self._suspect.wait()
                 self._suspect.clear()

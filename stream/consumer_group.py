@@ -26,7 +26,6 @@ The Redis client must return bytes (no ``decode_responses``), as the project's c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +33,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
+
+from stream.cancellation import pause
 
 FROM_START = "0"  # a group that reads the stream's history too
 FROM_END = "$"  # a group that reads only what is appended after it was created
@@ -178,7 +179,7 @@ async def trim_acknowledged(redis: Redis, stream: str, interval: float = 5.0) ->
     """Trim ``stream`` every ``interval`` seconds for as long as it runs (``trim_once``);
     Redis errors only skip a round."""
     while True:
-        await asyncio.sleep(interval)
+        await pause(interval)
         with contextlib.suppress(RedisError):
             await trim_once(redis, stream)
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from stream import cancellation
 from stream.batching import BatchBounds, Pending
 from stream.consumer_group import FROM_START, ConsumerGroup, Entry
 from stream.events import entry_decisions, entry_offset
@@ -234,7 +235,7 @@ class StreamPipeline:
                 log.error(
                     "writing a batch of %s failed, retrying in %.1fs: %s", self._stream, pause, exc
                 )
-                await asyncio.sleep(pause)
+                await cancellation.pause(pause)
                 pause = min(MAX_RETRY_PAUSE, pause * 2)
 
     async def recover(self, count: int = 10_000) -> int:

@@ -58,6 +58,7 @@ from limiter.state.allowlist import Allowlist
 from limiter.state.apikeys import KeyStore
 from limiter.state.blocks import BlockStore
 from limiter.state.tenants import TenantSettingsStore
+from stream.cancellation import pause
 from webhooks.registry import WebhookStore
 from webhooks.sealing import SecretSealer
 
@@ -150,7 +151,7 @@ class Restorer:
     async def watch(self) -> None:
         """Restore whenever the epoch is gone, until cancelled."""
         while True:
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)
             try:
                 await self._backfill_if_empty()
                 if not self.restoring and not await self._has_epoch():

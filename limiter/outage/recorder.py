@@ -31,6 +31,7 @@ from limiter.outage.records import SpooledEntry
 from limiter.outage.replay import StreamReplay
 from limiter.sinks.spool import Spool
 from limiter.store.base import Check
+from stream.cancellation import pause
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -173,13 +174,13 @@ class OutageRecorder:
                 self._last_error = str(exc)
                 if self._closing:
                     return
-                await asyncio.sleep(delay)
+                await pause(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             except Exception as exc:  # a bug must not stop the recorder: retry
                 log.exception("outage spool: replay failed")
                 self._last_error = str(exc)
-                await asyncio.sleep(RETRY_MAX)
+                await pause(RETRY_MAX)
                 continue
             if self._closing and not self.spool.pending:
                 return

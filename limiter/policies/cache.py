@@ -28,6 +28,7 @@ from limiter.errors import NotFound, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.policies.model import Overrides, Policy, Resolved, resolve
 from limiter.policies.store import PolicyStore, TenantPolicies
+from stream.cancellation import pause
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -178,4 +179,4 @@ class PolicyCache:
                 if not failing:
                     log.warning("policies not refreshed, the local copy stays: %s", exc)
                 failing = True
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)

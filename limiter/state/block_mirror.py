@@ -21,7 +21,6 @@ never reads it while Redis answers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from redis.exceptions import RedisError
 
 from limiter.keyspace import Keyspace
 from limiter.store.memory import MemoryStore
+from stream.cancellation import pause
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -156,4 +156,4 @@ class BlockMirror:
                 if not failing:
                     log.warning("blocks not refreshed, the local copy stays: %r", exc)
                 failing = True
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)

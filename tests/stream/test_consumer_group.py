@@ -8,6 +8,7 @@ Each test has a stream of its own."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Sequence
@@ -41,6 +42,14 @@ async def append(redis: Redis, stream: str, n: int) -> list[bytes]:
 
 def ids_of(entries: Sequence[Entry]) -> list[bytes]:
     return [entry_id for entry_id, _ in entries]
+
+
+async def all_idle_for(redis: Redis, stream: str, group: str, idle_ms: int) -> bool:
+    """Whether every pending entry of the group has been idle ``idle_ms`` or longer."""
+    rows: list[dict[str, int]] = await redis.xpending_range(  # type: ignore[assignment]
+        stream, group, min="-", max="+", count=1000
+    )
+    return all(row["time_since_delivered"] >= idle_ms for row in rows)
 
 
 async def pending_of(redis: Redis, stream: str, group: str) -> dict[bytes, list[bytes]]:
@@ -120,7 +129,12 @@ async def test_entries_a_dead_consumer_left_pending_are_claimed_once_idle_long_e
     assert await patient.claim_abandoned() == []  # not idle for a minute yet
     assert await ConsumerGroup(redis, stream, "g", "off").claim_abandoned() == []  # no claims
 
-    survivor = ConsumerGroup(redis, stream, "g", "survivor", count=3, claim_idle_ms=1)
+    # idle long enough that a sweep does not also take back what it claimed itself a page
+    # earlier (that is idle too once idle_ms has passed), however slow the box
+    idle_ms = 500
+    idle = functools.partial(all_idle_for, redis, stream, "g", idle_ms)
+    await eventually_equal(idle, True, 10, "the dead consumer's entries to be idle")
+    survivor = ConsumerGroup(redis, stream, "g", "survivor", count=3, claim_idle_ms=idle_ms)
     claimed: list[Entry] = []
     deadline = time.monotonic() + 10
     while len(claimed) < len(ids):  # a sweep pages through the pending list, 3 at a time
