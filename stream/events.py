@@ -15,6 +15,7 @@ A decision travels one of two ways, and both encodings are defined here only:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -167,8 +168,27 @@ class EntryPayload(Protocol):
 
 encode_entry_check: Callable[[EntryCheck], bytes] = _encoder.encode
 _entry_decoder = msgspec.json.Decoder(list[EntryDecision])
-# event ids of stream entries are derived, so that a re-read entry yields the same ids
-_ENTRY_ID_NAMESPACE = uuid.UUID("6f1d2b8e-3c1a-4f43-9a57-0c4d7e2f9b10")
+# event ids of stream entries are derived, so that a re-read entry yields the same ids: the
+# UUID version 5 of "<offset>/<index>" in this namespace (RFC 9562)
+ENTRY_ID_NAMESPACE = uuid.UUID("6f1d2b8e-3c1a-4f43-9a57-0c4d7e2f9b10")
+_ENTRY_ID_SEED = hashlib.sha1(ENTRY_ID_NAMESPACE.bytes, usedforsecurity=False)
+# the variant's hex digit (RFC 9562's 10xx) for each digit the hash put there
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def entry_event_ids(offset: int, count: int) -> list[str]:
+    """The ids of an entry's ``count`` events: ``str(uuid.uuid5(namespace, f"{offset}/{i}"))``
+    for each index, computed at a third of its cost (uuid5 builds and checks a UUID object
+    per call; one decoded decision in two thirds of its decoding time went there)."""
+    prefix = _ENTRY_ID_SEED.copy()
+    prefix.update(b"%d/" % offset)
+    ids = []
+    for index in range(count):
+        digest = prefix.copy()
+        digest.update(b"%d" % index)
+        x = digest.hexdigest()
+        ids.append(f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}")
+    return ids
 
 
 def entry_offset(entry_id: str | bytes) -> int:
@@ -206,11 +226,13 @@ def decode_entry(entry: EntryPayload) -> list[DecisionEvent]:
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedEvent(f"stream entry at offset {entry.offset}: {exc}") from None
     events = []
-    for index, decision in enumerate(decisions):
+    for event_id, decision in zip(
+        entry_event_ids(entry.offset, len(decisions)), decisions, strict=True
+    ):
         check = decision.check
         events.append(
             DecisionEvent(
-                event_id=str(uuid.uuid5(_ENTRY_ID_NAMESPACE, f"{entry.offset}/{index}")),
+                event_id=event_id,
                 ts=ts,
                 tenant=check.tenant,
                 key=check.key,
