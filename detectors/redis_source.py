@@ -7,6 +7,10 @@ acknowledged as it is delivered, so detection's reads never hold back the stream
 trimming, and a read is one command, not a read and an ``XACK`` (with single checks, each
 one a stream entry, that was two commands per check).  Detection tolerates a lost read.
 Malformed entries are skipped here; the analytics pipeline dead-letters them.
+
+The embedded detection takes what arrived just before each round (``read_available``)
+rather than reading as entries come: a round sees the same decisions, and the worker is not
+woken, nor Valkey asked, once per stream entry (with single checks, once per check).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 
 from redis.asyncio import Redis
 
-from stream.consumer_group import FROM_END, ConsumerGroup, GroupMissing
+from stream.consumer_group import FROM_END, ConsumerGroup, Entry, GroupMissing
 from stream.events import DecisionEvent, MalformedEvent, decode_entry
 from stream.handlers import entry_record
 
@@ -29,11 +33,11 @@ class RedisDecisionSource:
         stream: str,
         consumer: str = "detect",
         group: str = GROUP,
-        count: int = 5000,
-        block_ms: int = 1000,
+        count: int = 500,
     ):
+        """``count``: the entries of one read (the event loop runs between two)."""
         self._group = ConsumerGroup(redis, stream, group, consumer, start=FROM_END, count=count)
-        self._block_ms = block_ms
+        self._count = count
 
     async def ensure_group(self) -> None:
         """The group, and none of this consumer's entries left pending (an earlier version
@@ -43,15 +47,26 @@ class RedisDecisionSource:
         while stale := await self._group.read_pending():
             await self._group.ack([entry_id for entry_id, _ in stale])
 
-    async def read(self) -> list[DecisionEvent]:
-        """The next entries' events (empty after ``block_ms`` without any)."""
+    async def read_available(self) -> list[DecisionEvent]:
+        """The events of every entry not read yet (empty if there are none)."""
+        events: list[DecisionEvent] = []
+        while True:
+            entries = await self._read_new()
+            events += _events(entries)
+            if len(entries) < self._count:
+                return events
+
+    async def _read_new(self) -> list[Entry]:
         try:
-            entries = await self._group.read_new(self._block_ms, noack=True)
+            return await self._group.read_new(None, self._count, noack=True)
         except GroupMissing:  # the stream was deleted and made again
             await self.ensure_group()
             return []
-        events: list[DecisionEvent] = []
-        for entry_id, fields in entries:
-            with contextlib.suppress(MalformedEvent):
-                events.extend(decode_entry(entry_record(entry_id, fields or {})))
-        return events
+
+
+def _events(entries: list[Entry]) -> list[DecisionEvent]:
+    events: list[DecisionEvent] = []
+    for entry_id, fields in entries:
+        with contextlib.suppress(MalformedEvent):
+            events.extend(decode_entry(entry_record(entry_id, fields or {})))
+    return events

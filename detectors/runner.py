@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,14 +130,19 @@ class DetectionLoop:
         except StoreUnavailable:
             log.warning("open incidents not carried on: Redis did not answer", exc_info=True)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(
+        self, stop: asyncio.Event, take_new: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Evaluate every ``interval`` seconds until ``stop`` is set (skipping the rounds
-        that would judge nobody, ``quiet``)."""
+        that would judge nobody, ``quiet``); ``take_new``, when given, is awaited before
+        each round to ``observe`` what arrived since the last."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
             if stop.is_set():
                 return
+            if take_new is not None:
+                await take_new()
             if self.quiet(time.time_ns() // 1_000_000):
                 self.stats.quiet += 1
                 continue

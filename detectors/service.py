@@ -9,7 +9,6 @@ kept in ``model_dir``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -82,22 +81,16 @@ async def run_embedded_detection(
     source = RedisDecisionSource(redis, keyspace.events)
     await source.ensure_group()
     await loop.resume()
-    evaluator = asyncio.create_task(loop.run(stop), name="ratewatch-detect")
+
+    async def take_new() -> None:
+        try:
+            loop.observe(await source.read_available())
+        except Exception:  # Redis away for a moment: the next round reads what it missed
+            log.warning("reading decisions for detection failed", exc_info=True)
+
     log.info("detecting abuse in %s", keyspace.events)
     try:
-        while not stop.is_set():
-            try:
-                events = await source.read()
-            except Exception:  # Redis away for a moment: the pipeline survives it too
-                log.warning("reading decisions for detection failed", exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            if events:
-                loop.observe(events)
+        await loop.run(stop, take_new)
     finally:
-        evaluator.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await evaluator
         await loop.close()
         log.info("detection stopped: %s", loop.stats)

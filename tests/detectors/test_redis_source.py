@@ -29,26 +29,27 @@ async def acks(redis: Redis) -> int:
     return int(stats.get("cmdstat_xack", {}).get("calls", 0))
 
 
-async def test_a_read_returns_the_decisions_and_leaves_nothing_pending(
+async def test_a_read_returns_every_new_decision_and_leaves_nothing_pending(
     redis: Redis, tenant: str
 ) -> None:
     stream = f"test:events:{secrets.token_hex(4)}"
-    source = RedisDecisionSource(redis, stream, block_ms=100)
+    source = RedisDecisionSource(redis, stream, count=2)
     await source.ensure_group()
+    assert await source.read_available() == []
     limiter = RedisStore(redis, Keyspace(), event_stream=stream)
-    for i in range(3):  # three entries of two decisions each
+    for i in range(5):  # five entries of two decisions each: read in pages of two entries
         await limiter.decide(
             [Check(tenant, f"k{i}-{j}", Algorithm.FIXED_WINDOW, 10, 60_000, 1) for j in range(2)]
         )
     acked = await acks(redis)
-    events = await source.read()
-    assert await acks(redis) == acked  # one command: the read acknowledged them
+    events = await source.read_available()
+    assert await acks(redis) == acked  # the reads acknowledged them
     assert sorted(event.key for event in events) == sorted(
-        f"k{i}-{j}" for i in range(3) for j in range(2)
+        f"k{i}-{j}" for i in range(5) for j in range(2)
     )
     assert {event.tenant for event in events} == {tenant}
     assert await pending(redis, stream) == 0
-    assert await source.read() == []  # nothing delivered twice
+    assert await source.read_available() == []  # nothing delivered twice
 
 
 async def test_entries_an_earlier_reader_left_pending_are_acknowledged_at_start(
@@ -61,8 +62,8 @@ async def test_entries_an_earlier_reader_left_pending_are_acknowledged_at_start(
     # read and never acknowledged, as a reader that acknowledged after reading left them
     await redis.xreadgroup(GROUP, "detect", {stream: ">"}, count=3)
     assert await pending(redis, stream) == 3
-    source = RedisDecisionSource(redis, stream, count=2, block_ms=100)
+    source = RedisDecisionSource(redis, stream, count=2)
     await source.ensure_group()  # pages of two: every page acknowledged
     assert await pending(redis, stream) == 0
-    assert await source.read() == []  # the other two are malformed: skipped, not pending
+    assert await source.read_available() == []  # the other two are malformed: skipped
     assert await pending(redis, stream) == 0
