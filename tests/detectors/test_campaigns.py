@@ -3,8 +3,6 @@ start together and behave alike are one campaign; crowds, offices and partners a
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from detectors.campaigns import (
@@ -17,26 +15,10 @@ from detectors.campaigns import (
 from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
 from detectors.verdict import Verdict
+from tests.support.coordinated_traffic import crowd, office, run_campaigns, stuffers
 from tests.support.decision_frames import T0, Row, coordinated_verdicts, rounds, row
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def stuffers(count: int, *, onset_ms: int = 0, every_ms: int = 8_000, until_ms: int = 60_000,
-             prefix: str = "203.0.113", route: str = "/auth/sign-in") -> list[Row]:  # fmt: skip
-    """``count`` addresses starting within 20 s of ``onset_ms``, each trying a new account
-    every ``every_ms`` (0.125 checks/s: no address stands out)."""
-    rng = random.Random(count)
-    rows, account = [], 0
-    for n in range(count):
-        ip = f"{prefix}.{n + 1}"
-        ms = onset_ms + rng.randrange(20_000)
-        while ms < until_ms:
-            account += 1
-            rows.append(row(T0 + ms, ip, route=route, key=f"ip:{ip}", user_id=f"acct{account}",
-                            agent="curlish/7.1", allowed=account % 3 != 0))  # fmt: skip
-            ms += every_ms + rng.randrange(-2_000, 2_000)
-    return rows
 
 
 def scrapers(count: int, *, until_ms: int = 60_000) -> list[Row]:
@@ -47,30 +29,6 @@ def scrapers(count: int, *, until_ms: int = 60_000) -> list[Row]:
         for ms in range(n * 500, until_ms, 6_000):
             page += 1
             rows.append(row(T0 + ms, ip, route=f"/catalogue/{page}", key=f"ip:{ip}"))
-    return rows
-
-
-def crowd(count: int, *, until_ms: int = 60_000) -> list[Row]:
-    """A launch: ``count`` new people, each signed in, mostly on the launch page."""
-    rng = random.Random(7)
-    rows = []
-    for n in range(count):
-        ip, user = f"198.51.100.{n + 1}", f"person{n}"
-        for ms in range(rng.randrange(10_000), until_ms, 5_000):
-            route = "/launch/today" if rng.random() < 0.7 else f"/page{rng.randrange(5)}"
-            rows.append(row(T0 + ms, ip, route=route, key=f"user:{user}", user_id=user))
-    return rows
-
-
-def office(addresses: int, people: int, *, until_ms: int = 60_000) -> list[Row]:
-    """An office: ``people`` signed in behind ``addresses`` NAT addresses, browsing."""
-    rng = random.Random(11)
-    rows = []
-    for ms in range(0, until_ms, 200):
-        user = f"staff{rng.randrange(people)}"
-        ip = f"100.64.0.{hash(user) % addresses + 1}"
-        route = rng.choice(["/home", "/docs", "/api/items", "/api/orders", "/search"])
-        rows.append(row(T0 + ms, ip, route=route, key=f"user:{user}", user_id=user))
     return rows
 
 
@@ -100,23 +58,9 @@ def households(count: int, *, until_ms: int = 60_000) -> list[Row]:
     return rows
 
 
-def run(
-    detector: CampaignDetector, rows: list[Row], until_ms: int, step_ms: int = 5_000
-) -> tuple[list[Verdict], list[CampaignChange]]:
-    """Feed ``rows`` in and evaluate every ``step_ms``, as the detection loop does."""
-    verdicts: list[Verdict] = []
-    changes: list[CampaignChange] = []
-    for now, chunk in rounds(rows, until_ms, step_ms):
-        detector.book.observe(chunk)
-        found, changed = detector.evaluate(now)
-        verdicts += found
-        changes += changed
-    return verdicts, changes
-
-
 def test_distributed_stuffing_is_one_campaign_blocked_with_one_explanation() -> None:
     detector = CampaignDetector()
-    verdicts, changes = run(detector, stuffers(30) + crowd(40) + office(3, 60), 60_000)
+    verdicts, changes = run_campaigns(detector, stuffers(30) + crowd(40) + office(3, 60), 60_000)
     members = {v.subject for v in verdicts}
     assert members == {f"203.0.113.{n}" for n in range(1, 31)}
     assert {v.detector for v in verdicts} == {DETECTOR}
@@ -141,7 +85,7 @@ def test_distributed_stuffing_is_one_campaign_blocked_with_one_explanation() -> 
 
 
 def test_a_slow_crawl_from_many_addresses_is_a_scraping_campaign() -> None:
-    verdicts, _ = run(CampaignDetector(), scrapers(12), 60_000)
+    verdicts, _ = run_campaigns(CampaignDetector(), scrapers(12), 60_000)
     assert {v.subject for v in verdicts} == {f"192.0.2.{n}" for n in range(1, 13)}
     assert {v.campaign.family for v in verdicts if v.campaign} == {"scraping"}
     assert verdicts[0].explanation()["campaign"]["route_template"] == "/catalogue/*"
@@ -159,7 +103,7 @@ def test_a_slow_crawl_from_many_addresses_is_a_scraping_campaign() -> None:
 )
 def test_crowds_offices_and_small_groups_are_no_campaign(legit: list[Row]) -> None:
     detector = CampaignDetector()
-    verdicts, changes = run(detector, legit, 60_000)
+    verdicts, changes = run_campaigns(detector, legit, 60_000)
     assert verdicts == []
     assert changes == []
     assert detector.campaigns == []
@@ -169,7 +113,7 @@ def test_sources_that_join_later_join_the_same_campaign() -> None:
     detector = CampaignDetector()
     early = stuffers(10, until_ms=120_000)
     late = stuffers(5, onset_ms=70_000, until_ms=120_000, prefix="233.252.0")
-    verdicts, changes = run(detector, early + late, 120_000)
+    verdicts, changes = run_campaigns(detector, early + late, 120_000)
     assert len({v.campaign.incident_id for v in verdicts if v.campaign}) == 1
     assert {v.subject for v in verdicts} >= {f"233.252.0.{n}" for n in range(1, 6)}
     assert next(c.kind for c in changes) == "opened"
@@ -190,7 +134,7 @@ def browsers(count: int, *, until_ms: int) -> list[Row]:
 def test_a_source_there_long_before_the_campaign_does_not_join_it() -> None:
     detector = CampaignDetector()
     crawl = [{**r, "ts": r["ts"] + 240_000} for r in scrapers(12, until_ms=60_000)]
-    verdicts, _ = run(detector, browsers(3, until_ms=300_000) + crawl, 300_000)
+    verdicts, _ = run_campaigns(detector, browsers(3, until_ms=300_000) + crawl, 300_000)
     blocked = {v.subject for v in verdicts}
     assert blocked == {f"192.0.2.{n}" for n in range(1, 13)}
 
@@ -198,7 +142,7 @@ def test_a_source_there_long_before_the_campaign_does_not_join_it() -> None:
 def test_a_campaign_closes_once_its_members_went_quiet() -> None:
     settings = CampaignSettings(close_after_ms=60_000)
     detector = CampaignDetector(settings)
-    _, changes = run(detector, stuffers(10), 60_000)
+    _, changes = run_campaigns(detector, stuffers(10), 60_000)
     assert detector.campaigns
     closed: list[CampaignChange] = []
     for now in range(65_000, 200_000, 5_000):
@@ -212,7 +156,7 @@ def test_groups_that_started_apart_are_not_merged_by_timing() -> None:
     """DBSCAN's onset dimension: two bursts of sources ten minutes apart are two groups,
     so the later one is judged on its own once the first has ended."""
     detector = CampaignDetector(CampaignSettings(close_after_ms=30_000))
-    first, _ = run(detector, stuffers(8), 60_000)
+    first, _ = run_campaigns(detector, stuffers(8), 60_000)
     shifted = [{**r, "ts": r["ts"] + 600_000} for r in stuffers(8, prefix="233.252.0")]
     for now in range(65_000, 600_000, 5_000):
         detector.evaluate(T0 + now)  # the first campaign closes meanwhile

@@ -36,8 +36,7 @@ from stream.alerts import AlertEvent, AlertOutbox
 from stream.audit_outbox import AuditOutbox
 from stream.incidents import IncidentEvent, IncidentOutbox
 from stream.incidents import decode as decode_incident
-from tests.detectors.test_campaigns import run, stuffers
-from tests.detectors.test_targets import brute_force, people
+from tests.support.coordinated_traffic import brute_force, people, run_campaigns, stuffers
 from tests.support.decision_frames import T0, rounds, row
 from tests.support.events import decision
 
@@ -190,7 +189,7 @@ async def test_no_incident_while_detection_is_off(redis: Redis, tenant: str) -> 
     await TenantSettingsStore(redis, KS).set_detection_mode(tenant, DetectionMode.OFF)
     actions, changes, store, stream = rig(redis, tenant)
     detector = CampaignDetector()
-    verdicts, changed = run(detector, campaign_rows(tenant), 60_000)
+    verdicts, changed = run_campaigns(detector, campaign_rows(tenant), 60_000)
     changes.pending += changed
     for verdict in verdicts:
         await actions.apply(verdict)

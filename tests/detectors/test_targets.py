@@ -20,7 +20,7 @@ from detectors.rules import RuleThresholds, apply_rules
 from detectors.sources import SourceBook
 from detectors.targets import DETECTOR_VERSION, TargetDetector, TargetSettings
 from detectors.verdict import Verdict
-from tests.detectors.test_campaigns import crowd, office
+from tests.support.coordinated_traffic import LOGIN, WARM_MS, brute_force, crowd, office, people
 from tests.support.decision_frames import (
     T0,
     TENANT,
@@ -32,69 +32,6 @@ from tests.support.decision_frames import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-LOGIN = "/auth/sign-in"
-WARM_MS = 90_000  # the attacks below begin after the detector watched the tenant this long
-
-
-def brute_force(
-    count: int,
-    *,
-    every_ms: int = 700,
-    in_key: bool = False,
-    denied: bool = True,
-    onset_ms: int = WARM_MS,
-    until_ms: int = WARM_MS + 60_000,
-    account: str = "alice",
-) -> list[Row]:
-    """``count`` addresses, each joining within 10 s of ``onset_ms``, trying passwords on
-    one account every ``every_ms``; the account in ``user_id`` (each address its own key)
-    or in the key."""
-    rng = random.Random(count)
-    rows = []
-    for n in range(count):
-        ip = f"203.0.113.{n + 1}"
-        ms = onset_ms + rng.randrange(10_000)
-        tries = 0
-        while ms < until_ms:
-            tries += 1
-            no = denied and tries % 4 != 1
-            if in_key:
-                rows.append(
-                    row(
-                        T0 + ms,
-                        ip,
-                        route=LOGIN,
-                        key=f"{LOGIN}:{account}",
-                        agent="hydra/9",
-                        allowed=not no,
-                    )
-                )
-            else:
-                rows.append(
-                    row(
-                        T0 + ms,
-                        ip,
-                        route=LOGIN,
-                        key=f"ip:{ip}",
-                        user_id=account,
-                        agent="hydra/9",
-                        allowed=not no,
-                    )
-                )
-            ms += every_ms + rng.randrange(-200, 200)
-    return rows
-
-
-def people(count: int, *, until_ms: int = WARM_MS + 60_000) -> list[Row]:
-    """The tenant's everyday users: each signed in from an address of their own, a check
-    every 8 s (the population the pressed account is judged against)."""
-    rows = []
-    for n in range(count):
-        ip, user = f"198.51.100.{n + 1}", f"person{n}"
-        for ms in range(n * 100, until_ms, 8_000):
-            rows.append(row(T0 + ms, ip, route="/home", key=f"user:{user}", user_id=user))
-    return rows
 
 
 def devices(count: int, *, until_ms: int = WARM_MS + 60_000) -> list[Row]:
