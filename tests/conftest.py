@@ -118,6 +118,16 @@ def api(limiter: RatewatchProcess, admin_key: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
+def admin(
+    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
+) -> Iterator[httpx.Client]:
+    """An HTTP client of the session's ``ratewatch up`` stack, authenticated as the test
+    tenant's admin (a module may define an ``admin`` of its own)."""
+    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
+        yield c
+
+
+@pytest.fixture
 def anon(limiter: RatewatchProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=limiter.base_url, timeout=10) as client:
         yield client

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,14 +20,6 @@ from tests.support.servers import RatewatchProcess, RedisServer
 pytestmark = pytest.mark.timeout(180)
 
 WINDOWS = ("1h", "24h", "7d", "30d")
-
-
-@pytest.fixture
-def admin(
-    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
-) -> Iterator[httpx.Client]:
-    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
-        yield c
 
 
 def usage(client: httpx.Client, **params: Any) -> dict[str, Any]:

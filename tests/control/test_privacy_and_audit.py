@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,6 @@ TABLES = (
     "ratewatch.decisions_per_day",
 )
 KEYSPACE = Keyspace(STACK_PREFIX)
-
-
-@pytest.fixture
-def admin(
-    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
-) -> Iterator[httpx.Client]:
-    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
-        yield c
 
 
 def socket_of(stack: RatewatchProcess) -> Path:

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,14 +23,6 @@ from tests.support.traffic import Traffic, background_users, burst_checks, check
 pytestmark = pytest.mark.timeout(240)
 
 DETECTION_DEADLINE = 90  # the target is 60 s from onset; the test allows for a busy box
-
-
-@pytest.fixture
-def admin(
-    stack: RatewatchProcess, redis_server: RedisServer, tenant: str
-) -> Iterator[httpx.Client]:
-    with stack.client(create_key(redis_server.url, tenant, admin=True, prefix=STACK_PREFIX)) as c:
-        yield c
 
 
 def dynamic_blocks(client: httpx.Client, **match: str) -> list[dict[str, Any]]:
