@@ -3,10 +3,10 @@ library swallowed the cancellation.
 
 A cancellation can reach a client library in the middle of a call, and the library may
 turn it into an ordinary return or error (seen with redis-py: the block mirror's refresh,
-cancelled in the middle of its Redis calls, returned as if it had completed). The task stays marked as cancelling, but nothing raises
-the cancellation again: a loop that sleeps and refreshes would run on after its stop, and
-whoever awaits the task, a shutdown, waits with it forever. Such loops check between
-rounds."""
+cancelled in the middle of its Redis calls, returned as if it had completed). The task
+stays marked as cancelling, but nothing raises the cancellation again: a loop that sleeps
+and refreshes would run on after its stop, and whoever awaits the task, a shutdown, waits
+with it forever. Such loops check between rounds."""
 
 from __future__ import annotations
 
