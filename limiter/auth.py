@@ -111,7 +111,7 @@ class Authenticator:
         if left <= 0:
             return None
         if left < self._refresh_ahead and token not in self._lookups:
-            self._start_lookup(token, entry, False)
+            self._start_lookup(token, entry, was_unknown=False)
         return principal
 
     async def authenticate(self, token: str) -> Principal | None:

@@ -186,8 +186,9 @@ def entry_event_ids(offset: int, count: int) -> list[str]:
     for index in range(count):
         digest = prefix.copy()
         digest.update(b"%d" % index)
-        x = digest.hexdigest()
-        ids.append(f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}")
+        hex_ = digest.hexdigest()
+        variant = _VARIANT_DIGIT[hex_[16]]
+        ids.append(f"{hex_[:8]}-{hex_[8:12]}-5{hex_[13:16]}-{variant}{hex_[17:20]}-{hex_[20:32]}")
     return ids
 
 
