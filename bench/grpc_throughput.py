@@ -33,6 +33,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,16 @@ class GrpcBench:
             "ratewatch",
             60,
         )
+        self.ceiling_port = free_port()
+        argv = [sys.executable, str(Path(__file__).parent / "grpc_ceiling.py")]
+        argv += ["--host", HOST, "--port", str(self.ceiling_port)]
+        self.procs.start("grpc-ceiling", argv, dict(os.environ))
+        wait_until(
+            lambda: port_open(self.ceiling_port),
+            lambda: self.procs.ensure_alive("grpc-ceiling"),
+            "grpc-ceiling",
+            30,
+        )
         (self.work / "check.json").write_text(
             json.dumps({"key": "bench:1", "limit": LIMIT, "window": WINDOW})
         )
@@ -152,7 +163,8 @@ class GrpcBench:
             argv += ["-c", str(connections), "-m", str(streams)]
             argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
             argv += ["-d", str(self.work / "rls.bin")]
-            argv.append(f"http://{HOST}:{self.grpc_port}{RLS_PATH}")
+            port = self.grpc_port if protocol == "grpc" else self.ceiling_port
+            argv.append(f"http://{HOST}:{port}{RLS_PATH}")
         time.sleep(1.2)  # the metrics flush (every second) has counted the previous run
         before = decisions(self.base_url)
         out = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -161,10 +173,20 @@ class GrpcBench:
         finished, requests = _FINISHED.search(out.stdout), _REQUESTS.search(out.stdout)
         if finished is None or requests is None:
             raise BenchError(f"unreadable h2load output:\n{out.stdout}")
+        done, succeeded = int(requests.group(2)), int(requests.group(3))
+        if protocol == "ceiling":  # decides nothing: its answers are all the same
+            return Run(float(finished.group(2)), done, succeeded, succeeded)
         time.sleep(1.2)
         decided = decisions(self.base_url) - before
-        done, succeeded = int(requests.group(2)), int(requests.group(3))
         return Run(float(finished.group(2)), done, succeeded, decided)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def rss_split(pid: int) -> tuple[float, float]:
@@ -194,13 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     work = Path(tempfile.mkdtemp(prefix="rw-grpc-bench-"))
     procs = Processes(work)
-    runs: dict[str, list[Run]] = {"http": [], "grpc": []}
+    runs: dict[str, list[Run]] = {"http": [], "grpc": [], "ceiling": []}
     loads = [load_average()]
     try:
         bench = GrpcBench(args, work, procs)
         bench.start()
         for round_ in range(args.rounds):
-            order = ("http", "grpc") if round_ % 2 == 0 else ("grpc", "http")
+            order = list(runs)[round_ % 3 :] + list(runs)[: round_ % 3]  # each first in turn
             for protocol in order:
                 log(f"round {round_ + 1}: {protocol}")
                 run = bench.h2load(protocol, args.duration, args.warm_up)
@@ -219,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     http = [run.per_second for run in runs["http"]]
     grpc = [run.per_second for run in runs["grpc"]]
+    ceiling = [run.per_second for run in runs["ceiling"]]
     ratio = [g / h for g, h in zip(grpc, http, strict=True)]
+    of_ceiling = [g / c for g, c in zip(grpc, ceiling, strict=True)]
+    ceiling_ratio = [c / h for c, h in zip(ceiling, http, strict=True)]
     in_flight = args.connections
     print(f"one limiter process, {args.rounds} rounds of {args.duration:.0f}s, "
           f"{in_flight} requests in flight, load average {' '.join(loads)}")  # fmt: skip
@@ -228,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'gRPC ShouldRateLimit (calls/s)':34}{spread(grpc, '.0f')}")
     verdict = "PASS" if median(ratio) >= TARGET_RATIO else "MISS"
     print(f"{'ratio gRPC / HTTP':34}{spread(ratio, '.2f')}   target >= {TARGET_RATIO} {verdict}")
+    print(f"{'grpcio ceiling (calls/s)':34}{spread(ceiling, '.0f')}")
+    print(f"{'gRPC / grpcio ceiling':34}{spread(of_ceiling, '.2f')}")
+    print(f"{'grpcio ceiling / HTTP':34}{spread(ceiling_ratio, '.2f')}")
     print(f"{'limiter RSS with gRPC (MB)':34}{rss.main_mb:.1f} "
           f"(anon {split[0]:.1f}, file {split[1]:.1f})")  # fmt: skip
     return 0

@@ -3,6 +3,7 @@
 -- block version moves, so that the limiter's local copy of blocks rereads them.
 -- KEYS[1] = block records hash, KEYS[2] = enforcement key, KEYS[3] = block version
 -- ARGV[1] = block id, ARGV[2] = record JSON, ARGV[3] = ttl ms, ARGV[4] = "1" to enforce
+-- Returns the tenant's block version after the write (0 without KEYS[3]).
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[4] == '1' then
   local current = redis.call('PTTL', KEYS[2])
@@ -11,6 +12,6 @@ if ARGV[4] == '1' then
   end
 end
 if KEYS[3] then
-  redis.call('INCR', KEYS[3])
+  return redis.call('INCR', KEYS[3])
 end
-return 1
+return 0

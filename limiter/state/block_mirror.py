@@ -3,10 +3,11 @@
 While Redis answers, the check script enforces blocks; when a call fails or Redis is down,
 the local store decides, and without this copy it would allow a blocked subject.  The
 mirror rereads the blocks about once a second: one HKEYS of the tenant registry, one GET of
-each tenant's block version (pipelined), and the records (``HGETALL``) of the tenants whose
-version moved; every ``full_every`` passes it rereads them all, whatever their version, so
-that a write that did not move a version is seen too.  When Redis does not answer, the copy
-stays as it was: its blocks expire locally at their own time.
+each tenant's block version (pipelined), and, of the tenants whose version moved, the ids
+of their records and the records it has not read before (a flood of blocks adds a few a
+second to thousands); every ``full_every`` passes it rereads every record, whatever the
+versions, so that a write that did not move a version is seen too.  When Redis does not
+answer, the copy stays as it was: its blocks expire locally at their own time.
 
 Nor does it follow a Redis that lost its data.  A Redis restarted empty answers at once,
 with no tenants and no blocks, while the control plane's records (blocks included) are put
@@ -39,23 +40,44 @@ log = logging.getLogger("ratewatch.limiter")
 Subject = tuple[str, str]  # (scope, value)
 
 
-def enforced(records: dict[Any, Any], now: float) -> dict[Subject, int]:
+# what a record says for the copy: the subject and expiry (epoch s) of an enforced block;
+# None for a shadow block or an unreadable record
+Enforcement = tuple[Subject, float] | None
+
+
+def enforcement(payload: Any) -> Enforcement:
+    try:
+        record = json.loads(payload)
+        if record.get("mode", "enforce") != "enforce":
+            return None
+        return (str(record["scope"]), str(record["value"])), float(record["expires_at"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def enforced(
+    records: dict[Any, Any], now: float, seen: dict[Any, tuple[Any, Enforcement]] | None = None
+) -> dict[Subject, int]:
     """The enforced, unexpired blocks among a tenant's records: subject -> expiry (epoch
-    ms), the latest when several blocks name one subject.  Unreadable records are skipped."""
+    ms), the latest when several blocks name one subject.  Unreadable records are skipped.
+    ``seen`` (block id -> record, what it says) spares decoding a record read before, and
+    is left holding these records."""
     found: dict[Subject, int] = {}
-    for payload in records.values():
-        try:
-            record = json.loads(payload)
-            if record.get("mode", "enforce") != "enforce":
-                continue
-            expires_at = float(record["expires_at"])
-            subject = (str(record["scope"]), str(record["value"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
+    decoded: dict[Any, tuple[Any, Enforcement]] = {}
+    for block_id, payload in records.items():
+        before = seen.get(block_id) if seen is not None else None
+        said = before[1] if before is not None and before[0] == payload else enforcement(payload)
+        decoded[block_id] = (payload, said)
+        if said is None:
             continue
+        subject, expires_at = said
         if expires_at > now:
             expires_ms = int(expires_at * 1000)
             if expires_ms > found.get(subject, 0):
                 found[subject] = expires_ms
+    if seen is not None:
+        seen.clear()
+        seen.update(decoded)
     return found
 
 
@@ -77,6 +99,9 @@ class BlockMirror:
         self._clock = clock
         self._versions: dict[str, object] = {}
         self._blocks: dict[str, dict[Subject, int]] = {}
+        # per tenant, its records as last read: a flood of blocks rereads them every
+        # second, and only the new ones need decoding
+        self._records: dict[str, dict[Any, tuple[Any, Enforcement]]] = {}
         self._passes = 0
         self._epoch_seen = False  # the store has one: its loss is a loss of data
         self._holding = False  # the copy is kept through such a loss
@@ -119,18 +144,53 @@ class BlockMirror:
             if full or tenant not in self._versions or self._versions[tenant] != version
         ]
         if changed:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for tenant, _ in changed:
-                    pipe.hgetall(ks.block_records(tenant))
-                records = await pipe.execute()
+            records = await self._read([tenant for tenant, _ in changed], full)
             now = self._clock()
             for (tenant, version), tenant_records in zip(changed, records, strict=True):
-                self._replace(tenant, enforced(tenant_records, now))
+                seen = self._records.setdefault(tenant, {})
+                self._replace(tenant, enforced(tenant_records, now, seen))
                 self._versions[tenant] = version
         for tenant in set(self._blocks) - set(tenants):
             self._replace(tenant, {})
             self._versions.pop(tenant, None)
+            self._records.pop(tenant, None)
         self.refreshed_at = self._clock()
+
+    async def _read(self, tenants: list[str], full: bool) -> list[dict[Any, Any]]:
+        """Each tenant's records (block id -> record).  On a full pass, and for a tenant
+        not read before, all of them (``HGETALL``); otherwise their ids (``HKEYS``) and the
+        records of the ids not seen before (``HMGET``): a block's record is written again
+        only as it was (a restore, or the enforcement key put back when another block of
+        its subject is lifted), and the full passes read everything anyway."""
+        ks = self._keyspace
+        known = [None if full else self._records.get(tenant) for tenant in tenants]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, seen in zip(tenants, known, strict=True):
+                if seen is None:
+                    pipe.hgetall(ks.block_records(tenant))
+                else:
+                    pipe.hkeys(ks.block_records(tenant))
+            answers = await pipe.execute()
+        records: list[dict[Any, Any]] = []
+        missing: list[tuple[int, list[Any]]] = []
+        for index, (seen, answer) in enumerate(zip(known, answers, strict=True)):
+            if seen is None:
+                records.append(answer)
+                continue
+            records.append({block_id: seen[block_id][0] for block_id in answer if block_id in seen})
+            new = [block_id for block_id in answer if block_id not in seen]
+            if new:
+                missing.append((index, new))
+        if missing:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for index, ids in missing:
+                    pipe.hmget(ks.block_records(tenants[index]), ids)
+                payloads = await pipe.execute()
+            for (index, ids), found in zip(missing, payloads, strict=True):
+                for block_id, payload in zip(ids, found, strict=True):
+                    if payload is not None:  # removed since its id was read
+                        records[index][block_id] = payload
+        return records
 
     def _replace(self, tenant: str, blocks: dict[Subject, int]) -> None:
         store = self._store

@@ -27,7 +27,6 @@ import ipaddress
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,6 +35,10 @@ from redis.exceptions import RedisError
 from limiter.errors import InvalidInput, NotFound, StoreUnavailable
 from limiter.keyspace import BLOCK_SCOPES, Keyspace
 from limiter.scripts import register_script
+from limiter.state.block_record import Block
+from limiter.state.block_snapshots import BlockSnapshots, block_version
+
+__all__ = ["Block", "BlockStore", "normalize_ip", "normalize_subject"]
 
 MAX_BLOCK_SECONDS = 366 * 24 * 3600
 MAX_REASON_LENGTH = 500
@@ -64,29 +67,11 @@ def normalize_subject(scope: str, value: str) -> str:
     return normalize_ip(value) if scope == "ip" else value
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    id: str
-    scope: str
-    value: str
-    reason: str
-    created_at: float
-    expires_at: float
-    mode: str = "enforce"
-    source: str = "manual"
-    detector: str | None = None
-    score: float | None = None
-    explanation: dict[str, Any] | None = field(default=None)
-    incident_id: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class BlockStore:
-    def __init__(self, redis: Redis, keyspace: Keyspace):
+    def __init__(self, redis: Redis, keyspace: Keyspace, snapshots: BlockSnapshots | None = None):
         self._redis = redis
         self._keyspace = keyspace
+        self._snapshots = snapshots if snapshots is not None else BlockSnapshots()
         self._put = register_script(redis, "limiter", "block_put.lua")
         self._remove = register_script(redis, "limiter", "block_remove.lua")
 
@@ -135,22 +120,20 @@ class BlockStore:
     async def _write(self, tenant: str, block: Block) -> None:
         ttl_ms = max(1, int((block.expires_at - time.time()) * 1000))
         ks = self._keyspace
+        payload = json.dumps(block.public())
         try:
-            await self._put(
+            version = await self._put(
                 keys=[
                     ks.block_records(tenant),
                     ks.block(tenant, block.scope, block.value),
                     ks.block_version(tenant),
                 ],
-                args=[
-                    block.id,
-                    json.dumps(block.public()),
-                    ttl_ms,
-                    "1" if block.mode == "enforce" else "0",
-                ],
+                args=[block.id, payload, ttl_ms, "1" if block.mode == "enforce" else "0"],
             )
         except RedisError as exc:
+            self._snapshots.drop(tenant)  # written or not: the copy no longer knows
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        self._snapshots.wrote(tenant, int(version), block, payload)
 
     async def restore(self, tenant: str, block: Block) -> bool:
         """Write ``block`` back with the time it has left; False (nothing written) if it has
@@ -161,21 +144,28 @@ class BlockStore:
         return True
 
     async def active(self, tenant: str) -> list[Block]:
-        """The tenant's active blocks, soonest to expire first; expired records are pruned."""
-        records_key = self._keyspace.block_records(tenant)
+        """The tenant's active blocks, soonest to expire first; expired records are pruned.
+        The records are read only when the tenant's block version moved since this process
+        last read or wrote them (``limiter.state.block_snapshots``)."""
+        ks = self._keyspace
+        records_key = ks.block_records(tenant)
+        snapshots = self._snapshots
         try:
-            raw = await self._redis.hgetall(records_key)
+            blocks = snapshots.current(tenant, block_version(await self._redis.get(
+                ks.block_version(tenant)
+            )))  # fmt: skip
+            if blocks is None:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.get(ks.block_version(tenant))
+                    pipe.hgetall(records_key)
+                    version, records = await pipe.execute()
+                blocks = snapshots.replace(tenant, block_version(version), records)
             now = time.time()
-            active: list[Block] = []
-            expired: list[bytes | str] = []
-            for block_id, payload in raw.items():
-                block = Block(**json.loads(payload))
-                if block.expires_at > now:
-                    active.append(block)
-                else:
-                    expired.append(block_id)
-            if expired:
+            active = [block for block in blocks.values() if block.expires_at > now]
+            if len(active) < len(blocks):
+                expired = [block.id for block in blocks.values() if block.expires_at <= now]
                 await self._redis.hdel(records_key, *expired)
+                snapshots.forget(tenant, expired)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return sorted(active, key=lambda block: block.expires_at)
@@ -209,6 +199,8 @@ class BlockStore:
             )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        finally:
+            self._snapshots.drop(tenant)
         for other in await self.active(tenant):
             if (other.scope, other.value, other.mode) == (block.scope, block.value, "enforce"):
                 await self._write(tenant, other)

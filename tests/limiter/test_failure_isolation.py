@@ -153,6 +153,31 @@ async def test_the_block_copy_follows_the_block_records(redis: Redis, tenant: st
     assert mirror.status()["subjects"] == 0
 
 
+async def test_the_block_copy_follows_a_flood_of_blocks_between_full_passes(
+    redis: Redis, tenant: str
+) -> None:
+    # between full passes only the records not read before are fetched: each pass must
+    # still see every block added and none lifted
+    keyspace = Keyspace("mirror" + secrets.token_hex(4))
+    await redis.hsetnx(keyspace.tenants, tenant, "{}")
+    blocks = BlockStore(redis, keyspace)
+    fallback = MemoryStore()
+    mirror = BlockMirror(redis, keyspace, fallback, full_every=1000)
+    made = []
+    for round_ in range(5):
+        for n in range(40):
+            made.append(await blocks.create(tenant, "ip", f"10.0.{round_}.{n}", 60, "flood"))
+        await blocks.create(tenant, "ip", f"10.1.{round_}.1", 60, "watch", mode="shadow")
+        lifted = made.pop(len(made) // 2)
+        await blocks.remove(tenant, lifted.id)
+        await mirror.refresh()
+        assert mirror.status()["subjects"] == len(made)
+        for block in made:
+            assert fallback.decide_one(ip_check(tenant, block.value)).reason is Reason.BLOCKED
+        assert fallback.decide_one(ip_check(tenant, lifted.value)).reason is Reason.OK
+        assert fallback.decide_one(ip_check(tenant, f"10.1.{round_}.1")).reason is Reason.OK
+
+
 async def test_the_block_copy_outlasts_a_redis_that_lost_its_data(
     redis: Redis, tenant: str
 ) -> None:
