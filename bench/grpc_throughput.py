@@ -16,7 +16,11 @@ check of the same limit and window per request (``{"key", "limit", "window"}`` a
 descriptor of one entry and its own ``limit``), each after a discarded warm-up, in turns
 (each protocol goes first in alternate rounds).
 
-Every call is verified: h2load counts HTTP statuses only, so the limiter's
+In the same rounds (each of the three first in turn) it drives ``bench/grpc_ceiling.py``,
+a grpcio server that answers every call with the same response: the ceiling of grpcio on
+this box, against which both the limiter's gRPC rate and the target are read.
+
+Every call to the limiter is verified: h2load counts HTTP statuses only, so the limiter's
 ``ratewatch_decisions_total`` is read before and after each run, and a run whose decisions
 fall short of its completed requests (a gRPC error travels in a 200's trailers) is an
 error.  The table shows the medians over the rounds, each round's ratio gRPC / HTTP, the
