@@ -10,13 +10,15 @@ exactly one and are applied to the copy, so the listing after them needs no rere
 by anyone else moves it further, and the next listing rereads the records, decoding only
 those it has not seen.  A copy older than ``max_age`` seconds is reread whatever the
 version says: a tenant erased and written to again could bring its version back to a
-number the copy was taken at.
+number the copy was taken at.  Copies are kept for the ``max_tenants`` tenants listed last
+(a limiter answering ``GET /v1/blocks`` for many tenants keeps no copy of each for good).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from limiter.state.block_record import Block
 
 DEFAULT_MAX_AGE = 5.0  # seconds
+DEFAULT_MAX_TENANTS = 64
 
 
 def block_version(raw: Any) -> int:
@@ -41,13 +44,19 @@ class _Copy:
 
 class BlockSnapshots:
     def __init__(
-        self, max_age: float = DEFAULT_MAX_AGE, clock: Callable[[], float] = time.monotonic
+        self,
+        max_age: float = DEFAULT_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
     ):
         if not max_age >= 0:
             raise ValueError(f"max_age {max_age!r} must not be negative")
+        if max_tenants < 1:
+            raise ValueError(f"max_tenants {max_tenants!r} must be at least 1")
         self._max_age = max_age
         self._clock = clock
-        self._copies: dict[str, _Copy] = {}
+        self._max_tenants = max_tenants
+        self._copies: OrderedDict[str, _Copy] = OrderedDict()
 
     def current(self, tenant: str, version: int) -> dict[str, Block] | None:
         """The tenant's blocks by id if the copy is of ``version`` and young enough, else
@@ -57,6 +66,7 @@ class BlockSnapshots:
             return None
         if self._clock() - copy.taken_at > self._max_age:
             return None
+        self._copies.move_to_end(tenant)
         return copy.blocks
 
     def replace(self, tenant: str, version: int, records: Mapping[Any, Any]) -> dict[str, Block]:
@@ -73,6 +83,9 @@ class BlockSnapshots:
             copy.blocks[block_id] = block
             copy.payloads[block_id] = payload
         self._copies[tenant] = copy
+        self._copies.move_to_end(tenant)
+        while len(self._copies) > self._max_tenants:
+            self._copies.popitem(last=False)
         return copy.blocks
 
     def wrote(self, tenant: str, version: int, block: Block, payload: str) -> None:
@@ -100,3 +113,8 @@ class BlockSnapshots:
 
     def drop(self, tenant: str) -> None:
         self._copies.pop(tenant, None)
+
+    @property
+    def tenants(self) -> int:
+        """How many tenants' copies are kept."""
+        return len(self._copies)

@@ -107,9 +107,24 @@ async def test_a_copy_older_than_its_max_age_is_reread(redis: Redis, tenant: str
     assert [block.reason for block in await store.active(tenant)] == ["rewritten"]
 
 
-def test_max_age_must_not_be_negative() -> None:
+def test_bounds_are_validated_naming_the_bad_value() -> None:
     with pytest.raises(ValueError, match="max_age -1"):
         BlockSnapshots(max_age=-1)
+    with pytest.raises(ValueError, match="max_tenants 0"):
+        BlockSnapshots(max_tenants=0)
+
+
+async def test_copies_are_kept_for_the_tenants_listed_last_only(redis: Redis, tenant: str) -> None:
+    snapshots = BlockSnapshots(max_tenants=3)
+    store = BlockStore(redis, KS, snapshots)
+    tenants = [f"{tenant}-{n}" for n in range(5)]
+    for name in tenants:
+        await store.create(name, "key", "k", 600, "reason")
+        assert values(await store.active(name)) == ["k"]
+    assert snapshots.tenants == 3
+    assert snapshots.current(tenants[0], 1) is None  # evicted: the next listing rereads
+    assert snapshots.current(tenants[4], 1) is not None
+    assert values(await store.active(tenants[0])) == ["k"]
 
 
 async def test_a_listing_of_a_thousand_blocks_decodes_only_what_changed(
