@@ -11,7 +11,12 @@ A round with nothing to judge is skipped: once a round has run after the newest 
 left the window the detector judges (``quiet_ms``, its short window) and no decision
 arrived since, the next rounds would judge nobody, so an idle worker does not wake polars
 every few seconds for nothing; one round still runs every ``quiet_interval`` seconds, which
-keeps the detector's housekeeping (forgetting idle tenants) on time.
+keeps the detector's housekeeping (forgetting idle tenants) on time.  In between, while no
+decision arrives after traffic stopped, rounds run every ``lull_interval`` seconds instead
+of every ``interval``: the evidence they judge only shrinks as it leaves the window, and a
+decision that arrives is judged at the next ``interval`` as ever.  A decision stamped
+after the last round (a limiter whose clock runs ahead) keeps the rounds at ``interval``
+until one has reached its time.
 
 Detection is statistical: an event lost in a crash changes a rate by one, so the sources
 acknowledge on receipt (at most once), unlike the analytics pipeline, which must count
@@ -38,6 +43,8 @@ from stream.events import DecisionEvent
 log = logging.getLogger("ratewatch.detect")
 
 QUIET_INTERVAL = 60.0  # seconds between the rounds of a detector with nothing to judge
+# seconds between the rounds while nothing arrives but the window still holds decisions
+LULL_INTERVAL = 10.0
 # a source sending a check a second shows its behaviour within seconds: judged that often,
 # it is blocked within a few seconds of it (a round costs tens of milliseconds)
 EVALUATION_INTERVAL = 2.0
@@ -78,19 +85,24 @@ class DetectionLoop:
         *,
         quiet_ms: int | None = None,
         quiet_interval: float = QUIET_INTERVAL,
+        lull_interval: float = LULL_INTERVAL,
     ):
         """``quiet_ms``: how long after its time a decision still counts in what the
         detector judges (None: every round runs); ``quiet_interval``: the seconds between
-        the rounds that run while there is nothing to judge."""
+        the rounds that run while there is nothing to judge; ``lull_interval``: between
+        those that run while nothing arrives and the window still holds decisions."""
         if quiet_ms is not None and quiet_ms < 0:
             raise ValueError(f"quiet_ms {quiet_ms!r} must not be negative (or None)")
         if not quiet_interval > 0:
             raise ValueError(f"quiet_interval {quiet_interval!r}s must be positive")
+        if not lull_interval > 0:
+            raise ValueError(f"lull_interval {lull_interval!r}s must be positive")
         self._detector = detector
         self._actions = actions
         self._interval = interval
         self._quiet_ms = quiet_ms
         self._quiet_interval_ms = quiet_interval * 1000
+        self._lull_interval_ms = lull_interval * 1000
         self._pending: list[DecisionEvent] = []
         self._newest_ms: int | None = None  # the time of the newest decision observed
         self._last_round_ms: int | None = None  # when the last round ran
@@ -109,14 +121,19 @@ class DetectionLoop:
         self.metrics.decisions.inc(len(events))
 
     def quiet(self, now_ms: int) -> bool:
-        """Whether a round at ``now_ms`` would judge nobody, as the last one did, and may be
-        skipped: nothing arrived since the last round, which ran ``quiet_ms`` or more after
-        the newest decision, less than ``quiet_interval`` ago."""
+        """Whether the round at ``now_ms`` may be skipped: nothing arrived since the last
+        round, and that round ran less than ``quiet_interval`` ago and ``quiet_ms`` or more
+        after the newest decision (it judged nobody), or less than ``lull_interval`` ago
+        and after the newest decision (it judged everything that had arrived)."""
         last = self._last_round_ms
         if self._quiet_ms is None or self._pending or last is None:
             return False
-        judged_nobody = self._newest_ms is None or last - self._quiet_ms > self._newest_ms
-        return judged_nobody and now_ms - last < self._quiet_interval_ms
+        newest = self._newest_ms
+        if newest is None or last - self._quiet_ms > newest:
+            return now_ms - last < self._quiet_interval_ms
+        if newest > last:  # held until a round reaches its time
+            return False
+        return now_ms - last < self._lull_interval_ms
 
     async def resume(self) -> None:
         """Before the first round: let the actions carry on what a previous detector left

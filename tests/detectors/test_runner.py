@@ -46,7 +46,10 @@ class NoActions:
 
 
 def detection(
-    quiet_ms: int | None = SHORT_MS, interval: float = 5.0, quiet_interval: float = 60.0
+    quiet_ms: int | None = SHORT_MS,
+    interval: float = 5.0,
+    quiet_interval: float = 60.0,
+    lull_interval: float = 20.0,
 ) -> DetectionLoop:
     return DetectionLoop(
         CountingDetector(),
@@ -54,6 +57,7 @@ def detection(
         interval,
         quiet_ms=quiet_ms,
         quiet_interval=quiet_interval,
+        lull_interval=lull_interval,
     )
 
 
@@ -73,13 +77,25 @@ async def test_rounds_run_while_decisions_arrive_or_are_still_judged() -> None:
     loop.observe([decision(ts=1_006_000)])
     assert not loop.quiet(1_010_000)  # something arrived
     await loop.evaluate_once(1_010_000)
-    # nothing new, but the decision is still in the short window: its rounds still run
-    assert not loop.quiet(1_015_000)
+    # nothing new, but the decision is still in the short window: its rounds still run,
+    # every lull interval (20 s) rather than every interval (5 s)
+    assert loop.quiet(1_015_000)
+    assert not loop.quiet(1_030_000)
     await loop.evaluate_once(1_006_000 + SHORT_MS)
-    assert not loop.quiet(1_006_000 + SHORT_MS + 5_000)  # the last round still saw it
+    assert not loop.quiet(1_006_000 + SHORT_MS + 20_000)  # the last round still saw it
     await loop.evaluate_once(1_006_000 + SHORT_MS + 1)  # the first round past it
-    assert loop.quiet(1_006_000 + SHORT_MS + 5_000)
+    assert loop.quiet(1_006_000 + SHORT_MS + 20_000)  # judged nobody: quiet interval
+    assert not loop.quiet(1_006_000 + SHORT_MS + 60_001)
     assert rounds(loop)[-1] == 1_006_000 + SHORT_MS + 1
+
+
+async def test_a_decision_in_a_lull_is_judged_at_the_next_interval() -> None:
+    loop = detection()
+    loop.observe([decision(ts=1_000_000)])
+    await loop.evaluate_once(1_001_000)
+    assert loop.quiet(1_006_000)  # a lull: nothing arrived since
+    loop.observe([decision(ts=1_005_500)])
+    assert not loop.quiet(1_006_000)  # judged now, not a lull interval later
 
 
 async def test_a_quiet_detector_still_runs_a_round_every_quiet_interval() -> None:
@@ -124,6 +140,7 @@ async def test_the_loop_skips_quiet_rounds_and_resumes_when_decisions_arrive() -
     [
         ({"quiet_ms": -1}, "quiet_ms -1 must not be negative"),
         ({"quiet_interval": 0.0}, "quiet_interval 0.0s must be positive"),
+        ({"lull_interval": -1.0}, "lull_interval -1.0s must be positive"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_value(options: dict[str, float], message: str) -> None:
