@@ -151,19 +151,18 @@ class BlockStore:
         records_key = ks.block_records(tenant)
         snapshots = self._snapshots
         try:
-            blocks = snapshots.current(tenant, block_version(await self._redis.get(
-                ks.block_version(tenant)
-            )))  # fmt: skip
+            version = block_version(await self._redis.get(ks.block_version(tenant)))
+            blocks = snapshots.current(tenant, version)
             if blocks is None:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.get(ks.block_version(tenant))
                     pipe.hgetall(records_key)
-                    version, records = await pipe.execute()
-                blocks = snapshots.replace(tenant, block_version(version), records)
+                    read_at, records = await pipe.execute()
+                blocks = snapshots.replace(tenant, block_version(read_at), records)
             now = time.time()
             active = [block for block in blocks.values() if block.expires_at > now]
             if len(active) < len(blocks):
-                expired = [block.id for block in blocks.values() if block.expires_at <= now]
+                expired = [key for key, block in blocks.items() if block.expires_at <= now]
                 await self._redis.hdel(records_key, *expired)
                 snapshots.forget(tenant, expired)
         except RedisError as exc:
