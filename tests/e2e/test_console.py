@@ -177,7 +177,7 @@ def test_sign_in_from_the_address_shows_the_traffic_sent_and_lifts_a_block(
     assert tab.stored_key() == admin_key
     assert page.inner_text("#role") == "Admin key"
 
-    page.get_by_label("1h").check()
+    page.get_by_role("radio", name="1h", exact=True).check()
     page.wait_for_selector("h2:text-is('Totals, last 1h')")
 
     # the pipeline writes the rollups a moment after the checks: poll the page
@@ -204,7 +204,7 @@ def test_sign_in_from_the_address_shows_the_traffic_sent_and_lifts_a_block(
     page.screenshot(path=shots / "overview-light-wide.png", full_page=True)
 
     tab.open("Segments")
-    page.get_by_label("1h").check()
+    page.get_by_role("radio", name="1h", exact=True).check()
     page.wait_for_selector(".page-body[aria-busy=false] table")
     segments = page.get_by_role("table", name="Usage by segment")
     assert segments.get_by_role("row", name="pro").inner_text().split()[:2] == ["pro", "6"]
