@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import median
@@ -36,23 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from earlier import earlier_class  # noqa: E402
+
 from limiter.algorithms import Algorithm, Outcome, Reason  # noqa: E402
 from limiter.coalescer import Coalescer  # noqa: E402
 from limiter.store.base import Check  # noqa: E402
 
 OUTCOME = Outcome(True, 99, 60_000, -1, Reason.OK)
-
-
-def earlier_coalescer(ref: str) -> type[Any]:
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:limiter/coalescer.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    module = types.ModuleType("earlier_coalescer")
-    exec(compile(source, f"{ref}:limiter/coalescer.py", "exec"), module.__dict__)
-    return module.Coalescer  # type: ignore[no-any-return]
 
 
 async def answer(checks: Sequence[Check]) -> list[Outcome]:
@@ -105,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=100_000, help="per scenario and round")
     args = parser.parse_args(argv)
-    earlier = earlier_coalescer(args.against)
+    earlier = earlier_class(args.against, "limiter/coalescer.py", "Coalescer")
     print(f"{'scenario':10} {'earlier µs/req':>15} {'new µs/req':>11} {'ratio':>6}   p99 wait of")
     print(f"{'':10} {'':>15} {'':>11} {'':>6}   single checks µs (earlier / new)")
     for name, callers in SCENARIOS.items():

@@ -29,11 +29,9 @@ import argparse
 import asyncio
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
@@ -53,6 +51,7 @@ from check_throughput import (  # noqa: E402
     redis_ping,
     wait_until,
 )
+from earlier import earlier_class  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from detectors.actions import BlockActions  # noqa: E402
@@ -66,20 +65,6 @@ from limiter.state.tenants import TenantSettingsStore  # noqa: E402
 from limiter.store.memory import MemoryStore  # noqa: E402
 from stream.alerts import AlertOutbox  # noqa: E402
 from stream.audit_outbox import AuditOutbox  # noqa: E402
-
-
-def earlier(ref: str, path: str, name: str) -> type[Any]:
-    """Class ``name`` of ``path`` as it was at ``ref``."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:{path}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    module = types.ModuleType("earlier_" + Path(path).stem)
-    sys.modules[module.__name__] = module  # a dataclass looks its module up there
-    exec(compile(source, f"{ref}:{path}", "exec"), module.__dict__)
-    return getattr(module, name)  # type: ignore[no-any-return]
 
 
 def verdict(tenant: str, n: int) -> Verdict:
@@ -143,8 +128,8 @@ async def run(args: argparse.Namespace, port: int) -> None:
     stores = {
         "this tree": (BlockStore, BlockMirror),
         f"at {args.against}": (
-            earlier(args.against, "limiter/state/blocks.py", "BlockStore"),
-            earlier(args.against, "limiter/state/block_mirror.py", "BlockMirror"),
+            earlier_class(args.against, "limiter/state/blocks.py", "BlockStore"),
+            earlier_class(args.against, "limiter/state/block_mirror.py", "BlockMirror"),
         ),
     }
     totals: dict[str, list[float]] = {name: [] for name in stores}
