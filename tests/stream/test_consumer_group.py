@@ -17,8 +17,11 @@ import pytest
 from redis.asyncio import Redis
 
 from stream.consumer_group import (
+    ACK_IDS,
     FROM_END,
     FROM_START,
+    PAGE_BYTES,
+    PAGE_ENTRIES,
     ConsumerGroup,
     Entry,
     GroupMissing,
@@ -85,6 +88,79 @@ async def test_read_entries_stay_pending_until_acknowledged(redis: Redis, stream
     await reader.ack([])  # nothing to acknowledge is no command
     await reader.ack(ids_of(second))
     assert await pending_of(redis, stream, "g") == {}
+
+
+class Recording(Redis):
+    """The session's Redis (its connection pool), noting each command it sends."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(connection_pool=redis.connection_pool)
+        self.sent: list[tuple[str, ...]] = []
+
+    async def execute_command(self, *args: object, **options: object) -> object:
+        self.sent.append(tuple(a.decode() if isinstance(a, bytes) else str(a) for a in args))
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def counts(self, command: str) -> list[int]:
+        """The COUNT argument of each ``command`` sent (XREADGROUP, XAUTOCLAIM)."""
+        found = []
+        for args in self.sent:
+            if args[0] == command:
+                found.append(int(args[args.index("COUNT") + 1]))
+        return found
+
+    def ids_per(self, command: str) -> list[int]:
+        """The ids of each ``command`` sent (XACK: name, stream, group, ids…)."""
+        return [len(args) - 3 for args in self.sent if args[0] == command]
+
+
+async def test_a_large_read_or_acknowledgement_is_made_of_bounded_commands(
+    redis: Redis, stream: str
+) -> None:
+    # Valkey runs one command at a time, and the limiter's checks wait behind a long one
+    total = 2 * PAGE_ENTRIES + PAGE_ENTRIES // 2
+    ids = await append(redis, stream, total)
+    recording = Recording(redis)
+    reader = ConsumerGroup(recording, stream, "g", "c1", count=2 * ACK_IDS)
+
+    read = await reader.read_new(block_ms=50, count=total)
+    assert ids_of(read) == ids  # everything asked for, in order
+    assert recording.counts("XREADGROUP") == [PAGE_ENTRIES, PAGE_ENTRIES, PAGE_ENTRIES // 2]
+
+    more = await append(redis, stream, 2 * ACK_IDS + 1 - total)
+    every = ids + more
+    assert ids_of(await reader.read_new(block_ms=50)) == more
+    await reader.ack(every)
+    assert recording.ids_per("XACK") == [ACK_IDS, ACK_IDS, 1]
+    assert await pending_of(redis, stream, "g") == {}
+
+
+async def test_large_entries_are_read_fewer_to_a_command(redis: Redis, stream: str) -> None:
+    size = 40 * 1024
+    per_command = PAGE_BYTES // size
+    ids = [await redis.xadd(stream, {b"d": b"x" * size}) for _ in range(3 * per_command)]
+    recording = Recording(redis)
+    reader = ConsumerGroup(recording, stream, "g", "c1", count=PAGE_ENTRIES)
+
+    first = await reader.read_new(count=1)  # the size is learnt from what was read
+    rest = await reader.read_new()
+    assert ids_of(first + rest) == ids
+    # 3 * per_command - 1 left: two full commands, and a third that finds one fewer
+    assert recording.counts("XREADGROUP") == [1, per_command, per_command, per_command]
+
+
+async def test_own_pending_entries_are_read_again_page_after_page(
+    redis: Redis, stream: str
+) -> None:
+    total = PAGE_ENTRIES + 10
+    ids = await append(redis, stream, total)
+    assert ids_of(await ConsumerGroup(redis, stream, "g", "host-a", count=total).read_new()) == ids
+
+    recording = Recording(redis)
+    restarted = ConsumerGroup(recording, stream, "g", "host-a", count=total)
+    assert ids_of(await restarted.read_pending()) == ids
+    starts = [args[args.index("STREAMS") + 2] for args in recording.sent if args[0] == "XREADGROUP"]
+    assert starts == ["0", ids[PAGE_ENTRIES - 1].decode()]  # the second page after the first
 
 
 async def test_a_group_from_the_end_reads_only_what_comes_after_it(
