@@ -15,7 +15,9 @@ waits until the worker answers on its query socket, then:
    peak thread count, the load average, and the checks' latency;
 2. with ``wrk`` on PATH: ``wrk -c64`` against ``up``'s limiter while the worker stores what
    it answers, then against ``ratewatch serve`` alone on a Redis of its own, and prints the
-   two rates and their ratio; then ``wrk -c1`` against ``up``: p50 and p99.
+   two rates and their ratio; then ``wrk -c1`` against ``up``: p50 and p99, and what
+   Valkey ran for longer than ``--slow-us`` meanwhile (its slow log, by command: a check
+   that reaches Valkey waits behind whatever command runs).
 
 Run it with ``--pipeline-nice 0`` to see what the worker's lower priority buys.  This is a
 measurement, not a test: it prints numbers and exits 0 unless the harness failed.
@@ -36,8 +38,10 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
+from redis import Redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -183,6 +187,7 @@ def main() -> int:
     parser.add_argument("--pipeline-nice", type=int, default=10)
     parser.add_argument("--wrk-duration", type=float, default=10)
     parser.add_argument("--no-wrk", action="store_true")
+    parser.add_argument("--slow-us", type=int, default=300)
     options = parser.parse_args()
     env = {**os.environ, "RATEWATCH_BOOTSTRAP_KEY": KEY}
     run_wrk = not options.no_wrk and shutil.which("wrk") is not None
@@ -215,7 +220,12 @@ def main() -> int:
                 return 0
             log("wrk -c64 and -c1 against up")
             up_rate, _ = wrk(base_url, 64, options.wrk_duration, script)
+            valkey = Redis.from_url((data_dir / "valkey" / "url").read_text().strip())
+            valkey.config_set("slowlog-log-slower-than", options.slow_us)
+            valkey.config_set("slowlog-max-len", 10_000)
+            valkey.slowlog_reset()
             _, single = wrk(base_url, 1, options.wrk_duration, script)
+            slow = slow_commands(valkey.slowlog_get(10_000))
         except BaseException:
             log_tail = (work / "up.log").read_text(errors="replace").splitlines()[-30:]
             log("ratewatch up's log ends:\n" + "\n".join(log_tail))
@@ -232,7 +242,20 @@ def main() -> int:
     print(
         "wrk -c1 against up:", " ".join((distribution.group(1) if distribution else single).split())
     )
+    print(f"  Valkey's commands over {options.slow_us} us meanwhile: {slow or 'none'}")
     return 0
+
+
+def slow_commands(entries: list[dict[str, Any]]) -> str:
+    """Valkey's slow log by command: how many, how many over 1 ms, the longest."""
+    durations: dict[str, list[int]] = {}
+    for entry in entries:
+        name = entry["command"].split()[0].decode().upper()
+        durations.setdefault(name, []).append(entry["duration"])
+    return ", ".join(
+        f"{name} {len(us)} ({sum(d > 1000 for d in us)} over 1 ms, longest {max(us) / 1000:.1f} ms)"
+        for name, us in sorted(durations.items(), key=lambda item: -max(item[1]))
+    )
 
 
 def wait_for_worker(data_dir: Path, timeout: float = 120) -> None:
