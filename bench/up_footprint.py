@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from analytics.query_client import answers  # noqa: E402
+from limiter.embedded import running_url  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench-up-footprint-key-0123456789abcdef"
@@ -220,7 +221,10 @@ def main() -> int:
                 return 0
             log("wrk -c64 and -c1 against up")
             up_rate, _ = wrk(base_url, 64, options.wrk_duration, script)
-            valkey = Redis.from_url((data_dir / "valkey" / "url").read_text().strip())
+            url = running_url(data_dir)
+            if url is None:
+                raise RuntimeError(f"up's Valkey on {data_dir} does not answer")
+            valkey = Redis.from_url(url)
             valkey.config_set("slowlog-log-slower-than", options.slow_us)
             valkey.config_set("slowlog-max-len", 10_000)
             valkey.slowlog_reset()
