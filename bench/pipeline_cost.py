@@ -46,12 +46,14 @@ counted apart.  Each phase's keys start with a tag of their own
 (``r<round>p<phase>-<rate>:``), which is how its decisions are counted.
 
 Targets: idle <= 0.02 cores, 200 checks/s <= 0.10, 2,000 checks/s <= 0.50; tree RSS
-<= 512 MB; lag p99 <= 2 s.  With ``--rounds N`` every phase runs N times on the same tree
-and the medians are reported (and each round's tree cores).  The box's load average is
-printed beside the results: other work on a shared box moves every number here.  Progress
-goes to stderr, results to stdout (``--json``: one JSON document); ``--keep`` leaves the
-data dir and the logs.  The exit status is 0 unless the harness failed or requests failed
-(the numbers are then invalid).
+<= 512 MB; lag p99 <= 2 s at 2,000 checks/s and more.  (Below 1,000 decisions a second, a
+batch is inserted once it is ``--batch-max-age`` old, 5 s by default: a slower phase's lag
+is about that age and is printed without a target.)  With ``--rounds N`` every phase runs N
+times on the same tree and the medians are reported (and each round's tree cores).  The
+box's load average is printed beside the results: other work on a shared box moves every
+number here.  Progress goes to stderr, results to stdout (``--json``: one JSON document);
+``--keep`` leaves the data dir and the logs.  The exit status is 0 unless the harness
+failed or requests failed (the numbers are then invalid).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ SERVER_NAMES = ("valkey-server", "redis-server")
 TARGET_CORES = {0: 0.02, 200: 0.10, 2000: 0.50}
 TARGET_RSS_MB = 512.0
 TARGET_LAG_P99_S = 2.0
+TARGET_LAG_FROM_RATE = 2000  # the lag target is for this rate and above
 
 TENANTS = (("shop", 6), ("media", 3), ("games", 1))
 KEYS_PER_TENANT = 2000
@@ -995,8 +998,10 @@ def target_rows(results: Sequence[PhaseResult]) -> list[Row]:
             Row(
                 f"{phase_name(r.rate)}: answered -> in analytics, p99",
                 fmt_s(p99),
-                f"<= {TARGET_LAG_P99_S:g} s",
-                p99 is not None and r.unseen == 0 and p99 <= TARGET_LAG_P99_S,
+                f"<= {TARGET_LAG_P99_S:g} s" if r.rate >= TARGET_LAG_FROM_RATE else "",
+                (p99 is not None and r.unseen == 0 and p99 <= TARGET_LAG_P99_S)
+                if r.rate >= TARGET_LAG_FROM_RATE
+                else None,
             )
         )
         rows.append(
