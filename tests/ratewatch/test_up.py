@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -178,6 +179,59 @@ def test_up_lowers_the_pipeline_workers_priority_by_the_configured_nice(tmp_path
         assert nice_values(child_pid(data_dir, "limiter")) == {ours}
     finally:
         service.stop()
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+
+
+def decisions_in_analytics(data_dir: Path) -> int | None:
+    """``count()`` of the decisions table through ``ratewatch sql`` (None until the worker
+    has opened chDB)."""
+    found = cli(
+        "sql", "--data-dir", str(data_dir), "--format", "json",
+        "SELECT count() AS n FROM ratewatch.decisions",
+    )  # fmt: skip
+    if found.returncode != 0:
+        return None
+    return int(json.loads(found.stdout.splitlines()[0])["n"])
+
+
+def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The worker runs as `python -OO` (it holds less) and does its work so; a
+    PYTHONOPTIMIZE of the user's own reaches it unchanged, and the limiter keeps what the
+    user gave."""
+    bootstrap = "rwk_" + "0123456789abcdef" * 2
+    for given, expected in ((None, "2"), ("0", "0")):
+        data_dir = tmp_path / f"data-{given}"
+        port = free_port()
+        service = RatewatchProcess(
+            ["up", "--port", str(port), "--data-dir", str(data_dir)],
+            port,
+            log_path=tmp_path / f"up-{given}.log",
+        )
+        # exactly this environment: the test run's own PYTHONOPTIMIZE, if any, left out
+        service.env = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}
+        service.env["RATEWATCH_BOOTSTRAP_KEY"] = bootstrap
+        if given is not None:
+            service.env["PYTHONOPTIMIZE"] = given
+        service.start()
+        try:
+            assert environment_of(child_pid(data_dir, "pipeline")).get("PYTHONOPTIMIZE") == expected
+            assert environment_of(child_pid(data_dir, "limiter")).get("PYTHONOPTIMIZE") == given
+            assert check(service.base_url, bootstrap).status_code == 200
+
+            wait_until(
+                lambda d=data_dir: decisions_in_analytics(d) == 1,  # type: ignore[misc]
+                60,
+                "the decision in analytics",
+                interval=0.5,
+            )
+        finally:
+            service.stop()
 
 
 @pytest.mark.parametrize(
