@@ -55,6 +55,11 @@ _Reply = list[tuple[bytes, list[Entry]]] | None
 PAGE_ENTRIES = 100
 PAGE_BYTES = 256 * 1024
 ACK_IDS = 500
+# What one trimming command may delete.  An exact XTRIM of a burst's acknowledged entries
+# held Valkey for 65 ms (about 1 ms per MB freed).  An approximate trim removes whole nodes
+# of the stream (100 entries or 4 KiB at most, Valkey's defaults) and is bounded by a LIMIT;
+# the exact trim after it only cuts into the one node left holding the boundary.
+TRIM_ENTRIES = 100
 
 
 class GroupMissing(ResponseError):
@@ -223,7 +228,8 @@ async def trim_acknowledged(redis: Redis, stream: str, interval: float = 5.0) ->
 
 async def trim_once(redis: Redis, stream: str) -> None:
     """Remove the entries older than anything a group of ``stream`` has not acknowledged
-    or not read yet; a stream without groups is left whole."""
+    or not read yet, in commands of bounded cost (``TRIM_ENTRIES``); a stream without
+    groups is left whole."""
     if not await redis.xlen(stream):
         return  # the usual answer of an idle stream: one command instead of 2 + groups
     groups = await redis.xinfo_groups(stream)
@@ -239,7 +245,12 @@ async def trim_once(redis: Redis, stream: str) -> None:
             ms, seq = _id_tuple(group["last-delivered-id"])
             boundaries.append((ms, seq + 1))
     ms, seq = min(boundaries)
-    await redis.xtrim(stream, minid=f"{ms}-{seq}", approximate=False)
+    minid = f"{ms}-{seq}"
+    # whole nodes first, TRIM_ENTRIES at most a command, until none is left below the
+    # boundary; then the entries below it in the node that holds it
+    while await redis.xtrim(stream, minid=minid, approximate=True, limit=TRIM_ENTRIES):
+        pass
+    await redis.xtrim(stream, minid=minid, approximate=False)
 
 
 def _entry_bytes(entry: Entry) -> int:

@@ -22,6 +22,7 @@ from stream.consumer_group import (
     FROM_START,
     PAGE_BYTES,
     PAGE_ENTRIES,
+    TRIM_ENTRIES,
     ConsumerGroup,
     Entry,
     GroupMissing,
@@ -96,10 +97,13 @@ class Recording(Redis):
     def __init__(self, redis: Redis) -> None:
         super().__init__(connection_pool=redis.connection_pool)
         self.sent: list[tuple[str, ...]] = []
+        self.replies: list[object] = []  # of each command sent, in order
 
     async def execute_command(self, *args: object, **options: object) -> object:
         self.sent.append(tuple(a.decode() if isinstance(a, bytes) else str(a) for a in args))
-        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        reply = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        self.replies.append(reply)
+        return reply
 
     def counts(self, command: str) -> list[int]:
         """The COUNT argument of each ``command`` sent (XREADGROUP, XAUTOCLAIM)."""
@@ -250,6 +254,32 @@ async def test_trimming_drops_only_entries_every_group_acknowledged(
     later = await append(redis, stream, 3)  # appended, not read by any group yet
     await trim_once(redis, stream)
     assert await remaining(redis, stream) == later
+
+
+async def test_trimming_a_burst_deletes_in_bounded_commands(redis: Redis, stream: str) -> None:
+    # an exact XTRIM of a burst's acknowledged entries held Valkey (and every check behind
+    # it) for tens of milliseconds
+    total = 10 * TRIM_ENTRIES + 37
+    ids = await append(redis, stream, total)
+    reader = ConsumerGroup(redis, stream, "g", "c1", start=FROM_START)
+    read = ids_of(await reader.read_new(count=total))
+    assert read == ids
+    await reader.ack(read)
+    later = await append(redis, stream, 5)  # not read yet: kept
+
+    recording = Recording(redis)
+    await trim_once(recording, stream)
+
+    assert await remaining(redis, stream) == later
+    trims = [(args, reply) for args, reply in zip(recording.sent, recording.replies, strict=True)
+             if args[0] == "XTRIM"]  # fmt: skip
+    deleted = [reply for _, reply in trims]
+    assert sum(deleted) == total  # type: ignore[arg-type]
+    assert all(0 <= n <= TRIM_ENTRIES for n in deleted)  # type: ignore[operator]
+    *approximate, (last, _) = trims
+    assert all("~" in args and "LIMIT" in args for args, _ in approximate)
+    assert len(approximate) >= total // TRIM_ENTRIES  # the burst went in many commands
+    assert "~" not in last  # the last one exact: nothing acknowledged is left
 
 
 async def test_the_trimmer_keeps_trimming_as_groups_acknowledge(redis: Redis, stream: str) -> None:
