@@ -32,7 +32,7 @@ from ratewatch.processes.supervisor import Child, Supervisor
 
 # The embedded pipeline worker runs without docstrings and asserts (python -OO): nothing in
 # it reads a docstring, and those of the libraries it loads (scikit-learn, SciPy, polars,
-# NumPy) are about 16 MB of its memory for as long as it runs.
+# NumPy) are 16-20 MB of its memory for as long as it runs (docs/performance.md).
 LEAN_WORKER_ENV = {"PYTHONOPTIMIZE": "2"}
 
 
