@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -14,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from analytics.query_client import answers, query
 from tests.support.polling import wait_until
-from tests.support.processes import child_pid, nice_values
+from tests.support.processes import child_pid, environment_of, nice_values
 from tests.support.servers import RatewatchProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -181,21 +181,13 @@ def test_up_lowers_the_pipeline_workers_priority_by_the_configured_nice(tmp_path
         service.stop()
 
 
-def environment_of(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
-
-
 def decisions_in_analytics(data_dir: Path) -> int | None:
-    """``count()`` of the decisions table through ``ratewatch sql`` (None until the worker
-    has opened chDB)."""
-    found = cli(
-        "sql", "--data-dir", str(data_dir), "--format", "json",
-        "SELECT count() AS n FROM ratewatch.decisions",
-    )  # fmt: skip
-    if found.returncode != 0:
+    """``count()`` of the decisions table, asked on the pipeline worker's query socket
+    (None until the worker answers there)."""
+    path = data_dir / "clickhouse" / "query.sock"
+    if not answers(path):
         return None
-    return int(json.loads(found.stdout.splitlines()[0])["n"])
+    return int(query(path, "SELECT count() AS n FROM ratewatch.decisions")[0]["n"])
 
 
 def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(

@@ -1,5 +1,5 @@
 """What the kernel says about a process: its children's pids in a data dir, its threads'
-nice values."""
+nice values, its environment."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ def nice_values(pid: int, *, but: tuple[str, ...] = ()) -> set[int]:
             # the fields after the command name in parentheses, which may hold spaces
             values.add(int(stat.rpartition(")")[2].split()[16]))
     return values
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with (``/proc/<pid>/environ``)."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
