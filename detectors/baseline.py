@@ -15,6 +15,10 @@ features' z-scores are reduced to one per family (``groups``, the largest), and 
 to: a subject extreme in one respect only is a coin toss, not a block, however extreme,
 while two families beyond the usual 3.5 outlier cut (for example 8 and 5) score 0.88 and
 two at the cap 0.97.
+
+It follows scikit-learn's estimator conventions (constructor parameters only, learned
+attributes ending in ``_``, ``get_params``) without importing scikit-learn: it runs in the
+long-lived detection process, which scores and learns with numpy alone.
 """
 
 from __future__ import annotations
@@ -25,14 +29,28 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 Matrix = npt.NDArray[np.float64]
 MAD_TO_SIGMA = 1.4826  # MAD × this estimates the standard deviation of a normal variable
 
 
-class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+PARAMETERS = (
+    "min_mad",
+    "alpha",
+    "directions",
+    "groups",
+    "z_threshold",
+    "z_scale",
+    "z_cap",
+    "agreement",
+)
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Scored or updated before ``fit`` (as scikit-learn's error of that name)."""
+
+
+class RobustBaseline:
     """Median/MAD baseline with EWMA updates, robust z-scores and a [0, 1] anomaly score.
 
     Parameters
@@ -82,7 +100,7 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def fit(self, X: Any, y: Any = None) -> RobustBaseline:
         """Learn ``median_`` and ``mad_`` from ``X`` (rows of normal history)."""
         self._check_params()
-        matrix = validate_data(self, X, reset=True, dtype=np.float64)
+        matrix = self._rows(X, reset=True)
         self.floor_ = self._per_feature(self.min_mad, "min_mad", matrix.shape[1])
         self.cap_ = self._per_feature(self.z_cap, "z_cap", matrix.shape[1])
         self.directions_ = self._per_feature(
@@ -104,7 +122,7 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         the first call fits."""
         if not hasattr(self, "median_"):
             return self.fit(X, y)
-        matrix = validate_data(self, X, reset=False, dtype=np.float64)
+        matrix = self._rows(X, reset=False)
         median, mad = _median_mad(matrix)
         self.median_ = (1.0 - self.alpha) * self.median_ + self.alpha * median
         self.mad_ = np.maximum((1.0 - self.alpha) * self.mad_ + self.alpha * mad, self.floor_)
@@ -114,8 +132,8 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, X: Any) -> Matrix:
         """Signed robust z-scores, ``(X - median_) / (1.4826 * mad_)``."""
-        check_is_fitted(self)
-        matrix = validate_data(self, X, reset=False, dtype=np.float64)
+        self._check_fitted()
+        matrix = self._rows(X, reset=False)
         result: Matrix = (matrix - self.median_) / (MAD_TO_SIGMA * self.mad_)
         return result
 
@@ -131,7 +149,7 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def score_contributions(self, contributions: Matrix) -> npt.NDArray[np.float64]:
         """``score`` from ``contributions(X)`` already at hand."""
-        check_is_fitted(self)
+        self._check_fitted()
         per_family = np.stack(
             [contributions[:, self.groups_ == family].max(axis=1) for family in self._families],
             axis=1,
@@ -152,9 +170,39 @@ class RobustBaseline(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     @property
     def version_(self) -> str:
         """A short content hash of the current centre and scale."""
-        check_is_fitted(self, "median_")
+        self._check_fitted()
         digest = hashlib.sha256(self.median_.tobytes() + self.mad_.tobytes()).hexdigest()
         return f"baseline-{digest[:12]}"
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (``deep`` is for scikit-learn's ``clone``: there
+        are no nested estimators)."""
+        return {name: getattr(self, name) for name in PARAMETERS}
+
+    def unfitted(self) -> RobustBaseline:
+        """A new baseline with the same parameters and nothing learned."""
+        return RobustBaseline(**self.get_params())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "median_"):
+            raise NotFittedError("this RobustBaseline is not fitted yet: call fit first")
+
+    def _rows(self, X: Any, *, reset: bool) -> Matrix:
+        matrix = np.asarray(X, dtype=np.float64)
+        if matrix.ndim != 2:
+            raise ValueError(f"expected a 2-D array of rows, got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise ValueError("the rows contain NaN or infinity")
+        if reset:
+            self.n_features_in_ = matrix.shape[1]
+        else:
+            self._check_fitted()
+            if matrix.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {matrix.shape[1]} features, but RobustBaseline is expecting "
+                    f"{self.n_features_in_} features as input"
+                )
+        return matrix
 
     def _check_params(self) -> None:
         if not 0.0 < self.alpha <= 1.0:

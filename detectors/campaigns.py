@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from sklearn.cluster import DBSCAN
 
+from detectors.clustering import dbscan_labels
 from detectors.sources import Source, SourceBook
 from detectors.verdict import CampaignRef, Signal, Verdict
 from limiter.state.tenants import DEFAULT_CAMPAIGN_TUNING, CampaignTuning
@@ -335,7 +335,7 @@ class CampaignDetector:
                 for s in sources
             ]
         )
-        labels = DBSCAN(eps=settings.eps, min_samples=least).fit_predict(vectors)
+        labels = dbscan_labels(vectors, settings.eps, least)
         clusters = [label for label in set(labels.tolist()) if label >= 0]
         if not clusters:
             return []

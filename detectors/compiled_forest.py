@@ -6,16 +6,21 @@ scores a few dozen subjects per tenant and scope every few seconds, so that over
 dominate.  Here all trees walk down together: one numpy gather per level (the trees are at
 most ``ceil(log2(max_samples))`` deep), then the paper's path length, exactly as
 scikit-learn computes it (the tests compare the two).  Per row it is slower than
-scikit-learn's compiled loop, so ``IsolationDetector`` uses it for small batches only.
+scikit-learn's compiled loop, but the detector scores a few dozen rows at a time, and it
+needs numpy alone: the detection process scores with it and never loads scikit-learn
+(``detectors/isolation_model.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:  # built from one in the fitting process only
+    from sklearn.ensemble import IsolationForest
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.intp]

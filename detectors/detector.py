@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from sklearn.base import clone
 
 from detectors.baseline import RobustBaseline
 from detectors.features import as_scope
@@ -249,7 +248,7 @@ class AbuseDetector:
             rows = np.concatenate(learner.pending)
             learner.pending, learner.pending_rows = [], 0
             if learner.baseline is None:
-                learner.baseline = clone(self._template).fit(rows)
+                learner.baseline = self._template.unfitted().fit(rows)
             else:
                 learner.baseline.partial_fit(rows)
         if normal.shape[0] > self._history_per_evaluation:

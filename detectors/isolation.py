@@ -11,34 +11,35 @@ for isolated ones).  ``contamination`` (default 1%) places ``threshold_`` at the
 the top 1% of the training history exceeds, and the score is
 ``1 / (1 + exp(-(s - threshold_) / score_scale))``: 0.5 for a row as unusual as the
 history's most unusual 1%, above 0.95 once ``s`` is three ``score_scale`` (0.12) beyond.
+
+This module is the fitting side and the only one that imports scikit-learn: the detection
+process asks a fitting process for its models (``detectors/fit_process.py``) and scores
+with what a fit returns, an ``IsolationModel`` of numpy arrays
+(``detectors/isolation_model.py``).  ``LocalFitter`` fits in the calling process, for
+tools and tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from detectors.compiled_forest import CompiledForest
+from detectors.isolation_model import IsolationModel
 
-FILE_FORMAT = 1
 COMPILED_MAX_ROWS = 1_000
 
 
-class ModelFileError(ValueError):
-    """A persisted model that cannot be used: not ours, another format, a mismatched version."""
-
-
 class IsolationDetector(BaseEstimator):  # type: ignore[misc]
-    """``IsolationForest`` with a [0, 1] score, a version and joblib persistence.
+    """``IsolationForest`` with a [0, 1] score and a version; ``model_`` is what scoring
+    needs, without scikit-learn.
 
     Parameters
     ----------
@@ -88,7 +89,6 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
             random_state=self.random_state,
         )
         self.forest_ = forest.fit(matrix)
-        self.compiled_ = CompiledForest.of(self.forest_)
         self.threshold_ = float(-self.forest_.offset_)
         self.n_samples_fit_ = matrix.shape[0]
         now_ms = time.time_ns() // 1_000_000
@@ -96,38 +96,40 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
         digest = hashlib.sha256(matrix.tobytes())
         digest.update(repr(sorted(self.get_params().items())).encode())
         self.version_ = f"iforest-{digest.hexdigest()[:12]}-{self.trained_at_ms_}"
+        self.model_ = IsolationModel(
+            CompiledForest.of(self.forest_),
+            self.threshold_,
+            float(self.score_scale),
+            self.version_,
+            self.trained_at_ms_,
+            self.n_samples_fit_,
+            self.n_features_in_,
+        )
         return self
 
     def score(self, X: Any, y: Any = None) -> npt.NDArray[np.float64]:
         """Per-row anomaly score in [0, 1], higher is more anomalous."""
         check_is_fitted(self)
         matrix = validate_data(self, X, reset=False, dtype=np.float64)
-        if matrix.shape[0] == 0:
-            return np.zeros(0)
-        small = matrix.shape[0] <= COMPILED_MAX_ROWS  # where numpy beats per-tree calls
-        samples = self.compiled_ if small else self.forest_
-        anomaly = -samples.score_samples(matrix)
+        if matrix.shape[0] <= COMPILED_MAX_ROWS:  # where numpy beats per-tree calls
+            return self.model_.score(matrix)
+        anomaly = -self.forest_.score_samples(matrix)
         result: npt.NDArray[np.float64] = 1.0 / (
             1.0 + np.exp(-(anomaly - self.threshold_) / self.score_scale)
         )
         return result
 
-    def save(self, path: str | Path) -> None:
-        """Write the fitted model with its version to ``path`` (joblib).  Loading runs
-        pickle, so the directory must be as trusted as the code."""
-        check_is_fitted(self)
-        joblib.dump({"format": FILE_FORMAT, "version": self.version_, "model": self}, path)
 
-    @classmethod
-    def load(cls, path: str | Path) -> IsolationDetector:
-        """The model saved at ``path``; ModelFileError if the file is not one."""
-        try:
-            payload = joblib.load(path)
-        except Exception as exc:  # unpickling garbage raises anything from KeyError up
-            raise ModelFileError(f"cannot read a model from {str(path)!r}: {exc!r}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise ModelFileError(f"{str(path)!r} is not a format-{FILE_FORMAT} detector file")
-        model = payload.get("model")
-        if not isinstance(model, cls) or getattr(model, "version_", None) != payload["version"]:
-            raise ModelFileError(f"{str(path)!r}: the model does not match its recorded version")
-        return model
+class LocalFitter:
+    """Fits in this process: for tools and tests (the detection process uses
+    ``detectors.fit_process.ProcessFitter``, which keeps scikit-learn out of it)."""
+
+    def __init__(self, template: IsolationDetector | None = None) -> None:
+        self.template = template if template is not None else IsolationDetector()
+
+    def fit(self, rows: npt.NDArray[np.float64], trained_at_ms: int) -> IsolationModel:
+        detector: IsolationDetector = clone(self.template)
+        return detector.fit(rows, trained_at_ms=trained_at_ms).model_
+
+    def close(self) -> None:
+        """Nothing to release."""

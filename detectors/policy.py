@@ -61,7 +61,7 @@ import polars as pl
 
 from detectors.baseline import MAD_TO_SIGMA, RobustBaseline
 from detectors.features import as_scope
-from detectors.isolation import IsolationDetector
+from detectors.isolation_model import IsolationScorer
 from detectors.model_features import (
     BEHAVIOUR_COLUMNS,
     GUARDED_COLUMNS,
@@ -141,7 +141,7 @@ class DetectionPolicy:
         self,
         features: pl.DataFrame,
         baseline: RobustBaseline | None,
-        isolation: IsolationDetector | None,
+        isolation: IsolationScorer | None,
         now_ms: int,
         *,
         include_all: bool = False,
@@ -191,7 +191,7 @@ class DetectionPolicy:
         matrix: Matrix,
         evidence: Mask,
         baseline: RobustBaseline | None,
-        isolation: IsolationDetector | None,
+        isolation: IsolationScorer | None,
     ) -> _Scores:
         s = self.settings
         n = matrix.shape[0]
@@ -250,7 +250,7 @@ class DetectionPolicy:
         matrix: Matrix,
         scores: _Scores,
         baseline: RobustBaseline | None,
-        isolation: IsolationDetector | None,
+        isolation: IsolationScorer | None,
         window_seconds: int,
         **base: object,
     ) -> Verdict:

@@ -11,8 +11,15 @@ evaluation.  A model is (re)trained when:
   was still filling up, so a young model trained on a thin history is replaced quickly.
 
 Each (tenant, scope) keeps at most ``max_history`` rows, the newest.  With a ``directory``,
-every trained model is saved there (joblib, with its version) and a registry started on
-the same directory picks them up, so a restart does not re-enter cold start.
+every trained model is saved there (``IsolationModel``'s ``.npz`` file: plain arrays with
+its version, loaded without pickle) and a registry started on the same directory picks
+them up, so a restart does not re-enter cold start.  Files of the earlier format
+(``.joblib``, a pickled scikit-learn estimator) are not read: those tenants retrain once
+their history fills again.
+
+What fits is the ``fitter``: by default a process of its own
+(``detectors.fit_process.ProcessFitter``), so the detection process holds numpy arrays
+and never scikit-learn.
 
 Fits never run on the evaluation's thread: ``start_fit`` hands a due (tenant, scope) to the
 ``FitQueue`` (one worker thread) with a snapshot of its history, and the evaluation goes on
@@ -34,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import clone
 
-from detectors.isolation import IsolationDetector, ModelFileError
+from detectors.fit_process import ProcessFitter
+from detectors.fitting import Fitter
+from detectors.isolation_model import IsolationModel, ModelFileError
 from detectors.metrics import DetectionMetrics
 from detectors.training import FitQueue
 from detectors.verdict import Scope
@@ -69,7 +77,7 @@ class ModelRegistry:
 
     def __init__(
         self,
-        template: IsolationDetector | None = None,
+        fitter: Fitter | None = None,
         *,
         min_history: int = 200,
         max_history: int = 10_000,
@@ -85,7 +93,7 @@ class ModelRegistry:
             )
         if retry_after_ms < 0:
             raise ValueError(f"retry_after_ms must not be negative, got {retry_after_ms}")
-        self._template = template if template is not None else IsolationDetector()
+        self.fitter: Fitter = fitter if fitter is not None else ProcessFitter()
         self._min_history = min_history
         self._max_history = max_history
         self._retrain_every_ms = retrain_every_ms
@@ -95,7 +103,7 @@ class ModelRegistry:
         self._metrics = metrics
         self.fits = fits if fits is not None else FitQueue(metrics)
         self._history: dict[tuple[str, Scope], _History] = {}
-        self._models: dict[tuple[str, Scope], IsolationDetector] = {}
+        self._models: dict[tuple[str, Scope], IsolationModel] = {}
         self._on_disk_checked: set[tuple[str, Scope]] = set()
         self._fitting: set[tuple[str, Scope]] = set()  # queued or running
         self._failed_at: dict[tuple[str, Scope], int] = {}
@@ -123,7 +131,7 @@ class ModelRegistry:
         history = self._history.get((tenant, scope))
         return min(history.rows, self._max_history) if history else 0
 
-    def model(self, tenant: str, scope: Scope) -> IsolationDetector | None:
+    def model(self, tenant: str, scope: Scope) -> IsolationModel | None:
         """The current model, loading a persisted one on first use."""
         key = (tenant, scope)
         found = self._models.get(key)
@@ -134,7 +142,7 @@ class ModelRegistry:
             path = self._path(tenant, scope)
             if path.exists():
                 try:
-                    loaded = IsolationDetector.load(path)
+                    loaded = IsolationModel.load(path)
                 except ModelFileError:
                     return None  # a stale or foreign file: retrain from history instead
                 with self._lock:
@@ -188,7 +196,7 @@ class ModelRegistry:
             return False
         return True
 
-    def refresh(self, tenant: str, scope: Scope, now_ms: int) -> IsolationDetector | None:
+    def refresh(self, tenant: str, scope: Scope, now_ms: int) -> IsolationModel | None:
         """Retrain (tenant, scope) if due and wait for it, then return its model (None in
         cold start).  For tools and tests: evaluations use ``start_fit``."""
         if self.start_fit(tenant, scope, now_ms):
@@ -208,15 +216,16 @@ class ModelRegistry:
             self._on_disk_checked = {key for key in self._on_disk_checked if key[0] != tenant}
 
     def close(self) -> None:
-        """Stop fitting: drop queued fits and wait for the one in progress."""
+        """Stop fitting: drop queued fits, wait for the one in progress, stop the fitter."""
         self.fits.close()
+        self.fitter.close()
 
     def _fit(self, key: tuple[str, Scope], rows: Matrix, now_ms: int, counted: int) -> None:
         """A fit job, on the queue's thread: fit, swap in, then save."""
         tenant, scope = key
         started = time.perf_counter()
         try:
-            model: IsolationDetector = clone(self._template).fit(rows, trained_at_ms=now_ms)
+            model = self.fitter.fit(rows, now_ms)
         except Exception:  # a bad fit must not end detection: counted, retried later
             log.exception("fitting the %s model of tenant %s failed", scope, tenant)
             with self._lock:
@@ -241,7 +250,7 @@ class ModelRegistry:
         if current and self._directory is not None:
             self._save(self._directory, key, model)
 
-    def _save(self, directory: Path, key: tuple[str, Scope], model: IsolationDetector) -> None:
+    def _save(self, directory: Path, key: tuple[str, Scope], model: IsolationModel) -> None:
         path = self._path(*key)
         partial = path.with_name(path.name + ".partial")
         try:
@@ -257,4 +266,4 @@ class ModelRegistry:
         assert self._directory is not None
         # tenant names are not file names: hash them
         name = hashlib.sha256(tenant.encode()).hexdigest()[:24]
-        return self._directory / f"{name}-{scope}.joblib"
+        return self._directory / f"{name}-{scope}.npz"

@@ -10,6 +10,8 @@ copy of it from the onset.
 from __future__ import annotations
 
 import copy
+import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from detectors.baseline import NotFittedError as BaselineNotFitted
 from detectors.baseline import RobustBaseline
 from detectors.compiled_forest import CompiledForest
 from detectors.detector import AbuseDetector, default_baseline
@@ -31,7 +34,8 @@ from detectors.features import (
     decisions_frame,
     subject_features,
 )
-from detectors.isolation import IsolationDetector, ModelFileError
+from detectors.isolation import IsolationDetector, LocalFitter
+from detectors.isolation_model import IsolationModel, ModelFileError
 from detectors.model_features import MODEL_FEATURES, isolation_matrix, model_matrix
 from detectors.policy import DetectionPolicy
 from detectors.registry import ModelRegistry
@@ -345,28 +349,42 @@ ESTIMATORS = [
 ]
 
 
+def fresh_copy(estimator: Any) -> Any:
+    """A copy with the same parameters and nothing learned: scikit-learn's ``clone`` for
+    the fitting side, ``unfitted`` for the baseline, which the detection process uses
+    without scikit-learn."""
+    if isinstance(estimator, BaseEstimator):
+        return clone(estimator)
+    return estimator.unfitted()
+
+
+def learned_attributes(estimator: Any) -> set[str]:
+    return {name for name in vars(estimator) if name.endswith("_") and not name.startswith("__")}
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
-def test_estimators_follow_the_scikit_learn_contract(estimator: BaseEstimator) -> None:
-    fresh = clone(estimator)
+def test_estimators_follow_the_scikit_learn_conventions(estimator: Any) -> None:
+    fresh = fresh_copy(estimator)
     # __init__ only stores its arguments
     assert vars(fresh) == fresh.get_params(deep=False)
-    with pytest.raises(NotFittedError):
-        check_is_fitted(fresh)
-    with pytest.raises(NotFittedError):
+    assert not learned_attributes(fresh)
+    with pytest.raises((NotFittedError, BaselineNotFitted), match="not fitted"):
         fresh.score(np.zeros((1, 3)))
     X = normal_rows(np.random.default_rng(5))
     assert fresh.fit(X) is fresh
-    check_is_fitted(fresh)
     learned = set(vars(fresh)) - set(fresh.get_params(deep=False))
     assert learned
-    assert all(name.endswith("_") for name in learned)
+    assert learned == learned_attributes(fresh)  # what fit learned ends in "_"
+    if isinstance(fresh, BaseEstimator):
+        check_is_fitted(fresh)
     assert fresh.n_features_in_ == 3
     scores = fresh.score(X)
     assert scores.shape == (500,)
     assert ((scores >= 0) & (scores <= 1)).all()
     with pytest.raises(ValueError, match="features"):
         fresh.score(np.zeros((2, 4)))
-    assert clone(fresh).get_params() == fresh.get_params()
+    assert fresh_copy(fresh).get_params() == fresh.get_params()
+    assert not hasattr(fresh_copy(fresh), "n_features_in_")
 
 
 def test_robust_baseline_centre_scale_and_ewma() -> None:
@@ -428,21 +446,40 @@ def test_compiled_forest_equals_scikit_learn(rows: int) -> None:
 
 def test_save_and_load_keep_version_and_scores(tmp_path: Path) -> None:
     X = normal_rows(np.random.default_rng(9))
-    model = IsolationDetector(n_estimators=30).fit(X, trained_at_ms=42)
-    path = tmp_path / "model.joblib"
-    model.save(path)
-    loaded = IsolationDetector.load(path)
-    assert loaded.version_ == model.version_
+    fitted = IsolationDetector(n_estimators=30).fit(X, trained_at_ms=42)
+    path = tmp_path / "model.npz"
+    fitted.model_.save(path)
+    loaded = IsolationModel.load(path)
+    assert loaded.version_ == fitted.version_
     assert loaded.trained_at_ms_ == 42
-    np.testing.assert_array_equal(loaded.score(X), model.score(X))
-    (tmp_path / "junk.joblib").write_bytes(b"not a model")
-    with pytest.raises(ModelFileError):
-        IsolationDetector.load(tmp_path / "junk.joblib")
+    assert loaded.n_samples_fit_ == 500
+    np.testing.assert_array_equal(loaded.score(X), fitted.score(X))
+    with pytest.raises(ValueError, match="expects rows of 3 features"):
+        loaded.score(np.zeros((2, 4)))
+
+
+def test_a_model_file_that_is_not_one_is_refused_without_running_it(tmp_path: Path) -> None:
+    fitted = IsolationDetector(n_estimators=5).fit(normal_rows(np.random.default_rng(9), 50))
+    whole = tmp_path / "model.npz"
+    fitted.model_.save(whole)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a model")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    pickled = tmp_path / "pickled.npz"  # the earlier format: a pickle, never loaded again
+    pickled.write_bytes(pickle.dumps({"format": 1, "model": "anything"}))
+    meta, arrays = fitted.model_.to_arrays()
+    arrays["left"] = arrays["left"] + 10**9
+    wild = tmp_path / "wild.npz"
+    np.savez(wild, meta=np.array(json.dumps(meta)), **arrays)
+    for bad in (junk, cut, pickled, wild, tmp_path / "missing.npz"):
+        with pytest.raises(ModelFileError, match=bad.name):
+            IsolationModel.load(bad)
 
 
 def test_registry_cold_start_schedule_bounds_and_persistence(tmp_path: Path) -> None:
     rng = np.random.default_rng(10)
-    template = IsolationDetector(n_estimators=20)
+    template = LocalFitter(IsolationDetector(n_estimators=20))
     registry = ModelRegistry(
         template, min_history=100, max_history=400, retrain_every_ms=600_000, directory=tmp_path
     )
@@ -600,7 +637,9 @@ def test_model_features_and_isolation_matrix() -> None:
 def test_detector_memory_is_bounded_and_idle_tenants_are_forgotten() -> None:
     rng = np.random.default_rng(11)
     frame = scenarios.steady_users(rng, "brief", T0, T0 + 4 * M, users=150).frame
-    registry = ModelRegistry(IsolationDetector(n_estimators=20), min_history=100, max_history=300)
+    registry = ModelRegistry(
+        LocalFitter(IsolationDetector(n_estimators=20)), min_history=100, max_history=300
+    )
     detector = AbuseDetector(registry=registry, min_baseline_rows=30, idle_ms=10 * M)
     replay(detector, frame, T0, T0 + 4 * M, 15_000)
     assert detector.baseline("brief", "ip") is not None

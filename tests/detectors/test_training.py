@@ -20,7 +20,9 @@ import pytest
 from detectors.baseline import RobustBaseline
 from detectors.detector import AbuseDetector
 from detectors.features import as_scope
-from detectors.isolation import IsolationDetector
+from detectors.fit_process import ProcessFitter
+from detectors.isolation import IsolationDetector, LocalFitter
+from detectors.isolation_model import IsolationScorer
 from detectors.metrics import DetectionMetrics
 from detectors.policy import DetectionPolicy, Judgement
 from detectors.registry import ModelRegistry
@@ -85,13 +87,13 @@ class RecordingPolicy(DetectionPolicy):
 
     def __init__(self) -> None:
         super().__init__()
-        self.used: dict[Scope, IsolationDetector | None] = {}
+        self.used: dict[Scope, IsolationScorer | None] = {}
 
     def judge(
         self,
         features: pl.DataFrame,
         baseline: RobustBaseline | None,
-        isolation: IsolationDetector | None,
+        isolation: IsolationScorer | None,
         now_ms: int,
         **options: Any,
     ) -> Judgement:
@@ -131,7 +133,7 @@ def sample(metrics: DetectionMetrics, name: str, **labels: str) -> float:
 def test_an_evaluation_never_waits_for_a_fit_and_the_next_round_uses_the_model(
     traffic: pl.DataFrame,
 ) -> None:
-    registry = ModelRegistry(GatedIsolation(n_estimators=10), min_history=50)
+    registry = ModelRegistry(LocalFitter(GatedIsolation(n_estimators=10)), min_history=50)
     policy = RecordingPolicy()
     detector = AbuseDetector(policy, registry, min_baseline_rows=30)
     now = T0
@@ -165,7 +167,9 @@ def test_an_evaluation_never_waits_for_a_fit_and_the_next_round_uses_the_model(
 
 def test_a_fit_starts_only_when_due_and_never_twice_at_once() -> None:
     rng = np.random.default_rng(4)
-    registry = ModelRegistry(GatedIsolation(n_estimators=10), min_history=100, max_history=400)
+    registry = ModelRegistry(
+        LocalFitter(GatedIsolation(n_estimators=10)), min_history=100, max_history=400
+    )
     registry.record(TENANT, "ip", rows(rng, 60))
     assert not registry.start_fit(TENANT, "ip", 0)  # cold start: not due
     assert GatedIsolation.fits == 0
@@ -201,7 +205,10 @@ def test_a_failing_fit_is_counted_retried_later_and_detection_goes_on(
     FailingIsolation.failures = 1
     metrics = DetectionMetrics()
     registry = ModelRegistry(
-        FailingIsolation(n_estimators=10), min_history=50, retry_after_ms=30_000, metrics=metrics
+        LocalFitter(FailingIsolation(n_estimators=10)),
+        min_history=50,
+        retry_after_ms=30_000,
+        metrics=metrics,
     )
     detector = AbuseDetector(registry=registry, min_baseline_rows=30, retrains_per_evaluation=1)
     now = T0
@@ -246,7 +253,10 @@ def test_a_model_is_saved_after_it_is_in_use_and_a_failed_save_is_counted(
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")
     registry = ModelRegistry(
-        IsolationDetector(n_estimators=10), min_history=50, directory=blocked, metrics=metrics
+        LocalFitter(IsolationDetector(n_estimators=10)),
+        min_history=50,
+        directory=blocked,
+        metrics=metrics,
     )
     registry.record(TENANT, "key", rows(rng, 60))
     model = registry.refresh(TENANT, "key", 1_000)
@@ -254,22 +264,27 @@ def test_a_model_is_saved_after_it_is_in_use_and_a_failed_save_is_counted(
     assert sample(metrics, "ratewatch_detect_model_save_failures_total", scope="key") == 1
     assert sample(metrics, "ratewatch_detect_model_retrains_total", scope="key") == 1
 
-    saved = ModelRegistry(IsolationDetector(n_estimators=10), min_history=50, directory=tmp_path)
+    # fitted where the detection process fits, in a process of its own
+    saved = ModelRegistry(ProcessFitter({"n_estimators": 10}), min_history=50, directory=tmp_path)
     saved.record(TENANT, "key", rows(rng, 60))
     fitted = saved.refresh(TENANT, "key", 1_000)
     assert fitted is not None
     registry.close()
     saved.close()
-    assert [p.suffix for p in tmp_path.iterdir() if p != blocked] == [".joblib"]
-    reloaded = ModelRegistry(directory=tmp_path).model(TENANT, "key")
+    assert [p.suffix for p in tmp_path.iterdir() if p != blocked] == [".npz"]
+    restarted = ModelRegistry(directory=tmp_path)
+    reloaded = restarted.model(TENANT, "key")
     assert reloaded is not None
     assert reloaded.version_ == fitted.version_
+    probe = rows(rng, 20)
+    np.testing.assert_array_equal(reloaded.score(probe), fitted.score(probe))
+    restarted.close()
 
 
 def test_a_fit_queued_during_a_round_starts_once_the_round_is_over() -> None:
     rng = np.random.default_rng(7)
     GatedIsolation.gate.set()
-    registry = ModelRegistry(GatedIsolation(n_estimators=10), min_history=50)
+    registry = ModelRegistry(LocalFitter(GatedIsolation(n_estimators=10)), min_history=50)
     registry.record(TENANT, "ip", rows(rng, 60))
     with registry.fits.round():
         assert registry.start_fit(TENANT, "ip", 1_000)
@@ -283,7 +298,7 @@ def test_a_fit_queued_during_a_round_starts_once_the_round_is_over() -> None:
 
 def test_closing_drops_queued_fits_and_finishes_the_running_one() -> None:
     rng = np.random.default_rng(6)
-    registry = ModelRegistry(GatedIsolation(n_estimators=10), min_history=50)
+    registry = ModelRegistry(LocalFitter(GatedIsolation(n_estimators=10)), min_history=50)
     for scope in ("ip", "key"):
         registry.record(TENANT, scope, rows(rng, 60))
         assert registry.start_fit(TENANT, scope, 1_000)
