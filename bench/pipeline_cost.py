@@ -92,7 +92,10 @@ from analytics.query_client import answers, query  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ROLES = ("supervisor", "valkey", "limiter", "pipeline", "other")
+# "fitting": the pipeline worker's model-fitting child, while it runs (its CPU moves to
+# the worker's once reaped)
+ROLES = ("supervisor", "valkey", "limiter", "pipeline", "fitting", "other")
+FITTING_MODULE = b"detectors.fit_child"
 SERVER_NAMES = ("valkey-server", "redis-server")
 
 TARGET_CORES = {0: 0.02, 200: 0.10, 2000: 0.50}
@@ -295,7 +298,12 @@ class Tree:
         members: dict[int, Member] = {}
         for pid in descendants(procs, roots):
             stat = procs[pid]
-            role = "valkey" if stat.name in SERVER_NAMES else role_of(pid, procs, named)
+            if stat.name in SERVER_NAMES:
+                role = "valkey"
+            elif fitting(pid):
+                role = "fitting"
+            else:
+                role = role_of(pid, procs, named)
             memory, threads = read_status(pid, with_pss) if with_memory else (Memory(), 0)
             members[pid] = Member(role, stat, memory, threads)
         pipeline = next((pid for pid, role in named.items() if role == "pipeline"), None)
@@ -317,6 +325,13 @@ def descendants(procs: dict[int, ProcStat], roots: Sequence[int]) -> list[int]:
         found.append(pid)
         stack.extend(children.get(pid, []))
     return found
+
+
+def fitting(pid: int) -> bool:
+    try:
+        return FITTING_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def role_of(pid: int, procs: dict[int, ProcStat], named: dict[int, str]) -> str:
@@ -356,7 +371,8 @@ def cores(start: Snapshot, end: Snapshot) -> dict[str, float]:
 
 def thread_cores(start: Snapshot, end: Snapshot, process_cores: float) -> dict[str, float]:
     """The pipeline worker's cores by thread name, the busiest few; and under "ended" what
-    threads that ended in the window used (the process's cores less its threads')."""
+    threads that ended and children reaped in the window used (the process's cores less
+    its threads')."""
     ticks: Counter[str] = Counter()
     for tid, (name, now) in end.pipeline_threads.items():
         before = start.pipeline_threads.get(tid)

@@ -4,7 +4,9 @@ scikit-learn.
 Loading scikit-learn (with SciPy, its compiled libraries and the modules both import)
 costs a process about 150 MB that it keeps for good, while the detector needs it for a
 fit every ten minutes or so per (tenant, scope).  ``ProcessFitter`` starts
-``python -m detectors.fit_child`` when a fit is asked for, sends it the history's rows and
+``python -m detectors.fit_child`` (or the ``command`` it is given: the processes of
+``ratewatch`` use ``ratewatch.processes.fitting``, the same child with pandas kept out)
+when a fit is asked for, sends it the history's rows and
 gets back the fitted model as plain arrays (``detectors/fit_frames.py``,
 ``detectors/isolation_model.py``).  The child stays while fits keep coming and exits after
 ``idle_seconds`` without one, so a burst of fits (every tenant's models coming due
@@ -27,7 +29,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -53,8 +55,10 @@ class ProcessFitter:
         params: Mapping[str, float] | None = None,
         *,
         idle_seconds: float = IDLE_SECONDS,
-        python: str = sys.executable,
+        command: Sequence[str] | None = None,
     ) -> None:
+        """``command`` starts the child (default: ``python -m detectors.fit_child`` with
+        this interpreter); it must serve ``detectors.fit_child``'s protocol."""
         self.params = dict(params or {})
         unknown = sorted(set(self.params) - set(PARAMETERS))
         if unknown:
@@ -65,7 +69,7 @@ class ProcessFitter:
         if not idle_seconds > 0:
             raise ValueError(f"idle_seconds must be positive, got {idle_seconds!r}")
         self.idle_seconds = idle_seconds
-        self.python = python
+        self.command = tuple(command) if command else (sys.executable, "-m", CHILD_MODULE)
         self._start()
 
     def _start(self) -> None:
@@ -76,7 +80,7 @@ class ProcessFitter:
 
     def __getstate__(self) -> dict[str, object]:
         # a copy of a detector (tests, tools) gets a fitter of its own, with no child yet
-        return {"params": self.params, "idle_seconds": self.idle_seconds, "python": self.python}
+        return {"params": self.params, "idle_seconds": self.idle_seconds, "command": self.command}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -87,6 +91,11 @@ class ProcessFitter:
         """The fitting process's pid while one runs."""
         child = self._child
         return child.pid if child is not None and child.poll() is None else None
+
+    @property
+    def warm(self) -> bool:
+        """Whether a child is running: a fit now would not pay for starting one."""
+        return self.child_pid is not None
 
     def fit(self, rows: npt.NDArray[np.float64], trained_at_ms: int) -> IsolationModel:
         with self._lock:
@@ -135,7 +144,7 @@ class ProcessFitter:
             return child
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}
         self._child = subprocess.Popen(
-            [self.python, "-m", CHILD_MODULE],
+            self.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=environment,

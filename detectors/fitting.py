@@ -24,6 +24,12 @@ class Fitter(Protocol):
         """A model of ``rows`` (the tenant's normal history), stamped ``trained_at_ms``."""
         ...
 
+    @property
+    def warm(self) -> bool:
+        """Whether a fit now would cost no more than the fit itself (a fitting process is
+        running): the registry then refits early the models past half their schedule."""
+        ...
+
     def close(self) -> None:
         """Release what the fitter holds (a process); a later ``fit`` starts again."""
         ...

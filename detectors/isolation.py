@@ -131,5 +131,10 @@ class LocalFitter:
         detector: IsolationDetector = clone(self.template)
         return detector.fit(rows, trained_at_ms=trained_at_ms).model_
 
+    @property
+    def warm(self) -> bool:
+        """Never worth fitting early: a fit here costs the same whenever it runs."""
+        return False
+
     def close(self) -> None:
         """Nothing to release."""

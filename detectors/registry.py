@@ -6,7 +6,9 @@ evaluation.  A model is (re)trained when:
 - there is none yet and the history holds ``min_history`` rows (before that the tenant is
   in cold start and the policy works without an isolation score);
 - it is older than ``retrain_every_ms`` (default ten minutes), so it follows the tenant's
-  day; or
+  day, or older than half that while the fitter is warm (``Fitter.warm``: its fitting
+  process already runs for another model), so that the fits of many models gather into
+  one process's life instead of each starting one; or
 - the history has grown by as many rows as the model was trained on (it doubled) while it
   was still filling up, so a young model trained on a thin history is replaced quickly.
 
@@ -50,6 +52,7 @@ from detectors.training import FitQueue
 from detectors.verdict import Scope
 
 log = logging.getLogger("ratewatch.detect")
+EARLY_SHARE = 0.5  # of retrain_every_ms: how old a model refitted early may be
 Matrix = npt.NDArray[np.float64]
 
 
@@ -167,11 +170,14 @@ class ModelRegistry:
         if failed is not None and now_ms - failed < self._retry_after_ms:
             return False
         current = self.model(tenant, scope)
+        if current is None:
+            return True
         # growth only matters while the history fills up; once full, the schedule rules
-        still_filling = current is not None and current.n_samples_fit_ < self._max_history
+        still_filling = current.n_samples_fit_ < self._max_history
+        age = now_ms - current.trained_at_ms_
         return (
-            current is None
-            or now_ms - current.trained_at_ms_ >= self._retrain_every_ms
+            age >= self._retrain_every_ms
+            or (self.fitter.warm and age >= self._retrain_every_ms * EARLY_SHARE)
             or (still_filling and history.added_since_fit >= current.n_samples_fit_)
         )
 

@@ -18,6 +18,7 @@ from detectors.actions import BlockActions
 from detectors.campaign_tuning import CampaignTuningReader
 from detectors.coordinated import CoordinatedDetector
 from detectors.detector import AbuseDetector
+from detectors.fitting import Fitter
 from detectors.incident_store import IncidentStore
 from detectors.incidents import IncidentActions
 from detectors.metrics import DetectionMetrics
@@ -42,10 +43,11 @@ def build_detection(
     model_dir: Path | None,
     interval: float,
     metrics: DetectionMetrics | None = None,
+    fitter: Fitter | None = None,
 ) -> DetectionLoop:
-    detector = CoordinatedDetector(
-        AbuseDetector(registry=ModelRegistry(directory=model_dir, metrics=metrics))
-    )
+    """``fitter``: what fits the isolation forests (default: a ``ProcessFitter``)."""
+    registry = ModelRegistry(fitter, directory=model_dir, metrics=metrics)
+    detector = CoordinatedDetector(AbuseDetector(registry=registry))
     alerts = AlertOutbox(redis, keyspace.alerts)
     settings = TenantSettingsStore(redis, keyspace)
     blocks = BlockActions(
@@ -74,10 +76,11 @@ async def run_embedded_detection(
     stop: asyncio.Event,
     model_dir: Path | None,
     metrics: DetectionMetrics | None = None,
+    fitter: Fitter | None = None,
 ) -> None:
     """Detect on the Valkey event stream until ``stop`` is set (in the pipeline worker)."""
 
-    loop = build_detection(redis, keyspace, model_dir, EVALUATION_INTERVAL, metrics)
+    loop = build_detection(redis, keyspace, model_dir, EVALUATION_INTERVAL, metrics, fitter)
     source = RedisDecisionSource(redis, keyspace.events)
     await source.ensure_group()
     await loop.resume()

@@ -48,7 +48,8 @@ def detect(
     """Detect abuse in the decision stream and block it (distributed deployment)."""
     from ratewatch.processes.optional_imports import REDIS_EXTRAS, SKLEARN_EXTRAS, keep_out
 
-    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))  # before scikit-learn and redis-py load
+    # pandas (chDB's dependency) and redis-py's extras: nothing here uses them
+    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))
     with user_errors():
         from limiter.redis_client import check_redis_url
         from limiter.settings import check_bootstrap

@@ -52,7 +52,8 @@ def pipeline(
     """Consume the embedded event stream into the analytics store."""
     from ratewatch.processes.optional_imports import REDIS_EXTRAS, SKLEARN_EXTRAS, keep_out
 
-    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))  # before scikit-learn and redis-py load
+    # pandas (chDB's dependency) and redis-py's extras: nothing here uses them
+    keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))
     from analytics.clickhouse import chdb_url
     from ratewatch.cli.analytics import analytics_errors
     from ratewatch.processes.pipeline import run_pipeline

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from detectors.fit_process import ProcessFitter
 from detectors.kafka_source import detect_on_kafka
 from detectors.metrics import DetectionMetrics
 from detectors.service import build_detection
 from limiter.keyspace import Keyspace
 from limiter.redis_client import connect
+from ratewatch.processes.fit_command import FIT_COMMAND
 
 log = logging.getLogger("ratewatch.detect")
 
@@ -33,7 +35,9 @@ async def run_detect(
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     redis = await connect(redis_url, socket_timeout=5.0)
     metrics = DetectionMetrics(registry)
-    loop = build_detection(redis, Keyspace(key_prefix), data_dir / "models", interval, metrics)
+    fitter = ProcessFitter(command=FIT_COMMAND)
+    keyspace = Keyspace(key_prefix)
+    loop = build_detection(redis, keyspace, data_dir / "models", interval, metrics, fitter)
     try:
         await loop.resume()
         await detect_on_kafka(loop, kafka, group, stop)

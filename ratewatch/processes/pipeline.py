@@ -49,10 +49,12 @@ async def run_pipeline(
     from analytics.migrate import migrate
     from analytics.outbox_tasks import open_outbox_tasks
     from analytics.query_server import QueryServer
+    from detectors.fit_process import ProcessFitter
     from detectors.metrics import DetectionMetrics
     from detectors.service import run_embedded_detection
     from limiter.keyspace import Keyspace
     from limiter.redis_client import redis_from_url
+    from ratewatch.processes.fit_command import FIT_COMMAND
     from ratewatch.processes.library_pages import page_out
     from stream.consumer_group import trim_acknowledged
     from stream.consumer_metrics import ConsumerMetrics
@@ -115,7 +117,14 @@ async def run_pipeline(
         outbox.start(stop)
     webhooks.start(stop)
     detection = asyncio.create_task(
-        run_embedded_detection(redis, keyspace, stop, model_dir, DetectionMetrics(metrics))
+        run_embedded_detection(
+            redis,
+            keyspace,
+            stop,
+            model_dir,
+            DetectionMetrics(metrics),
+            ProcessFitter(command=FIT_COMMAND),
+        )
     )
     log.info("pipeline consuming %s into %s", keyspace.events, url.split("?")[0])
     # started: the libraries' start-up code has run and need not stay resident

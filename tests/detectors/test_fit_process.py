@@ -18,6 +18,7 @@ import pytest
 from detectors.fit_process import ProcessFitter
 from detectors.fitting import FitError
 from detectors.isolation import IsolationDetector
+from ratewatch.processes.fit_command import FIT_COMMAND
 from tests.support.processes import environment_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -161,3 +162,23 @@ def test_parameters_are_checked_before_any_process_starts(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ProcessFitter(params)  # type: ignore[arg-type]
+
+
+def test_the_fitter_is_warm_while_its_child_runs(fitter: ProcessFitter) -> None:
+    assert not fitter.warm
+    fitter.fit(ROWS, 1)
+    assert fitter.warm
+    fitter.close()
+    assert not fitter.warm
+
+
+def test_the_services_fitting_process_leaves_pandas_out() -> None:
+    fitter = ProcessFitter({"n_estimators": 10}, command=FIT_COMMAND)
+    try:
+        assert fitter.fit(ROWS, 1).n_samples_fit_ == 600
+        assert fitter.child_pid is not None
+        maps = Path(f"/proc/{fitter.child_pid}/maps").read_text()
+        assert "/sklearn/" in maps  # the same reading finds what is there
+        assert "/pandas/" not in maps
+    finally:
+        fitter.close()

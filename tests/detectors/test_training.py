@@ -316,3 +316,37 @@ def test_closing_drops_queued_fits_and_finishes_the_running_one() -> None:
     registry.record(TENANT, "user_id", rows(rng, 60))
     assert not registry.start_fit(TENANT, "user_id", 2_000)  # closed: nothing new starts
     assert not registry.fitting(TENANT, "user_id")
+
+
+class WarmFitter(LocalFitter):
+    """Fits here, and says it is warm when the test says so (as a running fitting process
+    would)."""
+
+    def __init__(self) -> None:
+        super().__init__(IsolationDetector(n_estimators=10))
+        self.running = False
+
+    @property
+    def warm(self) -> bool:
+        return self.running
+
+
+def test_a_warm_fitter_refits_the_models_past_half_their_schedule() -> None:
+    rng = np.random.default_rng(8)
+    fitter = WarmFitter()
+    registry = ModelRegistry(fitter, min_history=50, max_history=100, retrain_every_ms=600_000)
+    for scope in ("ip", "key"):
+        registry.record(TENANT, scope, rows(rng, 120))  # full: only the schedule rules
+    assert registry.refresh(TENANT, "ip", 0) is not None
+    assert registry.refresh(TENANT, "key", 200_000) is not None
+    # at 400 s "ip" is past half its schedule, "key" is not: with no process running,
+    # neither is due; with one, "ip" joins it
+    assert not registry.due(TENANT, "ip", 400_000)
+    fitter.running = True
+    assert registry.due(TENANT, "ip", 400_000)
+    assert not registry.due(TENANT, "key", 400_000)
+    assert registry.due(TENANT, "key", 500_000)
+    fitter.running = False
+    assert not registry.due(TENANT, "key", 599_999)
+    assert registry.due(TENANT, "key", 800_000)  # its own schedule, warm or not
+    registry.close()
