@@ -10,7 +10,9 @@ when a fit is asked for, sends it the history's rows and
 gets back the fitted model as plain arrays (``detectors/fit_frames.py``,
 ``detectors/isolation_model.py``).  The child stays while fits keep coming and exits after
 ``idle_seconds`` without one, so a burst of fits (every tenant's models coming due
-together) pays the child's start once, and the memory is given back between bursts.
+together, or a new tenant's young models refitted as their history doubles) pays the
+child's start, about a second of CPU, once; the memory, about 130 MB, is given back
+between bursts.
 
 The child inherits the caller's CPU priority (the pipeline worker runs below the
 limiter) but not ``PYTHONOPTIMIZE``: it is short-lived, and the bytecode installed with
@@ -42,7 +44,7 @@ from detectors.isolation_model import PARAMETERS, IsolationModel, ModelFileError
 log = logging.getLogger("ratewatch.detect")
 
 CHILD_MODULE = "detectors.fit_child"
-IDLE_SECONDS = 10.0  # a child with no fit for this long exits
+IDLE_SECONDS = 30.0  # a child with no fit for this long exits
 STOP_SECONDS = 5.0  # a child that does not exit on EOF this long after is killed
 
 
