@@ -95,7 +95,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # "fitting": the pipeline worker's model-fitting child, while it runs (its CPU moves to
 # the worker's once reaped)
 ROLES = ("supervisor", "valkey", "limiter", "pipeline", "fitting", "other")
-FITTING_MODULE = b"detectors.fit_child"
+# the child's module: detectors' own, or the services' wrapper of it
+FITTING_MODULES = (b"detectors.fit_child", b"ratewatch.processes.fitting")
 SERVER_NAMES = ("valkey-server", "redis-server")
 
 TARGET_CORES = {0: 0.02, 200: 0.10, 2000: 0.50}
@@ -329,9 +330,10 @@ def descendants(procs: dict[int, ProcStat], roots: Sequence[int]) -> list[int]:
 
 def fitting(pid: int) -> bool:
     try:
-        return FITTING_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return any(module in command for module in FITTING_MODULES)
 
 
 def role_of(pid: int, procs: dict[int, ProcStat], named: dict[int, str]) -> str:

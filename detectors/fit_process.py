@@ -95,9 +95,9 @@ class ProcessFitter:
         return child.pid if child is not None and child.poll() is None else None
 
     @property
-    def warm(self) -> bool:
-        """Whether a child is running: a fit now would not pay for starting one."""
-        return self.child_pid is not None
+    def gathers(self) -> bool:
+        """Yes: fits in one burst share the child's start."""
+        return True
 
     def fit(self, rows: npt.NDArray[np.float64], trained_at_ms: int) -> IsolationModel:
         with self._lock:

@@ -25,9 +25,10 @@ class Fitter(Protocol):
         ...
 
     @property
-    def warm(self) -> bool:
-        """Whether a fit now would cost no more than the fit itself (a fitting process is
-        running): the registry then refits early the models past half their schedule."""
+    def gathers(self) -> bool:
+        """Whether fits cost less together than apart (each burst starts a process): the
+        registry then refits, beside a fit under way, the models past half their
+        schedule."""
         ...
 
     def close(self) -> None:

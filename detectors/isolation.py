@@ -132,8 +132,8 @@ class LocalFitter:
         return detector.fit(rows, trained_at_ms=trained_at_ms).model_
 
     @property
-    def warm(self) -> bool:
-        """Never worth fitting early: a fit here costs the same whenever it runs."""
+    def gathers(self) -> bool:
+        """No: a fit here costs the same whenever it runs."""
         return False
 
     def close(self) -> None:

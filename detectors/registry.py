@@ -6,9 +6,10 @@ evaluation.  A model is (re)trained when:
 - there is none yet and the history holds ``min_history`` rows (before that the tenant is
   in cold start and the policy works without an isolation score);
 - it is older than ``retrain_every_ms`` (default ten minutes), so it follows the tenant's
-  day, or older than half that while the fitter is warm (``Fitter.warm``: its fitting
-  process already runs for another model), so that the fits of many models gather into
-  one process's life instead of each starting one; or
+  day, or older than half that while another model's fit is queued or running and the
+  fitter gathers fits (``Fitter.gathers``: a burst of fits starts one fitting process),
+  so that the fits of many models fall into a few bursts instead of each starting a
+  process; or
 - the history has grown by as many rows as the model was trained on (it doubled) while it
   was still filling up, so a young model trained on a thin history is replaced quickly.
 
@@ -177,9 +178,15 @@ class ModelRegistry:
         age = now_ms - current.trained_at_ms_
         return (
             age >= self._retrain_every_ms
-            or (self.fitter.warm and age >= self._retrain_every_ms * EARLY_SHARE)
+            or (self._gathering() and age >= self._retrain_every_ms * EARLY_SHARE)
             or (still_filling and history.added_since_fit >= current.n_samples_fit_)
         )
+
+    def _gathering(self) -> bool:
+        """Whether a fit due now would join a burst: another one is queued or running
+        and the fitter gathers fits (only the due model's own fit could keep a burst
+        going, so bursts end)."""
+        return bool(self._fitting) and self.fitter.gathers
 
     def start_fit(self, tenant: str, scope: Scope, now_ms: int) -> bool:
         """Queue a fit of (tenant, scope) on its history as it is now, if it is due;

@@ -164,14 +164,6 @@ def test_parameters_are_checked_before_any_process_starts(
         ProcessFitter(params)  # type: ignore[arg-type]
 
 
-def test_the_fitter_is_warm_while_its_child_runs(fitter: ProcessFitter) -> None:
-    assert not fitter.warm
-    fitter.fit(ROWS, 1)
-    assert fitter.warm
-    fitter.close()
-    assert not fitter.warm
-
-
 def test_the_services_fitting_process_leaves_pandas_out() -> None:
     fitter = ProcessFitter({"n_estimators": 10}, command=FIT_COMMAND)
     try:

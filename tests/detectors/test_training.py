@@ -318,35 +318,42 @@ def test_closing_drops_queued_fits_and_finishes_the_running_one() -> None:
     assert not registry.fitting(TENANT, "user_id")
 
 
-class WarmFitter(LocalFitter):
-    """Fits here, and says it is warm when the test says so (as a running fitting process
-    would)."""
+class GatheringFitter(LocalFitter):
+    """Fits here, gated like ``GatedIsolation``, and gathers fits as the fitting process
+    does (``gathers``)."""
 
-    def __init__(self) -> None:
-        super().__init__(IsolationDetector(n_estimators=10))
-        self.running = False
+    def __init__(self, gathers: bool) -> None:
+        super().__init__(GatedIsolation(n_estimators=10))
+        self._gathers = gathers
 
     @property
-    def warm(self) -> bool:
-        return self.running
+    def gathers(self) -> bool:
+        return self._gathers
 
 
-def test_a_warm_fitter_refits_the_models_past_half_their_schedule() -> None:
+@pytest.mark.parametrize("gathers", [True, False])
+def test_a_fit_under_way_takes_along_the_models_past_half_their_schedule(
+    gathers: bool,
+) -> None:
     rng = np.random.default_rng(8)
-    fitter = WarmFitter()
-    registry = ModelRegistry(fitter, min_history=50, max_history=100, retrain_every_ms=600_000)
-    for scope in ("ip", "key"):
+    registry = ModelRegistry(
+        GatheringFitter(gathers), min_history=50, max_history=100, retrain_every_ms=600_000
+    )
+    for scope in ("ip", "key", "user"):
         registry.record(TENANT, scope, rows(rng, 120))  # full: only the schedule rules
+    GatedIsolation.gate.set()
     assert registry.refresh(TENANT, "ip", 0) is not None
     assert registry.refresh(TENANT, "key", 200_000) is not None
-    # at 400 s "ip" is past half its schedule, "key" is not: with no process running,
-    # neither is due; with one, "ip" joins it
-    assert not registry.due(TENANT, "ip", 400_000)
-    fitter.running = True
-    assert registry.due(TENANT, "ip", 400_000)
-    assert not registry.due(TENANT, "key", 400_000)
-    assert registry.due(TENANT, "key", 500_000)
-    fitter.running = False
-    assert not registry.due(TENANT, "key", 599_999)
-    assert registry.due(TENANT, "key", 800_000)  # its own schedule, warm or not
+    assert registry.refresh(TENANT, "user", 400_000) is not None
+    # at 650 s, "ip" is due on its schedule; "key" is past half of it, "user" is not
+    assert not registry.due(TENANT, "key", 650_000)  # nothing under way: not yet
+    GatedIsolation.reset()  # the gate closed: the next fit stays under way
+    assert registry.start_fit(TENANT, "ip", 650_000)
+    assert GatedIsolation.started.wait(10)
+    assert registry.due(TENANT, "key", 650_000) is gathers
+    assert not registry.due(TENANT, "user", 650_000)
+    GatedIsolation.gate.set()
+    assert registry.fits.wait(10)
+    assert not registry.due(TENANT, "key", 650_000)  # the burst is over
+    assert registry.due(TENANT, "key", 800_000)  # its own schedule, either way
     registry.close()
