@@ -400,7 +400,7 @@ def test_the_pipeline_worker_counts_the_valkey_stream_and_its_detection(
     assert not result.samples("ratewatch_stream_committed_offset")
 
     # enough keys with enough checks for two rounds of history (100 rows each): the key
-    # model comes due and is fitted on the fitting thread, then saved
+    # model comes due and is fitted by the fitting process, then saved
     busy = [
         Check(tenant, f"busy:{i}", Algorithm.FIXED_WINDOW, 10, 60_000, 1)
         for _ in range(6)
@@ -418,7 +418,7 @@ def test_the_pipeline_worker_counts_the_valkey_stream_and_its_detection(
     assert (result.value("ratewatch_detect_evaluation_decisions_sum") or 0) >= len(busy)
     assert_described(result, DETECTION_FAMILIES)
     models = tmp_path / "d" / "models"
-    wait_until(lambda: any(models.glob("*-key.joblib")), 30, "the key model's file", 0.2)
+    wait_until(lambda: any(models.glob("*-key.npz")), 30, "the key model's file", 0.2)
     assert worker.stop(timeout=60) == 0
 
 
