@@ -32,7 +32,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from detectors.compiled_forest import CompiledForest
-from detectors.isolation_model import IsolationModel, anomaly_probability
+from detectors.isolation_model import IsolationModel
 
 COMPILED_MAX_ROWS = 1_000
 
@@ -114,7 +114,10 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
         if matrix.shape[0] <= COMPILED_MAX_ROWS:  # where numpy beats per-tree calls
             return self.model_.score(matrix)
         anomaly = -self.forest_.score_samples(matrix)
-        return anomaly_probability(anomaly, self.threshold_, self.score_scale)
+        result: npt.NDArray[np.float64] = 1.0 / (
+            1.0 + np.exp(-(anomaly - self.threshold_) / self.score_scale)
+        )
+        return result
 
 
 class LocalFitter:
