@@ -7,6 +7,7 @@ cannot be fitted gets an answer saying why, and the process goes on.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import IO, Any
 
@@ -35,10 +36,9 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 def main() -> int:
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries answers only: a stray print goes to stderr
-    try:
+    # a closed pipe or ^C: the detection process went away, and so does this one
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         serve(sys.stdin.buffer, answers)
-    except (BrokenPipeError, KeyboardInterrupt):  # the detection process went away
-        return 0
     return 0
 
 

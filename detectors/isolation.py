@@ -32,7 +32,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from detectors.compiled_forest import CompiledForest
-from detectors.isolation_model import IsolationModel
+from detectors.isolation_model import IsolationModel, anomaly_probability
 
 COMPILED_MAX_ROWS = 1_000
 
@@ -114,10 +114,7 @@ class IsolationDetector(BaseEstimator):  # type: ignore[misc]
         if matrix.shape[0] <= COMPILED_MAX_ROWS:  # where numpy beats per-tree calls
             return self.model_.score(matrix)
         anomaly = -self.forest_.score_samples(matrix)
-        result: npt.NDArray[np.float64] = 1.0 / (
-            1.0 + np.exp(-(anomaly - self.threshold_) / self.score_scale)
-        )
-        return result
+        return anomaly_probability(anomaly, self.threshold_, self.score_scale)
 
 
 class LocalFitter:

@@ -16,7 +16,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,13 @@ FILE_FORMAT = 2  # 1 was a pickled scikit-learn estimator (.joblib), no longer r
 ARRAYS = ("feature", "threshold", "left", "right", "leaf_depth")
 # IsolationDetector's constructor parameters: what a fit may be asked to use
 PARAMETERS = ("n_estimators", "max_samples", "contamination", "score_scale", "random_state")
+
+
+def anomaly_probability(anomaly: Floats, threshold: float, scale: float) -> Floats:
+    """The paper's anomaly score mapped to [0, 1]: 0.5 at ``threshold``, logistic of width
+    ``scale`` (``detectors/isolation.py`` describes the mapping)."""
+    result: Floats = 1.0 / (1.0 + np.exp(-(anomaly - threshold) / scale))
+    return result
 
 
 class ModelFileError(ValueError):
@@ -66,8 +73,7 @@ class IsolationModel:
         if matrix.shape[0] == 0:
             return np.zeros(0)
         anomaly = -self.forest.score_samples(matrix)
-        result: Floats = 1.0 / (1.0 + np.exp(-(anomaly - self.threshold_) / self.score_scale))
-        return result
+        return anomaly_probability(anomaly, self.threshold_, self.score_scale)
 
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         """The model as JSON-able scalars and named arrays (a file's or a pipe's content)."""
@@ -141,12 +147,9 @@ class IsolationModel:
 
     def save(self, path: str | Path) -> None:
         """Write the model to ``path`` (an ``.npz`` file of plain arrays)."""
-        with open(path, "wb") as file:
-            self.write(file)
-
-    def write(self, file: BinaryIO) -> None:
         meta, arrays = self.to_arrays()
-        np.savez(file, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
+        with open(path, "wb") as file:  # a file object: np.savez would append ".npz"
+            np.savez(file, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> IsolationModel:

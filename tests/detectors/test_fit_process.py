@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from detectors.fit_process import ProcessFitter
 from detectors.fitting import FitError
 from detectors.isolation import IsolationDetector
 from ratewatch.processes.fit_command import FIT_COMMAND
+from tests.support.polling import wait_until
 from tests.support.processes import environment_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,10 +35,8 @@ def fitter() -> Iterator[ProcessFitter]:
 
 
 def wait_until_gone(pid: int, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
-        assert time.monotonic() < deadline, f"process {pid} is still running"
-        time.sleep(0.05)
+    """Until ``pid`` has exited (a zombie not yet reaped counts as gone)."""
+    wait_until(lambda: _state(pid) in ("Z", "gone"), seconds, f"process {pid} to exit", 0.05)
 
 
 def _state(pid: int) -> str:
