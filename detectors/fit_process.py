@@ -144,6 +144,7 @@ class ProcessFitter:
         child = self._child
         if child is not None and child.poll() is None:
             return child
+        self._stop_child()  # one that died between fits: its pipes are closed here
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}
         self._child = subprocess.Popen(
             self.command,
