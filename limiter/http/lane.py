@@ -11,6 +11,15 @@ through its request.  A check the local denial cache denies is answered in the f
 itself, without waiting for the others' store call.  Anything else, a policy not in the copy
 for one, is decided as a task of its own with the handler's own steps.
 
+The lane holds at most ``max_checks`` decoded checks at a time; a request that arrives
+beyond it waits as it came, its body's bytes, until answers make room, and requests are
+decoded in the order they arrived.  Without a bound every request of every connection was
+decoded in the loop iteration it arrived: 1,000 connections of 1,000-check batches would
+be a million checks, their keys, the script's arguments and the outcomes, at once.  The
+bound is four of the coalescer's calls, and a decider call holds at most one call's worth
+(``group_checks``), so room is made as each Redis call is answered while the next calls'
+checks are already queued: Redis never waits on the lane.
+
 The answers, the headers, the decision events and the metrics are the handler's
 (``CheckHandler.prepare``/``answer``, ``prepare_batch``/``batch_answer``): what the lane
 saves is the per-request machinery, never a step of the check.
@@ -19,11 +28,13 @@ saves is the per-request machinery, never a step of the check.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from limiter.algorithms import Outcome
 from limiter.auth import Authenticator, Principal
+from limiter.coalescer import MAX_BATCH
 from limiter.http.asgi import JSON, Headers
 from limiter.http.checks import (
     BatchReply,
@@ -44,6 +55,8 @@ R = TypeVar("R", Reply, BatchReply)
 
 CHECK_PATH = b"/v1/check"
 BATCH_PATH = b"/v1/batch"
+GROUP_CHECKS = MAX_BATCH  # checks of one decider call: one call of the coalescer
+MAX_CHECKS = 4 * GROUP_CHECKS  # decoded checks held at once: two calls in flight, two queued
 
 
 class LaneRequest(Protocol):
@@ -73,7 +86,13 @@ class CheckLane:
         max_body_bytes: int,
         max_batch_body_bytes: int,
         cached: Callable[[Check], Outcome | None] | None = None,
+        max_checks: int = MAX_CHECKS,
+        group_checks: int = GROUP_CHECKS,
     ):
+        if not 1 <= group_checks <= max_checks:
+            raise ValueError(
+                f"group_checks must be within 1-{max_checks} (max_checks), got {group_checks!r}"
+            )
         self._handler = handler
         self._decider = decider
         # the local denial cache's answer, if it has one (FailoverDecider.cached)
@@ -81,7 +100,11 @@ class CheckLane:
         self._auth = auth
         self._problem_of = problem_of  # an exception's answer, logged and counted as the app's
         self.body_limits = {CHECK_PATH: max_body_bytes, BATCH_PATH: max_batch_body_bytes}
-        self._pending: list[tuple[bytes, Principal, bytes, int, LaneRequest]] = []
+        self._pending: deque[tuple[bytes, Principal, bytes, int, LaneRequest]] = deque()
+        self._flush_due = False
+        self.max_checks = max_checks
+        self.group_checks = group_checks
+        self.checks_held = 0  # decoded and not yet answered
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, as asyncio asks
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -103,19 +126,36 @@ class CheckLane:
         self, path: bytes, principal: Principal, body: bytes, started: int, request: LaneRequest
     ) -> None:
         """Answer ``request`` (a whole request to ``path``) once the next loop iteration has
-        decided it with the others parsed meanwhile."""
-        if not self._pending:
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+        decided it with the others parsed meanwhile (beyond ``max_checks``, once answers
+        make room)."""
         self._pending.append((path, principal, body, started, request))
+        if not self._flush_due:
+            self._schedule()
+
+    @property
+    def waiting(self) -> int:
+        """Requests handed to the lane and not decoded yet."""
+        return len(self._pending)
+
+    def _schedule(self) -> None:
+        if self._flush_due or not self._pending or self.checks_held >= self.max_checks:
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._flush)
+        self._flush_due = True
 
     def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        handler = self._handler
+        self._flush_due = False
+        pending, handler = self._pending, self._handler
+        group_checks = self.group_checks
+        # per tenant and fail mode, the group being filled, and its checks
         groups: dict[tuple[str, FailMode], list[_Decided]] = {}
-        for path, principal, body, started, request in pending:
+        sizes: dict[tuple[str, FailMode], int] = {}
+        full: list[tuple[list[_Decided], FailMode]] = []
+        while pending and self.checks_held < self.max_checks:
+            path, principal, body, started, request = pending.popleft()
             try:
                 if path == CHECK_PATH:
                     check_request = decode(check_decoder, body)
@@ -146,13 +186,22 @@ class CheckLane:
             except Exception as exc:
                 self._fail(request, exc)
                 continue
-            group = groups.get((principal.tenant, principal.fail_mode))
+            count = 1 if decided.prepared is not None else len(decided.checks)
+            self.checks_held += count
+            tenant = (principal.tenant, principal.fail_mode)
+            group = groups.get(tenant)
             if group is None:
-                groups[principal.tenant, principal.fail_mode] = [decided]
+                groups[tenant], sizes[tenant] = [decided], count
+            elif sizes[tenant] + count > group_checks:  # a call's worth: decided as one
+                full.append((group, principal.fail_mode))
+                groups[tenant], sizes[tenant] = [decided], count
             else:
                 group.append(decided)
-        for (_, fail_mode), decided_group in groups.items():
-            self._spawn(self._decide(decided_group, fail_mode))
+                sizes[tenant] += count
+        for group, fail_mode in full:
+            self._spawn(self._decide(group, fail_mode))
+        for (_, fail_mode), group in groups.items():
+            self._spawn(self._decide(group, fail_mode))
 
     async def _decide(self, group: list[_Decided], fail_mode: FailMode) -> None:
         checks: list[Check] = []
@@ -161,6 +210,15 @@ class CheckLane:
                 checks.append(part.prepared.check)
             else:
                 checks += part.checks
+        try:
+            await self._answer_group(group, fail_mode, checks)
+        finally:
+            self.checks_held -= len(checks)
+            self._schedule()
+
+    async def _answer_group(
+        self, group: list[_Decided], fail_mode: FailMode, checks: list[Check]
+    ) -> None:
         try:
             outcomes = await self._decider.decide(checks, fail_mode)
         except Exception as exc:
