@@ -40,6 +40,9 @@ _REASONS = list(Reason)
 # the script's algorithm codes: a policy's check of several windows has it in upper case
 _CODES = {algorithm: algorithm.code for algorithm in Algorithm}
 _POLICY_CODES = {algorithm: algorithm.code.upper() for algorithm in Algorithm}
+# distinct check shapes whose arguments are kept encoded (forgotten all at once beyond)
+MAX_ENCODED_SHAPES = 4096
+_new = tuple.__new__  # an Outcome from its five fields, without NamedTuple's __new__ call
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -72,6 +75,11 @@ class RedisStore:
         self._instance = instance
         self._source = check_script_source()
         self._sha: str | None = None
+        # a check's fixed arguments (algorithm code, limit, window, cost, block keys), and a
+        # policy's further windows, by shape, as bytes: a batch's checks mostly share a few
+        # shapes, and hiredis packs bytes several times faster than the ints it must format
+        self._heads: dict[tuple[Algorithm, int, int, int, int, bool], tuple[bytes, ...]] = {}
+        self._tails: dict[tuple[tuple[int, int], ...], tuple[bytes, ...]] = {}
         # only a streaming call needs one: without a stream nothing is counted twice
         self._deadline = deadline if event_stream is not None else None
 
@@ -123,6 +131,10 @@ class RedisStore:
         flushed_ns = time.perf_counter_ns()
         counter, block = keyspace.counter, keyspace.block
         instance, encode = self._instance, encode_entry_check
+        heads, tails = self._heads, self._tails
+        if len(heads) > MAX_ENCODED_SHAPES or len(tails) > MAX_ENCODED_SHAPES:
+            heads.clear()
+            tails.clear()
         several = False
         for check in checks:
             tenant, algorithm, key = check.tenant, check.algorithm, check.key
@@ -135,8 +147,12 @@ class RedisStore:
             subjects = check.block_subjects()
             for scope, value in subjects:
                 keys.append(block(tenant, scope, value))
-            code = _POLICY_CODES[algorithm] if multi else _CODES[algorithm]
-            args += (code, check.limit, check.window_ms, check.cost, len(subjects))
+            shape = (algorithm, check.limit, check.window_ms, check.cost, len(subjects), multi)
+            head = heads.get(shape)
+            if head is None:
+                code = _POLICY_CODES[algorithm] if multi else _CODES[algorithm]
+                head = heads[shape] = (code.encode(), *(b"%d" % v for v in shape[1:5]))
+            args += head
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
                 args.append(encode(EntryCheck(
@@ -146,34 +162,35 @@ class RedisStore:
                     check.policy, check.shadow, check.trace_id,
                 )))  # fmt: skip
             if multi:
-                args.append(len(windows) - 1)
-                for limit, window_ms in windows[1:]:
-                    args += (limit, window_ms)
+                tail = tails.get(windows)
+                if tail is None:
+                    further = [v for window in windows[1:] for v in window]
+                    tail = tails[windows] = tuple(b"%d" % v for v in (len(windows) - 1, *further))
+                args += tail
         if self._deadline is not None:
             args[3] = self._deadline.of_call_sent_now()
         flat = await self._evalsha(keys, args)
         reasons = _REASONS
         if not several:
             return [
-                Outcome(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]])
+                _new(
+                    Outcome,
+                    (flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]),
+                )
                 for i in range(0, len(flat), 5)
             ]
         outcomes = []
         i = 0
         for check in checks:
+            outcome = _new(
+                Outcome, (flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]])
+            )
             if len(check.windows) > 1:
-                outcome = Outcome(
-                    flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]
-                )
                 window = flat[i + 5]
                 outcomes.append(with_window(outcome, window) if window else outcome)
                 i += 6
             else:
-                outcomes.append(
-                    Outcome(
-                        flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3], reasons[flat[i + 4]]
-                    )
-                )
+                outcomes.append(outcome)
                 i += 5
         return outcomes
 
