@@ -47,7 +47,7 @@ def shaped(index: int) -> Check:
         limit,
         window_ms,
         1 + index % 4,
-        ip="192.0.2.%d" % (index % 250) if index % 2 else None,
+        ip=f"192.0.2.{index % 250}" if index % 2 else None,
         windows=windows,
     )
 
