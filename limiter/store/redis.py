@@ -41,7 +41,7 @@ _REASONS = list(Reason)
 _CODES = {algorithm: algorithm.code for algorithm in Algorithm}
 _POLICY_CODES = {algorithm: algorithm.code.upper() for algorithm in Algorithm}
 # distinct check shapes whose arguments are kept encoded (forgotten all at once beyond)
-MAX_ENCODED_SHAPES = 4096
+MAX_ENCODED_SHAPES = 1024  # about 400 bytes each
 _new = tuple.__new__  # an Outcome from its five fields, without NamedTuple's __new__ call
 
 log = logging.getLogger("ratewatch.limiter")
