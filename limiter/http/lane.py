@@ -17,8 +17,8 @@ decoded in the order they arrived.  Without a bound every request of every conne
 decoded in the loop iteration it arrived: 1,000 connections of 1,000-check batches would
 be a million checks, their keys, the script's arguments and the outcomes, at once.  The
 bound is four of the coalescer's calls, and a decider call holds at most one call's worth
-(``group_checks``), so room is made as each Redis call is answered while the next calls'
-checks are already queued: Redis never waits on the lane.
+(``group_checks``), so room is made as each Redis call is answered, while the next calls'
+checks are already queued behind it.
 
 The answers, the headers, the decision events and the metrics are the handler's
 (``CheckHandler.prepare``/``answer``, ``prepare_batch``/``batch_answer``): what the lane
@@ -188,16 +188,16 @@ class CheckLane:
                 continue
             count = 1 if decided.prepared is not None else len(decided.checks)
             self.checks_held += count
-            tenant = (principal.tenant, principal.fail_mode)
-            group = groups.get(tenant)
+            kind = (principal.tenant, principal.fail_mode)
+            group = groups.get(kind)
             if group is None:
-                groups[tenant], sizes[tenant] = [decided], count
-            elif sizes[tenant] + count > group_checks:  # a call's worth: decided as one
+                groups[kind], sizes[kind] = [decided], count
+            elif sizes[kind] + count > group_checks:  # a call's worth: decided as one
                 full.append((group, principal.fail_mode))
-                groups[tenant], sizes[tenant] = [decided], count
+                groups[kind], sizes[kind] = [decided], count
             else:
                 group.append(decided)
-                sizes[tenant] += count
+                sizes[kind] += count
         for group, fail_mode in full:
             self._spawn(self._decide(group, fail_mode))
         for (_, fail_mode), group in groups.items():
