@@ -5,6 +5,7 @@ Redis store and the session's Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -56,6 +57,7 @@ class Holding:
         self.most_held = 0
         self.keys_in_order: list[str] = []
         self.calls: list[int] = []  # checks per call
+        self.gate: asyncio.Event | None = None  # while set and not open, calls wait at it
 
     async def decide(self, checks: Sequence[Check], fail_mode: FailMode) -> list[Outcome]:
         self.held += len(checks)
@@ -63,6 +65,8 @@ class Holding:
         self.most_held = max(self.most_held, self.held)
         self.keys_in_order += [check.key for check in checks]
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             return await self._coalescer.submit(checks)
         finally:
             self.held -= len(checks)
@@ -114,13 +118,16 @@ async def test_a_flood_of_batches_waits_undecoded_beyond_the_bound_and_is_answer
     decider: Holding,
 ) -> None:
     lane = lane_of(decider, max_checks=10, group_checks=4)
+    # the first calls wait until the lane's state is read: Redis may answer them sooner
+    decider.gate = asyncio.Event()
     answers = [Answer() for _ in range(30)]
     for index, answer in enumerate(answers):  # every request checks the same three keys
         lane.submit(BATCH_PATH, PRINCIPAL, batch("a", "b", "c"), index, answer)
-    await until(lambda: lane.checks_held > 0, "the first requests decoded")
+    await until(lambda: decider.held == 12, "the first requests decoded")
     # admitted while fewer than 10 checks are held: four requests of three
     assert lane.checks_held == 12
     assert lane.waiting == 26
+    decider.gate.set()
     await until(lambda: all(a.status for a in answers), "every request answered", within=20)
     assert lane.checks_held == 0
     assert lane.waiting == 0
