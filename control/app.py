@@ -78,6 +78,7 @@ from limiter.state.privacy import UserDataStore
 from limiter.state.tenants import TenantSettingsStore
 from limiter.store.memory import MemoryStore
 from limiter.store.redis import RedisStore
+from limiter.store.script_pipe import script_pipe
 from limiter.tracing import start_tracing
 from stream.audit_outbox import AuditOutbox
 from stream.backlog import BacklogReport
@@ -204,10 +205,16 @@ class LimiterApp:
                 except StoreUnavailable as exc:
                     # the key works from Redis; the limiter must start without its copy
                     log.error("the bootstrap key is not in the durable copy: %s", exc)
+        # the check script's calls on a connection of their own, pipelined (not on a
+        # cluster, whose client routes each call to its shard)
+        pipe = (
+            None if is_cluster(redis) else script_pipe(settings.redis_url, settings.redis_timeout)
+        )
         store = RedisStore(
             redis,
             keyspace,
             cluster=is_cluster(redis),
+            pipe=pipe,
             event_stream=keyspace.events if settings.redis_events else None,
             instance=settings.instance,
             # a streaming call the client gave up on must not run later: it would be
@@ -269,7 +276,7 @@ class LimiterApp:
         decider = FailoverDecider(primary, fallback, health, outage)
         # the API's own limits on the same script, through a store that streams nothing:
         # they never reach the decision stream or a sink as a customer's decisions
-        internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis))
+        internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis), pipe=pipe)
         await internal_store.load()
         api_limits = ApiLimiter(
             FailoverDecider(Coalescer(health.guard(internal_store.decide)), MemoryStore(), health),
@@ -416,6 +423,8 @@ class LimiterApp:
             await bounded_step("the durable journal's close", journal.close())
             if prober is not redis:
                 await bounded_step("the health probe's close", prober.aclose())
+            if pipe is not None:
+                await pipe.aclose()
             await bounded_step("the Redis client's close", redis.aclose())
 
     async def _start_rls(

@@ -46,7 +46,7 @@ def check_redis_url(url: str) -> str:
 def redis_from_url(url: str, timeout: float, max_connections: int = 64) -> Redis:
     check_redis_url(url)
     try:
-        return _connect(_redis_scheme(url), timeout, max_connections)
+        return _connect(redis_scheme(url), timeout, max_connections)
     except ValueError as exc:
         raise ConfigError(f"redis url {redact(url)!r} is not valid: {exc}") from None
 
@@ -97,7 +97,7 @@ async def connect(url: str, socket_timeout: float, max_connections: int = 64) ->
         return client
     await client.aclose()
     cluster = RedisCluster.from_url(
-        _redis_scheme(url),
+        redis_scheme(url),
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
@@ -111,5 +111,5 @@ def is_cluster(client: Redis) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def _redis_scheme(url: str) -> str:
+def redis_scheme(url: str) -> str:
     return "redis" + url[len("valkey") :] if url.startswith(("valkey://", "valkeys://")) else url

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,6 +27,7 @@ from limiter.errors import ConfigError, StoreUnavailable
 from limiter.keyspace import Keyspace
 from limiter.scripts import script_source
 from limiter.store.base import Check
+from limiter.store.script_pipe import ScriptPipe
 from stream.events import EntryCheck, encode_entry_check
 
 _LUA_FILES = (
@@ -62,6 +63,7 @@ class RedisStore:
         event_stream: str | None = None,
         instance: str = "",
         deadline: CallDeadline | None = None,
+        pipe: ScriptPipe | None = None,
     ):
         if cluster and event_stream is not None:
             raise ConfigError(
@@ -69,6 +71,10 @@ class RedisStore:
                 "use --kafka for the decision stream"
             )
         self._redis = redis
+        # the script's calls, on a connection of their own; None: through ``redis``
+        self._call: Callable[..., Awaitable[Any]] = (
+            pipe.evalsha if pipe is not None and not cluster else redis.evalsha
+        )
         self._keyspace = keyspace
         self._cluster = cluster
         self._stream = event_stream
@@ -200,10 +206,10 @@ class RedisStore:
                 await self.load()
             assert self._sha is not None
             try:
-                result: list[int] = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+                result: list[int] = await self._call(self._sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.load()
-                result = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+                result = await self._call(self._sha, len(keys), *keys, *args)
             return result
         except ResponseError as exc:
             if str(exc).startswith(PAST_DEADLINE):
