@@ -14,6 +14,9 @@ with it every call behind it on the connection, which is closed (its late replie
 answer the wrong calls); the next call connects again. One timer per connection, set for
 the oldest call, does this: a call arms no timer of its own.
 
+A new connection answers a ``PING`` before it carries a call, as redis-py's answers its
+``CLIENT SETINFO``.
+
 Only what the check path needs: ``EVALSHA`` on a single server, over TCP or a Unix socket,
 with the URL's user, password and database. TLS, query options and Redis Cluster stay with
 redis-py's client (``script_pipe`` returns None for them).
@@ -225,6 +228,10 @@ class ScriptPipe:
                 raise AuthenticationError(f"Redis refused the credentials: {exc}") from None
         if address.db:
             await connection.call(_pack("SELECT", address.db))
+        # answered before any call is written: a server whose kernel accepted the
+        # connection but which does not run (stopped, or busy with a long script) fails the
+        # connection here, and no call waits in it to run once the server is back
+        await connection.call(_pack("PING"))
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight on it raise a ConnectionError."""
