@@ -71,12 +71,30 @@ class Outcome(NamedTuple):
 class _WindowOutcome(Outcome):
     """An outcome of a check of several windows that describes another window than the
     first: a tuple equal to the plain ``Outcome`` (every comparison and unpacking of an
-    outcome stays as it is), carrying the index beside it."""
+    outcome stays as it is). Its class says which window: one subclass per index
+    (``_window_class``), so that an outcome is a bare tuple, with no attribute of its own to
+    allocate and set."""
 
+    __slots__ = ()
     deciding: int
 
     def _replace(self, **changes: object) -> Outcome:  # type: ignore[override]
         return with_window(Outcome._replace(self, **changes), self.deciding)  # type: ignore[arg-type]
+
+
+# the subclass of each window index met so far (a policy has a handful of windows)
+_WINDOW_CLASSES: dict[int, type[_WindowOutcome]] = {}
+
+
+def _window_class(window: int) -> type[_WindowOutcome]:
+    cls = _WINDOW_CLASSES.get(window)
+    if cls is None:
+        name = f"_WindowOutcome{window}"
+        cls = _WINDOW_CLASSES[window] = type(
+            name, (_WindowOutcome,), {"__slots__": (), "deciding": window}
+        )
+        globals()[name] = cls  # found by its name, as pickle and copy look it up
+    return cls
 
 
 def with_window(outcome: Outcome, window: int) -> Outcome:
@@ -84,9 +102,7 @@ def with_window(outcome: Outcome, window: int) -> Outcome:
     if not window:
         return outcome
     # the tuple copied as is: a NamedTuple's __new__ takes its fields one by one
-    marked = tuple.__new__(_WindowOutcome, outcome)
-    marked.deciding = window
-    return marked
+    return tuple.__new__(_WINDOW_CLASSES.get(window) or _window_class(window), outcome)
 
 
 def window_of(outcome: Outcome) -> int:

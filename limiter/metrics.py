@@ -17,7 +17,14 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    multiprocess,
+)
 
 from limiter.algorithms import Outcome, Reason
 from limiter.denial_cache import DenialCache
@@ -75,6 +82,10 @@ class LimiterMetrics:
             multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
                 self.exposition, path=str(multiprocess_dir)
             )
+        else:
+            # python_gc_*: the garbage collector's runs and what they freed, per generation
+            # (one process's, so not where several workers share the exposition)
+            GCCollector(registry=self.registry)
         self.decisions = Counter(
             "ratewatch_decisions",
             "Rate-limit decisions by result and reason",
