@@ -155,7 +155,12 @@ class LimiterApp:
                     await handler(scope, receive, send)
                 except Exception as exc:
                     problem = self._problem_of(exc)
-                    await respond(send, problem.status, problem.body(path), problem.headers())
+                    status, body, headers = problem.status, problem.body(path), problem.headers()
+                    # a Problem raised is ``exc`` itself, whose traceback holds this frame:
+                    # kept in a local, it would make a cycle that only the collector frees,
+                    # holding the request's scope (its headers: a huge token) until it runs
+                    del problem
+                    await respond(send, status, body, headers)
                 return
         await self._starlette(scope, receive, send)
 
