@@ -217,15 +217,14 @@ class LimiterApp:
                 except StoreUnavailable as exc:
                     # the key works from Redis; the limiter must start without its copy
                     log.error("the bootstrap key is not in the durable copy: %s", exc)
+        cluster = is_cluster(redis)
         # the check script's calls on a connection of their own, pipelined (not on a
         # cluster, whose client routes each call to its shard)
-        pipe = (
-            None if is_cluster(redis) else script_pipe(settings.redis_url, settings.redis_timeout)
-        )
+        pipe = None if cluster else script_pipe(settings.redis_url, settings.redis_timeout)
         store = RedisStore(
             redis,
             keyspace,
-            cluster=is_cluster(redis),
+            cluster=cluster,
             pipe=pipe,
             event_stream=keyspace.events if settings.redis_events else None,
             instance=settings.instance,
@@ -236,7 +235,7 @@ class LimiterApp:
         await store.load()
         # the probe has a connection and a timeout of its own: it answers for Redis, not
         # for the calls queued on the check path's connections
-        prober = redis if is_cluster(redis) else redis_from_url(
+        prober = redis if cluster else redis_from_url(
             settings.redis_url, settings.health_probe_timeout, max_connections=2
         )  # fmt: skip
         health = StoreHealth(
@@ -288,7 +287,7 @@ class LimiterApp:
         decider = FailoverDecider(primary, fallback, health, outage)
         # the API's own limits on the same script, through a store that streams nothing:
         # they never reach the decision stream or a sink as a customer's decisions
-        internal_store = RedisStore(redis, keyspace, cluster=is_cluster(redis), pipe=pipe)
+        internal_store = RedisStore(redis, keyspace, cluster=cluster, pipe=pipe)
         await internal_store.load()
         api_limits = ApiLimiter(
             FailoverDecider(Coalescer(health.guard(internal_store.decide)), MemoryStore(), health),

@@ -87,13 +87,12 @@ _WINDOW_CLASSES: dict[int, type[_WindowOutcome]] = {}
 
 
 def _window_class(window: int) -> type[_WindowOutcome]:
-    cls = _WINDOW_CLASSES.get(window)
-    if cls is None:
-        name = f"_WindowOutcome{window}"
-        cls = _WINDOW_CLASSES[window] = type(
-            name, (_WindowOutcome,), {"__slots__": (), "deciding": window}
-        )
-        globals()[name] = cls  # found by its name, as pickle and copy look it up
+    """The subclass of index ``window``, made the first time it is asked for."""
+    name = f"_WindowOutcome{window}"
+    cls = _WINDOW_CLASSES[window] = type(
+        name, (_WindowOutcome,), {"__slots__": (), "deciding": window}
+    )
+    globals()[name] = cls  # found by its name, as pickle and copy look it up
     return cls
 
 

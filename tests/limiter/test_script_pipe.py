@@ -57,6 +57,21 @@ async def held_by_pause(redis: Redis, name: str) -> bool:
     return any(c["user"] == name and "b" in c["flags"] for c in await redis.client_list())
 
 
+def pipe_of(url: str, timeout: float) -> ScriptPipe:
+    pipe = script_pipe(url, timeout)
+    assert pipe is not None
+    return pipe
+
+
+async def paused_after_a_call(pipe: ScriptPipe, redis: Redis, ms: int) -> tuple[str, str]:
+    """The pipe connected by a first call, then Redis's writes held for ``ms``: the
+    scripts ECHO and SET_IN_DB, loaded."""
+    sha = await redis.script_load(ECHO)
+    assert await pipe.evalsha(sha, 1, "k", "before") == [b"k", b"before"]
+    await redis.client_pause(ms, all=False)  # holds the commands that write
+    return sha, await redis.script_load(SET_IN_DB)
+
+
 async def connections_of(redis: Redis, name: str) -> int:
     return sum(1 for client in await redis.client_list() if client["user"] == name)
 
@@ -64,8 +79,7 @@ async def connections_of(redis: Redis, name: str) -> int:
 async def test_calls_in_flight_together_are_each_answered_on_one_connection(
     redis_server: RedisServer, redis: Redis, user: tuple[str, str]
 ) -> None:
-    pipe = script_pipe(user_url(redis_server, user), timeout=5.0)
-    assert pipe is not None
+    pipe = pipe_of(user_url(redis_server, user), timeout=5.0)
     sha = await redis.script_load(ECHO)
     replies = await asyncio.gather(
         *(pipe.evalsha(sha, 1, f"key{i}", "x" * (i % 7) + str(i)) for i in range(500))
@@ -78,8 +92,7 @@ async def test_calls_in_flight_together_are_each_answered_on_one_connection(
 async def test_the_urls_user_password_and_database(
     redis_server: RedisServer, redis: Redis, user: tuple[str, str]
 ) -> None:
-    pipe = script_pipe(user_url(redis_server, user, db=5), timeout=5.0)
-    assert pipe is not None
+    pipe = pipe_of(user_url(redis_server, user, db=5), timeout=5.0)
     sha = await redis.script_load(SET_IN_DB)
     key = "pipe-db-" + secrets.token_hex(4)
     assert await pipe.evalsha(sha, 1, key, "there") == b"there"
@@ -94,8 +107,7 @@ async def test_the_urls_user_password_and_database(
 async def test_a_wrong_password_is_an_authentication_error(
     redis_server: RedisServer, user: tuple[str, str]
 ) -> None:
-    pipe = script_pipe(user_url(redis_server, (user[0], "wrong")), timeout=5.0)
-    assert pipe is not None
+    pipe = pipe_of(user_url(redis_server, (user[0], "wrong")), timeout=5.0)
     with pytest.raises(AuthenticationError):
         await pipe.evalsha("0" * 40, 0)
 
@@ -115,12 +127,8 @@ async def test_error_replies_are_redis_pys_errors(redis_server: RedisServer, red
 async def test_a_call_without_a_reply_in_time_fails_and_the_next_connects_again(
     redis_server: RedisServer, redis: Redis, user: tuple[str, str]
 ) -> None:
-    pipe = script_pipe(user_url(redis_server, user), timeout=0.2)
-    assert pipe is not None
-    sha = await redis.script_load(ECHO)
-    assert await pipe.evalsha(sha, 1, "k", "before") == [b"k", b"before"]
-    await redis.client_pause(1000, all=False)  # holds the commands that write
-    writing = await redis.script_load(SET_IN_DB)
+    pipe = pipe_of(user_url(redis_server, user), timeout=0.2)
+    sha, writing = await paused_after_a_call(pipe, redis, 1000)
     key = "pipe-paused-" + secrets.token_hex(4)
     calls = [pipe.evalsha(writing, 1, key, str(i)) for i in range(3)]
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -136,12 +144,8 @@ async def test_a_call_without_a_reply_in_time_fails_and_the_next_connects_again(
 async def test_a_lost_connection_fails_the_calls_on_it_and_the_next_connects_again(
     redis_server: RedisServer, redis: Redis, user: tuple[str, str]
 ) -> None:
-    pipe = script_pipe(user_url(redis_server, user), timeout=5.0)
-    assert pipe is not None
-    sha = await redis.script_load(ECHO)
-    assert await pipe.evalsha(sha, 1, "k", "before") == [b"k", b"before"]
-    await redis.client_pause(2000, all=False)
-    writing = await redis.script_load(SET_IN_DB)
+    pipe = pipe_of(user_url(redis_server, user), timeout=5.0)
+    sha, writing = await paused_after_a_call(pipe, redis, 2000)
     held = asyncio.ensure_future(pipe.evalsha(writing, 1, "pipe-" + secrets.token_hex(4), "v"))
     await eventually_awaited(lambda: held_by_pause(redis, user[0]), 5, "the call held")
     # CLIENT KILL is not held by a pause of writes
