@@ -49,21 +49,29 @@ class Check(NamedTuple):
         return subjects
 
 
+# payload_bytes reads the fields it weighs by index (a NamedTuple's field by name is an
+# attribute lookup); kept true to the fields' order here
+if tuple(Check._fields[i] for i in (1, 6, 7, 8, 9, 12)) != (
+    "key", "ip", "user_id", "route", "user_agent", "windows",
+):  # fmt: skip
+    raise RuntimeError(f"payload_bytes reads Check's fields by index: {Check._fields}")
+
+
 def payload_bytes(checks: Sequence[Check]) -> int:
     """About what ``checks`` add to a store call: their strings and a fixed share each."""
     total = len(checks) * CHECK_OVERHEAD_BYTES
-    for _, key, _, _, _, _, ip, user_id, route, user_agent, _, _, windows, *_ in checks:
-        if windows:
-            total += 16 * len(windows)
-        total += len(key)
-        if ip:
-            total += len(ip)
-        if user_id:
-            total += len(user_id)
-        if route:
-            total += len(route)
-        if user_agent:
-            total += len(user_agent)
+    for check in checks:  # most optional fields are None
+        total += len(check[1])
+        if check[6]:
+            total += len(check[6])
+        if check[7]:
+            total += len(check[7])
+        if check[8]:
+            total += len(check[8])
+        if check[9]:
+            total += len(check[9])
+        if check[12]:
+            total += 16 * len(check[12])
     return total
 
 

@@ -6,8 +6,9 @@ The round trip itself costs about 30. The check path makes one call per coalesce
 checks, so at low concurrency (one request at a time) each check pays that whole cost.
 
 Here a call is its packed command written to the connection and a future, answered in the
-order the calls were written (Redis answers a connection's commands in order); hiredis packs
-and parses, as it does for redis-py. Calls in flight together share the connection.
+order the calls were written (Redis answers a connection's commands in order); hiredis
+parses, as it does for redis-py, and ``limiter.store.resp`` packs. Calls in flight together
+share the connection.
 
 Timeouts are redis-py's, per call: a call that has no reply within ``timeout`` fails, and
 with it every call behind it on the connection, which is closed (its late replies would
@@ -45,6 +46,7 @@ from redis.exceptions import (
 )
 
 from limiter.redis_client import redis_scheme
+from limiter.store.resp import pack_command, pack_evalsha
 
 # what parse_url may give that the pipe knows how to use
 _PIPE_FIELDS = frozenset({"username", "password", "host", "port", "db", "path"})
@@ -72,12 +74,6 @@ def pipe_address(url: str) -> PipeAddress | None:
     if not fields.keys() <= _PIPE_FIELDS:
         return None
     return PipeAddress(**fields)
-
-
-def _pack(*command: str | int | bytes) -> bytes:
-    # hiredis's stub types its argument as a 1-tuple; it takes any number of parts
-    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
-    return packed
 
 
 def script_pipe(url: str, timeout: float) -> ScriptPipe | None:
@@ -179,7 +175,7 @@ class ScriptPipe:
         connection = self._connection
         if connection is None or not connection.open:
             connection = await self._connect()
-        return await connection.call(_pack("EVALSHA", sha, numkeys, *keys_and_args))
+        return await connection.call(pack_evalsha(sha, numkeys, keys_and_args))
 
     async def _connect(self) -> _Connection:
         async with self._connecting:  # calls that arrive meanwhile share the new connection
@@ -223,15 +219,15 @@ class ScriptPipe:
             if address.username:
                 credentials.insert(0, address.username)
             try:
-                await connection.call(_pack("AUTH", *credentials))
+                await connection.call(pack_command("AUTH", *credentials))
             except ResponseError as exc:
                 raise AuthenticationError(f"Redis refused the credentials: {exc}") from None
         if address.db:
-            await connection.call(_pack("SELECT", address.db))
+            await connection.call(pack_command("SELECT", address.db))
         # answered before any call is written: a server whose kernel accepted the
         # connection but which does not run (stopped, or busy with a long script) fails the
         # connection here, and no call waits in it to run once the server is back
-        await connection.call(_pack("PING"))
+        await connection.call(pack_command("PING"))
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight on it raise a ConnectionError."""
