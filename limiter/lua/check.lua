@@ -4,16 +4,18 @@
 -- ARGV[4] = the call's deadline in epoch ms of the server's clock, or "0" for none: a call
 -- that starts later was given up on by its client (answered by the failure policy), so it
 -- changes nothing and replies the error PASTDEADLINE (limiter.deadline).
--- Then per check: algorithm code (s|t|f), limit, window_ms, cost, number of block keys, and
--- when streaming, the check's stream.events.EntryCheck, encoded.
--- KEYS, per check: the counter key, then its block keys.
+-- ARGV[5] = the number of shapes, then each shape: algorithm code (s|t|f), limit, window_ms,
+-- cost, number of block keys, n (the number of a policy's further windows, 0 for a check of
+-- one window) and n pairs limit, window_ms.  A batch's checks mostly share a few shapes:
+-- each is sent and read once.
+-- Then per check: its shape's index (from 1), and when streaming, the check's
+-- stream.events.EntryCheck, encoded.
+-- KEYS, per check: the counter key of each of its windows, then its block keys.
 -- Returns five integers per check: allowed, remaining, reset_ms, retry_ms (-1: none), reason.
--- A policy's check of several windows has its algorithm code in upper case (S|T|F); after
--- its fields come n, the number of its further windows, and n pairs limit, window_ms; its
--- KEYS are the counters of all its windows, then its block keys.  Its windows are decided
--- together: if any denies, none is used.  It returns a sixth integer, the index (from 0) of
--- the window its five describe (limiter.algorithms.deciding_window picks the same), and its
--- stream entry the limit and the window (s) of that window.
+-- A policy's check of several windows (n > 0) is decided on all of them together: if any
+-- denies, none is used.  It returns a sixth integer, the index (from 0) of the window its
+-- five describe (limiter.algorithms.deciding_window picks the same), and its stream entry
+-- the limit and the window (s) of that window.
 local now = tonumber(ARGV[1])
 local deadline = tonumber(ARGV[4])
 if now == 0 or deadline > 0 then
@@ -29,43 +31,56 @@ if now == 0 or deadline > 0 then
   end
 end
 local streaming = ARGV[3] == '1'
-local step = streaming and 6 or 5
-local algorithms = {s = sliding_window, t = token_bucket, f = fixed_window,
-  S = sliding_window, T = token_bucket, F = fixed_window}
-local multi = {S = true, T = true, F = true}
+local per_check = streaming and 2 or 1
+local algorithms = {s = sliding_window, t = token_bucket, f = fixed_window}
 -- the labels of limiter.algorithms.Reason, so that stream entries describe themselves
 local reasons = {[0] = '"ok"', [1] = '"limit"', [2] = '"blocked"', [3] = '"cost_exceeds_limit"'}
-local out = {}
+local out, o = {}, 0
 local events = {}
 local checks = tonumber(ARGV[2])
 local first = streaming and 2 or 1
 
+-- shape: {decide, limit, window, cost, block keys, n, {{limit, window} of each further one}}
+local shapes = {}
+local a = 6
+for i = 1, tonumber(ARGV[5]) do
+  local n = tonumber(ARGV[a + 5])
+  local further = {}
+  for j = 1, n do
+    further[j] = {tonumber(ARGV[a + 4 + 2 * j]), tonumber(ARGV[a + 5 + 2 * j])}
+  end
+  shapes[i] = {algorithms[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+    tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), n, further}
+  a = a + 6 + 2 * n
+end
+local checks_at = a
+
 -- Blocks are rare: one EXISTS over every block key of the batch spares a PTTL per check.
 local any_blocked = false
-local block_keys = {}
-local k, a = first, 5
+local block_keys, b = {}, 0
+local k = first
 for _ = 1, checks do
-  local nblocks = tonumber(ARGV[a + 4])
-  local n = multi[ARGV[a]] and tonumber(ARGV[a + step]) or 0
-  for j = 1, nblocks do
-    block_keys[#block_keys + 1] = KEYS[k + n + j]
+  local shape = shapes[tonumber(ARGV[a])]
+  local n, nblocks = shape[6], shape[5]
+  for j = k + n + 1, k + n + nblocks do
+    b = b + 1
+    block_keys[b] = KEYS[j]
   end
   k = k + 1 + n + nblocks
-  a = a + step + (n > 0 and 1 + 2 * n or 0)
+  a = a + per_check
 end
-for i = 1, #block_keys, 4000 do  -- unpack() is bounded by Lua's stack
-  local last = math.min(i + 3999, #block_keys)
-  if redis.call('EXISTS', unpack(block_keys, i, last)) > 0 then
+for i = 1, b, 4000 do  -- unpack() is bounded by Lua's stack
+  if redis.call('EXISTS', unpack(block_keys, i, math.min(i + 3999, b))) > 0 then
     any_blocked = true
     break
   end
 end
 
-k, a = first, 5
+k, a = first, checks_at
 for c = 1, checks do
-  local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local nblocks = tonumber(ARGV[a + 4])
-  local n = multi[ARGV[a]] and tonumber(ARGV[a + step]) or 0
+  local shape = shapes[tonumber(ARGV[a])]
+  local decide, limit, window, cost = shape[1], shape[2], shape[3], shape[4]
+  local nblocks, n = shape[5], shape[6]
   local chosen = 0
   local blocked = -2
   if any_blocked then
@@ -80,26 +95,25 @@ for c = 1, checks do
   if blocked ~= -2 then
     r = {0, 0, math.max(blocked, 0), blocked, 2}
   elseif n == 0 then
-    r = algorithms[ARGV[a]](KEYS[k], now, limit, window, cost)
+    r = decide(KEYS[k], now, limit, window, cost)
   else
     -- every window decided with its write deferred; written only if none denies
-    local decide = algorithms[ARGV[a]]
+    local further = shape[7]
     local rs = {}
     rs[1] = decide(KEYS[k], now, limit, window, cost, true)
     for j = 1, n do
-      local p = a + step + 2 * j - 1
-      rs[j + 1] = decide(KEYS[k + j], now, tonumber(ARGV[p]), tonumber(ARGV[p + 1]), cost, true)
+      rs[j + 1] = decide(KEYS[k + j], now, further[j][1], further[j][2], cost, true)
     end
     local best, denied = 1, rs[1][1] == 0
     for j = 2, n + 1 do
-      local o, b = rs[j], rs[best]
-      if o[1] == 0 then
+      local w, d = rs[j], rs[best]
+      if w[1] == 0 then
         if not denied then
           best, denied = j, true
-        elseif b[4] ~= -1 and (o[4] == -1 or o[4] > b[4]) then
+        elseif d[4] ~= -1 and (w[4] == -1 or w[4] > d[4]) then
           best = j
         end
-      elseif not denied and o[2] < b[2] then
+      elseif not denied and w[2] < d[2] then
         best = j
       end
     end
@@ -114,11 +128,11 @@ for c = 1, checks do
     r = rs[best]
     chosen = best - 1
   end
-  for i = 1, 5 do
-    out[#out + 1] = r[i]
-  end
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = r[1], r[2], r[3], r[4], r[5]
+  o = o + 5
   if n > 0 then
-    out[#out + 1] = chosen
+    o = o + 1
+    out[o] = chosen
   end
   if streaming then
     -- a stream.events.EntryDecision: the check, then the result in the order returned
@@ -126,17 +140,16 @@ for c = 1, checks do
     if n > 0 then
       local dl, dw = limit, window
       if chosen > 0 then
-        local p = a + step + 2 * chosen - 1
-        dl, dw = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+        dl, dw = shape[7][chosen][1], shape[7][chosen][2]
       end
       decided = ',' .. int(dl) .. ',' .. int(dw / 1000)
     end
-    events[c] = '[' .. ARGV[a + 5] .. ',' .. (r[1] == 1 and 'true' or 'false') .. ','
+    events[c] = '[' .. ARGV[a + 1] .. ',' .. (r[1] == 1 and 'true' or 'false') .. ','
       .. int(r[2]) .. ',' .. int(r[3]) .. ',' .. int(r[4]) .. ',' .. reasons[r[5]] .. decided
       .. ']'
   end
   k = k + 1 + n + nblocks
-  a = a + step + (n > 0 and 1 + 2 * n or 0)
+  a = a + per_check
 end
 if streaming then
   -- one entry per batch (stream.events.ENTRY_TS, ENTRY_DECISIONS): the decision and its

@@ -38,12 +38,24 @@ _LUA_FILES = (
     "check.lua",
 )
 _REASONS = list(Reason)
-# the script's algorithm codes: a policy's check of several windows has it in upper case
+# the script's algorithm codes
 _CODES = {algorithm: algorithm.code for algorithm in Algorithm}
-_POLICY_CODES = {algorithm: algorithm.code.upper() for algorithm in Algorithm}
 # distinct check shapes whose arguments are kept encoded (forgotten all at once beyond)
 MAX_ENCODED_SHAPES = 1024  # about 400 bytes each
 _new = tuple.__new__  # an Outcome from its five fields, without NamedTuple's __new__ call
+# a check's arguments to the script but its keys: algorithm, limit, window (ms), cost, the
+# count of its block keys and a policy's windows (empty for a check of one window)
+_Shape = tuple[Algorithm, int, int, int, int, tuple[tuple[int, int], ...]]
+
+
+def _encode_shape(shape: _Shape) -> tuple[bytes, ...]:
+    """``shape`` as the script reads it: code, limit, window, cost, block keys, the count of
+    the further windows, then each one's limit and window."""
+    algorithm, limit, window_ms, cost, blocks, windows = shape
+    further = [value for window in windows[1:] for value in window]
+    numbers = (limit, window_ms, cost, blocks, len(windows[1:]), *further)
+    return (_CODES[algorithm].encode(), *(b"%d" % number for number in numbers))
+
 
 log = logging.getLogger("ratewatch.limiter")
 
@@ -81,11 +93,10 @@ class RedisStore:
         self._instance = instance
         self._source = check_script_source()
         self._sha: str | None = None
-        # a check's fixed arguments (algorithm code, limit, window, cost, block keys), and a
-        # policy's further windows, by shape, as bytes: a batch's checks mostly share a few
-        # shapes, and hiredis packs bytes several times faster than the ints it must format
-        self._heads: dict[tuple[Algorithm, int, int, int, int, bool], tuple[bytes, ...]] = {}
-        self._tails: dict[tuple[tuple[int, int], ...], tuple[bytes, ...]] = {}
+        # a shape of check's arguments (algorithm code, limit, window, cost, block keys, a
+        # policy's further windows), encoded: a batch's checks mostly share a few shapes, and
+        # bytes pack several times faster than the ints they stand for
+        self._shapes: dict[_Shape, tuple[bytes, ...]] = {}
         # only a streaming call needs one: without a stream nothing is counted twice
         self._deadline = deadline if event_stream is not None else None
 
@@ -132,15 +143,17 @@ class RedisStore:
     async def _decide_group(self, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
         streaming = self._stream is not None
         keys: list[str] = [self._stream] if self._stream is not None else []
-        args: list[Any] = [now_ms, len(checks), "1" if streaming else "0", 0]
         keyspace = self._keyspace
         flushed_ns = time.perf_counter_ns()
         counter, block = keyspace.counter, keyspace.block
         instance, encode = self._instance, encode_entry_check
-        heads, tails = self._heads, self._tails
-        if len(heads) > MAX_ENCODED_SHAPES or len(tails) > MAX_ENCODED_SHAPES:
-            heads.clear()
-            tails.clear()
+        encoded = self._shapes
+        if len(encoded) > MAX_ENCODED_SHAPES:
+            encoded.clear()
+        # the call's shapes, each sent once, and each check's shape by its index in them
+        indexes: dict[_Shape, bytes] = {}
+        shapes: list[bytes] = []
+        per_check: list[Any] = []
         several = False
         for check in checks:
             tenant, algorithm, key = check.tenant, check.algorithm, check.key
@@ -153,26 +166,26 @@ class RedisStore:
             subjects = check.block_subjects()
             for scope, value in subjects:
                 keys.append(block(tenant, scope, value))
-            shape = (algorithm, check.limit, check.window_ms, check.cost, len(subjects), multi)
-            head = heads.get(shape)
-            if head is None:
-                code = _POLICY_CODES[algorithm] if multi else _CODES[algorithm]
-                head = heads[shape] = (code.encode(), *(b"%d" % v for v in shape[1:5]))
-            args += head
+            shape = (algorithm, check.limit, check.window_ms, check.cost, len(subjects), windows)
+            index = indexes.get(shape)
+            if index is None:
+                index = indexes[shape] = b"%d" % (len(indexes) + 1)
+                definition = encoded.get(shape)
+                if definition is None:
+                    definition = encoded[shape] = _encode_shape(shape)
+                shapes += definition
+            per_check.append(index)
             if streaming:
                 latency_us = (flushed_ns - check.started_ns) // 1000 if check.started_ns else 0
-                args.append(encode(EntryCheck(
+                per_check.append(encode(EntryCheck(
                     tenant, check.key, check.algorithm.value, check.limit,
                     check.window_ms // 1000, check.cost, check.ip, check.route,
                     check.user_agent, check.user_id, latency_us, instance, check.segment,
                     check.policy, check.shadow, check.trace_id,
                 )))  # fmt: skip
-            if multi:
-                tail = tails.get(windows)
-                if tail is None:
-                    further = [v for window in windows[1:] for v in window]
-                    tail = tails[windows] = tuple(b"%d" % v for v in (len(windows) - 1, *further))
-                args += tail
+        args: list[Any] = [now_ms, len(checks), b"1" if streaming else b"0", 0, len(indexes)]
+        args += shapes
+        args += per_check
         if self._deadline is not None:
             args[3] = self._deadline.of_call_sent_now()
         flat = await self._evalsha(keys, args)
