@@ -88,10 +88,18 @@ class Keyspace:
         return f"{self.prefix}:{{{self.prefix}:{tenant}}}"
 
     def counter(self, tenant: str, algorithm: Algorithm, window_ms: int, key: str) -> str:
-        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:c:{_CODES[algorithm]}:{window_ms}:{key}"
+        return self.counter_prefix(tenant, algorithm, window_ms) + key
+
+    def counter_prefix(self, tenant: str, algorithm: Algorithm, window_ms: int) -> str:
+        """What every counter of ``tenant``'s ``algorithm`` and window starts with: a store
+        deciding many checks of one window joins it to each key."""
+        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:c:{_CODES[algorithm]}:{window_ms}:"
 
     def block(self, tenant: str, scope: str, value: str) -> str:
-        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:bk:{scope}:{value}"
+        return self.block_prefix(tenant, scope) + value
+
+    def block_prefix(self, tenant: str, scope: str) -> str:
+        return f"{self.prefix}:{{{self.prefix}:{tenant}}}:bk:{scope}:"
 
     def lifted(self, tenant: str, scope: str, value: str) -> str:
         return f"{self.tenant_tag(tenant)}:lifted:{scope}:{value}"

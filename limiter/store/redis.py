@@ -145,7 +145,10 @@ class RedisStore:
         keys: list[str] = [self._stream] if self._stream is not None else []
         keyspace = self._keyspace
         flushed_ns = time.perf_counter_ns()
-        counter, block = keyspace.counter, keyspace.block
+        counter = keyspace.counter
+        # the keys' prefixes, each made once a call: most checks of a call share them
+        counters: dict[tuple[str, Algorithm, int], str] = {}
+        blocks: dict[tuple[str, str], str] = {}
         instance, encode = self._instance, encode_entry_check
         encoded = self._shapes
         if len(encoded) > MAX_ENCODED_SHAPES:
@@ -158,14 +161,21 @@ class RedisStore:
         for check in checks:
             tenant, algorithm, key = check.tenant, check.algorithm, check.key
             windows = check.windows
-            keys.append(counter(tenant, algorithm, check.window_ms, key))
+            named = (tenant, algorithm, check.window_ms)
+            prefix = counters.get(named)
+            if prefix is None:
+                prefix = counters[named] = keyspace.counter_prefix(*named)
+            keys.append(prefix + key)
             multi = len(windows) > 1
             if multi:
                 several = True
                 keys += [counter(tenant, algorithm, window_ms, key) for _, window_ms in windows[1:]]
             subjects = check.block_subjects()
             for scope, value in subjects:
-                keys.append(block(tenant, scope, value))
+                prefix = blocks.get((tenant, scope))
+                if prefix is None:
+                    prefix = blocks[tenant, scope] = keyspace.block_prefix(tenant, scope)
+                keys.append(prefix + value)
             shape = (algorithm, check.limit, check.window_ms, check.cost, len(subjects), windows)
             index = indexes.get(shape)
             if index is None:
