@@ -4,7 +4,7 @@ under a steady light load, and what its limiter answers beside the pipeline work
 Usage::
 
     python bench/up_footprint.py [--rate 200] [--duration 60] [--pipeline-nice 10]
-                                 [--wrk-duration 10] [--no-wrk]
+                                 [--pipeline-hold-above 0.4] [--wrk-duration 10] [--no-wrk]
 
 It starts ``ratewatch up`` on a fresh data dir (its own Valkey, chDB, pipeline worker),
 waits until the worker answers on its query socket, then:
@@ -19,7 +19,8 @@ waits until the worker answers on its query socket, then:
    Valkey ran for longer than ``--slow-us`` meanwhile (its slow log, by command: a check
    that reaches Valkey waits behind whatever command runs).
 
-Run it with ``--pipeline-nice 0`` to see what the worker's lower priority buys.  This is a
+Run it with ``--pipeline-nice 0`` to see what the worker's lower priority buys, and with
+``--pipeline-hold-above 0`` what holding its inserts while the limiter is busy buys.  This is a
 measurement, not a test: it prints numbers and exits 0 unless the harness failed.
 """
 
@@ -186,6 +187,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--pipeline-nice", type=int, default=10)
+    parser.add_argument("--pipeline-hold-above", type=float, default=None)
     parser.add_argument("--wrk-duration", type=float, default=10)
     parser.add_argument("--no-wrk", action="store_true")
     parser.add_argument("--slow-us", type=int, default=300)
@@ -199,10 +201,14 @@ def main() -> int:
         data_dir = work / "data"
         port = free_port()
         base_url = f"http://{HOST}:{port}"
+        hold = []
+        if options.pipeline_hold_above is not None:
+            hold = ["--pipeline-hold-above", str(options.pipeline_hold_above)]
         up = ratewatch(
             [
                 *("up", "--port", str(port), "--data-dir", str(data_dir)),
                 *("--pipeline-nice", str(options.pipeline_nice)),
+                *hold,
             ],
             work / "up.log",
             env,
@@ -214,7 +220,8 @@ def main() -> int:
             log(f"up running: {pids}; {options.rate:.0f} checks/s for {options.duration:.0f}s")
             print(
                 f"\nsteady {options.rate:.0f} checks/s for {options.duration:.0f}s, "
-                f"pipeline nice {options.pipeline_nice}"
+                f"pipeline nice {options.pipeline_nice}, "
+                "hold above " + ("the default" if hold == [] else str(options.pipeline_hold_above))
             )
             measure_steady(base_url, pids, options.rate, options.duration)
             if not run_wrk:

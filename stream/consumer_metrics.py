@@ -78,6 +78,12 @@ class ConsumerMetrics:
             "Kafka offset commits that failed (the partition moved to another member)",
             registry=self.registry,
         )
+        self.held = Counter(
+            "ratewatch_stream_held_seconds",
+            "Seconds the embedded consumer held its reads and inserts while the limiter was "
+            "busy (ratewatch up: the checks first)",
+            registry=self.registry,
+        )
         self._newest_ms: int | None = None
         self.registry.register(_EventAge(self, clock))
 

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from stream import cancellation
 from stream.batching import BatchBounds, Pending
 from stream.consumer_group import FROM_START, ConsumerGroup, Entry
+from stream.deferral import Deferral
 from stream.events import entry_decisions, entry_offset
 from stream.handlers import BatchHandler, EventStore, Record, entry_record
 
@@ -76,7 +77,8 @@ class StreamPipeline:
     """Reads ``stream`` as ``CONSUMER`` of ``GROUP`` into ``store`` through ``handler``
     until ``stopping`` is set; ``in_store`` runs the store's calls on its thread.
     ``bounds`` say when what was read is written; a read waits up to ``block_ms`` for new
-    entries (less when a batch is due sooner)."""
+    entries (less when a batch is due sooner).  With a ``deferral``, reads and inserts
+    wait while it holds them (the checks first, ``stream.deferral``)."""
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class StreamPipeline:
         *,
         bounds: BatchBounds | None = None,
         block_ms: int = BLOCK_MS,
+        deferral: Deferral | None = None,
     ):
         self.bounds = bounds or BatchBounds()
         self._read_count = min(self.bounds.max_decisions, MAX_READ)
@@ -106,6 +109,7 @@ class StreamPipeline:
         self._pending: Pending[tuple[bytes, Record | None]] = Pending(self.bounds)
         self._writing: asyncio.Task[None] | None = None  # the batch being stored
         self._caught_up = False  # whether the last read found less than a full read
+        self._deferral = deferral
 
     async def run(self) -> None:
         """Consume until ``stopping`` is set: first what this consumer read and never
@@ -145,7 +149,12 @@ class StreamPipeline:
 
     async def _step(self) -> None:
         """Start writing the batch due (one at a time: while one is written, the next one
-        is read), then read what is new."""
+        is read), then read what is new; first, while the checks are busy, nothing."""
+        if self._deferral is not None:
+            settled = self._caught_up and not self._pending.due(time.monotonic())
+            await self._deferral.turn(self._stopping, settled)
+            if self._stopping.is_set():
+                return
         writing = self._writing
         if writing is not None and writing.done():
             self._writing = None

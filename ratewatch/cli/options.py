@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 # the standard library only: the light install (SDK only) imports this module too
+from ratewatch.processes.limiter_load import DEFAULT_BUSY_CORES
 from stream.batching import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_DECISIONS,
@@ -22,6 +23,7 @@ from stream.batching import (
     MAX_DECISIONS_LIMIT,
     BatchBounds,
 )
+from stream.deferral import DEFAULT_MAX_SECONDS
 
 T = TypeVar("T")
 
@@ -243,6 +245,43 @@ def _finite(context: click.Context, parameter: click.Parameter, value: float) ->
     if math.isnan(value):  # a range does not refuse it: every comparison with it is false
         raise click.BadParameter(f"{value} is not a number of seconds")
     return value
+
+
+def hold_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """When ``up``'s pipeline worker holds its analytics inserts for the checks
+    (``stream.deferral``): ``up`` passes them on to its worker (``hold_args``)."""
+    for decorate in reversed(
+        [
+            option(
+                "--pipeline-hold-above",
+                type=click.FloatRange(0, 64),
+                default=DEFAULT_BUSY_CORES,
+                show_default=True,
+                callback=_finite,
+                help="The limiter's CPU, in cores, from which the pipeline worker holds its "
+                "inserts into the analytics store, so that a burst of checks has the cores "
+                "(the decisions wait in the stream); 0: never hold.",
+            ),
+            option(
+                "--pipeline-hold-max",
+                type=click.FloatRange(0.1, 600),
+                default=DEFAULT_MAX_SECONDS,
+                show_default=True,
+                callback=_finite,
+                help="Seconds the pipeline worker holds its inserts at most, after which it "
+                "catches up before it holds them again.",
+            ),
+        ]
+    ):
+        f = decorate(f)
+    return f
+
+
+def hold_args(pid_file: Path, above: float, most: float) -> list[str]:
+    """The hold options as the pipeline worker's command line (none: it never holds)."""
+    if above == 0:
+        return []
+    return ["--hold-for", str(pid_file), "--hold-above", repr(above), "--hold-max", repr(most)]
 
 
 def batch_args(bounds: BatchBounds) -> list[str]:

@@ -36,6 +36,14 @@ from ratewatch.cli.options import (
 @webhooks_allow_private_option
 @batch_options
 @metrics_options
+@option(
+    "--hold-for",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The limiter's pid file: hold the inserts while the limiter is busy.",
+)
+@option("--hold-above", type=click.FloatRange(0, 64, min_open=True), default=0.4)
+@option("--hold-max", type=click.FloatRange(0.1, 600), default=10.0)
 def pipeline(
     data_dir: Path,
     redis_url: str,
@@ -48,6 +56,9 @@ def pipeline(
     batch_min_age: float,
     metrics_port: int | None,
     metrics_host: str,
+    hold_for: Path | None,
+    hold_above: float,
+    hold_max: float,
 ) -> None:
     """Consume the embedded event stream into the analytics store."""
     from ratewatch.processes.optional_imports import REDIS_EXTRAS, SKLEARN_EXTRAS, keep_out
@@ -56,6 +67,7 @@ def pipeline(
     keep_out((*SKLEARN_EXTRAS, *REDIS_EXTRAS))
     from analytics.clickhouse import chdb_url
     from ratewatch.cli.analytics import analytics_errors
+    from ratewatch.processes.limiter_load import LimiterLoad
     from ratewatch.processes.pipeline import run_pipeline
 
     batch = batch_bounds(batch_max_decisions, batch_max_age, batch_min_decisions, batch_min_age)
@@ -74,5 +86,7 @@ def pipeline(
                 webhooks_allow_private=webhooks_allow_private,
                 batch=batch,
                 metrics=registry,
+                busy_checks=None if hold_for is None else LimiterLoad(hold_for, hold_above).busy,
+                hold_seconds=hold_max,
             )
         )

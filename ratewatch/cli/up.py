@@ -22,6 +22,8 @@ from ratewatch.cli.options import (
     batch_bounds,
     batch_options,
     connection_args,
+    hold_args,
+    hold_options,
     limiter_options,
     option,
     service_options,
@@ -48,6 +50,7 @@ LEAN_WORKER_ENV = {"PYTHONOPTIMIZE": "2"}
     help="How much lower the CPU priority of the pipeline worker (and, with --kafka, of the "
     "consumer and the detector) is than the limiter's; 0: the same.",
 )
+@hold_options
 @backlog_options()
 @limiter_options
 def up(
@@ -68,6 +71,8 @@ def up(
     metrics_port: int | None,
     metrics_host: str,
     pipeline_nice: int,
+    pipeline_hold_above: float,
+    pipeline_hold_max: float,
     backlog_max_mb: int,
     backlog_max_age: float,
     control_rate_limit: str,
@@ -205,6 +210,8 @@ def up(
             limiter += ["--backlog-max-age", str(backlog_max_age)]
             worker = ["pipeline", *common, *webhooks]
             worker += metrics(0)
+            # the checks first: the worker holds its inserts while the limiter is busy
+            worker += hold_args(run_dir / "limiter.pid", pipeline_hold_above, pipeline_hold_max)
             worker_env = {**LEAN_WORKER_ENV, **worker_env}  # the user's own setting stands
         worker += batch_args(bounds)
         children = [

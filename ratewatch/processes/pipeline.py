@@ -7,6 +7,9 @@ alerts to the tenants' webhooks (``webhooks/worker.py``), detects abuse
 in the same stream and blocks it (``detectors/service.py``), and answers other
 processes' read-only queries on the query socket.  Every chDB call runs on one dedicated thread.
 With ``--metrics-port`` it serves the consumer's, the drains' and the detection's metrics.
+With ``busy_checks`` (in ``up``: the limiter's load, ``limiter_load.py``) the consumer holds
+its reads and inserts while the checks are busy, for at most ``hold_seconds`` at a time
+(``stream/deferral.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ async def run_pipeline(
     webhooks_allow_private: bool = False,
     batch: BatchBounds | None = None,
     metrics: CollectorRegistry | None = None,
+    busy_checks: Callable[[], bool] | None = None,
+    hold_seconds: float = 10.0,
 ) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
     from analytics.event_store import ClickHouseEventStore
@@ -59,6 +64,7 @@ async def run_pipeline(
     from stream.consumer_group import trim_acknowledged
     from stream.consumer_metrics import ConsumerMetrics
     from stream.dead_letters import DeadLetterMetrics
+    from stream.deferral import Deferral
     from stream.events import DEAD_LETTER_SUFFIX, decode_entry
     from stream.handlers import BatchHandler
     from stream.outbox_metrics import OutboxMetrics
@@ -78,9 +84,11 @@ async def run_pipeline(
     dead_letters = RedisDeadLetters(
         redis_url, keyspace.events + DEAD_LETTER_SUFFIX, metrics=DeadLetterMetrics(metrics)
     )
-    handler = BatchHandler(
-        store, dead_letters, decoder=decode_entry, metrics=ConsumerMetrics(metrics)
-    )
+    consumer_metrics = ConsumerMetrics(metrics)
+    handler = BatchHandler(store, dead_letters, decoder=decode_entry, metrics=consumer_metrics)
+    deferral = None
+    if busy_checks is not None:
+        deferral = Deferral(busy_checks, hold_seconds, on_held=consumer_metrics.held.inc)
 
     async def in_store(call: Callable[..., T], *args: Any) -> T:
         return await loop.run_in_executor(chdb_thread, call, *args)
@@ -100,7 +108,9 @@ async def run_pipeline(
     )
 
     stop = asyncio.Event()
-    pipeline = StreamPipeline(redis, keyspace.events, handler, store, in_store, stop, bounds=batch)
+    pipeline = StreamPipeline(
+        redis, keyspace.events, handler, store, in_store, stop, bounds=batch, deferral=deferral
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     path = chdb_path(url)

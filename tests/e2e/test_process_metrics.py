@@ -207,6 +207,7 @@ def test_stream_counts_what_it_stored_dead_lettered_committed_and_drained(
             "ratewatch_stream_committed_offset",
             "ratewatch_stream_lag_records",
             "ratewatch_stream_commit_failures",
+            "ratewatch_stream_held_seconds",
             "ratewatch_stream_dead_letters",
             "ratewatch_outbox_entries_stored",
             "ratewatch_outbox_entries_published",

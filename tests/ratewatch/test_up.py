@@ -15,7 +15,7 @@ import pytest
 
 from analytics.query_client import answers, query
 from tests.support.polling import wait_until
-from tests.support.processes import child_pid, environment_of, nice_values
+from tests.support.processes import child_pid, command_line, environment_of, nice_values
 from tests.support.servers import RatewatchProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -168,15 +168,28 @@ def test_up_refuses_a_taken_metrics_port_in_one_line(tmp_path: Path) -> None:
 
 
 def test_up_lowers_the_pipeline_workers_priority_by_the_configured_nice(tmp_path: Path) -> None:
+    """The checks first: the worker at a lower priority, and told to hold its inserts while
+    the limiter is as busy as configured (stream/deferral.py)."""
     data_dir = tmp_path / "data"
     ours = os.getpriority(os.PRIO_PROCESS, 0)
-    service = up(data_dir, tmp_path / "up.log", env={"RATEWATCH_PIPELINE_NICE": "3"})
+    env = {
+        "RATEWATCH_PIPELINE_NICE": "3",
+        "RATEWATCH_PIPELINE_HOLD_ABOVE": "0.25",
+        "RATEWATCH_PIPELINE_HOLD_MAX": "3",
+    }
+    service = up(data_dir, tmp_path / "up.log", env=env)
     try:
         wait_until(lambda: (data_dir / "run" / "pipeline.pid").exists(), 30, "the worker's pid")
         # but chDB's memory watcher, which raises its own priority when it may (as root)
         worker = nice_values(child_pid(data_dir, "pipeline"), but=("MemoryWorker",))
         assert worker == {min(19, ours + 3)}
         assert nice_values(child_pid(data_dir, "limiter")) == {ours}
+        args = command_line(child_pid(data_dir, "pipeline"))
+        hold = args.index("--hold-for")
+        assert args[hold : hold + 6] == [
+            *("--hold-for", str((data_dir / "run" / "limiter.pid").resolve())),
+            *("--hold-above", "0.25", "--hold-max", "3.0"),
+        ]
     finally:
         service.stop()
 
@@ -210,9 +223,12 @@ def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(
         service.env["RATEWATCH_BOOTSTRAP_KEY"] = bootstrap
         if given is not None:
             service.env["PYTHONOPTIMIZE"] = given
+            service.env["RATEWATCH_PIPELINE_HOLD_ABOVE"] = "0"  # and a worker that never holds
         service.start()
         try:
             assert environment_of(child_pid(data_dir, "pipeline")).get("PYTHONOPTIMIZE") == expected
+            held = "--hold-for" in command_line(child_pid(data_dir, "pipeline"))
+            assert held is (given is None)
             assert environment_of(child_pid(data_dir, "limiter")).get("PYTHONOPTIMIZE") == given
             assert check(service.base_url, bootstrap).status_code == 200
 
@@ -235,6 +251,11 @@ def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(
         ("--backlog-max-mb", "0"),
         ("--backlog-max-age", "0.5"),
         ("--backlog-max-age", "nan"),
+        ("--pipeline-hold-above", "-0.1"),
+        ("--pipeline-hold-above", "65"),
+        ("--pipeline-hold-above", "nan"),
+        ("--pipeline-hold-max", "0"),
+        ("--pipeline-hold-max", "nan"),
     ],
 )
 def test_up_refuses_a_resource_option_out_of_range(tmp_path: Path, option: str, value: str) -> None:

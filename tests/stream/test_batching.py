@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,16 +21,13 @@ from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from analytics.errors import AnalyticsError
-from limiter.algorithms import Algorithm
-from limiter.keyspace import Keyspace
-from limiter.store.base import Check
-from limiter.store.redis import RedisStore
 from stream.batching import BatchBounds, Pending
-from stream.events import decode_entry, encode
-from stream.handlers import BatchHandler, entry_record
+from stream.events import encode
+from stream.handlers import entry_record
 from stream.kafka_consumer import ConsumerSettings, DecisionConsumer
-from stream.redis_consumer import CONSUMER, GROUP, StreamPipeline, ensure_group
-from tests.support.event_store import CountingStore, Letters, open_store, store_totals
+from stream.redis_consumer import CONSUMER, GROUP, ensure_group
+from tests.support.embedded_pipeline import Embedded, decide, pending
+from tests.support.event_store import CountingStore, open_store, store_totals
 from tests.support.events import numbered_decision
 from tests.support.kafka import KafkaBroker, create_topic, produce, unique_topic
 from tests.support.polling import eventually, eventually_equal
@@ -126,54 +122,6 @@ def store(tmp_path: Path) -> Iterator[CountingStore]:
     opened = open_store(tmp_path / "ch")
     yield CountingStore(opened)
     opened.close()
-
-
-async def in_thread(call: Callable[..., Any], *args: Any) -> Any:
-    return call(*args)  # the test's chDB lives on this thread
-
-
-async def decide(limiter: RedisStore, tenant: str, entries: int, label: str) -> None:
-    """``entries`` stream entries of two decisions each, one check-script call each."""
-    for i in range(entries):
-        checks = [
-            Check(tenant, f"{label}{i}-{j}", Algorithm.FIXED_WINDOW, 10, 60_000, 1)
-            for j in range(2)
-        ]
-        await limiter.decide(checks)
-
-
-async def pending(redis: Redis, stream: str) -> int:
-    return int((await redis.xpending(stream, GROUP))["pending"])
-
-
-class Embedded:
-    """A pipeline on a stream of its own, and the limiter appending to it."""
-
-    def __init__(
-        self,
-        redis: Redis,
-        store: CountingStore,
-        bounds: BatchBounds,
-        in_store: Callable[..., Awaitable[Any]] = in_thread,
-    ) -> None:
-        self.redis = redis
-        self.stream = f"test:events:{secrets.token_hex(4)}"
-        self.limiter = RedisStore(redis, Keyspace(), event_stream=self.stream)
-        self.stop = asyncio.Event()
-        self.handler = BatchHandler(store, Letters(), decoder=decode_entry)
-        self.pipeline = StreamPipeline(
-            redis, self.stream, self.handler, store, in_store, self.stop, bounds=bounds
-        )
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
-        await ensure_group(self.redis, self.stream)
-        task = asyncio.create_task(self.pipeline.run())
-        try:
-            yield task
-        finally:
-            self.stop.set()
-            await asyncio.wait_for(task, 20)
 
 
 async def test_a_trickle_is_one_insert_once_its_first_decision_is_the_age_bound_old(

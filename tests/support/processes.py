@@ -31,3 +31,8 @@ def environment_of(pid: int) -> dict[str, str]:
     """The environment ``pid`` was started with (``/proc/<pid>/environ``)."""
     entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with (``/proc/<pid>/cmdline``)."""
+    return [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]

@@ -1,0 +1,83 @@
+"""The checks first: the embedded pipeline holds its analytics writes while the limiter is busy.
+
+Under ``ratewatch up`` the limiter and the pipeline worker share the machine's cores.  The
+worker runs at a lower CPU priority, but a lower priority only orders the cores' time: the
+worker still runs whenever a core is free for a moment, and on a small box, while a burst
+of checks keeps the limiter, its clients and Valkey busy, each of the worker's turns is
+one the limiter waits behind (``docs/performance.md``: ``up`` answered 0.8–0.9 of what it
+answered with the worker stopped).  Storing decisions in ClickHouse is the worker's
+largest cost under a burst, and the one that can wait: the decisions wait in the stream,
+unacknowledged, and nothing trims them before they are stored.
+
+So the consumer asks, before each read and each insert, whether the checks are busy
+(``busy``: in ``up``, the limiter's share of a core over the last quarter of a second,
+``ratewatch.processes.limiter_load``).  While they are, it waits, and reads and writes
+nothing.  The wait is bounded: ``max_seconds`` after it began, the consumer goes on whether
+the checks are busy or not, and waits again only once it has caught up (its last read found
+less than a full read and no batch in hand is due).  An answered decision is in ClickHouse
+at most about ``max_seconds`` later than it would have been, plus the time to catch up.
+
+Detection and the outbox drains are not held: they read the stream themselves, and a block
+or an alert must not wait for a burst to end (a burst may be the attack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+POLL_SECONDS = 0.1  # how often a held consumer asks again whether the checks are busy
+DEFAULT_MAX_SECONDS = 10.0
+
+
+class Deferral:
+    """Holds a consumer while ``busy()`` says the checks need the cores, for at most
+    ``max_seconds`` in a row, then lets it run until it has caught up.  ``on_held`` is
+    told each held stretch's seconds (for the consumer's metrics)."""
+
+    def __init__(
+        self,
+        busy: Callable[[], bool],
+        max_seconds: float = DEFAULT_MAX_SECONDS,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        on_held: Callable[[float], None] | None = None,
+    ) -> None:
+        if not max_seconds > 0:
+            raise ValueError(
+                f"a deferral's longest hold must be above 0 seconds, not {max_seconds!r}"
+            )
+        self._busy = busy
+        self._max = max_seconds
+        self._poll = poll_seconds
+        self._clock = clock
+        self._on_held = on_held
+        self._owed = False  # held for max_seconds: not held again before catching up
+        self.holding = False
+
+    async def turn(self, stopping: asyncio.Event, caught_up: bool) -> None:
+        """Return once the consumer may read or write: at once unless the checks are busy;
+        ``caught_up`` says whether nothing read waits to be written and nothing more
+        waits to be read."""
+        if caught_up:
+            self._owed = False
+        if self._owed or not self._busy():
+            return
+        started = self._clock()
+        self.holding = True
+        try:
+            while not stopping.is_set():
+                if self._clock() - started >= self._max:
+                    self._owed = True
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self._poll)
+                if not self._busy():
+                    return
+        finally:
+            self.holding = False
+            if self._on_held is not None:
+                self._on_held(self._clock() - started)
