@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 POLL_SECONDS = 0.1  # how often a held consumer asks again whether the checks are busy
-DEFAULT_MAX_SECONDS = 10.0
+DEFAULT_MAX_SECONDS = 30.0
 
 
 class Deferral:

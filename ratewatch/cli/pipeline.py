@@ -26,6 +26,8 @@ from ratewatch.cli.options import (
     user_errors,
     webhooks_allow_private_option,
 )
+from ratewatch.processes.limiter_load import DEFAULT_BUSY_CORES
+from stream.deferral import DEFAULT_MAX_SECONDS
 
 
 @click.command(hidden=True)
@@ -42,8 +44,8 @@ from ratewatch.cli.options import (
     default=None,
     help="The limiter's pid file: hold the inserts while the limiter is busy.",
 )
-@option("--hold-above", type=click.FloatRange(0, 64, min_open=True), default=0.4)
-@option("--hold-max", type=click.FloatRange(0.1, 600), default=10.0)
+@option("--hold-above", type=click.FloatRange(0, 64, min_open=True), default=DEFAULT_BUSY_CORES)
+@option("--hold-max", type=click.FloatRange(0.1, 600), default=DEFAULT_MAX_SECONDS)
 def pipeline(
     data_dir: Path,
     redis_url: str,

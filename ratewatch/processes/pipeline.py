@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stream.deferral import DEFAULT_MAX_SECONDS, Deferral
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -47,7 +49,7 @@ async def run_pipeline(
     batch: BatchBounds | None = None,
     metrics: CollectorRegistry | None = None,
     busy_checks: Callable[[], bool] | None = None,
-    hold_seconds: float = 10.0,
+    hold_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> None:
     from analytics.clickhouse import chdb_path, connect, query_socket_path
     from analytics.event_store import ClickHouseEventStore
@@ -64,7 +66,6 @@ async def run_pipeline(
     from stream.consumer_group import trim_acknowledged
     from stream.consumer_metrics import ConsumerMetrics
     from stream.dead_letters import DeadLetterMetrics
-    from stream.deferral import Deferral
     from stream.events import DEAD_LETTER_SUFFIX, decode_entry
     from stream.handlers import BatchHandler
     from stream.outbox_metrics import OutboxMetrics
