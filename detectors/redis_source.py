@@ -68,5 +68,5 @@ def _events(entries: list[Entry]) -> list[DecisionEvent]:
     events: list[DecisionEvent] = []
     for entry_id, fields in entries:
         with contextlib.suppress(MalformedEvent):
-            events.extend(decode_entry(entry_record(entry_id, fields or {})))
+            events.extend(decode_entry(entry_record(entry_id, fields or {}), with_ids=False))
     return events

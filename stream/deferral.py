@@ -12,10 +12,13 @@ unacknowledged, and nothing trims them before they are stored.
 So the consumer asks, before each read and each insert, whether the checks are busy
 (``busy``: in ``up``, the limiter's share of a core over the last quarter of a second,
 ``ratewatch.processes.limiter_load``).  While they are, it waits, and reads and writes
-nothing.  The wait is bounded: ``max_seconds`` after it began, the consumer goes on whether
-the checks are busy or not, and waits again only once it has caught up (its last read found
-less than a full read and no batch in hand is due).  An answered decision is in ClickHouse
-at most about ``max_seconds`` later than it would have been, plus the time to catch up.
+nothing; it goes on once they have not been busy for ``quiet_seconds`` (a second: the
+pauses within a burst, between a client's rounds of requests, do not let an insert start
+that the next round would wait behind).  The wait is bounded: ``max_seconds`` after it
+began, the consumer goes on whether the checks are busy or not, and waits again only once
+it has caught up (its last read found less than a full read and no batch in hand is due).
+An answered decision is in ClickHouse at most about ``max_seconds`` later than it would
+have been, plus the time to catch up.
 
 Detection and the outbox drains are not held: they read the stream themselves, and a block
 or an alert must not wait for a burst to end (a burst may be the attack).
@@ -29,13 +32,15 @@ import time
 from collections.abc import Callable
 
 POLL_SECONDS = 0.1  # how often a held consumer asks again whether the checks are busy
+QUIET_SECONDS = 1.0
 DEFAULT_MAX_SECONDS = 30.0
 
 
 class Deferral:
-    """Holds a consumer while ``busy()`` says the checks need the cores, for at most
-    ``max_seconds`` in a row, then lets it run until it has caught up.  ``on_held`` is
-    told each held stretch's seconds (for the consumer's metrics)."""
+    """Holds a consumer while ``busy()`` says the checks need the cores, until they have
+    not for ``quiet_seconds``, for at most ``max_seconds`` in a row, then lets it run until
+    it has caught up.  ``on_held`` is told each held stretch's seconds (for the consumer's
+    metrics)."""
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class Deferral:
         max_seconds: float = DEFAULT_MAX_SECONDS,
         *,
         poll_seconds: float = POLL_SECONDS,
+        quiet_seconds: float = QUIET_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         on_held: Callable[[float], None] | None = None,
     ) -> None:
@@ -53,6 +59,7 @@ class Deferral:
         self._busy = busy
         self._max = max_seconds
         self._poll = poll_seconds
+        self._quiet = quiet_seconds
         self._clock = clock
         self._on_held = on_held
         self._owed = False  # held for max_seconds: not held again before catching up
@@ -67,15 +74,21 @@ class Deferral:
         if self._owed or not self._busy():
             return
         started = self._clock()
+        quiet_since: float | None = None
         self.holding = True
         try:
             while not stopping.is_set():
-                if self._clock() - started >= self._max:
+                now = self._clock()
+                if now - started >= self._max:
                     self._owed = True
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self._poll)
-                if not self._busy():
+                if self._busy():
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = self._clock()
+                elif self._clock() - quiet_since >= self._quiet:
                     return
         finally:
             self.holding = False

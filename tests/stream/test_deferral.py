@@ -45,15 +45,25 @@ async def test_a_consumer_goes_on_at_once_while_the_checks_are_not_busy() -> Non
     assert (busy.asked, held) == (1, [])
 
 
-async def test_a_consumer_waits_while_the_checks_are_busy_and_goes_on_when_they_are_not() -> None:
+async def test_a_consumer_waits_while_the_checks_are_busy_and_goes_on_once_they_are_quiet() -> None:
     busy, held = Busy(True), []
-    deferral = Deferral(busy, 30.0, poll_seconds=0.01, on_held=held.append)
+    deferral = Deferral(busy, 30.0, poll_seconds=0.01, quiet_seconds=0.3, on_held=held.append)
     turn = asyncio.create_task(deferral.turn(asyncio.Event(), caught_up=False))
     await eventually(lambda: busy.asked >= 5, 10, "the deferral asking again")
     assert not turn.done()
     assert deferral.holding
+    # a pause shorter than the quiet time, as between a client's rounds: still held
     busy.busy = False
+    asked = busy.asked
+    await eventually(lambda: busy.asked >= asked + 3, 10, "a look in the pause")
+    busy.busy = True
+    asked = busy.asked
+    await eventually(lambda: busy.asked >= asked + 40, 10, "the quiet time passing")
+    assert not turn.done()
+    busy.busy = False
+    quiet = time.monotonic()
     await asyncio.wait_for(turn, 5)
+    assert time.monotonic() - quiet >= 0.3
     assert not deferral.holding
     assert len(held) == 1
     assert held[0] > 0
@@ -61,7 +71,7 @@ async def test_a_consumer_waits_while_the_checks_are_busy_and_goes_on_when_they_
 
 async def test_a_hold_ends_after_its_longest_time_and_not_again_before_catching_up() -> None:
     busy, held = Busy(True), []
-    deferral = Deferral(busy, 0.3, poll_seconds=0.01, on_held=held.append)
+    deferral = Deferral(busy, 0.3, poll_seconds=0.01, quiet_seconds=0.05, on_held=held.append)
     started = time.monotonic()
     await asyncio.wait_for(deferral.turn(asyncio.Event(), caught_up=False), 10)
     assert 0.3 <= time.monotonic() - started < 5
@@ -107,7 +117,7 @@ async def test_decisions_wait_in_the_stream_while_the_checks_are_busy_then_are_s
     redis: Redis, store: CountingStore, tenant: str
 ) -> None:
     busy = Busy()
-    deferral = Deferral(busy, 30.0, poll_seconds=0.02)
+    deferral = Deferral(busy, 30.0, poll_seconds=0.02, quiet_seconds=0.1)
     embedded = Embedded(redis, store, BatchBounds(max_age=0.2), deferral=deferral)
     handler = embedded.handler
     async with embedded.running():
