@@ -104,6 +104,12 @@ def up(
         )
     if grpc_port is not None and grpc_port == port:
         raise click.BadParameter(f"{grpc_port} is the HTTP port", param_hint="'--grpc-port'")
+    if pipeline_hold_above > 0 and pipeline_hold_max >= backlog_max_age:
+        raise click.BadParameter(
+            f"{pipeline_hold_max:g} s is not below --backlog-max-age ({backlog_max_age:g} s): "
+            "a held stream would be reported as behind",
+            param_hint="'--pipeline-hold-max'",
+        )
     if metrics_port is not None:
         check_bindable(metrics_host, [metrics_port, metrics_port + 1] if kafka else [metrics_port])
     api_limits = api_limit_values(

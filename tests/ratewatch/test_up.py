@@ -264,3 +264,17 @@ def test_up_refuses_a_resource_option_out_of_range(tmp_path: Path, option: str, 
     assert f"'{option}'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_up_refuses_a_pipeline_hold_as_long_as_the_backlog_bound(tmp_path: Path) -> None:
+    """A hold that long would make /health/detailed report the held stream as behind."""
+    data_dir = tmp_path / "d"
+    args = ("--pipeline-hold-max", "300", "--backlog-max-age", "300")
+    result = cli("up", "--data-dir", str(data_dir), *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        "Error: Invalid value for '--pipeline-hold-max': 300 s is not below --backlog-max-age "
+        "(300 s): a held stream would be reported as behind"
+    ]
+    assert not data_dir.exists()  # refused before anything started
