@@ -14,9 +14,11 @@ So the consumer asks, before each read and each insert, whether the checks are b
 ``ratewatch.processes.limiter_load``).  While they are, it waits, and reads and writes
 nothing; it goes on once they have not been busy for ``quiet_seconds`` (a second: the
 pauses within a burst, between a client's rounds of requests, do not let an insert start
-that the next round would wait behind).  The wait is bounded: ``max_seconds`` after it
-began, the consumer goes on whether the checks are busy or not, and waits again only once
-it has caught up (its last read found less than a full read and no batch in hand is due).
+that the next round would wait behind).  The wait is bounded: ``max_seconds`` after the
+first hold since the consumer was last caught up (its last read found less than a full
+read and no batch in hand is due), it goes on whether the checks are busy or not, and
+waits again only once it has caught up: holds between which it did not catch up count as
+one, so bursts with short pauses cannot put it ever further behind.
 An answered decision is in ClickHouse at most about ``max_seconds`` later than it would
 have been, plus the time to catch up.
 
@@ -38,9 +40,9 @@ DEFAULT_MAX_SECONDS = 30.0
 
 class Deferral:
     """Holds a consumer while ``busy()`` says the checks need the cores, until they have
-    not for ``quiet_seconds``, for at most ``max_seconds`` in a row, then lets it run until
-    it has caught up.  ``on_held`` is told each held stretch's seconds (for the consumer's
-    metrics)."""
+    not for ``quiet_seconds``; ``max_seconds`` after the first hold since it last caught
+    up, lets it run until it has caught up again.  ``on_held`` is told each held
+    stretch's seconds (for the consumer's metrics)."""
 
     def __init__(
         self,
@@ -63,6 +65,7 @@ class Deferral:
         self._clock = clock
         self._on_held = on_held
         self._owed = False  # held for max_seconds: not held again before catching up
+        self._behind_since: float | None = None  # the first hold since last caught up
         self.holding = False
 
     async def turn(self, stopping: asyncio.Event, caught_up: bool) -> None:
@@ -71,15 +74,17 @@ class Deferral:
         waits to be read."""
         if caught_up:
             self._owed = False
+            self._behind_since = None
         if self._owed or not self._busy():
             return
         started = self._clock()
+        if self._behind_since is None:
+            self._behind_since = started
         quiet_since: float | None = None
         self.holding = True
         try:
             while not stopping.is_set():
-                now = self._clock()
-                if now - started >= self._max:
+                if self._clock() - self._behind_since >= self._max:
                     self._owed = True
                     return
                 with contextlib.suppress(TimeoutError):

@@ -268,8 +268,8 @@ def hold_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 default=DEFAULT_MAX_SECONDS,
                 show_default=True,
                 callback=_finite,
-                help="Seconds the pipeline worker holds its inserts at most, after which it "
-                "catches up before it holds them again.",
+                help="Seconds the pipeline worker holds its inserts at most, from its first "
+                "hold since it last caught up; then it catches up before it holds them again.",
             ),
         ]
     ):

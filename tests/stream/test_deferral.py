@@ -88,6 +88,24 @@ async def test_a_hold_ends_after_its_longest_time_and_not_again_before_catching_
     assert len(held) == 2
 
 
+async def test_holds_without_catching_up_between_them_count_as_one() -> None:
+    """Bursts with short pauses: the consumer goes on in each pause, but not caught up, and
+    the bound runs from the first hold."""
+    busy = Busy(True)
+    deferral = Deferral(busy, 0.6, poll_seconds=0.01, quiet_seconds=0.05)
+    first = time.monotonic()
+    turn = asyncio.create_task(deferral.turn(asyncio.Event(), caught_up=False))
+    await eventually(lambda: deferral.holding, 10, "the first hold")
+    busy.busy = False
+    await asyncio.wait_for(turn, 5)  # a pause: released, not caught up
+    busy.busy = True
+    await asyncio.wait_for(deferral.turn(asyncio.Event(), caught_up=False), 10)
+    assert 0.6 <= time.monotonic() - first < 5  # the second hold ended at the first's bound
+    asked = busy.asked
+    await asyncio.wait_for(deferral.turn(asyncio.Event(), caught_up=False), 1)
+    assert busy.asked == asked  # and the consumer now catches up before any hold
+
+
 async def test_a_stopping_consumer_is_not_held() -> None:
     stopping = asyncio.Event()
     deferral = Deferral(Busy(True), 30.0, poll_seconds=0.01)
