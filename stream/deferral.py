@@ -64,7 +64,6 @@ class Deferral:
         self._quiet = quiet_seconds
         self._clock = clock
         self._on_held = on_held
-        self._owed = False  # held for max_seconds: not held again before catching up
         self._behind_since: float | None = None  # the first hold since last caught up
         self.holding = False
 
@@ -73,10 +72,9 @@ class Deferral:
         ``caught_up`` says whether nothing read waits to be written and nothing more
         waits to be read."""
         if caught_up:
-            self._owed = False
             self._behind_since = None
-        if self._owed or not self._busy():
-            return
+        if self._overdue() or not self._busy():
+            return  # overdue: not held again before catching up
         started = self._clock()
         if self._behind_since is None:
             self._behind_since = started
@@ -84,8 +82,7 @@ class Deferral:
         self.holding = True
         try:
             while not stopping.is_set():
-                if self._clock() - self._behind_since >= self._max:
-                    self._owed = True
+                if self._overdue():
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self._poll)
@@ -99,3 +96,8 @@ class Deferral:
             self.holding = False
             if self._on_held is not None:
                 self._on_held(self._clock() - started)
+
+    def _overdue(self) -> bool:
+        """Whether ``max_seconds`` have passed since the first hold since last caught up."""
+        since = self._behind_since
+        return since is not None and self._clock() - since >= self._max
