@@ -34,8 +34,10 @@ from ratewatch.processes.supervisor import Child, Supervisor
 
 # The embedded pipeline worker runs without docstrings and asserts (python -OO): nothing in
 # it reads a docstring, and those of the libraries it loads (scikit-learn, SciPy, polars,
-# NumPy) are 16-20 MB of its memory for as long as it runs (docs/performance.md).
-LEAN_WORKER_ENV = {"PYTHONOPTIMIZE": "2"}
+# NumPy) are 16-20 MB of its memory for as long as it runs.  Its polars computes on one
+# thread: detection's frames are small, and handing each step to a second thread cost more
+# than it saved on a box whose other core answers the checks (docs/performance.md).
+LEAN_WORKER_ENV = {"PYTHONOPTIMIZE": "2", "POLARS_MAX_THREADS": "1"}
 
 
 @click.command()

@@ -203,33 +203,34 @@ def decisions_in_analytics(data_dir: Path) -> int | None:
     return int(query(path, "SELECT count() AS n FROM ratewatch.decisions")[0]["n"])
 
 
-def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(
-    tmp_path: Path,
-) -> None:
-    """The worker runs as `python -OO` (it holds less) and does its work so; a
-    PYTHONOPTIMIZE of the user's own reaches it unchanged, and the limiter keeps what the
-    user gave."""
+def test_up_runs_a_lean_pipeline_worker_unless_told_otherwise(tmp_path: Path) -> None:
+    """The worker runs as `python -OO` (it holds less) with polars on one thread, and does
+    its work so; a PYTHONOPTIMIZE or POLARS_MAX_THREADS of the user's own reaches it
+    unchanged, and the limiter keeps what the user gave."""
     bootstrap = "rwk_" + "0123456789abcdef" * 2
-    for given, expected in ((None, "2"), ("0", "0")):
-        data_dir = tmp_path / f"data-{given}"
+    lean = ("PYTHONOPTIMIZE", "POLARS_MAX_THREADS")
+    for given, expected in ((None, ("2", "1")), (("0", "2"), ("0", "2"))):
+        data_dir = tmp_path / f"data-{given is not None}"
         port = free_port()
         service = RatewatchProcess(
             ["up", "--port", str(port), "--data-dir", str(data_dir)],
             port,
-            log_path=tmp_path / f"up-{given}.log",
+            log_path=tmp_path / f"up-{given is not None}.log",
         )
-        # exactly this environment: the test run's own PYTHONOPTIMIZE, if any, left out
-        service.env = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}
+        # exactly this environment: the test run's own settings, if any, left out
+        service.env = {k: v for k, v in os.environ.items() if k not in lean}
         service.env["RATEWATCH_BOOTSTRAP_KEY"] = bootstrap
         if given is not None:
-            service.env["PYTHONOPTIMIZE"] = given
+            service.env.update(zip(lean, given, strict=True))
             service.env["RATEWATCH_PIPELINE_HOLD_ABOVE"] = "0"  # and a worker that never holds
         service.start()
         try:
-            assert environment_of(child_pid(data_dir, "pipeline")).get("PYTHONOPTIMIZE") == expected
+            worker = environment_of(child_pid(data_dir, "pipeline"))
+            assert tuple(worker.get(name) for name in lean) == expected
             held = "--hold-for" in command_line(child_pid(data_dir, "pipeline"))
             assert held is (given is None)
-            assert environment_of(child_pid(data_dir, "limiter")).get("PYTHONOPTIMIZE") == given
+            limiter = environment_of(child_pid(data_dir, "limiter"))
+            assert tuple(limiter.get(name) for name in lean) == (given or (None, None))
             assert check(service.base_url, bootstrap).status_code == 200
 
             wait_until(
@@ -238,8 +239,17 @@ def test_up_runs_the_pipeline_worker_without_docstrings_unless_told_otherwise(
                 "the decision in analytics",
                 interval=0.5,
             )
+            # the insert shaped its batch with polars: its pool runs as many threads as told
+            assert polars_threads(child_pid(data_dir, "pipeline")) == int(expected[1])
         finally:
             service.stop()
+
+
+def polars_threads(pid: int) -> int:
+    """How many of the process's threads are polars' pool (``polars-0``, ``polars-1``, …;
+    not its other threads, such as ``polars-ooc-clea``)."""
+    names = ((task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir())
+    return sum(name.removeprefix("polars-").isdigit() for name in names)
 
 
 @pytest.mark.parametrize(
