@@ -15,7 +15,13 @@ import pytest
 
 from analytics.query_client import answers, query
 from tests.support.polling import wait_until
-from tests.support.processes import child_pid, command_line, environment_of, nice_values
+from tests.support.processes import (
+    child_pid,
+    command_line,
+    environment_of,
+    nice_values,
+    thread_names,
+)
 from tests.support.servers import RatewatchProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -248,8 +254,7 @@ def test_up_runs_a_lean_pipeline_worker_unless_told_otherwise(tmp_path: Path) ->
 def polars_threads(pid: int) -> int:
     """How many of the process's threads are polars' pool (``polars-0``, ``polars-1``, …;
     not its other threads, such as ``polars-ooc-clea``)."""
-    names = ((task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir())
-    return sum(name.removeprefix("polars-").isdigit() for name in names)
+    return sum(name.removeprefix("polars-").isdigit() for name in thread_names(pid))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """What the kernel says about a process: its children's pids in a data dir, its threads'
-nice values, its environment."""
+names and nice values, its environment."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ from pathlib import Path
 def child_pid(data_dir: Path, name: str) -> int:
     """The pid of ``ratewatch up``'s child ``name`` (``limiter``, ``pipeline``, …)."""
     return int((data_dir / "run" / f"{name}.pid").read_text())
+
+
+def thread_names(pid: int) -> list[str]:
+    """The names of the threads of ``pid`` (each task's ``comm``)."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return names
 
 
 def nice_values(pid: int, *, but: tuple[str, ...] = ()) -> set[int]:
